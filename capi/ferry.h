@@ -1,0 +1,279 @@
+/*
+ * ferry.h — the C interface of libferry.
+ *
+ * ferry is a GPU data-staging, memory and metrics engine for training programs. This header is the whole
+ * contract: C and C++ programs include it and link libferry.so; Python loads the same library with ctypes.
+ *
+ * Conventions (they hold for every declaration below):
+ *
+ *  - Every function returns a ferry_status, except ferry_status_string() and ferry_last_error(), which
+ *    return strings. FERRY_OK is 0. Status values are explicit and are never renumbered.
+ *  - On failure, ferry_last_error() returns a message that names the problem. It is thread-local: it
+ *    describes the last failed ferry call made on the calling thread.
+ *  - Options and out-structs start with `uint32_t size`, which the caller sets to sizeof(the struct) it
+ *    was compiled with. ferry_X_options_init() sets size and fills the defaults. Fields are only ever
+ *    appended, so a program built against an older header keeps working with a newer library: the library
+ *    reads and writes only the bytes the caller's size covers. A size smaller than the first published
+ *    version of the struct is rejected with FERRY_ERR_INVALID_ARGUMENT.
+ *  - Handles (ferry_engine, …) are opaque IDs, not pointers. A stale handle (already destroyed), a handle
+ *    of another type, or a made-up value returns FERRY_ERR_INVALID_HANDLE and never crashes. Destroying
+ *    NULL is a no-op that returns FERRY_OK; destroying twice returns FERRY_ERR_INVALID_HANDLE.
+ *  - Out-parameters come last. A NULL out-parameter returns FERRY_ERR_INVALID_ARGUMENT.
+ *  - Every function may be called from any thread. Handles may be shared between threads; a call that
+ *    races with the destruction of its handle either completes, or returns FERRY_ERR_INVALID_HANDLE (or
+ *    FERRY_ERR_CLOSED when the destruction began while the call was under way). It never crashes.
+ *  - Loading the library touches no GPU library. The first call that needs the GPU loads libcuda.so.1
+ *    (and libnvidia-ml.so.1 for NVML figures). Without them, GPU calls return FERRY_ERR_NO_DEVICE and
+ *    everything else keeps working.
+ *
+ * The header compiles as C99 and as C++.
+ */
+#ifndef FERRY_H
+#define FERRY_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define FERRY_API __declspec(dllimport)
+#else
+#define FERRY_API __attribute__((visibility("default")))
+#endif
+
+/** The version of this header. ferry_version() gives the version of the loaded library. */
+#define FERRY_VERSION_MAJOR 0
+#define FERRY_VERSION_MINOR 1
+#define FERRY_VERSION_PATCH 0
+
+/** Status codes. Values are explicit and never renumbered; new codes are appended. */
+typedef enum ferry_status {
+    FERRY_OK = 0,
+    /** An argument is wrong: a NULL pointer, a wrong struct size, an unknown enum or flag value. */
+    FERRY_ERR_INVALID_ARGUMENT = 1,
+    /** The handle is NULL where one is required, stale (destroyed), of another type, or made up. */
+    FERRY_ERR_INVALID_HANDLE = 2,
+    /** No usable GPU: the driver library is missing, no device is present, or the index is out of range. */
+    FERRY_ERR_NO_DEVICE = 3,
+    /** A CUDA driver call failed; the message carries the driver's error name and string. */
+    FERRY_ERR_CUDA = 4,
+    /** An NVML call failed; the message carries NVML's error string. */
+    FERRY_ERR_NVML = 5,
+    /** Host or device memory could not be allocated. */
+    FERRY_ERR_OUT_OF_MEMORY = 6,
+    /** The operation is not supported on this device, platform or build. */
+    FERRY_ERR_UNSUPPORTED = 7,
+    /** A file or operating-system call failed. */
+    FERRY_ERR_IO = 8,
+    /** Data is malformed: a bad magic number, a short file, a size that does not divide. */
+    FERRY_ERR_FORMAT = 9,
+    /** The object was closed, or is shutting down. */
+    FERRY_ERR_CLOSED = 10,
+    /** A bounded wait ran out. */
+    FERRY_ERR_TIMEOUT = 11,
+    /** A fixed limit was reached, e.g. too many live handles of one type. */
+    FERRY_ERR_LIMIT = 12,
+    /** A bug in ferry (a recovered panic, a broken invariant). Please report it with the message. */
+    FERRY_ERR_INTERNAL = 99
+} ferry_status;
+
+/**
+ * Returns a static, human-readable name for a status, e.g. "FERRY_ERR_NO_DEVICE". Never NULL; an unknown
+ * value gives "FERRY_ERR_UNKNOWN_STATUS". The string is owned by the library and lives forever.
+ */
+FERRY_API const char* ferry_status_string(ferry_status status);
+
+/**
+ * Returns the message of the last failed ferry call on the calling thread, or "" when there is none. The
+ * string is owned by the library and stays valid until the next ferry call on the same thread; copy it to
+ * keep it. A successful call does not clear it.
+ */
+FERRY_API const char* ferry_last_error(void);
+
+/** Writes the version of the loaded library. Any pointer may be NULL when that part is not wanted. */
+FERRY_API ferry_status ferry_version(int32_t* major, int32_t* minor, int32_t* patch);
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Devices                                                                                          */
+/* ------------------------------------------------------------------------------------------------ */
+
+/** The device value that selects the CPU: an engine with no GPU, with the host figures only. */
+#define FERRY_DEVICE_CPU (-1)
+
+/**
+ * Writes the number of CUDA devices visible to this process (CUDA_VISIBLE_DEVICES applies). Writes 0 and
+ * returns FERRY_OK when the driver library is absent or no device is present; ferry_system_info() says
+ * why. The first call loads the CUDA driver.
+ */
+FERRY_API ferry_status ferry_device_count(int32_t* count);
+
+/** ferry_device_properties.flags: the PCIe link fields are valid (they come from NVML). */
+#define FERRY_DEVICE_F_PCIE 0x1u
+
+/** Facts about one device. Strings are NUL-terminated. */
+typedef struct ferry_device_properties {
+    uint32_t size;                   /**< set by the caller: sizeof(ferry_device_properties) */
+    int32_t index;                   /**< CUDA device ordinal */
+    char name[256];                  /**< e.g. "NVIDIA H100 80GB HBM3" */
+    uint8_t uuid[16];                /**< raw UUID bytes */
+    char uuid_string[48];            /**< "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", as nvidia-smi prints it */
+    char pci_bus_id[32];             /**< "0000:1b:00.0" (domain:bus:device.function, lower case) */
+    int32_t compute_capability_major;
+    int32_t compute_capability_minor;
+    int32_t multiprocessor_count;
+    int32_t pcie_generation_current; /**< valid with FERRY_DEVICE_F_PCIE; an idle link may run below max */
+    int32_t pcie_generation_max;     /**< valid with FERRY_DEVICE_F_PCIE */
+    int32_t pcie_width_current;      /**< lanes; valid with FERRY_DEVICE_F_PCIE */
+    int32_t pcie_width_max;          /**< lanes; valid with FERRY_DEVICE_F_PCIE */
+    uint32_t flags;                  /**< FERRY_DEVICE_F_* */
+    uint64_t total_memory_bytes;     /**< device memory, from the driver */
+    int32_t l2_cache_bytes;
+    int32_t memory_bus_width_bits;
+    int32_t async_engine_count;      /**< copy engines that can overlap copies with kernels */
+    int32_t reserved0;
+} ferry_device_properties;
+
+/**
+ * Fills *info for the device with the given CUDA ordinal. info->size must be set. Returns
+ * FERRY_ERR_NO_DEVICE when the driver is absent or the index is out of range.
+ */
+FERRY_API ferry_status ferry_device_info(int32_t index, ferry_device_properties* info);
+
+/** ferry_system_properties.flags: libcuda.so.1 was loaded and initialized. */
+#define FERRY_SYSTEM_F_CUDA 0x1u
+/** ferry_system_properties.flags: libnvidia-ml.so.1 was loaded and initialized. */
+#define FERRY_SYSTEM_F_NVML 0x2u
+
+/** The driver stack as ferry sees it. Strings are NUL-terminated. */
+typedef struct ferry_system_properties {
+    uint32_t size;                /**< set by the caller: sizeof(ferry_system_properties) */
+    uint32_t flags;               /**< FERRY_SYSTEM_F_* */
+    int32_t cuda_driver_version;  /**< cuDriverGetVersion, e.g. 13000 for CUDA 13.0; 0 when absent */
+    int32_t device_count;         /**< as ferry_device_count */
+    char driver_version[80];      /**< the kernel driver's version from NVML, e.g. "580.159.04"; "" when absent */
+    char nvml_version[80];        /**< NVML's own version, e.g. "13.580.159.04"; "" when absent */
+    char cuda_status[256];        /**< "" when CUDA is usable, else why not (names the missing library) */
+    char nvml_status[256];        /**< "" when NVML is usable, else why not */
+} ferry_system_properties;
+
+/** Fills *info; loads the CUDA driver and NVML if they are not loaded yet. info->size must be set. */
+FERRY_API ferry_status ferry_system_info(ferry_system_properties* info);
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Engine                                                                                           */
+/* ------------------------------------------------------------------------------------------------ */
+
+/** An engine: one device (or the CPU), its context, its memory sampler. An opaque ID, not a pointer. */
+typedef struct ferry_engine_s* ferry_engine;
+
+/** The most engines that may be alive at once in one process. */
+#define FERRY_MAX_ENGINES 256
+
+/** Options for ferry_engine_create(). Fill with ferry_engine_options_init() first. */
+typedef struct ferry_engine_options {
+    uint32_t size;                /**< set by ferry_engine_options_init */
+    int32_t device;               /**< CUDA ordinal, or FERRY_DEVICE_CPU; default 0 */
+    uint32_t sample_interval_ms;  /**< memory sampler period, 1..60000; default 100. 0 turns the
+                                       background sampler off: the snapshot is then taken at creation and
+                                       refreshed only by ferry_engine_sample_now(). */
+    uint32_t flags;               /**< reserved; must be 0 */
+} ferry_engine_options;
+
+/** Sets opts->size and the defaults. */
+FERRY_API ferry_status ferry_engine_options_init(ferry_engine_options* opts);
+
+/**
+ * Creates an engine. opts may be NULL for the defaults (device 0). On a GPU device this retains the
+ * device's primary context, so ferry shares one context with PyTorch and other runtime-API users.
+ * Returns FERRY_ERR_NO_DEVICE when the driver is absent (the message names the library) or the device
+ * index is out of range, FERRY_ERR_LIMIT when FERRY_MAX_ENGINES engines are alive.
+ */
+FERRY_API ferry_status ferry_engine_create(const ferry_engine_options* opts, ferry_engine* engine);
+
+/**
+ * Stops the engine's sampler, releases its context and invalidates the handle. NULL is a no-op. After
+ * this returns, any call with the handle returns FERRY_ERR_INVALID_HANDLE.
+ */
+FERRY_API ferry_status ferry_engine_destroy(ferry_engine engine);
+
+/** Writes the engine's device: a CUDA ordinal or FERRY_DEVICE_CPU. */
+FERRY_API ferry_status ferry_engine_device(ferry_engine engine, int32_t* device);
+
+/** Takes a memory sample now and publishes it as the snapshot that ferry_memory_check() reads. */
+FERRY_API ferry_status ferry_engine_sample_now(ferry_engine engine);
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Memory check                                                                                     */
+/* ------------------------------------------------------------------------------------------------ */
+
+/** ferry_memory_snapshot.flags: the device_* fields are valid (a GPU engine). */
+#define FERRY_MEMORY_F_DEVICE 0x1u
+/**
+ * ferry_memory_snapshot.flags: process_device_bytes is valid. It is absent when NVML is missing or cannot
+ * attribute memory to this process (e.g. in a container that does not share the host's PID namespace).
+ */
+#define FERRY_MEMORY_F_PROCESS 0x2u
+/** ferry_memory_snapshot.flags: the host_total/available fields are valid. */
+#define FERRY_MEMORY_F_HOST 0x4u
+/** ferry_memory_snapshot.flags: the device and engine figures were queried by this call (a live check). */
+#define FERRY_MEMORY_F_LIVE 0x8u
+
+/** Memory pressure levels. Thresholds come with the memory manager; until set, the level is NONE. */
+typedef enum ferry_pressure {
+    FERRY_PRESSURE_NONE = 0,
+    FERRY_PRESSURE_WARN = 1,
+    FERRY_PRESSURE_CRITICAL = 2
+} ferry_pressure;
+
+/**
+ * A memory snapshot. Timestamps are CLOCK_MONOTONIC nanoseconds, the clock of clock_gettime(), so they
+ * compare with the caller's own readings of that clock.
+ */
+typedef struct ferry_memory_snapshot {
+    uint32_t size;                     /**< set by the caller: sizeof(ferry_memory_snapshot) */
+    uint32_t flags;                    /**< FERRY_MEMORY_F_* */
+    int32_t device;                    /**< CUDA ordinal, or FERRY_DEVICE_CPU */
+    int32_t level;                     /**< ferry_pressure */
+    uint64_t sequence;                 /**< number of the sample this came from; grows by one per sample */
+    uint64_t timestamp_ns;             /**< when the device and engine figures were taken */
+    uint64_t age_ns;                   /**< how old timestamp_ns was when this call returned */
+    uint64_t sample_timestamp_ns;      /**< when the process and host figures were taken (the latest
+                                            sample; equals timestamp_ns except in a live check) */
+    uint64_t device_total_bytes;       /**< driver (cuMemGetInfo) */
+    uint64_t device_free_bytes;        /**< driver */
+    uint64_t device_used_bytes;        /**< total - free: every process on the device */
+    uint64_t process_device_bytes;     /**< this process's device memory (NVML); see FERRY_MEMORY_F_PROCESS */
+    uint64_t engine_allocated_bytes;   /**< handed out by this engine's pools */
+    uint64_t engine_reserved_bytes;    /**< held by this engine's pools (allocated + cached) */
+    uint64_t engine_peak_bytes;        /**< highest engine_allocated_bytes since creation */
+    uint64_t engine_alloc_count;       /**< allocations served by the pools */
+    uint64_t engine_alloc_failures;    /**< allocations that failed */
+    uint64_t host_total_bytes;         /**< physical RAM */
+    uint64_t host_available_bytes;     /**< RAM available without swapping (MemAvailable) */
+    uint64_t host_pinned_bytes;        /**< page-locked host memory held by this engine */
+    uint64_t warn_threshold_bytes;     /**< reserved for the pressure policy; 0 = unset */
+    uint64_t critical_threshold_bytes; /**< reserved for the pressure policy; 0 = unset */
+} ferry_memory_snapshot;
+
+/**
+ * Copies the engine's latest published memory snapshot into *out (out->size must be set) and sets
+ * out->age_ns. This is a read of memory: it makes no driver call and never enters the Go runtime, so it
+ * costs tens of nanoseconds. A background sampler refreshes the snapshot every sample_interval_ms, and
+ * the engine republishes it whenever its own pools change, so the engine_* fields are always exact.
+ */
+FERRY_API ferry_status ferry_memory_check(ferry_engine engine, ferry_memory_snapshot* out);
+
+/**
+ * Queries the device now (cuMemGetInfo) and fills *out with FERRY_MEMORY_F_LIVE set. The engine_* fields
+ * are exact; the process and host figures come from the latest sample (see sample_timestamp_ns), since
+ * NVML's per-process query costs ~30 µs. On the CPU engine the host figures are queried now instead.
+ */
+FERRY_API ferry_status ferry_memory_check_live(ferry_engine engine, ferry_memory_snapshot* out);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* FERRY_H */

@@ -1,0 +1,162 @@
+package engine
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/ferry-ml/ferry/engine/internal/cuda"
+)
+
+// DefaultSampleInterval is how often the background sampler refreshes the memory snapshot.
+const DefaultSampleInterval = 100 * time.Millisecond
+
+// MaxSampleInterval is the longest sample interval accepted.
+const MaxSampleInterval = time.Minute
+
+// Engine owns one device (or the CPU): the device's primary context, the memory accounting of the pools
+// built on it, and a background sampler that keeps a memory snapshot fresh.
+type Engine struct {
+	device int
+	gpu    bool
+	ctx    cuda.Context
+	nv     *nvmlDevice // nil when NVML is unavailable
+	log    zerolog.Logger
+	acct   Accounting
+
+	snap atomic.Pointer[MemorySnapshot]
+
+	mu       sync.Mutex // serializes sampling and publishing; guards seq and listener
+	seq      uint64
+	listener func(*MemorySnapshot)
+
+	closed atomic.Bool
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+type config struct {
+	interval time.Duration
+	log      *zerolog.Logger
+}
+
+// Option configures Open.
+type Option func(*config) error
+
+// WithSampleInterval sets how often the background sampler refreshes the snapshot (default 100 ms,
+// 1 ms to 1 min). Zero turns the sampler off: the snapshot is then refreshed only by SampleNow.
+func WithSampleInterval(d time.Duration) Option {
+	return func(c *config) error {
+		if d != 0 && (d < time.Millisecond || d > MaxSampleInterval) {
+			return fmt.Errorf("%w: sample interval %v is outside 1ms..%v (0 turns the sampler off)",
+				ErrInvalidArgument, d, MaxSampleInterval)
+		}
+		c.interval = d
+		return nil
+	}
+}
+
+// WithLogger replaces the engine's logger (by default zerolog to standard error, level from FERRY_LOG).
+func WithLogger(l zerolog.Logger) Option {
+	return func(c *config) error { c.log = &l; return nil }
+}
+
+// Open creates an engine on a CUDA device (its ordinal) or on the CPU (device CPU). On a GPU it retains
+// the device's primary context, so ferry shares one context with PyTorch and other runtime-API users. It
+// takes a first memory sample before returning.
+func Open(device int, opts ...Option) (*Engine, error) {
+	cfg := config{interval: DefaultSampleInterval}
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	if device < CPU {
+		return nil, fmt.Errorf("%w: device %d (use a CUDA ordinal >= 0, or %d for the CPU)", ErrInvalidArgument, device, CPU)
+	}
+	e := &Engine{device: device, gpu: device != CPU}
+	if cfg.log != nil {
+		e.log = *cfg.log
+	} else {
+		e.log = defaultLogger()
+	}
+	e.log = e.log.With().Int("device", device).Logger()
+	e.acct.onChange = e.republish
+
+	if e.gpu {
+		d, err := cudaDevice(device)
+		if err != nil {
+			return nil, err
+		}
+		if e.ctx, err = d.RetainPrimaryContext(); err != nil {
+			return nil, err
+		}
+		uuid, err := d.UUID()
+		if err == nil {
+			e.nv, err = openNVMLDevice(formatUUID(uuid))
+		}
+		if err != nil {
+			e.log.Info().Err(err).Msg("NVML unavailable: no per-process device memory")
+		}
+	}
+	first, err := e.sample()
+	if err != nil {
+		e.releaseContext()
+		return nil, err
+	}
+	e.mu.Lock()
+	e.publishLocked(first)
+	e.mu.Unlock()
+
+	if cfg.interval > 0 {
+		e.stop, e.done = make(chan struct{}), make(chan struct{})
+		go e.samplerLoop(cfg.interval)
+	}
+	e.log.Debug().Dur("interval", cfg.interval).Msg("engine open")
+	return e, nil
+}
+
+// Device returns the engine's CUDA ordinal, or CPU.
+func (e *Engine) Device() int { return e.device }
+
+// Accounting returns the engine's memory accounting, which its pools update.
+func (e *Engine) Accounting() *Accounting { return &e.acct }
+
+// OnSnapshot registers fn to be called with every snapshot the engine publishes, starting with the
+// current one before OnSnapshot returns. Calls are serialized and never run after Close returns. fn must
+// not call back into the engine. A nil fn removes the listener.
+func (e *Engine) OnSnapshot(fn func(*MemorySnapshot)) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.listener = fn
+	if fn != nil {
+		s := *e.snap.Load()
+		fn(&s)
+	}
+}
+
+// Close stops the sampler and releases the device context. It returns ErrClosed when called again.
+func (e *Engine) Close() error {
+	if !e.closed.CompareAndSwap(false, true) {
+		return fmt.Errorf("%w: engine on device %d was already closed", ErrClosed, e.device)
+	}
+	if e.stop != nil {
+		close(e.stop)
+		<-e.done
+	}
+	// Wait for any publish in flight, then drop the listener so none runs after Close.
+	e.mu.Lock()
+	e.listener = nil
+	e.mu.Unlock()
+	return e.releaseContext()
+}
+
+func (e *Engine) releaseContext() error {
+	if !e.gpu {
+		return nil
+	}
+	return e.ctx.Release()
+}

@@ -1,0 +1,138 @@
+#include "shim.h"
+
+#include <dlfcn.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef struct CUuuid_st {
+    char bytes[16];
+} CUuuid;
+
+static struct {
+    CUresult (*init)(unsigned int);
+    CUresult (*driver_get_version)(int*);
+    CUresult (*get_error_name)(CUresult, const char**);
+    CUresult (*get_error_string)(CUresult, const char**);
+    CUresult (*device_get_count)(int*);
+    CUresult (*device_get)(CUdevice*, int);
+    CUresult (*device_get_name)(char*, int, CUdevice);
+    CUresult (*device_get_uuid)(CUuuid*, CUdevice);
+    CUresult (*device_get_pci_bus_id)(char*, int, CUdevice);
+    CUresult (*device_total_mem)(size_t*, CUdevice);
+    CUresult (*device_get_attribute)(int*, int, CUdevice);
+    CUresult (*primary_ctx_retain)(CUcontext*, CUdevice);
+    CUresult (*primary_ctx_release)(CUdevice);
+    CUresult (*ctx_push_current)(CUcontext);
+    CUresult (*ctx_pop_current)(CUcontext*);
+    CUresult (*mem_get_info)(size_t*, size_t*);
+} cu;
+
+static void* handle;
+
+/* CUDA_ERROR_NOT_INITIALIZED: what every call returns before a successful load. */
+#define CU_NOT_INITIALIZED 3
+
+static int resolve(void** slot, const char* name, const char* fallback, char* err, size_t errlen) {
+    *slot = dlsym(handle, name);
+    if (*slot == NULL && fallback != NULL) {
+        *slot = dlsym(handle, fallback);
+    }
+    if (*slot == NULL) {
+        snprintf(err, errlen, "symbol %s not found in the CUDA driver library (driver too old?)", name);
+        return -1;
+    }
+    return 0;
+}
+
+int ferry_cu_load(const char* path, char* err, size_t errlen) {
+    if (handle == NULL) {
+        void* h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        if (h == NULL) {
+            const char* why = dlerror();
+            snprintf(err, errlen, "cannot load %s: %s", path, why ? why : "unknown dlopen error");
+            return FERRY_CU_LOAD_DLOPEN_FAILED;
+        }
+        handle = h;
+    }
+#define RESOLVE(field, name, fallback)                                                   \
+    if (resolve((void**)&cu.field, name, fallback, err, errlen) != 0) {                  \
+        memset(&cu, 0, sizeof cu);                                                       \
+        return FERRY_CU_LOAD_SYMBOL_MISSING;                                             \
+    }
+    RESOLVE(init, "cuInit", NULL);
+    RESOLVE(driver_get_version, "cuDriverGetVersion", NULL);
+    RESOLVE(get_error_name, "cuGetErrorName", NULL);
+    RESOLVE(get_error_string, "cuGetErrorString", NULL);
+    RESOLVE(device_get_count, "cuDeviceGetCount", NULL);
+    RESOLVE(device_get, "cuDeviceGet", NULL);
+    RESOLVE(device_get_name, "cuDeviceGetName", NULL);
+    RESOLVE(device_get_uuid, "cuDeviceGetUuid_v2", "cuDeviceGetUuid");
+    RESOLVE(device_get_pci_bus_id, "cuDeviceGetPCIBusId", NULL);
+    RESOLVE(device_total_mem, "cuDeviceTotalMem_v2", NULL);
+    RESOLVE(device_get_attribute, "cuDeviceGetAttribute", NULL);
+    RESOLVE(primary_ctx_retain, "cuDevicePrimaryCtxRetain", NULL);
+    RESOLVE(primary_ctx_release, "cuDevicePrimaryCtxRelease_v2", NULL);
+    RESOLVE(ctx_push_current, "cuCtxPushCurrent_v2", NULL);
+    RESOLVE(ctx_pop_current, "cuCtxPopCurrent_v2", NULL);
+    RESOLVE(mem_get_info, "cuMemGetInfo_v2", NULL);
+#undef RESOLVE
+    CUresult r = cu.init(0);
+    if (r != 0) {
+        snprintf(err, errlen, "cuInit failed: %s (%d): %s", ferry_cu_error_name(r), r, ferry_cu_error_string(r));
+    }
+    return r;
+}
+
+const char* ferry_cu_error_name(CUresult r) {
+    const char* s = NULL;
+    if (cu.get_error_name == NULL || cu.get_error_name(r, &s) != 0 || s == NULL) {
+        return "CUDA_ERROR_UNKNOWN_CODE";
+    }
+    return s;
+}
+
+const char* ferry_cu_error_string(CUresult r) {
+    const char* s = NULL;
+    if (cu.get_error_string == NULL || cu.get_error_string(r, &s) != 0 || s == NULL) {
+        return "unrecognized error code";
+    }
+    return s;
+}
+
+#define CALL(fn, ...) ((cu.fn == NULL) ? CU_NOT_INITIALIZED : cu.fn(__VA_ARGS__))
+
+CUresult ferry_cu_driver_version(int* version) { return CALL(driver_get_version, version); }
+CUresult ferry_cu_device_count(int* count) { return CALL(device_get_count, count); }
+CUresult ferry_cu_device_get(CUdevice* dev, int ordinal) { return CALL(device_get, dev, ordinal); }
+CUresult ferry_cu_device_name(CUdevice dev, char* name, int len) { return CALL(device_get_name, name, len, dev); }
+
+CUresult ferry_cu_device_uuid(CUdevice dev, unsigned char uuid[16]) {
+    CUuuid u;
+    CUresult r = CALL(device_get_uuid, &u, dev);
+    if (r == 0) {
+        memcpy(uuid, u.bytes, 16);
+    }
+    return r;
+}
+
+CUresult ferry_cu_device_pci_bus_id(CUdevice dev, char* id, int len) {
+    return CALL(device_get_pci_bus_id, id, len, dev);
+}
+CUresult ferry_cu_device_total_mem(CUdevice dev, size_t* bytes) { return CALL(device_total_mem, bytes, dev); }
+CUresult ferry_cu_device_attribute(CUdevice dev, int attr, int* value) {
+    return CALL(device_get_attribute, value, attr, dev);
+}
+
+CUresult ferry_cu_primary_ctx_retain(CUdevice dev, CUcontext* ctx) { return CALL(primary_ctx_retain, ctx, dev); }
+CUresult ferry_cu_primary_ctx_release(CUdevice dev) { return CALL(primary_ctx_release, dev); }
+
+CUresult ferry_cu_mem_get_info(CUcontext ctx, size_t* free_bytes, size_t* total_bytes) {
+    CUresult r = CALL(ctx_push_current, ctx);
+    if (r != 0) {
+        return r;
+    }
+    r = cu.mem_get_info(free_bytes, total_bytes);
+    CUcontext popped;
+    CUresult p = cu.ctx_pop_current(&popped);
+    return r != 0 ? r : p;
+}

@@ -1,0 +1,56 @@
+/*
+ * The CUDA driver shim: the only C in the engine. It declares the handful of driver types and functions
+ * ferry uses (no CUDA headers are needed to build), loads libcuda.so.1 with dlopen on first use, and calls
+ * the driver through function pointers. Every function that needs a context takes it as an argument and
+ * pushes it for the duration of the one C call, so no state is left on the calling OS thread.
+ */
+#ifndef FERRY_CUDA_SHIM_H
+#define FERRY_CUDA_SHIM_H
+
+#include <stddef.h>
+
+/* Internal: not exported from libferry.so. */
+#pragma GCC visibility push(hidden)
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef struct CUctx_st* CUcontext;
+
+/* Results of ferry_cu_load other than CUresult values. */
+#define FERRY_CU_LOAD_DLOPEN_FAILED (-1)
+#define FERRY_CU_LOAD_SYMBOL_MISSING (-2)
+
+/* Device attributes used by ferry (values from the driver API's CUdevice_attribute). */
+#define FERRY_CU_ATTR_MULTIPROCESSOR_COUNT 16
+#define FERRY_CU_ATTR_GLOBAL_MEMORY_BUS_WIDTH 37
+#define FERRY_CU_ATTR_L2_CACHE_SIZE 38
+#define FERRY_CU_ATTR_ASYNC_ENGINE_COUNT 40
+#define FERRY_CU_ATTR_COMPUTE_CAPABILITY_MAJOR 75
+#define FERRY_CU_ATTR_COMPUTE_CAPABILITY_MINOR 76
+
+/* Loads the driver from path, resolves every symbol and calls cuInit(0). Returns 0, a CUresult from cuInit,
+   or FERRY_CU_LOAD_*; on failure err holds a message. Not thread-safe: the caller serializes it. */
+int ferry_cu_load(const char* path, char* err, size_t errlen);
+
+/* Error name and description for a CUresult; never NULL. */
+const char* ferry_cu_error_name(CUresult r);
+const char* ferry_cu_error_string(CUresult r);
+
+CUresult ferry_cu_driver_version(int* version);
+CUresult ferry_cu_device_count(int* count);
+CUresult ferry_cu_device_get(CUdevice* dev, int ordinal);
+CUresult ferry_cu_device_name(CUdevice dev, char* name, int len);
+CUresult ferry_cu_device_uuid(CUdevice dev, unsigned char uuid[16]);
+CUresult ferry_cu_device_pci_bus_id(CUdevice dev, char* id, int len);
+CUresult ferry_cu_device_total_mem(CUdevice dev, size_t* bytes);
+CUresult ferry_cu_device_attribute(CUdevice dev, int attr, int* value);
+
+CUresult ferry_cu_primary_ctx_retain(CUdevice dev, CUcontext* ctx);
+CUresult ferry_cu_primary_ctx_release(CUdevice dev);
+
+/* cuMemGetInfo on ctx: pushes ctx, queries, pops. */
+CUresult ferry_cu_mem_get_info(CUcontext ctx, size_t* free_bytes, size_t* total_bytes);
+
+#pragma GCC visibility pop
+
+#endif
