@@ -1,0 +1,431 @@
+// Package tests is the cross-language harness: it loads the built libferry.so through purego and calls
+// it exactly as a C program would, with the structs of ferry.h mirrored field by field.
+package tests
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"github.com/ebitengine/purego"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// Status codes, as in ferry.h.
+const (
+	ferryOK                 int32 = 0
+	ferryErrInvalidArgument int32 = 1
+	ferryErrInvalidHandle   int32 = 2
+	ferryErrNoDevice        int32 = 3
+	ferryErrCUDA            int32 = 4
+	ferryErrNVML            int32 = 5
+	ferryErrOutOfMemory     int32 = 6
+	ferryErrUnsupported     int32 = 7
+	ferryErrIO              int32 = 8
+	ferryErrFormat          int32 = 9
+	ferryErrClosed          int32 = 10
+	ferryErrTimeout         int32 = 11
+	ferryErrLimit           int32 = 12
+	ferryErrInternal        int32 = 99
+)
+
+// Other constants of ferry.h.
+const (
+	ferryDeviceCPU int32 = -1
+	maxEngines           = 256
+
+	deviceFlagPCIE = 0x1
+	systemFlagCUDA = 0x1
+	systemFlagNVML = 0x2
+
+	memoryFlagDevice  = 0x1
+	memoryFlagProcess = 0x2
+	memoryFlagHost    = 0x4
+	memoryFlagLive    = 0x8
+
+	pressureNone = 0
+)
+
+// engineHandle mirrors ferry_engine: an opaque ID with the size of a pointer.
+type engineHandle uintptr
+
+// deviceProperties mirrors ferry_device_properties.
+type deviceProperties struct {
+	Size                   uint32
+	Index                  int32
+	Name                   [256]byte
+	UUID                   [16]uint8
+	UUIDString             [48]byte
+	PCIBusID               [32]byte
+	ComputeCapabilityMajor int32
+	ComputeCapabilityMinor int32
+	MultiprocessorCount    int32
+	PCIeGenerationCurrent  int32
+	PCIeGenerationMax      int32
+	PCIeWidthCurrent       int32
+	PCIeWidthMax           int32
+	Flags                  uint32
+	TotalMemoryBytes       uint64
+	L2CacheBytes           int32
+	MemoryBusWidthBits     int32
+	AsyncEngineCount       int32
+	Reserved0              int32
+}
+
+// systemProperties mirrors ferry_system_properties.
+type systemProperties struct {
+	Size              uint32
+	Flags             uint32
+	CUDADriverVersion int32
+	DeviceCount       int32
+	DriverVersion     [80]byte
+	NVMLVersion       [80]byte
+	CUDAStatus        [256]byte
+	NVMLStatus        [256]byte
+}
+
+// engineOptions mirrors ferry_engine_options.
+type engineOptions struct {
+	Size             uint32
+	Device           int32
+	SampleIntervalMS uint32
+	Flags            uint32
+}
+
+// memorySnapshot mirrors ferry_memory_snapshot.
+type memorySnapshot struct {
+	Size                   uint32
+	Flags                  uint32
+	Device                 int32
+	Level                  int32
+	Sequence               uint64
+	TimestampNS            uint64
+	AgeNS                  uint64
+	SampleTimestampNS      uint64
+	DeviceTotalBytes       uint64
+	DeviceFreeBytes        uint64
+	DeviceUsedBytes        uint64
+	ProcessDeviceBytes     uint64
+	EngineAllocatedBytes   uint64
+	EngineReservedBytes    uint64
+	EnginePeakBytes        uint64
+	EngineAllocCount       uint64
+	EngineAllocFailures    uint64
+	HostTotalBytes         uint64
+	HostAvailableBytes     uint64
+	HostPinnedBytes        uint64
+	WarnThresholdBytes     uint64
+	CriticalThresholdBytes uint64
+}
+
+// The functions of ferry.h, bound by loadLibrary.
+var (
+	ferryStatusString      func(status int32) *byte
+	ferryLastError         func() *byte
+	ferryVersion           func(major, minor, patch *int32) int32
+	ferryDeviceCount       func(count *int32) int32
+	ferryDeviceInfo        func(index int32, info *deviceProperties) int32
+	ferrySystemInfo        func(info *systemProperties) int32
+	ferryEngineOptionsInit func(opts *engineOptions) int32
+	ferryEngineCreate      func(opts *engineOptions, engine *engineHandle) int32
+	ferryEngineDestroy     func(engine engineHandle) int32
+	ferryEngineDevice      func(engine engineHandle, device *int32) int32
+	ferryEngineSampleNow   func(engine engineHandle) int32
+	ferryMemoryCheck       func(engine engineHandle, out *memorySnapshot) int32
+	ferryMemoryCheckLive   func(engine engineHandle, out *memorySnapshot) int32
+)
+
+// boundFunctions lists every function of ferry.h with the variable it is bound to.
+// TestBoundFunctionsMatchHeader keeps it complete.
+var boundFunctions = []struct {
+	name string
+	fptr any
+}{
+	{"ferry_status_string", &ferryStatusString},
+	{"ferry_last_error", &ferryLastError},
+	{"ferry_version", &ferryVersion},
+	{"ferry_device_count", &ferryDeviceCount},
+	{"ferry_device_info", &ferryDeviceInfo},
+	{"ferry_system_info", &ferrySystemInfo},
+	{"ferry_engine_options_init", &ferryEngineOptionsInit},
+	{"ferry_engine_create", &ferryEngineCreate},
+	{"ferry_engine_destroy", &ferryEngineDestroy},
+	{"ferry_engine_device", &ferryEngineDevice},
+	{"ferry_engine_sample_now", &ferryEngineSampleNow},
+	{"ferry_memory_check", &ferryMemoryCheck},
+	{"ferry_memory_check_live", &ferryMemoryCheckLive},
+}
+
+// libraryPath is the absolute path of the library under test.
+var libraryPath string
+
+// TestMain loads the library once; without it no test can run.
+func TestMain(m *testing.M) {
+	if os.Getenv(bindNowEnv) == "1" {
+		// TestBindNowChild loads the library itself, the way ctypes does.
+		os.Exit(m.Run())
+	}
+	if err := loadLibrary(); err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: %v\n", err)
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+// resolveLibraryPath returns $FERRY_LIBRARY, or ../build/lib/libferry.so relative to the package.
+func resolveLibraryPath() (string, error) {
+	p := os.Getenv("FERRY_LIBRARY")
+	if p == "" {
+		p = filepath.Join("..", "build", "lib", "libferry.so")
+	}
+	return filepath.Abs(p)
+}
+
+func loadLibrary() error {
+	p, err := resolveLibraryPath()
+	if err != nil {
+		return err
+	}
+	libraryPath = p
+	if _, err := os.Stat(p); err != nil {
+		return fmt.Errorf("libferry.so not found at %s (%v): run `make build` first, or set FERRY_LIBRARY", p, err)
+	}
+	// Lazy binding, as the dynamic loader does for a C program linked with -lferry.
+	// TestBindNow covers loaders that bind everything at once.
+	h, err := purego.Dlopen(p, purego.RTLD_LAZY|purego.RTLD_GLOBAL)
+	if err != nil {
+		return fmt.Errorf("cannot load %s: %w", p, err)
+	}
+	var missing []string
+	for _, f := range boundFunctions {
+		if _, err := purego.Dlsym(h, f.name); err != nil {
+			missing = append(missing, f.name)
+			continue
+		}
+		purego.RegisterLibFunc(f.fptr, h, f.name)
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%s does not export %s: rebuild it with `make build`", p, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// headerPath is the public header: $FERRY_HEADER, or ../capi/ferry.h relative to the package.
+func headerPath() string {
+	if p := os.Getenv("FERRY_HEADER"); p != "" {
+		return p
+	}
+	return filepath.Join("..", "capi", "ferry.h")
+}
+
+// goString copies a NUL-terminated C string. It stops after max bytes so that a missing terminator
+// fails a test instead of reading on forever.
+func goString(p *byte) (string, error) {
+	const max = 1 << 16
+	if p == nil {
+		return "", errors.New("NULL string")
+	}
+	var b strings.Builder
+	for i := 0; i < max; i++ {
+		c := *(*byte)(unsafe.Add(unsafe.Pointer(p), i))
+		if c == 0 {
+			return b.String(), nil
+		}
+		b.WriteByte(c)
+	}
+	return "", fmt.Errorf("string not terminated within %d bytes", max)
+}
+
+// fixedString returns a fixed char array up to its first NUL and whether it has one.
+func fixedString(b []byte) (string, bool) {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i]), true
+		}
+	}
+	return string(b), false
+}
+
+func statusString(t testing.TB, s int32) string {
+	t.Helper()
+	str, err := goString(ferryStatusString(s))
+	require.NoError(t, err, "ferry_status_string(%d)", s)
+	return str
+}
+
+// lastError reads ferry_last_error() on the calling thread; callers lock the thread.
+func lastError(t testing.TB) string {
+	t.Helper()
+	str, err := goString(ferryLastError())
+	require.NoError(t, err, "ferry_last_error()")
+	return str
+}
+
+// call runs fn and reads ferry_last_error() on the same OS thread, since the message is thread-local.
+func call(t testing.TB, fn func() int32) (int32, string) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	s := fn()
+	return s, lastError(t)
+}
+
+// requireStatus checks fn's status and, for a failure, that ferry_last_error() is non-empty and
+// mentions every word in want (case-insensitive).
+func requireStatus(t testing.TB, want int32, fn func() int32, words ...string) {
+	t.Helper()
+	got, msg := call(t, fn)
+	require.Equal(t, statusString(t, want), statusString(t, got), "status (last error: %q)", msg)
+	if want == ferryOK {
+		return
+	}
+	require.NotEmpty(t, msg, "ferry_last_error() after %s", statusString(t, got))
+	for _, w := range words {
+		require.Contains(t, strings.ToLower(msg), strings.ToLower(w), "ferry_last_error() should name the problem")
+	}
+}
+
+func requireOK(t testing.TB, fn func() int32) {
+	t.Helper()
+	requireStatus(t, ferryOK, fn)
+}
+
+// deviceCount returns ferry_device_count().
+func deviceCount(t testing.TB) int32 {
+	t.Helper()
+	var n int32 = -7
+	requireOK(t, func() int32 { return ferryDeviceCount(&n) })
+	require.GreaterOrEqual(t, n, int32(0))
+	return n
+}
+
+// requireGPU skips the test when no GPU is visible, or fails it when FERRY_REQUIRE_GPU=1.
+func requireGPU(t testing.TB) int32 {
+	t.Helper()
+	n := deviceCount(t)
+	if n > 0 {
+		return n
+	}
+	if os.Getenv("FERRY_REQUIRE_GPU") == "1" {
+		var info systemProperties
+		info.Size = uint32(unsafe.Sizeof(info))
+		ferrySystemInfo(&info)
+		cuda, _ := fixedString(info.CUDAStatus[:])
+		t.Fatalf("FERRY_REQUIRE_GPU=1 but ferry_device_count() is 0 (CUDA status: %q)", cuda)
+	}
+	t.Skip("no GPU visible (ferry_device_count() == 0); set FERRY_REQUIRE_GPU=1 to fail instead")
+	return 0
+}
+
+// defaultOptions returns options filled by ferry_engine_options_init.
+func defaultOptions(t testing.TB) engineOptions {
+	t.Helper()
+	var o engineOptions
+	requireOK(t, func() int32 { return ferryEngineOptionsInit(&o) })
+	return o
+}
+
+// newEngine creates an engine on device with the given sampler period and destroys it at cleanup.
+func newEngine(t testing.TB, device int32, intervalMS uint32) engineHandle {
+	t.Helper()
+	o := defaultOptions(t)
+	o.Device = device
+	o.SampleIntervalMS = intervalMS
+	var e engineHandle
+	requireOK(t, func() int32 { return ferryEngineCreate(&o, &e) })
+	require.NotZero(t, e, "ferry_engine_create returned OK with a NULL handle")
+	t.Cleanup(func() {
+		s := ferryEngineDestroy(e)
+		if s != ferryOK && s != ferryErrInvalidHandle {
+			t.Errorf("ferry_engine_destroy: %s", statusString(t, s))
+		}
+	})
+	return e
+}
+
+// newCPUEngine creates a CPU engine with the given sampler period.
+func newCPUEngine(t testing.TB, intervalMS uint32) engineHandle {
+	t.Helper()
+	return newEngine(t, ferryDeviceCPU, intervalMS)
+}
+
+// check returns ferry_memory_check() of e, which must succeed.
+func check(t testing.TB, e engineHandle) memorySnapshot {
+	t.Helper()
+	s := memorySnapshot{Size: uint32(unsafe.Sizeof(memorySnapshot{}))}
+	requireOK(t, func() int32 { return ferryMemoryCheck(e, &s) })
+	return s
+}
+
+// checkLive returns ferry_memory_check_live() of e, which must succeed.
+func checkLive(t testing.TB, e engineHandle) memorySnapshot {
+	t.Helper()
+	s := memorySnapshot{Size: uint32(unsafe.Sizeof(memorySnapshot{}))}
+	requireOK(t, func() int32 { return ferryMemoryCheckLive(e, &s) })
+	return s
+}
+
+// requireUsable checks that the library still works: a CPU engine can be created, checked and destroyed.
+func requireUsable(t testing.TB) {
+	t.Helper()
+	o := defaultOptions(t)
+	o.Device = ferryDeviceCPU
+	var e engineHandle
+	requireOK(t, func() int32 { return ferryEngineCreate(&o, &e) })
+	s := check(t, e)
+	require.NotZero(t, s.Flags&memoryFlagHost, "CPU engine snapshot lacks FERRY_MEMORY_F_HOST")
+	require.NotZero(t, s.HostTotalBytes)
+	requireOK(t, func() int32 { return ferryEngineDestroy(e) })
+}
+
+// monotonicNS reads CLOCK_MONOTONIC, the clock of the snapshot timestamps.
+func monotonicNS(t testing.TB) uint64 {
+	t.Helper()
+	var ts unix.Timespec
+	require.NoError(t, unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts))
+	return uint64(ts.Nano())
+}
+
+// guardByte fills the memory around a struct so that a write past the bytes a call may touch shows.
+const guardByte = 0xA5
+
+// guardBuf is memory for one struct plus 64 guard bytes, for calls made with a wrong or larger size.
+type guardBuf struct {
+	words      []uint64 // 8-byte aligned, like the structs
+	structSize uintptr
+}
+
+func newGuardBuf(structSize uintptr) *guardBuf {
+	g := &guardBuf{words: make([]uint64, (structSize+64+7)/8), structSize: structSize}
+	b := g.bytes()
+	for i := range b {
+		b[i] = guardByte
+	}
+	return g
+}
+
+func (g *guardBuf) ptr() unsafe.Pointer { return unsafe.Pointer(&g.words[0]) }
+
+func (g *guardBuf) bytes() []byte {
+	return unsafe.Slice((*byte)(g.ptr()), len(g.words)*8)
+}
+
+// setSize writes the leading uint32 size field.
+func (g *guardBuf) setSize(n uintptr) { *(*uint32)(g.ptr()) = uint32(n) }
+
+// requireUntouchedFrom checks that every byte from offset on still holds the guard pattern.
+func (g *guardBuf) requireUntouchedFrom(t testing.TB, offset uintptr) {
+	t.Helper()
+	b := g.bytes()
+	for i := int(offset); i < len(b); i++ {
+		if b[i] != guardByte {
+			t.Fatalf("byte %d was written (struct size %d, allowed up to %d): 0x%02x", i, g.structSize, offset, b[i])
+		}
+	}
+}
