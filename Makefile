@@ -81,3 +81,23 @@ demo: build
 
 clean:
 	rm -rf $(BUILD)
+
+# The GPU host has no Go and fetches nothing: build every binary here, then carry build/gpu there and run
+# FERRY_REQUIRE_GPU=1 build/gpu/run.sh. The C/C++ binaries link libstdc++ statically and find libferry.so
+# through $ORIGIN/../lib.
+GPU := $(BUILD)/gpu
+gpu-bundle: build
+	rm -rf $(GPU) && mkdir -p $(GPU)/lib $(GPU)/include $(GPU)/bin $(GPU)/tests $(GPU)/python
+	cp -P $(LIBDIR)/libferry.so* $(GPU)/lib/
+	cp capi/ferry.h $(GPU)/include/
+	cp $(BINDIR)/ferry $(GPU)/bin/
+	$(GO) test -c -o $(GPU)/tests/engine.test ./engine
+	$(GO) test -c -o $(GPU)/tests/cuda.test ./engine/internal/cuda
+	$(GO) test -c -o $(GPU)/tests/harness.test ./tests
+	cp tests/exported_symbols.txt $(GPU)/tests/
+	cmake -S . -B $(BUILD)/gpu-cmake -DCMAKE_BUILD_TYPE=Release -DFERRY_STATIC_CXX_RUNTIME=ON >/dev/null
+	cmake --build $(BUILD)/gpu-cmake -j2 --target test_c99 header_cxx17 test_ferry_hpp bench_memory ferry_info
+	cd $(BUILD)/gpu-cmake && cp test_c99 header_cxx17 test_ferry_hpp bench_memory ferry_info $(CURDIR)/$(GPU)/bin/
+	tar -C bindings/python --exclude=__pycache__ --exclude='*.egg-info' --exclude=build -cf - . | tar -C $(GPU)/python -xf -
+	cp tests/gpu/run.sh $(GPU)/
+	@du -sh $(GPU)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // memTotalFromProc reads MemTotal from /proc/meminfo, independently of the engine's own reader.
@@ -257,5 +258,16 @@ func TestErrorsAreDistinct(t *testing.T) {
 		for j, b := range all {
 			require.Equal(t, i == j, errors.Is(a, b), "%v vs %v", a, b)
 		}
+	}
+}
+
+func TestMonotonicNowIsClockGettime(t *testing.T) {
+	for i := 0; i < 100; i++ {
+		var before, after unix.Timespec
+		require.NoError(t, unix.ClockGettime(unix.CLOCK_MONOTONIC, &before))
+		ours := MonotonicNow()
+		require.NoError(t, unix.ClockGettime(unix.CLOCK_MONOTONIC, &after))
+		require.GreaterOrEqual(t, ours, uint64(before.Nano()), "MonotonicNow is CLOCK_MONOTONIC")
+		require.LessOrEqual(t, ours, uint64(after.Nano()), "MonotonicNow is CLOCK_MONOTONIC")
 	}
 }

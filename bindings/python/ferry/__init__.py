@@ -1,0 +1,72 @@
+"""ferry: GPU data staging, memory checks and metrics for training programs.
+
+This package wraps libferry, a C-ABI shared library, through ctypes. The library is found on first use:
+``FERRY_LIBRARY`` (a file path), then the copy bundled in the package, then an in-tree
+``build/lib/libferry.so``, then the system's library path. Nothing needs a GPU to import or to use the
+CPU engine (``Engine(device=ferry.CPU)``).
+
+Every function and method may be called from any thread. Failures raise :class:`FerryError`
+subclasses, one per library status.
+"""
+
+from ._device import DeviceInfo, SystemInfo, device_count, device_info, devices, system_info, version
+from ._engine import CPU, Engine, MemorySnapshot, Pressure
+from ._errors import (
+    ClosedError,
+    CudaError,
+    FerryError,
+    FerryIOError,
+    FerryTimeoutError,
+    FormatError,
+    InternalError,
+    InvalidArgumentError,
+    InvalidHandleError,
+    LimitError,
+    NoDeviceError,
+    NvmlError,
+    OutOfMemoryError,
+    Status,
+    UnsupportedError,
+    status_name,
+)
+from ._loader import LibraryNotFoundError, library_path
+from ._memory import MemoryManager
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "version",
+    "library_path",
+    "LibraryNotFoundError",
+    # devices
+    "CPU",
+    "device_count",
+    "device_info",
+    "devices",
+    "system_info",
+    "DeviceInfo",
+    "SystemInfo",
+    # engine and memory
+    "Engine",
+    "MemorySnapshot",
+    "Pressure",
+    "MemoryManager",
+    # errors
+    "Status",
+    "status_name",
+    "FerryError",
+    "InvalidArgumentError",
+    "InvalidHandleError",
+    "NoDeviceError",
+    "CudaError",
+    "NvmlError",
+    "OutOfMemoryError",
+    "UnsupportedError",
+    "FerryIOError",
+    "FormatError",
+    "ClosedError",
+    "FerryTimeoutError",
+    "LimitError",
+    "InternalError",
+]

@@ -1,0 +1,147 @@
+"""The loader, the version and the ctypes mirror of ferry.h."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ferry
+from ferry import _loader
+
+from conftest import PACKAGE_ROOT
+
+
+def _pyproject_version() -> str:
+    text = (PACKAGE_ROOT / "pyproject.toml").read_text()
+    m = re.search(r'^\s*version\s*=\s*"([^"]+)"', text, flags=re.M)
+    assert m, "pyproject.toml has no version"
+    return m.group(1)
+
+
+def test_version_matches_pyproject_and_library():
+    assert ferry.__version__ == _pyproject_version()
+    v = ferry.version()
+    assert isinstance(v, tuple) and len(v) == 3 and all(isinstance(x, int) for x in v)
+    assert ".".join(map(str, v)) == ferry.__version__
+
+
+def test_version_matches_header_macros(header):
+    expected = (header["FERRY_VERSION_MAJOR"], header["FERRY_VERSION_MINOR"], header["FERRY_VERSION_PATCH"])
+    assert ferry.version() == expected
+    assert (_loader.FERRY_VERSION_MAJOR, _loader.FERRY_VERSION_MINOR, _loader.FERRY_VERSION_PATCH) == expected
+
+
+def test_constants_match_header(header):
+    for name in (
+        "FERRY_DEVICE_CPU",
+        "FERRY_DEVICE_F_PCIE",
+        "FERRY_SYSTEM_F_CUDA",
+        "FERRY_SYSTEM_F_NVML",
+        "FERRY_MAX_ENGINES",
+        "FERRY_MEMORY_F_DEVICE",
+        "FERRY_MEMORY_F_PROCESS",
+        "FERRY_MEMORY_F_HOST",
+        "FERRY_MEMORY_F_LIVE",
+    ):
+        assert getattr(_loader, name) == header[name], name
+    assert ferry.CPU == header["FERRY_DEVICE_CPU"]
+    for p in ferry.Pressure:
+        assert header["FERRY_PRESSURE_" + p.name] == p.value
+
+
+@pytest.mark.parametrize(
+    "struct, size",
+    [
+        (_loader.DeviceProperties, 416),
+        (_loader.SystemProperties, 688),
+        (_loader.EngineOptions, 16),
+        (_loader.MemorySnapshotStruct, 160),
+    ],
+)
+def test_struct_sizes(struct, size):
+    assert ctypes.sizeof(struct) == size
+
+
+def _header_struct_fields(text: str, name: str):
+    body = re.search(r"typedef struct %s \{(.*?)\} %s;" % (name, name), text, flags=re.S)
+    assert body, name
+    code = re.sub(r"/\*.*?\*/", "", body.group(1), flags=re.S)
+    return [m.group(1) for m in re.finditer(r"(\w+)(?:\[\d+\])?\s*;", code)]
+
+
+@pytest.mark.parametrize(
+    "struct, cname",
+    [
+        (_loader.DeviceProperties, "ferry_device_properties"),
+        (_loader.SystemProperties, "ferry_system_properties"),
+        (_loader.EngineOptions, "ferry_engine_options"),
+        (_loader.MemorySnapshotStruct, "ferry_memory_snapshot"),
+    ],
+)
+def test_struct_fields_match_header(struct, cname):
+    from conftest import find_header
+
+    path = find_header()
+    if path is None:
+        pytest.skip("ferry.h is not reachable from the package directory")
+    assert [n for n, _ in struct._fields_] == _header_struct_fields(path.read_text(), cname)
+
+
+def test_every_header_function_is_declared():
+    from conftest import find_header
+
+    path = find_header()
+    if path is None:
+        pytest.skip("ferry.h is not reachable from the package directory")
+    declared = set(re.findall(r"FERRY_API\s+[\w\s\*]+?\b(ferry_\w+)\s*\(", path.read_text()))
+    assert declared == set(_loader.SYMBOLS)
+    lib = _loader.lib()
+    for name in _loader.SYMBOLS:
+        fn = getattr(lib, name)
+        assert fn.argtypes is not None, name
+        assert fn.restype is not None, name
+
+
+def test_library_path_is_the_requested_one():
+    path = ferry.library_path()
+    env = os.environ.get("FERRY_LIBRARY")
+    if env:
+        assert path == os.path.abspath(env)
+    assert os.path.isfile(path) or os.sep not in path
+
+
+def _run(code: str, env_update: dict) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.update(env_update)
+    env["PYTHONPATH"] = str(PACKAGE_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_missing_library_names_the_places_tried(tmp_path: Path):
+    missing = str(tmp_path / "no" / "libferry.so")
+    code = (
+        "import ferry\n"
+        "try:\n"
+        "    ferry.version()\n"
+        "except ferry.LibraryNotFoundError as e:\n"
+        "    assert isinstance(e, ImportError)\n"
+        "    print(e)\n"
+        "else:\n"
+        "    raise SystemExit('loaded')\n"
+    )
+    r = _run(code, {"FERRY_LIBRARY": missing})
+    assert r.returncode == 0, r.stderr
+    assert "FERRY_LIBRARY" in r.stdout and missing in r.stdout and "does not exist" in r.stdout
+
+
+def test_import_does_not_load_the_library(tmp_path: Path):
+    # Importing the package must work where the library is not built yet.
+    r = _run("import ferry; print(ferry.__version__)", {"FERRY_LIBRARY": str(tmp_path / "absent.so")})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ferry.__version__

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Runs ferry's suites and benchmarks on a GPU host, from the bundle that `make gpu-bundle` builds (this
+# script is copied to its root). The host needs no Go: every binary is prebuilt.
+#
+#   FERRY_REQUIRE_GPU=1 build/gpu/run.sh [tests|bench|all]
+#
+# Results go to $OUT (default: ./out next to this script): tests.log, bench.log, bench_c.json,
+# bench_python.json, info.json, nvidia-smi.txt. The last lines printed are a summary table.
+set -u
+mode=${1:-all}
+here=$(cd "$(dirname "$0")" && pwd)
+out=${OUT:-$here/out}
+mkdir -p "$out"
+export FERRY_LIBRARY="$here/lib/libferry.so"
+export FERRY_HEADER="$here/include/ferry.h"
+export FERRY_EXPORTED_SYMBOLS="$here/tests/exported_symbols.txt"
+export PYTHONPATH="$here/python${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+summary=()
+failed=0
+
+# step NAME LOG COMMAND...: runs a command, appends its output to LOG, records PASS/FAIL.
+step() {
+    local name=$1 log=$2
+    shift 2
+    echo "===== $name: $*" >>"$log"
+    local t0=$SECONDS
+    if "$@" >>"$log" 2>&1; then
+        summary+=("PASS  $name ($((SECONDS - t0)) s)")
+    else
+        summary+=("FAIL  $name ($((SECONDS - t0)) s, exit $?, see $(basename "$log"))")
+        failed=1
+        echo "----- $name failed; its last lines:"
+        tail -n 30 "$log"
+    fi
+}
+
+nvidia-smi >"$out/nvidia-smi.txt" 2>&1
+nvidia-smi --query-gpu=index,name,uuid,pci.bus_id,memory.total,driver_version,pcie.link.gen.max,pcie.link.width.max \
+    --format=csv >>"$out/nvidia-smi.txt" 2>&1
+
+if [ "$mode" = tests ] || [ "$mode" = all ]; then
+    log="$out/tests.log"
+    : >"$log"
+    step "ferry info" "$log" "$here/bin/ferry" info
+    step "ferry info --json" "$log" sh -c "'$here/bin/ferry' info --json | tee '$out/info.json'"
+    step "ferry demo" "$log" "$here/bin/ferry" demo
+    step "go: engine/internal/cuda" "$log" "$here/tests/cuda.test" -test.v -test.count=1
+    step "go: engine" "$log" "$here/tests/engine.test" -test.v -test.count=1
+    step "go: C-ABI harness" "$log" sh -c "cd '$here/tests' && ./harness.test -test.v -test.count=1"
+    step "C: test_c99" "$log" "$here/bin/test_c99"
+    step "C++: header_cxx17" "$log" "$here/bin/header_cxx17"
+    step "C++: GoogleTest" "$log" "$here/bin/test_ferry_hpp"
+    step "C++: example" "$log" "$here/bin/ferry_info"
+    step "python: pytest" "$log" python3 -m pytest -q -rs "$here/python/tests"
+fi
+
+if [ "$mode" = bench ] || [ "$mode" = all ]; then
+    log="$out/bench.log"
+    : >"$log"
+    step "bench: C" "$log" "$here/bin/bench_memory" --device 0 --json "$out/bench_c.json"
+    step "bench: Python vs torch" "$log" python3 "$here/python/benchmarks/bench_memory.py" --device 0 --json "$out/bench_python.json"
+    step "bench: Go" "$log" "$here/tests/engine.test" -test.run '^$' -test.bench . -test.benchtime 2s
+    cat "$log"
+fi
+
+echo
+echo "===== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
+printf '%s\n' "${summary[@]}"
+exit $failed
