@@ -136,8 +136,18 @@ static int cuda_ok(const cuda_driver* d, CUresult r, const char* what) {
     return 0;
 }
 
-/* Times cuMemGetInfo_v2 on the device's primary context (the one ferry and PyTorch share). */
-static int bench_raw_driver(int ordinal, result* r) {
+static void bench_check(ferry_engine e, int live, result* r);
+
+/*
+ * Times, on the device's primary context (the one ferry and PyTorch share):
+ *   raw_current:  cuMemGetInfo_v2 with the context already current on this thread;
+ *   raw_pushpop:  cuCtxPushCurrent + cuMemGetInfo_v2 + cuCtxPopCurrent per call, as a library that must
+ *                 leave the caller's thread as it found it does when the context is not current;
+ *   live_current: ferry_memory_check_live while the context is current on this thread (as on a thread
+ *                 where PyTorch runs), where ferry can skip the push and pop.
+ */
+static int bench_raw_driver(int ordinal, ferry_engine e, result* raw_current, result* raw_pushpop,
+                            result* live_current) {
     cuda_driver d;
     CUdevice dev = 0;
     CUcontext ctx = NULL, popped = NULL;
@@ -152,24 +162,36 @@ static int bench_raw_driver(int ordinal, result* r) {
         !cuda_ok(&d, d.primary_retain(&ctx, dev), "cuDevicePrimaryCtxRetain")) {
         return 0;
     }
-    if (!cuda_ok(&d, d.push(ctx), "cuCtxPushCurrent_v2")) {
+    for (i = 0; i < REPEATS && ok; i++) {
+        uint64_t t0 = now_ns();
+        for (k = 0; k < raw_pushpop->calls && ok; k++) {
+            ok = cuda_ok(&d, d.push(ctx), "cuCtxPushCurrent_v2") &&
+                 cuda_ok(&d, d.mem_get_info(&free_bytes, &total_bytes), "cuMemGetInfo_v2") &&
+                 cuda_ok(&d, d.pop(&popped), "cuCtxPopCurrent_v2");
+        }
+        raw_pushpop->v[i] = (double)(now_ns() - t0) / 1e3 / (double)raw_pushpop->calls;
+    }
+    if (!ok || !cuda_ok(&d, d.push(ctx), "cuCtxPushCurrent_v2")) {
         d.primary_release(dev);
         return 0;
     }
     for (i = 0; i < REPEATS && ok; i++) {
         uint64_t t0 = now_ns();
-        for (k = 0; k < r->calls; k++) {
+        for (k = 0; k < raw_current->calls; k++) {
             CUresult cr = d.mem_get_info(&free_bytes, &total_bytes);
             if (cr != 0) {
                 ok = cuda_ok(&d, cr, "cuMemGetInfo_v2");
                 break;
             }
         }
-        r->v[i] = (double)(now_ns() - t0) / 1e3 / (double)r->calls;
+        raw_current->v[i] = (double)(now_ns() - t0) / 1e3 / (double)raw_current->calls;
     }
     if (ok && (total_bytes == 0 || free_bytes > total_bytes)) {
         fprintf(stderr, "bench_memory: cuMemGetInfo_v2 gave free %zu of total %zu\n", free_bytes, total_bytes);
         ok = 0;
+    }
+    if (ok) {
+        bench_check(e, 1, live_current);
     }
     ok = cuda_ok(&d, d.pop(&popped), "cuCtxPopCurrent_v2") && ok;
     ok = cuda_ok(&d, d.primary_release(dev), "cuDevicePrimaryCtxRelease_v2") && ok;
@@ -352,7 +374,7 @@ int main(int argc, char** argv) {
     char date[32];
     time_t t = time(NULL);
     struct tm tm;
-    result r[5];
+    result r[8];
     int n = 0, i, ok = 1;
 
     for (i = 1; i < argc; i++) {
@@ -405,7 +427,7 @@ int main(int argc, char** argv) {
     bench_check(engine, 0, &r[n]);
     n++;
 
-    r[n].name = "ferry_memory_check_live";
+    r[n].name = "ferry_memory_check_live (no context current)";
     r[n].unit = "us/call";
     r[n].threads = 1;
     r[n].calls = LIVE_CALLS;
@@ -413,12 +435,20 @@ int main(int argc, char** argv) {
     n++;
 
     if (device != FERRY_DEVICE_CPU) {
-        r[n].name = "cuMemGetInfo_v2 (raw driver)";
+        r[n].name = "cuMemGetInfo_v2 (raw driver, context current)";
         r[n].unit = "us/call";
         r[n].threads = 1;
         r[n].calls = RAW_CALLS;
-        if (bench_raw_driver(device, &r[n])) {
-            n++;
+        r[n + 1].name = "cuMemGetInfo_v2 (raw driver, push + pop per call)";
+        r[n + 1].unit = "us/call";
+        r[n + 1].threads = 1;
+        r[n + 1].calls = RAW_CALLS;
+        r[n + 2].name = "ferry_memory_check_live (context current on the caller)";
+        r[n + 2].unit = "us/call";
+        r[n + 2].threads = 1;
+        r[n + 2].calls = LIVE_CALLS;
+        if (bench_raw_driver(device, engine, &r[n], &r[n + 1], &r[n + 2])) {
+            n += 3;
         } else {
             ok = 0;
         }

@@ -51,6 +51,9 @@ if [ "$mode" = tests ] || [ "$mode" = all ]; then
     step "C: test_c99" "$log" "$here/bin/test_c99"
     step "C++: header_cxx17" "$log" "$here/bin/header_cxx17"
     step "C++: GoogleTest" "$log" "$here/bin/test_ferry_hpp"
+    step "C++: GoogleTest without a driver" "$log" sh -c "env -u FERRY_REQUIRE_GPU \
+        FERRY_CUDA_LIBRARY=/nonexistent/libcuda.so.1 FERRY_NVML_LIBRARY=/nonexistent/libnvidia-ml.so.1 \
+        '$here/bin/test_ferry_hpp' --gtest_filter='Error.NoDriver*' | tee /dev/stderr | grep -q '^\[       OK \] Error.NoDriver'"
     step "C++: example" "$log" "$here/bin/ferry_info"
     step "python: pytest" "$log" python3 -m pytest -q -rs "$here/python/tests"
 fi

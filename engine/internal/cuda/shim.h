@@ -48,7 +48,7 @@ CUresult ferry_cu_device_attribute(CUdevice dev, int attr, int* value);
 CUresult ferry_cu_primary_ctx_retain(CUdevice dev, CUcontext* ctx);
 CUresult ferry_cu_primary_ctx_release(CUdevice dev);
 
-/* cuMemGetInfo on ctx: pushes ctx, queries, pops. */
+/* cuMemGetInfo on ctx: makes ctx current for the call (pushing and popping it unless it already is). */
 CUresult ferry_cu_mem_get_info(CUcontext ctx, size_t* free_bytes, size_t* total_bytes);
 
 #pragma GCC visibility pop
