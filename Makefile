@@ -95,6 +95,7 @@ gpu-bundle: build
 	$(GO) test -c -o $(GPU)/tests/cuda.test ./engine/internal/cuda
 	$(GO) test -c -o $(GPU)/tests/harness.test ./tests
 	cp tests/exported_symbols.txt $(GPU)/tests/
+	mkdir -p $(GPU)/engine && cp -r engine/testdata $(GPU)/engine/ && cp -r engine/testdata $(GPU)/tests/
 	cmake -S . -B $(BUILD)/gpu-cmake -DCMAKE_BUILD_TYPE=Release -DFERRY_STATIC_CXX_RUNTIME=ON >/dev/null
 	cmake --build $(BUILD)/gpu-cmake -j2 --target test_c99 header_cxx17 test_ferry_hpp bench_memory ferry_info
 	cd $(BUILD)/gpu-cmake && cp test_c99 header_cxx17 test_ferry_hpp bench_memory ferry_info $(CURDIR)/$(GPU)/bin/

@@ -374,7 +374,7 @@ int main(int argc, char** argv) {
     char date[32];
     time_t t = time(NULL);
     struct tm tm;
-    result r[8];
+    result r[9];
     int n = 0, i, ok = 1;
 
     for (i = 1; i < argc; i++) {
@@ -465,6 +465,18 @@ int main(int argc, char** argv) {
     bench_threads(engine, &r[n], &r[n + 1]);
     n += 2;
 
+    FERRY_CHECK(ferry_engine_destroy(engine));
+
+    /* The live check again with no background sampler in the process, to see whether the sampler's
+       own driver and NVML calls slow it down. */
+    opts.sample_interval_ms = 0;
+    FERRY_CHECK(ferry_engine_create(&opts, &engine));
+    r[n].name = "ferry_memory_check_live (no background sampler)";
+    r[n].unit = "us/call";
+    r[n].threads = 1;
+    r[n].calls = LIVE_CALLS;
+    bench_check(engine, 1, &r[n]);
+    n++;
     FERRY_CHECK(ferry_engine_destroy(engine));
 
     for (i = 0; i < n; i++) {

@@ -1,0 +1,87 @@
+/*
+ * A stand-in for libcuda.so.1 with one 80 GiB device, for tests on hosts without a GPU. It implements only
+ * the driver functions the engine resolves. FAKECUDA_FAIL_MEMINFO=1 makes cuMemGetInfo_v2 fail with
+ * CUDA_ERROR_INVALID_CONTEXT. fakecuda_current() reports the calling thread's current context, so tests
+ * can check that the engine leaves it as it found it.
+ */
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef void* CUcontext;
+
+static int primary;
+static int retained;
+static _Thread_local CUcontext stack[8];
+static _Thread_local int depth;
+
+CUcontext fakecuda_current(void) { return depth > 0 ? stack[depth - 1] : NULL; }
+int fakecuda_retained(void) { return retained; }
+
+CUresult cuInit(unsigned flags) { return flags == 0 ? 0 : 1; }
+CUresult cuDriverGetVersion(int* v) { *v = 13000; return 0; }
+CUresult cuGetErrorName(CUresult r, const char** s) {
+    *s = r == 201 ? "CUDA_ERROR_INVALID_CONTEXT" : r == 101 ? "CUDA_ERROR_INVALID_DEVICE" : "CUDA_ERROR_UNKNOWN";
+    return 0;
+}
+CUresult cuGetErrorString(CUresult r, const char** s) {
+    *s = r == 201 ? "invalid device context" : r == 101 ? "invalid device ordinal" : "unknown error";
+    return 0;
+}
+CUresult cuDeviceGetCount(int* n) { *n = 1; return 0; }
+CUresult cuDeviceGet(CUdevice* d, int ordinal) {
+    if (ordinal != 0) return 101;
+    *d = 0;
+    return 0;
+}
+CUresult cuDeviceGetName(char* name, int len, CUdevice d) {
+    (void)d;
+    strncpy(name, "Fake GPU", (size_t)len);
+    return 0;
+}
+CUresult cuDeviceGetUuid_v2(char* uuid, CUdevice d) {
+    (void)d;
+    for (int i = 0; i < 16; i++) uuid[i] = (char)(0xa0 + i);
+    return 0;
+}
+CUresult cuDeviceGetPCIBusId(char* id, int len, CUdevice d) {
+    (void)d;
+    strncpy(id, "0000:1B:00.0", (size_t)len);
+    return 0;
+}
+CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice d) { (void)d; *bytes = (size_t)80 << 30; return 0; }
+CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice d) {
+    (void)d;
+    switch (attr) {
+    case 16: *v = 132; return 0;          /* multiprocessors */
+    case 37: *v = 5120; return 0;         /* memory bus width */
+    case 38: *v = 50 << 20; return 0;     /* L2 */
+    case 40: *v = 3; return 0;            /* async engines */
+    case 75: *v = 9; return 0;            /* cc major */
+    case 76: *v = 0; return 0;            /* cc minor */
+    }
+    return 1; /* CUDA_ERROR_INVALID_VALUE */
+}
+CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice d) { (void)d; retained++; *c = &primary; return 0; }
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d) { (void)d; retained--; return 0; }
+CUresult cuCtxPushCurrent_v2(CUcontext c) {
+    if (depth == 8) return 1;
+    stack[depth++] = c;
+    return 0;
+}
+CUresult cuCtxPopCurrent_v2(CUcontext* c) {
+    if (depth == 0) return 201;
+    *c = stack[--depth];
+    return 0;
+}
+CUresult cuCtxGetCurrent(CUcontext* c) { *c = fakecuda_current(); return 0; }
+CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total_bytes) {
+    if (fakecuda_current() != &primary) return 201;
+    const char* fail = getenv("FAKECUDA_FAIL_MEMINFO");
+    if (fail != NULL && strcmp(fail, "1") == 0) return 201;
+    *free_bytes = (size_t)70 << 30;
+    *total_bytes = (size_t)80 << 30;
+    return 0;
+}
