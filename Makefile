@@ -79,6 +79,15 @@ check:
 demo: build
 	$(BINDIR)/ferry demo
 
+# Benchmarks on this machine: GPU 0 when there is one, else the CPU engine. On the GPU host the same
+# programs run from the bundle (run.sh bench), side by side with PyTorch.
+bench: lib
+	cmake -S . -B $(BUILD)/cmake -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake --build $(BUILD)/cmake -j2 --target bench_memory
+	$(BUILD)/cmake/bench_memory
+	FERRY_LIBRARY=$(CURDIR)/$(LIBDIR)/libferry.so $(PYTHON) bindings/python/benchmarks/bench_memory.py
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./engine/
+
 clean:
 	rm -rf $(BUILD)
 
