@@ -103,6 +103,8 @@ gpu-bundle: build
 	$(GO) test -c -o $(GPU)/tests/engine.test ./engine
 	$(GO) test -c -o $(GPU)/tests/cuda.test ./engine/internal/cuda
 	$(GO) test -c -o $(GPU)/tests/harness.test ./tests
+	$(GO) test -c -o $(GPU)/tests/cli.test ./cmd/ferry
+	mkdir -p $(GPU)/capi $(GPU)/cmd/ferry && cp capi/ferry.h $(GPU)/capi/
 	cp tests/exported_symbols.txt $(GPU)/tests/
 	mkdir -p $(GPU)/engine && cp -r engine/testdata $(GPU)/engine/ && cp -r engine/testdata $(GPU)/tests/
 	cmake -S . -B $(BUILD)/gpu-cmake -DCMAKE_BUILD_TYPE=Release -DFERRY_STATIC_CXX_RUNTIME=ON >/dev/null

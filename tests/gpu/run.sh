@@ -47,6 +47,7 @@ if [ "$mode" = tests ] || [ "$mode" = all ]; then
     step "ferry demo" "$log" "$here/bin/ferry" demo
     step "go: engine/internal/cuda" "$log" "$here/tests/cuda.test" -test.v -test.count=1
     step "go: engine" "$log" sh -c "cd '$here/tests' && ./engine.test -test.v -test.count=1"
+    step "go: CLI" "$log" sh -c "cd '$here/cmd/ferry' && ../../tests/cli.test -test.v -test.count=1"
     step "go: C-ABI harness" "$log" sh -c "cd '$here/tests' && ./harness.test -test.v -test.count=1"
     step "C: test_c99" "$log" "$here/bin/test_c99"
     step "C++: header_cxx17" "$log" "$here/bin/header_cxx17"

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"regexp"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func runCLI(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newRootCommand()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.Execute()
+	return out.String(), err
+}
+
+func TestVersionMatchesHeader(t *testing.T) {
+	h, err := os.ReadFile("../../capi/ferry.h")
+	require.NoError(t, err)
+	var parts []string
+	for _, name := range []string{"MAJOR", "MINOR", "PATCH"} {
+		m := regexp.MustCompile(`#define FERRY_VERSION_` + name + ` (\d+)`).FindSubmatch(h)
+		require.NotNil(t, m, "FERRY_VERSION_%s in ferry.h", name)
+		parts = append(parts, string(m[1]))
+	}
+	require.Equal(t, parts[0]+"."+parts[1]+"."+parts[2], version)
+}
+
+func TestInfoJSON(t *testing.T) {
+	out, err := runCLI(t, "info", "--json")
+	require.NoError(t, err)
+	var r infoReport
+	require.NoError(t, json.Unmarshal([]byte(out), &r), out)
+	require.Equal(t, version, r.Version)
+	require.Equal(t, r.System.DeviceCount, len(r.Devices))
+	require.NotEmpty(t, r.Memory)
+	if len(r.Devices) == 0 {
+		require.False(t, r.System.CUDAAvailable && r.System.DeviceCount > 0)
+		m := r.Memory[0]
+		require.Equal(t, -1, m.Device)
+		require.NotNil(t, m.HostTotalBytes)
+		require.Positive(t, *m.HostTotalBytes)
+		require.Nil(t, m.DeviceTotalBytes, "no device figures on the CPU")
+	} else {
+		for i, m := range r.Memory {
+			require.Equal(t, i, m.Device)
+			require.NotNil(t, m.DeviceTotalBytes)
+			require.Equal(t, r.Devices[i].TotalMemoryBytes, *m.DeviceTotalBytes)
+		}
+	}
+	require.True(t, r.Memory[0].Live)
+}
+
+func TestInfoTableAndDemo(t *testing.T) {
+	out, err := runCLI(t, "info")
+	require.NoError(t, err)
+	require.Contains(t, out, "ferry "+version)
+	require.Contains(t, out, "CUDA driver")
+	require.Contains(t, out, "HOST AVAILABLE")
+
+	out, err = runCLI(t, "demo", "--samples", "2", "--interval", "10ms")
+	require.NoError(t, err)
+	require.Regexp(t, `memory check on (GPU 0|the host)`, out)
+	require.Regexp(t, `#\d+ +age`, out)
+	require.Contains(t, out, "live check: sequence")
+
+	_, err = runCLI(t, "demo", "--samples", "0")
+	require.ErrorContains(t, err, "--samples must be at least 1")
+	_, err = runCLI(t, "info", "extra")
+	require.Error(t, err)
+}
