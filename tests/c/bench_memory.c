@@ -1,7 +1,7 @@
 /*
  * bench_memory — what a memory check costs from C.
  *
- *   bench_memory [--device N] [--json PATH]
+ *   bench_memory [--device N] [--interval MS] [--json PATH]
  *
  * It times, on one engine (device N, a CUDA ordinal or -1 for the CPU engine; default 0 when there is a
  * GPU, else -1):
@@ -359,14 +359,16 @@ static int write_json(const char* path, const char* device_name, int device, con
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: bench_memory [--device N] [--json PATH]\n"
+    fprintf(stderr, "usage: bench_memory [--device N] [--interval MS] [--json PATH]\n"
                     "  --device N   CUDA ordinal, or -1 for the CPU engine (default: 0 with a GPU, else -1)\n"
+                    "  --interval MS  the engine's sample interval (default 100; 0: no background sampler)\n"
                     "  --json PATH  also write the results as JSON\n");
 }
 
 int main(int argc, char** argv) {
     int device = -2; /* not given */
     const char* json_path = NULL;
+    uint32_t interval_ms = 100;
     int32_t count = 0;
     ferry_engine_options opts;
     ferry_engine engine = NULL;
@@ -387,6 +389,14 @@ int main(int argc, char** argv) {
                 return 2;
             }
             device = (int)v;
+        } else if (strcmp(argv[i], "--interval") == 0 && i + 1 < argc) {
+            char* end = NULL;
+            long v = strtol(argv[++i], &end, 10);
+            if (end == argv[i] || *end != '\0' || v < 0 || v > 60000) {
+                fprintf(stderr, "bench_memory: bad interval \"%s\"\n", argv[i]);
+                return 2;
+            }
+            interval_ms = (uint32_t)v;
         } else if (strcmp(argv[i], "--json") == 0 && i + 1 < argc) {
             json_path = argv[++i];
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
@@ -417,6 +427,7 @@ int main(int argc, char** argv) {
 
     FERRY_CHECK(ferry_engine_options_init(&opts));
     opts.device = device;
+    opts.sample_interval_ms = interval_ms;
     FERRY_CHECK(ferry_engine_create(&opts, &engine));
 
     memset(r, 0, sizeof(r));
@@ -482,7 +493,7 @@ int main(int argc, char** argv) {
     for (i = 0; i < n; i++) {
         finish(&r[i]);
     }
-    printf("bench_memory: device %d, %s, %s\n\n", device, device_name, date);
+    printf("bench_memory: device %d, %s, %s, sample interval %u ms\n\n", device, device_name, date, interval_ms);
     printf("| call | threads | repeats x calls (per thread) | median | min | max | unit |\n");
     printf("|---|---:|---:|---:|---:|---:|---|\n");
     for (i = 0; i < n; i++) {
