@@ -11,21 +11,9 @@ import (
 	"github.com/ferry-ml/ferry/engine"
 )
 
-// engineEntry is what an engine handle refers to.
-type engineEntry struct {
-	eng  *engine.Engine
-	slot uint32 // the index of its snapshot slot in capi.c
-}
-
-var engines = newRegistry[*engineEntry](kindEngine, "ferry_engine", C.FERRY_MAX_ENGINES)
-
-func lookupEngine(h C.uintptr_t) (*engine.Engine, error) {
-	e, err := engines.get(uint64(h))
-	if err != nil {
-		return nil, err
-	}
-	return e.eng, nil
-}
+// engines maps engine handles to engines. A handle's registry index is also the index of the engine's
+// snapshot slot in capi.c.
+var engines = newRegistry[*engine.Engine](kindEngine, "ferry_engine", C.FERRY_MAX_ENGINES)
 
 func defaultEngineOptions() C.ferry_engine_options {
 	return C.ferry_engine_options{
@@ -69,13 +57,11 @@ func ferry_engine_create(opts *C.ferry_engine_options, out *C.uintptr_t) C.ferry
 		if err != nil {
 			return err
 		}
-		entry := &engineEntry{eng: eng}
-		h, slot, err := engines.add(entry)
+		h, slot, err := engines.add(eng)
 		if err != nil {
 			_ = eng.Close()
 			return err
 		}
-		entry.slot = slot
 		eng.OnSnapshot(func(s *engine.MemorySnapshot) {
 			cs := snapshotToC(s, C.uint32_t(unsafe.Sizeof(C.ferry_memory_snapshot{})))
 			C.ferry_capi_slot_publish(C.uint32_t(slot), &cs)
@@ -92,12 +78,12 @@ func ferry_engine_destroy(h C.uintptr_t) C.ferry_status {
 		if h == 0 {
 			return nil
 		}
-		entry, slot, err := engines.take(uint64(h))
+		eng, slot, err := engines.take(uint64(h))
 		if err != nil {
 			return err
 		}
 		C.ferry_capi_slot_close(C.uint32_t(slot))
-		err = entry.eng.Close()
+		err = eng.Close()
 		engines.release(slot)
 		return err
 	})
@@ -106,7 +92,7 @@ func ferry_engine_destroy(h C.uintptr_t) C.ferry_status {
 //export ferry_engine_device
 func ferry_engine_device(h C.uintptr_t, device *C.int32_t) C.ferry_status {
 	return call("ferry_engine_device", func() error {
-		eng, err := lookupEngine(h)
+		eng, err := engines.get(uint64(h))
 		if err != nil {
 			return err
 		}
@@ -121,7 +107,7 @@ func ferry_engine_device(h C.uintptr_t, device *C.int32_t) C.ferry_status {
 //export ferry_engine_sample_now
 func ferry_engine_sample_now(h C.uintptr_t) C.ferry_status {
 	return call("ferry_engine_sample_now", func() error {
-		eng, err := lookupEngine(h)
+		eng, err := engines.get(uint64(h))
 		if err != nil {
 			return err
 		}
@@ -132,7 +118,7 @@ func ferry_engine_sample_now(h C.uintptr_t) C.ferry_status {
 //export ferry_memory_check_live
 func ferry_memory_check_live(h C.uintptr_t, out *C.ferry_memory_snapshot) C.ferry_status {
 	return call("ferry_memory_check_live", func() error {
-		eng, err := lookupEngine(h)
+		eng, err := engines.get(uint64(h))
 		if err != nil {
 			return err
 		}

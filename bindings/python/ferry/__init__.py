@@ -11,6 +11,7 @@ subclasses, one per library status.
 
 from ._device import DeviceInfo, SystemInfo, device_count, device_info, devices, system_info, version
 from ._engine import CPU, Engine, MemorySnapshot, Pressure
+from . import _errors
 from ._errors import (
     ClosedError,
     CudaError,
@@ -52,21 +53,4 @@ __all__ = [
     "MemorySnapshot",
     "Pressure",
     "MemoryManager",
-    # errors
-    "Status",
-    "status_name",
-    "FerryError",
-    "InvalidArgumentError",
-    "InvalidHandleError",
-    "NoDeviceError",
-    "CudaError",
-    "NvmlError",
-    "OutOfMemoryError",
-    "UnsupportedError",
-    "FerryIOError",
-    "FormatError",
-    "ClosedError",
-    "FerryTimeoutError",
-    "LimitError",
-    "InternalError",
-]
+] + _errors.__all__
