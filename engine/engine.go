@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +28,12 @@ type Engine struct {
 	nv     *nvmlDevice // nil when NVML is unavailable
 	log    zerolog.Logger
 	acct   Accounting
+
+	hostPool *HostPool
+	devPool  *DevicePool
+
+	childMu  sync.Mutex
+	children map[io.Closer]struct{} // iterators, closed before the engine
 
 	snap atomic.Pointer[MemorySnapshot]
 
@@ -77,7 +85,8 @@ func Open(device int, opts ...Option) (*Engine, error) {
 	if device < CPU {
 		return nil, fmt.Errorf("%w: device %d (use a CUDA ordinal >= 0, or %d for the CPU)", ErrInvalidArgument, device, CPU)
 	}
-	e := &Engine{device: device, gpu: device != CPU}
+	e := &Engine{device: device, gpu: device != CPU, children: map[io.Closer]struct{}{}}
+	e.hostPool, e.devPool = newHostPool(e), newDevicePool(e)
 	if cfg.log != nil {
 		e.log = *cfg.log
 	} else {
@@ -125,6 +134,42 @@ func (e *Engine) Device() int { return e.device }
 // Accounting returns the engine's memory accounting, which its pools update.
 func (e *Engine) Accounting() *Accounting { return &e.acct }
 
+// HostPool is the engine's host (pinned on a GPU) memory pool.
+func (e *Engine) HostPool() *HostPool { return e.hostPool }
+
+// DevicePool is the engine's device memory pool.
+func (e *Engine) DevicePool() *DevicePool { return e.devPool }
+
+// Trim gives the memory cached by both pools back to the system and returns the bytes released: the
+// engine's own empty-cache.
+func (e *Engine) Trim() (uint64, error) {
+	h, err1 := e.hostPool.Trim()
+	var d uint64
+	var err2 error
+	if e.gpu {
+		d, err2 = e.devPool.Trim()
+	}
+	return h + d, errors.Join(err1, err2)
+}
+
+// adopt registers c to be closed when the engine closes, before its pools and context go.
+func (e *Engine) adopt(c io.Closer) error {
+	e.childMu.Lock()
+	defer e.childMu.Unlock()
+	if e.closed.Load() {
+		return fmt.Errorf("%w: engine on device %d", ErrClosed, e.device)
+	}
+	e.children[c] = struct{}{}
+	return nil
+}
+
+// disown forgets c (it closed itself).
+func (e *Engine) disown(c io.Closer) {
+	e.childMu.Lock()
+	delete(e.children, c)
+	e.childMu.Unlock()
+}
+
 // OnSnapshot registers fn to be called with every snapshot the engine publishes, starting with the
 // current one before OnSnapshot returns. Calls are serialized and never run after Close returns. fn must
 // not call back into the engine. A nil fn removes the listener.
@@ -147,11 +192,29 @@ func (e *Engine) Close() error {
 		close(e.stop)
 		<-e.done
 	}
+	// Close what was built on the engine (iterators), then its pools, then its context.
+	e.childMu.Lock()
+	children := make([]io.Closer, 0, len(e.children))
+	for c := range e.children {
+		children = append(children, c)
+	}
+	e.childMu.Unlock()
+	var errs []error
+	for _, c := range children {
+		if err := c.Close(); err != nil && !errors.Is(err, ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, e.hostPool.close())
+	if e.gpu {
+		errs = append(errs, e.devPool.close())
+	}
 	// Wait for any publish in flight, then drop the listener so none runs after Close.
 	e.mu.Lock()
 	e.listener = nil
 	e.mu.Unlock()
-	return e.releaseContext()
+	errs = append(errs, e.releaseContext())
+	return errors.Join(errs...)
 }
 
 func (e *Engine) releaseContext() error {

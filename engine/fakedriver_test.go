@@ -81,6 +81,15 @@ func TestFakeDriverChild(t *testing.T) {
 	require.NoError(t, e.SampleNow())
 	require.Equal(t, s.Sequence+1, e.MemoryCheck().Sequence)
 
+	poolAccountingChecks(t, e)
+	t.Setenv("FAKECUDA_FAIL_ALLOC", "1")
+	failures := e.MemoryCheck().EngineAllocFailures
+	_, err = e.DevicePool().Alloc(1 << 20)
+	require.ErrorIs(t, err, ErrOutOfMemory)
+	require.Contains(t, err.Error(), "CUDA_ERROR_OUT_OF_MEMORY")
+	require.Equal(t, failures+1, e.MemoryCheck().EngineAllocFailures)
+	t.Setenv("FAKECUDA_FAIL_ALLOC", "0")
+
 	require.NoError(t, e.Close())
 	t.Log("fake driver checks passed")
 }

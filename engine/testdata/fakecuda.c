@@ -1,8 +1,10 @@
 /*
  * A stand-in for libcuda.so.1 with one 80 GiB device, for tests on hosts without a GPU. It implements only
- * the driver functions the engine resolves. FAKECUDA_FAIL_MEMINFO=1 makes cuMemGetInfo_v2 fail with
- * CUDA_ERROR_INVALID_CONTEXT. fakecuda_current() reports the calling thread's current context, so tests
- * can check that the engine leaves it as it found it.
+ * the driver functions the engine resolves. "Device" memory is host memory from malloc and copies run at
+ * once, so the engine's GPU pipeline runs end to end and its results can be checked. Streams and events
+ * are tokens: every event is complete. FAKECUDA_FAIL_MEMINFO=1 makes cuMemGetInfo_v2 fail with
+ * CUDA_ERROR_INVALID_CONTEXT; FAKECUDA_FAIL_ALLOC=1 makes cuMemAlloc_v2 fail with
+ * CUDA_ERROR_OUT_OF_MEMORY. Every call that needs a context checks that one is current.
  */
 #include <stddef.h>
 #include <stdlib.h>
@@ -23,11 +25,13 @@ int fakecuda_retained(void) { return retained; }
 CUresult cuInit(unsigned flags) { return flags == 0 ? 0 : 1; }
 CUresult cuDriverGetVersion(int* v) { *v = 13000; return 0; }
 CUresult cuGetErrorName(CUresult r, const char** s) {
-    *s = r == 201 ? "CUDA_ERROR_INVALID_CONTEXT" : r == 101 ? "CUDA_ERROR_INVALID_DEVICE" : "CUDA_ERROR_UNKNOWN";
+    *s = r == 201 ? "CUDA_ERROR_INVALID_CONTEXT" : r == 101 ? "CUDA_ERROR_INVALID_DEVICE"
+       : r == 2 ? "CUDA_ERROR_OUT_OF_MEMORY" : r == 400 ? "CUDA_ERROR_INVALID_HANDLE" : "CUDA_ERROR_UNKNOWN";
     return 0;
 }
 CUresult cuGetErrorString(CUresult r, const char** s) {
-    *s = r == 201 ? "invalid device context" : r == 101 ? "invalid device ordinal" : "unknown error";
+    *s = r == 201 ? "invalid device context" : r == 101 ? "invalid device ordinal"
+       : r == 2 ? "out of memory" : r == 400 ? "invalid resource handle" : "unknown error";
     return 0;
 }
 CUresult cuDeviceGetCount(int* n) { *n = 1; return 0; }
@@ -77,10 +81,52 @@ CUresult cuCtxPopCurrent_v2(CUcontext* c) {
     return 0;
 }
 CUresult cuCtxGetCurrent(CUcontext* c) { *c = fakecuda_current(); return 0; }
+static int env_is(const char* name) {
+    const char* v = getenv(name);
+    return v != NULL && strcmp(v, "1") == 0;
+}
+
+#define NEED_CONTEXT() \
+    if (fakecuda_current() != &primary) return 201
+
+typedef unsigned long long CUdeviceptr;
+static int token;
+
+CUresult cuMemHostAlloc(void** p, size_t n, unsigned flags) {
+    NEED_CONTEXT();
+    (void)flags;
+    *p = malloc(n ? n : 1);
+    return *p ? 0 : 2;
+}
+CUresult cuMemFreeHost(void* p) { NEED_CONTEXT(); free(p); return 0; }
+CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) {
+    NEED_CONTEXT();
+    if (env_is("FAKECUDA_FAIL_ALLOC")) return 2;
+    void* m = malloc(n ? n : 1);
+    *p = (CUdeviceptr)(size_t)m;
+    return m ? 0 : 2;
+}
+CUresult cuMemFree_v2(CUdeviceptr p) { NEED_CONTEXT(); free((void*)(size_t)p); return 0; }
+CUresult cuMemsetD8_v2(CUdeviceptr p, unsigned char v, size_t n) { NEED_CONTEXT(); memset((void*)(size_t)p, v, n); return 0; }
+CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) { NEED_CONTEXT(); memcpy(dst, (void*)(size_t)src, n); return 0; }
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, void* s) {
+    NEED_CONTEXT();
+    (void)s;
+    memcpy((void*)(size_t)dst, src, n);
+    return 0;
+}
+CUresult cuStreamCreate(void** s, unsigned flags) { NEED_CONTEXT(); (void)flags; *s = &token; return 0; }
+CUresult cuStreamDestroy_v2(void* s) { NEED_CONTEXT(); return s == &token ? 0 : 400; }
+CUresult cuStreamQuery(void* s) { NEED_CONTEXT(); (void)s; return 0; }
+CUresult cuStreamWaitEvent(void* s, void* e, unsigned flags) { NEED_CONTEXT(); (void)s; (void)e; return flags == 0 ? 0 : 1; }
+CUresult cuEventCreate(void** e, unsigned flags) { NEED_CONTEXT(); (void)flags; *e = &token; return 0; }
+CUresult cuEventDestroy_v2(void* e) { NEED_CONTEXT(); return e == &token ? 0 : 400; }
+CUresult cuEventRecord(void* e, void* s) { NEED_CONTEXT(); (void)s; return e == &token ? 0 : 400; }
+CUresult cuEventQuery(void* e) { NEED_CONTEXT(); return e == &token ? 0 : 400; }
+
 CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total_bytes) {
-    if (fakecuda_current() != &primary) return 201;
-    const char* fail = getenv("FAKECUDA_FAIL_MEMINFO");
-    if (fail != NULL && strcmp(fail, "1") == 0) return 201;
+    NEED_CONTEXT();
+    if (env_is("FAKECUDA_FAIL_MEMINFO")) return 201;
     *free_bytes = (size_t)70 << 30;
     *total_bytes = (size_t)80 << 30;
     return 0;

@@ -26,6 +26,21 @@ static struct {
     CUresult (*ctx_pop_current)(CUcontext*);
     CUresult (*ctx_get_current)(CUcontext*);
     CUresult (*mem_get_info)(size_t*, size_t*);
+    CUresult (*mem_host_alloc)(void**, size_t, unsigned int);
+    CUresult (*mem_free_host)(void*);
+    CUresult (*mem_alloc)(CUdeviceptr*, size_t);
+    CUresult (*mem_free)(CUdeviceptr);
+    CUresult (*memset_d8)(CUdeviceptr, unsigned char, size_t);
+    CUresult (*memcpy_dtoh)(void*, CUdeviceptr, size_t);
+    CUresult (*memcpy_htod_async)(CUdeviceptr, const void*, size_t, CUstream);
+    CUresult (*stream_create)(CUstream*, unsigned int);
+    CUresult (*stream_destroy)(CUstream);
+    CUresult (*stream_query)(CUstream);
+    CUresult (*stream_wait_event)(CUstream, CUevent, unsigned int);
+    CUresult (*event_create)(CUevent*, unsigned int);
+    CUresult (*event_destroy)(CUevent);
+    CUresult (*event_record)(CUevent, CUstream);
+    CUresult (*event_query)(CUevent);
 } cu;
 
 static void* handle;
@@ -77,6 +92,21 @@ int ferry_cu_load(const char* path, char* err, size_t errlen) {
     RESOLVE(ctx_pop_current, "cuCtxPopCurrent_v2", NULL);
     RESOLVE(ctx_get_current, "cuCtxGetCurrent", NULL);
     RESOLVE(mem_get_info, "cuMemGetInfo_v2", NULL);
+    RESOLVE(mem_host_alloc, "cuMemHostAlloc", NULL);
+    RESOLVE(mem_free_host, "cuMemFreeHost", NULL);
+    RESOLVE(mem_alloc, "cuMemAlloc_v2", NULL);
+    RESOLVE(mem_free, "cuMemFree_v2", NULL);
+    RESOLVE(memset_d8, "cuMemsetD8_v2", NULL);
+    RESOLVE(memcpy_dtoh, "cuMemcpyDtoH_v2", NULL);
+    RESOLVE(memcpy_htod_async, "cuMemcpyHtoDAsync_v2", NULL);
+    RESOLVE(stream_create, "cuStreamCreate", NULL);
+    RESOLVE(stream_destroy, "cuStreamDestroy_v2", NULL);
+    RESOLVE(stream_query, "cuStreamQuery", NULL);
+    RESOLVE(stream_wait_event, "cuStreamWaitEvent", NULL);
+    RESOLVE(event_create, "cuEventCreate", NULL);
+    RESOLVE(event_destroy, "cuEventDestroy_v2", NULL);
+    RESOLVE(event_record, "cuEventRecord", NULL);
+    RESOLVE(event_query, "cuEventQuery", NULL);
 #undef RESOLVE
     CUresult r = cu.init(0);
     if (r != 0) {
@@ -152,3 +182,48 @@ CUresult ferry_cu_primary_ctx_release(CUdevice dev) { return CALL(primary_ctx_re
 CUresult ferry_cu_mem_get_info(CUcontext ctx, size_t* free_bytes, size_t* total_bytes) {
     WITH_CONTEXT(ctx, cu.mem_get_info(free_bytes, total_bytes));
 }
+
+CUresult ferry_cu_ctx_push(CUcontext ctx) { return CALL(ctx_push_current, ctx); }
+CUresult ferry_cu_ctx_pop(void) {
+    CUcontext popped;
+    return CALL(ctx_pop_current, &popped);
+}
+
+CUresult ferry_cu_mem_host_alloc(CUcontext ctx, void** p, size_t bytes) {
+    WITH_CONTEXT(ctx, cu.mem_host_alloc(p, bytes, FERRY_CU_MEMHOSTALLOC_PORTABLE));
+}
+CUresult ferry_cu_mem_free_host(CUcontext ctx, void* p) { WITH_CONTEXT(ctx, cu.mem_free_host(p)); }
+CUresult ferry_cu_mem_alloc(CUcontext ctx, CUdeviceptr* p, size_t bytes) { WITH_CONTEXT(ctx, cu.mem_alloc(p, bytes)); }
+CUresult ferry_cu_mem_free(CUcontext ctx, CUdeviceptr p) { WITH_CONTEXT(ctx, cu.mem_free(p)); }
+CUresult ferry_cu_memset_d8(CUcontext ctx, CUdeviceptr p, unsigned char value, size_t n) {
+    WITH_CONTEXT(ctx, cu.memset_d8(p, value, n));
+}
+CUresult ferry_cu_memcpy_dtoh(CUcontext ctx, void* dst, CUdeviceptr src, size_t n) {
+    WITH_CONTEXT(ctx, cu.memcpy_dtoh(dst, src, n));
+}
+#define STREAM(s) ((CUstream)(s))
+#define EVENT(e) ((CUevent)(e))
+
+CUresult ferry_cu_memcpy_htod_async(CUcontext ctx, CUdeviceptr dst, const void* src, size_t n, uintptr_t s) {
+    WITH_CONTEXT(ctx, cu.memcpy_htod_async(dst, src, n, STREAM(s)));
+}
+CUresult ferry_cu_stream_create(CUcontext ctx, uintptr_t* s) {
+    CUstream st = NULL;
+    CUresult r;
+    WITH_CONTEXT(ctx, (r = cu.stream_create(&st, FERRY_CU_STREAM_NON_BLOCKING), *s = (uintptr_t)st, r));
+}
+CUresult ferry_cu_stream_destroy(CUcontext ctx, uintptr_t s) { WITH_CONTEXT(ctx, cu.stream_destroy(STREAM(s))); }
+CUresult ferry_cu_stream_query(CUcontext ctx, uintptr_t s) { WITH_CONTEXT(ctx, cu.stream_query(STREAM(s))); }
+CUresult ferry_cu_stream_wait_event(CUcontext ctx, uintptr_t s, uintptr_t e) {
+    WITH_CONTEXT(ctx, cu.stream_wait_event(STREAM(s), EVENT(e), 0));
+}
+CUresult ferry_cu_event_create(CUcontext ctx, uintptr_t* e) {
+    CUevent ev = NULL;
+    CUresult r;
+    WITH_CONTEXT(ctx, (r = cu.event_create(&ev, FERRY_CU_EVENT_DISABLE_TIMING), *e = (uintptr_t)ev, r));
+}
+CUresult ferry_cu_event_destroy(CUcontext ctx, uintptr_t e) { WITH_CONTEXT(ctx, cu.event_destroy(EVENT(e))); }
+CUresult ferry_cu_event_record(CUcontext ctx, uintptr_t e, uintptr_t s) {
+    WITH_CONTEXT(ctx, cu.event_record(EVENT(e), STREAM(s)));
+}
+CUresult ferry_cu_event_query(CUcontext ctx, uintptr_t e) { WITH_CONTEXT(ctx, cu.event_query(EVENT(e))); }

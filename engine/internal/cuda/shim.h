@@ -8,6 +8,7 @@
 #define FERRY_CUDA_SHIM_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Internal: not exported from libferry.so. */
 #pragma GCC visibility push(hidden)
@@ -15,6 +16,18 @@
 typedef int CUresult;
 typedef int CUdevice;
 typedef struct CUctx_st* CUcontext;
+typedef struct CUstream_st* CUstream;
+typedef struct CUevent_st* CUevent;
+typedef unsigned long long CUdeviceptr;
+
+/* CUDA_ERROR_NOT_READY: an event or stream query whose work has not completed. */
+#define FERRY_CU_NOT_READY 600
+/* cuMemHostAlloc flags. */
+#define FERRY_CU_MEMHOSTALLOC_PORTABLE 0x01
+/* cuStreamCreate flags: no implicit synchronization with the legacy default stream. */
+#define FERRY_CU_STREAM_NON_BLOCKING 0x1
+/* cuEventCreate flags. */
+#define FERRY_CU_EVENT_DISABLE_TIMING 0x2
 
 /* Results of ferry_cu_load other than CUresult values. */
 #define FERRY_CU_LOAD_DLOPEN_FAILED (-1)
@@ -47,6 +60,29 @@ CUresult ferry_cu_device_attribute(CUdevice dev, int attr, int* value);
 
 CUresult ferry_cu_primary_ctx_retain(CUdevice dev, CUcontext* ctx);
 CUresult ferry_cu_primary_ctx_release(CUdevice dev);
+
+/* Makes ctx current on the calling thread until the matching pop; for threads ferry owns (locked). */
+CUresult ferry_cu_ctx_push(CUcontext ctx);
+CUresult ferry_cu_ctx_pop(void);
+
+/* Memory. Each makes ctx current for the one call. */
+CUresult ferry_cu_mem_host_alloc(CUcontext ctx, void** p, size_t bytes);
+CUresult ferry_cu_mem_free_host(CUcontext ctx, void* p);
+CUresult ferry_cu_mem_alloc(CUcontext ctx, CUdeviceptr* p, size_t bytes);
+CUresult ferry_cu_mem_free(CUcontext ctx, CUdeviceptr p);
+CUresult ferry_cu_memset_d8(CUcontext ctx, CUdeviceptr p, unsigned char value, size_t n);
+CUresult ferry_cu_memcpy_dtoh(CUcontext ctx, void* dst, CUdeviceptr src, size_t n);
+CUresult ferry_cu_memcpy_htod_async(CUcontext ctx, CUdeviceptr dst, const void* src, size_t n, uintptr_t s);
+
+/* Streams and events. Handles cross into Go as uintptr_t (driver-owned pointers, never Go memory). */
+CUresult ferry_cu_stream_create(CUcontext ctx, uintptr_t* s);
+CUresult ferry_cu_stream_destroy(CUcontext ctx, uintptr_t s);
+CUresult ferry_cu_stream_query(CUcontext ctx, uintptr_t s);
+CUresult ferry_cu_stream_wait_event(CUcontext ctx, uintptr_t s, uintptr_t e);
+CUresult ferry_cu_event_create(CUcontext ctx, uintptr_t* e);
+CUresult ferry_cu_event_destroy(CUcontext ctx, uintptr_t e);
+CUresult ferry_cu_event_record(CUcontext ctx, uintptr_t e, uintptr_t s);
+CUresult ferry_cu_event_query(CUcontext ctx, uintptr_t e);
 
 /* cuMemGetInfo on ctx: makes ctx current for the call (pushing and popping it unless it already is). */
 CUresult ferry_cu_mem_get_info(CUcontext ctx, size_t* free_bytes, size_t* total_bytes);
