@@ -21,11 +21,20 @@ void ferry_capi_slot_publish(uint32_t slot, const ferry_memory_snapshot* snap);
 void ferry_capi_slot_open(uint32_t slot, uint64_t handle);
 void ferry_capi_slot_close(uint32_t slot);
 
+/* A DLPack tensor over ferry memory, holding one reference on batch; its deleter drops the reference
+   (through the Go export ferryTensorDeleted) and frees the tensor. NULL when out of memory. */
+DLManagedTensorVersioned* ferry_capi_tensor_new(uint64_t batch, uint64_t data, int32_t device_type, int32_t device_id,
+                                                int32_t ndim, const int64_t* shape, uint8_t code, uint8_t bits);
+
 /* Minimum (version 1) sizes of the size-prefixed structs. */
 #define FERRY_CAPI_V1_DEVICE_PROPERTIES 416u
 #define FERRY_CAPI_V1_SYSTEM_PROPERTIES 688u
 #define FERRY_CAPI_V1_ENGINE_OPTIONS 16u
 #define FERRY_CAPI_V1_MEMORY_SNAPSHOT 160u
+#define FERRY_CAPI_V1_TOKEN_OPTIONS 32u
+#define FERRY_CAPI_V1_ITERATOR_OPTIONS 48u
+#define FERRY_CAPI_V1_ITERATOR_POSITION 24u
+#define FERRY_CAPI_V1_BATCH_PROPERTIES 32u
 
 #pragma GCC visibility pop
 

@@ -75,6 +75,8 @@ typedef enum ferry_status {
     FERRY_ERR_TIMEOUT = 11,
     /** A fixed limit was reached, e.g. too many live handles of one type. */
     FERRY_ERR_LIMIT = 12,
+    /** Not an error: ferry_iterator_next reached the end of an epoch; the next call starts the next one. */
+    FERRY_END_OF_EPOCH = 13,
     /** A bug in ferry (a recovered panic, a broken invariant). Please report it with the message. */
     FERRY_ERR_INTERNAL = 99
 } ferry_status;
@@ -271,6 +273,320 @@ FERRY_API ferry_status ferry_memory_check(ferry_engine engine, ferry_memory_snap
  * NVML's per-process query costs ~30 µs. On the CPU engine the host figures are queried now instead.
  */
 FERRY_API ferry_status ferry_memory_check_live(ferry_engine engine, ferry_memory_snapshot* out);
+
+/* ------------------------------------------------------------------------------------------------ */
+/* DLPack                                                                                           */
+/* ------------------------------------------------------------------------------------------------ */
+
+/*
+ * The DLPack 1.0 ABI (https://dmlc.github.io/dlpack/latest/), declared here so that ferry.h needs no other
+ * header. If the program includes dlpack.h first, its definitions are used; they are the same.
+ */
+#ifndef DLPACK_MAJOR_VERSION
+#define DLPACK_MAJOR_VERSION 1
+#define DLPACK_MINOR_VERSION 0
+#define DLPACK_FLAG_BITMASK_READ_ONLY (1ULL << 0)
+#define DLPACK_FLAG_BITMASK_IS_COPIED (1ULL << 1)
+
+/** DLPack's ABI version, carried by every versioned tensor. */
+typedef struct {
+    uint32_t major;
+    uint32_t minor;
+} DLPackVersion;
+
+/** Where a tensor's memory is. ferry hands out kDLCPU (CPU engine) and kDLCUDA tensors. */
+typedef enum {
+    kDLCPU = 1,
+    kDLCUDA = 2,
+    kDLCUDAHost = 3
+} DLDeviceType;
+
+/** A device: its type and ordinal. */
+typedef struct {
+    DLDeviceType device_type;
+    int32_t device_id;
+} DLDevice;
+
+/** Element type codes. */
+typedef enum {
+    kDLInt = 0U,
+    kDLUInt = 1U,
+    kDLFloat = 2U,
+    kDLOpaqueHandle = 3U,
+    kDLBfloat = 4U,
+    kDLComplex = 5U,
+    kDLBool = 6U
+} DLDataTypeCode;
+
+/** An element type: code, bits per lane, lanes. */
+typedef struct {
+    uint8_t code;
+    uint8_t bits;
+    uint16_t lanes;
+} DLDataType;
+
+/** A tensor view: no ownership. strides NULL means compact row-major. */
+typedef struct {
+    void* data;
+    DLDevice device;
+    int32_t ndim;
+    DLDataType dtype;
+    int64_t* shape;
+    int64_t* strides;
+    uint64_t byte_offset;
+} DLTensor;
+
+/** A tensor with its owner: call deleter(self) exactly once when done with it. */
+typedef struct DLManagedTensorVersioned {
+    DLPackVersion version;
+    void* manager_ctx;
+    void (*deleter)(struct DLManagedTensorVersioned* self);
+    uint64_t flags;
+    DLTensor dl_tensor;
+} DLManagedTensorVersioned;
+#endif /* DLPACK_MAJOR_VERSION */
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Sources                                                                                          */
+/* ------------------------------------------------------------------------------------------------ */
+
+/** Element types of fields. */
+typedef enum ferry_dtype {
+    FERRY_DTYPE_BOOL = 1,
+    FERRY_DTYPE_UINT8 = 2,
+    FERRY_DTYPE_INT8 = 3,
+    FERRY_DTYPE_UINT16 = 4,
+    FERRY_DTYPE_INT16 = 5,
+    FERRY_DTYPE_UINT32 = 6,
+    FERRY_DTYPE_INT32 = 7,
+    FERRY_DTYPE_UINT64 = 8,
+    FERRY_DTYPE_INT64 = 9,
+    FERRY_DTYPE_FLOAT16 = 10,
+    FERRY_DTYPE_BFLOAT16 = 11,
+    FERRY_DTYPE_FLOAT32 = 12,
+    FERRY_DTYPE_FLOAT64 = 13
+} ferry_dtype;
+
+/** The most dimensions a field's per-sample shape may have. */
+#define FERRY_MAX_DIMS 8
+
+/**
+ * One named field of a sample: its element type and per-sample shape (a batch holds it as
+ * [batch, shape...]). This struct is frozen (it travels in arrays, so it has no size field). The library
+ * copies name; the caller keeps nothing alive after the call.
+ */
+typedef struct ferry_field {
+    const char* name;              /**< NUL-terminated, unique within a source */
+    int32_t dtype;                 /**< ferry_dtype */
+    int32_t ndim;                  /**< 0 (a scalar per sample) .. FERRY_MAX_DIMS */
+    int64_t shape[FERRY_MAX_DIMS]; /**< the first ndim entries are used, each > 0 */
+    int64_t offset;                /**< byte offset inside a record (ferry_source_records); else ignored */
+} ferry_field;
+
+/** A source of samples: an opaque ID, not a pointer. */
+typedef struct ferry_source_s* ferry_source;
+
+/**
+ * A source over caller memory: data[k] points to num_samples samples of fields[k], back to back (a C-order
+ * array whose first dimension is the sample, e.g. a numpy array). Nothing is copied at creation: the
+ * caller keeps the memory alive, unchanged, until the source and every iterator over it are destroyed.
+ */
+FERRY_API ferry_status ferry_source_memory(int64_t num_samples, const ferry_field* fields, int32_t num_fields,
+                                           const void* const* data, ferry_source* source);
+
+/**
+ * A memory-mapped file of fixed-size records after an optional header, each field at its offset inside
+ * the record. A file whose size past the header is not a whole number of records is an error
+ * (FERRY_ERR_FORMAT), never a silent truncation.
+ */
+FERRY_API ferry_status ferry_source_records(const char* path, int64_t record_size, int64_t header_size,
+                                            const ferry_field* fields, int32_t num_fields, ferry_source* source);
+
+/** The CIFAR-10 binary format as is: fields "label" (uint8) and "image" (uint8 [3, 32, 32], CHW). */
+FERRY_API ferry_status ferry_source_cifar10(const char* path, ferry_source* source);
+
+/**
+ * One .npy file per field (C order, little-endian or byte-sized types), memory-mapped. The first dimension
+ * is the sample and must agree across files.
+ */
+FERRY_API ferry_status ferry_source_npy(const char* const* names, const char* const* paths, int32_t count,
+                                        ferry_source* source);
+
+/** Token file formats. */
+typedef enum ferry_token_format {
+    FERRY_TOKENS_UINT16 = 1, /**< a flat file of little-endian uint16 tokens (nanoGPT's .bin) */
+    FERRY_TOKENS_UINT32 = 2, /**< a flat file of little-endian uint32 tokens */
+    FERRY_TOKENS_LLMC = 3    /**< an llm.c shard: a 256 x int32 header (magic, version, count), then tokens */
+} ferry_token_format;
+
+/** ferry_token_options.flags: windows start at seeded random offsets (nanoGPT's get_batch); else in order. */
+#define FERRY_TOKENS_F_RANDOM 0x1u
+
+/** Options for ferry_source_tokens(). Fill with ferry_token_options_init() first. */
+typedef struct ferry_token_options {
+    uint32_t size;   /**< set by ferry_token_options_init */
+    int32_t format;  /**< ferry_token_format; default FERRY_TOKENS_UINT16 */
+    int64_t seq_len; /**< tokens per window T; required */
+    uint64_t seed;   /**< seed of the random offsets */
+    uint32_t flags;  /**< FERRY_TOKENS_F_* */
+    uint32_t reserved;
+} ferry_token_options;
+
+/** Sets opts->size and the defaults. */
+FERRY_API ferry_status ferry_token_options_init(ferry_token_options* opts);
+
+/**
+ * A token file whose samples are windows of seq_len + 1 tokens, as fields "x" and "y" (y is x shifted by
+ * one), each [seq_len] of the file's token type.
+ */
+FERRY_API ferry_status ferry_source_tokens(const char* path, const ferry_token_options* opts, ferry_source* source);
+
+/**
+ * Fills sample `index`: dst[k] is dst_bytes[k] bytes for field k. Returns 0, or non-zero to fail the
+ * batch (the iterator reports FERRY_ERR_IO naming the sample). Called from ferry's worker threads, several
+ * at once, so it must be thread-safe; it must not call back into ferry with the same iterator.
+ */
+typedef int32_t (*ferry_sample_fn)(void* user, int64_t index, void* const* dst, const int64_t* dst_bytes,
+                                   int32_t num_fields);
+
+/** A source whose samples a callback fills: custom decoding in C, C++ or Python. */
+FERRY_API ferry_status ferry_source_callback(int64_t num_samples, const ferry_field* fields, int32_t num_fields,
+                                             ferry_sample_fn fn, void* user, ferry_source* source);
+
+/** Writes the number of samples. */
+FERRY_API ferry_status ferry_source_len(ferry_source source, int64_t* num_samples);
+
+/** Writes the source's field count. */
+FERRY_API ferry_status ferry_source_num_fields(ferry_source source, int32_t* num_fields);
+
+/**
+ * Writes field `index` of the source. out->name points into the source and stays valid until the source
+ * is destroyed.
+ */
+FERRY_API ferry_status ferry_source_field(ferry_source source, int32_t index, ferry_field* field);
+
+/** Destroys the source. Destroy its iterators first. NULL is a no-op. */
+FERRY_API ferry_status ferry_source_destroy(ferry_source source);
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Iterator                                                                                         */
+/* ------------------------------------------------------------------------------------------------ */
+
+/** A prefetching iterator: an opaque ID. */
+typedef struct ferry_iterator_s* ferry_iterator;
+/** A batch handed out by ferry_iterator_next: an opaque ID. */
+typedef struct ferry_batch_s* ferry_batch;
+
+/** ferry_iterator_options.flags: a seeded permutation per epoch (else sequential). */
+#define FERRY_ITERATOR_F_SHUFFLE 0x1u
+/** ferry_iterator_options.flags: drop the last incomplete batch (and cut the tail when sharding). */
+#define FERRY_ITERATOR_F_DROP_LAST 0x2u
+
+/** Options for ferry_iterator_create(). Fill with ferry_iterator_options_init() first. */
+typedef struct ferry_iterator_options {
+    uint32_t size;       /**< set by ferry_iterator_options_init */
+    uint32_t flags;      /**< FERRY_ITERATOR_F_* */
+    int64_t batch_size;  /**< samples per batch; required */
+    uint64_t seed;       /**< the shuffle's seed: the order is a pure function of (seed, epoch, position) */
+    int32_t workers;     /**< gather threads; 0 picks min(cores, 16) */
+    int32_t prefetch;    /**< batches in flight (the ring depth), 2..64; 0 picks 4 */
+    int32_t rank;        /**< this rank, as torch's DistributedSampler shards */
+    int32_t world_size;  /**< ranks; 0 reads RANK and WORLD_SIZE when set (torchrun), else 1 */
+    uint32_t timeout_ms; /**< the longest ferry_iterator_next waits; 0 picks 300000 (5 min) */
+    uint32_t reserved;
+} ferry_iterator_options;
+
+/** Sets opts->size and the defaults. */
+FERRY_API ferry_status ferry_iterator_options_init(ferry_iterator_options* opts);
+
+/**
+ * Creates an iterator over source on the engine's device and starts prefetching. It allocates its ring
+ * once: prefetch x batch_size x (bytes per sample) of page-locked host memory and as much device memory
+ * (host memory only on the CPU engine). The source must outlive the iterator.
+ */
+FERRY_API ferry_status ferry_iterator_create(ferry_engine engine, ferry_source source,
+                                             const ferry_iterator_options* opts, ferry_iterator* iterator);
+
+/**
+ * Returns the next batch. consumer_stream is the CUDA stream that will use the batch (a CUstream or
+ * cudaStream_t; NULL is the legacy default stream): ferry makes it wait on the batch's copy with
+ * cuStreamWaitEvent, so the host never waits for the copy. On the CPU engine it is ignored. Returns
+ * FERRY_END_OF_EPOCH (with *batch NULL) once at the end of each epoch; the call after it returns the next
+ * epoch's first batch, already prefetched. A sample the source cannot read fails its batch with that error;
+ * the iterator stays usable. Waits at most timeout_ms (FERRY_ERR_TIMEOUT). Call from one thread at a time.
+ */
+FERRY_API ferry_status ferry_iterator_next(ferry_iterator iterator, void* consumer_stream, ferry_batch* batch);
+
+/** Writes the number of batches per epoch on this rank. */
+FERRY_API ferry_status ferry_iterator_len(ferry_iterator iterator, int64_t* batches);
+
+/** An iterator position: the next batch ferry_iterator_next returns. */
+typedef struct ferry_iterator_position {
+    uint32_t size; /**< set by the caller: sizeof(ferry_iterator_position) */
+    uint32_t reserved;
+    uint64_t epoch;
+    int64_t batch; /**< 0 .. batches per epoch (the last value means: the epoch's end comes next) */
+} ferry_iterator_position;
+
+/** Writes the iterator's position: all that an exact resume needs. */
+FERRY_API ferry_status ferry_iterator_state(ferry_iterator iterator, ferry_iterator_position* state);
+
+/**
+ * Moves the iterator to state, in O(1): the batches that follow equal, bit for bit, those an
+ * uninterrupted iterator would have returned from there. Prefetched batches are discarded; batches the
+ * caller holds stay valid until released.
+ */
+FERRY_API ferry_status ferry_iterator_restore(ferry_iterator iterator, const ferry_iterator_position* state);
+
+/** Starts epoch `epoch` from its first batch, like DistributedSampler.set_epoch. */
+FERRY_API ferry_status ferry_iterator_set_epoch(ferry_iterator iterator, uint64_t epoch);
+
+/**
+ * Stops prefetching, waits (bounded by timeout_ms) for copies in flight, and returns the ring to the
+ * engine's pools. Release every batch first: batches still held become invalid. NULL is a no-op.
+ */
+FERRY_API ferry_status ferry_iterator_destroy(ferry_iterator iterator);
+
+/** Facts about a batch. */
+typedef struct ferry_batch_properties {
+    uint32_t size; /**< set by the caller: sizeof(ferry_batch_properties) */
+    int32_t num_fields;
+    uint64_t epoch;
+    int64_t index;       /**< the batch's number within its epoch */
+    int64_t num_samples; /**< the batch size (the last batch may be short) */
+} ferry_batch_properties;
+
+/** Fills *info. */
+FERRY_API ferry_status ferry_batch_info(ferry_batch batch, ferry_batch_properties* info);
+
+/** Copies the batch's sample indices (num_samples of them) into indices, which has room for capacity. */
+FERRY_API ferry_status ferry_batch_indices(ferry_batch batch, int64_t* indices, int64_t capacity);
+
+/**
+ * Hands field `index` of the batch out as a DLPack tensor, with no copy: [num_samples, shape...] on the
+ * engine's device (kDLCUDA), or in host memory on the CPU engine (kDLCPU). Each tensor holds the batch:
+ * its memory is reused only after ferry_batch_release and the deleter of every tensor handed out have been
+ * called. The caller owns *tensor and must call (*tensor)->deleter(*tensor) exactly once, from any thread.
+ */
+FERRY_API ferry_status ferry_batch_field(ferry_batch batch, int32_t index, DLManagedTensorVersioned** tensor);
+
+/** As ferry_batch_field, by field name. */
+FERRY_API ferry_status ferry_batch_field_by_name(ferry_batch batch, const char* name,
+                                                 DLManagedTensorVersioned** tensor);
+
+/**
+ * Makes stream wait for the batch's copy too: for consumers that use the batch on a stream other than
+ * the one given to ferry_iterator_next.
+ */
+FERRY_API ferry_status ferry_batch_wait(ferry_batch batch, void* stream);
+
+/**
+ * Gives the batch back. stream (NULL: the stream given to ferry_iterator_next) is the stream whose work
+ * uses the batch: ferry records an event on it, and refills the batch's memory only after that event, so
+ * the host never waits. Tensors handed out stay valid until their deleters run. The handle is invalid
+ * afterwards.
+ */
+FERRY_API ferry_status ferry_batch_release(ferry_batch batch, void* stream);
 
 #ifdef __cplusplus
 } /* extern "C" */

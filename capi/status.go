@@ -17,6 +17,8 @@ func statusOf(err error) C.ferry_status {
 	switch {
 	case err == nil:
 		return C.FERRY_OK
+	case errors.Is(err, errEndOfEpoch):
+		return C.FERRY_END_OF_EPOCH
 	case errors.Is(err, errInvalidHandle):
 		return C.FERRY_ERR_INVALID_HANDLE
 	case errors.Is(err, engine.ErrInvalidArgument):

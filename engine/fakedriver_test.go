@@ -90,6 +90,7 @@ func TestFakeDriverChild(t *testing.T) {
 	require.Equal(t, failures+1, e.MemoryCheck().EngineAllocFailures)
 	t.Setenv("FAKECUDA_FAIL_ALLOC", "0")
 
+	iteratorChecks(t, e)
 	require.NoError(t, e.Close())
 	t.Log("fake driver checks passed")
 }

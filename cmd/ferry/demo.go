@@ -1,17 +1,52 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"time"
 
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/ferry-ml/ferry/engine"
 )
 
-// runDemo prints the system table, then watches the memory snapshot of the first GPU (or of the host
-// when there is none) as the background sampler refreshes it.
-func runDemo(cmd *cobra.Command, samples int, interval time.Duration) error {
+// demoConfig is the built-in demonstration: a synthetic labelled image set, generated in memory.
+type demoConfig struct {
+	images   int
+	batch    int
+	epochs   int
+	workers  int
+	prefetch int
+	step     time.Duration // simulated training step per batch
+	cpu      bool
+	quiet    bool // no progress bar
+}
+
+// syntheticImages builds n random 224×224×3 uint8 images with labels in [0, 1000), in memory.
+func syntheticImages(n int, seed uint64) (*engine.MemorySource, error) {
+	fields := []engine.Field{
+		{Name: "image", DType: engine.Uint8, Shape: []int{224, 224, 3}},
+		{Name: "label", DType: engine.Int64},
+	}
+	rng := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)})
+	images := make([]byte, n*fields[0].Bytes())
+	_, _ = rng.Read(images)
+	labels := make([]byte, n*8)
+	r := rand.New(rng)
+	for i := 0; i < n; i++ {
+		v := uint64(r.IntN(1000))
+		for b := 0; b < 8; b++ {
+			labels[i*8+b] = byte(v >> (8 * b))
+		}
+	}
+	return engine.NewMemorySource(n, fields, [][]byte{images, labels})
+}
+
+func runDemo(cmd *cobra.Command, cfg demoConfig) error {
 	w := cmd.OutOrStdout()
 	r, err := gatherInfo()
 	if err != nil {
@@ -21,60 +56,115 @@ func runDemo(cmd *cobra.Command, samples int, interval time.Duration) error {
 		return err
 	}
 	device := engine.CPU
-	if len(r.Devices) > 0 {
+	where := "the CPU (no GPU: batches stay in host memory)"
+	if len(r.Devices) > 0 && !cfg.cpu {
 		device = 0
+		where = fmt.Sprintf("GPU 0 (%s)", r.Devices[0].Name)
 	}
-	e, err := engine.Open(device, engine.WithSampleInterval(interval))
+	fmt.Fprintf(w, "\ngenerating %d synthetic 224x224x3 images in memory...\n", cfg.images)
+	src, err := syntheticImages(cfg.images, 1)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+
+	e, err := engine.Open(device)
 	if err != nil {
 		return err
 	}
 	defer e.Close()
-	where := "the host (no GPU: CPU path)"
-	if device != engine.CPU {
-		where = fmt.Sprintf("GPU %d", device)
-	}
-	fmt.Fprintf(w, "\nmemory check on %s, sampled every %v:\n", where, interval)
-	for i := 0; i < samples; i++ {
-		time.Sleep(interval)
-		start := time.Now()
-		s := e.MemoryCheck()
-		cost := time.Since(start)
-		if s.DeviceValid {
-			fmt.Fprintf(w, "  #%-3d age %-10v device free %s of %s", s.Sequence, s.Age.Round(time.Microsecond),
-				gib(s.DeviceFree), gib(s.DeviceTotal))
-			if s.ProcessValid {
-				fmt.Fprintf(w, ", this process %s", gib(s.ProcessDevice))
-			}
-		} else {
-			fmt.Fprintf(w, "  #%-3d age %-10v host available %s of %s", s.Sequence, s.Age.Round(time.Microsecond),
-				gib(s.HostAvailable), gib(s.HostTotal))
-		}
-		fmt.Fprintf(w, "  (read in %v)\n", cost)
-	}
-	live, err := e.MemoryCheckLive()
+	setup := time.Now()
+	it, err := e.NewIterator(src, engine.IteratorOptions{
+		BatchSize: cfg.batch, Shuffle: true, Seed: 1, Workers: cfg.workers, Prefetch: cfg.prefetch,
+	})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "live check: sequence %d, engine reserved %s, pinned %s\n", live.Sequence,
-		gib(live.EngineReserved), gib(live.HostPinned))
+	defer it.Close()
+	opts := it.Options()
+	fmt.Fprintf(w, "prefetching to %s: batch %d, %d workers, %d batches in flight (ring allocated in %v)\n",
+		where, opts.BatchSize, opts.Workers, opts.Prefetch, time.Since(setup).Round(time.Millisecond))
+
+	total := cfg.epochs * it.BatchesPerEpoch()
+	var bar *progressbar.ProgressBar
+	if !cfg.quiet {
+		bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(w), progressbar.OptionSetDescription("batches"),
+			progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("batch"),
+			progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionClearOnFinish())
+	}
+	start := time.Now()
+	for done := 0; done < total; {
+		b, err := it.Next(context.Background(), 0)
+		if errors.Is(err, io.EOF) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if cfg.step > 0 {
+			time.Sleep(cfg.step) // the training step the batch would feed
+		}
+		if err := b.Release(0); err != nil {
+			return err
+		}
+		done++
+		if bar != nil {
+			_ = bar.Add(1)
+		}
+	}
+	elapsed := time.Since(start)
+	if bar != nil {
+		_ = bar.Finish()
+	}
+	st := it.Stats()
+	snap, err := e.MemoryCheckLive()
+	if err != nil {
+		return err
+	}
+	secs := elapsed.Seconds()
+	fmt.Fprintf(w, "\n%d batches, %d images in %.2f s\n", st.Batches, st.Samples, secs)
+	fmt.Fprintf(w, "throughput  %.0f images/s, %.2f GB/s\n", float64(st.Samples)/secs, float64(st.Bytes)/secs/1e9)
+	fmt.Fprintf(w, "data stall  %.2f s (%.1f%% of the loop: time next() waited for data)\n",
+		st.Stall.Seconds(), 100*st.Stall.Seconds()/secs)
+	fmt.Fprintf(w, "memory      engine reserved %s, pinned %s", gib(snap.EngineReserved), gib(snap.HostPinned))
+	if snap.DeviceValid {
+		fmt.Fprintf(w, ", device free %s of %s", gib(snap.DeviceFree), gib(snap.DeviceTotal))
+	}
+	if snap.HostValid {
+		fmt.Fprintf(w, ", host available %s of %s", gib(snap.HostAvailable), gib(snap.HostTotal))
+	}
+	fmt.Fprintln(w)
 	return nil
 }
 
 func newDemoCommand() *cobra.Command {
-	var samples int
-	var interval time.Duration
+	var cfg demoConfig
 	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "Run the built-in demonstration (on the GPU when there is one, else on the CPU)",
+		Short: "Prefetch a built-in synthetic image set (on the GPU when there is one, else on the CPU)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if samples < 1 {
-				return fmt.Errorf("--samples must be at least 1, got %d", samples)
+			switch {
+			case cfg.images < 1:
+				return fmt.Errorf("--images must be at least 1, got %d", cfg.images)
+			case cfg.batch < 1 || cfg.batch > cfg.images:
+				return fmt.Errorf("--batch must be 1..%d (the number of images), got %d", cfg.images, cfg.batch)
+			case cfg.epochs < 1:
+				return fmt.Errorf("--epochs must be at least 1, got %d", cfg.epochs)
+			case cfg.step < 0:
+				return fmt.Errorf("--step must not be negative, got %v", cfg.step)
 			}
-			return runDemo(cmd, samples, interval)
+			return runDemo(cmd, cfg)
 		},
 	}
-	cmd.Flags().IntVar(&samples, "samples", 5, "snapshots to show")
-	cmd.Flags().DurationVar(&interval, "interval", engine.DefaultSampleInterval, "sample interval")
+	f := cmd.Flags()
+	f.IntVar(&cfg.images, "images", 2048, "synthetic 224x224x3 images to generate")
+	f.IntVar(&cfg.batch, "batch", 256, "batch size")
+	f.IntVar(&cfg.epochs, "epochs", 2, "epochs to run")
+	f.IntVar(&cfg.workers, "workers", 0, "gather workers (0: one per core, up to 16)")
+	f.IntVar(&cfg.prefetch, "prefetch", 0, "batches in flight (0: 4)")
+	f.DurationVar(&cfg.step, "step", 0, "simulated training step per batch, e.g. 20ms")
+	f.BoolVar(&cfg.cpu, "cpu", false, "stay on the CPU even when there is a GPU")
+	f.BoolVar(&cfg.quiet, "quiet", false, "no progress bar")
 	return cmd
 }

@@ -65,14 +65,20 @@ func TestInfoTableAndDemo(t *testing.T) {
 	require.Contains(t, out, "CUDA driver")
 	require.Contains(t, out, "HOST AVAILABLE")
 
-	out, err = runCLI(t, "demo", "--samples", "2", "--interval", "10ms")
+	out, err = runCLI(t, "demo", "--images", "300", "--batch", "64", "--epochs", "2", "--quiet")
 	require.NoError(t, err)
-	require.Regexp(t, `memory check on (GPU 0|the host)`, out)
-	require.Regexp(t, `#\d+ +age`, out)
-	require.Contains(t, out, "live check: sequence")
+	require.Regexp(t, `prefetching to (GPU 0|the CPU)`, out)
+	require.Contains(t, out, "10 batches, 600 images", "2 epochs of 5 batches (the last one short)")
+	require.Regexp(t, `throughput +\d+ images/s`, out)
+	require.Contains(t, out, "data stall")
 
-	_, err = runCLI(t, "demo", "--samples", "0")
-	require.ErrorContains(t, err, "--samples must be at least 1")
+	for _, args := range [][]string{
+		{"demo", "--images", "0"}, {"demo", "--batch", "0"}, {"demo", "--images", "10", "--batch", "11"},
+		{"demo", "--epochs", "0"}, {"demo", "--step", "-1s"},
+	} {
+		_, err = runCLI(t, args...)
+		require.Error(t, err, "%v", args)
+	}
 	_, err = runCLI(t, "info", "extra")
 	require.Error(t, err)
 }

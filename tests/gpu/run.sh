@@ -5,7 +5,7 @@
 #   FERRY_REQUIRE_GPU=1 build/gpu/run.sh [tests|bench|all]
 #
 # Results go to $OUT (default: ./out next to this script): tests.log, bench.log, bench_c.json,
-# bench_python.json, info.json, nvidia-smi.txt. The last lines printed are a summary table.
+# bench_python.json, bench_loader.json, info.json, nvidia-smi.txt. The last lines printed are a summary table.
 set -u
 mode=${1:-all}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -66,6 +66,7 @@ if [ "$mode" = bench ] || [ "$mode" = all ]; then
     : >"$log"
     step "bench: C" "$log" "$here/bin/bench_memory" --device 0 --json "$out/bench_c.json"
     step "bench: Python vs torch" "$log" python3 "$here/python/benchmarks/bench_memory.py" --device 0 --json "$out/bench_python.json"
+    step "bench: loader vs torch" "$log" python3 "$here/python/benchmarks/bench_loader.py" --json "$out/bench_loader.json"
     step "bench: Go" "$log" "$here/tests/engine.test" -test.run '^$' -test.bench . -test.benchtime 2s
     cat "$log"
 fi

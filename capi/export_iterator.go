@@ -1,0 +1,202 @@
+package main
+
+// #include "exports.h"
+import "C"
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+	"unsafe"
+
+	"github.com/ferry-ml/ferry/engine"
+)
+
+const kindIterator uint64 = 0x49
+
+// maxIterators bounds the live iterators of a process.
+const maxIterators = 4096
+
+var iterators = newRegistry[*engine.Iterator](kindIterator, "ferry_iterator", maxIterators)
+
+// errEndOfEpoch maps to FERRY_END_OF_EPOCH.
+var errEndOfEpoch = errors.New("end of epoch")
+
+func defaultIteratorOptions() C.ferry_iterator_options {
+	return C.ferry_iterator_options{size: C.uint32_t(unsafe.Sizeof(C.ferry_iterator_options{}))}
+}
+
+//export ferry_iterator_options_init
+func ferry_iterator_options_init(opts *C.ferry_iterator_options) C.ferry_status {
+	return call("ferry_iterator_options_init", func() error {
+		if opts == nil {
+			return errNull("opts")
+		}
+		*opts = defaultIteratorOptions()
+		return nil
+	})
+}
+
+//export ferry_iterator_create
+func ferry_iterator_create(eh C.uintptr_t, sh C.uintptr_t, opts *C.ferry_iterator_options, out *C.uintptr_t) C.ferry_status {
+	return call("ferry_iterator_create", func() error {
+		if out == nil {
+			return errNull("iterator")
+		}
+		*out = 0
+		eng, err := engines.get(uint64(eh))
+		if err != nil {
+			return err
+		}
+		src, err := sources.get(uint64(sh))
+		if err != nil {
+			return err
+		}
+		if opts == nil {
+			return errNull("opts (batch_size is required)")
+		}
+		if err := checkSize("ferry_iterator_options", opts.size, C.FERRY_CAPI_V1_ITERATOR_OPTIONS); err != nil {
+			return err
+		}
+		const known = C.FERRY_ITERATOR_F_SHUFFLE | C.FERRY_ITERATOR_F_DROP_LAST
+		if opts.flags&^known != 0 {
+			return fmt.Errorf("%w: ferry_iterator_options.flags %#x has unknown bits", engine.ErrInvalidArgument, uint32(opts.flags))
+		}
+		if opts.batch_size <= 0 || opts.batch_size > 1<<24 {
+			return fmt.Errorf("%w: batch_size is %d; it must be 1..%d", engine.ErrInvalidArgument, int64(opts.batch_size), 1<<24)
+		}
+		it, err := eng.NewIterator(src.src, engine.IteratorOptions{
+			BatchSize: int(opts.batch_size),
+			Shuffle:   opts.flags&C.FERRY_ITERATOR_F_SHUFFLE != 0,
+			DropLast:  opts.flags&C.FERRY_ITERATOR_F_DROP_LAST != 0,
+			Seed:      uint64(opts.seed),
+			Workers:   int(opts.workers),
+			Prefetch:  int(opts.prefetch),
+			Rank:      int(opts.rank),
+			WorldSize: int(opts.world_size),
+			Timeout:   time.Duration(opts.timeout_ms) * time.Millisecond,
+		})
+		if err != nil {
+			return err
+		}
+		h, _, err := iterators.add(it)
+		if err != nil {
+			_ = it.Close()
+			return err
+		}
+		*out = C.uintptr_t(h)
+		return nil
+	})
+}
+
+//export ferry_iterator_next
+func ferry_iterator_next(h C.uintptr_t, stream unsafe.Pointer, out *C.uintptr_t) C.ferry_status {
+	return call("ferry_iterator_next", func() error {
+		it, err := iterators.get(uint64(h))
+		if err != nil {
+			return err
+		}
+		if out == nil {
+			return errNull("batch")
+		}
+		*out = 0
+		consumer := engine.Stream(uintptr(stream))
+		b, err := it.Next(context.Background(), consumer)
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%w of %d", errEndOfEpoch, it.State().Epoch-1)
+		}
+		if err != nil {
+			return err
+		}
+		bh, err := addBatch(b, consumer)
+		if err != nil {
+			_ = b.Release(consumer)
+			return err
+		}
+		*out = C.uintptr_t(bh)
+		return nil
+	})
+}
+
+//export ferry_iterator_len
+func ferry_iterator_len(h C.uintptr_t, n *C.int64_t) C.ferry_status {
+	return call("ferry_iterator_len", func() error {
+		it, err := iterators.get(uint64(h))
+		if err != nil {
+			return err
+		}
+		if n == nil {
+			return errNull("batches")
+		}
+		*n = C.int64_t(it.BatchesPerEpoch())
+		return nil
+	})
+}
+
+//export ferry_iterator_state
+func ferry_iterator_state(h C.uintptr_t, st *C.ferry_iterator_position) C.ferry_status {
+	return call("ferry_iterator_state", func() error {
+		it, err := iterators.get(uint64(h))
+		if err != nil {
+			return err
+		}
+		if st == nil {
+			return errNull("state")
+		}
+		if err := checkSize("ferry_iterator_position", st.size, C.FERRY_CAPI_V1_ITERATOR_POSITION); err != nil {
+			return err
+		}
+		pos := it.State()
+		*st = C.ferry_iterator_position{size: st.size, epoch: C.uint64_t(pos.Epoch), batch: C.int64_t(pos.Batch)}
+		return nil
+	})
+}
+
+//export ferry_iterator_restore
+func ferry_iterator_restore(h C.uintptr_t, st *C.ferry_iterator_position) C.ferry_status {
+	return call("ferry_iterator_restore", func() error {
+		it, err := iterators.get(uint64(h))
+		if err != nil {
+			return err
+		}
+		if st == nil {
+			return errNull("state")
+		}
+		if err := checkSize("ferry_iterator_position", st.size, C.FERRY_CAPI_V1_ITERATOR_POSITION); err != nil {
+			return err
+		}
+		return it.Restore(engine.IteratorState{Epoch: uint64(st.epoch), Batch: int(st.batch)})
+	})
+}
+
+//export ferry_iterator_set_epoch
+func ferry_iterator_set_epoch(h C.uintptr_t, epoch C.uint64_t) C.ferry_status {
+	return call("ferry_iterator_set_epoch", func() error {
+		it, err := iterators.get(uint64(h))
+		if err != nil {
+			return err
+		}
+		return it.SetEpoch(uint64(epoch))
+	})
+}
+
+//export ferry_iterator_destroy
+func ferry_iterator_destroy(h C.uintptr_t) C.ferry_status {
+	return call("ferry_iterator_destroy", func() error {
+		if h == 0 {
+			return nil
+		}
+		it, idx, err := iterators.take(uint64(h))
+		if err != nil {
+			return err
+		}
+		err = it.Close()
+		iterators.release(idx)
+		if errors.Is(err, engine.ErrClosed) {
+			return nil // its engine was destroyed first, which closed it
+		}
+		return err
+	})
+}

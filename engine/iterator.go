@@ -1,0 +1,683 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ferry-ml/ferry/engine/internal/cuda"
+)
+
+// Stream is a CUDA stream handle as the caller's framework gives it (e.g. torch.cuda.current_stream().
+// cuda_stream). The zero Stream is the legacy default stream.
+type Stream = cuda.Stream
+
+// Defaults of IteratorOptions.
+const (
+	DefaultPrefetch    = 4
+	DefaultNextTimeout = 5 * time.Minute
+	maxWorkers         = 64
+)
+
+// IteratorOptions configures NewIterator. The zero value of each field selects its default.
+type IteratorOptions struct {
+	BatchSize int    // samples per batch; required
+	Shuffle   bool   // a seeded permutation per epoch; else sequential
+	Seed      uint64 // the permutation's seed
+	DropLast  bool   // drop the last incomplete batch (and cut the tail when sharding; see Sampler)
+	// Rank and WorldSize shard the data as torch's DistributedSampler does. WorldSize 0 reads RANK and
+	// WORLD_SIZE from the environment when they are set (torchrun sets them), else a single rank.
+	Rank, WorldSize int
+	Workers         int           // gather goroutines; default min(GOMAXPROCS, 16)
+	Prefetch        int           // batches in flight (the ring depth), >= 2; default 4
+	Timeout         time.Duration // the longest one Next waits for data; default 5 min
+}
+
+// IteratorState is the position of an iterator: the next batch Next returns. It is all an exact resume
+// needs: restoring it is O(1), with no replay, and the batches that follow equal those that would have
+// come, bit for bit.
+type IteratorState = SamplerState
+
+// IteratorStats counts what the iterator delivered.
+type IteratorStats struct {
+	Batches uint64        // batches returned by Next
+	Samples uint64        // samples in them
+	Bytes   uint64        // bytes in them (what crossed to the device on a GPU)
+	Stall   time.Duration // time Next spent waiting for data: the input-bound share of a training loop
+}
+
+// BatchField is one field of a batch: Size samples of the source's field, laid out [Size, shape...].
+type BatchField struct {
+	Field
+	Shape  []int     // [batch size, per-sample shape...]
+	Bytes  int       // bytes of this field in this batch
+	Host   []byte    // the staging buffer (page-locked on a GPU); on the CPU engine, the batch itself
+	Device DevicePtr // the batch on the device; 0 on the CPU engine
+}
+
+// Batch is one batch handed out by Next. It stays valid until Release; its memory is then reused.
+type Batch struct {
+	Epoch   uint64
+	Index   int   // the batch's number within its epoch
+	Indices []int // the source's sample indices, in batch order
+	Fields  []BatchField
+	OnGPU   bool
+
+	it       *Iterator
+	s        *slot
+	released atomic.Bool
+}
+
+// Size is the number of samples in the batch.
+func (b *Batch) Size() int { return len(b.Indices) }
+
+// Field returns the named field, or nil.
+func (b *Batch) Field(name string) *BatchField {
+	for i := range b.Fields {
+		if b.Fields[i].Name == name {
+			return &b.Fields[i]
+		}
+	}
+	return nil
+}
+
+// Wait makes stream wait for the batch's copy too, for consumers that use the batch on a stream other
+// than the one given to Next. It does nothing on the CPU engine.
+func (b *Batch) Wait(stream Stream) error {
+	if b.released.Load() {
+		return fmt.Errorf("%w: batch %d of epoch %d was released", ErrInvalidArgument, b.Index, b.Epoch)
+	}
+	if b.it.closed.Load() {
+		return fmt.Errorf("%w: the batch's iterator", ErrClosed)
+	}
+	if !b.OnGPU {
+		return nil
+	}
+	return b.it.e.ctx.StreamWaitEvent(stream, b.s.copied)
+}
+
+// Device is the CUDA ordinal of the batch's device memory, or CPU.
+func (b *Batch) Device() int { return b.it.e.device }
+
+// Release hands the batch's memory back for refilling. On a GPU it records an event on consumer, the
+// stream whose work used the batch, and the slot is refilled only after that event: the host never waits.
+// A second Release returns ErrInvalidArgument.
+func (b *Batch) Release(consumer Stream) error {
+	if !b.released.CompareAndSwap(false, true) {
+		return fmt.Errorf("%w: batch %d of epoch %d was already released", ErrInvalidArgument, b.Index, b.Epoch)
+	}
+	return b.it.release(b.s, consumer)
+}
+
+// slot is one buffer set of the ring. Batch q of the pipeline's sequence uses slot q % depth; the free,
+// filled and ready channels (capacity 1, written without blocking) pass it from stage to stage.
+type slot struct {
+	id   int
+	host []*HostBuffer
+	dev  []*DeviceBuffer
+
+	copied       cuda.Event // recorded on the iterator's stream after the batch's copies
+	released     cuda.Event // recorded on the consumer's stream at release
+	mustWaitRels bool       // released was recorded since the last refill: the next copy waits for it
+
+	free, filled, ready chan struct{}
+	held                atomic.Bool
+
+	// Set by the producer before the workers start, read by all after.
+	epoch     uint64
+	batch     int
+	indices   []int
+	remaining atomic.Int32
+	errOnce   sync.Once
+	err       error       // the batch's first error; read after the slot is signalled filled
+	failed    atomic.Bool // err is set: workers skip the rest of the batch
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+func drain(c chan struct{}) {
+	select {
+	case <-c:
+	default:
+	}
+}
+
+func (s *slot) fail(err error) {
+	s.errOnce.Do(func() { s.err = err })
+	s.failed.Store(true)
+}
+
+// task is a range of rows of one slot for a worker to fill.
+type task struct {
+	s          *slot
+	start, end int
+}
+
+// Iterator prefetches batches from a Source: a sampler picks the samples, gather workers (goroutines)
+// copy them into a ring of page-locked staging buffers, and a copier on a locked OS thread issues the
+// host-to-device copies on the iterator's own stream and records an event per batch. Next makes the
+// consumer's stream wait on that event, so the host never blocks on a copy. On the CPU engine the same
+// pipeline delivers batches in host memory.
+//
+// Next, State, Restore and SetEpoch must be called from one goroutine at a time (the training loop);
+// Release and Stats may be called from any goroutine. Close may be called from any goroutine.
+type Iterator struct {
+	e       *Engine
+	src     Source
+	fields  []Field
+	sampler *Sampler
+	opts    IteratorOptions
+	stream  cuda.Stream
+	slots   []*slot
+
+	mu       sync.Mutex // Next, Restore, Close
+	pos      IteratorState
+	seq      uint64 // the pipeline sequence number Next takes next
+	run      *pipeline
+	closed   atomic.Bool
+	failures atomic.Uint64
+
+	batches, samples, bytes, stallNs atomic.Uint64
+}
+
+// pipeline is one run of the producer, workers and copier, from a start position until stopped.
+type pipeline struct {
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// NewIterator builds an iterator over src on the engine and starts prefetching. It allocates the ring
+// once, from the engine's pools: Prefetch × BatchSize × (bytes per sample) of host memory (page-locked on
+// a GPU) and as much device memory. The iterator does not own src; close src after the iterator.
+func (e *Engine) NewIterator(src Source, opts IteratorOptions) (*Iterator, error) {
+	if e.closed.Load() {
+		return nil, fmt.Errorf("%w: engine on device %d", ErrClosed, e.device)
+	}
+	if src == nil {
+		return nil, fmt.Errorf("%w: source is nil", ErrInvalidArgument)
+	}
+	fields := src.Fields()
+	if err := validateFields(fields); err != nil {
+		return nil, err
+	}
+	if opts.WorldSize == 0 && opts.Rank == 0 {
+		rank, world, ok, err := RankFromEnv()
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			opts.Rank, opts.WorldSize = rank, world
+		}
+	}
+	if opts.Workers < 0 || opts.Workers > maxWorkers {
+		return nil, fmt.Errorf("%w: workers %d (0 picks a default; at most %d)", ErrInvalidArgument, opts.Workers, maxWorkers)
+	}
+	if opts.Workers == 0 {
+		opts.Workers = min(runtime.GOMAXPROCS(0), 16)
+	}
+	if opts.Prefetch == 0 {
+		opts.Prefetch = DefaultPrefetch
+	}
+	if opts.Prefetch < 2 || opts.Prefetch > 64 {
+		return nil, fmt.Errorf("%w: prefetch %d must be 2..64", ErrInvalidArgument, opts.Prefetch)
+	}
+	if opts.Timeout < 0 {
+		return nil, fmt.Errorf("%w: timeout %v is negative", ErrInvalidArgument, opts.Timeout)
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = DefaultNextTimeout
+	}
+	sampler, err := NewSampler(SamplerConfig{
+		Len: src.Len(), BatchSize: opts.BatchSize, Shuffle: opts.Shuffle, Seed: opts.Seed,
+		DropLast: opts.DropLast, Rank: opts.Rank, WorldSize: opts.WorldSize,
+	})
+	if err != nil {
+		return nil, err
+	}
+	it := &Iterator{e: e, src: src, fields: fields, sampler: sampler, opts: opts}
+	if err := it.allocate(); err != nil {
+		it.free()
+		return nil, err
+	}
+	if err := e.adopt(it); err != nil {
+		it.free()
+		return nil, err
+	}
+	it.start(it.pos)
+	return it, nil
+}
+
+// allocate takes the ring's buffers, events and stream.
+func (it *Iterator) allocate() error {
+	e := it.e
+	if e.gpu {
+		s, err := e.ctx.StreamCreate()
+		if err != nil {
+			return err
+		}
+		it.stream = s
+	}
+	for i := 0; i < it.opts.Prefetch; i++ {
+		s := &slot{id: i, free: make(chan struct{}, 1), filled: make(chan struct{}, 1), ready: make(chan struct{}, 1)}
+		it.slots = append(it.slots, s)
+		s.free <- struct{}{}
+		for _, f := range it.fields {
+			n := f.Bytes() * it.opts.BatchSize
+			h, err := e.hostPool.Alloc(n)
+			if err != nil {
+				return err
+			}
+			s.host = append(s.host, h)
+			if e.gpu {
+				d, err := e.devPool.Alloc(n)
+				if err != nil {
+					return err
+				}
+				s.dev = append(s.dev, d)
+			}
+		}
+		if e.gpu {
+			var err error
+			if s.copied, err = e.ctx.EventCreate(); err != nil {
+				return err
+			}
+			if s.released, err = e.ctx.EventCreate(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// free returns everything allocate took. The pipeline must be stopped.
+func (it *Iterator) free() {
+	e := it.e
+	for _, s := range it.slots {
+		for _, h := range s.host {
+			e.hostPool.Free(h)
+		}
+		for _, d := range s.dev {
+			e.devPool.Free(d)
+		}
+		if s.copied != 0 {
+			_ = e.ctx.EventDestroy(s.copied)
+		}
+		if s.released != 0 {
+			_ = e.ctx.EventDestroy(s.released)
+		}
+	}
+	it.slots = nil
+	if it.stream != 0 {
+		_ = e.ctx.StreamDestroy(it.stream)
+		it.stream = 0
+	}
+}
+
+// BatchesPerEpoch is the number of batches Next returns per epoch on this rank.
+func (it *Iterator) BatchesPerEpoch() int { return it.sampler.BatchesPerEpoch() }
+
+// Fields is the layout of one sample.
+func (it *Iterator) Fields() []Field { return it.fields }
+
+// Options returns the options in effect, defaults filled in.
+func (it *Iterator) Options() IteratorOptions { return it.opts }
+
+// Stats returns what the iterator has delivered so far.
+func (it *Iterator) Stats() IteratorStats {
+	return IteratorStats{
+		Batches: it.batches.Load(), Samples: it.samples.Load(), Bytes: it.bytes.Load(),
+		Stall: time.Duration(it.stallNs.Load()),
+	}
+}
+
+// start launches a pipeline whose first batch is from; it.mu is held or the iterator is not shared yet.
+func (it *Iterator) start(from IteratorState) {
+	p := &pipeline{stop: make(chan struct{})}
+	it.run = p
+	it.seq = 0
+	tasks := make(chan task, it.opts.Workers*4)
+	p.wg.Add(2 + it.opts.Workers)
+	go it.produce(p, tasks, from)
+	for i := 0; i < it.opts.Workers; i++ {
+		go it.work(p, tasks)
+	}
+	go it.copyLoop(p)
+}
+
+// advance returns the position after pos.
+func (it *Iterator) advance(pos IteratorState) IteratorState {
+	pos.Batch++
+	if pos.Batch >= it.sampler.BatchesPerEpoch() {
+		pos.Epoch++
+		pos.Batch = 0
+	}
+	return pos
+}
+
+// produce assigns batch after batch to the ring's slots and splits each into tasks for the workers.
+func (it *Iterator) produce(p *pipeline, tasks chan<- task, pos IteratorState) {
+	defer p.wg.Done()
+	defer close(tasks)
+	for q := 0; ; q++ {
+		s := it.slots[q%len(it.slots)]
+		select {
+		case <-s.free:
+		case <-p.stop:
+			return
+		}
+		s.epoch, s.batch = pos.Epoch, pos.Batch
+		s.err, s.errOnce = nil, sync.Once{}
+		s.failed.Store(false)
+		if err := it.waitCopied(p, s); err != nil {
+			if errors.Is(err, errStopped) {
+				signal(s.free)
+				return
+			}
+			s.fail(err)
+		}
+		var err error
+		s.indices, err = it.sampler.Batch(pos.Epoch, pos.Batch, s.indices)
+		if err != nil {
+			s.fail(err)
+			s.indices = s.indices[:0]
+		}
+		pos = it.advance(pos)
+		rows := len(s.indices)
+		chunk := max(1, (rows+2*it.opts.Workers-1)/(2*it.opts.Workers))
+		n := (rows + chunk - 1) / chunk
+		if n == 0 || s.failed.Load() {
+			signal(s.filled)
+			continue
+		}
+		s.remaining.Store(int32(n))
+		for start := 0; start < rows; start += chunk {
+			select {
+			case tasks <- task{s: s, start: start, end: min(rows, start+chunk)}:
+			case <-p.stop:
+				return
+			}
+		}
+	}
+}
+
+// errStopped is returned by waits that a pipeline stop interrupted.
+var errStopped = errors.New("pipeline stopped")
+
+// waitCopied waits until the slot's last host-to-device copy has completed, so that its staging buffer
+// may be overwritten. It usually has long completed; the wait polls, and is bounded.
+func (it *Iterator) waitCopied(p *pipeline, s *slot) error {
+	if !it.e.gpu {
+		return nil
+	}
+	deadline := time.Now().Add(it.opts.Timeout)
+	sleep := 20 * time.Microsecond
+	for {
+		err := it.e.ctx.EventQuery(s.copied)
+		if !errors.Is(err, cuda.ErrNotReady) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: a host-to-device copy did not complete within %v", ErrTimeout, it.opts.Timeout)
+		}
+		select {
+		case <-p.stop:
+			return errStopped
+		case <-time.After(sleep):
+		}
+		sleep = min(2*sleep, time.Millisecond)
+	}
+}
+
+// work fills rows: each sample is read by the source straight into the slot's staging buffers.
+func (it *Iterator) work(p *pipeline, tasks <-chan task) {
+	defer p.wg.Done()
+	dst := make([][]byte, len(it.fields))
+	for {
+		var t task
+		var ok bool
+		select {
+		case t, ok = <-tasks:
+			if !ok {
+				return
+			}
+		case <-p.stop:
+			return
+		}
+		s := t.s
+		for r := t.start; r < t.end && !s.failed.Load(); r++ {
+			for f := range it.fields {
+				fb := it.fields[f].Bytes()
+				dst[f] = s.host[f].Bytes()[r*fb : (r+1)*fb]
+			}
+			if err := it.src.ReadSample(s.indices[r], dst); err != nil {
+				s.fail(fmt.Errorf("batch %d of epoch %d: %w", s.batch, s.epoch, err))
+			}
+		}
+		if s.remaining.Add(-1) == 0 {
+			signal(s.filled)
+		}
+	}
+}
+
+// copyLoop takes filled slots in sequence order and, on a GPU, copies them to the device on the
+// iterator's stream from a locked OS thread with the context current, then marks them ready.
+func (it *Iterator) copyLoop(p *pipeline) {
+	defer p.wg.Done()
+	if it.e.gpu {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := it.e.ctx.Push(); err != nil {
+			it.e.log.Error().Err(err).Msg("copier cannot make the context current")
+		} else {
+			defer func() { _ = it.e.ctx.Pop() }()
+		}
+	}
+	for q := 0; ; q++ {
+		s := it.slots[q%len(it.slots)]
+		select {
+		case <-s.filled:
+		case <-p.stop:
+			return
+		}
+		if it.e.gpu && s.err == nil {
+			if err := it.copyToDevice(s); err != nil {
+				s.fail(err)
+			}
+		}
+		signal(s.ready)
+	}
+}
+
+func (it *Iterator) copyToDevice(s *slot) error {
+	ctx := it.e.ctx
+	if s.mustWaitRels {
+		// The consumer's stream may still read this slot's device buffers: order the copy after it.
+		if err := ctx.StreamWaitEvent(it.stream, s.released); err != nil {
+			return err
+		}
+		s.mustWaitRels = false
+	}
+	rows := len(s.indices)
+	for f, fl := range it.fields {
+		n := rows * fl.Bytes()
+		if err := ctx.MemcpyHtoDAsync(s.dev[f].Ptr(), s.host[f].Pointer(), n, it.stream); err != nil {
+			return err
+		}
+	}
+	return ctx.EventRecord(s.copied, it.stream)
+}
+
+// Next returns the next batch. On a GPU it makes consumer (the stream that will use the batch) wait for
+// the batch's copy; the host does not wait for the copy. At the end of each epoch Next returns io.EOF
+// once; the call after that returns the first batch of the next epoch, which was already being
+// prefetched. A batch whose samples could not be read returns the source's error; the iterator stays
+// usable and the call after returns the following batch. Next waits at most the Timeout option, and
+// returns early when ctx is done.
+func (it *Iterator) Next(ctx context.Context, consumer Stream) (*Batch, error) {
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	if it.closed.Load() {
+		return nil, fmt.Errorf("%w: iterator", ErrClosed)
+	}
+	if it.pos.Batch >= it.sampler.BatchesPerEpoch() {
+		it.pos = IteratorState{Epoch: it.pos.Epoch + 1}
+		return nil, io.EOF
+	}
+	s := it.slots[it.seq%uint64(len(it.slots))]
+	start := time.Now()
+	timer := time.NewTimer(it.opts.Timeout)
+	defer timer.Stop()
+	select {
+	case <-s.ready:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: waiting for batch %d of epoch %d: %v", ErrTimeout, it.pos.Batch, it.pos.Epoch, ctx.Err())
+	case <-timer.C:
+		return nil, fmt.Errorf("%w: batch %d of epoch %d was not ready within %v", ErrTimeout, it.pos.Batch, it.pos.Epoch, it.opts.Timeout)
+	}
+	it.stallNs.Add(uint64(time.Since(start)))
+	it.seq++
+	it.pos.Batch++
+	if s.err != nil {
+		it.failures.Add(1)
+		err := s.err
+		signal(s.free)
+		return nil, err
+	}
+	if it.e.gpu {
+		if err := it.e.ctx.StreamWaitEvent(consumer, s.copied); err != nil {
+			signal(s.free)
+			return nil, err
+		}
+	}
+	b := &Batch{Epoch: s.epoch, Index: s.batch, Indices: s.indices, OnGPU: it.e.gpu, it: it, s: s}
+	var total int
+	for f, fl := range it.fields {
+		n := len(s.indices) * fl.Bytes()
+		bf := BatchField{Field: fl, Shape: append([]int{len(s.indices)}, fl.Shape...), Bytes: n, Host: s.host[f].Bytes()[:n]}
+		if it.e.gpu {
+			bf.Device = s.dev[f].Ptr()
+		}
+		b.Fields = append(b.Fields, bf)
+		total += n
+	}
+	s.held.Store(true)
+	it.batches.Add(1)
+	it.samples.Add(uint64(len(s.indices)))
+	it.bytes.Add(uint64(total))
+	return b, nil
+}
+
+func (it *Iterator) release(s *slot, consumer Stream) error {
+	if !s.held.CompareAndSwap(true, false) {
+		return fmt.Errorf("%w: the batch's slot is not held (released twice, or the iterator was closed)", ErrInvalidArgument)
+	}
+	var err error
+	if it.e.gpu && !it.closed.Load() {
+		if err = it.e.ctx.EventRecord(s.released, consumer); err == nil {
+			s.mustWaitRels = true
+		}
+	}
+	signal(s.free)
+	return err
+}
+
+// State is the position of the next batch Next returns.
+func (it *Iterator) State() IteratorState {
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	return it.pos
+}
+
+// Restore moves the iterator to st: the batches that follow are those an uninterrupted iterator would
+// have returned from st on, bit for bit. It discards the prefetched batches and costs O(1) otherwise.
+// Batches the caller still holds stay valid until released.
+func (it *Iterator) Restore(st IteratorState) error {
+	if st.Batch < 0 || st.Batch > it.sampler.BatchesPerEpoch() {
+		return fmt.Errorf("%w: state batch %d is outside 0..%d", ErrInvalidArgument, st.Batch, it.sampler.BatchesPerEpoch())
+	}
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	if it.closed.Load() {
+		return fmt.Errorf("%w: iterator", ErrClosed)
+	}
+	if err := it.stop(); err != nil {
+		return err
+	}
+	it.pos = st
+	from := st
+	if st.Batch == it.sampler.BatchesPerEpoch() {
+		// The end of an epoch: Next returns io.EOF first, as it would have, then the next epoch.
+		from = IteratorState{Epoch: st.Epoch + 1}
+	}
+	it.start(from)
+	return nil
+}
+
+// SetEpoch starts epoch e from its first batch, like DistributedSampler.set_epoch.
+func (it *Iterator) SetEpoch(e uint64) error { return it.Restore(IteratorState{Epoch: e}) }
+
+// stop ends the running pipeline, waits (bounded) for its copies, and returns every slot the caller
+// does not hold to the free state. it.mu is held.
+func (it *Iterator) stop() error {
+	p := it.run
+	if p == nil {
+		return nil
+	}
+	close(p.stop)
+	p.wg.Wait()
+	it.run = nil
+	var err error
+	if it.e.gpu {
+		err = it.waitStream()
+	}
+	for _, s := range it.slots {
+		drain(s.filled)
+		drain(s.ready)
+		if !s.held.Load() {
+			signal(s.free)
+		}
+	}
+	return err
+}
+
+// waitStream waits for the iterator's stream to drain, polling, for at most the Timeout option.
+func (it *Iterator) waitStream() error {
+	deadline := time.Now().Add(it.opts.Timeout)
+	for {
+		err := it.e.ctx.StreamQuery(it.stream)
+		if !errors.Is(err, cuda.ErrNotReady) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: copies in flight did not complete within %v", ErrTimeout, it.opts.Timeout)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// Close stops the pipeline, waits (bounded) for copies in flight, and returns the ring to the engine's
+// pools. Batches still held become invalid: release them first. A second Close returns ErrClosed.
+func (it *Iterator) Close() error {
+	if !it.closed.CompareAndSwap(false, true) {
+		return fmt.Errorf("%w: iterator was already closed", ErrClosed)
+	}
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	err := it.stop()
+	for _, s := range it.slots {
+		s.held.Store(false)
+	}
+	it.free()
+	it.e.disown(it)
+	return err
+}
