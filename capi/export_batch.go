@@ -44,6 +44,9 @@ func lookupBatch(h C.uintptr_t) (*batchEntry, error) {
 	if e.dropped.Load() {
 		return nil, fmt.Errorf("%w: ferry_batch %#x was released", errInvalidHandle, uint64(h))
 	}
+	if e.b.IteratorClosed() {
+		return nil, fmt.Errorf("%w: ferry_batch %#x belongs to a destroyed iterator", errInvalidHandle, uint64(h))
+	}
 	return e, nil
 }
 
@@ -205,20 +208,20 @@ func ferry_batch_field_by_name(h C.uintptr_t, name *C.char, out **C.DLManagedTen
 }
 
 //export ferry_batch_wait
-func ferry_batch_wait(h C.uintptr_t, stream unsafe.Pointer) C.ferry_status {
+func ferry_batch_wait(h C.uintptr_t, stream C.uintptr_t) C.ferry_status {
 	return call("ferry_batch_wait", func() error {
 		e, err := lookupBatch(h)
 		if err != nil {
 			return err
 		}
-		return e.b.Wait(engine.Stream(uintptr(stream)))
+		return e.b.Wait(engine.Stream(stream))
 	})
 }
 
 //export ferry_batch_release
-func ferry_batch_release(h C.uintptr_t, stream unsafe.Pointer) C.ferry_status {
+func ferry_batch_release(h C.uintptr_t, stream C.uintptr_t) C.ferry_status {
 	return call("ferry_batch_release", func() error {
-		e, err := lookupBatch(h)
+		e, err := batches.get(uint64(h))
 		if err != nil {
 			return err
 		}
@@ -226,6 +229,10 @@ func ferry_batch_release(h C.uintptr_t, stream unsafe.Pointer) C.ferry_status {
 			return fmt.Errorf("%w: ferry_batch %#x was released", errInvalidHandle, uint64(h))
 		}
 		e.release.Store(uintptr(stream))
-		return unref(uint64(h), e)
+		err = unref(uint64(h), e) // dropped even when the iterator is gone, so the handle is freed
+		if e.b.IteratorClosed() {
+			return fmt.Errorf("%w: ferry_batch %#x belongs to a destroyed iterator", errInvalidHandle, uint64(h))
+		}
+		return err
 	})
 }

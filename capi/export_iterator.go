@@ -92,7 +92,7 @@ func ferry_iterator_create(eh C.uintptr_t, sh C.uintptr_t, opts *C.ferry_iterato
 }
 
 //export ferry_iterator_next
-func ferry_iterator_next(h C.uintptr_t, stream unsafe.Pointer, out *C.uintptr_t) C.ferry_status {
+func ferry_iterator_next(h C.uintptr_t, stream C.uintptr_t, out *C.uintptr_t) C.ferry_status {
 	return call("ferry_iterator_next", func() error {
 		it, err := iterators.get(uint64(h))
 		if err != nil {
@@ -102,7 +102,7 @@ func ferry_iterator_next(h C.uintptr_t, stream unsafe.Pointer, out *C.uintptr_t)
 			return errNull("batch")
 		}
 		*out = 0
-		consumer := engine.Stream(uintptr(stream))
+		consumer := engine.Stream(stream)
 		b, err := it.Next(context.Background(), consumer)
 		if errors.Is(err, io.EOF) {
 			return fmt.Errorf("%w of %d", errEndOfEpoch, it.State().Epoch-1)

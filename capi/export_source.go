@@ -4,10 +4,11 @@ package main
 #include <stdlib.h>
 #include "exports.h"
 
-// Calls a ferry_sample_fn: Go cannot call a C function pointer directly.
-static inline int32_t ferry_capi_call_sample(ferry_sample_fn fn, void* user, int64_t index, void* const* dst,
-                                      const int64_t* dst_bytes, int32_t n) {
-	return fn(user, index, dst, dst_bytes, n);
+// Calls a ferry_sample_fn: Go cannot call a C function pointer directly. The function and the caller's
+// user pointer travel through Go as integers (never as Go pointers, which the garbage collector checks).
+static inline int32_t ferry_capi_call_sample(uintptr_t fn, uintptr_t user, int64_t index, void* const* dst,
+                                             const int64_t* dst_bytes, int32_t n) {
+	return ((ferry_sample_fn)fn)((void*)user, index, dst, dst_bytes, n);
 }
 */
 import "C"
@@ -113,13 +114,19 @@ func ferry_source_memory(n C.int64_t, fields *C.ferry_field, nfields C.int32_t, 
 		if n <= 0 {
 			return fmt.Errorf("%w: num_samples is %d", engine.ErrInvalidArgument, int64(n))
 		}
+		// Check the addresses as integers before any becomes a Go pointer: the garbage collector
+		// rejects small made-up values in pointer slots.
+		addrs := unsafe.Slice((*uintptr)(unsafe.Pointer(data)), len(fs))
 		ptrs := unsafe.Slice(data, len(fs))
 		bufs := make([][]byte, len(fs))
-		for i, p := range ptrs {
-			if p == nil {
+		for i, a := range addrs {
+			if a == 0 {
 				return fmt.Errorf("%w: data[%d] (field %q) is NULL", engine.ErrInvalidArgument, i, fs[i].Name)
 			}
-			bufs[i] = unsafe.Slice((*byte)(p), int(n)*fs[i].Bytes())
+			if a < 4096 {
+				return fmt.Errorf("%w: data[%d] (field %q) is %#x, not a valid address", engine.ErrInvalidArgument, i, fs[i].Name, a)
+			}
+			bufs[i] = unsafe.Slice((*byte)(ptrs[i]), int(n)*fs[i].Bytes())
 		}
 		src, err := engine.NewMemorySource(int(n), fs, bufs)
 		if err != nil {
@@ -260,7 +267,7 @@ func ferry_source_tokens(path *C.char, opts *C.ferry_token_options, out *C.uintp
 }
 
 //export ferry_source_callback
-func ferry_source_callback(n C.int64_t, fields *C.ferry_field, nfields C.int32_t, fn C.ferry_sample_fn, user unsafe.Pointer, out *C.uintptr_t) C.ferry_status {
+func ferry_source_callback(n C.int64_t, fields *C.ferry_field, nfields C.int32_t, fn C.uintptr_t, user C.uintptr_t, out *C.uintptr_t) C.ferry_status {
 	return call("ferry_source_callback", func() error {
 		if out == nil {
 			return errNull("source")
@@ -270,7 +277,7 @@ func ferry_source_callback(n C.int64_t, fields *C.ferry_field, nfields C.int32_t
 		if err != nil {
 			return err
 		}
-		if fn == nil {
+		if fn == 0 {
 			return errNull("fn")
 		}
 		if n <= 0 {

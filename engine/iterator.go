@@ -101,6 +101,9 @@ func (b *Batch) Wait(stream Stream) error {
 	return b.it.e.ctx.StreamWaitEvent(stream, b.s.copied)
 }
 
+// IteratorClosed reports whether the batch's iterator was closed, which made the batch invalid.
+func (b *Batch) IteratorClosed() bool { return b.it.closed.Load() }
+
 // Device is the CUDA ordinal of the batch's device memory, or CPU.
 func (b *Batch) Device() int { return b.it.e.device }
 
@@ -341,17 +344,18 @@ func (it *Iterator) Stats() IteratorStats {
 }
 
 // start launches a pipeline whose first batch is from; it.mu is held or the iterator is not shared yet.
+// The sequence numbering continues across restarts, so that the new pipeline begins at the slot after
+// the last one handed out: a slot the caller still holds is reused last, not first.
 func (it *Iterator) start(from IteratorState) {
 	p := &pipeline{stop: make(chan struct{})}
 	it.run = p
-	it.seq = 0
 	tasks := make(chan task, it.opts.Workers*4)
 	p.wg.Add(2 + it.opts.Workers)
-	go it.produce(p, tasks, from)
+	go it.produce(p, tasks, from, it.seq)
 	for i := 0; i < it.opts.Workers; i++ {
 		go it.work(p, tasks)
 	}
-	go it.copyLoop(p)
+	go it.copyLoop(p, it.seq)
 }
 
 // advance returns the position after pos.
@@ -365,11 +369,11 @@ func (it *Iterator) advance(pos IteratorState) IteratorState {
 }
 
 // produce assigns batch after batch to the ring's slots and splits each into tasks for the workers.
-func (it *Iterator) produce(p *pipeline, tasks chan<- task, pos IteratorState) {
+func (it *Iterator) produce(p *pipeline, tasks chan<- task, pos IteratorState, seq uint64) {
 	defer p.wg.Done()
 	defer close(tasks)
-	for q := 0; ; q++ {
-		s := it.slots[q%len(it.slots)]
+	for q := seq; ; q++ {
+		s := it.slots[q%uint64(len(it.slots))]
 		select {
 		case <-s.free:
 		case <-p.stop:
@@ -471,7 +475,7 @@ func (it *Iterator) work(p *pipeline, tasks <-chan task) {
 
 // copyLoop takes filled slots in sequence order and, on a GPU, copies them to the device on the
 // iterator's stream from a locked OS thread with the context current, then marks them ready.
-func (it *Iterator) copyLoop(p *pipeline) {
+func (it *Iterator) copyLoop(p *pipeline, seq uint64) {
 	defer p.wg.Done()
 	if it.e.gpu {
 		runtime.LockOSThread()
@@ -482,8 +486,8 @@ func (it *Iterator) copyLoop(p *pipeline) {
 			defer func() { _ = it.e.ctx.Pop() }()
 		}
 	}
-	for q := 0; ; q++ {
-		s := it.slots[q%len(it.slots)]
+	for q := seq; ; q++ {
+		s := it.slots[q%uint64(len(it.slots))]
 		select {
 		case <-s.filled:
 		case <-p.stop:

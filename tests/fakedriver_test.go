@@ -41,6 +41,7 @@ func TestFakeDriver(t *testing.T) {
 	out, err = cmd.CombinedOutput()
 	require.NoError(t, err, "child failed:\n%s", out)
 	require.Contains(t, string(out), "--- PASS: TestFakeDriverChild", "child did not run the test:\n%s", out)
+	require.Contains(t, string(out), "--- PASS: TestFakeDriverChild/iterator", "child did not run the iterator:\n%s", out)
 }
 
 // TestFakeDriverChild is the child of TestFakeDriver; it does nothing unless run by it.
@@ -80,4 +81,59 @@ func TestFakeDriverChild(t *testing.T) {
 	}
 	require.NotZero(t, checkLive(t, e).Flags&memoryFlagLive)
 	requireUsable(t)
+
+	t.Run("iterator", func(t *testing.T) { fakeIteratorChecks(t, e) })
+}
+
+// fakeIteratorChecks runs an iterator on the fake GPU. Its device memory is host memory, so the kDLCUDA
+// tensors are read through their data pointers and compared with the caller's memory.
+func fakeIteratorChecks(t *testing.T, e engineHandle) {
+	r := newRand(t)
+	gpu := device{kDLCUDA, 0}
+	src := newMemorySource(t, r, 90+r.Int64N(30), standardSpecs)
+	o := iterOptions(t, 8)
+	o.Flags = iteratorShuffle
+	o.Seed = r.Uint64()
+	o.Prefetch = 3
+	it := newIterator(t, e, src.h, o)
+	for epoch := uint64(0); epoch < 2; epoch++ {
+		requirePermutation(t, flatten(runEpoch(t, it, epoch, standardSpecs, src.ref, gpu, hostRead)), src.n)
+	}
+	before := check(t, e)
+	require.NotZero(t, before.EngineAllocatedBytes, "the ring's device and pinned memory are the engine's")
+
+	// Streams: NULL (the legacy default stream) and a made-up non-NULL handle, which the fake accepts.
+	for _, stream := range []uintptr{0, 0x1234} {
+		var b batchHandle
+		requireOK(t, func() int32 { return ferryIteratorNext(it, stream, &b) })
+		require.NotZero(t, b)
+		checkBatch(t, b, standardSpecs, src.ref, gpu, hostRead)
+		requireOK(t, func() int32 { return ferryBatchWait(b, 0) })
+		requireOK(t, func() int32 { return ferryBatchWait(b, 0x5678) })
+		tensor := batchField(t, b, 0)
+		requireOK(t, func() int32 { return ferryBatchRelease(b, stream) })
+		requireStatus(t, ferryErrInvalidHandle, func() int32 { return ferryBatchWait(b, 0) })
+		deleteTensor(t, tensor)
+	}
+	var b batchHandle
+	requireOK(t, func() int32 { return ferryIteratorNext(it, 0, &b) })
+	requireOK(t, func() int32 { return ferryBatchRelease(b, 0x9abc) })
+
+	// A restore gives the same batch as the run before.
+	restore(t, it, 5, 3)
+	b1 := next(t, it)
+	_, idx1 := checkBatch(t, b1, standardSpecs, src.ref, gpu, hostRead)
+	releaseBatch(t, b1)
+	requireOK(t, func() int32 { return ferryIteratorSetEpoch(it, 5) })
+	for i := 0; i < 3; i++ {
+		releaseBatch(t, next(t, it))
+	}
+	b2 := next(t, it)
+	_, idx2 := checkBatch(t, b2, standardSpecs, src.ref, gpu, hostRead)
+	releaseBatch(t, b2)
+	require.Equal(t, idx1, idx2)
+
+	// Destroying the iterator gives its ring back to the engine's pools.
+	requireOK(t, func() int32 { return ferryIteratorDestroy(it) })
+	require.Less(t, check(t, e).EngineAllocatedBytes, before.EngineAllocatedBytes)
 }

@@ -32,6 +32,7 @@ const (
 	ferryErrClosed          int32 = 10
 	ferryErrTimeout         int32 = 11
 	ferryErrLimit           int32 = 12
+	ferryEndOfEpoch         int32 = 13
 	ferryErrInternal        int32 = 99
 )
 
@@ -50,6 +51,42 @@ const (
 	memoryFlagLive    = 0x8
 
 	pressureNone = 0
+
+	maxDims = 8
+
+	tokensUint16 = 1
+	tokensUint32 = 2
+	tokensLLMC   = 3
+	tokensRandom = 0x1
+
+	iteratorShuffle  = 0x1
+	iteratorDropLast = 0x2
+
+	kDLCPU  = 1
+	kDLCUDA = 2
+
+	kDLInt    = 0
+	kDLUInt   = 1
+	kDLFloat  = 2
+	kDLBfloat = 4
+	kDLBool   = 6
+)
+
+// Element types of fields (ferry_dtype).
+const (
+	dtypeBool     int32 = 1
+	dtypeUint8    int32 = 2
+	dtypeInt8     int32 = 3
+	dtypeUint16   int32 = 4
+	dtypeInt16    int32 = 5
+	dtypeUint32   int32 = 6
+	dtypeInt32    int32 = 7
+	dtypeUint64   int32 = 8
+	dtypeInt64    int32 = 9
+	dtypeFloat16  int32 = 10
+	dtypeBfloat16 int32 = 11
+	dtypeFloat32  int32 = 12
+	dtypeFloat64  int32 = 13
 )
 
 // engineHandle mirrors ferry_engine: an opaque ID with the size of a pointer.
@@ -124,6 +161,92 @@ type memorySnapshot struct {
 	CriticalThresholdBytes uint64
 }
 
+// sourceHandle, iteratorHandle and batchHandle mirror ferry_source, ferry_iterator and ferry_batch.
+type (
+	sourceHandle   uintptr
+	iteratorHandle uintptr
+	batchHandle    uintptr
+)
+
+// field mirrors ferry_field. Name points to memory outside the Go heap (see cmem).
+type field struct {
+	Name   *byte
+	DType  int32
+	NDim   int32
+	Shape  [maxDims]int64
+	Offset int64
+}
+
+// tokenOptions mirrors ferry_token_options.
+type tokenOptions struct {
+	Size     uint32
+	Format   int32
+	SeqLen   int64
+	Seed     uint64
+	Flags    uint32
+	Reserved uint32
+}
+
+// iteratorOptions mirrors ferry_iterator_options.
+type iteratorOptions struct {
+	Size      uint32
+	Flags     uint32
+	BatchSize int64
+	Seed      uint64
+	Workers   int32
+	Prefetch  int32
+	Rank      int32
+	WorldSize int32
+	TimeoutMS uint32
+	Reserved  uint32
+}
+
+// iteratorPosition mirrors ferry_iterator_position.
+type iteratorPosition struct {
+	Size     uint32
+	Reserved uint32
+	Epoch    uint64
+	Batch    int64
+}
+
+// batchProperties mirrors ferry_batch_properties.
+type batchProperties struct {
+	Size       uint32
+	NumFields  int32
+	Epoch      uint64
+	Index      int64
+	NumSamples int64
+}
+
+// dlDataType mirrors DLDataType.
+type dlDataType struct {
+	Code  uint8
+	Bits  uint8
+	Lanes uint16
+}
+
+// dlTensor mirrors DLTensor.
+type dlTensor struct {
+	Data       unsafe.Pointer
+	DeviceType int32
+	DeviceID   int32
+	NDim       int32
+	DType      dlDataType
+	Shape      *int64
+	Strides    *int64
+	ByteOffset uint64
+}
+
+// dlManagedTensor mirrors DLManagedTensorVersioned. Deleter is a C function pointer.
+type dlManagedTensor struct {
+	VersionMajor uint32
+	VersionMinor uint32
+	ManagerCtx   unsafe.Pointer
+	Deleter      uintptr
+	Flags        uint64
+	DLTensor     dlTensor
+}
+
 // The functions of ferry.h, bound by loadLibrary.
 var (
 	ferryStatusString      func(status int32) *byte
@@ -139,6 +262,32 @@ var (
 	ferryEngineSampleNow   func(engine engineHandle) int32
 	ferryMemoryCheck       func(engine engineHandle, out *memorySnapshot) int32
 	ferryMemoryCheckLive   func(engine engineHandle, out *memorySnapshot) int32
+
+	ferrySourceMemory        func(n int64, fields *field, numFields int32, data *uintptr, source *sourceHandle) int32
+	ferrySourceRecords       func(path *byte, recordSize, headerSize int64, fields *field, numFields int32, source *sourceHandle) int32
+	ferrySourceCIFAR10       func(path *byte, source *sourceHandle) int32
+	ferrySourceNpy           func(names, paths **byte, count int32, source *sourceHandle) int32
+	ferryTokenOptionsInit    func(opts *tokenOptions) int32
+	ferrySourceTokens        func(path *byte, opts *tokenOptions, source *sourceHandle) int32
+	ferrySourceCallback      func(n int64, fields *field, numFields int32, fn uintptr, user uintptr, source *sourceHandle) int32
+	ferrySourceLen           func(source sourceHandle, n *int64) int32
+	ferrySourceNumFields     func(source sourceHandle, n *int32) int32
+	ferrySourceField         func(source sourceHandle, index int32, out *field) int32
+	ferrySourceDestroy       func(source sourceHandle) int32
+	ferryIteratorOptionsInit func(opts *iteratorOptions) int32
+	ferryIteratorCreate      func(engine engineHandle, source sourceHandle, opts *iteratorOptions, it *iteratorHandle) int32
+	ferryIteratorNext        func(it iteratorHandle, stream uintptr, batch *batchHandle) int32
+	ferryIteratorLen         func(it iteratorHandle, batches *int64) int32
+	ferryIteratorState       func(it iteratorHandle, state *iteratorPosition) int32
+	ferryIteratorRestore     func(it iteratorHandle, state *iteratorPosition) int32
+	ferryIteratorSetEpoch    func(it iteratorHandle, epoch uint64) int32
+	ferryIteratorDestroy     func(it iteratorHandle) int32
+	ferryBatchInfo           func(b batchHandle, info *batchProperties) int32
+	ferryBatchIndices        func(b batchHandle, indices *int64, capacity int64) int32
+	ferryBatchField          func(b batchHandle, index int32, tensor **dlManagedTensor) int32
+	ferryBatchFieldByName    func(b batchHandle, name *byte, tensor **dlManagedTensor) int32
+	ferryBatchWait           func(b batchHandle, stream uintptr) int32
+	ferryBatchRelease        func(b batchHandle, stream uintptr) int32
 )
 
 // boundFunctions lists every function of ferry.h with the variable it is bound to.
@@ -160,6 +309,31 @@ var boundFunctions = []struct {
 	{"ferry_engine_sample_now", &ferryEngineSampleNow},
 	{"ferry_memory_check", &ferryMemoryCheck},
 	{"ferry_memory_check_live", &ferryMemoryCheckLive},
+	{"ferry_source_memory", &ferrySourceMemory},
+	{"ferry_source_records", &ferrySourceRecords},
+	{"ferry_source_cifar10", &ferrySourceCIFAR10},
+	{"ferry_source_npy", &ferrySourceNpy},
+	{"ferry_token_options_init", &ferryTokenOptionsInit},
+	{"ferry_source_tokens", &ferrySourceTokens},
+	{"ferry_source_callback", &ferrySourceCallback},
+	{"ferry_source_len", &ferrySourceLen},
+	{"ferry_source_num_fields", &ferrySourceNumFields},
+	{"ferry_source_field", &ferrySourceField},
+	{"ferry_source_destroy", &ferrySourceDestroy},
+	{"ferry_iterator_options_init", &ferryIteratorOptionsInit},
+	{"ferry_iterator_create", &ferryIteratorCreate},
+	{"ferry_iterator_next", &ferryIteratorNext},
+	{"ferry_iterator_len", &ferryIteratorLen},
+	{"ferry_iterator_state", &ferryIteratorState},
+	{"ferry_iterator_restore", &ferryIteratorRestore},
+	{"ferry_iterator_set_epoch", &ferryIteratorSetEpoch},
+	{"ferry_iterator_destroy", &ferryIteratorDestroy},
+	{"ferry_batch_info", &ferryBatchInfo},
+	{"ferry_batch_indices", &ferryBatchIndices},
+	{"ferry_batch_field", &ferryBatchField},
+	{"ferry_batch_field_by_name", &ferryBatchFieldByName},
+	{"ferry_batch_wait", &ferryBatchWait},
+	{"ferry_batch_release", &ferryBatchRelease},
 }
 
 // libraryPath is the absolute path of the library under test.

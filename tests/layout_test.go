@@ -14,6 +14,13 @@ func TestStructLayout(t *testing.T) {
 	var sp systemProperties
 	var eo engineOptions
 	var ms memorySnapshot
+	var fl field
+	var to tokenOptions
+	var io iteratorOptions
+	var ip iteratorPosition
+	var bp batchProperties
+	var mt dlManagedTensor
+	var dt dlTensor
 
 	tests := []struct {
 		name string
@@ -25,6 +32,17 @@ func TestStructLayout(t *testing.T) {
 		{"sizeof(ferry_engine_options)", unsafe.Sizeof(eo), 16},
 		{"sizeof(ferry_memory_snapshot)", unsafe.Sizeof(ms), 160},
 		{"sizeof(ferry_engine)", unsafe.Sizeof(engineHandle(0)), unsafe.Sizeof(uintptr(0))},
+		{"sizeof(ferry_source)", unsafe.Sizeof(sourceHandle(0)), unsafe.Sizeof(uintptr(0))},
+		{"sizeof(ferry_iterator)", unsafe.Sizeof(iteratorHandle(0)), unsafe.Sizeof(uintptr(0))},
+		{"sizeof(ferry_batch)", unsafe.Sizeof(batchHandle(0)), unsafe.Sizeof(uintptr(0))},
+		{"sizeof(ferry_field)", unsafe.Sizeof(fl), 88},
+		{"sizeof(ferry_token_options)", unsafe.Sizeof(to), 32},
+		{"sizeof(ferry_iterator_options)", unsafe.Sizeof(io), 48},
+		{"sizeof(ferry_iterator_position)", unsafe.Sizeof(ip), 24},
+		{"sizeof(ferry_batch_properties)", unsafe.Sizeof(bp), 32},
+		{"sizeof(DLManagedTensorVersioned)", unsafe.Sizeof(mt), 80},
+		{"sizeof(DLTensor)", unsafe.Sizeof(dt), 48},
+		{"sizeof(DLDataType)", unsafe.Sizeof(dlDataType{}), 4},
 
 		{"ferry_device_properties.name", unsafe.Offsetof(dp.Name), 8},
 		{"ferry_device_properties.uuid", unsafe.Offsetof(dp.UUID), 264},
@@ -55,6 +73,47 @@ func TestStructLayout(t *testing.T) {
 		{"ferry_memory_snapshot.host_total_bytes", unsafe.Offsetof(ms.HostTotalBytes), 120},
 		{"ferry_memory_snapshot.host_pinned_bytes", unsafe.Offsetof(ms.HostPinnedBytes), 136},
 		{"ferry_memory_snapshot.critical_threshold_bytes", unsafe.Offsetof(ms.CriticalThresholdBytes), 152},
+
+		{"ferry_field.dtype", unsafe.Offsetof(fl.DType), 8},
+		{"ferry_field.ndim", unsafe.Offsetof(fl.NDim), 12},
+		{"ferry_field.shape", unsafe.Offsetof(fl.Shape), 16},
+		{"ferry_field.offset", unsafe.Offsetof(fl.Offset), 80},
+
+		{"ferry_token_options.format", unsafe.Offsetof(to.Format), 4},
+		{"ferry_token_options.seq_len", unsafe.Offsetof(to.SeqLen), 8},
+		{"ferry_token_options.seed", unsafe.Offsetof(to.Seed), 16},
+		{"ferry_token_options.flags", unsafe.Offsetof(to.Flags), 24},
+		{"ferry_token_options.reserved", unsafe.Offsetof(to.Reserved), 28},
+
+		{"ferry_iterator_options.flags", unsafe.Offsetof(io.Flags), 4},
+		{"ferry_iterator_options.batch_size", unsafe.Offsetof(io.BatchSize), 8},
+		{"ferry_iterator_options.seed", unsafe.Offsetof(io.Seed), 16},
+		{"ferry_iterator_options.workers", unsafe.Offsetof(io.Workers), 24},
+		{"ferry_iterator_options.prefetch", unsafe.Offsetof(io.Prefetch), 28},
+		{"ferry_iterator_options.rank", unsafe.Offsetof(io.Rank), 32},
+		{"ferry_iterator_options.world_size", unsafe.Offsetof(io.WorldSize), 36},
+		{"ferry_iterator_options.timeout_ms", unsafe.Offsetof(io.TimeoutMS), 40},
+		{"ferry_iterator_options.reserved", unsafe.Offsetof(io.Reserved), 44},
+
+		{"ferry_iterator_position.epoch", unsafe.Offsetof(ip.Epoch), 8},
+		{"ferry_iterator_position.batch", unsafe.Offsetof(ip.Batch), 16},
+
+		{"ferry_batch_properties.num_fields", unsafe.Offsetof(bp.NumFields), 4},
+		{"ferry_batch_properties.epoch", unsafe.Offsetof(bp.Epoch), 8},
+		{"ferry_batch_properties.index", unsafe.Offsetof(bp.Index), 16},
+		{"ferry_batch_properties.num_samples", unsafe.Offsetof(bp.NumSamples), 24},
+
+		{"DLManagedTensorVersioned.manager_ctx", unsafe.Offsetof(mt.ManagerCtx), 8},
+		{"DLManagedTensorVersioned.deleter", unsafe.Offsetof(mt.Deleter), 16},
+		{"DLManagedTensorVersioned.flags", unsafe.Offsetof(mt.Flags), 24},
+		{"DLManagedTensorVersioned.dl_tensor", unsafe.Offsetof(mt.DLTensor), 32},
+		{"DLTensor.device", unsafe.Offsetof(dt.DeviceType), 8},
+		{"DLTensor.device.device_id", unsafe.Offsetof(dt.DeviceID), 12},
+		{"DLTensor.ndim", unsafe.Offsetof(dt.NDim), 16},
+		{"DLTensor.dtype", unsafe.Offsetof(dt.DType), 20},
+		{"DLTensor.shape", unsafe.Offsetof(dt.Shape), 24},
+		{"DLTensor.strides", unsafe.Offsetof(dt.Strides), 32},
+		{"DLTensor.byte_offset", unsafe.Offsetof(dt.ByteOffset), 40},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
