@@ -32,6 +32,18 @@ from ._errors import (
 )
 from ._loader import LibraryNotFoundError, library_path
 from ._memory import MemoryManager
+from ._sources import (
+    ArraySource,
+    CallbackSource,
+    CIFAR10Source,
+    FieldSpec,
+    NpySource,
+    RecordSource,
+    Source,
+    TokenSource,
+)
+from ._dlpack import DLPackField
+from ._iterator import Batch, Iterator, Loader, OptimizedDataLoader, PrefetchLoader
 
 __version__ = "0.1.0"
 
@@ -53,4 +65,20 @@ __all__ = [
     "MemorySnapshot",
     "Pressure",
     "MemoryManager",
+    # sources
+    "Source",
+    "FieldSpec",
+    "ArraySource",
+    "RecordSource",
+    "CIFAR10Source",
+    "NpySource",
+    "TokenSource",
+    "CallbackSource",
+    # iterator, batches, loaders
+    "Iterator",
+    "Batch",
+    "DLPackField",
+    "Loader",
+    "OptimizedDataLoader",
+    "PrefetchLoader",
 ] + _errors.__all__

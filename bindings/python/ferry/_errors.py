@@ -48,6 +48,8 @@ class Status(enum.IntEnum):
     CLOSED = 10
     TIMEOUT = 11
     LIMIT = 12
+    END_OF_EPOCH = 13
+    """Not an error: ``ferry_iterator_next`` reached the end of an epoch; the next call starts the next."""
     INTERNAL = 99
 
 
@@ -213,10 +215,20 @@ def _error(status: int, message: Optional[str] = None) -> FerryError:
     return error_class(status)(status, message)
 
 
-def _check(status: int) -> None:
-    """Raises the exception for ``status`` unless it is FERRY_OK. The single status → exception map."""
+def _check(status: int) -> Optional[Status]:
+    """Raises the exception for a failing ``status``. The single status → exception map.
+
+    Returns None for FERRY_OK, and :attr:`Status.END_OF_EPOCH` for FERRY_END_OF_EPOCH: that status is not
+    a failure (only ``ferry_iterator_next`` returns it), so it never raises.
+    """
     if status:
+        if status == _END_OF_EPOCH:
+            return Status.END_OF_EPOCH
         raise _error(status)
+    return None
+
+
+_END_OF_EPOCH = int(Status.END_OF_EPOCH)
 
 
 def _closed(what: str) -> ClosedError:

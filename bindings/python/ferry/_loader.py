@@ -21,11 +21,14 @@ import threading
 from ctypes import (
     POINTER,
     Structure,
+    CFUNCTYPE,
     c_char,
     c_char_p,
     c_int,
     c_int32,
+    c_int64,
     c_uint8,
+    c_uint16,
     c_uint32,
     c_uint64,
     c_void_p,
@@ -41,6 +44,18 @@ __all__ = [
     "SystemProperties",
     "EngineOptions",
     "MemorySnapshotStruct",
+    "FieldStruct",
+    "TokenOptions",
+    "IteratorOptions",
+    "IteratorPosition",
+    "BatchProperties",
+    "DLPackVersion",
+    "DLDevice",
+    "DLDataType",
+    "DLTensor",
+    "DLManagedTensorVersioned",
+    "DLManagedTensor",
+    "SAMPLE_FN",
 ]
 
 # --- constants from ferry.h -------------------------------------------------------------------------
@@ -58,11 +73,54 @@ FERRY_MEMORY_F_DEVICE = 0x1
 FERRY_MEMORY_F_PROCESS = 0x2
 FERRY_MEMORY_F_HOST = 0x4
 FERRY_MEMORY_F_LIVE = 0x8
+FERRY_END_OF_EPOCH = 13
+
+FERRY_DTYPE_BOOL = 1
+FERRY_DTYPE_UINT8 = 2
+FERRY_DTYPE_INT8 = 3
+FERRY_DTYPE_UINT16 = 4
+FERRY_DTYPE_INT16 = 5
+FERRY_DTYPE_UINT32 = 6
+FERRY_DTYPE_INT32 = 7
+FERRY_DTYPE_UINT64 = 8
+FERRY_DTYPE_INT64 = 9
+FERRY_DTYPE_FLOAT16 = 10
+FERRY_DTYPE_BFLOAT16 = 11
+FERRY_DTYPE_FLOAT32 = 12
+FERRY_DTYPE_FLOAT64 = 13
+FERRY_MAX_DIMS = 8
+
+FERRY_TOKENS_UINT16 = 1
+FERRY_TOKENS_UINT32 = 2
+FERRY_TOKENS_LLMC = 3
+FERRY_TOKENS_F_RANDOM = 0x1
+
+FERRY_ITERATOR_F_SHUFFLE = 0x1
+FERRY_ITERATOR_F_DROP_LAST = 0x2
+
+DLPACK_MAJOR_VERSION = 1
+DLPACK_MINOR_VERSION = 0
+DLPACK_FLAG_BITMASK_READ_ONLY = 1 << 0
+DLPACK_FLAG_BITMASK_IS_COPIED = 1 << 1
+kDLCPU = 1
+kDLCUDA = 2
+kDLCUDAHost = 3
+kDLInt = 0
+kDLUInt = 1
+kDLFloat = 2
+kDLOpaqueHandle = 3
+kDLBfloat = 4
+kDLComplex = 5
+kDLBool = 6
 
 # ferry_status is a C enum; it travels as an int.
 ferry_status = c_int
 # ferry_engine is an opaque handle (an ID, not a pointer); it travels as a pointer-sized value.
 ferry_engine = c_void_p
+# ferry_source, ferry_iterator and ferry_batch are opaque IDs too.
+ferry_source = c_void_p
+ferry_iterator = c_void_p
+ferry_batch = c_void_p
 
 
 # --- structs, field by field as in ferry.h ------------------------------------------------------------
@@ -149,6 +207,135 @@ class MemorySnapshotStruct(Structure):
     ]
 
 
+class FieldStruct(Structure):
+    """ctypes mirror of ``ferry_field`` (88 bytes). Frozen: it has no size field."""
+
+    _fields_ = [
+        ("name", c_char_p),
+        ("dtype", c_int32),
+        ("ndim", c_int32),
+        ("shape", c_int64 * FERRY_MAX_DIMS),
+        ("offset", c_int64),
+    ]
+
+
+class TokenOptions(Structure):
+    """ctypes mirror of ``ferry_token_options`` (32 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("format", c_int32),
+        ("seq_len", c_int64),
+        ("seed", c_uint64),
+        ("flags", c_uint32),
+        ("reserved", c_uint32),
+    ]
+
+
+class IteratorOptions(Structure):
+    """ctypes mirror of ``ferry_iterator_options`` (48 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("flags", c_uint32),
+        ("batch_size", c_int64),
+        ("seed", c_uint64),
+        ("workers", c_int32),
+        ("prefetch", c_int32),
+        ("rank", c_int32),
+        ("world_size", c_int32),
+        ("timeout_ms", c_uint32),
+        ("reserved", c_uint32),
+    ]
+
+
+class IteratorPosition(Structure):
+    """ctypes mirror of ``ferry_iterator_position`` (24 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("reserved", c_uint32),
+        ("epoch", c_uint64),
+        ("batch", c_int64),
+    ]
+
+
+class BatchProperties(Structure):
+    """ctypes mirror of ``ferry_batch_properties`` (32 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("num_fields", c_int32),
+        ("epoch", c_uint64),
+        ("index", c_int64),
+        ("num_samples", c_int64),
+    ]
+
+
+# --- DLPack 1.0, as declared in ferry.h --------------------------------------------------------------
+
+
+class DLPackVersion(Structure):
+    _fields_ = [("major", c_uint32), ("minor", c_uint32)]
+
+
+class DLDevice(Structure):
+    _fields_ = [("device_type", c_int32), ("device_id", c_int32)]
+
+
+class DLDataType(Structure):
+    _fields_ = [("code", c_uint8), ("bits", c_uint8), ("lanes", c_uint16)]
+
+
+class DLTensor(Structure):
+    """ctypes mirror of ``DLTensor`` (48 bytes)."""
+
+    _fields_ = [
+        ("data", c_void_p),
+        ("device", DLDevice),
+        ("ndim", c_int32),
+        ("dtype", DLDataType),
+        ("shape", POINTER(c_int64)),
+        ("strides", POINTER(c_int64)),
+        ("byte_offset", c_uint64),
+    ]
+
+
+class DLManagedTensorVersioned(Structure):
+    """ctypes mirror of ``DLManagedTensorVersioned`` (80 bytes)."""
+
+
+#: ``void (*deleter)(DLManagedTensorVersioned*)``
+DLPACK_VERSIONED_DELETER = CFUNCTYPE(None, POINTER(DLManagedTensorVersioned))
+
+DLManagedTensorVersioned._fields_ = [
+    ("version", DLPackVersion),
+    ("manager_ctx", c_void_p),
+    ("deleter", DLPACK_VERSIONED_DELETER),
+    ("flags", c_uint64),
+    ("dl_tensor", DLTensor),
+]
+
+
+class DLManagedTensor(Structure):
+    """The pre-1.0 ``DLManagedTensor`` (64 bytes): not in ferry.h; the binding builds it for consumers
+    that ask for the old protocol."""
+
+
+#: ``void (*deleter)(DLManagedTensor*)``
+DLPACK_LEGACY_DELETER = CFUNCTYPE(None, POINTER(DLManagedTensor))
+
+DLManagedTensor._fields_ = [
+    ("dl_tensor", DLTensor),
+    ("manager_ctx", c_void_p),
+    ("deleter", DLPACK_LEGACY_DELETER),
+]
+
+#: ``ferry_sample_fn``: int32_t (*)(void* user, int64_t index, void* const* dst, const int64_t* dst_bytes,
+#: int32_t num_fields)
+SAMPLE_FN = CFUNCTYPE(c_int32, c_void_p, c_int64, POINTER(c_void_p), POINTER(c_int64), c_int32)
+
+
 # --- symbols: (name, restype, argtypes), every declaration of ferry.h ------------------------------------
 
 _SIGNATURES = [
@@ -165,6 +352,39 @@ _SIGNATURES = [
     ("ferry_engine_sample_now", ferry_status, [ferry_engine]),
     ("ferry_memory_check", ferry_status, [ferry_engine, POINTER(MemorySnapshotStruct)]),
     ("ferry_memory_check_live", ferry_status, [ferry_engine, POINTER(MemorySnapshotStruct)]),
+    # sources
+    ("ferry_source_memory", ferry_status,
+     [c_int64, POINTER(FieldStruct), c_int32, POINTER(c_void_p), POINTER(ferry_source)]),
+    ("ferry_source_records", ferry_status,
+     [c_char_p, c_int64, c_int64, POINTER(FieldStruct), c_int32, POINTER(ferry_source)]),
+    ("ferry_source_cifar10", ferry_status, [c_char_p, POINTER(ferry_source)]),
+    ("ferry_source_npy", ferry_status, [POINTER(c_char_p), POINTER(c_char_p), c_int32, POINTER(ferry_source)]),
+    ("ferry_token_options_init", ferry_status, [POINTER(TokenOptions)]),
+    ("ferry_source_tokens", ferry_status, [c_char_p, POINTER(TokenOptions), POINTER(ferry_source)]),
+    ("ferry_source_callback", ferry_status,
+     [c_int64, POINTER(FieldStruct), c_int32, SAMPLE_FN, c_void_p, POINTER(ferry_source)]),
+    ("ferry_source_len", ferry_status, [ferry_source, POINTER(c_int64)]),
+    ("ferry_source_num_fields", ferry_status, [ferry_source, POINTER(c_int32)]),
+    ("ferry_source_field", ferry_status, [ferry_source, c_int32, POINTER(FieldStruct)]),
+    ("ferry_source_destroy", ferry_status, [ferry_source]),
+    # iterator
+    ("ferry_iterator_options_init", ferry_status, [POINTER(IteratorOptions)]),
+    ("ferry_iterator_create", ferry_status,
+     [ferry_engine, ferry_source, POINTER(IteratorOptions), POINTER(ferry_iterator)]),
+    ("ferry_iterator_next", ferry_status, [ferry_iterator, c_void_p, POINTER(ferry_batch)]),
+    ("ferry_iterator_len", ferry_status, [ferry_iterator, POINTER(c_int64)]),
+    ("ferry_iterator_state", ferry_status, [ferry_iterator, POINTER(IteratorPosition)]),
+    ("ferry_iterator_restore", ferry_status, [ferry_iterator, POINTER(IteratorPosition)]),
+    ("ferry_iterator_set_epoch", ferry_status, [ferry_iterator, c_uint64]),
+    ("ferry_iterator_destroy", ferry_status, [ferry_iterator]),
+    # batches
+    ("ferry_batch_info", ferry_status, [ferry_batch, POINTER(BatchProperties)]),
+    ("ferry_batch_indices", ferry_status, [ferry_batch, POINTER(c_int64), c_int64]),
+    ("ferry_batch_field", ferry_status, [ferry_batch, c_int32, POINTER(POINTER(DLManagedTensorVersioned))]),
+    ("ferry_batch_field_by_name", ferry_status,
+     [ferry_batch, c_char_p, POINTER(POINTER(DLManagedTensorVersioned))]),
+    ("ferry_batch_wait", ferry_status, [ferry_batch, c_void_p]),
+    ("ferry_batch_release", ferry_status, [ferry_batch, c_void_p]),
 ]
 
 SYMBOLS = tuple(name for name, _, _ in _SIGNATURES)

@@ -27,12 +27,16 @@ EXPECTED = {
 }
 
 
+NOT_ERRORS = {ferry.Status.OK: "FERRY_OK", ferry.Status.END_OF_EPOCH: "FERRY_END_OF_EPOCH"}
+
+
 def test_status_enum_matches_header(header):
-    from_header = {v: k for k, v in header.items() if k == "FERRY_OK" or k.startswith("FERRY_ERR_")}
+    from_header = {v: k for k, v in header.items() if k in NOT_ERRORS.values() or k.startswith("FERRY_ERR_")}
     assert set(from_header) == {s.value for s in ferry.Status}
     for s in ferry.Status:
-        expected = "FERRY_OK" if s == ferry.Status.OK else "FERRY_ERR_" + s.name
+        expected = NOT_ERRORS.get(s, "FERRY_ERR_" + s.name)
         assert from_header[s.value] == expected
+        assert ferry.status_name(s) == expected
 
 
 def test_status_names_come_from_the_library():
@@ -44,7 +48,7 @@ def test_status_names_come_from_the_library():
 
 
 def test_every_failing_status_has_its_own_class():
-    assert set(EXPECTED) == {int(s) for s in ferry.Status if s != ferry.Status.OK}
+    assert set(EXPECTED) == {int(s) for s in ferry.Status if s not in NOT_ERRORS}
     classes = [cls for _, cls, _ in EXPECTED.values()]
     assert len(set(classes)) == len(classes)
 
@@ -67,6 +71,12 @@ def test_check_raises_the_mapped_exception(status):
         assert err.errno is None  # a ferry status is not an errno
     again = pickle.loads(pickle.dumps(err))
     assert type(again) is cls and again.status == status and again.message == err.message
+
+
+def test_end_of_epoch_is_not_an_error():
+    # FERRY_END_OF_EPOCH (13) is a distinct non-error return: _check gives it back instead of raising.
+    assert _loader.FERRY_END_OF_EPOCH == ferry.Status.END_OF_EPOCH == 13
+    assert _errors._check(13) is ferry.Status.END_OF_EPOCH
 
 
 def test_check_ok_is_silent_and_unknown_status_is_the_base_class():

@@ -1,0 +1,546 @@
+"""The prefetching iterator, its batches, and :class:`Loader`, the training-loop face of both.
+
+Everything here wraps the C API (``ferry_iterator_*``, ``ferry_batch_*``): the sampling, the gathering on
+worker threads, the page-locked ring and the host-to-device copies all happen in the library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import weakref
+from ctypes import byref, c_int64, c_void_p
+from typing import Any, Dict, Iterator as TypingIterator, List, Mapping, Optional, Union
+
+from . import _loader
+from ._device import device_count
+from ._dlpack import DLPackField, _field_from_batch
+from ._engine import CPU, Engine
+from ._errors import FerryIOError, _as_int, _as_int32, _as_uint32, _check, _closed, _error, _invalid
+from ._sources import ArraySource, Source, _format_exception
+
+__all__ = ["Iterator", "Batch", "Loader", "OptimizedDataLoader", "PrefetchLoader"]
+
+
+def _parse_device(device: Any) -> int:
+    """None → GPU 0 when one is visible, else the CPU; "cpu"/-1 → the CPU; "cuda[:N]"/N → GPU N."""
+    if device is None:
+        return 0 if device_count() > 0 else CPU
+    if isinstance(device, int) and not isinstance(device, bool):
+        return CPU if device == CPU else _as_int32(device, "device")
+    text = str(device).strip().lower()  # a string, or a torch.device
+    if text == "cpu":
+        return CPU
+    m = re.fullmatch(r"(?:cuda|gpu)(?::(\d+))?", text)
+    if m:
+        index = getattr(device, "index", None)
+        return int(m.group(1)) if m.group(1) else (index if isinstance(index, int) else 0)
+    raise _invalid(f"device {device!r}: use None, 'cpu', -1, a GPU index, or 'cuda:N'")
+
+
+# --- batches ----------------------------------------------------------------------------------------
+
+
+def _release_batch(lib: ctypes.CDLL, handle: c_void_p) -> int:
+    return lib.ferry_batch_release(handle, None)
+
+
+class Batch:
+    """One batch from :meth:`Iterator.next`. It owns the ``ferry_batch`` handle until :meth:`release`.
+
+    :meth:`field` hands a field out as a :class:`~ferry.DLPackField` (no copy); each field holds the
+    batch's memory until it, or the tensor a consumer built from it, is freed. :meth:`release` drops the
+    handle's own reference (the fields stay valid); garbage collection does it as a backstop. The slot is
+    refilled once the handle and every field are gone.
+    """
+
+    def __init__(self, iterator: "Iterator", handle: c_void_p, stream: Optional[int]) -> None:
+        self._lib = iterator._lib
+        self._handle: Optional[c_void_p] = handle
+        self._names = iterator.field_names
+        self._stream = stream
+        self._finalizer = weakref.finalize(self, _release_batch, self._lib, handle)
+        info = _loader.BatchProperties()
+        info.size = ctypes.sizeof(info)
+        _check(self._lib.ferry_batch_info(handle, byref(info)))
+        self.epoch: int = info.epoch
+        """The epoch the batch belongs to."""
+        self.index: int = info.index
+        """The batch's number within its epoch."""
+        self.num_samples: int = info.num_samples
+        """Samples in the batch (the last one may be short)."""
+
+    def _h(self) -> c_void_p:
+        h = self._handle
+        if h is None:
+            raise _closed("Batch (released)")
+        return h
+
+    @property
+    def field_names(self) -> List[str]:
+        return list(self._names)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def indices(self) -> List[int]:
+        """The source's sample indices of the batch, in batch order."""
+        buf = (c_int64 * max(self.num_samples, 1))()
+        _check(self._lib.ferry_batch_indices(self._h(), buf, len(buf)))
+        return list(buf[: self.num_samples])
+
+    def field(self, key: Union[int, str]) -> DLPackField:
+        """Field ``key`` (an index or a name) as a :class:`~ferry.DLPackField`, with no copy."""
+        if isinstance(key, str):
+            try:
+                index = self._names.index(key)
+            except ValueError:
+                raise KeyError(f"the batch has no field {key!r} (it has {self._names})") from None
+        else:
+            index = _as_int32(key, "field index")
+            if not 0 <= index < len(self._names):
+                raise IndexError(f"field index {index}; the batch has {len(self._names)} fields")
+        return _field_from_batch(self._lib, self._h(), index, self._names[index], self, self._stream)
+
+    def fields(self) -> Dict[str, DLPackField]:
+        """Every field, by name."""
+        return {name: self.field(i) for i, name in enumerate(self._names)}
+
+    def wait(self, stream: int) -> None:
+        """Makes CUDA ``stream`` wait for the batch's copy too (``ferry_batch_wait``)."""
+        _check(self._lib.ferry_batch_wait(self._h(), c_void_p(int(stream) or None)))
+
+    def release(self, stream: Optional[int] = None) -> None:
+        """Drops the handle's reference (``ferry_batch_release``). ``stream`` (None: the stream given to
+        ``next``) is the stream whose work uses the batch. Idempotent; fields handed out stay valid."""
+        h = self._handle
+        self._handle = None
+        if h is None or not self._finalizer.alive:
+            return
+        self._finalizer.detach()
+        _check(self._lib.ferry_batch_release(h, c_void_p(int(stream)) if stream else None))
+
+    @property
+    def released(self) -> bool:
+        return self._handle is None
+
+    def __enter__(self) -> "Batch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = " released" if self._handle is None else ""
+        return f"<ferry.Batch epoch={self.epoch} index={self.index} samples={self.num_samples}{state}>"
+
+
+# --- the iterator -----------------------------------------------------------------------------------
+
+
+def _destroy_iterator(lib: ctypes.CDLL, handle: c_void_p, engine: Engine, source: Source) -> int:
+    """Destroys an iterator handle. Holding the engine and the source here keeps both alive (and their
+    own finalizers pending) until the iterator is gone: they must outlive it."""
+    del engine, source
+    return lib.ferry_iterator_destroy(handle)
+
+
+def _env_int(name: str) -> int:
+    value = os.environ[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise _invalid(f"environment variable {name}={value!r} is not an integer") from None
+
+
+_SAMPLE_RE = re.compile(r"for sample (\d+)")
+
+
+class Iterator:
+    """A prefetching iterator over a source on an engine's device (``ferry_iterator_*``).
+
+    :meth:`next` returns a :class:`Batch`, or None once at the end of each epoch (the call after it
+    starts the next epoch). The order is a pure function of ``(seed, epoch, position)``; it does not
+    depend on ``workers``. Sharding (``rank``, ``world_size``) follows torch's DistributedSampler.
+
+    Ownership: the iterator owns its handle; :meth:`close` destroys it (release every batch first; the
+    tensors of batches still held then point to freed memory). It keeps its engine and source alive.
+    Call :meth:`next`, :meth:`restore` and :meth:`set_epoch` from one thread at a time.
+    """
+
+    def __init__(self, engine: Engine, source: Source, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 drop_last: bool = False, workers: int = 0, prefetch: int = 0, rank: Optional[int] = None,
+                 world_size: Optional[int] = None, timeout_ms: int = 0) -> None:
+        self._handle: Optional[c_void_p] = None
+        if not isinstance(source, Source):
+            raise TypeError(f"source must be a ferry source, not {type(source).__name__}")
+        lib = _loader.lib()
+        self._lib = lib
+        opts = _loader.IteratorOptions()
+        _check(lib.ferry_iterator_options_init(byref(opts)))
+        opts.flags = (_loader.FERRY_ITERATOR_F_SHUFFLE if shuffle else 0) | (
+            _loader.FERRY_ITERATOR_F_DROP_LAST if drop_last else 0)
+        opts.batch_size = _as_int(batch_size, "batch_size")
+        opts.seed = _as_int(seed, "seed") & (2**64 - 1)
+        opts.workers = _as_int32(workers, "workers")
+        opts.prefetch = _as_int32(prefetch, "prefetch")
+        if world_size is None and rank is None and "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            # The library reads RANK and WORLD_SIZE too, but from the environment as it was when the
+            # library was loaded; os.environ may have been set since (e.g. by a spawning launcher).
+            rank, world_size = _env_int("RANK"), _env_int("WORLD_SIZE")
+        if world_size is None:
+            opts.world_size = 0  # RANK and WORLD_SIZE from the environment (torchrun), else one rank
+            opts.rank = _as_int32(rank, "rank") if rank is not None else 0
+        else:
+            opts.world_size = _as_int32(world_size, "world_size")
+            opts.rank = _as_int32(rank if rank is not None else int(os.environ.get("RANK", "0")), "rank")
+        opts.timeout_ms = _as_uint32(timeout_ms, "timeout_ms")
+        handle = c_void_p()
+        _check(lib.ferry_iterator_create(engine._h(), source._h(), byref(opts), byref(handle)))
+        self._handle = handle
+        self._finalizer = weakref.finalize(self, _destroy_iterator, lib, handle, engine, source)
+        self.engine = engine
+        self.source = source
+        self.field_names: List[str] = list(source.fields)
+        self.batch_size = opts.batch_size
+        n = c_int64()
+        _check(lib.ferry_iterator_len(handle, byref(n)))
+        self._len = n.value
+
+    def _h(self) -> c_void_p:
+        h = self._handle
+        if h is None:
+            raise _closed("Iterator")
+        return h
+
+    def close(self) -> None:
+        """Stops prefetching and frees the ring. Idempotent."""
+        self._handle = None
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None and finalizer.alive:
+            status = finalizer()
+            if status is not None:
+                _check(status)
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def __enter__(self) -> "Iterator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        self._h()
+        return self._len
+
+    def next(self, stream: Optional[int] = None) -> Optional[Batch]:
+        """The next batch, or None at the end of an epoch.
+
+        ``stream`` is the CUDA stream (an int, e.g. ``torch.cuda.current_stream().cuda_stream``) that will
+        use the batch; ferry makes it wait for the batch's copy, so the host never waits. Ignored on the
+        CPU. A sample the source cannot read raises (:class:`~ferry.FerryIOError` for a failed callback,
+        with the Python exception as ``__cause__``); the iterator stays usable.
+        """
+        out = c_void_p()
+        status = self._lib.ferry_iterator_next(self._h(), c_void_p(int(stream)) if stream else None, byref(out))
+        if status == _loader.FERRY_END_OF_EPOCH:
+            return None
+        if status:
+            err = _error(status)
+            if isinstance(err, FerryIOError):
+                self._explain(err)
+            raise err
+        return Batch(self, out, int(stream) if stream else None)
+
+    def _explain(self, err: FerryIOError) -> None:
+        m = _SAMPLE_RE.search(err.message)
+        cause = self.source._python_error(int(m.group(1))) if m else None
+        if cause is not None:
+            err.message = f"{err.message}; the Python sample function raised {_format_exception(cause)}"
+            err.strerror = err.message
+            err.__cause__ = cause
+
+    def state(self) -> Dict[str, int]:
+        """The position of the next batch: ``{"epoch": e, "batch": b}`` (``b`` may equal ``len(self)``:
+        the epoch's end comes next)."""
+        pos = _loader.IteratorPosition()
+        pos.size = ctypes.sizeof(pos)
+        _check(self._lib.ferry_iterator_state(self._h(), byref(pos)))
+        return {"epoch": pos.epoch, "batch": pos.batch}
+
+    def restore(self, epoch: int, batch: int = 0) -> None:
+        """Moves to a position from :meth:`state`, in O(1); what follows is bit for bit what would have."""
+        pos = _loader.IteratorPosition()
+        pos.size = ctypes.sizeof(pos)
+        pos.epoch = _as_int(epoch, "epoch")
+        pos.batch = _as_int(batch, "batch")
+        if pos.epoch != epoch or pos.batch != batch:
+            raise _invalid(f"position ({epoch}, {batch}) is out of range")
+        _check(self._lib.ferry_iterator_restore(self._h(), byref(pos)))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Starts epoch ``epoch`` from its first batch (like DistributedSampler.set_epoch)."""
+        e = _as_int(epoch, "epoch")
+        if e < 0:
+            raise _invalid(f"epoch {e} is negative")
+        _check(self._lib.ferry_iterator_set_epoch(self._h(), e))
+
+    def __repr__(self) -> str:
+        if self._handle is None:
+            return "<ferry.Iterator closed>"
+        return f"<ferry.Iterator {self._len} batches of {self.batch_size} over {self.source!r}>"
+
+
+# --- the loader -------------------------------------------------------------------------------------
+
+
+def _import(name: str) -> Any:
+    try:
+        return __import__(name)
+    except Exception:  # ImportError, or a broken install: either way it is not usable
+        return None
+
+
+_OUTPUTS = ("torch", "numpy", "dlpack")
+
+
+class Loader:
+    """Batches for a training loop: ``for batch in Loader(source, 256, shuffle=True): ...``.
+
+    Each iteration of ``for batch in loader`` yields the batches up to the end of the current epoch;
+    each batch is a dict {field name: tensor}. Tensors are torch tensors (``torch.from_dlpack``) when
+    torch is importable, else numpy arrays (``numpy.from_dlpack``, on the CPU), else the
+    :class:`~ferry.DLPackField` objects themselves; ``output="torch"|"numpy"|"dlpack"`` picks one
+    (numpy has no bfloat16: such a field needs torch or ``"dlpack"``).
+
+    ``source``: a ferry source, or a dict of arrays (wrapped in an :class:`~ferry.ArraySource`, no copy).
+    ``device``: None picks GPU 0 when one is visible, else the CPU; ``"cpu"`` or -1 the CPU; an int or
+    ``"cuda:N"`` that GPU. ``workers`` (0: min(cores, 16)) gather threads, ``prefetch`` (2..64; 0: 4)
+    batches in flight. ``rank``/``world_size`` shard like torch's DistributedSampler (None reads
+    RANK/WORLD_SIZE when set). ``timeout_ms`` bounds one wait (0: 5 minutes).
+
+    Zero copy: the tensors are views of ferry's ring of ``prefetch`` batches, whose slots are reused in
+    turn; a slot is refilled only when every tensor of its batch has been freed. So a batch must be let
+    go within ``prefetch`` batches: holding the tensors of ``prefetch`` batches (or keeping one batch
+    while ``prefetch`` more are fetched) stalls the loader, and the fetch then fails with
+    :class:`~ferry.FerryTimeoutError` after ``timeout_ms``. To keep tensors longer, pass ``copy=True``:
+    each field is cloned and its slot given back at once (a copy per batch). With torch on a GPU, batches are
+    ordered on ``torch.cuda.current_stream(device)`` at the time each batch is fetched.
+
+    Resume: :meth:`state_dict` / :meth:`load_state_dict` give and take ``{"epoch", "batch"}``; the next
+    loop continues from there, bit for bit. A loop left early (``break``) is continued by the next one
+    from where it stopped; :meth:`set_epoch` starts an epoch from its beginning.
+
+    Ownership: the loader owns its engine and iterator (and a source it built from a dict);
+    :meth:`close` (or leaving a ``with`` block) destroys them; garbage collection does as a backstop.
+    """
+
+    def __init__(self, source: Union[Source, Mapping[str, Any]], batch_size: int, shuffle: bool = False,
+                 seed: int = 0, drop_last: bool = False, workers: int = 0, prefetch: int = 0,
+                 device: Any = None, rank: Optional[int] = None, world_size: Optional[int] = None,
+                 timeout_ms: int = 0, copy: bool = False, output: Optional[str] = None) -> None:
+        self._iterator: Optional[Iterator] = None
+        self._owned_source: Optional[Source] = None
+        self._engine: Optional[Engine] = None
+        if isinstance(source, Mapping):
+            source = self._owned_source = ArraySource(source)
+        elif not isinstance(source, Source):
+            raise TypeError(f"Loader takes a ferry source or a dict of arrays, not {type(source).__name__}")
+        try:
+            self.device = dev = _parse_device(device)
+            self.copy = bool(copy)
+            self._setup_output(output)
+            self._engine = Engine(dev, sample_interval_ms=0)
+            self._iterator = Iterator(self._engine, source, batch_size, shuffle=shuffle, seed=seed,
+                                      drop_last=drop_last, workers=workers, prefetch=prefetch, rank=rank,
+                                      world_size=world_size, timeout_ms=timeout_ms)
+        except BaseException:
+            self.close()
+            raise
+        self.source = source
+        self.batch_size = self._iterator.batch_size
+        self._settings = dict(shuffle=shuffle, seed=seed, drop_last=drop_last, workers=workers, prefetch=prefetch,
+                              rank=rank, world_size=world_size, timeout_ms=timeout_ms, output=self.output)
+
+    def _setup_output(self, output: Optional[str]) -> None:
+        on_gpu = self.device != CPU
+        torch = np = None
+        if output is None or output == "auto":
+            torch = _import("torch")
+            if torch is not None:
+                output = "torch"
+            else:
+                np = None if on_gpu else _import("numpy")
+                output = "numpy" if np is not None else "dlpack"
+        elif output == "torch":
+            torch = _import("torch")
+            if torch is None:
+                raise ImportError("Loader(output='torch') needs torch")
+        elif output == "numpy":
+            if on_gpu:
+                raise _invalid("Loader(output='numpy') works on the CPU only (numpy arrays live in host memory)")
+            np = _import("numpy")
+            if np is None:
+                raise ImportError("Loader(output='numpy') needs numpy")
+        elif output != "dlpack":
+            raise _invalid(f"output {output!r} is not one of {_OUTPUTS}")
+        self.output = output
+        self._stream_fn = None
+        copy = self.copy
+        if output == "torch":
+            from_dlpack = torch.from_dlpack
+            self._convert = (lambda f: from_dlpack(f).clone()) if copy else from_dlpack
+            if on_gpu:
+                current_stream = torch.cuda.current_stream
+                dev = torch.device("cuda", self.device)
+                self._stream_fn = lambda: current_stream(dev).cuda_stream
+        elif output == "numpy":
+            from_dlpack = np.from_dlpack
+            self._convert = (lambda f: from_dlpack(f).copy()) if copy else from_dlpack
+        else:
+            if copy and on_gpu:
+                raise _invalid("Loader(copy=True) on a GPU needs torch")
+            self._convert = (lambda f: f.to_memoryview()) if copy else (lambda f: f)
+
+    # --- lifetime -----------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Destroys the iterator, the engine, and a source the loader built. Idempotent. Tensors of the
+        loader's batches still held afterwards point to freed memory: free them first."""
+        it, self._iterator = self._iterator, None
+        eng, self._engine = self._engine, None
+        src, self._owned_source = self._owned_source, None
+        try:
+            if it is not None:
+                it.close()
+        finally:
+            try:
+                if eng is not None:
+                    eng.close()
+            finally:
+                if src is not None:
+                    src.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._iterator is None
+
+    def __enter__(self) -> "Loader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _it(self) -> Iterator:
+        it = self._iterator
+        if it is None:
+            raise _closed(type(self).__name__)
+        return it
+
+    @property
+    def iterator(self) -> Iterator:
+        """The underlying :class:`~ferry.Iterator` (batches with their indices, explicit release)."""
+        return self._it()
+
+    # --- iteration ----------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Batches per epoch (on this rank)."""
+        return len(self._it())
+
+    def __iter__(self) -> TypingIterator[Dict[str, Any]]:
+        it = self._it()
+        stream_fn = self._stream_fn
+        while True:
+            batch = it.next(stream_fn() if stream_fn is not None else None)
+            if batch is None:
+                return
+            # Yielded straight from the call: a suspended generator (a loop left with break and kept)
+            # then holds no reference to the batch's tensors.
+            yield self._take(batch)
+
+    def _take(self, batch: Batch) -> Dict[str, Any]:
+        """Converts every field of the batch, then drops the handle's reference."""
+        convert = self._convert
+        try:
+            return {name: convert(batch.field(i)) for i, name in enumerate(batch._names)}
+        finally:
+            batch.release()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Starts epoch ``epoch`` from its first batch; the next loop yields it."""
+        self._it().set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the next batch."""
+        return self._it().state()["epoch"]
+
+    def state_dict(self) -> Dict[str, int]:
+        """``{"epoch": e, "batch": b}``: the next batch to come. All that an exact resume needs."""
+        return self._it().state()
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Resumes from :meth:`state_dict`: the batches that follow are bit for bit those that would have."""
+        try:
+            epoch, batch = state["epoch"], state["batch"]
+        except (KeyError, TypeError):
+            raise _invalid(f"state {state!r} must be a dict with 'epoch' and 'batch'") from None
+        self._it().restore(epoch, batch)
+
+    def __repr__(self) -> str:
+        if self._iterator is None:
+            return f"<ferry.{type(self).__name__} closed>"
+        dev = "cpu" if self.device == CPU else f"cuda:{self.device}"
+        return (f"<ferry.{type(self).__name__} {len(self)} batches of {self.batch_size} on {dev}, "
+                f"output={self.output}>")
+
+
+class OptimizedDataLoader(Loader):
+    """A :class:`Loader` with torch DataLoader's argument names (the seed's façade).
+
+    ``dataset_or_arrays`` is a dict of arrays or a ferry source. ``num_workers`` becomes ``workers`` (0:
+    ferry picks), ``prefetch_factor`` becomes ``prefetch`` (at least 2). ``pin_memory`` is accepted and
+    needs nothing: ferry always stages through page-locked memory on a GPU. Other keywords go to
+    :class:`Loader`.
+    """
+
+    def __init__(self, dataset_or_arrays: Union[Source, Mapping[str, Any]], batch_size: int = 32,
+                 shuffle: bool = False, num_workers: int = 0, pin_memory: bool = True, prefetch_factor: int = 2,
+                 drop_last: bool = False, **kw: Any) -> None:
+        del pin_memory
+        prefetch = _as_int(prefetch_factor if prefetch_factor is not None else 2, "prefetch_factor")
+        super().__init__(dataset_or_arrays, batch_size, shuffle=shuffle, drop_last=drop_last,
+                         workers=num_workers, prefetch=max(2, prefetch), **kw)
+
+
+class PrefetchLoader(Loader):
+    """A :class:`Loader` that delivers to ``device`` (the seed's façade).
+
+    ``loader_or_source`` is a ferry source, a dict of arrays, or another :class:`Loader`, whose source and
+    settings are reused (the other loader keeps its own position and stays open). Keywords go to
+    :class:`Loader`.
+    """
+
+    def __init__(self, loader_or_source: Union[Loader, Source, Mapping[str, Any]], device: Any = None,
+                 **kw: Any) -> None:
+        if isinstance(loader_or_source, Loader):
+            other = loader_or_source
+            it = other._it()
+            kw.setdefault("batch_size", other.batch_size)
+            kw.setdefault("copy", other.copy)
+            for key, value in other._settings.items():
+                kw.setdefault(key, value)
+            source: Union[Source, Mapping[str, Any]] = it.source
+            self._parent = other  # keeps a source the other loader owns alive
+        else:
+            source = loader_or_source
+        if "batch_size" not in kw:
+            raise TypeError("PrefetchLoader needs batch_size when given a source")
+        batch_size = kw.pop("batch_size")
+        super().__init__(source, batch_size, device=device, **kw)
