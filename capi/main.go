@@ -5,7 +5,30 @@
 // snapshot read, the status strings, the thread-local last error) are written in C in capi.c.
 package main
 
-// #include "exports.h"
+/*
+#include <stdlib.h>
+#include "exports.h"
+*/
 import "C"
+
+import (
+	"unsafe"
+
+	"github.com/ferry-ml/ferry/engine"
+)
+
+func init() {
+	// Read the live C environment, not Go's copy taken when the library loaded, so that variables a
+	// host program sets afterwards (RANK and WORLD_SIZE from Python's os.environ) are seen.
+	engine.LookupEnv = func(name string) (string, bool) {
+		cname := C.CString(name)
+		defer C.free(unsafe.Pointer(cname))
+		v := C.getenv(cname)
+		if v == nil {
+			return "", false
+		}
+		return C.GoString(v), true
+	}
+}
 
 func main() {}

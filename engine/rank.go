@@ -7,11 +7,17 @@ import (
 	"strings"
 )
 
+// LookupEnv reads the process environment for RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE. Go
+// copies the environment when the runtime starts, so inside libferry.so, os.LookupEnv would miss
+// variables a host program sets later (Python's os.environ); the C library therefore replaces this with
+// the C runtime's getenv. Set it before any iterator is created.
+var LookupEnv = os.LookupEnv
+
 // lookupIntEnv reads an integer environment variable. A variable that is unset or empty (after
 // trimming spaces) is reported as not set; a value that is not a decimal integer is an
 // ErrInvalidArgument error naming the variable.
 func lookupIntEnv(name string) (v int, set bool, err error) {
-	s, ok := os.LookupEnv(name)
+	s, ok := LookupEnv(name)
 	s = strings.TrimSpace(s)
 	if !ok || s == "" {
 		return 0, false, nil

@@ -4,13 +4,20 @@
  * It adds no logic of its own: every call goes to the C function of the same name, and a status other
  * than FERRY_OK becomes a ferry::error exception that carries the status and the library's message.
  *
- * Ownership: ferry::engine owns its handle. It is move-only; its destructor destroys the handle and never
- * throws. A moved-from engine is empty (get() == nullptr); calling a method on an empty engine throws
- * ferry::error with FERRY_ERR_INVALID_HANDLE, as the C API reports for a NULL handle.
+ * Ownership: ferry::engine, ferry::source, ferry::iterator, ferry::batch and ferry::tensor each own one
+ * C object. They are move-only; their destructors destroy (or release) the object and never throw. A
+ * moved-from object is empty (get() == nullptr); calling a method on an empty engine, source, iterator or
+ * batch throws ferry::error with FERRY_ERR_INVALID_HANDLE, as the C API reports for a NULL handle.
  *
- * Thread safety: the free functions may be called from any thread. The const methods of one engine may be
- * called from several threads at once (the C API allows it). Moving, assigning, releasing or destroying an
- * engine must not race with other use of the same object, as for any standard library type.
+ * Lifetimes follow the C API: an iterator must be destroyed before its source, and batches (and the
+ * tensors taken from them) before their iterator. Declaring the objects in the order engine, source,
+ * iterator in one scope gives the right order of destruction.
+ *
+ * Thread safety: the free functions may be called from any thread. The const methods of one engine or
+ * source may be called from several threads at once (the C API allows it). An iterator's next(),
+ * state(), restore() and set_epoch() must be called from one thread at a time (the training loop). A
+ * batch or tensor may be destroyed on any thread. Moving, assigning, releasing or destroying an object
+ * must not race with other use of the same object, as for any standard library type.
  *
  * Usage: put ferry.h and this header on the include path and link libferry.so.
  */
@@ -18,11 +25,17 @@
 #define FERRY_HPP
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <iterator>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "ferry.h"
 
@@ -201,6 +214,954 @@ public:
 private:
     ferry_engine handle_ = nullptr;
 };
+
+// ---------------------------------------------------------------------------------------------------
+// Fields
+// ---------------------------------------------------------------------------------------------------
+
+/** Returns the size in bytes of one element of dtype, or 0 for a value that is not a ferry_dtype. */
+constexpr std::size_t dtype_size(ferry_dtype dtype) noexcept {
+    switch (dtype) {
+    case FERRY_DTYPE_BOOL:
+    case FERRY_DTYPE_UINT8:
+    case FERRY_DTYPE_INT8:
+        return 1;
+    case FERRY_DTYPE_UINT16:
+    case FERRY_DTYPE_INT16:
+    case FERRY_DTYPE_FLOAT16:
+    case FERRY_DTYPE_BFLOAT16:
+        return 2;
+    case FERRY_DTYPE_UINT32:
+    case FERRY_DTYPE_INT32:
+    case FERRY_DTYPE_FLOAT32:
+        return 4;
+    case FERRY_DTYPE_UINT64:
+    case FERRY_DTYPE_INT64:
+    case FERRY_DTYPE_FLOAT64:
+        return 8;
+    }
+    return 0;
+}
+
+/**
+ * dtype_of<T>::value is the ferry_dtype of the C++ type T (bool, the fixed-width integers, float,
+ * double). There is no entry for float16 or bfloat16: name those with FERRY_DTYPE_FLOAT16/BFLOAT16.
+ */
+template <typename T>
+struct dtype_of;
+/** @cond specializations */
+template <> struct dtype_of<bool> { static constexpr ferry_dtype value = FERRY_DTYPE_BOOL; };
+template <> struct dtype_of<uint8_t> { static constexpr ferry_dtype value = FERRY_DTYPE_UINT8; };
+template <> struct dtype_of<int8_t> { static constexpr ferry_dtype value = FERRY_DTYPE_INT8; };
+template <> struct dtype_of<uint16_t> { static constexpr ferry_dtype value = FERRY_DTYPE_UINT16; };
+template <> struct dtype_of<int16_t> { static constexpr ferry_dtype value = FERRY_DTYPE_INT16; };
+template <> struct dtype_of<uint32_t> { static constexpr ferry_dtype value = FERRY_DTYPE_UINT32; };
+template <> struct dtype_of<int32_t> { static constexpr ferry_dtype value = FERRY_DTYPE_INT32; };
+template <> struct dtype_of<uint64_t> { static constexpr ferry_dtype value = FERRY_DTYPE_UINT64; };
+template <> struct dtype_of<int64_t> { static constexpr ferry_dtype value = FERRY_DTYPE_INT64; };
+template <> struct dtype_of<float> { static constexpr ferry_dtype value = FERRY_DTYPE_FLOAT32; };
+template <> struct dtype_of<double> { static constexpr ferry_dtype value = FERRY_DTYPE_FLOAT64; };
+/** @endcond */
+
+/**
+ * The description of one named field of a sample: element type, per-sample shape (empty for a scalar;
+ * a batch holds the field as [batch, shape...]) and, for ferry::source::records, the byte offset of the
+ * field inside a record. A plain value type: it owns its name and is copied freely.
+ */
+struct field {
+    std::string name;                    /**< unique within a source */
+    ferry_dtype dtype = FERRY_DTYPE_UINT8; /**< the element type */
+    std::vector<int64_t> shape;          /**< per-sample shape, at most FERRY_MAX_DIMS entries, each > 0 */
+    int64_t offset = 0;                  /**< byte offset inside a record (records sources only) */
+
+    field() = default;
+
+    /** A field of dtype elements with the given per-sample shape (empty: one element per sample). */
+    field(std::string name_, ferry_dtype dtype_, std::vector<int64_t> shape_ = {}, int64_t offset_ = 0)
+        : name(std::move(name_)), dtype(dtype_), shape(std::move(shape_)), offset(offset_) {}
+
+    /** A field whose element type is the C++ type T, e.g. field::of<float>("image", {3, 32, 32}). */
+    template <typename T>
+    static field of(std::string name, std::vector<int64_t> shape = {}, int64_t offset = 0) {
+        return field(std::move(name), dtype_of<T>::value, std::move(shape), offset);
+    }
+
+    /** Elements per sample: the product of shape (1 for a scalar). */
+    int64_t elements() const noexcept {
+        int64_t n = 1;
+        for (int64_t d : shape) {
+            n *= d;
+        }
+        return n;
+    }
+
+    /** Bytes per sample: elements() times the size of dtype. */
+    int64_t bytes() const noexcept { return elements() * static_cast<int64_t>(dtype_size(dtype)); }
+
+    /** A copy of a C field description (the name is copied). */
+    static field from_c(const ferry_field& f) {
+        field out;
+        out.name = f.name != nullptr ? f.name : "";
+        out.dtype = static_cast<ferry_dtype>(f.dtype);
+        const int32_t nd = f.ndim < 0 ? 0 : (f.ndim > FERRY_MAX_DIMS ? FERRY_MAX_DIMS : f.ndim);
+        out.shape.assign(f.shape, f.shape + nd);
+        out.offset = f.offset;
+        return out;
+    }
+
+    /**
+     * The C description of this field. Its name points into this object: keep the object alive and
+     * unchanged while the result is in use. Throws FERRY_ERR_INVALID_ARGUMENT for more than
+     * FERRY_MAX_DIMS dimensions.
+     */
+    ferry_field to_c() const {
+        if (shape.size() > static_cast<std::size_t>(FERRY_MAX_DIMS)) {
+            throw error(FERRY_ERR_INVALID_ARGUMENT, "field \"" + name + "\" has " + std::to_string(shape.size()) +
+                                                        " dimensions; at most " + std::to_string(FERRY_MAX_DIMS));
+        }
+        ferry_field f{};
+        f.name = name.c_str();
+        f.dtype = static_cast<int32_t>(dtype);
+        f.ndim = static_cast<int32_t>(shape.size());
+        for (std::size_t i = 0; i < shape.size(); i++) {
+            f.shape[i] = shape[i];
+        }
+        f.offset = offset;
+        return f;
+    }
+};
+
+/** Two fields are equal when name, dtype, shape and offset are. */
+inline bool operator==(const field& a, const field& b) {
+    return a.name == b.name && a.dtype == b.dtype && a.shape == b.shape && a.offset == b.offset;
+}
+/** The negation of ==. */
+inline bool operator!=(const field& a, const field& b) { return !(a == b); }
+
+namespace detail {
+
+/** The C descriptions of fields; their names point into fields. Throws for an empty or too long list. */
+inline std::vector<ferry_field> to_c(const std::vector<field>& fields) {
+    if (fields.size() > static_cast<std::size_t>(std::numeric_limits<int32_t>::max())) {
+        throw error(FERRY_ERR_INVALID_ARGUMENT, "too many fields");
+    }
+    std::vector<ferry_field> out;
+    out.reserve(fields.size());
+    for (const field& f : fields) {
+        out.push_back(f.to_c());
+    }
+    return out;
+}
+
+} // namespace detail
+
+// ---------------------------------------------------------------------------------------------------
+// Sources
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * The buffers of one sample that a callback source's function fills: one per field, in the source's
+ * field order, each exactly (bytes per sample of that field) long. They are the iterator's staging
+ * memory: write them during the call only, and keep no pointer after it returns.
+ */
+class sample_buffers {
+public:
+    /** Wraps the arrays that ferry passes to a ferry_sample_fn. */
+    sample_buffers(void* const* dst, const int64_t* bytes, int32_t count) noexcept
+        : dst_(dst), bytes_(bytes), count_(count) {}
+
+    /** The number of fields. */
+    int32_t size() const noexcept { return count_; }
+
+    /** The buffer of field k. Throws FERRY_ERR_INVALID_ARGUMENT when k is out of range. */
+    void* data(int32_t k) const {
+        check_index(k);
+        return dst_[k];
+    }
+
+    /** The buffer of field k as T*. Throws FERRY_ERR_INVALID_ARGUMENT when its size is not a multiple of T. */
+    template <typename T>
+    T* data(int32_t k) const {
+        check_index(k);
+        if (bytes_[k] % static_cast<int64_t>(sizeof(T)) != 0) {
+            throw error(FERRY_ERR_INVALID_ARGUMENT, "sample buffer " + std::to_string(k) + " is " +
+                                                        std::to_string(bytes_[k]) + " bytes, not a multiple of " +
+                                                        std::to_string(sizeof(T)));
+        }
+        return static_cast<T*>(dst_[k]);
+    }
+
+    /** The size in bytes of field k's buffer. Throws FERRY_ERR_INVALID_ARGUMENT when k is out of range. */
+    int64_t bytes(int32_t k) const {
+        check_index(k);
+        return bytes_[k];
+    }
+
+private:
+    void check_index(int32_t k) const {
+        if (k < 0 || k >= count_) {
+            throw error(FERRY_ERR_INVALID_ARGUMENT,
+                        "sample buffer " + std::to_string(k) + " of " + std::to_string(count_));
+        }
+    }
+
+    void* const* dst_;
+    const int64_t* bytes_;
+    int32_t count_;
+};
+
+/**
+ * The function of a callback source: fills sample `index` into the buffers. It is called from ferry's
+ * worker threads, several at once, so it must be thread-safe. Throwing any exception fails the batch
+ * that holds the sample: ferry::iterator::next() then throws ferry::error with FERRY_ERR_IO naming the
+ * sample, and the iterator goes on with the following batch. The exception never crosses into C.
+ */
+using sample_fn = std::function<void(int64_t index, sample_buffers& buffers)>;
+
+namespace detail {
+
+/** What a callback source passes to C as `user`: the function, owned by the ferry::source. */
+struct callback_state {
+    sample_fn fn;
+};
+
+/** The ferry_sample_fn of callback sources: calls the std::function and turns any exception into 1. */
+inline int32_t sample_trampoline(void* user, int64_t index, void* const* dst, const int64_t* dst_bytes,
+                                 int32_t num_fields) noexcept {
+    try {
+        sample_buffers buffers(dst, dst_bytes, num_fields);
+        static_cast<callback_state*>(user)->fn(index, buffers);
+        return 0;
+    } catch (...) {
+        return 1;
+    }
+}
+
+} // namespace detail
+
+/**
+ * An owned source of samples: caller memory, a file of fixed-size records, CIFAR-10, .npy files, a token
+ * file, or a C++ function. Created by the static factories below.
+ *
+ * Move-only. The destructor destroys the handle (which waits for calls of a callback source's function
+ * in flight) and then frees the function; it never throws. Destroy every iterator over the source first.
+ * The const methods may be called from any thread.
+ */
+class source {
+public:
+    /** An empty source (get() == nullptr). */
+    source() noexcept = default;
+
+    source(const source&) = delete;
+    source& operator=(const source&) = delete;
+
+    /** Takes other's handle (and function); other becomes empty. */
+    source(source&& other) noexcept
+        : handle_(std::exchange(other.handle_, nullptr)), callback_(std::move(other.callback_)) {}
+
+    /** Destroys the source held now, then takes other's; other becomes empty. */
+    source& operator=(source&& other) noexcept {
+        if (this != &other) {
+            reset();
+            handle_ = std::exchange(other.handle_, nullptr);
+            callback_ = std::move(other.callback_);
+        }
+        return *this;
+    }
+
+    /** Destroys the source, if any. Never throws. */
+    ~source() noexcept { reset(); }
+
+    /**
+     * A source over caller memory: data[k] points to n samples of fields[k], back to back (a C-order array
+     * whose first dimension is the sample). Nothing is copied: the memory must stay alive and unchanged
+     * until the source and every iterator over it are destroyed. Throws FERRY_ERR_INVALID_ARGUMENT when
+     * data and fields differ in length, or for fields the library refuses.
+     */
+    static source memory(int64_t n, const std::vector<field>& fields, const std::vector<const void*>& data) {
+        if (data.size() != fields.size()) {
+            throw error(FERRY_ERR_INVALID_ARGUMENT, std::to_string(fields.size()) + " fields but " +
+                                                        std::to_string(data.size()) + " data pointers");
+        }
+        const std::vector<ferry_field> cf = detail::to_c(fields);
+        source s;
+        check(ferry_source_memory(n, cf.data(), static_cast<int32_t>(cf.size()), data.data(), &s.handle_));
+        return s;
+    }
+
+    /**
+     * A memory-mapped file of fixed-size records of record_size bytes after a header of header_size
+     * bytes, each field at its `offset` inside the record. Throws FERRY_ERR_IO when the file cannot be
+     * opened, FERRY_ERR_FORMAT when its size past the header is not a whole number of records.
+     */
+    static source records(const std::string& path, int64_t record_size, int64_t header_size,
+                          const std::vector<field>& fields) {
+        const std::vector<ferry_field> cf = detail::to_c(fields);
+        source s;
+        check(ferry_source_records(path.c_str(), record_size, header_size, cf.data(),
+                                   static_cast<int32_t>(cf.size()), &s.handle_));
+        return s;
+    }
+
+    /** A CIFAR-10 binary file as is: fields "label" (uint8) and "image" (uint8 [3, 32, 32], CHW). */
+    static source cifar10(const std::string& path) {
+        source s;
+        check(ferry_source_cifar10(path.c_str(), &s.handle_));
+        return s;
+    }
+
+    /**
+     * One .npy file per field, memory-mapped: npy({{"image", "x.npy"}, {"label", "y.npy"}}). The first
+     * dimension of every array is the sample and must agree across files.
+     */
+    static source npy(const std::vector<std::pair<std::string, std::string>>& files) {
+        if (files.size() > static_cast<std::size_t>(std::numeric_limits<int32_t>::max())) {
+            throw error(FERRY_ERR_INVALID_ARGUMENT, "too many .npy files");
+        }
+        std::vector<const char*> names, paths;
+        for (const auto& f : files) {
+            names.push_back(f.first.c_str());
+            paths.push_back(f.second.c_str());
+        }
+        source s;
+        check(ferry_source_npy(names.data(), paths.data(), static_cast<int32_t>(files.size()), &s.handle_));
+        return s;
+    }
+
+    /**
+     * A token file whose samples are windows of seq_len + 1 tokens, as fields "x" and "y" (y is x shifted
+     * by one), each [seq_len] of the file's token type. With random, sample i starts at a pseudo-random
+     * offset that is a pure function of (seed, i), as nanoGPT's get_batch draws them; else at i * seq_len.
+     */
+    static source tokens(const std::string& path, int64_t seq_len, ferry_token_format format = FERRY_TOKENS_UINT16,
+                         bool random = false, uint64_t seed = 0) {
+        ferry_token_options o;
+        check(ferry_token_options_init(&o));
+        o.format = static_cast<int32_t>(format);
+        o.seq_len = seq_len;
+        o.seed = seed;
+        o.flags = random ? FERRY_TOKENS_F_RANDOM : 0u;
+        source s;
+        check(ferry_source_tokens(path.c_str(), &o, &s.handle_));
+        return s;
+    }
+
+    /**
+     * A source of n samples that fn fills (custom decoding in C++). The function is moved into a heap
+     * object owned by the returned source and handed to C as `user`; it lives until the source is
+     * destroyed, and moving the source does not move it. See ferry::sample_fn for the threads that call
+     * it and what an exception in it does.
+     */
+    static source callback(int64_t n, const std::vector<field>& fields, sample_fn fn) {
+        if (!fn) {
+            throw error(FERRY_ERR_INVALID_ARGUMENT, "the sample function is empty");
+        }
+        const std::vector<ferry_field> cf = detail::to_c(fields);
+        auto state = std::make_unique<detail::callback_state>();
+        state->fn = std::move(fn);
+        source s;
+        check(ferry_source_callback(n, cf.data(), static_cast<int32_t>(cf.size()), &detail::sample_trampoline,
+                                    state.get(), &s.handle_));
+        s.callback_ = std::move(state);
+        return s;
+    }
+
+    /** The number of samples. */
+    int64_t len() const {
+        int64_t n = 0;
+        check(ferry_source_len(handle_, &n));
+        return n;
+    }
+
+    /** The fields of one sample, in order (offsets are those given, for records and CIFAR-10 sources). */
+    std::vector<field> fields() const {
+        int32_t n = 0;
+        check(ferry_source_num_fields(handle_, &n));
+        std::vector<field> out;
+        out.reserve(static_cast<std::size_t>(n));
+        for (int32_t i = 0; i < n; i++) {
+            ferry_field f{};
+            check(ferry_source_field(handle_, i, &f));
+            out.push_back(field::from_c(f));
+        }
+        return out;
+    }
+
+    /** Returns the raw handle, still owned by this object; nullptr when empty. */
+    ferry_source get() const noexcept { return handle_; }
+
+    /** True when this object holds a source. */
+    explicit operator bool() const noexcept { return handle_ != nullptr; }
+
+    /**
+     * Destroys the source held now, if any, and leaves this object empty. Never throws. (There is no
+     * release(): a callback source's function must not outlive nor predecease its handle.)
+     */
+    void reset() noexcept {
+        if (handle_ != nullptr) {
+            (void)ferry_source_destroy(std::exchange(handle_, nullptr));
+        }
+        callback_.reset(); // after the handle: destroying it waits for calls in flight
+    }
+
+private:
+    ferry_source handle_ = nullptr;
+    std::unique_ptr<detail::callback_state> callback_;
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Tensors and batches
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * An owned DLPack 1.0 tensor (DLManagedTensorVersioned), as ferry::batch::field hands it out: a view of
+ * one field of a batch, with no copy, in device memory (kDLCUDA) or, on the CPU engine, in host memory
+ * (kDLCPU). While the tensor is alive the batch's memory is not reused, so the iterator's ring has one
+ * slot less: destroy tensors promptly, or the iterator stalls (and next() eventually throws
+ * FERRY_ERR_TIMEOUT). The memory belongs to the iterator: destroy the tensor before the iterator.
+ *
+ * Move-only. The noexcept destructor calls the DLPack deleter once; it may run on any thread. release()
+ * hands ownership to another DLPack consumer, e.g. at::fromDLPack(t.release()).
+ *
+ * On a GPU, the data is ready for work queued on the stream given to ferry::iterator::next() (or to
+ * ferry::batch::wait()); reading it from the host needs that stream synchronized first.
+ */
+class tensor {
+public:
+    /** An empty tensor. */
+    tensor() noexcept = default;
+
+    /** Takes ownership of t (which may be nullptr). */
+    explicit tensor(DLManagedTensorVersioned* t) noexcept : t_(t) {}
+
+    tensor(const tensor&) = delete;
+    tensor& operator=(const tensor&) = delete;
+
+    /** Takes other's tensor; other becomes empty. */
+    tensor(tensor&& other) noexcept : t_(other.release()) {}
+
+    /** Deletes the tensor held now, then takes other's; other becomes empty. */
+    tensor& operator=(tensor&& other) noexcept {
+        if (this != &other) {
+            reset(other.release());
+        }
+        return *this;
+    }
+
+    /** Calls the deleter, if a tensor is held. */
+    ~tensor() noexcept { reset(); }
+
+    /** The first element's address (data + byte_offset): a device address for kDLCUDA. Empty: nullptr. */
+    void* data() const noexcept {
+        if (t_ == nullptr) {
+            return nullptr;
+        }
+        return static_cast<char*>(t_->dl_tensor.data) + t_->dl_tensor.byte_offset;
+    }
+
+    /** data() as T*. No type check: compare dtype() first. */
+    template <typename T>
+    T* data() const noexcept {
+        return static_cast<T*>(data());
+    }
+
+    /** The number of dimensions (batch first). */
+    int32_t ndim() const { return dl().ndim; }
+
+    /** The shape: [batch size, per-sample shape...]. */
+    std::vector<int64_t> shape() const {
+        const DLTensor& d = dl();
+        return std::vector<int64_t>(d.shape, d.shape + d.ndim);
+    }
+
+    /** The element type. */
+    DLDataType dtype() const { return dl().dtype; }
+
+    /** Where the memory is: kDLCUDA with the CUDA ordinal, or kDLCPU. */
+    DLDevice device() const { return dl().device; }
+
+    /** The number of elements: the product of shape(). */
+    int64_t numel() const {
+        const DLTensor& d = dl();
+        int64_t n = 1;
+        for (int32_t i = 0; i < d.ndim; i++) {
+            n *= d.shape[i];
+        }
+        return n;
+    }
+
+    /** The size in bytes (ferry's tensors are compact, row-major). */
+    std::size_t nbytes() const {
+        const DLDataType t = dtype();
+        return static_cast<std::size_t>(numel()) * ((static_cast<std::size_t>(t.bits) * t.lanes + 7) / 8);
+    }
+
+    /** The DLTensor view. Throws FERRY_ERR_INVALID_HANDLE when empty. */
+    const DLTensor& dl() const {
+        if (t_ == nullptr) {
+            throw error(FERRY_ERR_INVALID_HANDLE, "the ferry::tensor is empty");
+        }
+        return t_->dl_tensor;
+    }
+
+    /** The managed tensor, still owned by this object; nullptr when empty. */
+    DLManagedTensorVersioned* get() const noexcept { return t_; }
+
+    /** True when a tensor is held. */
+    explicit operator bool() const noexcept { return t_ != nullptr; }
+
+    /** Gives up ownership: the caller (e.g. a framework's from-DLPack) must call the deleter once. */
+    DLManagedTensorVersioned* release() noexcept { return std::exchange(t_, nullptr); }
+
+    /** Deletes the tensor held now, if any, and takes ownership of t. */
+    void reset(DLManagedTensorVersioned* t = nullptr) noexcept {
+        DLManagedTensorVersioned* old = std::exchange(t_, t);
+        if (old != nullptr && old->deleter != nullptr) {
+            old->deleter(old);
+        }
+    }
+
+private:
+    DLManagedTensorVersioned* t_ = nullptr;
+};
+
+/**
+ * An owned batch from ferry::iterator::next(): batch_size samples (fewer in a short last batch) of every
+ * field, in one slot of the iterator's ring.
+ *
+ * Move-only. The noexcept destructor gives the batch back with ferry_batch_release on the stream given to
+ * next(): on a GPU ferry records an event there and refills the slot only after the work queued on that
+ * stream so far, so the host never waits. Tensors taken with field() keep the slot until they are
+ * destroyed too. Destroy batches before their iterator.
+ *
+ * The accessors may be called from any thread; epoch(), index(), size() and num_fields() read values
+ * cached when the batch was made.
+ */
+class batch {
+public:
+    /** An empty batch. */
+    batch() noexcept = default;
+
+    /** Takes ownership of h, a batch from ferry_iterator_next; releases it and throws if its info fails. */
+    explicit batch(ferry_batch h) : h_(h) {
+        info_.size = sizeof(info_);
+        const ferry_status st = ferry_batch_info(h_, &info_);
+        if (st != FERRY_OK) {
+            error e(st, ferry_last_error());
+            (void)ferry_batch_release(std::exchange(h_, nullptr), nullptr);
+            throw e;
+        }
+    }
+
+    batch(const batch&) = delete;
+    batch& operator=(const batch&) = delete;
+
+    /** Takes other's batch; other becomes empty. */
+    batch(batch&& other) noexcept : h_(std::exchange(other.h_, nullptr)), info_(other.info_) {}
+
+    /** Releases the batch held now, then takes other's; other becomes empty. */
+    batch& operator=(batch&& other) noexcept {
+        if (this != &other) {
+            reset();
+            h_ = std::exchange(other.h_, nullptr);
+            info_ = other.info_;
+        }
+        return *this;
+    }
+
+    /** Releases the batch, if any, on the stream given to next(). Never throws. */
+    ~batch() noexcept { reset(); }
+
+    /** Field i (in the source's order) as a tensor [size(), shape...], with no copy. */
+    tensor field(int32_t i) const {
+        DLManagedTensorVersioned* t = nullptr;
+        check(ferry_batch_field(h_, i, &t));
+        return tensor(t);
+    }
+
+    /** The field called name as a tensor. Throws FERRY_ERR_INVALID_ARGUMENT for an unknown name. */
+    tensor field(const std::string& name) const {
+        DLManagedTensorVersioned* t = nullptr;
+        check(ferry_batch_field_by_name(h_, name.c_str(), &t));
+        return tensor(t);
+    }
+
+    /** The number of samples (batch_size, or fewer in the last batch without drop_last). */
+    int64_t size() const { return valid().num_samples; }
+
+    /** The epoch the batch belongs to. */
+    uint64_t epoch() const { return valid().epoch; }
+
+    /** The batch's number within its epoch, from 0. */
+    int64_t index() const { return valid().index; }
+
+    /** The number of fields. */
+    int32_t num_fields() const { return valid().num_fields; }
+
+    /** The source's sample indices, in batch order: row r of every field is sample indices()[r]. */
+    std::vector<int64_t> indices() const {
+        std::vector<int64_t> out(static_cast<std::size_t>(valid().num_samples));
+        check(ferry_batch_indices(h_, out.data(), static_cast<int64_t>(out.size())));
+        return out;
+    }
+
+    /**
+     * Makes stream (a CUstream or cudaStream_t; nullptr is the legacy default stream) wait for the batch's
+     * copy too, for work on a stream other than the one given to next(). Does nothing on the CPU engine.
+     */
+    void wait(void* stream) const { check(ferry_batch_wait(h_, stream)); }
+
+    /**
+     * Gives the batch back now, ordered after the work queued so far on stream (nullptr: the stream given
+     * to next()), and leaves this object empty. Unlike the destructor, it reports failure.
+     */
+    void release(void* stream = nullptr) {
+        if (h_ == nullptr) {
+            throw error(FERRY_ERR_INVALID_HANDLE, "the ferry::batch is empty");
+        }
+        check(ferry_batch_release(std::exchange(h_, nullptr), stream));
+    }
+
+    /** Returns the raw handle, still owned by this object; nullptr when empty. */
+    ferry_batch get() const noexcept { return h_; }
+
+    /** True when this object holds a batch. */
+    explicit operator bool() const noexcept { return h_ != nullptr; }
+
+private:
+    const ferry_batch_properties& valid() const {
+        if (h_ == nullptr) {
+            throw error(FERRY_ERR_INVALID_HANDLE, "the ferry::batch is empty");
+        }
+        return info_;
+    }
+
+    void reset() noexcept {
+        if (h_ != nullptr) {
+            (void)ferry_batch_release(std::exchange(h_, nullptr), nullptr);
+        }
+    }
+
+    ferry_batch h_ = nullptr;
+    ferry_batch_properties info_{};
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Iterator
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * The options of a ferry::iterator, set with chained calls:
+ *
+ *     ferry::iterator_options().batch_size(256).shuffle(true).seed(7).drop_last(true)
+ *
+ * Every setter returns *this; the getter of the same name reads the value. Zero selects the library's
+ * default for workers, prefetch, world_size and timeout.
+ */
+class iterator_options {
+public:
+    /** Samples per batch; required (the default 0 is refused by the library). */
+    iterator_options& batch_size(int64_t n) noexcept { o_.batch_size = n; return *this; }
+    /** A seeded permutation per epoch (else sequential order). */
+    iterator_options& shuffle(bool on = true) noexcept { return flag(FERRY_ITERATOR_F_SHUFFLE, on); }
+    /** The shuffle's seed: the order is a pure function of (seed, epoch, position). */
+    iterator_options& seed(uint64_t s) noexcept { o_.seed = s; return *this; }
+    /** Drop the last incomplete batch (and cut the tail when sharding). */
+    iterator_options& drop_last(bool on = true) noexcept { return flag(FERRY_ITERATOR_F_DROP_LAST, on); }
+    /** Gather threads; 0 picks min(cores, 16). */
+    iterator_options& workers(int32_t n) noexcept { o_.workers = n; return *this; }
+    /** Batches in flight (the ring depth), 2..64; 0 picks 4. */
+    iterator_options& prefetch(int32_t n) noexcept { o_.prefetch = n; return *this; }
+    /** This rank, as torch's DistributedSampler shards. */
+    iterator_options& rank(int32_t r) noexcept { o_.rank = r; return *this; }
+    /** Ranks; 0 reads RANK and WORLD_SIZE when set (torchrun), else 1. */
+    iterator_options& world_size(int32_t n) noexcept { o_.world_size = n; return *this; }
+    /**
+     * The longest one next() waits; 0 picks 5 minutes. Throws FERRY_ERR_INVALID_ARGUMENT when negative
+     * or longer than uint32_t milliseconds.
+     */
+    iterator_options& timeout(std::chrono::milliseconds t) {
+        const auto ms = t.count();
+        if (ms < 0 || static_cast<unsigned long long>(ms) > std::numeric_limits<uint32_t>::max()) {
+            throw error(FERRY_ERR_INVALID_ARGUMENT, "timeout " + std::to_string(ms) + " ms does not fit in uint32_t");
+        }
+        o_.timeout_ms = static_cast<uint32_t>(ms);
+        return *this;
+    }
+    /** Adds raw FERRY_ITERATOR_F_* bits (unknown bits are refused by the library). */
+    iterator_options& flags(uint32_t f) noexcept { o_.flags |= f; return *this; }
+
+    /** @name Getters */
+    ///@{
+    int64_t batch_size() const noexcept { return o_.batch_size; }
+    bool shuffle() const noexcept { return (o_.flags & FERRY_ITERATOR_F_SHUFFLE) != 0; }
+    uint64_t seed() const noexcept { return o_.seed; }
+    bool drop_last() const noexcept { return (o_.flags & FERRY_ITERATOR_F_DROP_LAST) != 0; }
+    int32_t workers() const noexcept { return o_.workers; }
+    int32_t prefetch() const noexcept { return o_.prefetch; }
+    int32_t rank() const noexcept { return o_.rank; }
+    int32_t world_size() const noexcept { return o_.world_size; }
+    std::chrono::milliseconds timeout() const noexcept { return std::chrono::milliseconds(o_.timeout_ms); }
+    uint32_t flags() const noexcept { return o_.flags; }
+    ///@}
+
+    /** The C options struct. */
+    const ferry_iterator_options& c() const noexcept { return o_; }
+
+private:
+    iterator_options& flag(uint32_t bit, bool on) noexcept {
+        o_.flags = on ? (o_.flags | bit) : (o_.flags & ~bit);
+        return *this;
+    }
+
+    ferry_iterator_options o_ = [] {
+        ferry_iterator_options o;
+        (void)ferry_iterator_options_init(&o);
+        return o;
+    }();
+};
+
+/**
+ * An iterator position: the next batch next() returns. batch may equal the batches per epoch, meaning the
+ * end of the epoch comes next. All an exact resume needs: save it with a checkpoint, restore() it later.
+ */
+struct position {
+    uint64_t epoch = 0;
+    int64_t batch = 0;
+};
+
+/** Positions are equal when epoch and batch are. */
+inline bool operator==(const position& a, const position& b) noexcept {
+    return a.epoch == b.epoch && a.batch == b.batch;
+}
+/** The negation of ==. */
+inline bool operator!=(const position& a, const position& b) noexcept { return !(a == b); }
+
+class iterator;
+
+/** The end of an epoch_range (a sentinel: it compares equal to an epoch_cursor with no batch). */
+struct epoch_end {};
+
+/**
+ * The input iterator of an epoch_range. It holds the current batch; ++ releases it before fetching the
+ * next, so a loop holds one slot of the ring at a time. To keep a batch past its loop step, move it
+ * out: `ferry::batch kept = std::move(b);`. Move-only, like the batch it holds.
+ */
+class epoch_cursor {
+public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = batch;
+    using difference_type = std::ptrdiff_t;
+    using pointer = batch*;
+    using reference = batch&;
+
+    /** Fetches the first batch (none at the end of the epoch). Throws what iterator::next() throws. */
+    epoch_cursor(iterator* it, void* stream);
+
+    epoch_cursor(const epoch_cursor&) = delete;
+    epoch_cursor& operator=(const epoch_cursor&) = delete;
+    epoch_cursor(epoch_cursor&&) noexcept = default;
+    epoch_cursor& operator=(epoch_cursor&&) noexcept = default;
+
+    /** The current batch. */
+    batch& operator*() noexcept { return *current_; }
+    /** The current batch. */
+    batch* operator->() noexcept { return &*current_; }
+
+    /**
+     * Releases the current batch, then fetches the next one. At the end of the epoch the cursor becomes
+     * equal to epoch_end. When next() throws (e.g. FERRY_ERR_IO for a failed batch), the cursor is at the
+     * end and the exception propagates; the iterator stays usable.
+     */
+    epoch_cursor& operator++();
+
+    /** True at the end of the epoch. */
+    friend bool operator==(const epoch_cursor& c, epoch_end) noexcept { return !c.current_.has_value(); }
+    /** True before the end of the epoch. */
+    friend bool operator!=(const epoch_cursor& c, epoch_end e) noexcept { return !(c == e); }
+    /** True at the end of the epoch. */
+    friend bool operator==(epoch_end e, const epoch_cursor& c) noexcept { return c == e; }
+    /** True before the end of the epoch. */
+    friend bool operator!=(epoch_end e, const epoch_cursor& c) noexcept { return !(c == e); }
+
+private:
+    iterator* it_;
+    void* stream_;
+    std::optional<batch> current_;
+};
+
+/**
+ * The rest of the current epoch as a range, from ferry::iterator::epoch(stream):
+ *
+ *     for (ferry::batch& b : it.epoch(stream)) { ... }   // one epoch
+ *
+ * begin() fetches the first batch; the loop ends at the epoch's FERRY_END_OF_EPOCH, which it consumes, so
+ * the next loop runs the next epoch. A loop that starts mid-epoch (after next() or restore()) runs the
+ * rest of that epoch; one that starts exactly at an epoch's end (state().batch == size()) is empty. A
+ * range is a view: the iterator must outlive it and not move while it is used.
+ */
+class epoch_range {
+public:
+    /** A range over it's current epoch, whose batches are for stream. */
+    epoch_range(iterator* it, void* stream) noexcept : it_(it), stream_(stream) {}
+
+    /** Fetches the first batch. */
+    epoch_cursor begin() const { return epoch_cursor(it_, stream_); }
+    /** The end sentinel. */
+    epoch_end end() const noexcept { return {}; }
+
+private:
+    iterator* it_;
+    void* stream_;
+};
+
+/**
+ * An owned prefetching iterator over a source on an engine's device. It starts prefetching when created:
+ * gather threads fill a ring of prefetch slots and, on a GPU, a copier moves each to device memory on
+ * the iterator's own stream.
+ *
+ * Two ways to walk it:
+ *  - next(stream) returns the next batch, or std::nullopt once at the end of each epoch (the following
+ *    call returns the next epoch's first batch);
+ *  - range-for over one epoch: `for (ferry::batch& b : it.epoch(stream))`, or `for (ferry::batch& b : it)`,
+ *    which is it.epoch(nullptr) (the legacy default stream; the CPU engine ignores streams). See
+ *    epoch_range.
+ *
+ * Stream ordering: the stream given to next() (a CUstream or cudaStream_t; nullptr is the legacy default
+ * stream) waits on the batch's copy with cuStreamWaitEvent, so work queued on it afterwards sees the
+ * data, and the host never waits for the copy. The batch's release is ordered after the work queued on
+ * the same stream before the batch is destroyed.
+ *
+ * Move-only. The destructor destroys the iterator (waiting, bounded, for copies in flight); destroy
+ * batches and tensors first. next(), state(), restore() and set_epoch() must be called from one thread at
+ * a time.
+ */
+class iterator {
+public:
+    /** An empty iterator. */
+    iterator() noexcept = default;
+
+    /**
+     * Creates an iterator over src on eng's device and starts prefetching. src must outlive the
+     * iterator. Throws ferry::error, e.g. FERRY_ERR_INVALID_ARGUMENT for bad options.
+     */
+    iterator(const engine& eng, const source& src, const iterator_options& opts) {
+        check(ferry_iterator_create(eng.get(), src.get(), &opts.c(), &h_));
+        int64_t n = 0;
+        const ferry_status st = ferry_iterator_len(h_, &n);
+        if (st != FERRY_OK) {
+            error e(st, ferry_last_error());
+            reset();
+            throw e;
+        }
+        batches_ = n;
+    }
+
+    iterator(const iterator&) = delete;
+    iterator& operator=(const iterator&) = delete;
+
+    /** Takes other's iterator; other becomes empty. */
+    iterator(iterator&& other) noexcept
+        : h_(std::exchange(other.h_, nullptr)), batches_(std::exchange(other.batches_, 0)) {}
+
+    /** Destroys the iterator held now, then takes other's; other becomes empty. */
+    iterator& operator=(iterator&& other) noexcept {
+        if (this != &other) {
+            reset();
+            h_ = std::exchange(other.h_, nullptr);
+            batches_ = std::exchange(other.batches_, 0);
+        }
+        return *this;
+    }
+
+    /** Destroys the iterator, if any. Never throws. */
+    ~iterator() noexcept { reset(); }
+
+    /**
+     * Returns the next batch, or std::nullopt at the end of the epoch (once; the call after it returns
+     * the next epoch's first batch). stream will use the batch; see the class comment. Throws ferry::error:
+     * FERRY_ERR_IO (or the source's error) when a sample of the batch could not be read, after which the
+     * iterator goes on with the following batch; FERRY_ERR_TIMEOUT when no batch was ready within the
+     * timeout (e.g. every slot is held by live batches or tensors), after which the position is unchanged.
+     */
+    std::optional<batch> next(void* stream = nullptr) {
+        ferry_batch b = nullptr;
+        const ferry_status st = ferry_iterator_next(h_, stream, &b);
+        if (st == FERRY_END_OF_EPOCH) {
+            return std::nullopt;
+        }
+        check(st);
+        return std::optional<batch>(std::in_place, b);
+    }
+
+    /** The rest of the current epoch as a range of batches for stream. */
+    epoch_range epoch(void* stream = nullptr) noexcept { return epoch_range(this, stream); }
+
+    /** it.epoch(nullptr).begin(): range-for over the current epoch, on the legacy default stream. */
+    epoch_cursor begin() { return epoch_cursor(this, nullptr); }
+    /** The end sentinel of begin(). */
+    epoch_end end() const noexcept { return {}; }
+
+    /** Batches per epoch on this rank. */
+    int64_t size() const {
+        if (h_ == nullptr) {
+            throw error(FERRY_ERR_INVALID_HANDLE, "the ferry::iterator is empty");
+        }
+        return batches_;
+    }
+
+    /** The position of the next batch next() returns. */
+    position state() const {
+        ferry_iterator_position p{};
+        p.size = sizeof(p);
+        check(ferry_iterator_state(h_, &p));
+        return position{p.epoch, p.batch};
+    }
+
+    /**
+     * Moves to p in O(1): the batches that follow equal, bit for bit, those an uninterrupted iterator
+     * would have returned from there. Prefetched batches are discarded; batches held stay valid.
+     */
+    void restore(const position& p) {
+        ferry_iterator_position c{};
+        c.size = sizeof(c);
+        c.epoch = p.epoch;
+        c.batch = p.batch;
+        check(ferry_iterator_restore(h_, &c));
+    }
+
+    /** Starts epoch e from its first batch, like DistributedSampler.set_epoch. */
+    void set_epoch(uint64_t e) { check(ferry_iterator_set_epoch(h_, e)); }
+
+    /** Returns the raw handle, still owned by this object; nullptr when empty. */
+    ferry_iterator get() const noexcept { return h_; }
+
+    /** True when this object holds an iterator. */
+    explicit operator bool() const noexcept { return h_ != nullptr; }
+
+    /** Destroys the iterator held now, if any, and leaves this object empty. Never throws. */
+    void reset() noexcept {
+        if (h_ != nullptr) {
+            (void)ferry_iterator_destroy(std::exchange(h_, nullptr));
+        }
+        batches_ = 0;
+    }
+
+private:
+    ferry_iterator h_ = nullptr;
+    int64_t batches_ = 0;
+};
+
+inline epoch_cursor::epoch_cursor(iterator* it, void* stream) : it_(it), stream_(stream) {
+    current_ = it_->next(stream_);
+}
+
+inline epoch_cursor& epoch_cursor::operator++() {
+    current_.reset(); // release first: the ring gets its slot back before we wait for the next batch
+    current_ = it_->next(stream_);
+    return *this;
+}
+
 
 } // namespace ferry
 

@@ -93,14 +93,15 @@ static void test_status_strings(void) {
         {FERRY_ERR_CLOSED, "FERRY_ERR_CLOSED"},
         {FERRY_ERR_TIMEOUT, "FERRY_ERR_TIMEOUT"},
         {FERRY_ERR_LIMIT, "FERRY_ERR_LIMIT"},
+        {FERRY_END_OF_EPOCH, "FERRY_END_OF_EPOCH"},
         {FERRY_ERR_INTERNAL, "FERRY_ERR_INTERNAL"},
     };
-    static const int unknown[] = {-1, 13, 42, 98, 100, 1000};
+    static const int unknown[] = {-1, 14, 42, 98, 100, 1000};
     size_t i;
 
     /* The values are part of the ABI. */
     CHECK(FERRY_OK == 0 && FERRY_ERR_INVALID_ARGUMENT == 1 && FERRY_ERR_INVALID_HANDLE == 2);
-    CHECK(FERRY_ERR_NO_DEVICE == 3 && FERRY_ERR_LIMIT == 12 && FERRY_ERR_INTERNAL == 99);
+    CHECK(FERRY_ERR_NO_DEVICE == 3 && FERRY_ERR_LIMIT == 12 && FERRY_END_OF_EPOCH == 13 && FERRY_ERR_INTERNAL == 99);
 
     for (i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
         const char* s = ferry_status_string(table[i].status);

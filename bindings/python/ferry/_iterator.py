@@ -7,7 +7,6 @@ worker threads, the page-locked ring and the host-to-device copies all happen in
 from __future__ import annotations
 
 import ctypes
-import os
 import re
 import weakref
 from ctypes import byref, c_int64, c_void_p
@@ -146,14 +145,6 @@ def _destroy_iterator(lib: ctypes.CDLL, handle: c_void_p, engine: Engine, source
     return lib.ferry_iterator_destroy(handle)
 
 
-def _env_int(name: str) -> int:
-    value = os.environ[name]
-    try:
-        return int(value)
-    except ValueError:
-        raise _invalid(f"environment variable {name}={value!r} is not an integer") from None
-
-
 _SAMPLE_RE = re.compile(r"for sample (\d+)")
 
 
@@ -185,16 +176,14 @@ class Iterator:
         opts.seed = _as_int(seed, "seed") & (2**64 - 1)
         opts.workers = _as_int32(workers, "workers")
         opts.prefetch = _as_int32(prefetch, "prefetch")
-        if world_size is None and rank is None and "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-            # The library reads RANK and WORLD_SIZE too, but from the environment as it was when the
-            # library was loaded; os.environ may have been set since (e.g. by a spawning launcher).
-            rank, world_size = _env_int("RANK"), _env_int("WORLD_SIZE")
         if world_size is None:
-            opts.world_size = 0  # RANK and WORLD_SIZE from the environment (torchrun), else one rank
-            opts.rank = _as_int32(rank, "rank") if rank is not None else 0
+            # 0: the library reads RANK and WORLD_SIZE from the live environment (torchrun), else one rank.
+            if rank is not None:
+                raise _invalid("rank was given without world_size")
+            opts.world_size, opts.rank = 0, 0
         else:
             opts.world_size = _as_int32(world_size, "world_size")
-            opts.rank = _as_int32(rank if rank is not None else int(os.environ.get("RANK", "0")), "rank")
+            opts.rank = _as_int32(rank if rank is not None else 0, "rank")
         opts.timeout_ms = _as_uint32(timeout_ms, "timeout_ms")
         handle = c_void_p()
         _check(lib.ferry_iterator_create(engine._h(), source._h(), byref(opts), byref(handle)))
