@@ -95,6 +95,7 @@ clean:
 # FERRY_REQUIRE_GPU=1 build/gpu/run.sh. The C/C++ binaries link libstdc++ statically and find libferry.so
 # through $ORIGIN/../lib.
 GPU := $(BUILD)/gpu
+GPU_CTESTS := test_c99 header_cxx17 test_iterator_c99 test_ferry_hpp test_iterator_hpp bench_memory ferry_info ferry_iterate
 gpu-bundle: build
 	rm -rf $(GPU) && mkdir -p $(GPU)/lib $(GPU)/include $(GPU)/bin $(GPU)/tests $(GPU)/python
 	cp -P $(LIBDIR)/libferry.so* $(GPU)/lib/
@@ -108,8 +109,8 @@ gpu-bundle: build
 	cp tests/exported_symbols.txt $(GPU)/tests/
 	mkdir -p $(GPU)/engine && cp -r engine/testdata $(GPU)/engine/ && cp -r engine/testdata $(GPU)/tests/
 	cmake -S . -B $(BUILD)/gpu-cmake -DCMAKE_BUILD_TYPE=Release -DFERRY_STATIC_CXX_RUNTIME=ON >/dev/null
-	cmake --build $(BUILD)/gpu-cmake -j2 --target test_c99 header_cxx17 test_ferry_hpp bench_memory ferry_info
-	cd $(BUILD)/gpu-cmake && cp test_c99 header_cxx17 test_ferry_hpp bench_memory ferry_info $(CURDIR)/$(GPU)/bin/
+	cmake --build $(BUILD)/gpu-cmake -j2 --target $(GPU_CTESTS)
+	cd $(BUILD)/gpu-cmake && cp $(GPU_CTESTS) $(CURDIR)/$(GPU)/bin/
 	tar -C bindings/python --exclude=__pycache__ --exclude='*.egg-info' --exclude=build -cf - . | tar -C $(GPU)/python -xf -
 	cp tests/gpu/run.sh $(GPU)/
 	@du -sh $(GPU)

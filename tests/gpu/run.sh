@@ -50,14 +50,17 @@ if [ "$mode" = tests ] || [ "$mode" = all ]; then
     step "go: CLI" "$log" sh -c "cd '$here/cmd/ferry' && ../../tests/cli.test -test.v -test.count=1"
     step "go: C-ABI harness" "$log" sh -c "cd '$here/tests' && ./harness.test -test.v -test.count=1"
     step "C: test_c99" "$log" "$here/bin/test_c99"
+    step "C: test_iterator_c99" "$log" "$here/bin/test_iterator_c99"
     step "C++: header_cxx17" "$log" "$here/bin/header_cxx17"
     step "C++: GoogleTest" "$log" "$here/bin/test_ferry_hpp"
+    step "C++: GoogleTest, iterator" "$log" "$here/bin/test_iterator_hpp"
     # The driver paths point nowhere, so the no-driver test runs (and must pass) even on a GPU host.
     step "C++: GoogleTest without a driver" "$log" sh -c "out=\$(env -u FERRY_REQUIRE_GPU \
         FERRY_CUDA_LIBRARY=/nonexistent/libcuda.so.1 FERRY_NVML_LIBRARY=/nonexistent/libnvidia-ml.so.1 \
         '$here/bin/test_ferry_hpp' --gtest_filter='Error.NoDriver*' 2>&1); st=\$?; echo \"\$out\"; \
         [ \$st -eq 0 ] && echo \"\$out\" | grep -q '^\[       OK \] Error.NoDriver'"
     step "C++: example" "$log" "$here/bin/ferry_info"
+    step "C++: iterator example" "$log" "$here/bin/ferry_iterate"
     step "python: pytest" "$log" python3 -m pytest -q -rs "$here/python/tests"
 fi
 
