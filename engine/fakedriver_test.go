@@ -91,6 +91,7 @@ func TestFakeDriverChild(t *testing.T) {
 	t.Setenv("FAKECUDA_FAIL_ALLOC", "0")
 
 	iteratorChecks(t, e)
+	everySourceChecks(t, e)
 	require.NoError(t, e.Close())
 	t.Log("fake driver checks passed")
 }

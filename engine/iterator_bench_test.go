@@ -7,11 +7,24 @@ import (
 	"fmt"
 	"io"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
+
+// cpuTime is the process's user + system CPU time so far.
+func cpuTime(b *testing.B) time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
 
 // BenchmarkIteratorImages moves shuffled 224×224×3 uint8 images, batch 256, from RAM through the
 // pipeline: to the GPU when there is one (copies included: the stream is drained at the end), else into
-// host batches. Bytes/op is one batch, so MB/s is the staging throughput.
+// host batches. Bytes/op is one batch, so MB/s is the staging throughput; cores is the process's CPU time
+// over the wall time of the loop, and cores/(GB/s) the host cost of the throughput.
 func BenchmarkIteratorImages(b *testing.B) {
 	const n, batch = 2048, 256
 	fields := []Field{{Name: "image", DType: Uint8, Shape: []int{224, 224, 3}}, {Name: "label", DType: Int64}}
@@ -44,8 +57,11 @@ func BenchmarkIteratorImages(b *testing.B) {
 				}
 				_ = bt.Release(0)
 			}
-			b.SetBytes(int64(batch * (fields[0].Bytes() + 8)))
+			bytesPerBatch := batch * (fields[0].Bytes() + 8)
+			b.SetBytes(int64(bytesPerBatch))
+			cpu0, wall0, batches := cpuTime(b), time.Now(), 0
 			for b.Loop() {
+				batches++
 				bt, err := it.Next(context.Background(), 0)
 				if errors.Is(err, io.EOF) {
 					bt, err = it.Next(context.Background(), 0)
@@ -62,6 +78,10 @@ func BenchmarkIteratorImages(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+			wall, cpu := time.Since(wall0).Seconds(), (cpuTime(b) - cpu0).Seconds()
+			gbps := float64(batches*bytesPerBatch) / wall / 1e9
+			b.ReportMetric(cpu/wall, "cores")
+			b.ReportMetric(cpu/wall/gbps, "cores/(GB/s)")
 		})
 	}
 }
