@@ -5,12 +5,13 @@ from __future__ import annotations
 import ctypes
 import enum
 import struct
-import weakref
+
 from ctypes import byref, c_int32
 from dataclasses import dataclass
 from typing import Optional, Union
 
 from . import _loader
+from ._handle import _Owner
 from ._errors import Status, _as_int32, _as_uint32, _check, _closed, _error
 
 __all__ = ["CPU", "Engine", "MemorySnapshot", "Pressure"]
@@ -114,7 +115,7 @@ def _new_snapshot_struct() -> _loader.MemorySnapshotStruct:
     return s
 
 
-class Engine:
+class Engine(_Owner):
     """A ferry engine for one device, or for the CPU (``device=ferry.CPU``).
 
     On a GPU the engine retains the device's primary context, so it shares one context with PyTorch. A
@@ -142,31 +143,13 @@ class Engine:
         opts.sample_interval_ms = _as_uint32(sample_interval_ms, "sample_interval_ms")
         handle = _loader.ferry_engine()
         _check(lib.ferry_engine_create(byref(opts), byref(handle)))
-        self._handle = handle
-        self._finalizer = weakref.finalize(self, lib.ferry_engine_destroy, handle)
+        self._own(handle, lib.ferry_engine_destroy, handle)
 
     # --- lifetime ---------------------------------------------------------------------------------------
 
     def close(self) -> None:
         """Destroys the engine: stops its sampler and releases its context. Idempotent and thread-safe."""
-        self._handle = None
-        finalizer = getattr(self, "_finalizer", None)
-        # weakref.finalize runs its callback at most once, even when several threads close at once.
-        if finalizer is not None and finalizer.alive:
-            status = finalizer()
-            if status is not None:
-                _check(status)
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._handle is None
-
-    def __enter__(self) -> "Engine":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
 
     def __repr__(self) -> str:
         if self._handle is None:
@@ -174,12 +157,6 @@ class Engine:
         return f"<ferry.Engine device={self.device}>"
 
     # --- calls --------------------------------------------------------------------------------------------
-
-    def _h(self) -> _loader.ferry_engine:
-        h = self._handle
-        if h is None:
-            raise _closed("Engine")
-        return h
 
     def _fail(self, status: int) -> None:
         """Raises for a failed call; a handle that went stale because another thread closed the engine

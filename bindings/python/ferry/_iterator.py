@@ -16,6 +16,7 @@ from . import _loader
 from ._device import device_count
 from ._dlpack import DLPackField, _field_from_batch
 from ._engine import CPU, Engine
+from ._handle import _Owner
 from ._errors import FerryIOError, _as_int, _as_int32, _as_uint32, _check, _closed, _error, _invalid
 from ._sources import ArraySource, Source, _format_exception
 
@@ -148,7 +149,7 @@ def _destroy_iterator(lib: ctypes.CDLL, handle: c_void_p, engine: Engine, source
 _SAMPLE_RE = re.compile(r"for sample (\d+)")
 
 
-class Iterator:
+class Iterator(_Owner):
     """A prefetching iterator over a source on an engine's device (``ferry_iterator_*``).
 
     :meth:`next` returns a :class:`Batch`, or None once at the end of each epoch (the call after it
@@ -187,8 +188,7 @@ class Iterator:
         opts.timeout_ms = _as_uint32(timeout_ms, "timeout_ms")
         handle = c_void_p()
         _check(lib.ferry_iterator_create(engine._h(), source._h(), byref(opts), byref(handle)))
-        self._handle = handle
-        self._finalizer = weakref.finalize(self, _destroy_iterator, lib, handle, engine, source)
+        self._own(handle, _destroy_iterator, lib, handle, engine, source)
         self.engine = engine
         self.source = source
         self.field_names: List[str] = list(source.fields)
@@ -197,30 +197,9 @@ class Iterator:
         _check(lib.ferry_iterator_len(handle, byref(n)))
         self._len = n.value
 
-    def _h(self) -> c_void_p:
-        h = self._handle
-        if h is None:
-            raise _closed("Iterator")
-        return h
-
     def close(self) -> None:
         """Stops prefetching and frees the ring. Idempotent."""
-        self._handle = None
-        finalizer = getattr(self, "_finalizer", None)
-        if finalizer is not None and finalizer.alive:
-            status = finalizer()
-            if status is not None:
-                _check(status)
-
-    @property
-    def closed(self) -> bool:
-        return self._handle is None
-
-    def __enter__(self) -> "Iterator":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""

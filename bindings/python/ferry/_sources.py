@@ -17,12 +17,13 @@ import os
 import sys
 import threading
 import traceback
-import weakref
+
 from ctypes import byref, c_char_p, c_int32, c_int64, c_void_p
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from . import _loader
-from ._errors import _as_int, _check, _closed, _invalid
+from ._handle import _Owner
+from ._errors import _as_int, _check, _invalid
 
 __all__ = [
     "Source",
@@ -173,7 +174,7 @@ def _destroy_source(lib: ctypes.CDLL, handle: c_void_p, keep: object) -> int:
     return lib.ferry_source_destroy(handle)
 
 
-class Source:
+class Source(_Owner):
     """A source of samples: the common part of every source class.
 
     ``len(source)`` is the number of samples; :attr:`fields` maps each field name to its
@@ -185,8 +186,7 @@ class Source:
 
     def _adopt(self, lib: ctypes.CDLL, handle: c_void_p, keep: object = None) -> None:
         self._lib = lib
-        self._handle = handle
-        self._finalizer = weakref.finalize(self, _destroy_source, lib, handle, keep)
+        self._own(handle, _destroy_source, lib, handle, keep)
         n = c_int64()
         _check(lib.ferry_source_len(handle, byref(n)))
         self._len = n.value
@@ -200,30 +200,9 @@ class Source:
             fields[name] = FieldSpec(_NAME_BY_CODE.get(f.dtype, str(f.dtype)), tuple(f.shape[: f.ndim]), f.offset)
         self._fields = fields
 
-    def _h(self) -> c_void_p:
-        h = self._handle
-        if h is None:
-            raise _closed(type(self).__name__)
-        return h
-
     def close(self) -> None:
         """Destroys the source. Idempotent. Close the loaders built over it first."""
-        self._handle = None
-        finalizer = getattr(self, "_finalizer", None)
-        if finalizer is not None and finalizer.alive:
-            status = finalizer()
-            if status is not None:
-                _check(status)
-
-    @property
-    def closed(self) -> bool:
-        return self._handle is None
-
-    def __enter__(self) -> "Source":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
 
     def __len__(self) -> int:
         self._h()
