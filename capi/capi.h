@@ -35,6 +35,9 @@ DLManagedTensorVersioned* ferry_capi_tensor_new(uint64_t batch, uint64_t data, i
 #define FERRY_CAPI_V1_ITERATOR_OPTIONS 48u
 #define FERRY_CAPI_V1_ITERATOR_POSITION 24u
 #define FERRY_CAPI_V1_BATCH_PROPERTIES 32u
+#define FERRY_CAPI_V1_PRESSURE_OPTIONS 40u
+#define FERRY_CAPI_V1_OPTIMIZE_RESULT 40u
+#define FERRY_CAPI_V1_ADVISOR_FIT 56u
 
 #pragma GCC visibility pop
 

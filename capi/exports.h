@@ -36,7 +36,31 @@
 #define ferry_batch_field_by_name ferry_batch_field_by_name_header_decl
 #define ferry_batch_wait ferry_batch_wait_header_decl
 #define ferry_batch_release ferry_batch_release_header_decl
+#define ferry_engine_set_pressure ferry_engine_set_pressure_header_decl
+#define ferry_memory_on_pressure ferry_memory_on_pressure_header_decl
+#define ferry_memory_remove_callback ferry_memory_remove_callback_header_decl
+#define ferry_memory_optimize ferry_memory_optimize_header_decl
+#define ferry_engine_set_advisor ferry_engine_set_advisor_header_decl
+#define ferry_advisor_create ferry_advisor_create_header_decl
+#define ferry_advisor_observe ferry_advisor_observe_header_decl
+#define ferry_advisor_report_oom ferry_advisor_report_oom_header_decl
+#define ferry_advisor_model ferry_advisor_model_header_decl
+#define ferry_advisor_recommend ferry_advisor_recommend_header_decl
+#define ferry_advisor_set_reduce ferry_advisor_set_reduce_header_decl
+#define ferry_advisor_destroy ferry_advisor_destroy_header_decl
 #include "capi.h"
+#undef ferry_engine_set_pressure
+#undef ferry_memory_on_pressure
+#undef ferry_memory_remove_callback
+#undef ferry_memory_optimize
+#undef ferry_engine_set_advisor
+#undef ferry_advisor_create
+#undef ferry_advisor_observe
+#undef ferry_advisor_report_oom
+#undef ferry_advisor_model
+#undef ferry_advisor_recommend
+#undef ferry_advisor_set_reduce
+#undef ferry_advisor_destroy
 #undef ferry_engine_create
 #undef ferry_engine_destroy
 #undef ferry_engine_device

@@ -588,6 +588,138 @@ FERRY_API ferry_status ferry_batch_wait(ferry_batch batch, void* stream);
  */
 FERRY_API ferry_status ferry_batch_release(ferry_batch batch, void* stream);
 
+/* ------------------------------------------------------------------------------------------------ */
+/* Memory pressure                                                                                  */
+/* ------------------------------------------------------------------------------------------------ */
+
+/** What the pressure thresholds compare against. */
+typedef enum ferry_pressure_metric {
+    FERRY_PRESSURE_DEVICE_USED = 1,    /**< device used by every process (total - free); the default */
+    FERRY_PRESSURE_PROCESS_USED = 2,   /**< this process's device memory (NVML; falls back to device used) */
+    FERRY_PRESSURE_ENGINE_RESERVED = 3 /**< the memory held by the engine's pools */
+} ferry_pressure_metric;
+
+/**
+ * Pressure thresholds. A threshold is given in bytes, or as a fraction of the device's total memory (used
+ * when the bytes are 0); a threshold left at 0 is unset. With both unset, the level is always NONE.
+ * critical must not be below warn. Fill with ferry_pressure_options_init() first.
+ */
+typedef struct ferry_pressure_options {
+    uint32_t size;            /**< set by ferry_pressure_options_init */
+    int32_t metric;           /**< ferry_pressure_metric */
+    uint64_t warn_bytes;      /**< level WARN at or above this */
+    uint64_t critical_bytes;  /**< level CRITICAL at or above this */
+    double warn_fraction;     /**< of device total, 0..1; used when warn_bytes is 0 */
+    double critical_fraction; /**< of device total, 0..1; used when critical_bytes is 0 */
+} ferry_pressure_options;
+
+/** Sets opts->size and the defaults (metric DEVICE_USED, no thresholds). */
+FERRY_API ferry_status ferry_pressure_options_init(ferry_pressure_options* opts);
+
+/**
+ * Sets the engine's thresholds. From then on every snapshot carries the level (ferry_memory_snapshot.level)
+ * and the thresholds in bytes (warn_threshold_bytes, critical_threshold_bytes); the current snapshot is
+ * re-evaluated at once. Fractions need a GPU engine (FERRY_ERR_INVALID_ARGUMENT on the CPU engine).
+ */
+FERRY_API ferry_status ferry_engine_set_pressure(ferry_engine engine, const ferry_pressure_options* opts);
+
+/**
+ * A pressure callback: called by ferry_memory_optimize with the level at the time of the call. Returns 0,
+ * or non-zero to report that it failed (counted in ferry_optimize_result.callbacks_failed; the later
+ * callbacks still run). It runs on the thread that called ferry_memory_optimize.
+ */
+typedef int32_t (*ferry_pressure_fn)(void* user, int32_t level);
+
+/**
+ * Registers a callback, called after those registered before it. Writes an ID for
+ * ferry_memory_remove_callback. user is passed back unchanged; the caller keeps what it points to alive.
+ */
+FERRY_API ferry_status ferry_memory_on_pressure(ferry_engine engine, ferry_pressure_fn fn, void* user, uint64_t* id);
+
+/** Removes a callback; FERRY_ERR_INVALID_ARGUMENT when the ID is unknown. */
+FERRY_API ferry_status ferry_memory_remove_callback(ferry_engine engine, uint64_t id);
+
+/** What ferry_memory_optimize did. */
+typedef struct ferry_optimize_result {
+    uint32_t size;                  /**< set by the caller: sizeof(ferry_optimize_result) */
+    int32_t level_before;           /**< the pressure level before (live) */
+    int32_t level_after;            /**< the level after trimming and the callbacks (live) */
+    int32_t callbacks_called;
+    int32_t callbacks_failed;       /**< callbacks that returned non-zero */
+    int32_t reserved;
+    uint64_t trimmed_bytes;         /**< memory the engine's pools gave back */
+    int64_t recommended_batch_size; /**< from the engine's advisor (ferry_engine_set_advisor); 0 when none */
+} ferry_optimize_result;
+
+/**
+ * The engine's empty-cache: trims its pools, then calls every registered callback in order with the level,
+ * then re-reads memory. When an advisor is attached and has a model, recommends a batch size for the
+ * device's memory below the critical threshold (or the whole device without one), never above
+ * current_batch_size when the level is WARN or CRITICAL. current_batch_size is the size in use (> 0), or 0
+ * when unknown. Call it from the training loop's thread: the callbacks run there.
+ */
+FERRY_API ferry_status ferry_memory_optimize(ferry_engine engine, int64_t current_batch_size,
+                                             ferry_optimize_result* result);
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Batch-size advisor                                                                               */
+/* ------------------------------------------------------------------------------------------------ */
+
+/** A batch-size advisor: an opaque ID. */
+typedef struct ferry_advisor_s* ferry_advisor;
+
+/**
+ * Creates an advisor that fits peak memory = fixed + per_sample x batch from observations, and rounds its
+ * recommendations down to a multiple of `multiple` (>= 1; 8 is customary).
+ */
+FERRY_API ferry_status ferry_advisor_create(int64_t multiple, ferry_advisor* advisor);
+
+/** Records the peak memory of a step at batch_size (> 0). peak_bytes must be > 0. */
+FERRY_API ferry_status ferry_advisor_observe(ferry_advisor advisor, int64_t batch_size, uint64_t peak_bytes);
+
+/** Records that batch_size ran out of memory: recommendations stay below it from then on. */
+FERRY_API ferry_status ferry_advisor_report_oom(ferry_advisor advisor, int64_t batch_size);
+
+/** The fitted model and its confidence. */
+typedef struct ferry_advisor_fit {
+    uint32_t size;              /**< set by the caller: sizeof(ferry_advisor_fit) */
+    int32_t observations;       /**< distinct batch sizes observed */
+    double fixed_bytes;         /**< the least-squares intercept */
+    double per_sample_bytes;    /**< the least-squares slope */
+    double r_squared;           /**< the fit's R^2 (1 with two observations) */
+    double max_residual_bytes;  /**< the largest observation above the line: the safety margin added */
+    int64_t oom_ceiling;        /**< the smallest batch size reported out of memory; 0 when none */
+    int64_t reserved;
+} ferry_advisor_fit;
+
+/** Fills *model. FERRY_ERR_INVALID_ARGUMENT with fewer than two distinct batch sizes observed. */
+FERRY_API ferry_status ferry_advisor_model(ferry_advisor advisor, ferry_advisor_fit* model);
+
+/**
+ * The largest batch whose predicted peak fits budget_bytes x (1 - headroom), rounded down to the multiple,
+ * below any OOM ceiling, and reduced across ranks by the reduce hook when one is set. The prediction is the
+ * least-squares line raised by its largest positive residual, so noisy or convex curves stay on the safe
+ * side. Errors: fewer than two observations, memory that does not grow with the batch, a budget below the
+ * fixed cost, headroom outside [0, 1).
+ */
+FERRY_API ferry_status ferry_advisor_recommend(ferry_advisor advisor, uint64_t budget_bytes, double headroom,
+                                               int64_t* batch_size);
+
+/**
+ * A reduction across ranks: replaces *value with the minimum over every rank (e.g. an all-reduce with MIN)
+ * and returns 0, or non-zero on failure. Every rank must call ferry_advisor_recommend for it to complete.
+ */
+typedef int32_t (*ferry_reduce_fn)(void* user, int64_t* value);
+
+/** Sets (or with fn NULL, clears) the advisor's reduction across ranks. */
+FERRY_API ferry_status ferry_advisor_set_reduce(ferry_advisor advisor, ferry_reduce_fn fn, void* user);
+
+/** Attaches the advisor to the engine (NULL detaches it), for ferry_memory_optimize's recommendation. */
+FERRY_API ferry_status ferry_engine_set_advisor(ferry_engine engine, ferry_advisor advisor);
+
+/** Destroys the advisor (detach it from engines first). NULL is a no-op. */
+FERRY_API ferry_status ferry_advisor_destroy(ferry_advisor advisor);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

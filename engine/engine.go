@@ -35,6 +35,13 @@ type Engine struct {
 	childMu  sync.Mutex
 	children map[io.Closer]struct{} // iterators, closed before the engine
 
+	thresholds atomic.Pointer[thresholds] // nil: none set
+
+	cbMu         sync.Mutex // guards callbacks, nextCallback, advisor
+	callbacks    []pressureCallback
+	nextCallback uint64
+	advisor      *Advisor
+
 	snap atomic.Pointer[MemorySnapshot]
 
 	mu       sync.Mutex // serializes sampling and publishing; guards seq and listener

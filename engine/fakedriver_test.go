@@ -92,6 +92,7 @@ func TestFakeDriverChild(t *testing.T) {
 
 	iteratorChecks(t, e)
 	everySourceChecks(t, e)
+	pressureChecks(t, e, 10*gib)
 	require.NoError(t, e.Close())
 	t.Log("fake driver checks passed")
 }

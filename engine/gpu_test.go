@@ -284,3 +284,11 @@ func TestGPUTwoEnginesAndBadIndex(t *testing.T) {
 	require.ErrorIs(t, err, ErrNoDevice)
 	require.Contains(t, err.Error(), fmt.Sprintf("device %d does not exist", n))
 }
+
+func TestGPUPressure(t *testing.T) {
+	requireGPU(t)
+	e, err := Open(0, WithSampleInterval(0))
+	require.NoError(t, err)
+	defer e.Close()
+	pressureChecks(t, e, e.MemoryCheck().DeviceUsed)
+}

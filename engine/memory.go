@@ -150,6 +150,7 @@ func (e *Engine) MemoryCheckLive() (MemorySnapshot, error) {
 	if !e.gpu {
 		s.SampleTimestamp = s.Timestamp
 	}
+	e.thresholds.Load().apply(&s)
 	return s, nil
 }
 
@@ -170,6 +171,7 @@ func (e *Engine) SampleNow() error {
 
 // publishLocked numbers s, makes it the current snapshot and tells the listener. e.mu must be held.
 func (e *Engine) publishLocked(s MemorySnapshot) {
+	e.thresholds.Load().apply(&s)
 	e.seq++
 	s.Sequence = e.seq
 	e.snap.Store(&s)
