@@ -19,8 +19,8 @@ const (
 // PressureThresholds sets the warn and critical levels. A threshold is in bytes, or a fraction of the
 // device's total memory when its bytes are 0; a threshold that is 0 both ways is unset.
 type PressureThresholds struct {
-	Metric                          PressureMetric // 0 means PressureDeviceUsed
-	WarnBytes, CriticalBytes        uint64
+	Metric                         PressureMetric // 0 means PressureDeviceUsed
+	WarnBytes, CriticalBytes       uint64
 	WarnFraction, CriticalFraction float64
 }
 
