@@ -48,6 +48,10 @@ func ferry_engine_set_pressure(h C.uintptr_t, opts *C.ferry_pressure_options) C.
 		if err := checkSize("ferry_pressure_options", opts.size, C.FERRY_CAPI_V1_PRESSURE_OPTIONS); err != nil {
 			return err
 		}
+		if opts.metric < C.FERRY_PRESSURE_DEVICE_USED || opts.metric > C.FERRY_PRESSURE_ENGINE_RESERVED {
+			return fmt.Errorf("%w: ferry_pressure_options.metric is %d; use a ferry_pressure_metric (1..3)",
+				engine.ErrInvalidArgument, int32(opts.metric))
+		}
 		return eng.SetPressure(engine.PressureThresholds{
 			Metric:    engine.PressureMetric(opts.metric),
 			WarnBytes: uint64(opts.warn_bytes), CriticalBytes: uint64(opts.critical_bytes),

@@ -247,6 +247,53 @@ type dlManagedTensor struct {
 	DLTensor     dlTensor
 }
 
+// advisorHandle mirrors ferry_advisor.
+type advisorHandle uintptr
+
+// Pressure metrics (ferry_pressure_metric) and levels (ferry_pressure).
+const (
+	pressureDeviceUsed     int32 = 1
+	pressureProcessUsed    int32 = 2
+	pressureEngineReserved int32 = 3
+
+	pressureWarn     int32 = 1
+	pressureCritical int32 = 2
+)
+
+// pressureOptions mirrors ferry_pressure_options.
+type pressureOptions struct {
+	Size             uint32
+	Metric           int32
+	WarnBytes        uint64
+	CriticalBytes    uint64
+	WarnFraction     float64
+	CriticalFraction float64
+}
+
+// optimizeResult mirrors ferry_optimize_result.
+type optimizeResult struct {
+	Size                 uint32
+	LevelBefore          int32
+	LevelAfter           int32
+	CallbacksCalled      int32
+	CallbacksFailed      int32
+	Reserved             int32
+	TrimmedBytes         uint64
+	RecommendedBatchSize int64
+}
+
+// advisorFit mirrors ferry_advisor_fit.
+type advisorFit struct {
+	Size             uint32
+	Observations     int32
+	FixedBytes       float64
+	PerSampleBytes   float64
+	RSquared         float64
+	MaxResidualBytes float64
+	OOMCeiling       int64
+	Reserved         int64
+}
+
 // The functions of ferry.h, bound by loadLibrary.
 var (
 	ferryStatusString      func(status int32) *byte
@@ -288,6 +335,20 @@ var (
 	ferryBatchFieldByName    func(b batchHandle, name *byte, tensor **dlManagedTensor) int32
 	ferryBatchWait           func(b batchHandle, stream uintptr) int32
 	ferryBatchRelease        func(b batchHandle, stream uintptr) int32
+
+	ferryPressureOptionsInit  func(opts *pressureOptions) int32
+	ferryEngineSetPressure    func(engine engineHandle, opts *pressureOptions) int32
+	ferryMemoryOnPressure     func(engine engineHandle, fn uintptr, user uintptr, id *uint64) int32
+	ferryMemoryRemoveCallback func(engine engineHandle, id uint64) int32
+	ferryMemoryOptimize       func(engine engineHandle, currentBatchSize int64, result *optimizeResult) int32
+	ferryAdvisorCreate        func(multiple int64, advisor *advisorHandle) int32
+	ferryAdvisorObserve       func(advisor advisorHandle, batchSize int64, peakBytes uint64) int32
+	ferryAdvisorReportOOM     func(advisor advisorHandle, batchSize int64) int32
+	ferryAdvisorModel         func(advisor advisorHandle, model *advisorFit) int32
+	ferryAdvisorRecommend     func(advisor advisorHandle, budgetBytes uint64, headroom float64, batchSize *int64) int32
+	ferryAdvisorSetReduce     func(advisor advisorHandle, fn uintptr, user uintptr) int32
+	ferryEngineSetAdvisor     func(engine engineHandle, advisor advisorHandle) int32
+	ferryAdvisorDestroy       func(advisor advisorHandle) int32
 )
 
 // boundFunctions lists every function of ferry.h with the variable it is bound to.
@@ -334,6 +395,19 @@ var boundFunctions = []struct {
 	{"ferry_batch_field_by_name", &ferryBatchFieldByName},
 	{"ferry_batch_wait", &ferryBatchWait},
 	{"ferry_batch_release", &ferryBatchRelease},
+	{"ferry_pressure_options_init", &ferryPressureOptionsInit},
+	{"ferry_engine_set_pressure", &ferryEngineSetPressure},
+	{"ferry_memory_on_pressure", &ferryMemoryOnPressure},
+	{"ferry_memory_remove_callback", &ferryMemoryRemoveCallback},
+	{"ferry_memory_optimize", &ferryMemoryOptimize},
+	{"ferry_advisor_create", &ferryAdvisorCreate},
+	{"ferry_advisor_observe", &ferryAdvisorObserve},
+	{"ferry_advisor_report_oom", &ferryAdvisorReportOOM},
+	{"ferry_advisor_model", &ferryAdvisorModel},
+	{"ferry_advisor_recommend", &ferryAdvisorRecommend},
+	{"ferry_advisor_set_reduce", &ferryAdvisorSetReduce},
+	{"ferry_engine_set_advisor", &ferryEngineSetAdvisor},
+	{"ferry_advisor_destroy", &ferryAdvisorDestroy},
 }
 
 // libraryPath is the absolute path of the library under test.

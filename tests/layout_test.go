@@ -21,6 +21,9 @@ func TestStructLayout(t *testing.T) {
 	var bp batchProperties
 	var mt dlManagedTensor
 	var dt dlTensor
+	var po pressureOptions
+	var or optimizeResult
+	var af advisorFit
 
 	tests := []struct {
 		name string
@@ -114,6 +117,32 @@ func TestStructLayout(t *testing.T) {
 		{"DLTensor.shape", unsafe.Offsetof(dt.Shape), 24},
 		{"DLTensor.strides", unsafe.Offsetof(dt.Strides), 32},
 		{"DLTensor.byte_offset", unsafe.Offsetof(dt.ByteOffset), 40},
+
+		{"sizeof(ferry_pressure_options)", unsafe.Sizeof(po), 40},
+		{"ferry_pressure_options.metric", unsafe.Offsetof(po.Metric), 4},
+		{"ferry_pressure_options.warn_bytes", unsafe.Offsetof(po.WarnBytes), 8},
+		{"ferry_pressure_options.critical_bytes", unsafe.Offsetof(po.CriticalBytes), 16},
+		{"ferry_pressure_options.warn_fraction", unsafe.Offsetof(po.WarnFraction), 24},
+		{"ferry_pressure_options.critical_fraction", unsafe.Offsetof(po.CriticalFraction), 32},
+
+		{"sizeof(ferry_optimize_result)", unsafe.Sizeof(or), 40},
+		{"ferry_optimize_result.level_before", unsafe.Offsetof(or.LevelBefore), 4},
+		{"ferry_optimize_result.level_after", unsafe.Offsetof(or.LevelAfter), 8},
+		{"ferry_optimize_result.callbacks_called", unsafe.Offsetof(or.CallbacksCalled), 12},
+		{"ferry_optimize_result.callbacks_failed", unsafe.Offsetof(or.CallbacksFailed), 16},
+		{"ferry_optimize_result.reserved", unsafe.Offsetof(or.Reserved), 20},
+		{"ferry_optimize_result.trimmed_bytes", unsafe.Offsetof(or.TrimmedBytes), 24},
+		{"ferry_optimize_result.recommended_batch_size", unsafe.Offsetof(or.RecommendedBatchSize), 32},
+
+		{"sizeof(ferry_advisor_fit)", unsafe.Sizeof(af), 56},
+		{"sizeof(ferry_advisor)", unsafe.Sizeof(advisorHandle(0)), unsafe.Sizeof(uintptr(0))},
+		{"ferry_advisor_fit.observations", unsafe.Offsetof(af.Observations), 4},
+		{"ferry_advisor_fit.fixed_bytes", unsafe.Offsetof(af.FixedBytes), 8},
+		{"ferry_advisor_fit.per_sample_bytes", unsafe.Offsetof(af.PerSampleBytes), 16},
+		{"ferry_advisor_fit.r_squared", unsafe.Offsetof(af.RSquared), 24},
+		{"ferry_advisor_fit.max_residual_bytes", unsafe.Offsetof(af.MaxResidualBytes), 32},
+		{"ferry_advisor_fit.oom_ceiling", unsafe.Offsetof(af.OOMCeiling), 40},
+		{"ferry_advisor_fit.reserved", unsafe.Offsetof(af.Reserved), 48},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -4,13 +4,20 @@
  * It adds no logic of its own: every call goes to the C function of the same name, and a status other
  * than FERRY_OK becomes a ferry::error exception that carries the status and the library's message.
  *
- * Ownership: ferry::engine, ferry::source, ferry::iterator, ferry::batch and ferry::tensor each own one
- * C object. They are move-only; their destructors destroy (or release) the object and never throw. A
- * moved-from object is empty (get() == nullptr); calling a method on an empty engine, source, iterator or
- * batch throws ferry::error with FERRY_ERR_INVALID_HANDLE, as the C API reports for a NULL handle.
+ * Ownership: ferry::engine, ferry::source, ferry::iterator, ferry::batch, ferry::tensor and ferry::advisor
+ * each own one C object; ferry::callback_registration owns one pressure callback. They are move-only; their
+ * destructors destroy (or release, or remove) the object and never throw. A moved-from object is empty
+ * (get() == nullptr); calling a method on an empty engine, source, iterator, batch or advisor throws
+ * ferry::error with FERRY_ERR_INVALID_HANDLE, as the C API reports for a NULL handle.
  *
- * Lifetimes follow the C API: an iterator must be destroyed before its source, and batches (and the
- * tensors taken from them) before their iterator. Declaring the objects in the order engine, source,
+ * C++ functions given to the library (a callback source's sample function, a pressure callback, an
+ * advisor's reduce hook) live in heap objects owned by the C++ object that registered them, so they stay
+ * put when that object moves. An exception they throw is caught before it reaches C and reported as the
+ * callback's failure.
+ *
+ * Lifetimes follow the C API: an iterator must be destroyed before its source, batches (and the
+ * tensors taken from them) before their iterator, and an advisor attached to an engine must be detached
+ * (engine::clear_advisor) before it is destroyed. Declaring the objects in the order engine, source,
  * iterator in one scope gives the right order of destruction.
  *
  * Thread safety: the free functions may be called from any thread. The const methods of one engine or
@@ -118,6 +125,281 @@ inline ferry_system_properties system_info() {
     return p;
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Memory pressure and the batch-size advisor
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * The pressure thresholds of an engine (engine::set_pressure), set with chained calls:
+ *
+ *     ferry::pressure_options().metric(FERRY_PRESSURE_DEVICE_USED).warn_fraction(0.85).critical_fraction(0.95)
+ *
+ * A threshold is given in bytes, or as a fraction of the device's total memory (used when its bytes are
+ * 0); one left at 0 is unset. Fractions need a GPU engine. Every setter returns *this; the getter of the
+ * same name reads the value. The library checks the values when they are set on an engine.
+ */
+class pressure_options {
+public:
+    /** What the thresholds compare against; the default is FERRY_PRESSURE_DEVICE_USED. */
+    pressure_options& metric(ferry_pressure_metric m) noexcept { o_.metric = static_cast<int32_t>(m); return *this; }
+    /** Level WARN at or above this many bytes (0: unset, or given as a fraction). */
+    pressure_options& warn_bytes(uint64_t n) noexcept { o_.warn_bytes = n; return *this; }
+    /** Level CRITICAL at or above this many bytes (0: unset, or given as a fraction). */
+    pressure_options& critical_bytes(uint64_t n) noexcept { o_.critical_bytes = n; return *this; }
+    /** Level WARN at or above this fraction (0..1) of the device's total memory; used when warn_bytes is 0. */
+    pressure_options& warn_fraction(double f) noexcept { o_.warn_fraction = f; return *this; }
+    /** Level CRITICAL at or above this fraction of the device's total memory; used when critical_bytes is 0. */
+    pressure_options& critical_fraction(double f) noexcept { o_.critical_fraction = f; return *this; }
+
+    /** @name Getters */
+    ///@{
+    ferry_pressure_metric metric() const noexcept { return static_cast<ferry_pressure_metric>(o_.metric); }
+    uint64_t warn_bytes() const noexcept { return o_.warn_bytes; }
+    uint64_t critical_bytes() const noexcept { return o_.critical_bytes; }
+    double warn_fraction() const noexcept { return o_.warn_fraction; }
+    double critical_fraction() const noexcept { return o_.critical_fraction; }
+    ///@}
+
+    /** The C options struct. */
+    const ferry_pressure_options& c() const noexcept { return o_; }
+
+private:
+    ferry_pressure_options o_ = [] {
+        ferry_pressure_options o;
+        (void)ferry_pressure_options_init(&o);
+        return o;
+    }();
+};
+
+/**
+ * A pressure callback: called by engine::optimize() with the level at the time of the call, on the thread
+ * that called optimize(). Throwing any exception reports the callback as failed
+ * (ferry_optimize_result::callbacks_failed); the later callbacks still run, and the exception never
+ * crosses into C.
+ */
+using pressure_fn = std::function<void(ferry_pressure level)>;
+
+/**
+ * A reduction across ranks for ferry::advisor::set_reduce: given this rank's batch size, returns the
+ * minimum over every rank (e.g. an all-reduce with MIN). Every rank must call advisor::recommend() for it
+ * to complete. Throwing any exception makes recommend() fail; the exception never crosses into C.
+ */
+using reduce_fn = std::function<int64_t(int64_t value)>;
+
+namespace detail {
+
+/** What a pressure callback passes to C as `user`: the function, owned by its callback_registration. */
+struct pressure_state {
+    pressure_fn fn;
+};
+
+/** The ferry_pressure_fn of engine::on_pressure: calls the std::function and turns any exception into 1. */
+inline int32_t pressure_trampoline(void* user, int32_t level) noexcept {
+    try {
+        static_cast<pressure_state*>(user)->fn(static_cast<ferry_pressure>(level));
+        return 0;
+    } catch (...) {
+        return 1;
+    }
+}
+
+/** What an advisor's reduction passes to C as `user`: the function, owned by the ferry::advisor. */
+struct reduce_state {
+    reduce_fn fn;
+};
+
+/** The ferry_reduce_fn of advisor::set_reduce: calls the std::function and turns any exception into 1. */
+inline int32_t reduce_trampoline(void* user, int64_t* value) noexcept {
+    try {
+        *value = static_cast<reduce_state*>(user)->fn(*value);
+        return 0;
+    } catch (...) {
+        return 1;
+    }
+}
+
+} // namespace detail
+
+/**
+ * The registration of a pressure callback, returned by engine::on_pressure(). It owns the callback's
+ * function: the destructor removes the callback from its engine and then frees the function, and never
+ * throws. It may outlive the engine (the removal then has nothing to do). Move-only; a moved-from or
+ * removed registration is empty.
+ */
+class callback_registration {
+public:
+    /** An empty registration. */
+    callback_registration() noexcept = default;
+
+    callback_registration(const callback_registration&) = delete;
+    callback_registration& operator=(const callback_registration&) = delete;
+
+    /** Takes other's registration; other becomes empty. */
+    callback_registration(callback_registration&& other) noexcept
+        : engine_(std::exchange(other.engine_, nullptr)), id_(std::exchange(other.id_, 0)),
+          state_(std::move(other.state_)) {}
+
+    /** Removes the callback held now, then takes other's; other becomes empty. */
+    callback_registration& operator=(callback_registration&& other) noexcept {
+        if (this != &other) {
+            reset();
+            engine_ = std::exchange(other.engine_, nullptr);
+            id_ = std::exchange(other.id_, 0);
+            state_ = std::move(other.state_);
+        }
+        return *this;
+    }
+
+    /** Removes the callback, if any. Never throws; a failure to remove (e.g. a destroyed engine) is ignored. */
+    ~callback_registration() noexcept { reset(); }
+
+    /**
+     * Removes the callback now and leaves this object empty. Unlike the destructor, it reports failure:
+     * FERRY_ERR_INVALID_HANDLE when the engine was destroyed (the function is freed all the same).
+     */
+    void remove() {
+        if (state_ == nullptr) {
+            throw error(FERRY_ERR_INVALID_HANDLE, "the ferry::callback_registration is empty");
+        }
+        const ferry_status st = ferry_memory_remove_callback(std::exchange(engine_, nullptr), std::exchange(id_, 0));
+        state_.reset();
+        check(st);
+    }
+
+    /** The ID ferry_memory_on_pressure wrote; 0 when empty. */
+    uint64_t id() const noexcept { return id_; }
+
+    /** The engine the callback is registered with; nullptr when empty. */
+    ferry_engine engine_handle() const noexcept { return engine_; }
+
+    /** True when this object holds a registration. */
+    explicit operator bool() const noexcept { return state_ != nullptr; }
+
+    /** Removes the callback, if any, and leaves this object empty. Never throws. */
+    void reset() noexcept {
+        if (state_ != nullptr) {
+            (void)ferry_memory_remove_callback(std::exchange(engine_, nullptr), std::exchange(id_, 0));
+            state_.reset();
+        }
+    }
+
+private:
+    friend class engine;
+
+    callback_registration(ferry_engine e, uint64_t id, std::unique_ptr<detail::pressure_state> state) noexcept
+        : engine_(e), id_(id), state_(std::move(state)) {}
+
+    ferry_engine engine_ = nullptr;
+    uint64_t id_ = 0;
+    std::unique_ptr<detail::pressure_state> state_;
+};
+
+/**
+ * An owned batch-size advisor. It fits peak memory = fixed + per_sample x batch by least squares from
+ * observe() calls, and recommends the largest batch that fits a budget, rounded down to a multiple, below
+ * any size reported out of memory, and reduced across ranks by the reduce hook when one is set:
+ *
+ *     ferry::advisor adv(8);
+ *     adv.observe(16, peak16);
+ *     adv.observe(32, peak32);
+ *     int64_t batch = adv.recommend(budget, 0.1);   // keep 10% of the budget free
+ *
+ * Move-only. The destructor destroys the advisor and then frees the reduce hook, and never throws; detach
+ * it from engines (engine::clear_advisor()) first. A moved-from advisor is empty; its methods throw
+ * FERRY_ERR_INVALID_HANDLE, as the C API reports for a NULL handle. Calls on one advisor must not race
+ * with set_reduce(), moving or destroying it.
+ */
+class advisor {
+public:
+    /**
+     * Creates an advisor that rounds recommendations down to a multiple of `multiple` (>= 1). Throws
+     * FERRY_ERR_INVALID_ARGUMENT for a multiple below 1.
+     */
+    explicit advisor(int64_t multiple = 8) { check(ferry_advisor_create(multiple, &h_)); }
+
+    advisor(const advisor&) = delete;
+    advisor& operator=(const advisor&) = delete;
+
+    /** Takes other's advisor (and reduce hook); other becomes empty. */
+    advisor(advisor&& other) noexcept : h_(std::exchange(other.h_, nullptr)), reduce_(std::move(other.reduce_)) {}
+
+    /** Destroys the advisor held now, then takes other's; other becomes empty. */
+    advisor& operator=(advisor&& other) noexcept {
+        if (this != &other) {
+            reset();
+            h_ = std::exchange(other.h_, nullptr);
+            reduce_ = std::move(other.reduce_);
+        }
+        return *this;
+    }
+
+    /** Destroys the advisor, if any. Never throws. */
+    ~advisor() noexcept { reset(); }
+
+    /** Records the peak memory of a step at batch_size (> 0); peak_bytes must be > 0. */
+    void observe(int64_t batch_size, uint64_t peak_bytes) { check(ferry_advisor_observe(h_, batch_size, peak_bytes)); }
+
+    /** Records that batch_size ran out of memory: recommendations stay below it from then on. */
+    void report_oom(int64_t batch_size) { check(ferry_advisor_report_oom(h_, batch_size)); }
+
+    /**
+     * The fitted model and its confidence. Throws FERRY_ERR_INVALID_ARGUMENT with fewer than two distinct
+     * batch sizes observed.
+     */
+    ferry_advisor_fit model() const {
+        ferry_advisor_fit f{};
+        f.size = sizeof(f);
+        check(ferry_advisor_model(h_, &f));
+        return f;
+    }
+
+    /**
+     * The largest batch whose predicted peak (the fitted line raised by its largest positive residual) fits
+     * budget_bytes x (1 - headroom), rounded down to the multiple, below any OOM ceiling, and reduced across
+     * ranks when a reduce hook is set. Throws FERRY_ERR_INVALID_ARGUMENT for fewer than two observations,
+     * memory that does not grow with the batch, a budget below the fixed cost, or headroom outside [0, 1);
+     * the reduce hook's failure is reported too.
+     */
+    int64_t recommend(uint64_t budget_bytes, double headroom = 0.0) const {
+        int64_t b = 0;
+        check(ferry_advisor_recommend(h_, budget_bytes, headroom, &b));
+        return b;
+    }
+
+    /**
+     * Sets the reduction across ranks (an empty function clears it). The function is owned by this object
+     * and called on the thread that calls recommend().
+     */
+    void set_reduce(reduce_fn fn) {
+        if (!fn) {
+            check(ferry_advisor_set_reduce(h_, nullptr, nullptr));
+            reduce_.reset();
+            return;
+        }
+        auto state = std::make_unique<detail::reduce_state>(detail::reduce_state{std::move(fn)});
+        check(ferry_advisor_set_reduce(h_, &detail::reduce_trampoline, state.get()));
+        reduce_ = std::move(state); // the old hook is no longer referenced by the library
+    }
+
+    /** Returns the raw handle, still owned by this object; nullptr when empty. */
+    ferry_advisor get() const noexcept { return h_; }
+
+    /** True when this object holds an advisor. */
+    explicit operator bool() const noexcept { return h_ != nullptr; }
+
+    /** Destroys the advisor held now, if any, and leaves this object empty. Never throws. */
+    void reset() noexcept {
+        if (h_ != nullptr) {
+            (void)ferry_advisor_destroy(std::exchange(h_, nullptr));
+        }
+        reduce_.reset();
+    }
+
+private:
+    ferry_advisor h_ = nullptr;
+    std::unique_ptr<detail::reduce_state> reduce_;
+};
+
 /**
  * An owned ferry engine: one device (or the CPU, FERRY_DEVICE_CPU) with its context and memory sampler.
  *
@@ -183,6 +465,58 @@ public:
 
     /** Takes a memory sample now and publishes it as the snapshot memory_check() reads. */
     void sample_now() const { check(ferry_engine_sample_now(handle_)); }
+
+    /** The pressure level of the latest published snapshot (memory_check().level). */
+    ferry_pressure pressure() const { return static_cast<ferry_pressure>(memory_check().level); }
+
+    /**
+     * Sets the pressure thresholds; the current snapshot is re-evaluated at once, and every snapshot then
+     * carries the level and the thresholds in bytes. Throws FERRY_ERR_INVALID_ARGUMENT for bad thresholds,
+     * and for fractions on the CPU engine.
+     */
+    void set_pressure(const pressure_options& opts) { check(ferry_engine_set_pressure(handle_, &opts.c())); }
+
+    /**
+     * Registers fn, called by optimize() after the callbacks registered before it. The returned
+     * registration owns fn and removes the callback when destroyed: keep it alive as long as the callback
+     * should run. Throws FERRY_ERR_INVALID_ARGUMENT for an empty function.
+     */
+    [[nodiscard]] callback_registration on_pressure(pressure_fn fn) {
+        if (!fn) {
+            throw error(FERRY_ERR_INVALID_ARGUMENT, "the pressure callback is an empty std::function");
+        }
+        auto state = std::make_unique<detail::pressure_state>(detail::pressure_state{std::move(fn)});
+        uint64_t id = 0;
+        check(ferry_memory_on_pressure(handle_, &detail::pressure_trampoline, state.get(), &id));
+        return callback_registration(handle_, id, std::move(state));
+    }
+
+    /**
+     * The engine's empty-cache: trims its pools, calls every registered callback in order with the level
+     * (on this thread), then re-reads memory. current_batch_size is the batch size in use (> 0), or 0 when
+     * unknown; with an advisor attached, result.recommended_batch_size is the size to use next (0 without
+     * one), never above current_batch_size under pressure.
+     */
+    ferry_optimize_result optimize(int64_t current_batch_size = 0) {
+        ferry_optimize_result r{};
+        r.size = sizeof(r);
+        check(ferry_memory_optimize(handle_, current_batch_size, &r));
+        return r;
+    }
+
+    /**
+     * Attaches adv for optimize()'s recommendation. adv must stay alive while attached: call
+     * clear_advisor() before destroying it.
+     */
+    void set_advisor(advisor& adv) {
+        if (!adv) {
+            throw error(FERRY_ERR_INVALID_HANDLE, "the ferry::advisor is empty");
+        }
+        check(ferry_engine_set_advisor(handle_, adv.get()));
+    }
+
+    /** Detaches the advisor, if any: optimize() then recommends nothing. */
+    void clear_advisor() { check(ferry_engine_set_advisor(handle_, nullptr)); }
 
     /** Returns the engine's device: a CUDA ordinal or FERRY_DEVICE_CPU. */
     int device() const {
