@@ -5,7 +5,7 @@
 #   FERRY_REQUIRE_GPU=1 build/gpu/run.sh [tests|bench|all]
 #
 # Results go to $OUT (default: ./out next to this script): tests.log, bench.log, bench_c.json,
-# bench_python.json, bench_loader.json, info.json, nvidia-smi.txt. The last lines printed are a summary table.
+# bench_python.json, bench_loader.json, bench_autobatch.json, info.json, nvidia-smi.txt. The last lines printed are a summary table.
 set -u
 mode=${1:-all}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -51,9 +51,11 @@ if [ "$mode" = tests ] || [ "$mode" = all ]; then
     step "go: C-ABI harness" "$log" sh -c "cd '$here/tests' && ./harness.test -test.v -test.count=1"
     step "C: test_c99" "$log" "$here/bin/test_c99"
     step "C: test_iterator_c99" "$log" "$here/bin/test_iterator_c99"
+    step "C: test_memory_c99" "$log" "$here/bin/test_memory_c99"
     step "C++: header_cxx17" "$log" "$here/bin/header_cxx17"
     step "C++: GoogleTest" "$log" "$here/bin/test_ferry_hpp"
     step "C++: GoogleTest, iterator" "$log" "$here/bin/test_iterator_hpp"
+    step "C++: GoogleTest, memory" "$log" "$here/bin/test_memory_hpp"
     # The driver paths point nowhere, so the no-driver test runs (and must pass) even on a GPU host.
     step "C++: GoogleTest without a driver" "$log" sh -c "out=\$(env -u FERRY_REQUIRE_GPU \
         FERRY_CUDA_LIBRARY=/nonexistent/libcuda.so.1 FERRY_NVML_LIBRARY=/nonexistent/libnvidia-ml.so.1 \
@@ -70,6 +72,7 @@ if [ "$mode" = bench ] || [ "$mode" = all ]; then
     step "bench: C" "$log" "$here/bin/bench_memory" --device 0 --json "$out/bench_c.json"
     step "bench: Python vs torch" "$log" python3 "$here/python/benchmarks/bench_memory.py" --device 0 --json "$out/bench_python.json"
     step "bench: loader vs torch" "$log" python3 "$here/python/benchmarks/bench_loader.py" --json "$out/bench_loader.json"
+    step "bench: AutoBatch vs exhaustive search and Lightning" "$log" python3 "$here/python/benchmarks/bench_autobatch.py" --json "$out/bench_autobatch.json"
     step "bench: Go" "$log" "$here/tests/engine.test" -test.run '^$' -test.bench . -test.benchtime 2s
     cat "$log"
 fi
