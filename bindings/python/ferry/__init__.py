@@ -31,7 +31,9 @@ from ._errors import (
     status_name,
 )
 from ._loader import LibraryNotFoundError, library_path
-from ._memory import MemoryManager
+from ._memory import MemoryManager, OptimizeResult
+from ._advisor import AdvisorFit, BatchSizeAdvisor, torch_min_reduce
+from ._autobatch import AutoBatch
 from ._sources import (
     ArraySource,
     CallbackSource,
@@ -65,6 +67,12 @@ __all__ = [
     "MemorySnapshot",
     "Pressure",
     "MemoryManager",
+    "OptimizeResult",
+    # batch-size advice
+    "BatchSizeAdvisor",
+    "AdvisorFit",
+    "torch_min_reduce",
+    "AutoBatch",
     # sources
     "Source",
     "FieldSpec",

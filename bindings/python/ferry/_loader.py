@@ -24,6 +24,7 @@ from ctypes import (
     CFUNCTYPE,
     c_char,
     c_char_p,
+    c_double,
     c_int,
     c_int32,
     c_int64,
@@ -56,6 +57,11 @@ __all__ = [
     "DLManagedTensorVersioned",
     "DLManagedTensor",
     "SAMPLE_FN",
+    "PressureOptions",
+    "OptimizeResult",
+    "AdvisorFit",
+    "PRESSURE_FN",
+    "REDUCE_FN",
 ]
 
 # --- constants from ferry.h -------------------------------------------------------------------------
@@ -98,6 +104,13 @@ FERRY_TOKENS_F_RANDOM = 0x1
 FERRY_ITERATOR_F_SHUFFLE = 0x1
 FERRY_ITERATOR_F_DROP_LAST = 0x2
 
+FERRY_PRESSURE_NONE = 0
+FERRY_PRESSURE_WARN = 1
+FERRY_PRESSURE_CRITICAL = 2
+FERRY_PRESSURE_DEVICE_USED = 1
+FERRY_PRESSURE_PROCESS_USED = 2
+FERRY_PRESSURE_ENGINE_RESERVED = 3
+
 DLPACK_MAJOR_VERSION = 1
 DLPACK_MINOR_VERSION = 0
 DLPACK_FLAG_BITMASK_READ_ONLY = 1 << 0
@@ -121,6 +134,8 @@ ferry_engine = c_void_p
 ferry_source = c_void_p
 ferry_iterator = c_void_p
 ferry_batch = c_void_p
+# ferry_advisor is an opaque ID too.
+ferry_advisor = c_void_p
 
 
 # --- structs, field by field as in ferry.h ------------------------------------------------------------
@@ -272,6 +287,49 @@ class BatchProperties(Structure):
     ]
 
 
+class PressureOptions(Structure):
+    """ctypes mirror of ``ferry_pressure_options`` (40 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("metric", c_int32),
+        ("warn_bytes", c_uint64),
+        ("critical_bytes", c_uint64),
+        ("warn_fraction", c_double),
+        ("critical_fraction", c_double),
+    ]
+
+
+class OptimizeResult(Structure):
+    """ctypes mirror of ``ferry_optimize_result`` (40 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("level_before", c_int32),
+        ("level_after", c_int32),
+        ("callbacks_called", c_int32),
+        ("callbacks_failed", c_int32),
+        ("reserved", c_int32),
+        ("trimmed_bytes", c_uint64),
+        ("recommended_batch_size", c_int64),
+    ]
+
+
+class AdvisorFit(Structure):
+    """ctypes mirror of ``ferry_advisor_fit`` (56 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("observations", c_int32),
+        ("fixed_bytes", c_double),
+        ("per_sample_bytes", c_double),
+        ("r_squared", c_double),
+        ("max_residual_bytes", c_double),
+        ("oom_ceiling", c_int64),
+        ("reserved", c_int64),
+    ]
+
+
 # --- DLPack 1.0, as declared in ferry.h --------------------------------------------------------------
 
 
@@ -335,6 +393,12 @@ DLManagedTensor._fields_ = [
 #: int32_t num_fields)
 SAMPLE_FN = CFUNCTYPE(c_int32, c_void_p, c_int64, POINTER(c_void_p), POINTER(c_int64), c_int32)
 
+#: ``ferry_pressure_fn``: int32_t (*)(void* user, int32_t level)
+PRESSURE_FN = CFUNCTYPE(c_int32, c_void_p, c_int32)
+
+#: ``ferry_reduce_fn``: int32_t (*)(void* user, int64_t* value)
+REDUCE_FN = CFUNCTYPE(c_int32, c_void_p, POINTER(c_int64))
+
 
 # --- symbols: (name, restype, argtypes), every declaration of ferry.h ------------------------------------
 
@@ -385,6 +449,21 @@ _SIGNATURES = [
      [ferry_batch, c_char_p, POINTER(POINTER(DLManagedTensorVersioned))]),
     ("ferry_batch_wait", ferry_status, [ferry_batch, c_void_p]),
     ("ferry_batch_release", ferry_status, [ferry_batch, c_void_p]),
+    # memory pressure
+    ("ferry_pressure_options_init", ferry_status, [POINTER(PressureOptions)]),
+    ("ferry_engine_set_pressure", ferry_status, [ferry_engine, POINTER(PressureOptions)]),
+    ("ferry_memory_on_pressure", ferry_status, [ferry_engine, PRESSURE_FN, c_void_p, POINTER(c_uint64)]),
+    ("ferry_memory_remove_callback", ferry_status, [ferry_engine, c_uint64]),
+    ("ferry_memory_optimize", ferry_status, [ferry_engine, c_int64, POINTER(OptimizeResult)]),
+    # batch-size advisor
+    ("ferry_advisor_create", ferry_status, [c_int64, POINTER(ferry_advisor)]),
+    ("ferry_advisor_observe", ferry_status, [ferry_advisor, c_int64, c_uint64]),
+    ("ferry_advisor_report_oom", ferry_status, [ferry_advisor, c_int64]),
+    ("ferry_advisor_model", ferry_status, [ferry_advisor, POINTER(AdvisorFit)]),
+    ("ferry_advisor_recommend", ferry_status, [ferry_advisor, c_uint64, c_double, POINTER(c_int64)]),
+    ("ferry_advisor_set_reduce", ferry_status, [ferry_advisor, REDUCE_FN, c_void_p]),
+    ("ferry_engine_set_advisor", ferry_status, [ferry_engine, ferry_advisor]),
+    ("ferry_advisor_destroy", ferry_status, [ferry_advisor]),
 ]
 
 SYMBOLS = tuple(name for name, _, _ in _SIGNATURES)
