@@ -356,6 +356,7 @@ def lightning_replica(torch: Any, w: Workload, steps_per_trial: int, init_val: i
 
 
 def train(torch: Any, w: Workload, b: int, steps: int) -> Dict[str, Any]:
+    w.net.to(w.device)  # Lightning's tuner hands the module back on the CPU
     _clean(torch, w)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()

@@ -357,9 +357,9 @@ class MemoryManager:
         callback in order with the level, and returns the batch size to use from now on.
 
         The batch size is the attached advisor's recommendation when it has one; else the seed's formula
-        (:meth:`calculate_optimal_batch_size`) applied to the metric's current reading against the warn
-        threshold (the critical one when only that is set), when ``current_batch_size`` is given and the
-        reading is above that threshold (a manager never grows the batch from a proportion: memory is not
+        (:meth:`calculate_optimal_batch_size`) applied to the metric's reading before the call (the memory
+        that raised the pressure) against the warn threshold (the critical one when only that is set), when
+        ``current_batch_size`` is given and that reading is above the threshold (a manager never grows the batch from a proportion: memory is not
         proportional to the batch); else ``current_batch_size`` unchanged (None when not given). The full
         :class:`OptimizeResult` is kept in :attr:`last_optimize`.
 
@@ -372,6 +372,7 @@ class MemoryManager:
                 raise _invalid(f"current_batch_size must be > 0, got {current}")
             if current >= 2**63:
                 raise _invalid(f"current_batch_size {current} does not fit int64_t")
+        before = self._engine.memory_check_live()
         res = _loader.OptimizeResult()
         res.size = _RESULT_SIZE
         with self._lock:
@@ -383,9 +384,8 @@ class MemoryManager:
             del self._errors[:]
         if status:
             self._fail(status)
-        snap = self._engine.memory_check_live()
-        reading = self._reading(snap)
-        target = snap.warn_threshold_bytes or snap.critical_threshold_bytes
+        reading = self._reading(before)
+        target = before.warn_threshold_bytes or before.critical_threshold_bytes
         if res.recommended_batch_size > 0:
             batch, source = int(res.recommended_batch_size), "advisor"
         elif current and target and reading > target:
