@@ -72,7 +72,7 @@ if [ "$mode" = bench ] || [ "$mode" = all ]; then
     step "bench: C" "$log" "$here/bin/bench_memory" --device 0 --json "$out/bench_c.json"
     step "bench: Python vs torch" "$log" python3 "$here/python/benchmarks/bench_memory.py" --device 0 --json "$out/bench_python.json"
     step "bench: loader vs torch" "$log" python3 "$here/python/benchmarks/bench_loader.py" --json "$out/bench_loader.json"
-    step "bench: AutoBatch vs exhaustive search and Lightning" "$log" python3 "$here/python/benchmarks/bench_autobatch.py" --model resnet50 --headroom 0.05 --headroom 0.02 --json "$out/bench_autobatch.json"
+    step "bench: AutoBatch vs exhaustive search and Lightning" "$log" python3 "$here/python/benchmarks/bench_autobatch.py" --model resnet50 --headroom 0.02 --headroom 0.05 --json "$out/bench_autobatch.json"
     step "bench: Go" "$log" "$here/tests/engine.test" -test.run '^$' -test.bench . -test.benchtime 2s
     cat "$log"
 fi

@@ -229,8 +229,10 @@ def exhaustive(torch: Any, w: Workload, upper: int) -> Dict[str, Any]:
 # --- (b) ferry.AutoBatch --------------------------------------------------------------------------------------------
 
 
-def autobatch(torch: Any, w: Workload, device: int, headroom: float, upper: int) -> Dict[str, Any]:
-    with ferry.AutoBatch(w.step, device=device, headroom=headroom, max_batch=upper) as ab:
+def autobatch(torch: Any, w: Workload, device: int, headroom: float, upper: int,
+              fragmentation_bytes: Optional[int] = None) -> Dict[str, Any]:
+    with ferry.AutoBatch(w.step, device=device, headroom=headroom, max_batch=upper,
+                         fragmentation_bytes=fragmentation_bytes) as ab:
         size = ab.find()
         rep = ab.report()
     rep["seconds"] = rep.pop("elapsed_s")
@@ -430,6 +432,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--lightning-steps-per-trial", type=int, default=1,
                     help="steps per Lightning trial (Lightning's default is 3; 1 matches ferry's one step a trial)")
     ap.add_argument("--lightning-init-val", type=int, default=2, help="Lightning's init_val (its default: 2)")
+    ap.add_argument("--fragmentation-mb", type=int, default=None,
+                    help="override AutoBatch's fragmentation allowance (default: measured)")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args(argv)
     headrooms = args.headroom or [0.05]
@@ -463,7 +467,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     # ferry first, on a fresh process: what a user who calls AutoBatch before training sees
     res["ferry"] = []
     for h in headrooms:
-        res["ferry"].append(autobatch(torch, w, args.device, h, args.upper))
+        frag = None if args.fragmentation_mb is None else args.fragmentation_mb << 20
+        res["ferry"].append(autobatch(torch, w, args.device, h, args.upper, frag))
         _clean(torch, w)
     res["exhaustive"] = exhaustive(torch, w, args.upper)
     _clean(torch, w)

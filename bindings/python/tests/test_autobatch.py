@@ -69,8 +69,8 @@ def test_linear_curves_land_within_5_percent_and_never_above():
         assert not ab.probe_oom and dev.ooms == [], seed  # no OOM on a linear curve
         assert len(ab.trials) <= 4 + (limit > 1024) + (limit > 16384), (seed, ab.trials)
         assert ab.batch_size == size and ab.elapsed_s >= 0
-        # with the default headroom of 5%: still no OOM, and about 5% of the budget kept free
-        ab, size = _run(dev)
+        # with a headroom of 5%: still no OOM, and about 5% of the budget kept free
+        ab, size = _run(dev, headroom=0.05)
         assert size <= limit and not ab.probe_oom
         assert fixed + per * size <= 0.95 * budget
         assert size >= 0.95 * (0.95 * budget - fixed) / per - 8, (seed, size)
@@ -125,7 +125,9 @@ def test_noisy_curves_never_exceed_the_limit():
 
         dev = Device(curve, budget)
         limit = dev.limit()
-        ab, size = _run(dev)
+        # Noise of up to 2% of the whole peak needs more headroom than the default 2%, which suits the
+        # near-deterministic peaks measured on real models.
+        ab, size = _run(dev, headroom=0.05)
         assert 0 < size <= limit, (seed, size, limit)
         assert not ab.probe_oom, (seed, ab.trials)
         assert size >= 0.85 * limit, (seed, size, limit)
