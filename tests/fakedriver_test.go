@@ -14,13 +14,11 @@ import (
 // The fake-driver case runs in a child process, since the driver path is read at the first GPU call.
 const fakeDriverEnv = "FERRY_TEST_FAKE_DRIVER_CHILD"
 
-// TestFakeDriver runs the C API's GPU path against the engine's stand-in driver (one 80 GiB "Fake GPU",
-// engine/testdata/fakecuda.c), so that the device properties and the GPU snapshot are converted and
-// checked through the C ABI on hosts without a GPU too.
-func TestFakeDriver(t *testing.T) {
-	if os.Getenv(fakeDriverEnv) == "1" {
-		t.Skip("in the child process")
-	}
+// runOnFakeDriver builds the engine's stand-in driver (one 80 GiB "Fake GPU" whose device memory is host
+// memory, engine/testdata/fakecuda.c) and re-runs the test named child in a process that uses it, with
+// childEnv=1 set, since the driver path is read at the first GPU call. It returns the child's output.
+func runOnFakeDriver(t *testing.T, child, childEnv string) string {
+	t.Helper()
 	lib := filepath.Join(t.TempDir(), "libcuda.so.1")
 	src := filepath.Join("..", "engine", "testdata", "fakecuda.c")
 	if _, err := os.Stat(src); err != nil {
@@ -29,19 +27,29 @@ func TestFakeDriver(t *testing.T) {
 	out, err := exec.Command("cc", "-std=c11", "-O2", "-shared", "-fPIC", "-o", lib, src).CombinedOutput()
 	require.NoError(t, err, "building the fake driver: %s", out)
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestFakeDriverChild$", "-test.count=1", "-test.v")
+	cmd := exec.Command(os.Args[0], "-test.run=^"+child+"$", "-test.count=1", "-test.v")
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "FERRY_REQUIRE_GPU=") {
 			env = append(env, kv)
 		}
 	}
-	cmd.Env = append(env, fakeDriverEnv+"=1", "FERRY_LIBRARY="+libraryPath, "FERRY_CUDA_LIBRARY="+lib,
+	cmd.Env = append(env, childEnv+"=1", "FERRY_LIBRARY="+libraryPath, "FERRY_CUDA_LIBRARY="+lib,
 		"FERRY_NVML_LIBRARY=/nonexistent/libnvidia-ml.so.1")
 	out, err = cmd.CombinedOutput()
 	require.NoError(t, err, "child failed:\n%s", out)
-	require.Contains(t, string(out), "--- PASS: TestFakeDriverChild", "child did not run the test:\n%s", out)
-	require.Contains(t, string(out), "--- PASS: TestFakeDriverChild/iterator", "child did not run the iterator:\n%s", out)
+	require.Contains(t, string(out), "--- PASS: "+child, "child did not run the test:\n%s", out)
+	return string(out)
+}
+
+// TestFakeDriver runs the C API's GPU path against the stand-in driver, so that the device properties and
+// the GPU snapshot are converted and checked through the C ABI on hosts without a GPU too.
+func TestFakeDriver(t *testing.T) {
+	if os.Getenv(fakeDriverEnv) == "1" {
+		t.Skip("in the child process")
+	}
+	out := runOnFakeDriver(t, "TestFakeDriverChild", fakeDriverEnv)
+	require.Contains(t, out, "--- PASS: TestFakeDriverChild/iterator", "child did not run the iterator:\n%s", out)
 }
 
 // TestFakeDriverChild is the child of TestFakeDriver; it does nothing unless run by it.

@@ -3,10 +3,7 @@ package tests
 import (
 	"math"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"unsafe"
@@ -987,27 +984,9 @@ func TestMemoryFakeGPU(t *testing.T) {
 	if os.Getenv(memoryFakeEnv) == "1" {
 		t.Skip("in the child process")
 	}
-	lib := filepath.Join(t.TempDir(), "libcuda.so.1")
-	src := filepath.Join("..", "engine", "testdata", "fakecuda.c")
-	if _, err := os.Stat(src); err != nil {
-		t.Skipf("the fake driver's source is not here (%v)", err)
-	}
-	out, err := exec.Command("cc", "-std=c11", "-O2", "-shared", "-fPIC", "-o", lib, src).CombinedOutput()
-	require.NoError(t, err, "building the fake driver: %s", out)
-
-	cmd := exec.Command(os.Args[0], "-test.run=^TestMemoryFakeGPUChild$", "-test.count=1", "-test.v")
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "FERRY_REQUIRE_GPU=") {
-			env = append(env, kv)
-		}
-	}
-	cmd.Env = append(env, memoryFakeEnv+"=1", "FERRY_LIBRARY="+libraryPath, "FERRY_CUDA_LIBRARY="+lib,
-		"FERRY_NVML_LIBRARY=/nonexistent/libnvidia-ml.so.1")
-	out, err = cmd.CombinedOutput()
-	require.NoError(t, err, "child failed:\n%s", out)
+	out := runOnFakeDriver(t, "TestMemoryFakeGPUChild", memoryFakeEnv)
 	for _, sub := range []string{"levels", "callbacks", "trim", "advisor"} {
-		require.Contains(t, string(out), "--- PASS: TestMemoryFakeGPUChild/"+sub, "child did not run %s:\n%s", sub, out)
+		require.Contains(t, out, "--- PASS: TestMemoryFakeGPUChild/"+sub, "child did not run %s:\n%s", sub, out)
 	}
 }
 

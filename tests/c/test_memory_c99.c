@@ -22,40 +22,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "check.h"
 #include "ferry.h"
-
-static int passed;
-static int failed;
-
-static void check_at(int ok, const char* expr, int line) {
-    if (ok) {
-        passed++;
-    } else {
-        failed++;
-        printf("FAIL line %d: %s\n", line, expr);
-    }
-}
-
-#define CHECK(cond) check_at((cond) ? 1 : 0, #cond, __LINE__)
-
-/* CHECK_STATUS(call, want): the call returns want, and a failing call leaves a non-empty message. */
-#define CHECK_STATUS(call, want) check_status_at((call), (want), #call, __LINE__)
-
-static void check_status_at(ferry_status got, ferry_status want, const char* expr, int line) {
-    if (got != want) {
-        failed++;
-        printf("FAIL line %d: %s returned %s, want %s (last error: %s)\n", line, expr, ferry_status_string(got),
-               ferry_status_string(want), ferry_last_error());
-        return;
-    }
-    if (want != FERRY_OK && ferry_last_error()[0] == '\0') {
-        failed++;
-        printf("FAIL line %d: %s returned %s with an empty ferry_last_error()\n", line, expr,
-               ferry_status_string(got));
-        return;
-    }
-    passed++;
-}
 
 /* CHECK_FAILS(call): the call fails (any status but FERRY_OK) with a message. */
 #define CHECK_FAILS(call) check_fails_at((call), #call, __LINE__)
