@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, Optional
@@ -73,3 +75,26 @@ def header() -> Dict[str, int]:
     if path is None:
         pytest.skip("ferry.h is not reachable from the package directory")
     return parse_header(path)
+
+
+def _fakecuda_source() -> Path:
+    for parent in PACKAGE_ROOT.parents:
+        p = parent / "engine" / "testdata" / "fakecuda.c"
+        if p.is_file():
+            return p
+    pytest.skip("engine/testdata/fakecuda.c is not reachable from the package directory")
+
+
+@pytest.fixture(scope="session")
+def fake_driver(tmp_path_factory) -> str:
+    """Builds the stand-in driver (libcuda.so.1): one 80 GiB "Fake GPU" with 70 GiB free, whose device
+    memory is host memory. A process can use one driver path, read at its first GPU call, so tests run it
+    in a subprocess with FERRY_CUDA_LIBRARY pointing here."""
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no C compiler to build the stand-in CUDA driver")
+    out = tmp_path_factory.mktemp("fakecuda") / "libcuda.so.1"
+    r = subprocess.run([cc, "-std=c11", "-O2", "-shared", "-fPIC", "-o", str(out), str(_fakecuda_source())],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return str(out)

@@ -9,11 +9,9 @@ import gc
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -371,25 +369,6 @@ def test_attach_advisor_on_cpu():
 # --- levels and the seed's flow on the stand-in GPU ----------------------------------------------------------------
 
 
-def _fakecuda_source() -> Path:
-    for parent in PACKAGE_ROOT.parents:
-        p = parent / "engine" / "testdata" / "fakecuda.c"
-        if p.is_file():
-            return p
-    pytest.skip("engine/testdata/fakecuda.c is not reachable from the package directory")
-
-
-@pytest.fixture(scope="module")
-def fake_driver(tmp_path_factory) -> str:
-    """Builds the stand-in driver: one 80 GiB device with 70 GiB free (10 GiB used)."""
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        pytest.skip("no C compiler to build the stand-in CUDA driver")
-    out = tmp_path_factory.mktemp("fakecuda") / "libcuda.so.1"
-    r = subprocess.run([cc, "-std=c11", "-O2", "-shared", "-fPIC", "-o", str(out), str(_fakecuda_source())],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return str(out)
 
 
 # Runs in a subprocess: a process can use one driver path, read at its first GPU call.
