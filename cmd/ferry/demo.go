@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/ferry-ml/ferry/engine"
 )
@@ -83,11 +85,11 @@ func runDemo(cmd *cobra.Command, cfg demoConfig) error {
 	defer it.Close()
 	opts := it.Options()
 	fmt.Fprintf(w, "prefetching to %s: batch %d, %d workers, %d batches in flight (ring allocated in %v)\n",
-		where, opts.BatchSize, opts.Workers, opts.Prefetch, time.Since(setup).Round(time.Millisecond))
+		where, opts.BatchSize, opts.Workers, opts.Prefetch, time.Since(setup).Round(10*time.Microsecond))
 
 	total := cfg.epochs * it.BatchesPerEpoch()
 	var bar *progressbar.ProgressBar
-	if !cfg.quiet {
+	if f, ok := w.(*os.File); !cfg.quiet && ok && term.IsTerminal(int(f.Fd())) { // a bar only on a terminal
 		bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(w), progressbar.OptionSetDescription("batches"),
 			progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("batch"),
 			progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionClearOnFinish())
@@ -165,6 +167,6 @@ func newDemoCommand() *cobra.Command {
 	f.IntVar(&cfg.prefetch, "prefetch", 0, "batches in flight (0: 4)")
 	f.DurationVar(&cfg.step, "step", 0, "simulated training step per batch, e.g. 20ms")
 	f.BoolVar(&cfg.cpu, "cpu", false, "stay on the CPU even when there is a GPU")
-	f.BoolVar(&cfg.quiet, "quiet", false, "no progress bar")
+	f.BoolVar(&cfg.quiet, "quiet", false, "no progress bar (there is none when the output is not a terminal)")
 	return cmd
 }
