@@ -160,3 +160,89 @@ func (d NVMLDevice) PCIeLink() (genCur, genMax, widthCur, widthMax int, err erro
 	}
 	return int(v[0]), int(v[1]), int(v[2]), int(v[3]), nil
 }
+
+// NVMLReading is one NVML query's result: the value, or absent (OK false) when the device or the loaded
+// NVML does not support the query.
+type NVMLReading[T any] struct {
+	Value T
+	OK    bool
+}
+
+func reading[T any](op string, v T, r C.nvmlReturn_t) (NVMLReading[T], error) {
+	if r == C.FERRY_NVML_ERROR_NOT_SUPPORTED {
+		return NVMLReading[T]{}, nil
+	}
+	if err := nvmlCheck(op, r); err != nil {
+		return NVMLReading[T]{}, err
+	}
+	return NVMLReading[T]{Value: v, OK: true}, nil
+}
+
+// Utilization returns the GPU and memory utilization in percent.
+func (d NVMLDevice) Utilization() (gpu, memory NVMLReading[uint32], err error) {
+	var g, m C.uint
+	r := C.ferry_nvml_utilization(d.h, &g, &m)
+	if gpu, err = reading("nvmlDeviceGetUtilizationRates", uint32(g), r); err != nil {
+		return
+	}
+	memory, err = reading("nvmlDeviceGetUtilizationRates", uint32(m), r)
+	return
+}
+
+// Temperature returns the GPU die temperature in °C.
+func (d NVMLDevice) Temperature() (NVMLReading[uint32], error) {
+	var v C.uint
+	r := C.ferry_nvml_temperature(d.h, &v)
+	return reading("nvmlDeviceGetTemperature", uint32(v), r)
+}
+
+// Power returns the board power draw in milliwatts.
+func (d NVMLDevice) Power() (NVMLReading[uint32], error) {
+	var v C.uint
+	r := C.ferry_nvml_power(d.h, &v)
+	return reading("nvmlDeviceGetPowerUsage", uint32(v), r)
+}
+
+// Clock returns the SM (sm true) or memory clock in MHz.
+func (d NVMLDevice) Clock(sm bool) (NVMLReading[uint32], error) {
+	kind := C.int(2)
+	if sm {
+		kind = 1
+	}
+	var v C.uint
+	r := C.ferry_nvml_clock(d.h, kind, &v)
+	return reading("nvmlDeviceGetClockInfo", uint32(v), r)
+}
+
+// ThrottleReasons returns the clocks-event (throttle) reason bits.
+func (d NVMLDevice) ThrottleReasons() (NVMLReading[uint64], error) {
+	var v C.ulonglong
+	r := C.ferry_nvml_throttle_reasons(d.h, &v)
+	return reading("nvmlDeviceGetCurrentClocksEventReasons", uint64(v), r)
+}
+
+// ECCErrors returns the volatile count of corrected or uncorrected memory errors.
+func (d NVMLDevice) ECCErrors(uncorrected bool) (NVMLReading[uint64], error) {
+	kind := C.int(0)
+	if uncorrected {
+		kind = 1
+	}
+	var v C.ulonglong
+	r := C.ferry_nvml_ecc_errors(d.h, kind, &v)
+	return reading("nvmlDeviceGetTotalEccErrors", uint64(v), r)
+}
+
+// PCIeThroughput returns the PCIe receive and transmit rates in bytes per second, measured by NVML over
+// a 20 ms window: the call blocks that long.
+func (d NVMLDevice) PCIeThroughput() (rx, tx NVMLReading[float64], err error) {
+	var r, t C.uint
+	if rx, err = reading("nvmlDeviceGetPcieThroughput", float64(0), C.ferry_nvml_pcie_throughput(d.h, 1, &r)); err != nil {
+		return
+	}
+	rx.Value = float64(r) * 1024
+	if tx, err = reading("nvmlDeviceGetPcieThroughput", float64(0), C.ferry_nvml_pcie_throughput(d.h, 0, &t)); err != nil {
+		return
+	}
+	tx.Value = float64(t) * 1024
+	return
+}

@@ -19,6 +19,14 @@ static struct {
     nvmlReturn_t (*pcie_gen_max)(nvmlDevice_t, unsigned int*);
     nvmlReturn_t (*pcie_width_curr)(nvmlDevice_t, unsigned int*);
     nvmlReturn_t (*pcie_width_max)(nvmlDevice_t, unsigned int*);
+    /* Optional: absent from some NVML versions; a missing one reports NOT_SUPPORTED. */
+    nvmlReturn_t (*utilization)(nvmlDevice_t, unsigned int[2]);
+    nvmlReturn_t (*temperature)(nvmlDevice_t, int, unsigned int*);
+    nvmlReturn_t (*power)(nvmlDevice_t, unsigned int*);
+    nvmlReturn_t (*clock)(nvmlDevice_t, int, unsigned int*);
+    nvmlReturn_t (*throttle)(nvmlDevice_t, unsigned long long*);
+    nvmlReturn_t (*ecc)(nvmlDevice_t, int, int, unsigned long long*);
+    nvmlReturn_t (*pcie_throughput)(nvmlDevice_t, int, unsigned int*);
 } nv;
 
 static void* handle;
@@ -63,6 +71,27 @@ int ferry_nvml_load(const char* path, char* err, size_t errlen) {
         }
         memcpy((char*)&nv + syms[i].offset, &p, sizeof p);
     }
+    static const struct {
+        size_t offset;
+        const char* name;
+        const char* fallback;
+    } optional[] = {
+        {offsetof(__typeof__(nv), utilization), "nvmlDeviceGetUtilizationRates", NULL},
+        {offsetof(__typeof__(nv), temperature), "nvmlDeviceGetTemperature", NULL},
+        {offsetof(__typeof__(nv), power), "nvmlDeviceGetPowerUsage", NULL},
+        {offsetof(__typeof__(nv), clock), "nvmlDeviceGetClockInfo", NULL},
+        {offsetof(__typeof__(nv), throttle), "nvmlDeviceGetCurrentClocksEventReasons",
+         "nvmlDeviceGetCurrentClocksThrottleReasons"},
+        {offsetof(__typeof__(nv), ecc), "nvmlDeviceGetTotalEccErrors", NULL},
+        {offsetof(__typeof__(nv), pcie_throughput), "nvmlDeviceGetPcieThroughput", NULL},
+    };
+    for (size_t i = 0; i < sizeof optional / sizeof optional[0]; i++) {
+        void* p = dlsym(handle, optional[i].name);
+        if (p == NULL && optional[i].fallback != NULL) {
+            p = dlsym(handle, optional[i].fallback);
+        }
+        memcpy((char*)&nv + optional[i].offset, &p, sizeof p);
+    }
     nvmlReturn_t r = nv.init();
     if (r != FERRY_NVML_SUCCESS) {
         snprintf(err, errlen, "nvmlInit_v2 failed: %s (%d)", ferry_nvml_error_string(r), r);
@@ -97,4 +126,28 @@ nvmlReturn_t ferry_nvml_pcie_link(nvmlDevice_t dev, unsigned int out[4]) {
     if (r == FERRY_NVML_SUCCESS) r = nv.pcie_width_curr(dev, &out[2]);
     if (r == FERRY_NVML_SUCCESS) r = nv.pcie_width_max(dev, &out[3]);
     return r;
+}
+
+#define OPTIONAL(fn, ...) ((nv.fn == NULL) ? FERRY_NVML_ERROR_NOT_SUPPORTED : nv.fn(__VA_ARGS__))
+
+nvmlReturn_t ferry_nvml_utilization(nvmlDevice_t dev, unsigned int* gpu, unsigned int* memory) {
+    unsigned int u[2] = {0, 0}; /* nvmlUtilization_t: gpu, memory */
+    nvmlReturn_t r = OPTIONAL(utilization, dev, u);
+    *gpu = u[0];
+    *memory = u[1];
+    return r;
+}
+nvmlReturn_t ferry_nvml_temperature(nvmlDevice_t dev, unsigned int* celsius) {
+    return OPTIONAL(temperature, dev, 0 /* NVML_TEMPERATURE_GPU */, celsius);
+}
+nvmlReturn_t ferry_nvml_power(nvmlDevice_t dev, unsigned int* milliwatts) { return OPTIONAL(power, dev, milliwatts); }
+nvmlReturn_t ferry_nvml_clock(nvmlDevice_t dev, int clock, unsigned int* mhz) { return OPTIONAL(clock, dev, clock, mhz); }
+nvmlReturn_t ferry_nvml_throttle_reasons(nvmlDevice_t dev, unsigned long long* reasons) {
+    return OPTIONAL(throttle, dev, reasons);
+}
+nvmlReturn_t ferry_nvml_ecc_errors(nvmlDevice_t dev, int type, unsigned long long* count) {
+    return OPTIONAL(ecc, dev, type, 0 /* NVML_VOLATILE_ECC */, count);
+}
+nvmlReturn_t ferry_nvml_pcie_throughput(nvmlDevice_t dev, int counter, unsigned int* kbps) {
+    return OPTIONAL(pcie_throughput, dev, counter, kbps);
 }

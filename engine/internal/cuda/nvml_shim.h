@@ -50,6 +50,19 @@ nvmlReturn_t ferry_nvml_compute_processes(nvmlDevice_t dev, unsigned int* count,
 /* out: current generation, max generation, current width, max width. */
 nvmlReturn_t ferry_nvml_pcie_link(nvmlDevice_t dev, unsigned int out[4]);
 
+/* The GPU sampler's queries. Each returns FERRY_NVML_ERROR_NOT_SUPPORTED when the loaded NVML lacks the
+   function, as NVML itself does when the device lacks the feature: the field is then absent. */
+nvmlReturn_t ferry_nvml_utilization(nvmlDevice_t dev, unsigned int* gpu, unsigned int* memory);
+nvmlReturn_t ferry_nvml_temperature(nvmlDevice_t dev, unsigned int* celsius);
+nvmlReturn_t ferry_nvml_power(nvmlDevice_t dev, unsigned int* milliwatts);
+/* clock: 1 = SM, 2 = memory (nvmlClockType_t). */
+nvmlReturn_t ferry_nvml_clock(nvmlDevice_t dev, int clock, unsigned int* mhz);
+nvmlReturn_t ferry_nvml_throttle_reasons(nvmlDevice_t dev, unsigned long long* reasons);
+/* type: 0 = corrected, 1 = uncorrected; volatile counts (since the driver loaded). */
+nvmlReturn_t ferry_nvml_ecc_errors(nvmlDevice_t dev, int type, unsigned long long* count);
+/* counter: 0 = TX, 1 = RX; KB/s over a 20 ms window (the call blocks that long). */
+nvmlReturn_t ferry_nvml_pcie_throughput(nvmlDevice_t dev, int counter, unsigned int* kbps);
+
 #pragma GCC visibility pop
 
 #endif
