@@ -32,6 +32,76 @@ func sizeClass(n int) int {
 	return (n + large - 1) / large * large
 }
 
+// blockCache is the part both pools share: freed blocks cached by size class, handed out again before
+// the driver is asked, given back by trim, and released at once after close. Safe for concurrent use.
+type blockCache[T any] struct {
+	mu      sync.Mutex
+	blocks  map[int][]T
+	closed  bool
+	release func(T, int) error // gives one block of a class back to the system
+}
+
+func newBlockCache[T any](release func(T, int) error) *blockCache[T] {
+	return &blockCache[T]{blocks: map[int][]T{}, release: release}
+}
+
+// take pops a cached block of the class; ok is false when there is none. It fails after close.
+func (c *blockCache[T]) take(class int) (b T, ok bool, closed bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return b, false, true
+	}
+	if bs := c.blocks[class]; len(bs) > 0 {
+		b = bs[len(bs)-1]
+		c.blocks[class] = bs[:len(bs)-1]
+		return b, true, false
+	}
+	return b, false, false
+}
+
+// put caches a freed block, or releases it when the cache is closed.
+func (c *blockCache[T]) put(b T, class int) {
+	c.mu.Lock()
+	closed := c.closed
+	if !closed {
+		c.blocks[class] = append(c.blocks[class], b)
+	}
+	c.mu.Unlock()
+	if closed {
+		_ = c.release(b, class)
+	}
+}
+
+// trim releases every cached block and returns the bytes released.
+func (c *blockCache[T]) trim() (uint64, error) {
+	c.mu.Lock()
+	cached := c.blocks
+	c.blocks = map[int][]T{}
+	c.mu.Unlock()
+	var released uint64
+	var errs []error
+	for class, bs := range cached {
+		for _, b := range bs {
+			if err := c.release(b, class); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			released += uint64(class)
+		}
+	}
+	return released, errors.Join(errs...)
+}
+
+// close releases the cache and makes later frees release at once.
+func (c *blockCache[T]) close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	_, err := c.trim()
+	return err
+}
+
 // HostBuffer is host memory from a HostPool: page-locked on a GPU engine (so the DMA engines can read it
 // directly), page-aligned anonymous memory on the CPU engine. It is never Go memory, so its address may be
 // handed to C, to DLPack consumers and to the GPU.
@@ -54,13 +124,15 @@ func (b *HostBuffer) Len() int { return b.size }
 // page-locked with cuMemHostAlloc, which costs about 0.4 s per GiB, so pools are sized up front and
 // reused across epochs and iterators; Trim gives cached memory back. Safe for concurrent use.
 type HostPool struct {
-	e      *Engine
-	mu     sync.Mutex
-	cached map[int][]unsafe.Pointer
-	closed bool
+	e     *Engine
+	cache *blockCache[unsafe.Pointer]
 }
 
-func newHostPool(e *Engine) *HostPool { return &HostPool{e: e, cached: map[int][]unsafe.Pointer{}} }
+func newHostPool(e *Engine) *HostPool {
+	p := &HostPool{e: e}
+	p.cache = newBlockCache(p.release)
+	return p
+}
 
 // Alloc returns a buffer of n bytes (n > 0), from the cache when a block of its class is free.
 func (p *HostPool) Alloc(n int) (*HostBuffer, error) {
@@ -68,22 +140,16 @@ func (p *HostPool) Alloc(n int) (*HostBuffer, error) {
 		return nil, fmt.Errorf("%w: host buffer of %d bytes", ErrInvalidArgument, n)
 	}
 	class := sizeClass(n)
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
+	ptr, ok, closed := p.cache.take(class)
+	if closed {
 		return nil, fmt.Errorf("%w: host pool of the engine on device %d", ErrClosed, p.e.device)
 	}
-	if blocks := p.cached[class]; len(blocks) > 0 {
-		ptr := blocks[len(blocks)-1]
-		p.cached[class] = blocks[:len(blocks)-1]
-		p.mu.Unlock()
-		return &HostBuffer{ptr: ptr, size: n, class: class}, nil
-	}
-	p.mu.Unlock()
-	ptr, err := p.allocate(class)
-	if err != nil {
-		p.e.acct.Failure()
-		return nil, err
+	if !ok {
+		var err error
+		if ptr, err = p.allocate(class); err != nil {
+			p.e.acct.Failure()
+			return nil, err
+		}
 	}
 	return &HostBuffer{ptr: ptr, size: n, class: class}, nil
 }
@@ -120,45 +186,14 @@ func (p *HostPool) Free(b *HostBuffer) {
 	if b == nil || b.ptr == nil {
 		return
 	}
-	p.mu.Lock()
-	closed := p.closed
-	if !closed {
-		p.cached[b.class] = append(p.cached[b.class], b.ptr)
-	}
-	p.mu.Unlock()
-	if closed {
-		_ = p.release(b.ptr, b.class)
-	}
+	p.cache.put(b.ptr, b.class)
 	b.ptr = nil
 }
 
 // Trim gives every cached block back to the system and returns the bytes released.
-func (p *HostPool) Trim() (uint64, error) {
-	p.mu.Lock()
-	cached := p.cached
-	p.cached = map[int][]unsafe.Pointer{}
-	p.mu.Unlock()
-	var released uint64
-	var errs []error
-	for class, blocks := range cached {
-		for _, ptr := range blocks {
-			if err := p.release(ptr, class); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			released += uint64(class)
-		}
-	}
-	return released, errors.Join(errs...)
-}
+func (p *HostPool) Trim() (uint64, error) { return p.cache.trim() }
 
-func (p *HostPool) close() error {
-	p.mu.Lock()
-	p.closed = true
-	p.mu.Unlock()
-	_, err := p.Trim()
-	return err
-}
+func (p *HostPool) close() error { return p.cache.close() }
 
 // DeviceBuffer is device memory from a DevicePool.
 type DeviceBuffer struct {
@@ -177,13 +212,15 @@ func (b *DeviceBuffer) Len() int { return b.size }
 // of the frameworks. Its bytes show in the memory check: engine_reserved (held from the driver),
 // engine_allocated (handed out), the peak, the allocation count and failures. Safe for concurrent use.
 type DevicePool struct {
-	e      *Engine
-	mu     sync.Mutex
-	cached map[int][]DevicePtr
-	closed bool
+	e     *Engine
+	cache *blockCache[DevicePtr]
 }
 
-func newDevicePool(e *Engine) *DevicePool { return &DevicePool{e: e, cached: map[int][]DevicePtr{}} }
+func newDevicePool(e *Engine) *DevicePool {
+	p := &DevicePool{e: e}
+	p.cache = newBlockCache(p.release)
+	return p
+}
 
 // Alloc returns n bytes of device memory (n > 0). It fails with ErrUnsupported on the CPU engine.
 func (p *DevicePool) Alloc(n int) (*DeviceBuffer, error) {
@@ -194,18 +231,11 @@ func (p *DevicePool) Alloc(n int) (*DeviceBuffer, error) {
 		return nil, fmt.Errorf("%w: the CPU engine has no device memory", ErrUnsupported)
 	}
 	class := sizeClass(n)
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
+	ptr, ok, closed := p.cache.take(class)
+	if closed {
 		return nil, fmt.Errorf("%w: device pool of the engine on device %d", ErrClosed, p.e.device)
 	}
-	var ptr DevicePtr
-	if blocks := p.cached[class]; len(blocks) > 0 {
-		ptr = blocks[len(blocks)-1]
-		p.cached[class] = blocks[:len(blocks)-1]
-	}
-	p.mu.Unlock()
-	if ptr == 0 {
+	if !ok {
 		var err error
 		if ptr, err = p.e.ctx.MemAlloc(class); err != nil {
 			p.e.acct.Failure()
@@ -217,6 +247,14 @@ func (p *DevicePool) Alloc(n int) (*DeviceBuffer, error) {
 	return &DeviceBuffer{ptr: ptr, size: n, class: class}, nil
 }
 
+func (p *DevicePool) release(ptr DevicePtr, class int) error {
+	if err := p.e.ctx.MemFree(ptr); err != nil {
+		return err
+	}
+	p.e.acct.Unreserve(uint64(class))
+	return nil
+}
+
 // Free returns b to the cache. b must not be used afterwards; the caller orders the device work that
 // used it before any reuse (the iterator does so with events).
 func (p *DevicePool) Free(b *DeviceBuffer) {
@@ -224,45 +262,11 @@ func (p *DevicePool) Free(b *DeviceBuffer) {
 		return
 	}
 	p.e.acct.Free(uint64(b.class))
-	p.mu.Lock()
-	closed := p.closed
-	if !closed {
-		p.cached[b.class] = append(p.cached[b.class], b.ptr)
-	}
-	p.mu.Unlock()
-	if closed {
-		if err := p.e.ctx.MemFree(b.ptr); err == nil {
-			p.e.acct.Unreserve(uint64(b.class))
-		}
-	}
+	p.cache.put(b.ptr, b.class)
 	b.ptr = 0
 }
 
 // Trim gives every cached block back to the driver and returns the bytes released.
-func (p *DevicePool) Trim() (uint64, error) {
-	p.mu.Lock()
-	cached := p.cached
-	p.cached = map[int][]DevicePtr{}
-	p.mu.Unlock()
-	var released uint64
-	var errs []error
-	for class, blocks := range cached {
-		for _, ptr := range blocks {
-			if err := p.e.ctx.MemFree(ptr); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			p.e.acct.Unreserve(uint64(class))
-			released += uint64(class)
-		}
-	}
-	return released, errors.Join(errs...)
-}
+func (p *DevicePool) Trim() (uint64, error) { return p.cache.trim() }
 
-func (p *DevicePool) close() error {
-	p.mu.Lock()
-	p.closed = true
-	p.mu.Unlock()
-	_, err := p.Trim()
-	return err
-}
+func (p *DevicePool) close() error { return p.cache.close() }
