@@ -3,6 +3,7 @@
 // GPU tests skip without a GPU, and fail instead when FERRY_REQUIRE_GPU=1.
 
 #include "ferry.hpp"
+#include "helpers.hpp"
 
 #include <gtest/gtest.h>
 
@@ -40,17 +41,7 @@ bool require_gpu() {
         }                                                                                        \
     } while (0)
 
-// Runs f, which must throw ferry::error, and returns the error.
-template <typename F>
-ferry::error expect_error(F&& f) {
-    try {
-        f();
-    } catch (const ferry::error& e) {
-        return e;
-    }
-    ADD_FAILURE() << "no ferry::error was thrown";
-    return ferry::error(FERRY_OK, "");
-}
+using ferry_test::expect_error;
 
 // ---------------------------------------------------------------------------------------------------
 // Types and errors

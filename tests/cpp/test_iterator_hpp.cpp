@@ -33,7 +33,13 @@
 #include <utility>
 #include <vector>
 
+#include "helpers.hpp"
+
 namespace {
+
+using ferry_test::env_on;
+using ferry_test::expect_error;
+using ferry_test::fresh_seed;
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
@@ -42,29 +48,6 @@ using bytes = std::vector<uint8_t>;
 // ---------------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------------
-
-bool env_on(const char* name) {
-    const char* v = std::getenv(name);
-    return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
-}
-
-// A fresh seed per run, printed on failure through SCOPED_TRACE by the tests that use it.
-uint64_t fresh_seed() {
-    std::random_device rd;
-    return (static_cast<uint64_t>(rd()) << 32) ^ rd();
-}
-
-// Runs f, which must throw ferry::error, and returns the error.
-template <typename F>
-ferry::error expect_error(F&& f) {
-    try {
-        f();
-    } catch (const ferry::error& e) {
-        return e;
-    }
-    ADD_FAILURE() << "no ferry::error was thrown";
-    return ferry::error(FERRY_OK, "");
-}
 
 // A data set in host memory: per field, n samples back to back. It is the reference for every check.
 struct dataset {

@@ -26,7 +26,13 @@
 #include <utility>
 #include <vector>
 
+#include "helpers.hpp"
+
 namespace {
+
+using ferry_test::env_on;
+using ferry_test::expect_error;
+using ferry_test::fresh_seed;
 
 using namespace std::chrono_literals;
 
@@ -40,28 +46,6 @@ static_assert(!std::is_copy_constructible_v<ferry::advisor>, "advisor is move-on
 static_assert(std::is_nothrow_move_constructible_v<ferry::advisor>, "advisor moves");
 static_assert(!std::is_copy_constructible_v<ferry::callback_registration>, "registration is move-only");
 static_assert(std::is_nothrow_move_constructible_v<ferry::callback_registration>, "registration moves");
-
-bool env_on(const char* name) {
-    const char* v = std::getenv(name);
-    return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
-}
-
-uint64_t fresh_seed() {
-    std::random_device rd;
-    return (static_cast<uint64_t>(rd()) << 32) ^ rd();
-}
-
-// Runs f, which must throw ferry::error, and returns the error.
-template <typename F>
-ferry::error expect_error(F&& f) {
-    try {
-        f();
-    } catch (const ferry::error& e) {
-        return e;
-    }
-    ADD_FAILURE() << "no ferry::error was thrown";
-    return ferry::error(FERRY_OK, "");
-}
 
 // True when the error's message mentions word (case-insensitive).
 bool mentions(const ferry::error& e, std::string word) {
