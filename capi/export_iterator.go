@@ -135,6 +135,14 @@ func ferry_iterator_len(h C.uintptr_t, n *C.int64_t) C.ferry_status {
 	})
 }
 
+// checkPosition validates a ferry_iterator_position argument.
+func checkPosition(st *C.ferry_iterator_position) error {
+	if st == nil {
+		return errNull("state")
+	}
+	return checkSize("ferry_iterator_position", st.size, C.FERRY_CAPI_V1_ITERATOR_POSITION)
+}
+
 //export ferry_iterator_state
 func ferry_iterator_state(h C.uintptr_t, st *C.ferry_iterator_position) C.ferry_status {
 	return call("ferry_iterator_state", func() error {
@@ -142,10 +150,7 @@ func ferry_iterator_state(h C.uintptr_t, st *C.ferry_iterator_position) C.ferry_
 		if err != nil {
 			return err
 		}
-		if st == nil {
-			return errNull("state")
-		}
-		if err := checkSize("ferry_iterator_position", st.size, C.FERRY_CAPI_V1_ITERATOR_POSITION); err != nil {
+		if err := checkPosition(st); err != nil {
 			return err
 		}
 		pos := it.State()
@@ -161,10 +166,7 @@ func ferry_iterator_restore(h C.uintptr_t, st *C.ferry_iterator_position) C.ferr
 		if err != nil {
 			return err
 		}
-		if st == nil {
-			return errNull("state")
-		}
-		if err := checkSize("ferry_iterator_position", st.size, C.FERRY_CAPI_V1_ITERATOR_POSITION); err != nil {
+		if err := checkPosition(st); err != nil {
 			return err
 		}
 		return it.Restore(engine.IteratorState{Epoch: uint64(st.epoch), Batch: int(st.batch)})

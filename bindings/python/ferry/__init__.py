@@ -11,7 +11,7 @@ subclasses, one per library status.
 
 from ._device import DeviceInfo, SystemInfo, device_count, device_info, devices, system_info, version
 from ._engine import CPU, Engine, MemorySnapshot, Pressure
-from . import _errors
+from . import _errors, _sources
 from ._errors import (
     ClosedError,
     CudaError,
@@ -73,15 +73,6 @@ __all__ = [
     "AdvisorFit",
     "torch_min_reduce",
     "AutoBatch",
-    # sources
-    "Source",
-    "FieldSpec",
-    "ArraySource",
-    "RecordSource",
-    "CIFAR10Source",
-    "NpySource",
-    "TokenSource",
-    "CallbackSource",
     # iterator, batches, loaders
     "Iterator",
     "Batch",
@@ -89,4 +80,4 @@ __all__ = [
     "Loader",
     "OptimizedDataLoader",
     "PrefetchLoader",
-] + _errors.__all__
+] + _sources.__all__ + _errors.__all__
