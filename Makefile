@@ -14,16 +14,18 @@ export CGO_ENABLED := 1
 export CGO_CFLAGS  ?= -O2 -Wall
 
 LIB_LDFLAGS  := -s -w -extldflags '-Wl,-soname,libferry.so.$(SOVERSION) -Wl,--version-script=$(CURDIR)/capi/libferry.map'
-GO_SOURCES   := $(shell find engine capi cmd -name '*.go' -o -name '*.c' -o -name '*.h' -o -name '*.map' 2>/dev/null) go.mod go.sum
+GO_SOURCES   := $(shell find engine capi cmd kernels -name '*.go' -o -name '*.c' -o -name '*.h' -o -name '*.map' 2>/dev/null) kernels/ferry_kernels.fatbin go.mod go.sum
+NVCC         ?= $(shell command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)
 
-.PHONY: all build lib cli test test-go test-harness test-python test-cpp check demo gpu-bundle bench clean help
+.PHONY: all build lib cli test test-go test-harness test-python test-cpp check check-kernels kernels demo gpu-bundle bench clean help
 
 all: build
 
 help:
 	@echo "make build       libferry.so, ferry.h and the ferry CLI under $(BUILD)/"
 	@echo "make test        every test: Go (-race), the C-ABI harness, pytest, C/C++ (ctest)"
-	@echo "make check       gofmt, go vet, go mod tidy, header compiles as C99 and C++17"
+	@echo "make check       gofmt, go vet, go mod tidy, header compiles as C99 and C++17, kernel stamp"
+	@echo "make kernels     rebuild kernels/ferry_kernels.fatbin with nvcc (NVCC=/path/to/nvcc) and its stamp"
 	@echo "make demo        build, then run ferry demo"
 	@echo "make bench       memory-check benchmarks on this machine"
 	@echo "make gpu-bundle  everything the GPU run needs, under $(BUILD)/gpu"
@@ -64,7 +66,19 @@ test-cpp: lib
 	cmake --build $(BUILD)/cmake -j2
 	ctest --test-dir $(BUILD)/cmake --output-on-failure
 
-check:
+kernels:
+	cmake -S kernels -B $(BUILD)/kernels -DCMAKE_CUDA_COMPILER=$(NVCC) >/dev/null
+	cmake --build $(BUILD)/kernels
+	cp $(BUILD)/kernels/ferry_kernels.fatbin kernels/ferry_kernels.fatbin
+	kernels/stamp.sh > kernels/ferry_kernels.stamp
+	@echo "kernels: ferry_kernels.fatbin rebuilt, stamp $$(cat kernels/ferry_kernels.stamp)"
+
+check-kernels:
+	@if [ "$$(kernels/stamp.sh)" != "$$(cat kernels/ferry_kernels.stamp)" ]; then \
+		echo "kernels/ferry_kernels.fatbin is stale: the kernel sources changed since it was built; run make kernels"; \
+		exit 1; fi
+
+check: check-kernels
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet ./...
 	@cp go.mod $(BUILD)/go.mod.bak 2>/dev/null || (mkdir -p $(BUILD) && cp go.mod $(BUILD)/go.mod.bak); \

@@ -48,6 +48,9 @@ type Engine struct {
 	seq      uint64
 	listener func(*MemorySnapshot)
 
+	kern kernelSet     // the fatbin, loaded on first use
+	regs registrations // source memory registered with the driver
+
 	closed atomic.Bool
 	stop   chan struct{}
 	done   chan struct{}
@@ -214,7 +217,7 @@ func (e *Engine) Close() error {
 	}
 	errs = append(errs, e.hostPool.close())
 	if e.gpu {
-		errs = append(errs, e.devPool.close())
+		errs = append(errs, e.devPool.close(), e.unloadKernels())
 	}
 	// Wait for any publish in flight, then drop the listener so none runs after Close.
 	e.mu.Lock()

@@ -36,6 +36,14 @@ type IteratorOptions struct {
 	Workers         int           // gather goroutines; default min(GOMAXPROCS, 16)
 	Prefetch        int           // batches in flight (the ring depth), >= 2; default 4
 	Timeout         time.Duration // the longest one Next waits for data; default 5 min
+	// Transforms lays fields out on the device right after the copy (on the host on the CPU engine), by
+	// source field name: Normalize, ShiftTokens, PadSequences. The batch's fields are their outputs.
+	Transforms map[string]Transform
+	// Staging picks how samples cross to the device; StagingAuto picks the fastest that applies.
+	Staging Staging
+	// PinnedBudget is the most source memory (bytes) the iterator registers with the driver for
+	// StagingMapped or StagingDMA; 0 means a quarter of physical memory, negative never registers.
+	PinnedBudget int64
 }
 
 // IteratorState is the position of an iterator: the next batch Next returns. It is all an exact resume
@@ -47,7 +55,7 @@ type IteratorState = SamplerState
 type IteratorStats struct {
 	Batches uint64        // batches returned by Next
 	Samples uint64        // samples in them
-	Bytes   uint64        // bytes in them (what crossed to the device on a GPU)
+	Bytes   uint64        // bytes of source data in them: what crossed to the device on a GPU
 	Stall   time.Duration // time Next spent waiting for data: the input-bound share of a training loop
 }
 
@@ -120,9 +128,14 @@ func (b *Batch) Release(consumer Stream) error {
 // slot is one buffer set of the ring. Batch q of the pipeline's sequence uses slot q % depth; the free,
 // filled and ready channels (capacity 1, written without blocking) pass it from stage to stage.
 type slot struct {
-	id   int
-	host []*HostBuffer
-	dev  []*DeviceBuffer
+	id      int
+	host    []*HostBuffer   // per source field: host staging (StagingGather); else nil
+	hostOut []*HostBuffer   // per batch field made on the host by a transform; else nil
+	devIn   []*DeviceBuffer // per source field that a kernel transforms after a DMA; else nil
+	dev     []*DeviceBuffer // per batch field: the batch on the device
+	meta    *HostBuffer     // page-locked per-batch metadata (see metaLayout); nil when not needed
+	devMeta *DeviceBuffer
+	params  []byte // the copier's scratch for kernel parameters
 
 	copied       cuda.Event // recorded on the iterator's stream after the batch's copies
 	released     cuda.Event // recorded on the consumer's stream at release
@@ -135,6 +148,9 @@ type slot struct {
 	epoch     uint64
 	batch     int
 	indices   []int
+	width     int    // the padded length of a variable-length field in this batch
+	staged    int    // bytes of source data in this batch
+	aligned   []bool // per source field: every sample starts 16-byte aligned in its region
 	remaining atomic.Int32
 	errOnce   sync.Once
 	err       error       // the batch's first error; read after the slot is signalled filled
@@ -177,11 +193,24 @@ type task struct {
 type Iterator struct {
 	e       *Engine
 	src     Source
-	fields  []Field
+	fields  []Field // the source's
+	outs    []Field // the batch's, after the transforms
+	outSrc  []int   // per batch field, the source field it comes from
+	plans   []fieldPlan
 	sampler *Sampler
 	opts    IteratorOptions
 	stream  cuda.Stream
 	slots   []*slot
+
+	staging     Staging
+	stagingWhy  string
+	hostXform   bool       // transforms run on the host (CPU engine, or the kernels did not load)
+	kern        *kernelSet // nil when the kernels are not used
+	backed      MemoryBacked
+	regions     []*registration // per source field, for StagingDMA and StagingMapped
+	regionMem   [][]byte
+	ragged      Ragged
+	raggedField int
 
 	mu       sync.Mutex // Next, Restore, Close
 	pos      IteratorState
@@ -247,7 +276,14 @@ func (e *Engine) NewIterator(src Source, opts IteratorOptions) (*Iterator, error
 	if err != nil {
 		return nil, err
 	}
+	if opts.Staging < StagingAuto || opts.Staging > StagingMapped {
+		return nil, fmt.Errorf("%w: unknown staging %v", ErrInvalidArgument, opts.Staging)
+	}
 	it := &Iterator{e: e, src: src, fields: fields, sampler: sampler, opts: opts}
+	if err := it.planFields(opts.Transforms); err != nil {
+		return nil, err
+	}
+	it.chooseStaging()
 	if err := it.allocate(); err != nil {
 		it.free()
 		return nil, err
@@ -270,23 +306,51 @@ func (it *Iterator) allocate() error {
 		}
 		it.stream = s
 	}
+	b := it.opts.BatchSize
+	_, _, _, metaSize := it.metaLayout()
 	for i := 0; i < it.opts.Prefetch; i++ {
-		s := &slot{id: i, free: make(chan struct{}, 1), filled: make(chan struct{}, 1), ready: make(chan struct{}, 1)}
+		s := &slot{id: i, free: make(chan struct{}, 1), filled: make(chan struct{}, 1), ready: make(chan struct{}, 1),
+			aligned: make([]bool, len(it.fields))}
 		it.slots = append(it.slots, s)
 		s.free <- struct{}{}
-		for _, f := range it.fields {
-			n := f.Bytes() * it.opts.BatchSize
-			h, err := e.hostPool.Alloc(n)
-			if err != nil {
-				return err
-			}
-			s.host = append(s.host, h)
-			if e.gpu {
-				d, err := e.devPool.Alloc(n)
-				if err != nil {
+		s.host = make([]*HostBuffer, len(it.fields))
+		s.devIn = make([]*DeviceBuffer, len(it.fields))
+		s.hostOut = make([]*HostBuffer, len(it.outs))
+		s.dev = make([]*DeviceBuffer, len(it.outs))
+		for f, p := range it.plans {
+			n := p.in.Bytes() * b
+			var err error
+			if it.needsHostStaging() {
+				if s.host[f], err = e.hostPool.Alloc(n); err != nil {
 					return err
 				}
-				s.dev = append(s.dev, d)
+			}
+			if e.gpu && p.t != nil && !it.hostXform && it.staging != StagingMapped {
+				if s.devIn[f], err = e.devPool.Alloc(n); err != nil {
+					return err
+				}
+			}
+			for _, g := range p.outs {
+				m := it.outs[g].Bytes() * b
+				if p.t != nil && it.hostXform {
+					if s.hostOut[g], err = e.hostPool.Alloc(m); err != nil {
+						return err
+					}
+				}
+				if e.gpu {
+					if s.dev[g], err = e.devPool.Alloc(m); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		if it.needsMeta() {
+			var err error
+			if s.meta, err = e.hostPool.Alloc(metaSize); err != nil {
+				return err
+			}
+			if s.devMeta, err = e.devPool.Alloc(metaSize); err != nil {
+				return err
 			}
 		}
 		if e.gpu {
@@ -302,15 +366,24 @@ func (it *Iterator) allocate() error {
 	return nil
 }
 
-// free returns everything allocate took. The pipeline must be stopped.
+// free returns everything allocate took and the source memory's registrations. The pipeline must be
+// stopped.
 func (it *Iterator) free() {
 	e := it.e
 	for _, s := range it.slots {
-		for _, h := range s.host {
-			e.hostPool.Free(h)
+		for _, bufs := range [][]*HostBuffer{s.host, s.hostOut, {s.meta}} {
+			for _, h := range bufs {
+				if h != nil {
+					e.hostPool.Free(h)
+				}
+			}
 		}
-		for _, d := range s.dev {
-			e.devPool.Free(d)
+		for _, bufs := range [][]*DeviceBuffer{s.devIn, s.dev, {s.devMeta}} {
+			for _, d := range bufs {
+				if d != nil {
+					e.devPool.Free(d)
+				}
+			}
 		}
 		if s.copied != 0 {
 			_ = e.ctx.EventDestroy(s.copied)
@@ -324,13 +397,25 @@ func (it *Iterator) free() {
 		_ = e.ctx.StreamDestroy(it.stream)
 		it.stream = 0
 	}
+	for _, r := range it.regions {
+		if err := e.unregister(r); err != nil {
+			e.log.Warn().Err(err).Msg("unregistering source memory")
+		}
+	}
+	it.regions = nil
 }
+
+// Staging is the strategy the iterator uses and why it was picked (e.g. why it fell back to gather).
+func (it *Iterator) Staging() (Staging, string) { return it.staging, it.stagingWhy }
 
 // BatchesPerEpoch is the number of batches Next returns per epoch on this rank.
 func (it *Iterator) BatchesPerEpoch() int { return it.sampler.BatchesPerEpoch() }
 
-// Fields is the layout of one sample.
-func (it *Iterator) Fields() []Field { return it.fields }
+// Fields is the layout of one sample of the batches: the source's fields after the transforms.
+func (it *Iterator) Fields() []Field { return it.outs }
+
+// SourceFields is the layout of one sample of the source.
+func (it *Iterator) SourceFields() []Field { return it.fields }
 
 // Options returns the options in effect, defaults filled in.
 func (it *Iterator) Options() IteratorOptions { return it.opts }
@@ -347,6 +432,9 @@ func (it *Iterator) Stats() IteratorStats {
 // The sequence numbering continues across restarts, so that the new pipeline begins at the slot after
 // the last one handed out: a slot the caller still holds is reused last, not first.
 func (it *Iterator) start(from IteratorState) {
+	if testHookStart != nil {
+		testHookStart(it)
+	}
 	p := &pipeline{stop: make(chan struct{})}
 	it.run = p
 	tasks := make(chan task, it.opts.Workers*4)
@@ -397,9 +485,10 @@ func (it *Iterator) produce(p *pipeline, tasks chan<- task, pos IteratorState, s
 		}
 		pos = it.advance(pos)
 		rows := len(s.indices)
+		it.prepare(s)
 		chunk := max(1, (rows+2*it.opts.Workers-1)/(2*it.opts.Workers))
 		n := (rows + chunk - 1) / chunk
-		if n == 0 || s.failed.Load() {
+		if n == 0 || s.failed.Load() || !it.needsHostStaging() {
 			signal(s.filled)
 			continue
 		}
@@ -413,6 +502,10 @@ func (it *Iterator) produce(p *pipeline, tasks chan<- task, pos IteratorState, s
 		}
 	}
 }
+
+// testHookStart, when set by a test, runs before each pipeline starts, with nothing in flight (tests
+// poison the ring's device buffers there).
+var testHookStart func(*Iterator)
 
 // errStopped is returned by waits that a pipeline stop interrupted.
 var errStopped = errors.New("pipeline stopped")
@@ -465,6 +558,8 @@ func (it *Iterator) work(p *pipeline, tasks <-chan task) {
 			}
 			if err := it.src.ReadSample(s.indices[r], dst); err != nil {
 				s.fail(fmt.Errorf("batch %d of epoch %d: %w", s.batch, s.epoch, err))
+			} else if it.hostXform {
+				it.transformRow(s, r, dst)
 			}
 		}
 		if s.remaining.Add(-1) == 0 {
@@ -500,25 +595,6 @@ func (it *Iterator) copyLoop(p *pipeline, seq uint64) {
 		}
 		signal(s.ready)
 	}
-}
-
-func (it *Iterator) copyToDevice(s *slot) error {
-	ctx := it.e.ctx
-	if s.mustWaitRels {
-		// The consumer's stream may still read this slot's device buffers: order the copy after it.
-		if err := ctx.StreamWaitEvent(it.stream, s.released); err != nil {
-			return err
-		}
-		s.mustWaitRels = false
-	}
-	rows := len(s.indices)
-	for f, fl := range it.fields {
-		n := rows * fl.Bytes()
-		if err := ctx.MemcpyHtoDAsync(s.dev[f].Ptr(), s.host[f].Pointer(), n, it.stream); err != nil {
-			return err
-		}
-	}
-	return ctx.EventRecord(s.copied, it.stream)
 }
 
 // Next returns the next batch. On a GPU it makes consumer (the stream that will use the batch) wait for
@@ -564,20 +640,28 @@ func (it *Iterator) Next(ctx context.Context, consumer Stream) (*Batch, error) {
 		}
 	}
 	b := &Batch{Epoch: s.epoch, Index: s.batch, Indices: s.indices, OnGPU: it.e.gpu, it: it, s: s}
-	var total int
-	for f, fl := range it.fields {
-		n := len(s.indices) * fl.Bytes()
-		bf := BatchField{Field: fl, Shape: append([]int{len(s.indices)}, fl.Shape...), Bytes: n, Host: s.host[f].Bytes()[:n]}
-		if it.e.gpu {
-			bf.Device = s.dev[f].Ptr()
+	b.Fields = make([]BatchField, len(it.outs))
+	for g, o := range it.outs {
+		shape := it.batchShape(s, g)
+		n := o.DType.Size()
+		for _, d := range shape {
+			n *= d
 		}
-		b.Fields = append(b.Fields, bf)
-		total += n
+		bf := BatchField{Field: o, Shape: shape, Bytes: n}
+		if h := s.hostOut[g]; h != nil {
+			bf.Host = h.Bytes()[:n]
+		} else if f := it.outSrc[g]; it.plans[f].t == nil && s.host[f] != nil {
+			bf.Host = s.host[f].Bytes()[:n]
+		}
+		if it.e.gpu {
+			bf.Device = s.dev[g].Ptr()
+		}
+		b.Fields[g] = bf
 	}
 	s.held.Store(true)
 	it.batches.Add(1)
 	it.samples.Add(uint64(len(s.indices)))
-	it.bytes.Add(uint64(total))
+	it.bytes.Add(uint64(s.staged))
 	return b, nil
 }
 

@@ -26,12 +26,16 @@ CUresult cuInit(unsigned flags) { return flags == 0 ? 0 : 1; }
 CUresult cuDriverGetVersion(int* v) { *v = 13000; return 0; }
 CUresult cuGetErrorName(CUresult r, const char** s) {
     *s = r == 201 ? "CUDA_ERROR_INVALID_CONTEXT" : r == 101 ? "CUDA_ERROR_INVALID_DEVICE"
-       : r == 2 ? "CUDA_ERROR_OUT_OF_MEMORY" : r == 400 ? "CUDA_ERROR_INVALID_HANDLE" : "CUDA_ERROR_UNKNOWN";
+       : r == 2 ? "CUDA_ERROR_OUT_OF_MEMORY" : r == 400 ? "CUDA_ERROR_INVALID_HANDLE"
+       : r == 209 ? "CUDA_ERROR_NO_BINARY_FOR_GPU" : r == 712 ? "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED"
+       : "CUDA_ERROR_UNKNOWN";
     return 0;
 }
 CUresult cuGetErrorString(CUresult r, const char** s) {
     *s = r == 201 ? "invalid device context" : r == 101 ? "invalid device ordinal"
-       : r == 2 ? "out of memory" : r == 400 ? "invalid resource handle" : "unknown error";
+       : r == 2 ? "out of memory" : r == 400 ? "invalid resource handle"
+       : r == 209 ? "no kernel image is available for execution on the device"
+       : r == 712 ? "part or all of the requested memory range is already mapped" : "unknown error";
     return 0;
 }
 CUresult cuDeviceGetCount(int* n) { *n = 1; return 0; }
@@ -65,6 +69,8 @@ CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice d) {
     case 40: *v = 3; return 0;            /* async engines */
     case 75: *v = 9; return 0;            /* cc major */
     case 76: *v = 0; return 0;            /* cc minor */
+    case 41: *v = 1; return 0;            /* unified addressing */
+    case 91: *v = 1; return 0;            /* host pointer usable for registered memory */
     }
     return 1; /* CUDA_ERROR_INVALID_VALUE */
 }
@@ -130,4 +136,50 @@ CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total_bytes) {
     *free_bytes = (size_t)70 << 30;
     *total_bytes = (size_t)80 << 30;
     return 0;
+}
+
+/*
+ * Registered host memory: the fake device addresses host memory directly, so the device pointer is the host
+ * pointer. A range registered twice fails as the driver does. Kernels cannot run here: loading a module
+ * fails with CUDA_ERROR_NO_BINARY_FOR_GPU, which sends the engine down its host-transform path.
+ */
+#define MAX_REGISTERED 64
+static void* registered[MAX_REGISTERED];
+CUresult cuMemHostRegister_v2(void* p, size_t n, unsigned flags) {
+    NEED_CONTEXT();
+    (void)flags;
+    if (p == NULL || n == 0) return 1;
+    if (env_is("FAKECUDA_FAIL_REGISTER")) return 2;
+    for (int i = 0; i < MAX_REGISTERED; i++) if (registered[i] == p) return 712;
+    for (int i = 0; i < MAX_REGISTERED; i++) {
+        if (registered[i] == NULL) { registered[i] = p; return 0; }
+    }
+    return 2;
+}
+CUresult cuMemHostUnregister(void* p) {
+    NEED_CONTEXT();
+    for (int i = 0; i < MAX_REGISTERED; i++) {
+        if (registered[i] == p) { registered[i] = NULL; return 0; }
+    }
+    return 713; /* CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED */
+}
+int fakecuda_registered(void) {
+    int n = 0;
+    for (int i = 0; i < MAX_REGISTERED; i++) n += registered[i] != NULL;
+    return n;
+}
+CUresult cuMemHostGetDevicePointer_v2(CUdeviceptr* d, void* p, unsigned flags) {
+    NEED_CONTEXT();
+    if (flags != 0) return 1;
+    *d = (CUdeviceptr)(size_t)p;
+    return 0;
+}
+CUresult cuModuleLoadData(void** m, const void* image) { NEED_CONTEXT(); (void)m; (void)image; return 209; }
+CUresult cuModuleUnload(void* m) { NEED_CONTEXT(); (void)m; return 400; }
+CUresult cuModuleGetFunction(void** f, void* m, const char* name) { NEED_CONTEXT(); (void)f; (void)m; (void)name; return 400; }
+CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned shared, void* s, void** params, void** extra) {
+    NEED_CONTEXT();
+    (void)f; (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)shared; (void)s; (void)params; (void)extra;
+    return 400;
 }

@@ -195,6 +195,9 @@ const (
 	AttrAsyncEngineCount       Attribute = C.FERRY_CU_ATTR_ASYNC_ENGINE_COUNT
 	AttrComputeCapabilityMajor Attribute = C.FERRY_CU_ATTR_COMPUTE_CAPABILITY_MAJOR
 	AttrComputeCapabilityMinor Attribute = C.FERRY_CU_ATTR_COMPUTE_CAPABILITY_MINOR
+	AttrUnifiedAddressing      Attribute = C.FERRY_CU_ATTR_UNIFIED_ADDRESSING
+	// AttrHostPointerForRegisteredMem: the device can use a registered host pointer as is.
+	AttrHostPointerForRegisteredMem Attribute = C.FERRY_CU_ATTR_CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM
 )
 
 // Attribute returns one integer attribute of the device.

@@ -41,6 +41,14 @@ static struct {
     CUresult (*event_destroy)(CUevent);
     CUresult (*event_record)(CUevent, CUstream);
     CUresult (*event_query)(CUevent);
+    CUresult (*mem_host_register)(void*, size_t, unsigned int);
+    CUresult (*mem_host_unregister)(void*);
+    CUresult (*mem_host_get_device_pointer)(CUdeviceptr*, void*, unsigned int);
+    CUresult (*module_load_data)(CUmodule*, const void*);
+    CUresult (*module_unload)(CUmodule);
+    CUresult (*module_get_function)(CUfunction*, CUmodule, const char*);
+    CUresult (*launch_kernel)(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int,
+                              unsigned int, unsigned int, CUstream, void**, void**);
 } cu;
 
 static void* handle;
@@ -107,6 +115,13 @@ int ferry_cu_load(const char* path, char* err, size_t errlen) {
     RESOLVE(event_destroy, "cuEventDestroy_v2", NULL);
     RESOLVE(event_record, "cuEventRecord", NULL);
     RESOLVE(event_query, "cuEventQuery", NULL);
+    RESOLVE(mem_host_register, "cuMemHostRegister_v2", "cuMemHostRegister");
+    RESOLVE(mem_host_unregister, "cuMemHostUnregister", NULL);
+    RESOLVE(mem_host_get_device_pointer, "cuMemHostGetDevicePointer_v2", NULL);
+    RESOLVE(module_load_data, "cuModuleLoadData", NULL);
+    RESOLVE(module_unload, "cuModuleUnload", NULL);
+    RESOLVE(module_get_function, "cuModuleGetFunction", NULL);
+    RESOLVE(launch_kernel, "cuLaunchKernel", NULL);
 #undef RESOLVE
     CUresult r = cu.init(0);
     if (r != 0) {
@@ -227,3 +242,51 @@ CUresult ferry_cu_event_record(CUcontext ctx, uintptr_t e, uintptr_t s) {
     WITH_CONTEXT(ctx, cu.event_record(EVENT(e), STREAM(s)));
 }
 CUresult ferry_cu_event_query(CUcontext ctx, uintptr_t e) { WITH_CONTEXT(ctx, cu.event_query(EVENT(e))); }
+
+CUresult ferry_cu_mem_host_register(CUcontext ctx, uintptr_t p, size_t bytes, unsigned int flags) {
+    WITH_CONTEXT(ctx, cu.mem_host_register((void*)p, bytes, flags));
+}
+CUresult ferry_cu_mem_host_unregister(CUcontext ctx, uintptr_t p) {
+    WITH_CONTEXT(ctx, cu.mem_host_unregister((void*)p));
+}
+CUresult ferry_cu_mem_host_get_device_pointer(CUcontext ctx, CUdeviceptr* d, uintptr_t p) {
+    WITH_CONTEXT(ctx, cu.mem_host_get_device_pointer(d, (void*)p, 0));
+}
+
+static CUresult htod_gather(CUdeviceptr dst, uintptr_t src, const uint64_t* offsets, int count, size_t bytes,
+                            CUstream s) {
+    for (int i = 0; i < count; i++) {
+        CUresult r = cu.memcpy_htod_async(dst + (CUdeviceptr)i * bytes, (const void*)(src + offsets[i]), bytes, s);
+        if (r != 0) return r;
+    }
+    return 0;
+}
+
+CUresult ferry_cu_memcpy_htod_gather(CUcontext ctx, CUdeviceptr dst, uintptr_t src, const uint64_t* offsets,
+                                     int count, size_t bytes, uintptr_t s) {
+    if (cu.memcpy_htod_async == NULL) return CU_NOT_INITIALIZED;
+    WITH_CONTEXT(ctx, htod_gather(dst, src, offsets, count, bytes, STREAM(s)));
+}
+
+CUresult ferry_cu_module_load_data(CUcontext ctx, uintptr_t* m, const void* image) {
+    CUmodule mod = NULL;
+    CUresult r;
+    WITH_CONTEXT(ctx, (r = CALL(module_load_data, &mod, image), *m = (uintptr_t)mod, r));
+}
+CUresult ferry_cu_module_unload(CUcontext ctx, uintptr_t m) { WITH_CONTEXT(ctx, cu.module_unload((CUmodule)m)); }
+CUresult ferry_cu_module_get_function(CUcontext ctx, uintptr_t* f, uintptr_t m, const char* name) {
+    CUfunction fn = NULL;
+    CUresult r;
+    WITH_CONTEXT(ctx, (r = cu.module_get_function(&fn, (CUmodule)m, name), *f = (uintptr_t)fn, r));
+}
+
+static CUresult launch(uintptr_t f, unsigned int gx, unsigned int gy, unsigned int bx, uintptr_t s, const void* params) {
+    void* args[1] = {(void*)params};
+    return cu.launch_kernel((CUfunction)f, gx, gy, 1, bx, 1, 1, 0, STREAM(s), args, NULL);
+}
+
+CUresult ferry_cu_launch(CUcontext ctx, uintptr_t f, unsigned int grid_x, unsigned int grid_y, unsigned int block_x,
+                         uintptr_t s, const void* params) {
+    if (cu.launch_kernel == NULL) return CU_NOT_INITIALIZED;
+    WITH_CONTEXT(ctx, launch(f, grid_x, grid_y, block_x, s, params));
+}

@@ -19,11 +19,17 @@ typedef struct CUctx_st* CUcontext;
 typedef struct CUstream_st* CUstream;
 typedef struct CUevent_st* CUevent;
 typedef unsigned long long CUdeviceptr;
+typedef struct CUmod_st* CUmodule;
+typedef struct CUfunc_st* CUfunction;
 
 /* CUDA_ERROR_NOT_READY: an event or stream query whose work has not completed. */
 #define FERRY_CU_NOT_READY 600
 /* cuMemHostAlloc flags. */
 #define FERRY_CU_MEMHOSTALLOC_PORTABLE 0x01
+/* cuMemHostRegister flags: portable across contexts, mapped into the device's address space, read-only. */
+#define FERRY_CU_MEMHOSTREGISTER_PORTABLE 0x01
+#define FERRY_CU_MEMHOSTREGISTER_DEVICEMAP 0x02
+#define FERRY_CU_MEMHOSTREGISTER_READ_ONLY 0x08
 /* cuStreamCreate flags: no implicit synchronization with the legacy default stream. */
 #define FERRY_CU_STREAM_NON_BLOCKING 0x1
 /* cuEventCreate flags. */
@@ -40,6 +46,8 @@ typedef unsigned long long CUdeviceptr;
 #define FERRY_CU_ATTR_ASYNC_ENGINE_COUNT 40
 #define FERRY_CU_ATTR_COMPUTE_CAPABILITY_MAJOR 75
 #define FERRY_CU_ATTR_COMPUTE_CAPABILITY_MINOR 76
+#define FERRY_CU_ATTR_UNIFIED_ADDRESSING 41
+#define FERRY_CU_ATTR_CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM 91
 
 /* Loads the driver from path, resolves every symbol and calls cuInit(0). Returns 0, a CUresult from cuInit,
    or FERRY_CU_LOAD_*; on failure err holds a message. Not thread-safe: the caller serializes it. */
@@ -73,6 +81,23 @@ CUresult ferry_cu_mem_free(CUcontext ctx, CUdeviceptr p);
 CUresult ferry_cu_memset_d8(CUcontext ctx, CUdeviceptr p, unsigned char value, size_t n);
 CUresult ferry_cu_memcpy_dtoh(CUcontext ctx, void* dst, CUdeviceptr src, size_t n);
 CUresult ferry_cu_memcpy_htod_async(CUcontext ctx, CUdeviceptr dst, const void* src, size_t n, uintptr_t s);
+
+/* Registers host memory (page-locks and maps it) for the device; unregisters it. */
+CUresult ferry_cu_mem_host_register(CUcontext ctx, uintptr_t p, size_t bytes, unsigned int flags);
+CUresult ferry_cu_mem_host_unregister(CUcontext ctx, uintptr_t p);
+/* The device address of registered or page-locked host memory. */
+CUresult ferry_cu_mem_host_get_device_pointer(CUcontext ctx, CUdeviceptr* d, uintptr_t p);
+/* One cuMemcpyHtoDAsync per sample: count copies of bytes each, from src + offsets[i] to dst + i*bytes. */
+CUresult ferry_cu_memcpy_htod_gather(CUcontext ctx, CUdeviceptr dst, uintptr_t src, const uint64_t* offsets,
+                                     int count, size_t bytes, uintptr_t s);
+
+/* Modules and kernels. */
+CUresult ferry_cu_module_load_data(CUcontext ctx, uintptr_t* m, const void* image);
+CUresult ferry_cu_module_unload(CUcontext ctx, uintptr_t m);
+CUresult ferry_cu_module_get_function(CUcontext ctx, uintptr_t* f, uintptr_t m, const char* name);
+/* Launches f on stream s with one by-value parameter, the struct at params (the driver copies it at launch). */
+CUresult ferry_cu_launch(CUcontext ctx, uintptr_t f, unsigned int grid_x, unsigned int grid_y, unsigned int block_x,
+                         uintptr_t s, const void* params);
 
 /* Streams and events. Handles cross into Go as uintptr_t (driver-owned pointers, never Go memory). */
 CUresult ferry_cu_stream_create(CUcontext ctx, uintptr_t* s);

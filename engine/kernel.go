@@ -1,0 +1,155 @@
+package engine
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/ferry-ml/ferry/engine/internal/cuda"
+	"github.com/ferry-ml/ferry/kernels"
+)
+
+// kernelNames is every kernel the engine looks up in the fatbin; a test checks each is in it.
+var kernelNames = []string{
+	"ferry_gather",
+	"ferry_image_f32_chw", "ferry_image_f32_hwc",
+	"ferry_image_f16_chw", "ferry_image_f16_hwc",
+	"ferry_image_bf16_chw", "ferry_image_bf16_hwc",
+	"ferry_tokens_u16", "ferry_tokens_u32",
+	"ferry_pad_u16", "ferry_pad_u32",
+}
+
+// kernelBlock is the threads per block of every launch.
+const kernelBlock = 256
+
+// kernelSet is the engine's module: the fatbin, loaded into the engine's context on first use, and its
+// kernels. A load failure (no binary for this GPU, a driver too old for the PTX) is kept, so the engine
+// falls back to host transforms and says why once.
+type kernelSet struct {
+	once   sync.Once
+	module cuda.Module
+	funcs  map[string]cuda.Function
+	sms    int
+	err    error
+}
+
+// kernels loads the module if it is not loaded yet and returns it, or the reason it cannot load.
+func (e *Engine) kernels() (*kernelSet, error) {
+	if !e.gpu {
+		return nil, fmt.Errorf("%w: kernels need a GPU engine", ErrUnsupported)
+	}
+	k := &e.kern
+	k.once.Do(func() {
+		if e.closed.Load() {
+			k.err = fmt.Errorf("%w: engine on device %d", ErrClosed, e.device)
+			return
+		}
+		m, err := e.ctx.ModuleLoadData(kernels.Fatbin)
+		if err != nil {
+			k.err = fmt.Errorf("%w: loading ferry's kernels on device %d: %w", ErrUnsupported, e.device, err)
+			e.log.Warn().Err(err).Msg("kernels unavailable: layout transforms run on the host")
+			return
+		}
+		funcs := map[string]cuda.Function{}
+		for _, name := range kernelNames {
+			f, err := e.ctx.ModuleGetFunction(m, name)
+			if err != nil {
+				_ = e.ctx.ModuleUnload(m)
+				k.err = fmt.Errorf("%w: kernel %s on device %d: %w", ErrUnsupported, name, e.device, err)
+				return
+			}
+			funcs[name] = f
+		}
+		sms := 0
+		if d, err := cudaDevice(e.device); err == nil {
+			sms, _ = d.Attribute(cuda.AttrMultiprocessorCount)
+		}
+		k.module, k.funcs, k.sms = m, funcs, max(sms, 1)
+		e.log.Debug().Int("kernels", len(funcs)).Msg("kernels loaded")
+	})
+	if k.err != nil {
+		return nil, k.err
+	}
+	return k, nil
+}
+
+// unloadKernels unloads the module; the engine is closing and nothing runs on its streams.
+func (e *Engine) unloadKernels() error {
+	if e.kern.module == 0 {
+		return nil
+	}
+	err := e.ctx.ModuleUnload(e.kern.module)
+	e.kern.module = 0
+	return err
+}
+
+// launch1D runs kernel name over n work items (one per thread, grid-stride beyond the grid's cap).
+func (k *kernelSet) launch1D(e *Engine, name string, n uint64, s Stream, params []byte) error {
+	f, ok := k.funcs[name]
+	if !ok {
+		return fmt.Errorf("%w: no kernel %s", ErrUnsupported, name)
+	}
+	if n == 0 {
+		return nil
+	}
+	blocks := (n + kernelBlock - 1) / kernelBlock
+	blocks = min(blocks, uint64(k.sms)*32)
+	return e.ctx.Launch(f, uint32(blocks), 1, kernelBlock, s, params)
+}
+
+// launchPerSample runs kernel name over a grid of (blocks per sample, batch).
+func (k *kernelSet) launchPerSample(e *Engine, name string, perSample uint32, batch int, s Stream, params []byte) error {
+	f, ok := k.funcs[name]
+	if !ok {
+		return fmt.Errorf("%w: no kernel %s", ErrUnsupported, name)
+	}
+	if batch == 0 {
+		return nil
+	}
+	if batch > 65535 {
+		return fmt.Errorf("%w: a batch of %d samples is more than kernel %s takes (65535)", ErrLimit, batch, name)
+	}
+	return e.ctx.Launch(f, perSample, uint32(batch), kernelBlock, s, params)
+}
+
+// LaunchTransform runs t's kernel on stream over batch samples of the field in that lie one after another
+// at src (device memory, or page-locked host memory, which kernels read across PCIe), writing each of t's
+// outputs ([batch, ...] each, in Outputs order) at the device addresses dst. It is the iterator's layout
+// step on its own, for data already on the device. Normalize runs without flips; PadSequences needs the
+// iterator (it takes per-sample lengths). The host does not wait.
+func (e *Engine) LaunchTransform(t Transform, in Field, batch int, src DevicePtr, dst []DevicePtr, stream Stream) error {
+	if e.closed.Load() {
+		return fmt.Errorf("%w: engine on device %d", ErrClosed, e.device)
+	}
+	if err := in.Validate(); err != nil {
+		return err
+	}
+	if t == nil {
+		return fmt.Errorf("%w: transform is nil", ErrInvalidArgument)
+	}
+	if _, ok := t.(PadSequences); ok {
+		return fmt.Errorf("%w: PadSequences runs inside an iterator (it needs each sample's length)", ErrUnsupported)
+	}
+	if batch <= 0 {
+		return fmt.Errorf("%w: batch %d must be positive", ErrInvalidArgument, batch)
+	}
+	p, outs, err := newFieldPlan(in, t, false)
+	if err != nil {
+		return err
+	}
+	if len(dst) != len(outs) {
+		return fmt.Errorf("%w: %v makes %d outputs; %d destinations were given", ErrInvalidArgument, t, len(outs), len(dst))
+	}
+	d := make([]uint64, len(dst))
+	for i, x := range dst {
+		if x == 0 || src == 0 {
+			return fmt.Errorf("%w: a source or destination address is 0", ErrInvalidArgument)
+		}
+		d[i] = uint64(x)
+	}
+	k, err := e.kernels()
+	if err != nil {
+		return err
+	}
+	_, err = p.launch(e, k, launchArgs{batch: batch, src: uint64(src), aligned: in.Bytes()%16 == 0, dst: d, stream: stream}, nil)
+	return err
+}

@@ -1,0 +1,132 @@
+package engine
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ferry-ml/ferry/engine/internal/cuda"
+)
+
+// Staging is how an iterator moves samples from host memory to the device.
+type Staging int
+
+// Staging strategies.
+const (
+	// StagingAuto picks the fastest strategy that applies: StagingMapped when the source is memory-backed,
+	// its memory fits the pinned budget and registers, and the kernels load; else StagingGather.
+	StagingAuto Staging = iota
+	// StagingGather: worker threads copy each sample into page-locked staging, then one DMA per field.
+	// It works for every source.
+	StagingGather
+	// StagingDMA: the source's memory is registered with the driver, and each sample crosses by its own
+	// DMA, straight from the source's memory: no host copy and no kernel.
+	StagingDMA
+	// StagingMapped: the source's memory is registered and mapped into the device's address space, and a
+	// kernel reads the samples directly, fused with the layout transforms: no host copy at all.
+	StagingMapped
+)
+
+func (s Staging) String() string {
+	switch s {
+	case StagingAuto:
+		return "auto"
+	case StagingGather:
+		return "gather"
+	case StagingDMA:
+		return "dma"
+	case StagingMapped:
+		return "mapped"
+	}
+	return fmt.Sprintf("Staging(%d)", int(s))
+}
+
+// ParseStaging accepts "auto", "gather", "dma" and "mapped".
+func ParseStaging(s string) (Staging, error) {
+	for v := StagingAuto; v <= StagingMapped; v++ {
+		if strings.EqualFold(strings.TrimSpace(s), v.String()) {
+			return v, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: unknown staging %q (auto, gather, dma or mapped)", ErrInvalidArgument, s)
+}
+
+// defaultPinnedBudget is the most source memory an iterator registers by default: a quarter of the
+// machine's physical memory.
+func defaultPinnedBudget() int64 {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return 0
+	}
+	return int64(si.Totalram) * int64(si.Unit) / 4
+}
+
+// registration is a range of host memory registered with the driver (page-locked, mapped, read-only).
+// Iterators over the same source share it; the last to close unregisters it.
+type registration struct {
+	base uintptr // page-aligned
+	size int
+	dev  cuda.DevicePtr // the device address of base
+	refs int
+}
+
+// deviceAddr is the device address of host address p inside the registration.
+func (r *registration) deviceAddr(p uintptr) uint64 { return uint64(r.dev) + uint64(p-r.base) }
+
+type registrations struct {
+	mu   sync.Mutex
+	list []*registration
+}
+
+// register page-locks and maps mem for the device, or takes another reference to a registration that
+// covers it.
+func (e *Engine) register(mem []byte) (*registration, error) {
+	if len(mem) == 0 {
+		return nil, fmt.Errorf("%w: empty region", ErrInvalidArgument)
+	}
+	page := uintptr(unix.Getpagesize())
+	start := uintptr(unsafe.Pointer(&mem[0]))
+	base := start &^ (page - 1)
+	end := (start + uintptr(len(mem)) + page - 1) &^ (page - 1)
+	e.regs.mu.Lock()
+	defer e.regs.mu.Unlock()
+	for _, r := range e.regs.list {
+		if r.base <= base && end <= r.base+uintptr(r.size) {
+			r.refs++
+			return r, nil
+		}
+	}
+	size := int(end - base)
+	flags := cuda.HostRegisterPortable | cuda.HostRegisterDeviceMap | cuda.HostRegisterReadOnly
+	if err := e.ctx.MemHostRegister(base, size, flags); err != nil {
+		return nil, err
+	}
+	dev, err := e.ctx.MemHostDevicePointer(base)
+	if err != nil {
+		_ = e.ctx.MemHostUnregister(base)
+		return nil, err
+	}
+	r := &registration{base: base, size: size, dev: dev, refs: 1}
+	e.regs.list = append(e.regs.list, r)
+	return r, nil
+}
+
+// unregister drops a reference, unregistering the memory with the last one.
+func (e *Engine) unregister(r *registration) error {
+	e.regs.mu.Lock()
+	defer e.regs.mu.Unlock()
+	r.refs--
+	if r.refs > 0 {
+		return nil
+	}
+	for i, x := range e.regs.list {
+		if x == r {
+			e.regs.list = append(e.regs.list[:i], e.regs.list[i+1:]...)
+			break
+		}
+	}
+	return e.ctx.MemHostUnregister(r.base)
+}

@@ -1,0 +1,74 @@
+/*
+ * The kernels' parameter blocks. Each kernel takes one of these structs by value. The engine packs the same
+ * layout byte for byte (engine/layout_params.go); a test checks the sizes and offsets on both sides. Every
+ * address is a 64-bit device address: device memory, or host memory mapped into the device's address
+ * space (registered or page-locked host memory under unified addressing). Fields are only appended.
+ */
+#ifndef FERRY_KERNEL_PARAMS_H
+#define FERRY_KERNEL_PARAMS_H
+
+#include <stdint.h>
+
+#define FERRY_MAX_CHANNELS 4
+
+/* Output layouts of the image kernels. */
+#define FERRY_LAYOUT_CHW 0
+#define FERRY_LAYOUT_HWC 1
+
+/*
+ * ferry_image_{f32,f16,bf16}_{chw,hwc}: u8 images [batch, h, w, c] (HWC, as decoded) to floating point,
+ * out = x * scale[ch] + bias[ch] (normalization folded into one multiply-add), in CHW or HWC order, with an
+ * optional horizontal flip per sample.
+ */
+typedef struct ferry_image_params {
+    uint64_t src;     /* sample b starts at src + offsets[b], or at src + b*h*w*c when offsets is 0 */
+    uint64_t offsets; /* uint64_t[batch] byte offsets, or 0 */
+    uint64_t flip;    /* uint8_t[batch], nonzero flips sample b left-right; or 0 for no flips */
+    uint64_t dst;     /* [batch, c, h, w] or [batch, h, w, c] of the output type */
+    uint32_t batch, h, w, c; /* 1 <= c <= FERRY_MAX_CHANNELS */
+    uint32_t vec;     /* 1 when w % 16 == 0 and every sample's start is 16-byte aligned: 16-pixel vectors */
+    uint32_t reserved;
+    float scale[FERRY_MAX_CHANNELS];
+    float bias[FERRY_MAX_CHANNELS];
+} ferry_image_params;
+
+/*
+ * ferry_tokens_{u16,u32}: windows of seq+1 tokens to int64 inputs x = window[0:seq] and targets
+ * y = window[1:seq+1]. With y == 0, the window is seq tokens and only x is written (widening).
+ */
+typedef struct ferry_tokens_params {
+    uint64_t src;     /* sample b starts at src + offsets[b], or at src + b*stride*token_size */
+    uint64_t offsets; /* uint64_t[batch] byte offsets, or 0 */
+    uint64_t x;       /* int64_t[batch, seq] */
+    uint64_t y;       /* int64_t[batch, seq], or 0 */
+    uint32_t batch, seq;
+    uint32_t stride;  /* tokens between samples when offsets is 0 */
+    uint32_t reserved;
+} ferry_tokens_params;
+
+/* ferry_gather: copies batch samples of bytes each from src + offsets[b] to dst + b*bytes. */
+typedef struct ferry_gather_params {
+    uint64_t src;
+    uint64_t offsets; /* uint64_t[batch] byte offsets (required) */
+    uint64_t dst;
+    uint64_t bytes;   /* per sample */
+    uint32_t batch;
+    uint32_t vec;     /* 1 when bytes, dst and every offset are multiples of 16 */
+} ferry_gather_params;
+
+/*
+ * ferry_pad_{u16,u32}: variable-length token sequences to a padded int64 [batch, maxlen] matrix, an
+ * attention mask (1 for a token, 0 for padding) and the lengths.
+ */
+typedef struct ferry_pad_params {
+    uint64_t src;     /* sample b's tokens start at src + offsets[b] */
+    uint64_t offsets; /* uint64_t[batch] byte offsets */
+    uint64_t lengths; /* uint32_t[batch] tokens in each sample, each <= maxlen */
+    uint64_t tokens;  /* int64_t[batch, maxlen] */
+    uint64_t mask;    /* uint8_t[batch, maxlen], or 0 */
+    uint64_t lengths_out; /* int64_t[batch], or 0 */
+    int64_t pad_value;
+    uint32_t batch, maxlen;
+} ferry_pad_params;
+
+#endif
