@@ -252,13 +252,62 @@ func ferry_source_tokens(path *C.char, opts *C.ferry_token_options, out *C.uintp
 		if err := checkSize("ferry_token_options", opts.size, C.FERRY_CAPI_V1_TOKEN_OPTIONS); err != nil {
 			return err
 		}
-		if opts.flags&^C.FERRY_TOKENS_F_RANDOM != 0 {
+		if opts.flags&^(C.FERRY_TOKENS_F_RANDOM|C.FERRY_TOKENS_F_WINDOW) != 0 {
 			return fmt.Errorf("%w: ferry_token_options.flags %#x has unknown bits", engine.ErrInvalidArgument, uint32(opts.flags))
 		}
 		src, err := engine.NewTokenSource(p, engine.TokenConfig{
 			Format: engine.TokenFormat(opts.format), SeqLen: int(opts.seq_len),
 			Random: opts.flags&C.FERRY_TOKENS_F_RANDOM != 0, Seed: uint64(opts.seed),
+			Window: opts.flags&C.FERRY_TOKENS_F_WINDOW != 0,
 		})
+		if err != nil {
+			return err
+		}
+		return addSource(src, nil, out)
+	})
+}
+
+func defaultRaggedOptions() C.ferry_ragged_options {
+	return C.ferry_ragged_options{size: C.uint32_t(unsafe.Sizeof(C.ferry_ragged_options{})), format: C.FERRY_TOKENS_UINT16}
+}
+
+//export ferry_ragged_options_init
+func ferry_ragged_options_init(opts *C.ferry_ragged_options) C.ferry_status {
+	return call("ferry_ragged_options_init", func() error {
+		if opts == nil {
+			return errNull("opts")
+		}
+		*opts = defaultRaggedOptions()
+		return nil
+	})
+}
+
+//export ferry_source_ragged_tokens
+func ferry_source_ragged_tokens(tokensPath, offsetsPath *C.char, opts *C.ferry_ragged_options, out *C.uintptr_t) C.ferry_status {
+	return call("ferry_source_ragged_tokens", func() error {
+		if out == nil {
+			return errNull("source")
+		}
+		*out = 0
+		if tokensPath == nil {
+			return errNull("tokens_path")
+		}
+		if offsetsPath == nil {
+			return errNull("offsets_path")
+		}
+		if opts == nil {
+			return errNull("opts")
+		}
+		if err := checkSize("ferry_ragged_options", opts.size, C.FERRY_CAPI_V1_RAGGED_OPTIONS); err != nil {
+			return err
+		}
+		cfg := engine.RaggedConfig{Format: engine.TokenFormat(opts.format), MaxLen: int(opts.max_len)}
+		if opts.field_name != nil {
+			if cfg.FieldName = C.GoString(opts.field_name); cfg.FieldName == "" {
+				return fmt.Errorf("%w: ferry_ragged_options.field_name is empty; pass NULL for \"tokens\"", engine.ErrInvalidArgument)
+			}
+		}
+		src, err := engine.NewRaggedTokenSource(C.GoString(tokensPath), C.GoString(offsetsPath), cfg)
 		if err != nil {
 			return err
 		}

@@ -18,6 +18,7 @@
 #define ferry_source_cifar10 ferry_source_cifar10_header_decl
 #define ferry_source_npy ferry_source_npy_header_decl
 #define ferry_source_tokens ferry_source_tokens_header_decl
+#define ferry_source_ragged_tokens ferry_source_ragged_tokens_header_decl
 #define ferry_source_callback ferry_source_callback_header_decl
 #define ferry_source_len ferry_source_len_header_decl
 #define ferry_source_num_fields ferry_source_num_fields_header_decl
@@ -71,6 +72,7 @@
 #undef ferry_source_cifar10
 #undef ferry_source_npy
 #undef ferry_source_tokens
+#undef ferry_source_ragged_tokens
 #undef ferry_source_callback
 #undef ferry_source_len
 #undef ferry_source_num_fields

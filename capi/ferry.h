@@ -421,6 +421,12 @@ typedef enum ferry_token_format {
 
 /** ferry_token_options.flags: windows start at seeded random offsets (nanoGPT's get_batch); else in order. */
 #define FERRY_TOKENS_F_RANDOM 0x1u
+/**
+ * ferry_token_options.flags: each sample is one field, "tokens", of seq_len + 1 tokens (the window x
+ * followed by its last target) instead of "x" and "y"; the samples and windows are the same. Each token
+ * crosses PCIe once, and the iterator's token-shift layout makes x and y on the device.
+ */
+#define FERRY_TOKENS_F_WINDOW 0x2u
 
 /** Options for ferry_source_tokens(). Fill with ferry_token_options_init() first. */
 typedef struct ferry_token_options {
@@ -437,9 +443,33 @@ FERRY_API ferry_status ferry_token_options_init(ferry_token_options* opts);
 
 /**
  * A token file whose samples are windows of seq_len + 1 tokens, as fields "x" and "y" (y is x shifted by
- * one), each [seq_len] of the file's token type.
+ * one), each [seq_len] of the file's token type; with FERRY_TOKENS_F_WINDOW, as one field "tokens",
+ * [seq_len + 1]. There are (tokens - 1) / seq_len samples either way. The file stays memory-mapped until
+ * the source is destroyed.
  */
 FERRY_API ferry_status ferry_source_tokens(const char* path, const ferry_token_options* opts, ferry_source* source);
+
+/** Options for ferry_source_ragged_tokens(). Fill with ferry_ragged_options_init() first. */
+typedef struct ferry_ragged_options {
+    uint32_t size;          /**< set by ferry_ragged_options_init */
+    int32_t format;         /**< FERRY_TOKENS_UINT16 (default) or FERRY_TOKENS_UINT32 */
+    int64_t max_len;        /**< the field's length; longer samples are cut to their first max_len tokens; required */
+    const char* field_name; /**< the field's name, NUL-terminated, copied; NULL (the default) means "tokens" */
+} ferry_ragged_options;
+
+/** Sets opts->size and the defaults. */
+FERRY_API ferry_status ferry_ragged_options_init(ferry_ragged_options* opts);
+
+/**
+ * Variable-length token sequences: tokens_path is a flat file of little-endian tokens (opts->format);
+ * offsets_path is a .npy file of N + 1 int64 or uint64 token offsets, non-decreasing, the first >= 0 and
+ * the last at most the token count, so that sample i is tokens[off[i], off[i+1]). The source has N samples
+ * and one field, [max_len] of the token type: a sample's tokens, at most max_len, then zeros. A malformed
+ * file is FERRY_ERR_FORMAT with a message naming the file and the problem. The token file stays
+ * memory-mapped until the source is destroyed; the offsets are read at creation.
+ */
+FERRY_API ferry_status ferry_source_ragged_tokens(const char* tokens_path, const char* offsets_path,
+                                                         const ferry_ragged_options* opts, ferry_source* source);
 
 /**
  * Fills sample `index`: dst[k] is dst_bytes[k] bytes for field k. Returns 0, or non-zero to fail the

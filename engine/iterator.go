@@ -133,9 +133,10 @@ type slot struct {
 	hostOut []*HostBuffer   // per batch field made on the host by a transform; else nil
 	devIn   []*DeviceBuffer // per source field that a kernel transforms after a DMA; else nil
 	dev     []*DeviceBuffer // per batch field: the batch on the device
-	meta    *HostBuffer     // page-locked per-batch metadata (see metaLayout); nil when not needed
-	devMeta *DeviceBuffer
-	params  []byte // the copier's scratch for kernel parameters
+	// meta is the batch's metadata (see metaLayout), page-locked: the kernels read it in place across
+	// PCIe (under unified addressing its host address is its device address). nil when not needed.
+	meta   *HostBuffer
+	params []byte // the copier's scratch for kernel parameters
 
 	copied       cuda.Event // recorded on the iterator's stream after the batch's copies
 	released     cuda.Event // recorded on the consumer's stream at release
@@ -349,9 +350,6 @@ func (it *Iterator) allocate() error {
 			if s.meta, err = e.hostPool.Alloc(metaSize); err != nil {
 				return err
 			}
-			if s.devMeta, err = e.devPool.Alloc(metaSize); err != nil {
-				return err
-			}
 		}
 		if e.gpu {
 			var err error
@@ -378,7 +376,7 @@ func (it *Iterator) free() {
 				}
 			}
 		}
-		for _, bufs := range [][]*DeviceBuffer{s.devIn, s.dev, {s.devMeta}} {
+		for _, bufs := range [][]*DeviceBuffer{s.devIn, s.dev} {
 			for _, d := range bufs {
 				if d != nil {
 					e.devPool.Free(d)

@@ -21,12 +21,7 @@ func (it *Iterator) copyToDevice(s *slot) error {
 	if rows == 0 {
 		return ctx.EventRecord(s.copied, it.stream)
 	}
-	offOff, _, _, metaSize := it.metaLayout()
-	if s.devMeta != nil {
-		if err := ctx.MemcpyHtoDAsync(s.devMeta.Ptr(), s.meta.Pointer(), metaSize, it.stream); err != nil {
-			return err
-		}
-	}
+	offOff, _, _, _ := it.metaLayout()
 	b := it.opts.BatchSize
 	for f := range it.plans {
 		p := &it.plans[f]
@@ -72,13 +67,17 @@ func (it *Iterator) copyToDevice(s *slot) error {
 	return ctx.EventRecord(s.copied, it.stream)
 }
 
+// metaAddr is the device address of byte off of the slot's metadata: page-locked host memory, which
+// kernels read in place under unified addressing.
+func (s *slot) metaAddr(off int) uint64 { return uint64(uintptr(s.meta.Pointer())) + uint64(off) }
+
 // source is where field f's samples are for the kernels: the registered source memory and the offsets
 // in the device metadata (StagingMapped), or the field's contiguous device staging.
 func (it *Iterator) source(s *slot, f int) (src, offsets uint64, aligned bool) {
 	if it.staging == StagingMapped {
 		offOff, _, _, _ := it.metaLayout()
 		base := uintptr(unsafe.Pointer(&it.regionMem[f][0]))
-		return it.regions[f].deviceAddr(base), uint64(s.devMeta.Ptr()) + uint64(offOff+f*it.opts.BatchSize*8), s.aligned[f]
+		return it.regions[f].deviceAddr(base), s.metaAddr(offOff + f*it.opts.BatchSize*8), s.aligned[f]
 	}
 	return uint64(s.devIn[f].Ptr()), 0, it.plans[f].in.Bytes()%16 == 0
 }
@@ -103,14 +102,14 @@ func (it *Iterator) launchTransform(s *slot, f int) error {
 	src, offsets, aligned := it.source(s, f)
 	_, flipOff, lenOff, _ := it.metaLayout()
 	var flips, lengths uint64
-	if s.devMeta != nil {
+	if s.meta != nil {
 		if p.hasFlip() {
-			flips = uint64(s.devMeta.Ptr()) + uint64(flipOff)
+			flips = s.metaAddr(flipOff)
 		}
-		lengths = uint64(s.devMeta.Ptr()) + uint64(lenOff)
+		lengths = s.metaAddr(lenOff)
 		if offsets == 0 && p.ragged {
 			offOff, _, _, _ := it.metaLayout()
-			offsets = uint64(s.devMeta.Ptr()) + uint64(offOff+f*it.opts.BatchSize*8)
+			offsets = s.metaAddr(offOff + f*it.opts.BatchSize*8)
 		}
 	}
 	dst := make([]uint64, len(p.outs))
@@ -143,15 +142,15 @@ func (p *fieldPlan) launch(e *Engine, k *kernelSet, a launchArgs, buf []byte) ([
 		h, w, c := p.in.Shape[0], p.in.Shape[1], p.in.Shape[2]
 		ip := imageParams{src: a.src, offsets: a.offsets, flip: a.flips, dst: a.dst[0], batch: uint32(a.batch),
 			h: uint32(h), w: uint32(w), c: uint32(c), scale: p.scale, bias: p.bias}
-		if w%16 == 0 && a.aligned && a.src%16 == 0 {
-			ip.vec = 1
-		}
-		n := uint64(a.batch) * uint64(h*w)
-		if ip.vec == 1 {
-			n /= 16
+		perStore := 16 / p.lut.osize // outputs per 16-byte store
+		if a.aligned && a.src%16 == 0 && (w*c)%16 == 0 && w%perStore == 0 && w*c <= imageTileBytes {
+			ip.rows = uint32(min(h, imageTileBytes/(w*c)))
+			buf = ip.pack(buf)
+			tiles := uint64((h + int(ip.rows) - 1) / int(ip.rows))
+			return buf, k.launchBlocks(e, p.kernel, tiles*uint64(a.batch), a.stream, buf)
 		}
 		buf = ip.pack(buf)
-		return buf, k.launch1D(e, p.kernel, n, a.stream, buf)
+		return buf, k.launch1D(e, p.kernel, uint64(a.batch)*uint64(h*w), a.stream, buf)
 	case ShiftTokens:
 		seq := p.in.Shape[0] - 1
 		tp := tokensParams{src: a.src, offsets: a.offsets, x: a.dst[0], y: a.dst[1], batch: uint32(a.batch), seq: uint32(seq),

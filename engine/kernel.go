@@ -96,6 +96,18 @@ func (k *kernelSet) launch1D(e *Engine, name string, n uint64, s Stream, params 
 	return e.ctx.Launch(f, uint32(blocks), 1, kernelBlock, s, params)
 }
 
+// launchBlocks runs kernel name over a grid of blocks (the kernel loops when the grid is capped).
+func (k *kernelSet) launchBlocks(e *Engine, name string, blocks uint64, s Stream, params []byte) error {
+	f, ok := k.funcs[name]
+	if !ok {
+		return fmt.Errorf("%w: no kernel %s", ErrUnsupported, name)
+	}
+	if blocks == 0 {
+		return nil
+	}
+	return e.ctx.Launch(f, uint32(min(blocks, 1<<30)), 1, kernelBlock, s, params)
+}
+
 // launchPerSample runs kernel name over a grid of (blocks per sample, batch).
 func (k *kernelSet) launchPerSample(e *Engine, name string, perSample uint32, batch int, s Stream, params []byte) error {
 	f, ok := k.funcs[name]

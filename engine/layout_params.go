@@ -13,11 +13,14 @@ const (
 	tokensParamsSize = 48
 	gatherParamsSize = 40
 	padParamsSize    = 64
+
+	// imageTileBytes is the shared-memory tile of the image kernels' tiled path (kTileBytes in image.cu).
+	imageTileBytes = 16384
 )
 
 type imageParams struct {
 	src, offsets, flip, dst uint64
-	batch, h, w, c, vec     uint32
+	batch, h, w, c, rows    uint32
 	scale, bias             [maxChannels]float32
 }
 
@@ -28,7 +31,7 @@ func (p *imageParams) pack(b []byte) []byte {
 	b = le.AppendUint64(b, p.offsets)
 	b = le.AppendUint64(b, p.flip)
 	b = le.AppendUint64(b, p.dst)
-	for _, v := range []uint32{p.batch, p.h, p.w, p.c, p.vec, 0} {
+	for _, v := range []uint32{p.batch, p.h, p.w, p.c, 0, p.rows} {
 		b = le.AppendUint32(b, v)
 	}
 	for _, v := range p.scale {

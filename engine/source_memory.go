@@ -16,7 +16,10 @@ type MemorySource struct {
 	guard  closeGuard
 }
 
-var _ Source = (*MemorySource)(nil)
+var (
+	_ Source       = (*MemorySource)(nil)
+	_ MemoryBacked = (*MemorySource)(nil)
+)
 
 // NewMemorySource wraps data: data[k] holds field k of all n samples, exactly n*fields[k].Bytes() bytes.
 func NewMemorySource(n int, fields []Field, data [][]byte) (*MemorySource, error) {
@@ -62,6 +65,25 @@ func (s *MemorySource) ReadSample(i int, dst [][]byte) error {
 		copy(dst[k], s.data[k][i*b:(i+1)*b])
 	}
 	return nil
+}
+
+// Region is the caller's buffer of field f, all samples back to back; it is nil when f is out of range or
+// the source is closed.
+func (s *MemorySource) Region(f int) []byte {
+	if f < 0 || f >= len(s.fields) || !s.guard.enter() {
+		return nil
+	}
+	defer s.guard.exit()
+	return s.data[f]
+}
+
+// Offset is where field f of sample i starts in Region(f): i times the field's size. It is -1 when f or
+// i is out of range.
+func (s *MemorySource) Offset(f, i int) int64 {
+	if f < 0 || f >= len(s.fields) || i < 0 || i >= s.n {
+		return -1
+	}
+	return int64(i) * int64(s.fields[f].Bytes())
 }
 
 // Close drops the references to the caller's memory once reads in flight have finished.

@@ -32,7 +32,10 @@ type npyFile struct {
 	off  int // where the data starts
 }
 
-var _ Source = (*NpySource)(nil)
+var (
+	_ Source       = (*NpySource)(nil)
+	_ MemoryBacked = (*NpySource)(nil)
+)
 
 // npyHeader is what a .npy header says.
 type npyHeader struct {
@@ -126,6 +129,26 @@ func (s *NpySource) ReadSample(i int, dst [][]byte) (err error) {
 		copy(dst[k], f.mf.data[start:start+b])
 	}
 	return nil
+}
+
+// Region is the data part of field f's file mapping, after the .npy header: every sample's field f back
+// to back. It is nil when f is out of range or the source is closed.
+func (s *NpySource) Region(f int) []byte {
+	if f < 0 || f >= len(s.files) || !s.guard.enter() {
+		return nil
+	}
+	defer s.guard.exit()
+	file := s.files[f]
+	return file.mf.data[file.off : file.off+s.n*s.fields[f].Bytes()]
+}
+
+// Offset is where field f of sample i starts in Region(f): i times the field's size. It is -1 when f or
+// i is out of range.
+func (s *NpySource) Offset(f, i int) int64 {
+	if f < 0 || f >= len(s.fields) || i < 0 || i >= s.n {
+		return -1
+	}
+	return int64(i) * int64(s.fields[f].Bytes())
 }
 
 // Close unmaps the files once reads in flight have finished.

@@ -54,7 +54,10 @@ type RecordSource struct {
 	guard   closeGuard
 }
 
-var _ Source = (*RecordSource)(nil)
+var (
+	_ Source       = (*RecordSource)(nil)
+	_ MemoryBacked = (*RecordSource)(nil)
+)
 
 // NewRecordSource maps path and checks it against spec: the file must hold the header and a whole
 // number of records (a partial record is an error, never dropped), and every field must lie inside the
@@ -116,8 +119,8 @@ func (s *RecordSource) Fields() []Field { return s.fields }
 // Path is the mapped file.
 func (s *RecordSource) Path() string { return s.path }
 
-// Offset is the byte offset of field k inside a record, or -1 when k is out of range.
-func (s *RecordSource) Offset(k int) int {
+// FieldOffset is the byte offset of field k inside a record, or -1 when k is out of range.
+func (s *RecordSource) FieldOffset(k int) int {
 	if k < 0 || k >= len(s.offsets) {
 		return -1
 	}
@@ -151,6 +154,25 @@ func (s *RecordSource) ReadSample(i int, dst [][]byte) (err error) {
 		copy(dst[k], s.mf.data[start:start+len(dst[k])])
 	}
 	return nil
+}
+
+// Region is the whole file's mapping, header included; every field shares it. It is nil when f is out of
+// range or the source is closed.
+func (s *RecordSource) Region(f int) []byte {
+	if f < 0 || f >= len(s.fields) || !s.guard.enter() {
+		return nil
+	}
+	defer s.guard.exit()
+	return s.mf.data
+}
+
+// Offset is where field f of record i starts in Region(f): the header, i whole records, then the field's
+// offset inside the record. It is -1 when f or i is out of range.
+func (s *RecordSource) Offset(f, i int) int64 {
+	if f < 0 || f >= len(s.fields) || i < 0 || i >= s.n {
+		return -1
+	}
+	return int64(s.spec.HeaderSize) + int64(i)*int64(s.spec.RecordSize) + int64(s.offsets[f])
 }
 
 // Close unmaps the file once reads in flight have finished.

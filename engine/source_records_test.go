@@ -74,10 +74,10 @@ func TestRecordSourceHeaderAndOverlappingFields(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, n, src.Len())
 	for k, off := range []int{3, 16, 5, 0} {
-		require.Equal(t, off, src.Offset(k))
+		require.Equal(t, off, src.FieldOffset(k))
 	}
-	require.Equal(t, -1, src.Offset(-1))
-	require.Equal(t, -1, src.Offset(4))
+	require.Equal(t, -1, src.FieldOffset(-1))
+	require.Equal(t, -1, src.FieldOffset(4))
 	require.Equal(t, spec, src.Spec())
 	spec.Fields[0].Shape[0] = 100 // the source keeps its own copy
 	require.Equal(t, []int{2}, src.Fields()[0].Shape)
@@ -88,6 +88,15 @@ func TestRecordSourceHeaderAndOverlappingFields(t *testing.T) {
 		return [][]byte{b[3:11], b[16:24], b[5:11], b}
 	}
 	requireSourceSamples(t, src, want)
+
+	// Memory-backed: every field's region is the whole file, header included.
+	for k := range spec.Fields {
+		require.Equal(t, file, src.Region(k))
+	}
+	require.Same(t, &src.Region(0)[0], &src.Region(3)[0])
+	require.Equal(t, int64(header+2*rec+16), src.Offset(1, 2))
+	require.Equal(t, int64(header+(n-1)*rec), src.Offset(3, n-1))
+
 	requireSourceConcurrent(t, src, want)
 }
 

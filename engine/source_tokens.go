@@ -56,11 +56,16 @@ type TokenConfig struct {
 	Random bool
 	// Seed picks the random offsets. Change it between epochs for fresh windows.
 	Seed uint64
+	// Window gives each sample as one field, "tokens", of SeqLen+1 tokens (the x window followed by its
+	// last target) instead of the fields "x" and "y". The samples and their windows are the same. Each
+	// token then crosses PCIe once; the iterator's ShiftTokens transform makes x and y on the device.
+	Window bool
 }
 
 // TokenSource serves windows of a memory-mapped token file as language-model samples: field "x" holds
 // SeqLen tokens and field "y" the same window shifted by one token (the targets), both of the file's
-// token type with shape [SeqLen]. There are (ntokens-1)/SeqLen samples in either mode.
+// token type with shape [SeqLen]. In window mode (TokenConfig.Window) the one field "tokens" holds the
+// whole window of SeqLen+1 tokens instead. There are (ntokens-1)/SeqLen samples in every mode.
 type TokenSource struct {
 	path    string
 	cfg     TokenConfig
@@ -74,7 +79,10 @@ type TokenSource struct {
 	guard   closeGuard
 }
 
-var _ Source = (*TokenSource)(nil)
+var (
+	_ Source       = (*TokenSource)(nil)
+	_ MemoryBacked = (*TokenSource)(nil)
+)
 
 // NewTokenSource maps a token file. A flat file must be a whole number of tokens; an llm.c shard must
 // carry a known magic and version and a token count that matches the file's size. The file needs at
@@ -120,9 +128,13 @@ func NewTokenSource(path string, cfg TokenConfig) (*TokenSource, error) {
 			ErrFormat, path, s.ntokens, cfg.SeqLen))
 	}
 	s.n = (s.ntokens - 1) / cfg.SeqLen
-	s.fields = []Field{
-		{Name: "x", DType: dtype, Shape: []int{cfg.SeqLen}},
-		{Name: "y", DType: dtype, Shape: []int{cfg.SeqLen}},
+	if cfg.Window {
+		s.fields = []Field{{Name: "tokens", DType: dtype, Shape: []int{cfg.SeqLen + 1}}}
+	} else {
+		s.fields = []Field{
+			{Name: "x", DType: dtype, Shape: []int{cfg.SeqLen}},
+			{Name: "y", DType: dtype, Shape: []int{cfg.SeqLen}},
+		}
 	}
 	if err := s.fields[0].Validate(); err != nil {
 		return fail(fmt.Errorf("token source %s: %w", path, err))
@@ -167,16 +179,16 @@ func (s *TokenSource) parseLLMC() (DType, error) {
 // Len is the number of samples, (ntokens-1)/SeqLen.
 func (s *TokenSource) Len() int { return s.n }
 
-// Fields is x and y, each [SeqLen] tokens; do not modify it.
+// Fields is x and y, each [SeqLen] tokens, or in window mode tokens, [SeqLen+1]; do not modify it.
 func (s *TokenSource) Fields() []Field { return s.fields }
 
 // Tokens is the number of tokens in the file.
 func (s *TokenSource) Tokens() int { return s.ntokens }
 
-// Offset is the token at which sample i starts, or -1 when i is out of range. Sequentially it is
+// WindowStart is the token at which sample i starts, or -1 when i is out of range. Sequentially it is
 // i*SeqLen. In random mode it is drawn from [0, ntokens-SeqLen-1]: the i-th output of a splitmix64
 // generator seeded with Seed, scaled into the range by a 128-bit multiply.
-func (s *TokenSource) Offset(i int) int {
+func (s *TokenSource) WindowStart(i int) int {
 	if i < 0 || i >= s.n {
 		return -1
 	}
@@ -201,8 +213,9 @@ func windowRandom(seed, i uint64) uint64 {
 	return z ^ z>>31
 }
 
-// ReadSample copies tokens [o, o+SeqLen) into x and [o+1, o+SeqLen+1) into y, where o is Offset(i). It
-// is safe for concurrent use. A file truncated while mapped gives an ErrIO error rather than a crash.
+// ReadSample copies tokens [o, o+SeqLen) into x and [o+1, o+SeqLen+1) into y, where o is WindowStart(i);
+// in window mode it copies [o, o+SeqLen+1) into tokens. It is safe for concurrent use. A file truncated
+// while mapped gives an ErrIO error rather than a crash.
 func (s *TokenSource) ReadSample(i int, dst [][]byte) (err error) {
 	if err := checkRead(s, s.n, s.fields, i, dst); err != nil {
 		return err
@@ -215,8 +228,29 @@ func (s *TokenSource) ReadSample(i int, dst [][]byte) (err error) {
 	start := s.offset(i) * s.tsize
 	b := len(dst[0])
 	copy(dst[0], s.tokens[start:start+b])
-	copy(dst[1], s.tokens[start+s.tsize:start+s.tsize+b])
+	if !s.cfg.Window {
+		copy(dst[1], s.tokens[start+s.tsize:start+s.tsize+b])
+	}
 	return nil
+}
+
+// Region is the token part of the file's mapping (past an llm.c header), shared by every field. It is nil
+// when f is out of range or the source is closed.
+func (s *TokenSource) Region(f int) []byte {
+	if f < 0 || f >= len(s.fields) || !s.guard.enter() {
+		return nil
+	}
+	defer s.guard.exit()
+	return s.tokens
+}
+
+// Offset is the byte offset in Region(f) where field f of sample i starts: WindowStart(i) tokens for x
+// (and for the window-mode tokens field), one token more for y. It is -1 when f or i is out of range.
+func (s *TokenSource) Offset(f, i int) int64 {
+	if f < 0 || f >= len(s.fields) || i < 0 || i >= s.n {
+		return -1
+	}
+	return int64(s.offset(i)+f) * int64(s.tsize)
 }
 
 // Close unmaps the file once reads in flight have finished.
@@ -228,6 +262,9 @@ func (s *TokenSource) String() string {
 	mode := "sequential"
 	if s.cfg.Random {
 		mode = fmt.Sprintf("random, seed %d", s.cfg.Seed)
+	}
+	if s.cfg.Window {
+		mode += ", window"
 	}
 	return fmt.Sprintf("tokens(%s, %s, %d tokens, %d × %d+1, %s)", s.path, s.kind, s.ntokens, s.n, s.cfg.SeqLen, mode)
 }

@@ -100,7 +100,7 @@ func requireWindows(t *testing.T, src *TokenSource, tokens []uint32, size, seqLe
 	t.Helper()
 	dst := srcDst(src.Fields())
 	for i := range src.Len() {
-		off := src.Offset(i)
+		off := src.WindowStart(i)
 		require.GreaterOrEqual(t, off, 0)
 		require.LessOrEqual(t, off+seqLen, len(tokens)-1, "sample %d's y window ends inside the file", i)
 		require.NoError(t, src.ReadSample(i, dst))
@@ -127,10 +127,10 @@ func TestTokenSourceSequential(t *testing.T) {
 				}, src.Fields())
 				require.Equal(t, fmt.Sprintf("tokens(%s, %s, %d tokens, %d × %d+1, sequential)", path, tc.kind, shape.ntokens, wantLen, shape.seqLen), src.String())
 				for i := range src.Len() {
-					require.Equal(t, i*shape.seqLen, src.Offset(i))
+					require.Equal(t, i*shape.seqLen, src.WindowStart(i))
 				}
-				require.Equal(t, -1, src.Offset(-1))
-				require.Equal(t, -1, src.Offset(src.Len()))
+				require.Equal(t, -1, src.WindowStart(-1))
+				require.Equal(t, -1, src.WindowStart(src.Len()))
 				requireWindows(t, src, tokens, tc.size, shape.seqLen)
 				requireSourceContract(t, src)
 			}
@@ -155,7 +155,7 @@ func TestTokenSourceRandom(t *testing.T) {
 			offsets := make([]int, src.Len())
 			lo, hi, sum := ntokens, -1, 0
 			for i := range offsets {
-				offsets[i] = src.Offset(i)
+				offsets[i] = src.WindowStart(i)
 				require.Equal(t, referenceOffset(seed, i, ntokens, seqLen), offsets[i], "sample %d", i)
 				lo, hi, sum = min(lo, offsets[i]), max(hi, offsets[i]), sum+offsets[i]
 			}
@@ -179,8 +179,8 @@ func TestTokenSourceRandom(t *testing.T) {
 			defer other.Close()
 			same := 0
 			for i := range offsets {
-				require.Equal(t, offsets[i], again.Offset(i))
-				if other.Offset(i) == offsets[i] {
+				require.Equal(t, offsets[i], again.WindowStart(i))
+				if other.WindowStart(i) == offsets[i] {
 					same++
 				}
 			}
@@ -204,7 +204,7 @@ func TestTokenSourceSmallestFile(t *testing.T) {
 		src, err := NewTokenSource(path, TokenConfig{Format: TokensUint16, SeqLen: 8, Random: random, Seed: r.Uint64()})
 		require.NoError(t, err)
 		require.Equal(t, 1, src.Len())
-		require.Equal(t, 0, src.Offset(0))
+		require.Equal(t, 0, src.WindowStart(0))
 		requireWindows(t, src, tokens, 2, 8)
 		require.NoError(t, src.Close())
 	}
@@ -262,4 +262,75 @@ func TestTokenSourceRejects(t *testing.T) {
 			require.Contains(t, err.Error(), path)
 		})
 	}
+}
+
+// Window mode: one field of SeqLen+1 tokens, the same samples and windows as x and y.
+func TestTokenSourceWindow(t *testing.T) {
+	r := srcRand(t)
+	for _, tc := range tokenCases {
+		for _, random := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s random=%v", tc.name, random), func(t *testing.T) {
+				const ntokens, seqLen = 1001, 8
+				tokens := randTokens(r, ntokens, tc.size)
+				path := tc.write(t, tokens)
+				cfg := TokenConfig{Format: tc.format, SeqLen: seqLen, Random: random, Seed: r.Uint64()}
+				pair, err := NewTokenSource(path, cfg)
+				require.NoError(t, err)
+				defer pair.Close()
+				cfg.Window = true
+				src, err := NewTokenSource(path, cfg)
+				require.NoError(t, err)
+
+				require.Equal(t, []Field{{Name: "tokens", DType: tc.dtype, Shape: []int{seqLen + 1}}}, src.Fields())
+				require.Equal(t, pair.Len(), src.Len())
+				require.Equal(t, (ntokens-1)/seqLen, src.Len())
+				require.Equal(t, ntokens, src.Tokens())
+				require.Equal(t, pair.String()[:len(pair.String())-1]+", window)", src.String())
+				require.Len(t, src.Region(0), ntokens*tc.size, "the region is the tokens, past any header")
+
+				xy := srcDst(pair.Fields())
+				want := func(i int) [][]byte {
+					off := src.WindowStart(i)
+					return [][]byte{tokenFile(nil, tc.size, tokens[off:off+seqLen+1])}
+				}
+				dst := srcDst(src.Fields())
+				for i := range src.Len() {
+					require.Equal(t, pair.WindowStart(i), src.WindowStart(i), "sample %d", i)
+					if !random {
+						require.Equal(t, i*seqLen, src.WindowStart(i))
+					}
+					require.Equal(t, int64(src.WindowStart(i)*tc.size), src.Offset(0, i))
+					require.NoError(t, src.ReadSample(i, dst))
+					require.NoError(t, pair.ReadSample(i, xy))
+					require.Equal(t, want(i)[0], dst[0], "sample %d", i)
+					require.Equal(t, xy[0], dst[0][:seqLen*tc.size], "sample %d: the window starts with x", i)
+					require.Equal(t, xy[1], dst[0][tc.size:], "sample %d: the window ends with y", i)
+				}
+				requireMemoryBacked(t, src)
+				requireSourceContract(t, src)
+
+				src, err = NewTokenSource(path, cfg)
+				require.NoError(t, err)
+				requireSourceConcurrent(t, src, want)
+			})
+		}
+	}
+}
+
+// A window-mode file of exactly SeqLen+1 tokens has one sample holding every token.
+func TestTokenSourceWindowSmallestFile(t *testing.T) {
+	r := srcRand(t)
+	tokens := randTokens(r, 9, 4)
+	path := srcWriteFile(t, "t.bin", tokenFile(nil, 4, tokens))
+	src, err := NewTokenSource(path, TokenConfig{Format: TokensUint32, SeqLen: 8, Window: true})
+	require.NoError(t, err)
+	require.Equal(t, 1, src.Len())
+	dst := srcDst(src.Fields())
+	require.NoError(t, src.ReadSample(0, dst))
+	require.Equal(t, tokens, decodeTokens(dst[0], 4))
+	require.NoError(t, src.Close())
+	_, err = NewTokenSource(path, TokenConfig{Format: TokensUint32, SeqLen: 9, Window: true})
+	require.ErrorIs(t, err, ErrFormat)
+	_, err = NewTokenSource(path, TokenConfig{Format: TokensUint32, SeqLen: 1 << 29, Window: true})
+	require.ErrorIs(t, err, ErrFormat)
 }

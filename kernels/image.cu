@@ -31,78 +31,82 @@ template <typename T, int N> __device__ __forceinline__ void store_vec(T* dst, c
     for (int i = 0; i < static_cast<int>(N * sizeof(T) / 16); i++) out[i] = src[i];
 }
 
-// Converts the 16 pixels in raw (C bytes each) and stores them. FLIP is a template parameter so that
-// every index into raw is a compile-time constant and raw stays in registers.
-template <typename T, int C, int LAYOUT, bool FLIP>
-__device__ __forceinline__ void convert_chunk(const ferry_image_params& p, const uint4 (&raw)[C],
-                                              const float (&scale)[C], const float (&bias)[C], uint32_t b,
-                                              uint64_t hw, uint64_t p0) {
-    uint32_t words[4 * C];
-#pragma unroll
-    for (int i = 0; i < C; i++) {
-        words[4 * i] = raw[i].x;
-        words[4 * i + 1] = raw[i].y;
-        words[4 * i + 2] = raw[i].z;
-        words[4 * i + 3] = raw[i].w;
-    }
-    auto byte = [&](int k) -> float { return static_cast<float>((words[k / 4] >> (8 * (k % 4))) & 0xffu); };
-    if (LAYOUT == FERRY_LAYOUT_CHW) {
-        T* out = reinterpret_cast<T*>(p.dst) + static_cast<uint64_t>(b) * C * hw + p0;
-#pragma unroll
-        for (int ch = 0; ch < C; ch++) {
-            T v[16];
-#pragma unroll
-            for (int i = 0; i < 16; i++) {
-                const int s = FLIP ? 15 - i : i;
-                v[i] = convert<T>(fmaf(byte(s * C + ch), scale[ch], bias[ch]));
-            }
-            store_vec(out + ch * hw, v);
-        }
-    } else {
-        T v[16 * C];
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            const int s = FLIP ? 15 - i : i;
-#pragma unroll
-            for (int ch = 0; ch < C; ch++) v[i * C + ch] = convert<T>(fmaf(byte(s * C + ch), scale[ch], bias[ch]));
-        }
-        store_vec(reinterpret_cast<T*>(p.dst) + (static_cast<uint64_t>(b) * hw + p0) * C, v);
-    }
-}
+// The tiled path. A block lays out `rows` whole rows of one sample: it loads their bytes into shared memory
+// with contiguous 16-byte loads (a warp reads 512 consecutive bytes: full sectors from device memory, and
+// full-size reads across PCIe when the source is mapped host memory), then each thread converts K
+// consecutive outputs and writes them with one 16-byte store (a warp writes 512 consecutive bytes). Whole
+// rows in the tile keep a flipped row's mirror inside the tile.
+constexpr int kTileBytes = 16384;
 
-// One thread converts 16 consecutive pixels of one row: C 16-byte loads, then 16*C values out in
-// 16-byte stores. With a flip, output pixels [x0, x0+16) read input pixels [w-16-x0, w-x0) reversed,
-// which stays aligned because w % 16 == 0.
 template <typename T, int C, int LAYOUT>
-__device__ __forceinline__ void image_vec(const ferry_image_params& p) {
-    const uint64_t hw = static_cast<uint64_t>(p.h) * p.w;
-    const uint64_t chunks = hw / 16;
-    const uint64_t total = chunks * p.batch;
-    const uint64_t sample_bytes = hw * C;
+__device__ __forceinline__ void image_tile(const ferry_image_params& p, uint4* tile) {
+    constexpr int K = 16 / sizeof(T); // outputs per 16-byte store
+    const uint8_t* px = reinterpret_cast<const uint8_t*>(tile);
+    const uint32_t w = p.w, h = p.h, rows = p.rows;
+    const uint32_t tiles_per_sample = (h + rows - 1) / rows;
+    const uint64_t hw = static_cast<uint64_t>(h) * w;
     float scale[C], bias[C];
 #pragma unroll
     for (int ch = 0; ch < C; ch++) {
         scale[ch] = p.scale[ch];
         bias[ch] = p.bias[ch];
     }
-    for (uint64_t t = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; t < total;
-         t += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
-        const uint32_t b = static_cast<uint32_t>(t / chunks);
-        const uint64_t p0 = (t % chunks) * 16;
+    for (uint64_t blk = blockIdx.x; blk < static_cast<uint64_t>(tiles_per_sample) * p.batch; blk += gridDim.x) {
+        const uint32_t b = static_cast<uint32_t>(blk / tiles_per_sample);
+        const uint32_t y0 = static_cast<uint32_t>(blk % tiles_per_sample) * rows;
+        const uint32_t nrows = min(rows, h - y0);
+        const uint32_t npix = nrows * w;
+        const uint4* in = reinterpret_cast<const uint4*>(sample_start(p, b, hw * C) + static_cast<uint64_t>(y0) * w * C);
+        const uint32_t words = npix * C / 16;
+        __syncthreads(); // the previous tile's readers are done
+        for (uint32_t i = threadIdx.x; i < words; i += blockDim.x) tile[i] = in[i];
+        __syncthreads();
         const bool flip = flipped(p, b);
-        uint64_t src_pix = p0;
-        if (flip) {
-            const uint64_t y = p0 / p.w, x0 = p0 % p.w;
-            src_pix = y * p.w + (p.w - 16 - x0);
-        }
-        uint4 raw[C];
-        const uint4* in = reinterpret_cast<const uint4*>(sample_start(p, b, sample_bytes) + src_pix * C);
+        if (LAYOUT == FERRY_LAYOUT_CHW) {
+            T* out = reinterpret_cast<T*>(p.dst) + static_cast<uint64_t>(b) * C * hw + static_cast<uint64_t>(y0) * w;
+            const uint32_t chunks = npix / K;
 #pragma unroll
-        for (int i = 0; i < C; i++) raw[i] = in[i];
-        if (flip) {
-            convert_chunk<T, C, LAYOUT, true>(p, raw, scale, bias, b, hw, p0);
+            for (int ch = 0; ch < C; ch++) {
+                for (uint32_t j = threadIdx.x; j < chunks; j += blockDim.x) {
+                    const uint32_t p0 = j * K, y = p0 / w, x = p0 - y * w;
+                    T v[K];
+#pragma unroll
+                    for (int k = 0; k < K; k++) {
+                        const uint32_t sx = flip ? w - 1 - (x + k) : x + k;
+                        v[k] = convert<T>(fmaf(static_cast<float>(px[(y * w + sx) * C + ch]), scale[ch], bias[ch]));
+                    }
+                    store_vec(out + ch * hw + p0, v);
+                }
+            }
         } else {
-            convert_chunk<T, C, LAYOUT, false>(p, raw, scale, bias, b, hw, p0);
+            T* out = reinterpret_cast<T*>(p.dst) + (static_cast<uint64_t>(b) * hw + static_cast<uint64_t>(y0) * w) * C;
+            const uint32_t chunks = npix * C / K;
+            for (uint32_t j = threadIdx.x; j < chunks; j += blockDim.x) {
+                T v[K];
+                const uint32_t e0 = j * K, pix = e0 / C;
+                uint32_t ch = e0 - pix * C, y = pix / w, x = pix - y * w;
+#pragma unroll
+                for (int k = 0; k < K; k++) {
+                    float sc = scale[0], bi = bias[0];
+#pragma unroll
+                    for (int q = 1; q < C; q++) {
+                        if (ch == static_cast<uint32_t>(q)) {
+                            sc = scale[q];
+                            bi = bias[q];
+                        }
+                    }
+                    const uint32_t sx = flip ? w - 1 - x : x;
+                    v[k] = convert<T>(fmaf(static_cast<float>(px[(y * w + sx) * C + ch]), sc, bi));
+                    if (++ch == C) {
+                        ch = 0;
+                        if (++x == w) {
+                            x = 0;
+                            y++;
+                        }
+                    }
+                }
+                store_vec(out + static_cast<uint64_t>(j) * K, v);
+            }
         }
     }
 }
@@ -133,12 +137,13 @@ template <typename T, int C, int LAYOUT> __device__ __forceinline__ void image_a
 }
 
 template <typename T, int LAYOUT> __device__ __forceinline__ void image(const ferry_image_params& p) {
-    if (p.vec) {
+    __shared__ uint4 tile[kTileBytes / 16];
+    if (p.rows != 0) {
         switch (p.c) {
-        case 1: image_vec<T, 1, LAYOUT>(p); return;
-        case 2: image_vec<T, 2, LAYOUT>(p); return;
-        case 3: image_vec<T, 3, LAYOUT>(p); return;
-        case 4: image_vec<T, 4, LAYOUT>(p); return;
+        case 1: image_tile<T, 1, LAYOUT>(p, tile); return;
+        case 2: image_tile<T, 2, LAYOUT>(p, tile); return;
+        case 3: image_tile<T, 3, LAYOUT>(p, tile); return;
+        case 4: image_tile<T, 4, LAYOUT>(p, tile); return;
         }
     }
     switch (p.c) {

@@ -26,8 +26,11 @@ typedef struct ferry_image_params {
     uint64_t flip;    /* uint8_t[batch], nonzero flips sample b left-right; or 0 for no flips */
     uint64_t dst;     /* [batch, c, h, w] or [batch, h, w, c] of the output type */
     uint32_t batch, h, w, c; /* 1 <= c <= FERRY_MAX_CHANNELS */
-    uint32_t vec;     /* 1 when w % 16 == 0 and every sample's start is 16-byte aligned: 16-pixel vectors */
     uint32_t reserved;
+    /* Rows per block of the tiled path; 0 for the per-pixel path. The tiled path needs every sample's
+       start 16-byte aligned, (w*c) % 16 == 0, w a multiple of the outputs per 16 bytes (4 for f32, else 8)
+       and rows*w*c <= 16384. The grid is then one block per tile of `rows` rows of one sample. */
+    uint32_t rows;
     float scale[FERRY_MAX_CHANNELS];
     float bias[FERRY_MAX_CHANNELS];
 } ferry_image_params;

@@ -17,7 +17,7 @@ import (
 
 func TestEngineCreateInvalidOptions(t *testing.T) {
 	n := deviceCount(t)
-	noDevice := "libcuda.so.1" // without a driver the message names the missing library
+	noDevice := noDeviceWord(t) // without a driver the message names the missing library
 	tests := []struct {
 		name   string
 		modify func(o *engineOptions)
@@ -76,9 +76,9 @@ func TestEngineCreateDefaultsWithoutDriver(t *testing.T) {
 		t.Skip("a GPU is visible; the no-driver case runs in TestNoDriver")
 	}
 	var e engineHandle
-	requireStatus(t, ferryErrNoDevice, func() int32 { return ferryEngineCreate(nil, &e) }, "libcuda.so.1")
+	requireStatus(t, ferryErrNoDevice, func() int32 { return ferryEngineCreate(nil, &e) }, noDeviceWord(t))
 	o := defaultOptions(t)
-	requireStatus(t, ferryErrNoDevice, func() int32 { return ferryEngineCreate(&o, &e) }, "libcuda.so.1")
+	requireStatus(t, ferryErrNoDevice, func() int32 { return ferryEngineCreate(&o, &e) }, noDeviceWord(t))
 	requireUsable(t)
 }
 

@@ -58,6 +58,7 @@ const (
 	tokensUint32 = 2
 	tokensLLMC   = 3
 	tokensRandom = 0x1
+	tokensWindow = 0x2
 
 	iteratorShuffle  = 0x1
 	iteratorDropLast = 0x2
@@ -185,6 +186,14 @@ type tokenOptions struct {
 	Seed     uint64
 	Flags    uint32
 	Reserved uint32
+}
+
+// raggedOptions mirrors ferry_ragged_options.
+type raggedOptions struct {
+	Size      uint32
+	Format    int32
+	MaxLen    int64
+	FieldName *byte
 }
 
 // iteratorOptions mirrors ferry_iterator_options.
@@ -316,6 +325,8 @@ var (
 	ferrySourceNpy           func(names, paths **byte, count int32, source *sourceHandle) int32
 	ferryTokenOptionsInit    func(opts *tokenOptions) int32
 	ferrySourceTokens        func(path *byte, opts *tokenOptions, source *sourceHandle) int32
+	ferryRaggedOptionsInit   func(opts *raggedOptions) int32
+	ferrySourceRaggedTokens  func(tokensPath, offsetsPath *byte, opts *raggedOptions, source *sourceHandle) int32
 	ferrySourceCallback      func(n int64, fields *field, numFields int32, fn uintptr, user uintptr, source *sourceHandle) int32
 	ferrySourceLen           func(source sourceHandle, n *int64) int32
 	ferrySourceNumFields     func(source sourceHandle, n *int32) int32
@@ -376,6 +387,8 @@ var boundFunctions = []struct {
 	{"ferry_source_npy", &ferrySourceNpy},
 	{"ferry_token_options_init", &ferryTokenOptionsInit},
 	{"ferry_source_tokens", &ferrySourceTokens},
+	{"ferry_ragged_options_init", &ferryRaggedOptionsInit},
+	{"ferry_source_ragged_tokens", &ferrySourceRaggedTokens},
 	{"ferry_source_callback", &ferrySourceCallback},
 	{"ferry_source_len", &ferrySourceLen},
 	{"ferry_source_num_fields", &ferrySourceNumFields},

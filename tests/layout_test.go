@@ -16,6 +16,7 @@ func TestStructLayout(t *testing.T) {
 	var ms memorySnapshot
 	var fl field
 	var to tokenOptions
+	var ro raggedOptions
 	var io iteratorOptions
 	var ip iteratorPosition
 	var bp batchProperties
@@ -40,6 +41,7 @@ func TestStructLayout(t *testing.T) {
 		{"sizeof(ferry_batch)", unsafe.Sizeof(batchHandle(0)), unsafe.Sizeof(uintptr(0))},
 		{"sizeof(ferry_field)", unsafe.Sizeof(fl), 88},
 		{"sizeof(ferry_token_options)", unsafe.Sizeof(to), 32},
+		{"sizeof(ferry_ragged_options)", unsafe.Sizeof(ro), 24},
 		{"sizeof(ferry_iterator_options)", unsafe.Sizeof(io), 48},
 		{"sizeof(ferry_iterator_position)", unsafe.Sizeof(ip), 24},
 		{"sizeof(ferry_batch_properties)", unsafe.Sizeof(bp), 32},
@@ -87,6 +89,10 @@ func TestStructLayout(t *testing.T) {
 		{"ferry_token_options.seed", unsafe.Offsetof(to.Seed), 16},
 		{"ferry_token_options.flags", unsafe.Offsetof(to.Flags), 24},
 		{"ferry_token_options.reserved", unsafe.Offsetof(to.Reserved), 28},
+
+		{"ferry_ragged_options.format", unsafe.Offsetof(ro.Format), 4},
+		{"ferry_ragged_options.max_len", unsafe.Offsetof(ro.MaxLen), 8},
+		{"ferry_ragged_options.field_name", unsafe.Offsetof(ro.FieldName), 16},
 
 		{"ferry_iterator_options.flags", unsafe.Offsetof(io.Flags), 4},
 		{"ferry_iterator_options.batch_size", unsafe.Offsetof(io.BatchSize), 8},

@@ -562,6 +562,56 @@ func TestSourceTokensRandom(t *testing.T) {
 	require.NotEqual(t, inOrder, a, "random windows are not the sequential ones")
 }
 
+// TestSourceTokensWindow reads each sample as one field "tokens" of seq_len+1 tokens: the same windows, in
+// order and at the random offsets, as the x and y of a source without the flag.
+func TestSourceTokensWindow(t *testing.T) {
+	r := newRand(t)
+	c := newCmem(t, 1<<16)
+	e := newCPUEngine(t, 0)
+	for _, format := range []int{tokensUint16, tokensUint32, tokensLLMC} {
+		t.Run("format="+strconv.Itoa(format), func(t *testing.T) {
+			ntok := 300 + r.IntN(300)
+			seq := int64(4 + r.IntN(12))
+			tf := writeTokens(t, r, "tokens.bin", format, ntok)
+			h := newTokenSource(t, c, tf.path, int32(format), seq, tokensWindow, 0)
+			n := (int64(ntok) - 1) / seq
+			require.Equal(t, n, sourceLen(t, h))
+			dt := dtypeUint16
+			if format == tokensUint32 {
+				dt = dtypeUint32
+			}
+			specs := sourceSpecs(t, h)
+			require.Equal(t, []fieldSpec{{name: "tokens", dtype: dt, shape: []int64{seq + 1}}}, specs)
+			iterateAll(t, h, specs, func(k int, i int64) []byte { return tf.window(i*seq, seq+1) }, 7)
+
+			// Random windows: each is x followed by the last token of y, as the pair source gives them.
+			seed := r.Uint64()
+			win := newTokenSource(t, c, tf.path, int32(format), seq, tokensWindow|tokensRandom, seed)
+			pair := newTokenSource(t, c, tf.path, int32(format), seq, tokensRandom, seed)
+			require.Equal(t, n, sourceLen(t, win))
+			read := func(h sourceHandle, name string) []byte {
+				it := newIterator(t, e, h, iterOptions(t, n))
+				b := next(t, it)
+				defer releaseBatch(t, b)
+				x := batchFieldByName(t, b, name)
+				defer deleteTensor(t, x)
+				width := int(seq) * tf.size
+				if name == "tokens" {
+					width += tf.size
+				}
+				return append([]byte(nil), tensorBytes(x, int(n)*width)...)
+			}
+			windows, xs, ys := read(win, "tokens"), read(pair, "x"), read(pair, "y")
+			row, w := int(seq)*tf.size, int(seq+1)*tf.size
+			for i := 0; i < int(n); i++ {
+				got := windows[i*w : (i+1)*w]
+				require.Equal(t, xs[i*row:(i+1)*row], got[:row], "sample %d: the window starts with x", i)
+				require.Equal(t, ys[i*row:(i+1)*row], got[tf.size:], "sample %d: the window ends with y", i)
+			}
+		})
+	}
+}
+
 // TestSourceTokensInvalid covers token files and options ferry_source_tokens must refuse.
 func TestSourceTokensInvalid(t *testing.T) {
 	r := newRand(t)
@@ -599,7 +649,8 @@ func TestSourceTokensInvalid(t *testing.T) {
 		{"seq_len=-1", good, func(o *tokenOptions) { o.SeqLen = -1 }, ferryErrInvalidArgument, []string{"sequence length"}},
 		{"format=0", good, func(o *tokenOptions) { o.Format = 0 }, ferryErrInvalidArgument, []string{"format"}},
 		{"format=4", good, func(o *tokenOptions) { o.Format = 4 }, ferryErrInvalidArgument, []string{"format"}},
-		{"flags=0x2", good, func(o *tokenOptions) { o.Flags = 0x2 }, ferryErrInvalidArgument, []string{"flags"}},
+		{"flags=0x4", good, func(o *tokenOptions) { o.Flags = 0x4 }, ferryErrInvalidArgument, []string{"flags"}},
+		{"flags=0x80000003", good, func(o *tokenOptions) { o.Flags = 0x80000003 }, ferryErrInvalidArgument, []string{"flags"}},
 		{"size=0", good, func(o *tokenOptions) { o.Size = 0 }, ferryErrInvalidArgument, []string{"size"}},
 		{"size=31", good, func(o *tokenOptions) { o.Size = 31 }, ferryErrInvalidArgument, []string{"size"}},
 	}

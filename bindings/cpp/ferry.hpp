@@ -775,7 +775,7 @@ inline int32_t sample_trampoline(void* user, int64_t index, void* const* dst, co
 
 /**
  * An owned source of samples: caller memory, a file of fixed-size records, CIFAR-10, .npy files, a token
- * file, or a C++ function. Created by the static factories below.
+ * file, ragged token sequences, or a C++ function. Created by the static factories below.
  *
  * Move-only. The destructor destroys the handle (which waits for calls of a callback source's function
  * in flight) and then frees the function; it never throws. Destroy every iterator over the source first.
@@ -866,17 +866,36 @@ public:
      * A token file whose samples are windows of seq_len + 1 tokens, as fields "x" and "y" (y is x shifted
      * by one), each [seq_len] of the file's token type. With random, sample i starts at a pseudo-random
      * offset that is a pure function of (seed, i), as nanoGPT's get_batch draws them; else at i * seq_len.
+     * With window, each sample is one field "tokens", [seq_len + 1]: the same window, each token once.
      */
     static source tokens(const std::string& path, int64_t seq_len, ferry_token_format format = FERRY_TOKENS_UINT16,
-                         bool random = false, uint64_t seed = 0) {
+                         bool random = false, uint64_t seed = 0, bool window = false) {
         ferry_token_options o;
         check(ferry_token_options_init(&o));
         o.format = static_cast<int32_t>(format);
         o.seq_len = seq_len;
         o.seed = seed;
-        o.flags = random ? FERRY_TOKENS_F_RANDOM : 0u;
+        o.flags = (random ? FERRY_TOKENS_F_RANDOM : 0u) | (window ? FERRY_TOKENS_F_WINDOW : 0u);
         source s;
         check(ferry_source_tokens(path.c_str(), &o, &s.handle_));
+        return s;
+    }
+
+    /**
+     * Variable-length token sequences: a flat file of little-endian tokens (format FERRY_TOKENS_UINT16 or
+     * FERRY_TOKENS_UINT32) and a .npy file of N + 1 int64 or uint64 non-decreasing token offsets, sample i
+     * being tokens [off[i], off[i+1]). One field, named field, of [max_len] tokens: the sample's tokens cut
+     * at max_len, then zeros. Throws FERRY_ERR_FORMAT, naming the file, for malformed files.
+     */
+    static source ragged_tokens(const std::string& tokens_path, const std::string& offsets_path, int64_t max_len,
+                                ferry_token_format format = FERRY_TOKENS_UINT16, const std::string& field = "tokens") {
+        ferry_ragged_options o;
+        check(ferry_ragged_options_init(&o));
+        o.format = static_cast<int32_t>(format);
+        o.max_len = max_len;
+        o.field_name = field.c_str();
+        source s;
+        check(ferry_source_ragged_tokens(tokens_path.c_str(), offsets_path.c_str(), &o, &s.handle_));
         return s;
     }
 

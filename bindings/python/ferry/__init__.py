@@ -40,6 +40,7 @@ from ._sources import (
     CIFAR10Source,
     FieldSpec,
     NpySource,
+    RaggedTokenSource,
     RecordSource,
     Source,
     TokenSource,

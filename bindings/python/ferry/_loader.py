@@ -47,6 +47,7 @@ __all__ = [
     "MemorySnapshotStruct",
     "FieldStruct",
     "TokenOptions",
+    "RaggedOptions",
     "IteratorOptions",
     "IteratorPosition",
     "BatchProperties",
@@ -100,6 +101,7 @@ FERRY_TOKENS_UINT16 = 1
 FERRY_TOKENS_UINT32 = 2
 FERRY_TOKENS_LLMC = 3
 FERRY_TOKENS_F_RANDOM = 0x1
+FERRY_TOKENS_F_WINDOW = 0x2
 
 FERRY_ITERATOR_F_SHUFFLE = 0x1
 FERRY_ITERATOR_F_DROP_LAST = 0x2
@@ -244,6 +246,17 @@ class TokenOptions(Structure):
         ("seed", c_uint64),
         ("flags", c_uint32),
         ("reserved", c_uint32),
+    ]
+
+
+class RaggedOptions(Structure):
+    """ctypes mirror of ``ferry_ragged_options`` (24 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("format", c_int32),
+        ("max_len", c_int64),
+        ("field_name", c_char_p),
     ]
 
 
@@ -425,6 +438,9 @@ _SIGNATURES = [
     ("ferry_source_npy", ferry_status, [POINTER(c_char_p), POINTER(c_char_p), c_int32, POINTER(ferry_source)]),
     ("ferry_token_options_init", ferry_status, [POINTER(TokenOptions)]),
     ("ferry_source_tokens", ferry_status, [c_char_p, POINTER(TokenOptions), POINTER(ferry_source)]),
+    ("ferry_ragged_options_init", ferry_status, [POINTER(RaggedOptions)]),
+    ("ferry_source_ragged_tokens", ferry_status,
+     [c_char_p, c_char_p, POINTER(RaggedOptions), POINTER(ferry_source)]),
     ("ferry_source_callback", ferry_status,
      [c_int64, POINTER(FieldStruct), c_int32, SAMPLE_FN, c_void_p, POINTER(ferry_source)]),
     ("ferry_source_len", ferry_status, [ferry_source, POINTER(c_int64)]),

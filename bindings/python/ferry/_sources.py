@@ -33,6 +33,7 @@ __all__ = [
     "CIFAR10Source",
     "NpySource",
     "TokenSource",
+    "RaggedTokenSource",
     "CallbackSource",
 ]
 
@@ -455,6 +456,14 @@ _TOKEN_FORMATS = {
 }
 
 
+def _token_format(format: Any, allowed: Sequence[str]) -> int:
+    """The ferry_token_format of a format name (or its alias), which must be one of ``allowed``."""
+    fmt = _TOKEN_FORMATS.get(str(format).lower())
+    if fmt is None or fmt not in [_TOKEN_FORMATS[a] for a in allowed]:
+        raise _invalid(f"token format {format!r} is not one of {list(allowed)}")
+    return fmt
+
+
 class TokenSource(Source):
     """A token file served as language-model windows: fields ``x`` and ``y`` (``x`` shifted by one
     token), each ``[seq_len]`` of the file's token type.
@@ -463,25 +472,60 @@ class TokenSource(Source):
     256 × int32 header; the header gives the token type). Sample ``i`` starts at token ``i * seq_len``,
     or, with ``random=True``, at a pseudo-random offset that is a pure function of ``(seed, i)``, as
     nanoGPT's ``get_batch`` draws them.
+
+    With ``window=True`` each sample is one field, ``tokens``, of ``seq_len + 1`` tokens (``x`` followed
+    by the last token of ``y``): the same samples and windows, with each token crossing to the GPU once.
     """
 
     def __init__(self, path: Any, seq_len: int, format: str = "uint16", random: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, window: bool = False) -> None:
         super().__init__()
-        fmt = _TOKEN_FORMATS.get(str(format).lower())
-        if fmt is None:
-            raise _invalid(f"token format {format!r} is not one of {sorted(set(_TOKEN_FORMATS) - {'llm.c'})}")
+        fmt = _token_format(format, ["llmc", "uint16", "uint32"])
         lib = _loader.lib()
         opts = _loader.TokenOptions()
         _check(lib.ferry_token_options_init(byref(opts)))
         opts.format = fmt
         opts.seq_len = _as_int(seq_len, "seq_len")
         opts.seed = _as_int(seed, "seed") & (2**64 - 1)
-        opts.flags = _loader.FERRY_TOKENS_F_RANDOM if random else 0
+        opts.flags = (_loader.FERRY_TOKENS_F_RANDOM if random else 0) | (_loader.FERRY_TOKENS_F_WINDOW if window else 0)
         handle = c_void_p()
         _check(lib.ferry_source_tokens(_path(path), byref(opts), byref(handle)))
         self.path = os.fspath(path)
         self.seq_len = opts.seq_len
+        self.window = bool(window)
+        self._adopt(lib, handle)
+
+
+class RaggedTokenSource(Source):
+    """Variable-length token sequences: ``RaggedTokenSource(tokens_path, offsets_path, max_len=512)``.
+
+    ``tokens_path`` is a flat file of little-endian tokens (``format``: ``"uint16"`` or ``"uint32"``);
+    ``offsets_path`` is a ``.npy`` array of N + 1 int64 or uint64 token offsets, non-decreasing, the first
+    at least 0 and the last at most the token count, so that sample ``i`` is
+    ``tokens[offsets[i]:offsets[i + 1]]``. The source has N samples and one field, named ``field``, of
+    ``[max_len]`` tokens: a sample's tokens, cut at ``max_len``, then zeros. A malformed file raises
+    :class:`~ferry.FormatError` naming the file and the problem.
+    """
+
+    def __init__(self, tokens_path: Any, offsets_path: Any, max_len: int, format: str = "uint16",
+                 field: str = "tokens") -> None:
+        super().__init__()
+        fmt = _token_format(format, ["uint16", "uint32"])
+        if not isinstance(field, str):
+            raise TypeError(f"field must be a string, not {field!r}")
+        lib = _loader.lib()
+        opts = _loader.RaggedOptions()
+        _check(lib.ferry_ragged_options_init(byref(opts)))
+        opts.format = fmt
+        opts.max_len = _as_int(max_len, "max_len")
+        name = field.encode("utf-8")
+        opts.field_name = name
+        handle = c_void_p()
+        _check(lib.ferry_source_ragged_tokens(_path(tokens_path), _path(offsets_path), byref(opts),
+                                                     byref(handle)))
+        self.tokens_path = os.fspath(tokens_path)
+        self.offsets_path = os.fspath(offsets_path)
+        self.max_len = opts.max_len
         self._adopt(lib, handle)
 
 

@@ -48,6 +48,11 @@ def test_constants_match_header(header):
         "FERRY_MEMORY_F_PROCESS",
         "FERRY_MEMORY_F_HOST",
         "FERRY_MEMORY_F_LIVE",
+        "FERRY_TOKENS_UINT16",
+        "FERRY_TOKENS_UINT32",
+        "FERRY_TOKENS_LLMC",
+        "FERRY_TOKENS_F_RANDOM",
+        "FERRY_TOKENS_F_WINDOW",
     ):
         assert getattr(_loader, name) == header[name], name
     assert ferry.CPU == header["FERRY_DEVICE_CPU"]
@@ -62,6 +67,8 @@ def test_constants_match_header(header):
         (_loader.SystemProperties, 688),
         (_loader.EngineOptions, 16),
         (_loader.MemorySnapshotStruct, 160),
+        (_loader.TokenOptions, 32),
+        (_loader.RaggedOptions, 24),
     ],
 )
 def test_struct_sizes(struct, size):
@@ -82,6 +89,8 @@ def _header_struct_fields(text: str, name: str):
         (_loader.SystemProperties, "ferry_system_properties"),
         (_loader.EngineOptions, "ferry_engine_options"),
         (_loader.MemorySnapshotStruct, "ferry_memory_snapshot"),
+        (_loader.TokenOptions, "ferry_token_options"),
+        (_loader.RaggedOptions, "ferry_ragged_options"),
     ],
 )
 def test_struct_fields_match_header(struct, cname):

@@ -322,6 +322,34 @@ def test_token_source_random_windows(engine, tmp_path):
     assert any(s % seq_len for s in starts)
 
 
+@pytest.mark.parametrize("fmt, code", [("uint16", "H"), ("uint32", "I")])
+@pytest.mark.parametrize("random", [False, True])
+def test_token_source_window(engine, tmp_path, fmt, code, random):
+    rng, seed = fresh_rng()
+    count, seq_len = rng.randrange(300, 900), rng.randrange(2, 20)
+    tokens = array.array(code, [rng.randrange(1 << (16 if code == "H" else 32)) for _ in range(count)])
+    path = tmp_path / "tokens.bin"
+    path.write_bytes(tokens.tobytes())
+    src = ferry.TokenSource(path, seq_len=seq_len, format=fmt, random=random, seed=seed, window=True)
+    pair = ferry.TokenSource(path, seq_len=seq_len, format=fmt, random=random, seed=seed)
+    assert src.window and not pair.window
+    assert len(src) == len(pair) == (count - 1) // seq_len
+    assert src.fields == {"tokens": (fmt, (seq_len + 1,), 0)}
+    size = tokens.itemsize
+    windows = {i: f["tokens"][k * size * (seq_len + 1):(k + 1) * size * (seq_len + 1)]
+               for idx, f in _iterate(engine, src, 9) for k, i in enumerate(idx)}
+    row = size * seq_len
+    for idx, f in _iterate(engine, pair, 9):
+        for k, i in enumerate(idx):
+            x, y = f["x"][k * row:(k + 1) * row], f["y"][k * row:(k + 1) * row]
+            assert windows[i] == x + y[-size:], i  # x, then the last target
+            if not random:
+                assert windows[i] == tokens[i * seq_len:(i + 1) * seq_len + 1].tobytes()
+    assert sorted(windows) == list(range(len(src)))
+    src.close()
+    pair.close()
+
+
 def test_token_source_bad_arguments(tmp_path):
     path = tmp_path / "t.bin"
     path.write_bytes(bytes(101))  # an odd number of bytes: not whole uint16 tokens
