@@ -110,7 +110,7 @@ clean:
 # through $ORIGIN/../lib.
 GPU := $(BUILD)/gpu
 GPU_CTESTS := test_c99 header_cxx17 test_iterator_c99 test_memory_c99 test_ferry_hpp test_iterator_hpp \
-	test_memory_hpp bench_memory ferry_info ferry_iterate
+	test_memory_hpp test_transform_hpp bench_memory ferry_info ferry_iterate
 gpu-bundle: build
 	rm -rf $(GPU) && mkdir -p $(GPU)/lib $(GPU)/include $(GPU)/bin $(GPU)/tests $(GPU)/python
 	cp -P $(LIBDIR)/libferry.so* $(GPU)/lib/

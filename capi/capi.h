@@ -34,6 +34,9 @@ DLManagedTensorVersioned* ferry_capi_tensor_new(uint64_t batch, uint64_t data, i
 #define FERRY_CAPI_V1_TOKEN_OPTIONS 32u
 #define FERRY_CAPI_V1_RAGGED_OPTIONS 24u
 #define FERRY_CAPI_V1_ITERATOR_OPTIONS 48u
+/* ferry_iterator_options with transforms, staging and pinned_budget. */
+#define FERRY_CAPI_V2_ITERATOR_OPTIONS 72u
+#define FERRY_CAPI_V1_TRANSFORM 120u
 #define FERRY_CAPI_V1_ITERATOR_POSITION 24u
 #define FERRY_CAPI_V1_BATCH_PROPERTIES 32u
 #define FERRY_CAPI_V1_PRESSURE_OPTIONS 40u

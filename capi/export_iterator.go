@@ -1,5 +1,6 @@
 package main
 
+// #include <stdlib.h>
 // #include "exports.h"
 import "C"
 
@@ -8,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -67,16 +69,31 @@ func ferry_iterator_create(eh C.uintptr_t, sh C.uintptr_t, opts *C.ferry_iterato
 		if opts.batch_size <= 0 || opts.batch_size > 1<<24 {
 			return fmt.Errorf("%w: batch_size is %d; it must be 1..%d", engine.ErrInvalidArgument, int64(opts.batch_size), 1<<24)
 		}
+		var transforms map[string]engine.Transform
+		var staging engine.Staging
+		var budget int64
+		if opts.size >= C.FERRY_CAPI_V2_ITERATOR_OPTIONS {
+			if transforms, err = transformsFromC(opts.transforms, opts.num_transforms); err != nil {
+				return err
+			}
+			if opts.staging < C.FERRY_STAGING_AUTO || opts.staging > C.FERRY_STAGING_MAPPED {
+				return fmt.Errorf("%w: ferry_iterator_options.staging %d is unknown", engine.ErrInvalidArgument, int32(opts.staging))
+			}
+			staging, budget = engine.Staging(opts.staging), int64(opts.pinned_budget)
+		}
 		it, err := eng.NewIterator(src.src, engine.IteratorOptions{
-			BatchSize: int(opts.batch_size),
-			Shuffle:   opts.flags&C.FERRY_ITERATOR_F_SHUFFLE != 0,
-			DropLast:  opts.flags&C.FERRY_ITERATOR_F_DROP_LAST != 0,
-			Seed:      uint64(opts.seed),
-			Workers:   int(opts.workers),
-			Prefetch:  int(opts.prefetch),
-			Rank:      int(opts.rank),
-			WorldSize: int(opts.world_size),
-			Timeout:   time.Duration(opts.timeout_ms) * time.Millisecond,
+			Transforms:   transforms,
+			Staging:      staging,
+			PinnedBudget: budget,
+			BatchSize:    int(opts.batch_size),
+			Shuffle:      opts.flags&C.FERRY_ITERATOR_F_SHUFFLE != 0,
+			DropLast:     opts.flags&C.FERRY_ITERATOR_F_DROP_LAST != 0,
+			Seed:         uint64(opts.seed),
+			Workers:      int(opts.workers),
+			Prefetch:     int(opts.prefetch),
+			Rank:         int(opts.rank),
+			WorldSize:    int(opts.world_size),
+			Timeout:      time.Duration(opts.timeout_ms) * time.Millisecond,
 		})
 		if err != nil {
 			return err
@@ -86,7 +103,59 @@ func ferry_iterator_create(eh C.uintptr_t, sh C.uintptr_t, opts *C.ferry_iterato
 			_ = it.Close()
 			return err
 		}
+		names := make([]*C.char, len(it.Fields()))
+		for i, f := range it.Fields() {
+			names[i] = C.CString(f.Name)
+		}
+		iteratorNames.Store(h, names)
 		*out = C.uintptr_t(h)
+		return nil
+	})
+}
+
+// iteratorNames holds each iterator's batch field names as C strings, for ferry_iterator_field, from
+// create to destroy.
+var iteratorNames sync.Map // uint64 handle -> []*C.char
+
+//export ferry_iterator_num_fields
+func ferry_iterator_num_fields(h C.uintptr_t, n *C.int32_t) C.ferry_status {
+	return call("ferry_iterator_num_fields", func() error {
+		it, err := iterators.get(uint64(h))
+		if err != nil {
+			return err
+		}
+		if n == nil {
+			return errNull("num_fields")
+		}
+		*n = C.int32_t(len(it.Fields()))
+		return nil
+	})
+}
+
+//export ferry_iterator_field
+func ferry_iterator_field(h C.uintptr_t, index C.int32_t, out *C.ferry_field) C.ferry_status {
+	return call("ferry_iterator_field", func() error {
+		it, err := iterators.get(uint64(h))
+		if err != nil {
+			return err
+		}
+		if out == nil {
+			return errNull("field")
+		}
+		fs := it.Fields()
+		if index < 0 || int(index) >= len(fs) {
+			return fmt.Errorf("%w: field index %d; the iterator's batches have %d fields", engine.ErrInvalidArgument, int32(index), len(fs))
+		}
+		v, ok := iteratorNames.Load(uint64(h))
+		if !ok {
+			return fmt.Errorf("%w: ferry_iterator", errInvalidHandle)
+		}
+		f := fs[index]
+		c := C.ferry_field{name: v.([]*C.char)[index], dtype: C.int32_t(f.DType), ndim: C.int32_t(len(f.Shape))}
+		for d, s := range f.Shape {
+			c.shape[d] = C.int64_t(s)
+		}
+		*out = c
 		return nil
 	})
 }
@@ -195,10 +264,34 @@ func ferry_iterator_destroy(h C.uintptr_t) C.ferry_status {
 			return err
 		}
 		err = it.Close()
+		if v, ok := iteratorNames.LoadAndDelete(uint64(h)); ok {
+			for _, p := range v.([]*C.char) {
+				C.free(unsafe.Pointer(p))
+			}
+		}
 		iterators.release(idx)
 		if errors.Is(err, engine.ErrClosed) {
 			return nil // its engine was destroyed first, which closed it
 		}
 		return err
+	})
+}
+
+//export ferry_iterator_staging
+func ferry_iterator_staging(h C.uintptr_t, staging *C.int32_t, why *C.char, whyLen C.uint32_t) C.ferry_status {
+	return call("ferry_iterator_staging", func() error {
+		if staging == nil {
+			return errNull("staging")
+		}
+		it, err := iterators.get(uint64(h))
+		if err != nil {
+			return err
+		}
+		s, reason := it.Staging()
+		*staging = C.int32_t(s)
+		if why != nil && whyLen > 0 {
+			setString(unsafe.Slice(why, int(min(uint32(whyLen), 1<<16))), reason)
+		}
+		return nil
 	})
 }

@@ -31,6 +31,11 @@
 #define ferry_iterator_restore ferry_iterator_restore_header_decl
 #define ferry_iterator_set_epoch ferry_iterator_set_epoch_header_decl
 #define ferry_iterator_destroy ferry_iterator_destroy_header_decl
+#define ferry_iterator_staging ferry_iterator_staging_header_decl
+#define ferry_iterator_num_fields ferry_iterator_num_fields_header_decl
+#define ferry_iterator_field ferry_iterator_field_header_decl
+#define ferry_transform_init ferry_transform_init_header_decl
+#define ferry_transform_launch ferry_transform_launch_header_decl
 #define ferry_batch_info ferry_batch_info_header_decl
 #define ferry_batch_indices ferry_batch_indices_header_decl
 #define ferry_batch_field ferry_batch_field_header_decl
@@ -85,6 +90,11 @@
 #undef ferry_iterator_restore
 #undef ferry_iterator_set_epoch
 #undef ferry_iterator_destroy
+#undef ferry_iterator_staging
+#undef ferry_iterator_num_fields
+#undef ferry_iterator_field
+#undef ferry_transform_init
+#undef ferry_transform_launch
 #undef ferry_batch_info
 #undef ferry_batch_indices
 #undef ferry_batch_field

@@ -512,6 +512,70 @@ typedef struct ferry_batch_s* ferry_batch;
 /** ferry_iterator_options.flags: drop the last incomplete batch (and cut the tail when sharding). */
 #define FERRY_ITERATOR_F_DROP_LAST 0x2u
 
+/** ferry_transform.kind: a layout op on one source field (see ferry_transform). */
+typedef enum ferry_transform_kind {
+    /** u8 images [H, W, C] (C <= 4) to float, out = (x*scale - mean[c]) / std[c], CHW or HWC, optional
+        random horizontal flip. Keeps the field's name. */
+    FERRY_TRANSFORM_NORMALIZE = 1,
+    /** a uint16/uint32 window [SeqLen+1] to int64 x = window[:-1] and y = window[1:], each [SeqLen] */
+    FERRY_TRANSFORM_SHIFT_TOKENS = 2,
+    /** a variable-length uint16/uint32 field (ferry_source_ragged_tokens) to int64 tokens [B, L] padded
+        with pad_value, a bool attention mask [B, L] and int64 lengths [B]; L is the batch's longest */
+    FERRY_TRANSFORM_PAD_SEQUENCES = 3
+} ferry_transform_kind;
+
+/** ferry_transform.layout of FERRY_TRANSFORM_NORMALIZE. */
+typedef enum ferry_image_layout {
+    FERRY_LAYOUT_CHW = 0, /**< channels first: [C, H, W] per sample (torchvision models) */
+    FERRY_LAYOUT_HWC = 1  /**< channels last: [H, W, C] per sample */
+} ferry_image_layout;
+
+/**
+ * A layout transform of one source field. On a GPU it runs as a kernel on the iterator's stream right after
+ * the batch's data crosses PCIe (fused with the gather when the source memory is mapped); on the CPU
+ * engine, or where the kernels cannot load, the same op runs on the host, with the same results within
+ * float rounding. Fill with ferry_transform_init(); set only the kind's fields.
+ */
+typedef struct ferry_transform {
+    uint32_t size;      /**< set by ferry_transform_init */
+    int32_t kind;       /**< ferry_transform_kind */
+    const char* field;  /**< the source field it applies to (copied at iterator create) */
+    /* FERRY_TRANSFORM_NORMALIZE */
+    int32_t channels;   /**< how many mean/std values are given: 0 (none), 1 (every channel) or C */
+    int32_t layout;     /**< ferry_image_layout */
+    float mean[4];      /**< in units of x*scale: torchvision's ImageNet mean is 0.485, 0.456, 0.406 */
+    float std[4];
+    float scale;        /**< 0 means 1/255 */
+    int32_t dtype;      /**< FERRY_DTYPE_FLOAT32 (or 0), FERRY_DTYPE_FLOAT16 or FERRY_DTYPE_BFLOAT16 */
+    double flip;        /**< probability of a horizontal flip, a pure function of (seed, epoch, sample) */
+    /* FERRY_TRANSFORM_SHIFT_TOKENS */
+    const char* x_name; /**< NULL means "x" */
+    const char* y_name; /**< NULL means "y" */
+    /* FERRY_TRANSFORM_PAD_SEQUENCES */
+    int64_t pad_value;
+    int32_t fixed_length;      /**< nonzero pads to the field's full length instead of the batch's longest */
+    int32_t reserved;
+    const char* mask_name;     /**< NULL means "attention_mask" */
+    const char* lengths_name;  /**< NULL means "lengths" */
+} ferry_transform;
+
+/** Sets t->size, kind and field and the kind's defaults (ImageNet-free: no mean, std 1, CHW, float32). */
+FERRY_API ferry_status ferry_transform_init(ferry_transform* t, int32_t kind, const char* field);
+
+/** ferry_iterator_options.staging: how samples cross to the device. */
+typedef enum ferry_staging {
+    /** the fastest that applies: FERRY_STAGING_MAPPED when the source's memory can be registered within
+        the pinned budget and the kernels load, else FERRY_STAGING_GATHER */
+    FERRY_STAGING_AUTO = 0,
+    /** worker threads copy samples into page-locked staging, then one DMA per field; any source */
+    FERRY_STAGING_GATHER = 1,
+    /** the source's memory is registered; one DMA per sample straight from it; no host copy */
+    FERRY_STAGING_DMA = 2,
+    /** the source's memory is registered and mapped; a kernel reads the samples in place, fused with the
+        transforms; no host copy and no host thread per sample */
+    FERRY_STAGING_MAPPED = 3
+} ferry_staging;
+
 /** Options for ferry_iterator_create(). Fill with ferry_iterator_options_init() first. */
 typedef struct ferry_iterator_options {
     uint32_t size;       /**< set by ferry_iterator_options_init */
@@ -524,6 +588,11 @@ typedef struct ferry_iterator_options {
     int32_t world_size;  /**< ranks; 0 reads RANK and WORLD_SIZE when set (torchrun), else 1 */
     uint32_t timeout_ms; /**< the longest ferry_iterator_next waits; 0 picks 300000 (5 min) */
     uint32_t reserved;
+    /* Appended in 0.1: layout transforms and staging. */
+    const ferry_transform* transforms; /**< num_transforms transforms (copied at create), or NULL */
+    int32_t num_transforms;
+    int32_t staging;       /**< ferry_staging; FERRY_STAGING_AUTO picks the fastest that applies */
+    int64_t pinned_budget; /**< bytes of source memory it may register; 0: a quarter of RAM; < 0: none */
 } ferry_iterator_options;
 
 /** Sets opts->size and the defaults. */
@@ -546,6 +615,34 @@ FERRY_API ferry_status ferry_iterator_create(ferry_engine engine, ferry_source s
  * the iterator stays usable. Waits at most timeout_ms (FERRY_ERR_TIMEOUT). Call from one thread at a time.
  */
 FERRY_API ferry_status ferry_iterator_next(ferry_iterator iterator, void* consumer_stream, ferry_batch* batch);
+
+/**
+ * Writes the staging strategy the iterator uses (ferry_staging) and, into why (why_len bytes, always
+ * NUL-terminated; why may be NULL), the reason it was picked: e.g. why it fell back to gather.
+ */
+FERRY_API ferry_status ferry_iterator_staging(ferry_iterator iterator, int32_t* staging, char* why, uint32_t why_len);
+
+/** Writes the number of fields of the iterator's batches: the source's fields after the transforms. */
+FERRY_API ferry_status ferry_iterator_num_fields(ferry_iterator iterator, int32_t* num_fields);
+
+/**
+ * Writes field `index` of the iterator's batches (after the transforms), per sample. out->name stays valid
+ * until the iterator is destroyed. A field that PAD_SEQUENCES pads has its full length here; a batch
+ * padded to its longest sample is shorter (see the batch's DLPack shape).
+ */
+FERRY_API ferry_status ferry_iterator_field(ferry_iterator iterator, int32_t index, ferry_field* field);
+
+/**
+ * Runs transform t's kernel on stream (a CUstream; NULL is the legacy stream) over batch samples of the
+ * field in that lie back to back at the device address src (device memory, or page-locked host memory,
+ * which the kernel reads across PCIe), writing its outputs, [batch, ...] each in order (NORMALIZE: the
+ * image; SHIFT_TOKENS: x then y), at the device addresses dst[0..num_dst). The iterator's layout step on
+ * its own, for data already on the device. NORMALIZE runs without flips; PAD_SEQUENCES needs an iterator.
+ * The host does not wait. FERRY_ERR_UNSUPPORTED when the kernels cannot load on this device.
+ */
+FERRY_API ferry_status ferry_transform_launch(ferry_engine engine, const ferry_transform* t, const ferry_field* in,
+                                              int64_t batch, uint64_t src, const uint64_t* dst, int32_t num_dst,
+                                              void* stream);
 
 /** Writes the number of batches per epoch on this rank. */
 FERRY_API ferry_status ferry_iterator_len(ferry_iterator iterator, int64_t* batches);

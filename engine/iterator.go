@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -395,7 +396,10 @@ func (it *Iterator) free() {
 		_ = e.ctx.StreamDestroy(it.stream)
 		it.stream = 0
 	}
-	for _, r := range it.regions {
+	for i, r := range it.regions {
+		if slices.Contains(it.regions[:i], r) {
+			continue // fields that share a registration hold one reference
+		}
 		if err := e.unregister(r); err != nil {
 			e.log.Warn().Err(err).Msg("unregistering source memory")
 		}
@@ -612,17 +616,21 @@ func (it *Iterator) Next(ctx context.Context, consumer Stream) (*Batch, error) {
 		return nil, io.EOF
 	}
 	s := it.slots[it.seq%uint64(len(it.slots))]
-	start := time.Now()
-	timer := time.NewTimer(it.opts.Timeout)
-	defer timer.Stop()
 	select {
-	case <-s.ready:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: waiting for batch %d of epoch %d: %v", ErrTimeout, it.pos.Batch, it.pos.Epoch, ctx.Err())
-	case <-timer.C:
-		return nil, fmt.Errorf("%w: batch %d of epoch %d was not ready within %v", ErrTimeout, it.pos.Batch, it.pos.Epoch, it.opts.Timeout)
+	case <-s.ready: // prefetched: the common case, with no timer and no stall
+	default:
+		start := time.Now()
+		timer := time.NewTimer(it.opts.Timeout)
+		defer timer.Stop()
+		select {
+		case <-s.ready:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: waiting for batch %d of epoch %d: %v", ErrTimeout, it.pos.Batch, it.pos.Epoch, ctx.Err())
+		case <-timer.C:
+			return nil, fmt.Errorf("%w: batch %d of epoch %d was not ready within %v", ErrTimeout, it.pos.Batch, it.pos.Epoch, it.opts.Timeout)
+		}
+		it.stallNs.Add(uint64(time.Since(start)))
 	}
-	it.stallNs.Add(uint64(time.Since(start)))
 	it.seq++
 	it.pos.Batch++
 	if s.err != nil {

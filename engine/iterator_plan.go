@@ -168,6 +168,23 @@ func (it *Iterator) chooseStaging() {
 			return
 		}
 	}
+	// Kernels read mapped memory in 16-byte words; large samples that are not 16-byte aligned (a field at
+	// an odd offset of a record) would cross PCIe in small reads, slower than a host gather. Small fields
+	// (labels) cost little either way.
+	if want == StagingAuto {
+		for f, p := range it.plans {
+			if p.ragged || p.in.Bytes() < 256 {
+				continue
+			}
+			base := uintptr(unsafe.Pointer(&backed.Region(f)[0]))
+			for _, i := range []int{0, 1, it.src.Len() - 1} {
+				if i < it.src.Len() && (base+uintptr(backed.Offset(f, i)))%16 != 0 {
+					why(fmt.Sprintf("field %q's samples are not 16-byte aligned in the source's memory", p.in.Name))
+					return
+				}
+			}
+		}
+	}
 	// Register each distinct region, within the budget.
 	budget := it.opts.PinnedBudget
 	if budget == 0 {
@@ -195,17 +212,10 @@ func (it *Iterator) chooseStaging() {
 		why(fmt.Sprintf("the source's %d bytes exceed the pinned budget of %d bytes", total, max(budget, 0)))
 		return
 	}
-	regs := make([]*registration, len(it.fields))
-	for f := range it.fields {
-		r, err := e.register(regions[f])
-		if err != nil {
-			for _, x := range regs[:f] {
-				_ = e.unregister(x)
-			}
-			why(fmt.Sprintf("registering the source's memory failed: %v", err))
-			return
-		}
-		regs[f] = r
+	regs, err := e.registerRegions(regions)
+	if err != nil {
+		why(fmt.Sprintf("registering the source's memory failed: %v", err))
+		return
 	}
 	it.backed, it.regions, it.regionMem = backed, regs, regions
 	it.staging = want

@@ -593,6 +593,7 @@ func TestIteratorTransformsGPU(t *testing.T) {
 	e, err := Open(0, WithSampleInterval(0))
 	require.NoError(t, err)
 	defer e.Close()
+	t.Run("dma", func(t *testing.T) { dmaChecks(t, e) })
 	_, backed := any(&MemorySource{}).(MemoryBacked)
 	transformChecks(t, e, func(s Staging) Staging {
 		switch {
@@ -603,4 +604,36 @@ func TestIteratorTransformsGPU(t *testing.T) {
 		}
 		return s
 	})
+}
+
+// dmaChecks runs on a GPU or the stand-in driver: per-sample DMA from registered caller memory, with the
+// fields' buffers side by side in shared pages (registered as one range).
+func dmaChecks(t *testing.T, e *Engine) {
+	poisonRing(t)
+	const n = 301
+	fields := []Field{{Name: "a", DType: Uint8, Shape: []int{5, 7}}, {Name: "b", DType: Int32, Shape: []int{3}}}
+	buf := make([]byte, n*(35+12))
+	_, err := rand.Read(buf)
+	require.NoError(t, err)
+	data := [][]byte{buf[:n*35], buf[n*35:]}
+	src, err := NewMemorySource(n, fields, data)
+	require.NoError(t, err)
+	defer src.Close()
+	for _, staging := range []Staging{StagingDMA, StagingAuto} {
+		it, err := e.NewIterator(src, IteratorOptions{BatchSize: 40, Shuffle: true, Seed: 3, Staging: staging})
+		require.NoError(t, err)
+		got, why := it.Staging()
+		if staging == StagingDMA {
+			require.Equal(t, StagingDMA, got, why)
+		}
+		idx := collectEpoch(t, e, it, data)
+		require.Len(t, idx, 8)
+		// The caller's memory next to the source stays a valid destination while it is registered.
+		dst := make([]byte, 64)
+		b, err := it.Next(context.Background(), 0)
+		require.NoError(t, err)
+		require.NoError(t, e.ctx.MemcpyDtoH(dst, b.Fields[0].Device))
+		require.NoError(t, b.Release(0))
+		require.NoError(t, it.Close())
+	}
 }

@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"unsafe"
@@ -81,16 +83,63 @@ type registrations struct {
 	list []*registration
 }
 
-// register page-locks and maps mem for the device, or takes another reference to a registration that
-// covers it.
-func (e *Engine) register(mem []byte) (*registration, error) {
-	if len(mem) == 0 {
-		return nil, fmt.Errorf("%w: empty region", ErrInvalidArgument)
-	}
+// pageRange is the page-aligned range [base, end) that holds mem.
+func pageRange(mem []byte) (base, end uintptr) {
 	page := uintptr(unix.Getpagesize())
 	start := uintptr(unsafe.Pointer(&mem[0]))
-	base := start &^ (page - 1)
-	end := (start + uintptr(len(mem)) + page - 1) &^ (page - 1)
+	return start &^ (page - 1), (start + uintptr(len(mem)) + page - 1) &^ (page - 1)
+}
+
+// registerRegions registers the memory of every region for the device and returns, per region, the
+// registration that covers it. Regions whose pages overlap or touch (fields of one record file, caller
+// buffers side by side in one page) are registered as one range, since the driver refuses to register a
+// page twice. A range is registered writable when it can be, so that memory next to the source in its
+// first and last page stays a valid destination for the caller's own copies; read-only memory (a
+// read-only file mapping) is registered read-only.
+func (e *Engine) registerRegions(regions [][]byte) ([]*registration, error) {
+	type span struct{ base, end uintptr }
+	spans := make([]span, len(regions))
+	for i, m := range regions {
+		spans[i].base, spans[i].end = pageRange(m)
+	}
+	merged := append([]span(nil), spans...)
+	slices.SortFunc(merged, func(a, b span) int { return cmp.Compare(a.base, b.base) })
+	out := merged[:0]
+	for _, sp := range merged {
+		if n := len(out); n > 0 && sp.base <= out[n-1].end {
+			out[n-1].end = max(out[n-1].end, sp.end)
+			continue
+		}
+		out = append(out, sp)
+	}
+	var regs []*registration
+	fail := func(err error) ([]*registration, error) {
+		for _, r := range regs {
+			_ = e.unregister(r)
+		}
+		return nil, err
+	}
+	for _, sp := range out {
+		r, err := e.registerRange(sp.base, sp.end)
+		if err != nil {
+			return fail(err)
+		}
+		regs = append(regs, r)
+	}
+	byRegion := make([]*registration, len(regions))
+	for i, sp := range spans {
+		for _, r := range regs {
+			if r.base <= sp.base && sp.end <= r.base+uintptr(r.size) {
+				byRegion[i] = r
+			}
+		}
+	}
+	return byRegion, nil
+}
+
+// registerRange registers [base, end) (page-aligned), or takes another reference to a registration that
+// covers it.
+func (e *Engine) registerRange(base, end uintptr) (*registration, error) {
 	e.regs.mu.Lock()
 	defer e.regs.mu.Unlock()
 	for _, r := range e.regs.list {
@@ -100,9 +149,12 @@ func (e *Engine) register(mem []byte) (*registration, error) {
 		}
 	}
 	size := int(end - base)
-	flags := cuda.HostRegisterPortable | cuda.HostRegisterDeviceMap | cuda.HostRegisterReadOnly
+	flags := cuda.HostRegisterPortable | cuda.HostRegisterDeviceMap
 	if err := e.ctx.MemHostRegister(base, size, flags); err != nil {
-		return nil, err
+		// Read-only memory (a file mapped PROT_READ) registers only read-only.
+		if err2 := e.ctx.MemHostRegister(base, size, flags|cuda.HostRegisterReadOnly); err2 != nil {
+			return nil, err
+		}
 	}
 	dev, err := e.ctx.MemHostDevicePointer(base)
 	if err != nil {

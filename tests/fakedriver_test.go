@@ -50,6 +50,7 @@ func TestFakeDriver(t *testing.T) {
 	}
 	out := runOnFakeDriver(t, "TestFakeDriverChild", fakeDriverEnv)
 	require.Contains(t, out, "--- PASS: TestFakeDriverChild/iterator", "child did not run the iterator:\n%s", out)
+	require.Contains(t, out, "--- PASS: TestFakeDriverChild/transforms", "child did not run the transforms:\n%s", out)
 }
 
 // TestFakeDriverChild is the child of TestFakeDriver; it does nothing unless run by it.
@@ -91,6 +92,7 @@ func TestFakeDriverChild(t *testing.T) {
 	requireUsable(t)
 
 	t.Run("iterator", func(t *testing.T) { fakeIteratorChecks(t, e) })
+	t.Run("transforms", func(t *testing.T) { fakeTransformChecks(t, e) })
 }
 
 // fakeIteratorChecks runs an iterator on the fake GPU. Its device memory is host memory, so the kDLCUDA

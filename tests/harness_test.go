@@ -63,6 +63,18 @@ const (
 	iteratorShuffle  = 0x1
 	iteratorDropLast = 0x2
 
+	transformNormalize    int32 = 1
+	transformShiftTokens  int32 = 2
+	transformPadSequences int32 = 3
+
+	layoutCHW int32 = 0
+	layoutHWC int32 = 1
+
+	stagingAuto   int32 = 0
+	stagingGather int32 = 1
+	stagingDMA    int32 = 2
+	stagingMapped int32 = 3
+
 	kDLCPU  = 1
 	kDLCUDA = 2
 
@@ -208,6 +220,32 @@ type iteratorOptions struct {
 	WorldSize int32
 	TimeoutMS uint32
 	Reserved  uint32
+	// Appended: transforms and staging.
+	Transforms    uintptr
+	NumTransforms int32
+	Staging       int32
+	PinnedBudget  int64
+}
+
+// transform mirrors ferry_transform.
+type transform struct {
+	Size        uint32
+	Kind        int32
+	Field       uintptr
+	Channels    int32
+	Layout      int32
+	Mean        [4]float32
+	Std         [4]float32
+	Scale       float32
+	DType       int32
+	Flip        float64
+	XName       uintptr
+	YName       uintptr
+	PadValue    int64
+	FixedLength int32
+	Reserved    int32
+	MaskName    uintptr
+	LengthsName uintptr
 }
 
 // iteratorPosition mirrors ferry_iterator_position.
@@ -340,6 +378,11 @@ var (
 	ferryIteratorRestore     func(it iteratorHandle, state *iteratorPosition) int32
 	ferryIteratorSetEpoch    func(it iteratorHandle, epoch uint64) int32
 	ferryIteratorDestroy     func(it iteratorHandle) int32
+	ferryIteratorStaging     func(it iteratorHandle, staging *int32, why *byte, whyLen uint32) int32
+	ferryIteratorNumFields   func(it iteratorHandle, n *int32) int32
+	ferryIteratorField       func(it iteratorHandle, index int32, f *field) int32
+	ferryTransformInit       func(t *transform, kind int32, field *byte) int32
+	ferryTransformLaunch     func(engine engineHandle, t *transform, in *field, batch int64, src uint64, dst *uint64, numDst int32, stream uintptr) int32
 	ferryBatchInfo           func(b batchHandle, info *batchProperties) int32
 	ferryBatchIndices        func(b batchHandle, indices *int64, capacity int64) int32
 	ferryBatchField          func(b batchHandle, index int32, tensor **dlManagedTensor) int32
@@ -402,6 +445,11 @@ var boundFunctions = []struct {
 	{"ferry_iterator_restore", &ferryIteratorRestore},
 	{"ferry_iterator_set_epoch", &ferryIteratorSetEpoch},
 	{"ferry_iterator_destroy", &ferryIteratorDestroy},
+	{"ferry_iterator_staging", &ferryIteratorStaging},
+	{"ferry_iterator_num_fields", &ferryIteratorNumFields},
+	{"ferry_iterator_field", &ferryIteratorField},
+	{"ferry_transform_init", &ferryTransformInit},
+	{"ferry_transform_launch", &ferryTransformLaunch},
 	{"ferry_batch_info", &ferryBatchInfo},
 	{"ferry_batch_indices", &ferryBatchIndices},
 	{"ferry_batch_field", &ferryBatchField},

@@ -18,6 +18,7 @@ func TestStructLayout(t *testing.T) {
 	var to tokenOptions
 	var ro raggedOptions
 	var io iteratorOptions
+	var tr transform
 	var ip iteratorPosition
 	var bp batchProperties
 	var mt dlManagedTensor
@@ -42,7 +43,24 @@ func TestStructLayout(t *testing.T) {
 		{"sizeof(ferry_field)", unsafe.Sizeof(fl), 88},
 		{"sizeof(ferry_token_options)", unsafe.Sizeof(to), 32},
 		{"sizeof(ferry_ragged_options)", unsafe.Sizeof(ro), 24},
-		{"sizeof(ferry_iterator_options)", unsafe.Sizeof(io), 48},
+		{"sizeof(ferry_iterator_options)", unsafe.Sizeof(io), 72},
+		{"sizeof(ferry_transform)", unsafe.Sizeof(tr), 120},
+		{"ferry_iterator_options.transforms", unsafe.Offsetof(io.Transforms), 48},
+		{"ferry_iterator_options.num_transforms", unsafe.Offsetof(io.NumTransforms), 56},
+		{"ferry_iterator_options.staging", unsafe.Offsetof(io.Staging), 60},
+		{"ferry_iterator_options.pinned_budget", unsafe.Offsetof(io.PinnedBudget), 64},
+		{"ferry_transform.field", unsafe.Offsetof(tr.Field), 8},
+		{"ferry_transform.channels", unsafe.Offsetof(tr.Channels), 16},
+		{"ferry_transform.mean", unsafe.Offsetof(tr.Mean), 24},
+		{"ferry_transform.std", unsafe.Offsetof(tr.Std), 40},
+		{"ferry_transform.scale", unsafe.Offsetof(tr.Scale), 56},
+		{"ferry_transform.dtype", unsafe.Offsetof(tr.DType), 60},
+		{"ferry_transform.flip", unsafe.Offsetof(tr.Flip), 64},
+		{"ferry_transform.x_name", unsafe.Offsetof(tr.XName), 72},
+		{"ferry_transform.pad_value", unsafe.Offsetof(tr.PadValue), 88},
+		{"ferry_transform.fixed_length", unsafe.Offsetof(tr.FixedLength), 96},
+		{"ferry_transform.mask_name", unsafe.Offsetof(tr.MaskName), 104},
+		{"ferry_transform.lengths_name", unsafe.Offsetof(tr.LengthsName), 112},
 		{"sizeof(ferry_iterator_position)", unsafe.Sizeof(ip), 24},
 		{"sizeof(ferry_batch_properties)", unsafe.Sizeof(bp), 32},
 		{"sizeof(DLManagedTensorVersioned)", unsafe.Sizeof(mt), 80},

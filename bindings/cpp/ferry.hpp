@@ -31,6 +31,7 @@
 #ifndef FERRY_HPP
 #define FERRY_HPP
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -1125,7 +1126,10 @@ public:
     /** Releases the batch, if any, on the stream given to next(). Never throws. */
     ~batch() noexcept { reset(); }
 
-    /** Field i (in the source's order) as a tensor [size(), shape...], with no copy. */
+    /**
+     * Field i as a tensor [size(), shape...], with no copy. The batch's fields are the source's, in order,
+     * each replaced by its transform's outputs when it has one.
+     */
     tensor field(int32_t i) const {
         DLManagedTensorVersioned* t = nullptr;
         check(ferry_batch_field(h_, i, &t));
@@ -1200,6 +1204,145 @@ private:
 };
 
 // ---------------------------------------------------------------------------------------------------
+// Layout transforms
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * A layout transform of one source field (ferry_transform), made by the static builders and given to an
+ * iterator through iterator_options::transforms. On a GPU the library runs it as a kernel on the
+ * iterator's stream right after the batch's bytes cross PCIe; on the CPU engine it runs on the host, with
+ * the same results within float rounding. The batch's fields are then the transforms' outputs.
+ *
+ * A plain value type: it owns its strings and is copied freely. The builders only fill the C struct; the
+ * library checks the values when the iterator is created (ferry::error with FERRY_ERR_INVALID_ARGUMENT
+ * naming the problem).
+ */
+class transform {
+public:
+    /**
+     * u8 images [H, W, C] (C <= 4) of field to floating point: (x * scale - mean[c]) / std[c], in layout,
+     * as dtype (FERRY_DTYPE_FLOAT32, FERRY_DTYPE_FLOAT16 or FERRY_DTYPE_BFLOAT16), flipped left-right with
+     * probability flip (a pure function of the iterator's seed, the epoch and the sample index). mean and
+     * std_dev: empty (0 and 1), one value for every channel, or one per channel, in units of x * scale
+     * (torchvision's ImageNet values are {0.485, 0.456, 0.406} and {0.229, 0.224, 0.225}); the scale is
+     * 1/255 unless set with scale(). The field keeps its name.
+     */
+    static transform normalize(std::string field, std::vector<float> mean = {}, std::vector<float> std_dev = {},
+                               ferry_image_layout layout = FERRY_LAYOUT_CHW, ferry_dtype dtype = FERRY_DTYPE_FLOAT32,
+                               double flip = 0.0) {
+        transform t(FERRY_TRANSFORM_NORMALIZE, std::move(field));
+        // One count covers both arrays: an empty one takes the neutral value, a single one is repeated.
+        const std::size_t n = std::max(mean.size(), std_dev.size());
+        if (!mean.empty() && !std_dev.empty() && mean.size() != std_dev.size() && mean.size() != 1 &&
+            std_dev.size() != 1) {
+            throw error(FERRY_ERR_INVALID_ARGUMENT, "normalize: " + std::to_string(mean.size()) + " mean values and " +
+                                                        std::to_string(std_dev.size()) + " std values");
+        }
+        if (n > static_cast<std::size_t>(std::numeric_limits<int32_t>::max())) {
+            throw error(FERRY_ERR_INVALID_ARGUMENT, "normalize: too many mean or std values");
+        }
+        t.t_.channels = static_cast<int32_t>(n);
+        const std::size_t slots = sizeof(t.t_.mean) / sizeof(t.t_.mean[0]);
+        for (std::size_t c = 0; c < n && c < slots; c++) {
+            t.t_.mean[c] = mean.empty() ? 0.0f : mean[mean.size() == 1 ? 0 : c];
+            t.t_.std[c] = std_dev.empty() ? 1.0f : std_dev[std_dev.size() == 1 ? 0 : c];
+        }
+        t.t_.layout = static_cast<int32_t>(layout);
+        t.t_.dtype = static_cast<int32_t>(dtype);
+        t.t_.flip = flip;
+        return t;
+    }
+
+    /**
+     * A window of seq_len + 1 uint16/uint32 tokens of field (ferry::source::tokens with window) to the
+     * language-model pair x (the first seq_len tokens) and y (shifted by one), both int64 [seq_len]. The
+     * field is replaced by x then y.
+     */
+    static transform shift_tokens(std::string field, std::string x = "x", std::string y = "y") {
+        transform t(FERRY_TRANSFORM_SHIFT_TOKENS, std::move(field));
+        t.x_ = std::move(x);
+        t.y_ = std::move(y);
+        return t;
+    }
+
+    /**
+     * A variable-length token field (ferry::source::ragged_tokens) to int64 tokens [L] padded with
+     * pad_value, a bool attention mask [L] named mask and the int64 length named lengths; L is the batch's
+     * longest sequence, or the source's max_len when fixed. The token field keeps its name.
+     */
+    static transform pad_sequences(std::string field, int64_t pad_value = 0, bool fixed = false,
+                                   std::string mask = "attention_mask", std::string lengths = "lengths") {
+        transform t(FERRY_TRANSFORM_PAD_SEQUENCES, std::move(field));
+        t.t_.pad_value = pad_value;
+        t.t_.fixed_length = fixed ? 1 : 0;
+        t.mask_ = std::move(mask);
+        t.lengths_ = std::move(lengths);
+        return t;
+    }
+
+    /** normalize: the factor x is multiplied by before mean and std apply; 0 means 1/255. */
+    transform& scale(float s) noexcept {
+        t_.scale = s;
+        return *this;
+    }
+
+    /** The source field it applies to. */
+    const std::string& field() const noexcept { return field_; }
+
+    /** What it does. */
+    ferry_transform_kind kind() const noexcept { return static_cast<ferry_transform_kind>(t_.kind); }
+
+    /**
+     * The C description of this transform. Its strings point into this object: keep the object alive and
+     * unchanged while the result is in use (the library copies it when the iterator is created).
+     */
+    ferry_transform to_c() const noexcept {
+        ferry_transform t = t_;
+        t.field = field_.c_str();
+        if (t_.kind == FERRY_TRANSFORM_SHIFT_TOKENS) {
+            t.x_name = x_.c_str();
+            t.y_name = y_.c_str();
+        } else if (t_.kind == FERRY_TRANSFORM_PAD_SEQUENCES) {
+            t.mask_name = mask_.c_str();
+            t.lengths_name = lengths_.c_str();
+        }
+        return t;
+    }
+
+    /**
+     * Runs this transform's kernel alone (ferry_transform_launch) on stream over batch samples of in that
+     * lie back to back at device address src, writing its outputs at the device addresses dst (normalize:
+     * the image; shift_tokens: x then y). The host does not wait. Throws FERRY_ERR_UNSUPPORTED on the CPU
+     * engine or where the kernels cannot load; pad_sequences needs an iterator.
+     */
+    void launch(const engine& eng, const ferry::field& in, int64_t batch, uint64_t src,
+                const std::vector<uint64_t>& dst, void* stream = nullptr) const {
+        if (dst.size() > static_cast<std::size_t>(std::numeric_limits<int32_t>::max())) {
+            throw error(FERRY_ERR_INVALID_ARGUMENT, "too many destinations");
+        }
+        const ferry_transform t = to_c();
+        const ferry_field f = in.to_c();
+        check(ferry_transform_launch(eng.get(), &t, &f, batch, src, dst.empty() ? nullptr : dst.data(),
+                                     static_cast<int32_t>(dst.size()), stream));
+    }
+
+private:
+    transform(ferry_transform_kind kind, std::string field) : field_(std::move(field)) {
+        check(ferry_transform_init(&t_, static_cast<int32_t>(kind), field_.c_str()));
+        t_.field = nullptr; // set by to_c(), from this object's copy of the name
+    }
+
+    ferry_transform t_{};
+    std::string field_, x_, y_, mask_, lengths_;
+};
+
+/** How an iterator stages samples (ferry_iterator_staging): the strategy and why it was picked. */
+struct staging_info {
+    ferry_staging strategy = FERRY_STAGING_GATHER; /**< never FERRY_STAGING_AUTO */
+    std::string reason;                          /**< e.g. why it fell back to gather */
+};
+
+// ---------------------------------------------------------------------------------------------------
 // Iterator
 // ---------------------------------------------------------------------------------------------------
 
@@ -1243,6 +1386,15 @@ public:
     }
     /** Adds raw FERRY_ITERATOR_F_* bits (unknown bits are refused by the library). */
     iterator_options& flags(uint32_t f) noexcept { o_.flags |= f; return *this; }
+    /** The layout transforms, at most one per source field (replaces those set before). */
+    iterator_options& transforms(std::vector<transform> ts) { transforms_ = std::move(ts); return *this; }
+    /** Adds one layout transform. */
+    iterator_options& add(transform t) { transforms_.push_back(std::move(t)); return *this; }
+    /** How samples cross to the device; FERRY_STAGING_AUTO (the default) picks the fastest that applies. */
+    iterator_options& staging(ferry_staging s) noexcept { o_.staging = static_cast<int32_t>(s); return *this; }
+    /** Bytes of source memory the iterator may register for DMA or mapped staging; 0: a quarter of RAM;
+        negative: none. */
+    iterator_options& pinned_budget(int64_t bytes) noexcept { o_.pinned_budget = bytes; return *this; }
 
     /** @name Getters */
     ///@{
@@ -1256,9 +1408,15 @@ public:
     int32_t world_size() const noexcept { return o_.world_size; }
     std::chrono::milliseconds timeout() const noexcept { return std::chrono::milliseconds(o_.timeout_ms); }
     uint32_t flags() const noexcept { return o_.flags; }
+    const std::vector<transform>& transforms() const noexcept { return transforms_; }
+    ferry_staging staging() const noexcept { return static_cast<ferry_staging>(o_.staging); }
+    int64_t pinned_budget() const noexcept { return o_.pinned_budget; }
     ///@}
 
-    /** The C options struct. */
+    /**
+     * The C options struct, without the transforms (its transforms field is NULL): the iterator's
+     * constructor adds them from transforms().
+     */
     const ferry_iterator_options& c() const noexcept { return o_; }
 
 private:
@@ -1272,6 +1430,7 @@ private:
         (void)ferry_iterator_options_init(&o);
         return o;
     }();
+    std::vector<transform> transforms_;
 };
 
 /**
@@ -1399,7 +1558,19 @@ public:
      * iterator. Throws ferry::error, e.g. FERRY_ERR_INVALID_ARGUMENT for bad options.
      */
     iterator(const engine& eng, const source& src, const iterator_options& opts) {
-        check(ferry_iterator_create(eng.get(), src.get(), &opts.c(), &h_));
+        const std::vector<transform>& ts = opts.transforms();
+        if (ts.size() > static_cast<std::size_t>(std::numeric_limits<int32_t>::max())) {
+            throw error(FERRY_ERR_INVALID_ARGUMENT, "too many transforms");
+        }
+        std::vector<ferry_transform> ct;
+        ct.reserve(ts.size());
+        for (const transform& t : ts) {
+            ct.push_back(t.to_c());
+        }
+        ferry_iterator_options o = opts.c();
+        o.transforms = ct.empty() ? nullptr : ct.data();
+        o.num_transforms = static_cast<int32_t>(ct.size());
+        check(ferry_iterator_create(eng.get(), src.get(), &o, &h_));
         int64_t n = 0;
         const ferry_status st = ferry_iterator_len(h_, &n);
         if (st != FERRY_OK) {
@@ -1485,6 +1656,15 @@ public:
 
     /** Starts epoch e from its first batch, like DistributedSampler.set_epoch. */
     void set_epoch(uint64_t e) { check(ferry_iterator_set_epoch(h_, e)); }
+
+    /** The staging strategy the iterator uses and why it was picked. */
+    staging_info staging() const {
+        int32_t st = 0;
+        char why[1024];
+        why[0] = '\0';
+        check(ferry_iterator_staging(h_, &st, why, sizeof(why)));
+        return staging_info{static_cast<ferry_staging>(st), std::string(why)};
+    }
 
     /** Returns the raw handle, still owned by this object; nullptr when empty. */
     ferry_iterator get() const noexcept { return h_; }

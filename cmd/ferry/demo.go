@@ -25,7 +25,9 @@ type demoConfig struct {
 	prefetch int
 	step     time.Duration // simulated training step per batch
 	cpu      bool
-	quiet    bool // no progress bar
+	quiet    bool   // no progress bar
+	raw      bool   // no layout transform: the u8 images as they are
+	staging  string // auto, gather, dma or mapped
 }
 
 // syntheticImages builds n random 224×224×3 uint8 images with labels in [0, 1000), in memory.
@@ -75,17 +77,32 @@ func runDemo(cmd *cobra.Command, cfg demoConfig) error {
 		return err
 	}
 	defer e.Close()
+	staging, err := engine.ParseStaging(cfg.staging)
+	if err != nil {
+		return err
+	}
+	var transforms map[string]engine.Transform
+	layout := "u8 [224, 224, 3] as is"
+	if !cfg.raw {
+		// ImageNet normalization to float16 CHW with random flips, as a torchvision training pipeline does.
+		transforms = map[string]engine.Transform{"image": engine.Normalize{
+			Mean: []float32{0.485, 0.456, 0.406}, Std: []float32{0.229, 0.224, 0.225}, DType: engine.Float16, Flip: 0.5}}
+		layout = "u8 [224, 224, 3] -> float16 [3, 224, 224], normalized, flip 0.5"
+	}
 	setup := time.Now()
 	it, err := e.NewIterator(src, engine.IteratorOptions{
 		BatchSize: cfg.batch, Shuffle: true, Seed: 1, Workers: cfg.workers, Prefetch: cfg.prefetch,
+		Transforms: transforms, Staging: staging,
 	})
 	if err != nil {
 		return err
 	}
 	defer it.Close()
 	opts := it.Options()
+	used, why := it.Staging()
 	fmt.Fprintf(w, "prefetching to %s: batch %d, %d workers, %d batches in flight (ring allocated in %v)\n",
 		where, opts.BatchSize, opts.Workers, opts.Prefetch, time.Since(setup).Round(10*time.Microsecond))
+	fmt.Fprintf(w, "layout      %s\nstaging     %s (%s)\n", layout, used, why)
 
 	total := cfg.epochs * it.BatchesPerEpoch()
 	var bar *progressbar.ProgressBar
@@ -125,7 +142,7 @@ func runDemo(cmd *cobra.Command, cfg demoConfig) error {
 	}
 	secs := elapsed.Seconds()
 	fmt.Fprintf(w, "\n%d batches, %d images in %.2f s\n", st.Batches, st.Samples, secs)
-	fmt.Fprintf(w, "throughput  %.0f images/s, %.2f GB/s\n", float64(st.Samples)/secs, float64(st.Bytes)/secs/1e9)
+	fmt.Fprintf(w, "throughput  %.0f images/s, %.2f GB/s of source data\n", float64(st.Samples)/secs, float64(st.Bytes)/secs/1e9)
 	fmt.Fprintf(w, "data stall  %.2f s (%.1f%% of the loop: time next() waited for data)\n",
 		st.Stall.Seconds(), 100*st.Stall.Seconds()/secs)
 	fmt.Fprintf(w, "memory      engine reserved %s, pinned %s", gib(snap.EngineReserved), gib(snap.HostPinned))
@@ -168,5 +185,7 @@ func newDemoCommand() *cobra.Command {
 	f.DurationVar(&cfg.step, "step", 0, "simulated training step per batch, e.g. 20ms")
 	f.BoolVar(&cfg.cpu, "cpu", false, "stay on the CPU even when there is a GPU")
 	f.BoolVar(&cfg.quiet, "quiet", false, "no progress bar (there is none when the output is not a terminal)")
+	f.BoolVar(&cfg.raw, "raw", false, "deliver the u8 images as they are (no normalize/flip layout step)")
+	f.StringVar(&cfg.staging, "staging", "auto", "how samples cross to the GPU: auto, gather, dma or mapped")
 	return cmd
 }

@@ -5,7 +5,7 @@
 #   FERRY_REQUIRE_GPU=1 build/gpu/run.sh [tests|bench|all]
 #
 # Results go to $OUT (default: ./out next to this script): tests.log, bench.log, bench_c.json,
-# bench_python.json, bench_loader.json, bench_autobatch.json, info.json, nvidia-smi.txt. The last lines printed are a summary table.
+# bench_python.json, bench_loader.json, bench_autobatch.json, bench_layout.json, info.json, nvidia-smi.txt. The last lines printed are a summary table.
 set -u
 mode=${1:-all}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -56,6 +56,7 @@ if [ "$mode" = tests ] || [ "$mode" = all ]; then
     step "C++: GoogleTest" "$log" "$here/bin/test_ferry_hpp"
     step "C++: GoogleTest, iterator" "$log" "$here/bin/test_iterator_hpp"
     step "C++: GoogleTest, memory" "$log" "$here/bin/test_memory_hpp"
+    step "C++: GoogleTest, transforms" "$log" "$here/bin/test_transform_hpp"
     # The driver paths point nowhere, so the no-driver test runs (and must pass) even on a GPU host.
     step "C++: GoogleTest without a driver" "$log" sh -c "out=\$(env -u FERRY_REQUIRE_GPU \
         FERRY_CUDA_LIBRARY=/nonexistent/libcuda.so.1 FERRY_NVML_LIBRARY=/nonexistent/libnvidia-ml.so.1 \
@@ -64,6 +65,11 @@ if [ "$mode" = tests ] || [ "$mode" = all ]; then
     step "C++: example" "$log" "$here/bin/ferry_info"
     step "C++: iterator example" "$log" "$here/bin/ferry_iterate"
     step "python: pytest" "$log" python3 -m pytest -q -rs "$here/python/tests"
+    # The layout kernels under compute-sanitizer: every launch of the GPU transform and staging tests.
+    if command -v compute-sanitizer >/dev/null; then
+        step "compute-sanitizer memcheck: kernels" "$log" sh -c "cd '$here/tests' && compute-sanitizer --tool memcheck \
+            --error-exitcode 9 ./engine.test -test.run 'TransformsGPU' -test.count=1"
+    fi
 fi
 
 if [ "$mode" = bench ] || [ "$mode" = all ]; then
@@ -73,6 +79,7 @@ if [ "$mode" = bench ] || [ "$mode" = all ]; then
     step "bench: Python vs torch" "$log" python3 "$here/python/benchmarks/bench_memory.py" --device 0 --json "$out/bench_python.json"
     step "bench: loader vs torch" "$log" python3 "$here/python/benchmarks/bench_loader.py" --json "$out/bench_loader.json"
     step "bench: AutoBatch vs exhaustive search and Lightning" "$log" python3 "$here/python/benchmarks/bench_autobatch.py" --model resnet50 --headroom 0.02 --headroom 0.05 --json "$out/bench_autobatch.json"
+    step "bench: layout kernel vs torch" "$log" python3 "$here/python/benchmarks/bench_layout.py" --json "$out/bench_layout.json"
     step "bench: Go" "$log" "$here/tests/engine.test" -test.run '^$' -test.bench . -test.benchtime 2s
     cat "$log"
 fi

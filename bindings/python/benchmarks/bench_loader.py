@@ -4,13 +4,16 @@ prefetcher, on the same in-RAM data.
 
 Rows (each moves every batch to the GPU and synchronizes once per epoch; the first epoch is a warm-up):
 
-* images: N random 224x224x3 uint8 images, batch 256, shuffled. GB/s and images/s for the ferry Loader,
-  torch DataLoader with 0 and 8 workers (pin_memory, ``.cuda(non_blocking=True)``), and a timm-style
-  prefetcher (a side stream, ``non_blocking`` copies, ``wait_stream``);
+* images: N random 224x224x3 uint8 images, batch 256, shuffled. GB/s (of source bytes) and images/s for
+  the ferry Loader through each staging strategy (gather, mapped, dma), raw and with the GPU layout step
+  (u8 NHWC to f16 NCHW, ImageNet-normalized, random flips), torch DataLoader with 0 and 8 workers
+  (pin_memory, ``.cuda(non_blocking=True)``), raw and followed by the same normalization in torch on the
+  GPU, and a timm-style prefetcher (a side stream, ``non_blocking`` copies, ``wait_stream``);
 * overlap: the same loaders with 20 ms of GPU work per batch (``torch.cuda._sleep`` calibrated to 20 ms);
   reported as % of the compute-bound ideal (batches x 20 ms) for ferry and the timm-style prefetcher;
-* tokens: 32 x 1024 windows at random offsets of a 512 MB uint16 token file, ferry's TokenSource against
-  nanoGPT's ``get_batch`` (np.memmap, torch.from_numpy, pin_memory, non_blocking), in M tokens/s.
+* tokens: 32 x 1024 windows at random offsets of a 512 MB uint16 token file, ferry's TokenSource (window
+  mode: only the uint16 window crosses; ShiftTokens makes int64 x and y on the device) against nanoGPT's
+  ``get_batch`` (np.memmap, torch.from_numpy, pin_memory, non_blocking), in M tokens/s.
 
 Prints a Markdown table; --json PATH also writes the results. Without torch the torch rows are left
 out, and without a GPU everything runs on the CPU (ferry's CPU engine; torch without .cuda()). Small
@@ -120,9 +123,32 @@ def image_row(name: str, r: Dict[str, float], n: int, sample_bytes: int, note: s
 # --- the loaders ----------------------------------------------------------------------------------------
 
 
-def ferry_loader(images: Any, batch: int, device: Any, args: argparse.Namespace) -> "ferry.Loader":
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def normalize() -> "ferry.Normalize":
+    """ferry's GPU layout step: u8 NHWC to f16 NCHW, ImageNet-normalized, random horizontal flips."""
+    return ferry.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, layout="CHW", dtype="float16", flip=0.5)
+
+
+def ferry_loader(images: Any, batch: int, device: Any, args: argparse.Namespace, staging: str = "auto",
+                 transforms: Optional[Dict[str, Any]] = None) -> "ferry.Loader":
     return ferry.Loader({"image": images}, batch, shuffle=True, seed=0, device=device, workers=args.ferry_workers,
-                        prefetch=args.ferry_prefetch)
+                        prefetch=args.ferry_prefetch, staging=staging, transforms=transforms)
+
+
+def torch_normalize(dev: Any) -> Callable[[Any], Any]:
+    """What a DataLoader user does on the GPU after the copy: NHWC u8 to NCHW f16, normalized, flipped."""
+    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1) * 255
+
+    def f(x: Any) -> Any:
+        x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float()
+        flip = torch.rand(x.shape[0], device=dev) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        return ((x - mean) / std).half()
+
+    return f
 
 
 def torch_dataloader(images_t: Any, batch: int, workers: int, pin: bool) -> Any:
@@ -182,11 +208,17 @@ def bench_images(args: argparse.Namespace, gpu: bool) -> List[Dict[str, Any]]:
     sample_bytes = args.size * args.size * 3
     rows = []
     device = 0 if gpu else "cpu"
-    with ferry_loader(images, args.batch, device, args) as loader:
-        out = "torch tensors" if loader.output == "torch" else loader.output
-        r = run_epochs(lambda: loader, args.epochs, lambda b: None)
-        rows.append(image_row(f"ferry Loader ({'GPU' if gpu else 'CPU engine'})", r, args.n, sample_bytes,
-                              f"workers={args.ferry_workers or 'auto'}, prefetch={args.ferry_prefetch or 4}, {out}"))
+    stagings = ["gather", "mapped", "dma"] if gpu else ["gather"]
+    for staging in stagings:
+        for xf in ([None, "normalize"] if gpu else [None]):
+            transforms = {"image": normalize()} if xf else None
+            with ferry_loader(images, args.batch, device, args, staging, transforms) as loader:
+                out = "torch tensors" if loader.output == "torch" else loader.output
+                used, why = loader.staging
+                r = run_epochs(lambda: loader, args.epochs, lambda b: None)
+                what = "u8 NHWC as is" if xf is None else "f16 NCHW normalized + flip on the GPU"
+                rows.append(image_row(f"ferry Loader, {used} staging ({'GPU' if gpu else 'CPU engine'}), {what}", r,
+                                      args.n, sample_bytes, f"asked {staging}: {why}; {out}"))
     if torch is None or np is None:
         return rows
     images_t = torch.from_numpy(images)
@@ -197,6 +229,11 @@ def bench_images(args: argparse.Namespace, gpu: bool) -> List[Dict[str, Any]]:
         r = run_epochs(lambda: dl, args.epochs, consume)
         rows.append(image_row(f"torch DataLoader, {workers} workers", r, args.n, sample_bytes,
                               "pin_memory, .cuda(non_blocking=True)" if gpu else "CPU"))
+        if gpu:
+            norm = torch_normalize(dev)
+            r = run_epochs(lambda: dl, args.epochs, lambda b: norm(b[0]))
+            rows.append(image_row(f"torch DataLoader, {workers} workers, + GPU normalize and flip", r, args.n,
+                                  sample_bytes, "pin_memory, non_blocking, then permute/float/flip/normalize/half"))
         del dl
     if gpu:
         dl = torch_dataloader(images_t, args.batch, args.timm_workers, pin=True)
@@ -220,10 +257,12 @@ def bench_overlap(args: argparse.Namespace) -> List[Dict[str, Any]]:
     rows = []
     batches = -(-args.n // args.batch)
     ideal = batches * args.work_ms / 1e3
-    with ferry_loader(images, args.batch, 0, args) as loader:
-        r = run_epochs(lambda: loader, args.epochs, work)
-    rows.append(dict(image_row("overlap: ferry Loader", r, args.n, sample_bytes),
-                     ideal_s=ideal, percent_of_ideal=100 * ideal / r["mean_s"], sleep_ms=cal["measured_ms"]))
+    for staging in ("gather", "mapped"):
+        with ferry_loader(images, args.batch, 0, args, staging, {"image": normalize()}) as loader:
+            used, _ = loader.staging
+            r = run_epochs(lambda: loader, args.epochs, work)
+        rows.append(dict(image_row(f"overlap: ferry Loader, {used} staging, normalize + flip", r, args.n, sample_bytes),
+                         ideal_s=ideal, percent_of_ideal=100 * ideal / r["mean_s"], sleep_ms=cal["measured_ms"]))
     images_t = torch.from_numpy(images)
     dl = torch_dataloader(images_t, args.batch, args.timm_workers, pin=True)
     r = run_epochs(lambda: TimmPrefetcher(dl, dev), args.epochs, work)
@@ -238,9 +277,10 @@ def bench_tokens(args: argparse.Namespace, gpu: bool) -> List[Dict[str, Any]]:
     with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
         path = os.path.join(tmp, "train.bin")
         count = write_tokens(path, args.token_mb)
-        src = ferry.TokenSource(path, seq_len=T, format="uint16", random=True, seed=1)
+        src = ferry.TokenSource(path, seq_len=T, format="uint16", random=True, seed=1, window=True)
         with ferry.Loader(src, B, device=0 if gpu else "cpu", workers=args.ferry_workers,
-                          prefetch=args.ferry_prefetch) as loader:
+                          prefetch=args.ferry_prefetch, transforms={"tokens": ferry.ShiftTokens()}) as loader:
+            used, _ = loader.staging
             it = iter(loader)
 
             def ferry_step() -> None:
@@ -253,8 +293,9 @@ def bench_tokens(args: argparse.Namespace, gpu: bool) -> List[Dict[str, Any]]:
 
             t = time_steps(ferry_step, args.token_batches)
         src.close()
-        rows.append({"name": "tokens: ferry TokenSource", "M_tokens_per_s": B * T * args.token_batches / t / 1e6,
-                     "seconds": t, "note": f"x and y uint16 [{B}, {T}], random offsets, {count >> 20} M tokens"})
+        rows.append({"name": f"tokens: ferry TokenSource, {used} staging", "M_tokens_per_s": B * T * args.token_batches / t / 1e6,
+                     "seconds": t, "note": f"windows of {T}+1 uint16 cross; int64 x and y [{B}, {T}] made on the device; "
+                                           f"random offsets, {count >> 20} M tokens"})
         if torch is not None and np is not None:
             data = np.memmap(path, dtype=np.uint16, mode="r")
             dev = torch.device("cuda", 0) if gpu else torch.device("cpu")

@@ -46,6 +46,7 @@ from ._sources import (
     TokenSource,
 )
 from ._dlpack import DLPackField
+from ._transforms import Normalize, PadSequences, ShiftTokens, Transform
 from ._iterator import Batch, Iterator, Loader, OptimizedDataLoader, PrefetchLoader
 
 __version__ = "0.1.0"
@@ -81,4 +82,9 @@ __all__ = [
     "Loader",
     "OptimizedDataLoader",
     "PrefetchLoader",
+    # layout transforms
+    "Transform",
+    "Normalize",
+    "ShiftTokens",
+    "PadSequences",
 ] + _sources.__all__ + _errors.__all__

@@ -9,16 +9,18 @@ from __future__ import annotations
 import ctypes
 import re
 import weakref
-from ctypes import byref, c_int64, c_void_p
-from typing import Any, Dict, Iterator as TypingIterator, List, Mapping, Optional, Union
+from ctypes import byref, c_int32, c_int64, c_void_p
+from typing import Any, Dict, Iterator as TypingIterator, List, Mapping, Optional, Tuple, Union
 
 from . import _loader
 from ._device import device_count
 from ._dlpack import DLPackField, _field_from_batch
 from ._engine import CPU, Engine
 from ._handle import _Owner
-from ._errors import FerryIOError, _as_int, _as_int32, _as_uint32, _check, _closed, _error, _invalid
+from ._errors import (FerryIOError, InternalError, Status, _as_int, _as_int32, _as_uint32, _check, _closed, _error,
+                      _invalid)
 from ._sources import ArraySource, Source, _format_exception
+from ._transforms import STAGING_NAMES, Transform, staging_code, transform_array
 
 __all__ = ["Iterator", "Batch", "Loader", "OptimizedDataLoader", "PrefetchLoader"]
 
@@ -70,6 +72,10 @@ class Batch:
         """The batch's number within its epoch."""
         self.num_samples: int = info.num_samples
         """Samples in the batch (the last one may be short)."""
+        if info.num_fields != len(self._names):
+            self.release()
+            raise InternalError(Status.INTERNAL, f"the batch has {info.num_fields} fields; the iterator expected "
+                                f"{len(self._names)} ({self._names})", "FERRY_ERR_INTERNAL")
 
     def _h(self) -> c_void_p:
         h = self._handle
@@ -156,6 +162,13 @@ class Iterator(_Owner):
     starts the next epoch). The order is a pure function of ``(seed, epoch, position)``; it does not
     depend on ``workers``. Sharding (``rank``, ``world_size``) follows torch's DistributedSampler.
 
+    ``transforms`` maps source field names to layout transforms (:class:`~ferry.Normalize`,
+    :class:`~ferry.ShiftTokens`, :class:`~ferry.PadSequences`); the batch's fields are then the transforms'
+    outputs (:attr:`field_names`). ``staging`` is how samples cross to the device: ``"auto"`` (the fastest
+    that applies), ``"gather"``, ``"dma"`` or ``"mapped"``; :attr:`staging` tells what was picked and why.
+    ``pinned_budget`` is the most source memory, in bytes, the iterator may register with the driver for
+    ``"dma"`` and ``"mapped"`` (None or 0: a quarter of RAM; negative: none).
+
     Ownership: the iterator owns its handle; :meth:`close` destroys it (release every batch first; the
     tensors of batches still held then point to freed memory). It keeps its engine and source alive.
     Call :meth:`next`, :meth:`restore` and :meth:`set_epoch` from one thread at a time.
@@ -163,7 +176,9 @@ class Iterator(_Owner):
 
     def __init__(self, engine: Engine, source: Source, batch_size: int, shuffle: bool = False, seed: int = 0,
                  drop_last: bool = False, workers: int = 0, prefetch: int = 0, rank: Optional[int] = None,
-                 world_size: Optional[int] = None, timeout_ms: int = 0) -> None:
+                 world_size: Optional[int] = None, timeout_ms: int = 0,
+                 transforms: Optional[Mapping[str, Transform]] = None, staging: Any = "auto",
+                 pinned_budget: Optional[int] = None) -> None:
         self._handle: Optional[c_void_p] = None
         if not isinstance(source, Source):
             raise TypeError(f"source must be a ferry source, not {type(source).__name__}")
@@ -186,12 +201,35 @@ class Iterator(_Owner):
             opts.world_size = _as_int32(world_size, "world_size")
             opts.rank = _as_int32(rank if rank is not None else 0, "rank")
         opts.timeout_ms = _as_uint32(timeout_ms, "timeout_ms")
+        # The array and the C strings it points to stay alive in these locals until the call returns; the
+        # library copies them.
+        array, count, names = transform_array(transforms)
+        if array is not None:
+            opts.transforms = ctypes.cast(array, ctypes.POINTER(_loader.Transform))
+        opts.num_transforms = count
+        opts.staging = _as_int32(staging_code(staging), "staging")
+        budget = 0 if pinned_budget is None else _as_int(pinned_budget, "pinned_budget")
+        if not -(2**63) <= budget < 2**63:
+            raise _invalid(f"pinned_budget {budget} does not fit int64_t")
+        opts.pinned_budget = budget
         handle = c_void_p()
         _check(lib.ferry_iterator_create(engine._h(), source._h(), byref(opts), byref(handle)))
+        del array, names
         self._own(handle, _destroy_iterator, lib, handle, engine, source)
         self.engine = engine
         self.source = source
-        self.field_names: List[str] = list(source.fields)
+        self.transforms: Dict[str, Transform] = dict(transforms) if transforms else {}
+        """The transforms given, by source field."""
+        nf = c_int32()
+        _check(lib.ferry_iterator_num_fields(handle, byref(nf)))
+        names_out: List[str] = []
+        for i in range(nf.value):
+            fs = _loader.FieldStruct()
+            _check(lib.ferry_iterator_field(handle, i, byref(fs)))
+            names_out.append(fs.name.decode("utf-8"))
+        self.field_names: List[str] = names_out
+        """The batch's field names, in order: the source's fields, or their transforms' outputs
+        (``ferry_iterator_field``)."""
         self.batch_size = opts.batch_size
         n = c_int64()
         _check(lib.ferry_iterator_len(handle, byref(n)))
@@ -200,6 +238,16 @@ class Iterator(_Owner):
     def close(self) -> None:
         """Stops prefetching and frees the ring. Idempotent."""
         super().close()
+
+    @property
+    def staging(self) -> Tuple[str, str]:
+        """``(strategy, reason)``: how samples cross to the device (``"gather"``, ``"dma"`` or
+        ``"mapped"``) and why it was picked, e.g. why it fell back to ``"gather"``
+        (``ferry_iterator_staging``)."""
+        code = c_int32()
+        why = ctypes.create_string_buffer(1024)
+        _check(self._lib.ferry_iterator_staging(self._h(), byref(code), why, len(why)))
+        return STAGING_NAMES.get(code.value, str(code.value)), why.value.decode("utf-8", "replace")
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
@@ -277,6 +325,21 @@ def _import(name: str) -> Any:
 _OUTPUTS = ("torch", "numpy", "dlpack")
 
 
+def _numpy_converter(from_dlpack: Any, copy: bool) -> Any:
+    """The numpy output of :class:`Loader`: ``numpy.from_dlpack`` of each field, with a clear error for
+    bfloat16, which numpy does not have."""
+
+    def convert(f: DLPackField) -> Any:
+        if f.dtype == "bfloat16":
+            raise TypeError(f"batch field {f.name!r} is bfloat16, which numpy does not have: use output='torch' "
+                            "or output='dlpack' (DLPackField.to_memoryview() gives its raw uint16 words), or "
+                            "a float16 or float32 transform")
+        a = from_dlpack(f)
+        return a.copy() if copy else a
+
+    return convert
+
+
 class Loader:
     """Batches for a training loop: ``for batch in Loader(source, 256, shuffle=True): ...``.
 
@@ -291,6 +354,11 @@ class Loader:
     ``"cuda:N"`` that GPU. ``workers`` (0: min(cores, 16)) gather threads, ``prefetch`` (2..64; 0: 4)
     batches in flight. ``rank``/``world_size`` shard like torch's DistributedSampler (None reads
     RANK/WORLD_SIZE when set). ``timeout_ms`` bounds one wait (0: 5 minutes).
+
+    ``transforms`` lays fields out on the device right after the copy (on the host on the CPU), e.g.
+    ``transforms={"image": ferry.Normalize(mean, std, dtype="float16")}``; the batch's keys are then the
+    transforms' outputs. ``staging`` (``"auto"``, ``"gather"``, ``"dma"``, ``"mapped"``) and
+    ``pinned_budget`` are those of :class:`Iterator`.
 
     Zero copy: the tensors are views of ferry's ring of ``prefetch`` batches, whose slots are reused in
     turn; a slot is refilled only when every tensor of its batch has been freed. So a batch must be let
@@ -311,7 +379,9 @@ class Loader:
     def __init__(self, source: Union[Source, Mapping[str, Any]], batch_size: int, shuffle: bool = False,
                  seed: int = 0, drop_last: bool = False, workers: int = 0, prefetch: int = 0,
                  device: Any = None, rank: Optional[int] = None, world_size: Optional[int] = None,
-                 timeout_ms: int = 0, copy: bool = False, output: Optional[str] = None) -> None:
+                 timeout_ms: int = 0, copy: bool = False, output: Optional[str] = None,
+                 transforms: Optional[Mapping[str, Transform]] = None, staging: Any = "auto",
+                 pinned_budget: Optional[int] = None) -> None:
         self._iterator: Optional[Iterator] = None
         self._owned_source: Optional[Source] = None
         self._engine: Optional[Engine] = None
@@ -326,14 +396,16 @@ class Loader:
             self._engine = Engine(dev, sample_interval_ms=0)
             self._iterator = Iterator(self._engine, source, batch_size, shuffle=shuffle, seed=seed,
                                       drop_last=drop_last, workers=workers, prefetch=prefetch, rank=rank,
-                                      world_size=world_size, timeout_ms=timeout_ms)
+                                      world_size=world_size, timeout_ms=timeout_ms, transforms=transforms,
+                                      staging=staging, pinned_budget=pinned_budget)
         except BaseException:
             self.close()
             raise
         self.source = source
         self.batch_size = self._iterator.batch_size
         self._settings = dict(shuffle=shuffle, seed=seed, drop_last=drop_last, workers=workers, prefetch=prefetch,
-                              rank=rank, world_size=world_size, timeout_ms=timeout_ms, output=self.output)
+                              rank=rank, world_size=world_size, timeout_ms=timeout_ms, output=self.output,
+                              transforms=transforms, staging=staging, pinned_budget=pinned_budget)
 
     def _setup_output(self, output: Optional[str]) -> None:
         on_gpu = self.device != CPU
@@ -368,8 +440,7 @@ class Loader:
                 dev = torch.device("cuda", self.device)
                 self._stream_fn = lambda: current_stream(dev).cuda_stream
         elif output == "numpy":
-            from_dlpack = np.from_dlpack
-            self._convert = (lambda f: from_dlpack(f).copy()) if copy else from_dlpack
+            self._convert = _numpy_converter(np.from_dlpack, copy)
         else:
             if copy and on_gpu:
                 raise _invalid("Loader(copy=True) on a GPU needs torch")
@@ -414,6 +485,11 @@ class Loader:
     def iterator(self) -> Iterator:
         """The underlying :class:`~ferry.Iterator` (batches with their indices, explicit release)."""
         return self._it()
+
+    @property
+    def staging(self) -> Tuple[str, str]:
+        """``(strategy, reason)``: how samples cross to the device; see :attr:`Iterator.staging`."""
+        return self._it().staging
 
     # --- iteration ----------------------------------------------------------------------------------------
 

@@ -25,9 +25,11 @@ from ctypes import (
     c_char,
     c_char_p,
     c_double,
+    c_float,
     c_int,
     c_int32,
     c_int64,
+    c_size_t,
     c_uint8,
     c_uint16,
     c_uint32,
@@ -48,6 +50,7 @@ __all__ = [
     "FieldStruct",
     "TokenOptions",
     "RaggedOptions",
+    "Transform",
     "IteratorOptions",
     "IteratorPosition",
     "BatchProperties",
@@ -105,6 +108,16 @@ FERRY_TOKENS_F_WINDOW = 0x2
 
 FERRY_ITERATOR_F_SHUFFLE = 0x1
 FERRY_ITERATOR_F_DROP_LAST = 0x2
+
+FERRY_TRANSFORM_NORMALIZE = 1
+FERRY_TRANSFORM_SHIFT_TOKENS = 2
+FERRY_TRANSFORM_PAD_SEQUENCES = 3
+FERRY_LAYOUT_CHW = 0
+FERRY_LAYOUT_HWC = 1
+FERRY_STAGING_AUTO = 0
+FERRY_STAGING_GATHER = 1
+FERRY_STAGING_DMA = 2
+FERRY_STAGING_MAPPED = 3
 
 FERRY_PRESSURE_NONE = 0
 FERRY_PRESSURE_WARN = 1
@@ -260,8 +273,32 @@ class RaggedOptions(Structure):
     ]
 
 
+class Transform(Structure):
+    """ctypes mirror of ``ferry_transform`` (120 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("kind", c_int32),
+        ("field", c_char_p),
+        ("channels", c_int32),
+        ("layout", c_int32),
+        ("mean", c_float * 4),
+        ("std", c_float * 4),
+        ("scale", c_float),
+        ("dtype", c_int32),
+        ("flip", c_double),
+        ("x_name", c_char_p),
+        ("y_name", c_char_p),
+        ("pad_value", c_int64),
+        ("fixed_length", c_int32),
+        ("reserved", c_int32),
+        ("mask_name", c_char_p),
+        ("lengths_name", c_char_p),
+    ]
+
+
 class IteratorOptions(Structure):
-    """ctypes mirror of ``ferry_iterator_options`` (48 bytes)."""
+    """ctypes mirror of ``ferry_iterator_options`` (72 bytes)."""
 
     _fields_ = [
         ("size", c_uint32),
@@ -274,6 +311,10 @@ class IteratorOptions(Structure):
         ("world_size", c_int32),
         ("timeout_ms", c_uint32),
         ("reserved", c_uint32),
+        ("transforms", POINTER(Transform)),
+        ("num_transforms", c_int32),
+        ("staging", c_int32),
+        ("pinned_budget", c_int64),
     ]
 
 
@@ -457,6 +498,14 @@ _SIGNATURES = [
     ("ferry_iterator_restore", ferry_status, [ferry_iterator, POINTER(IteratorPosition)]),
     ("ferry_iterator_set_epoch", ferry_status, [ferry_iterator, c_uint64]),
     ("ferry_iterator_destroy", ferry_status, [ferry_iterator]),
+    ("ferry_iterator_staging", ferry_status, [ferry_iterator, POINTER(c_int32), POINTER(c_char), c_uint32]),
+    ("ferry_iterator_num_fields", ferry_status, [ferry_iterator, POINTER(c_int32)]),
+    ("ferry_iterator_field", ferry_status, [ferry_iterator, c_int32, POINTER(FieldStruct)]),
+    # transforms
+    ("ferry_transform_init", ferry_status, [POINTER(Transform), c_int32, c_char_p]),
+    ("ferry_transform_launch", ferry_status,
+     [ferry_engine, POINTER(Transform), POINTER(FieldStruct), c_int64, c_uint64, POINTER(c_uint64), c_int32,
+      c_void_p]),
     # batches
     ("ferry_batch_info", ferry_status, [ferry_batch, POINTER(BatchProperties)]),
     ("ferry_batch_indices", ferry_status, [ferry_batch, POINTER(c_int64), c_int64]),

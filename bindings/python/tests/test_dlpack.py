@@ -28,7 +28,7 @@ _get_name = ctypes.PYFUNCTYPE(c_char_p, ctypes.py_object)(("PyCapsule_GetName", 
 
 
 @pytest.mark.parametrize("struct, size", [
-    (_loader.FieldStruct, 88), (_loader.TokenOptions, 32), (_loader.IteratorOptions, 48),
+    (_loader.FieldStruct, 88), (_loader.TokenOptions, 32), (_loader.IteratorOptions, 72), (_loader.Transform, 120),
     (_loader.IteratorPosition, 24), (_loader.BatchProperties, 32), (_loader.DLTensor, 48),
     (_loader.DLManagedTensorVersioned, 80), (_loader.DLManagedTensor, 64),
 ])
@@ -47,6 +47,7 @@ def _header_text():
     (_loader.FieldStruct, "ferry_field", "struct ferry_field"),
     (_loader.TokenOptions, "ferry_token_options", "struct ferry_token_options"),
     (_loader.IteratorOptions, "ferry_iterator_options", "struct ferry_iterator_options"),
+    (_loader.Transform, "ferry_transform", "struct ferry_transform"),
     (_loader.IteratorPosition, "ferry_iterator_position", "struct ferry_iterator_position"),
     (_loader.BatchProperties, "ferry_batch_properties", "struct ferry_batch_properties"),
     (_loader.DLManagedTensorVersioned, "DLManagedTensorVersioned", "struct DLManagedTensorVersioned"),
@@ -65,7 +66,7 @@ def test_struct_fields_match_header(struct, cname, typedef):
 
 def test_constants_match_header(header):
     for name in dir(_loader):
-        if re.fullmatch(r"FERRY_(DTYPE|TOKENS|ITERATOR_F|MAX_DIMS|END_OF_EPOCH)\w*", name):
+        if re.fullmatch(r"FERRY_(DTYPE|TOKENS|ITERATOR_F|MAX_DIMS|END_OF_EPOCH|TRANSFORM|LAYOUT|STAGING)\w*", name):
             assert getattr(_loader, name) == header[name], name
     for name, (code, _) in ferry._sources.DTYPES.items():
         assert header["FERRY_DTYPE_" + name.upper()] == code

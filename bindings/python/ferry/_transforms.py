@@ -1,0 +1,228 @@
+"""Layout transforms of batch fields: :class:`Normalize`, :class:`ShiftTokens` and :class:`PadSequences`.
+
+A transform describes a ``ferry_transform``; it is given to an iterator or loader per source field, e.g.
+``Loader(src, 256, transforms={"image": ferry.Normalize(mean, std)})``. On a GPU the library runs it as a
+kernel on the iterator's stream right after the batch's bytes cross PCIe; on the CPU engine it runs on the
+host, with the same results within float rounding.
+
+The classes only convert their arguments to the C struct: the library checks the values when the iterator
+is created and raises :class:`~ferry.InvalidArgumentError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import numbers
+from ctypes import byref
+from typing import Any, List, Optional, Sequence, Tuple
+
+from . import _loader
+from ._errors import _as_int, _check, _invalid
+from ._sources import DTYPES, dtype_name
+
+__all__ = ["Transform", "Normalize", "ShiftTokens", "PadSequences"]
+
+_LAYOUTS = {"CHW": _loader.FERRY_LAYOUT_CHW, "NCHW": _loader.FERRY_LAYOUT_CHW, "HWC": _loader.FERRY_LAYOUT_HWC,
+            "NHWC": _loader.FERRY_LAYOUT_HWC, "CHANNELS_LAST": _loader.FERRY_LAYOUT_HWC}
+_LAYOUT_NAMES = {_loader.FERRY_LAYOUT_CHW: "CHW", _loader.FERRY_LAYOUT_HWC: "HWC"}
+
+
+def _name(value: Optional[str], what: str) -> Optional[bytes]:
+    """A field name as the C string the struct holds; None stays NULL (the library's default name)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    return value.encode("utf-8")
+
+
+def _values(value: Any, what: str) -> Optional[Tuple[float, ...]]:
+    """mean or std as a tuple of floats: None, a number, or a sequence of numbers."""
+    if value is None:
+        return None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return (float(value),)
+    if hasattr(value, "tolist"):  # a numpy array or a torch tensor
+        value = value.tolist()
+        if not isinstance(value, list):
+            return (float(value),)
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{what} must be a number or a sequence of numbers, not {value!r}")
+    try:
+        return tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a number or a sequence of numbers, not {value!r}") from None
+
+
+class Transform:
+    """The base of the transforms. Subclasses fill a ``ferry_transform``; the library does the work."""
+
+    _kind = 0
+
+    def _fill(self, t: _loader.Transform, keep: List[bytes]) -> None:
+        raise NotImplementedError
+
+    def _struct(self, field: str, keep: List[bytes]) -> _loader.Transform:
+        """The ``ferry_transform`` of this transform on source field ``field``. The C strings it points to
+        are appended to ``keep``, which must stay alive while the struct is in use."""
+        if not isinstance(field, str):
+            raise TypeError(f"a transform's field name must be a str, not {type(field).__name__}")
+        name = field.encode("utf-8")
+        keep.append(name)
+        t = _loader.Transform()
+        _check(_loader.lib().ferry_transform_init(byref(t), self._kind, name))
+        self._fill(t, keep)
+        return t
+
+
+    def _set_name(self, t: _loader.Transform, attr: str, value: Optional[bytes], keep: List[bytes]) -> None:
+        if value is not None:
+            keep.append(value)
+            setattr(t, attr, value)
+
+
+class Normalize(Transform):
+    """u8 images ``[H, W, C]`` (C <= 4) to floating point: ``(x * scale - mean[c]) / std[c]``.
+
+    ``mean`` and ``std``: None, one value for every channel, or one per channel, in units of ``x * scale``
+    (torchvision's ImageNet mean is ``(0.485, 0.456, 0.406)``, std ``(0.229, 0.224, 0.225)``). ``scale``:
+    None is 1/255. ``layout``: ``"CHW"`` (the batch is ``[B, C, H, W]``) or ``"HWC"``. ``dtype``:
+    ``"float32"``, ``"float16"`` or ``"bfloat16"`` (also as numpy or torch dtypes). ``flip``: the probability
+    of a horizontal flip, decided per sample as a pure function of the iterator's seed, the epoch and the
+    sample index, so a resumed run flips the same samples. The field keeps its name.
+    """
+
+    _kind = _loader.FERRY_TRANSFORM_NORMALIZE
+
+    def __init__(self, mean: Any = None, std: Any = None, layout: Any = "CHW", dtype: Any = "float32",
+                 flip: float = 0.0, scale: Optional[float] = None) -> None:
+        self.mean = _values(mean, "mean")
+        self.std = _values(std, "std")
+        if isinstance(layout, str):
+            code = _LAYOUTS.get(layout.strip().upper())
+            if code is None:
+                raise _invalid(f"Normalize: unknown layout {layout!r} (\"CHW\" or \"HWC\")")
+            self.layout: Any = _LAYOUT_NAMES[code]
+            self._layout = code
+        else:
+            self._layout = _as_int(layout, "layout")
+            self.layout = _LAYOUT_NAMES.get(self._layout, self._layout)
+        self.dtype = dtype_name(dtype, "Normalize dtype")
+        self.flip = float(flip)
+        self.scale = None if scale is None else float(scale)
+
+    def _fill(self, t: _loader.Transform, keep: List[bytes]) -> None:
+        mean, std = self.mean, self.std
+        # One count covers both arrays: a missing one takes the neutral value, a single one is repeated.
+        n = max(len(mean or ()), len(std or ()))
+        if mean is not None and std is not None and len(mean) != len(std) and 1 not in (len(mean), len(std)):
+            raise _invalid(f"Normalize: {len(mean)} mean values and {len(std)} std values")
+        mean = _broadcast(mean, n, 0.0)
+        std = _broadcast(std, n, 1.0)
+        t.channels = n
+        for c in range(min(n, len(t.mean))):
+            t.mean[c] = mean[c]
+            t.std[c] = std[c]
+        t.layout = self._layout
+        t.dtype = DTYPES[self.dtype][0]
+        t.flip = self.flip
+        t.scale = 0.0 if self.scale is None else self.scale
+
+    def __repr__(self) -> str:
+        return (f"ferry.Normalize(mean={self.mean}, std={self.std}, layout={self.layout!r}, dtype={self.dtype!r}, "
+                f"flip={self.flip}, scale={self.scale})")
+
+
+def _broadcast(values: Optional[Sequence[float]], n: int, neutral: float) -> Sequence[float]:
+    if not values:
+        return [neutral] * n
+    if len(values) == 1:
+        return [values[0]] * n
+    return values
+
+
+class ShiftTokens(Transform):
+    """A window of ``seq_len + 1`` uint16/uint32 tokens (``TokenSource(window=True)``) to the language-model
+    pair ``x`` (the first ``seq_len`` tokens) and ``y`` (the same shifted by one), both int64
+    ``[B, seq_len]``. The window's field is replaced by ``x`` then ``y``."""
+
+    _kind = _loader.FERRY_TRANSFORM_SHIFT_TOKENS
+
+    def __init__(self, x: str = "x", y: str = "y") -> None:
+        self.x = x
+        self.y = y
+        self._x = _name(x, "ShiftTokens x")
+        self._y = _name(y, "ShiftTokens y")
+
+    def _fill(self, t: _loader.Transform, keep: List[bytes]) -> None:
+        self._set_name(t, "x_name", self._x, keep)
+        self._set_name(t, "y_name", self._y, keep)
+
+
+    def __repr__(self) -> str:
+        return f"ferry.ShiftTokens(x={self.x!r}, y={self.y!r})"
+
+
+class PadSequences(Transform):
+    """A variable-length token field (``RaggedTokenSource``) to int64 tokens ``[B, L]`` padded with
+    ``pad_value``, a bool attention mask ``[B, L]`` (True for a token) named ``mask``, and int64 lengths
+    ``[B]`` named ``lengths``. ``L`` is the batch's longest sequence, or the source's ``max_len`` with
+    ``fixed=True``. The token field keeps its name."""
+
+    _kind = _loader.FERRY_TRANSFORM_PAD_SEQUENCES
+
+    def __init__(self, pad_value: int = 0, fixed: bool = False, mask: str = "attention_mask",
+                 lengths: str = "lengths") -> None:
+        self.pad_value = _as_int(pad_value, "pad_value")
+        if not -(2**63) <= self.pad_value < 2**63:
+            raise _invalid(f"pad_value {self.pad_value} does not fit int64")
+        self.fixed = bool(fixed)
+        self.mask = mask
+        self.lengths = lengths
+        self._mask = _name(mask, "PadSequences mask")
+        self._lengths = _name(lengths, "PadSequences lengths")
+
+    def _fill(self, t: _loader.Transform, keep: List[bytes]) -> None:
+        t.pad_value = self.pad_value
+        t.fixed_length = 1 if self.fixed else 0
+        self._set_name(t, "mask_name", self._mask, keep)
+        self._set_name(t, "lengths_name", self._lengths, keep)
+
+
+    def __repr__(self) -> str:
+        return (f"ferry.PadSequences(pad_value={self.pad_value}, fixed={self.fixed}, mask={self.mask!r}, "
+                f"lengths={self.lengths!r})")
+
+
+_STAGING = {"auto": _loader.FERRY_STAGING_AUTO, "gather": _loader.FERRY_STAGING_GATHER,
+            "dma": _loader.FERRY_STAGING_DMA, "mapped": _loader.FERRY_STAGING_MAPPED}
+STAGING_NAMES = {code: name for name, code in _STAGING.items()}
+
+
+def staging_code(staging: Any) -> int:
+    """``"auto"``, ``"gather"``, ``"dma"`` or ``"mapped"`` (or a ``ferry_staging`` value) as the C value."""
+    if isinstance(staging, str):
+        code = _STAGING.get(staging.strip().lower())
+        if code is None:
+            raise _invalid(f"unknown staging {staging!r} (auto, gather, dma or mapped)")
+        return code
+    return _as_int(staging, "staging")
+
+
+def transform_array(transforms: Any) -> Tuple[Any, int, List[bytes]]:
+    """Builds the ``ferry_transform[]`` of ``{field name: Transform}``; returns the array (None when
+    empty), its length and the C strings it points to, which must stay alive while it is in use."""
+    if not transforms:
+        return None, 0, []
+    if not hasattr(transforms, "items"):
+        raise TypeError(f"transforms must be a dict {{field name: transform}}, not {type(transforms).__name__}")
+    items = list(transforms.items())
+    arr = (_loader.Transform * len(items))()
+    keep: List[bytes] = []
+    for i, (field, t) in enumerate(items):
+        if not isinstance(t, Transform):
+            raise TypeError(f"transforms[{field!r}] must be a ferry transform (Normalize, ShiftTokens, "
+                            f"PadSequences), not {type(t).__name__}")
+        arr[i] = t._struct(field, keep)
+    return arr, len(items), keep
+
+

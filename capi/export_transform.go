@@ -1,0 +1,132 @@
+package main
+
+// #include "exports.h"
+import "C"
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/ferry-ml/ferry/engine"
+)
+
+func defaultTransform(kind C.int32_t) C.ferry_transform {
+	return C.ferry_transform{size: C.uint32_t(unsafe.Sizeof(C.ferry_transform{})), kind: kind,
+		dtype: C.FERRY_DTYPE_FLOAT32, layout: C.FERRY_LAYOUT_CHW}
+}
+
+//export ferry_transform_init
+func ferry_transform_init(t *C.ferry_transform, kind C.int32_t, field *C.char) C.ferry_status {
+	return call("ferry_transform_init", func() error {
+		if t == nil {
+			return errNull("t")
+		}
+		switch kind {
+		case C.FERRY_TRANSFORM_NORMALIZE, C.FERRY_TRANSFORM_SHIFT_TOKENS, C.FERRY_TRANSFORM_PAD_SEQUENCES:
+		default:
+			return fmt.Errorf("%w: unknown transform kind %d", engine.ErrInvalidArgument, int32(kind))
+		}
+		*t = defaultTransform(kind)
+		t.field = field
+		return nil
+	})
+}
+
+// optName is a C string, or def when it is NULL.
+func optName(s *C.char, def string) string {
+	if s == nil {
+		return def
+	}
+	return C.GoString(s)
+}
+
+// transformFromC converts one caller transform: the field it applies to, and the engine's transform.
+func transformFromC(t *C.ferry_transform, i int) (string, engine.Transform, error) {
+	if err := checkSize(fmt.Sprintf("transforms[%d]", i), t.size, C.FERRY_CAPI_V1_TRANSFORM); err != nil {
+		return "", nil, err
+	}
+	if t.field == nil {
+		return "", nil, fmt.Errorf("%w: transforms[%d].field is NULL", engine.ErrInvalidArgument, i)
+	}
+	field := C.GoString(t.field)
+	switch t.kind {
+	case C.FERRY_TRANSFORM_NORMALIZE:
+		if t.channels < 0 || t.channels > 4 {
+			return "", nil, fmt.Errorf("%w: transforms[%d].channels is %d; it must be 0..4", engine.ErrInvalidArgument, i, int32(t.channels))
+		}
+		n := engine.Normalize{Scale: float32(t.scale), Layout: engine.ImageLayout(t.layout), DType: engine.DType(t.dtype),
+			Flip: float64(t.flip)}
+		for c := 0; c < int(t.channels); c++ {
+			n.Mean = append(n.Mean, float32(t.mean[c]))
+			n.Std = append(n.Std, float32(t.std[c]))
+		}
+		return field, n, nil
+	case C.FERRY_TRANSFORM_SHIFT_TOKENS:
+		return field, engine.ShiftTokens{X: optName(t.x_name, "x"), Y: optName(t.y_name, "y")}, nil
+	case C.FERRY_TRANSFORM_PAD_SEQUENCES:
+		return field, engine.PadSequences{PadValue: int64(t.pad_value), Fixed: t.fixed_length != 0,
+			Mask: optName(t.mask_name, "attention_mask"), Lengths: optName(t.lengths_name, "lengths")}, nil
+	}
+	return "", nil, fmt.Errorf("%w: transforms[%d].kind %d is unknown", engine.ErrInvalidArgument, i, int32(t.kind))
+}
+
+// transformsFromC converts the iterator options' transform array.
+func transformsFromC(ts *C.ferry_transform, n C.int32_t) (map[string]engine.Transform, error) {
+	if n == 0 {
+		return nil, nil
+	}
+	if n < 0 || n > 1024 {
+		return nil, fmt.Errorf("%w: num_transforms is %d; it must be 0..1024", engine.ErrInvalidArgument, int32(n))
+	}
+	if ts == nil {
+		return nil, errNull("transforms (num_transforms > 0)")
+	}
+	out := map[string]engine.Transform{}
+	for i, t := range unsafe.Slice(ts, int(n)) {
+		field, tr, err := transformFromC(&t, i)
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := out[field]; dup {
+			return nil, fmt.Errorf("%w: two transforms for field %q", engine.ErrInvalidArgument, field)
+		}
+		out[field] = tr
+	}
+	return out, nil
+}
+
+//export ferry_transform_launch
+func ferry_transform_launch(eh C.uintptr_t, t *C.ferry_transform, in *C.ferry_field, batch C.int64_t, src C.uint64_t,
+	dst *C.uint64_t, ndst C.int32_t, stream C.uintptr_t) C.ferry_status {
+	return call("ferry_transform_launch", func() error {
+		eng, err := engines.get(uint64(eh))
+		if err != nil {
+			return err
+		}
+		if t == nil {
+			return errNull("t")
+		}
+		_, tr, err := transformFromC(t, 0)
+		if err != nil {
+			return err
+		}
+		fields, _, err := fieldsFromC(in, 1)
+		if err != nil {
+			return err
+		}
+		if dst == nil {
+			return errNull("dst")
+		}
+		if ndst <= 0 || ndst > 8 {
+			return fmt.Errorf("%w: num_dst is %d; it must be 1..8", engine.ErrInvalidArgument, int32(ndst))
+		}
+		if batch <= 0 || batch > 1<<24 {
+			return fmt.Errorf("%w: batch is %d; it must be 1..%d", engine.ErrInvalidArgument, int64(batch), 1<<24)
+		}
+		ds := make([]engine.DevicePtr, int(ndst))
+		for i, d := range unsafe.Slice(dst, int(ndst)) {
+			ds[i] = engine.DevicePtr(d)
+		}
+		return eng.LaunchTransform(tr, fields[0], int(batch), engine.DevicePtr(src), ds, engine.Stream(stream))
+	})
+}
