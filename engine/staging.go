@@ -66,10 +66,10 @@ func defaultPinnedBudget() int64 {
 	return int64(si.Totalram) * int64(si.Unit) / 4
 }
 
-// registration is a range of host memory registered with the driver (page-locked, mapped, read-only).
+// registration is a range of host memory registered with the driver (page-locked and mapped).
 // Iterators over the same source share it; the last to close unregisters it.
 type registration struct {
-	base uintptr // page-aligned
+	base uintptr // the first byte registered
 	size int
 	dev  cuda.DevicePtr // the device address of base
 	refs int
@@ -91,23 +91,28 @@ func pageRange(mem []byte) (base, end uintptr) {
 }
 
 // registerRegions registers the memory of every region for the device and returns, per region, the
-// registration that covers it. Regions whose pages overlap or touch (fields of one record file, caller
-// buffers side by side in one page) are registered as one range, since the driver refuses to register a
-// page twice. A range is registered writable when it can be, so that memory next to the source in its
-// first and last page stays a valid destination for the caller's own copies; read-only memory (a
-// read-only file mapping) is registered read-only.
+// registration that covers it. The driver pins whole pages, but a registration covers exactly the bytes
+// registered: memory next to the source in its first and last page (another allocation of the caller's)
+// stays ordinary pageable memory, a valid destination for the caller's own copies. (Rounding the range
+// out to whole pages breaks those: a copy into a buffer that straddles a registration's end fails with
+// CUDA_ERROR_INVALID_VALUE.) Regions that share a page (fields of one record file, small caller buffers
+// side by side) are registered as one range, since the driver refuses to register a page twice. A range
+// is registered writable when it can be, and read-only otherwise (a file mapped read-only).
 func (e *Engine) registerRegions(regions [][]byte) ([]*registration, error) {
-	type span struct{ base, end uintptr }
+	type span struct{ start, end, pageStart, pageEnd uintptr }
 	spans := make([]span, len(regions))
 	for i, m := range regions {
-		spans[i].base, spans[i].end = pageRange(m)
+		start := uintptr(unsafe.Pointer(&m[0]))
+		spans[i] = span{start: start, end: start + uintptr(len(m))}
+		spans[i].pageStart, spans[i].pageEnd = pageRange(m)
 	}
 	merged := append([]span(nil), spans...)
-	slices.SortFunc(merged, func(a, b span) int { return cmp.Compare(a.base, b.base) })
+	slices.SortFunc(merged, func(a, b span) int { return cmp.Compare(a.start, b.start) })
 	out := merged[:0]
 	for _, sp := range merged {
-		if n := len(out); n > 0 && sp.base <= out[n-1].end {
+		if n := len(out); n > 0 && sp.pageStart < out[n-1].pageEnd {
 			out[n-1].end = max(out[n-1].end, sp.end)
+			out[n-1].pageEnd = max(out[n-1].pageEnd, sp.pageEnd)
 			continue
 		}
 		out = append(out, sp)
@@ -120,7 +125,7 @@ func (e *Engine) registerRegions(regions [][]byte) ([]*registration, error) {
 		return nil, err
 	}
 	for _, sp := range out {
-		r, err := e.registerRange(sp.base, sp.end)
+		r, err := e.registerRange(sp.start, sp.end)
 		if err != nil {
 			return fail(err)
 		}
@@ -129,7 +134,7 @@ func (e *Engine) registerRegions(regions [][]byte) ([]*registration, error) {
 	byRegion := make([]*registration, len(regions))
 	for i, sp := range spans {
 		for _, r := range regs {
-			if r.base <= sp.base && sp.end <= r.base+uintptr(r.size) {
+			if r.base <= sp.start && sp.end <= r.base+uintptr(r.size) {
 				byRegion[i] = r
 			}
 		}
@@ -137,8 +142,7 @@ func (e *Engine) registerRegions(regions [][]byte) ([]*registration, error) {
 	return byRegion, nil
 }
 
-// registerRange registers [base, end) (page-aligned), or takes another reference to a registration that
-// covers it.
+// registerRange registers [base, end), or takes another reference to a registration that covers it.
 func (e *Engine) registerRange(base, end uintptr) (*registration, error) {
 	e.regs.mu.Lock()
 	defer e.regs.mu.Unlock()
