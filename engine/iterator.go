@@ -440,6 +440,13 @@ func (it *Iterator) start(from IteratorState) {
 	p := &pipeline{stop: make(chan struct{})}
 	it.run = p
 	tasks := make(chan task, it.opts.Workers*4)
+	if !it.needsHostStaging() {
+		// StagingMapped and StagingDMA read the source in place: no gather workers, and the producer issues
+		// each batch's device work itself, which saves a hand-off per batch.
+		p.wg.Add(1)
+		go it.produce(p, tasks, from, it.seq)
+		return
+	}
 	p.wg.Add(2 + it.opts.Workers)
 	go it.produce(p, tasks, from, it.seq)
 	for i := 0; i < it.opts.Workers; i++ {
@@ -462,6 +469,10 @@ func (it *Iterator) advance(pos IteratorState) IteratorState {
 func (it *Iterator) produce(p *pipeline, tasks chan<- task, pos IteratorState, seq uint64) {
 	defer p.wg.Done()
 	defer close(tasks)
+	inline := !it.needsHostStaging()
+	if inline {
+		defer it.lockContext()()
+	}
 	for q := seq; ; q++ {
 		s := it.slots[q%uint64(len(it.slots))]
 		select {
@@ -488,9 +499,18 @@ func (it *Iterator) produce(p *pipeline, tasks chan<- task, pos IteratorState, s
 		pos = it.advance(pos)
 		rows := len(s.indices)
 		it.prepare(s)
+		if inline {
+			if s.err == nil {
+				if err := it.copyToDevice(s); err != nil {
+					s.fail(err)
+				}
+			}
+			signal(s.ready)
+			continue
+		}
 		chunk := max(1, (rows+2*it.opts.Workers-1)/(2*it.opts.Workers))
 		n := (rows + chunk - 1) / chunk
-		if n == 0 || s.failed.Load() || !it.needsHostStaging() {
+		if n == 0 || s.failed.Load() {
 			signal(s.filled)
 			continue
 		}
@@ -502,6 +522,21 @@ func (it *Iterator) produce(p *pipeline, tasks chan<- task, pos IteratorState, s
 				return
 			}
 		}
+	}
+}
+
+// lockContext locks the calling goroutine to its OS thread and makes the engine's context current there,
+// for a loop of driver calls, and returns the function that undoes both. A failed push is logged; each
+// driver call then makes the context current itself.
+func (it *Iterator) lockContext() (unlock func()) {
+	runtime.LockOSThread()
+	if err := it.e.ctx.Push(); err != nil {
+		it.e.log.Error().Err(err).Msg("the iterator cannot make the context current on its thread")
+		return runtime.UnlockOSThread
+	}
+	return func() {
+		_ = it.e.ctx.Pop()
+		runtime.UnlockOSThread()
 	}
 }
 
@@ -575,13 +610,7 @@ func (it *Iterator) work(p *pipeline, tasks <-chan task) {
 func (it *Iterator) copyLoop(p *pipeline, seq uint64) {
 	defer p.wg.Done()
 	if it.e.gpu {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := it.e.ctx.Push(); err != nil {
-			it.e.log.Error().Err(err).Msg("copier cannot make the context current")
-		} else {
-			defer func() { _ = it.e.ctx.Pop() }()
-		}
+		defer it.lockContext()()
 	}
 	for q := seq; ; q++ {
 		s := it.slots[q%uint64(len(it.slots))]

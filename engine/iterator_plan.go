@@ -173,8 +173,8 @@ func (it *Iterator) chooseStaging() {
 	// (labels) cost little either way.
 	if want == StagingAuto {
 		for f, p := range it.plans {
-			if p.ragged || p.in.Bytes() < 256 {
-				continue
+			if _, tokens := p.t.(ShiftTokens); tokens || p.ragged || p.in.Bytes() < 256 {
+				continue // the token kernels read tokens one by one, aligned or not
 			}
 			base := uintptr(unsafe.Pointer(&backed.Region(f)[0]))
 			for _, i := range []int{0, 1, it.src.Len() - 1} {
