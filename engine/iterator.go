@@ -422,6 +422,15 @@ func (it *Iterator) SourceFields() []Field { return it.fields }
 // Options returns the options in effect, defaults filled in.
 func (it *Iterator) Options() IteratorOptions { return it.opts }
 
+// QueueDepth is the number of batches prefetched and ready for Next.
+func (it *Iterator) QueueDepth() int {
+	n := 0
+	for _, s := range it.slots {
+		n += len(s.ready)
+	}
+	return n
+}
+
 // Stats returns what the iterator has delivered so far.
 func (it *Iterator) Stats() IteratorStats {
 	return IteratorStats{

@@ -1,0 +1,270 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+)
+
+// samplerSet is the running background samplers of a monitor.
+type samplerSet struct {
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// pipelineWatch is an iterator the monitor reports on, with its counters at the previous sample.
+type pipelineWatch struct {
+	name string
+	it   *Iterator
+	prev IteratorStats
+	t    time.Time
+}
+
+// Start starts the background samplers: NVML for the GPUs (GPUInterval, and PCIe throughput at
+// PCIeInterval), gopsutil for the host (SystemInterval), and the attached iterators' pipeline figures
+// (at SystemInterval). Their readings are logged as metrics: gpu<N>/..., system/..., disk/<path>/...,
+// pipeline/<name>/... A sampler that cannot start (no NVML) is left out and logged. Start on a running
+// monitor does nothing.
+func (m *Monitor) Start() error {
+	if m.closed.Load() {
+		return fmt.Errorf("%w: monitor", ErrClosed)
+	}
+	m.pipeMu.Lock()
+	defer m.pipeMu.Unlock()
+	if m.samplers != nil {
+		return nil
+	}
+	set := &samplerSet{stop: make(chan struct{})}
+	if m.opts.GPUInterval > 0 {
+		devices := m.opts.Devices
+		if devices == nil {
+			n, _ := DeviceCount()
+			for d := 0; d < n; d++ {
+				devices = append(devices, d)
+			}
+		}
+		for _, d := range devices {
+			g, err := NewGPUSampler(d)
+			if err != nil {
+				m.log.Info().Err(err).Int("gpu", d).Msg("GPU sampler unavailable")
+				continue
+			}
+			set.every(m.opts.GPUInterval, func() { m.sampleGPU(g) })
+			if m.opts.PCIeInterval > 0 {
+				set.every(m.opts.PCIeInterval, func() { m.samplePCIe(g) })
+			}
+		}
+	}
+	if m.opts.SystemInterval > 0 {
+		sys, err := NewSystemSampler(m.opts.DiskPaths)
+		if err != nil {
+			m.log.Info().Err(err).Msg("system sampler unavailable")
+		} else {
+			set.every(m.opts.SystemInterval, func() { m.sampleSystem(sys) })
+		}
+		set.every(m.opts.SystemInterval, m.samplePipelines)
+	}
+	m.samplers = set
+	return nil
+}
+
+// every runs fn now and then every d until the set stops.
+func (s *samplerSet) every(d time.Duration, fn func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTicker(d)
+		defer t.Stop()
+		for {
+			fn()
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
+
+// Stop stops the background samplers; logged metrics stay. Start may be called again.
+func (m *Monitor) Stop() error {
+	m.pipeMu.Lock()
+	set := m.samplers
+	m.samplers = nil
+	m.pipeMu.Unlock()
+	if set != nil {
+		close(set.stop)
+		set.wg.Wait()
+	}
+	return nil
+}
+
+// Sampling reports whether the background samplers run.
+func (m *Monitor) Sampling() bool {
+	m.pipeMu.Lock()
+	defer m.pipeMu.Unlock()
+	return m.samplers != nil
+}
+
+// logNamed logs v at t under name, interning the name on first use.
+func (m *Monitor) logNamed(name string, t uint64, v float64) {
+	id, err := m.Metric(name)
+	if err != nil {
+		if !errors.Is(err, ErrClosed) {
+			m.log.Debug().Err(err).Str("metric", name).Msg("sampler metric")
+		}
+		return
+	}
+	_ = m.LogAt(id, t, v)
+}
+
+func (m *Monitor) sampleGPU(g *GPUSampler) {
+	s, err := g.Sample()
+	if err != nil {
+		m.log.Debug().Err(err).Int("gpu", g.Device()).Msg("GPU sample failed")
+		return
+	}
+	p := fmt.Sprintf("gpu%d/", g.Device())
+	put := func(f GPUField, name string, v float64) {
+		if s.Has(f) { // an absent field is never logged as zero
+			m.logNamed(p+name, s.Time, v)
+		}
+	}
+	put(GPUUtilization, "utilization_percent", float64(s.UtilizationPercent))
+	put(GPUMemoryUtilization, "memory_utilization_percent", float64(s.MemoryUtilizationPercent))
+	put(GPUMemory, "memory_used_bytes", float64(s.MemoryUsed))
+	put(GPUMemory, "memory_total_bytes", float64(s.MemoryTotal))
+	put(GPUTemperature, "temperature_celsius", float64(s.TemperatureC))
+	put(GPUPower, "power_watts", s.PowerWatts)
+	put(GPUSMClock, "sm_clock_mhz", float64(s.SMClockMHz))
+	put(GPUMemoryClock, "memory_clock_mhz", float64(s.MemoryClockMHz))
+	put(GPUThrottleReasons, "throttle_reasons", float64(s.ThrottleReasons))
+	put(GPUECCCorrected, "ecc_corrected_errors", float64(s.ECCCorrected))
+	put(GPUECCUncorrected, "ecc_uncorrected_errors", float64(s.ECCUncorrected))
+	if s.Has(GPUProcesses) {
+		if self, ok := s.Self(); ok && self.MemoryOK {
+			m.logNamed(p+"process_memory_bytes", s.Time, float64(self.MemoryUsed))
+		}
+		m.logNamed(p+"processes", s.Time, float64(len(s.Processes)))
+	}
+}
+
+func (m *Monitor) samplePCIe(g *GPUSampler) {
+	rx, tx, ok, err := g.SamplePCIe()
+	if err != nil || !ok {
+		return
+	}
+	t := MonotonicNow()
+	p := fmt.Sprintf("gpu%d/", g.Device())
+	m.logNamed(p+"pcie_rx_bytes_per_second", t, rx)
+	m.logNamed(p+"pcie_tx_bytes_per_second", t, tx)
+}
+
+func (m *Monitor) sampleSystem(sys *SystemSampler) {
+	s, err := sys.Sample()
+	if err != nil {
+		m.log.Debug().Err(err).Msg("system sample failed")
+		return
+	}
+	put := func(f SystemField, name string, v float64) {
+		if s.Has(f) {
+			m.logNamed("system/"+name, s.Time, v)
+		}
+	}
+	put(SysCPUPercent, "cpu_percent", s.CPUPercent)
+	put(SysProcessCPUPercent, "process_cpu_percent", s.ProcessCPUPercent)
+	put(SysProcessRSS, "process_rss_bytes", float64(s.ProcessRSS))
+	put(SysMemoryPercent, "memory_percent", s.MemoryPercent)
+	put(SysMemoryUsed, "memory_used_bytes", float64(s.MemoryUsed))
+	put(SysLoad1, "load1", s.Load1)
+	put(SysLoad5, "load5", s.Load5)
+	put(SysLoad15, "load15", s.Load15)
+	for _, d := range s.Disks {
+		p := "disk/" + metricPathName(d.Path) + "/"
+		dput := func(f DiskField, name string, v float64) {
+			if d.Has(f) {
+				m.logNamed(p+name, s.Time, v)
+			}
+		}
+		dput(DiskUsedPercent, "used_percent", d.UsedPercent)
+		dput(DiskUsed, "used_bytes", float64(d.Used))
+		dput(DiskReadRate, "read_bytes_per_second", d.ReadBytesPerSec)
+		dput(DiskWriteRate, "write_bytes_per_second", d.WriteBytesPerSec)
+	}
+}
+
+// metricPathName turns a path into a metric name part: "/data/imagenet" -> "data_imagenet".
+func metricPathName(p string) string {
+	var b strings.Builder
+	for _, c := range strings.Trim(p, "/") {
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' {
+			b.WriteRune(c)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	if b.Len() == 0 {
+		return "root"
+	}
+	return b.String()
+}
+
+// AttachIterator reports it under pipeline/<name>/...: batches/s, host-to-device bytes/s (the source
+// bytes that crossed), queue depth (prefetched batches ready) and data stall (the share of wall time
+// Next waited for data: whether training is input-bound), sampled at SystemInterval while the monitor
+// runs. A closed iterator is dropped.
+func (m *Monitor) AttachIterator(name string, it *Iterator) error {
+	if it == nil {
+		return fmt.Errorf("%w: iterator is nil", ErrInvalidArgument)
+	}
+	if err := checkMetricName(name); err != nil || strings.Contains(name, "/") {
+		return fmt.Errorf("%w: pipeline name %q: letters, digits and . _ - :", ErrInvalidArgument, name)
+	}
+	m.pipeMu.Lock()
+	defer m.pipeMu.Unlock()
+	for _, w := range m.pipes {
+		if w.name == name {
+			return fmt.Errorf("%w: a pipeline named %q is already attached", ErrInvalidArgument, name)
+		}
+	}
+	m.pipes = append(m.pipes, &pipelineWatch{name: name, it: it, prev: it.Stats(), t: time.Now()})
+	return nil
+}
+
+func (m *Monitor) samplePipelines() {
+	m.pipeMu.Lock()
+	pipes := append([]*pipelineWatch(nil), m.pipes...)
+	m.pipeMu.Unlock()
+	for _, w := range pipes {
+		if w.it.closed.Load() {
+			m.detach(w)
+			continue
+		}
+		now, st := time.Now(), w.it.Stats()
+		dt := now.Sub(w.t).Seconds()
+		if dt <= 0 {
+			continue
+		}
+		t := MonotonicNow()
+		p := "pipeline/" + w.name + "/"
+		m.logNamed(p+"batches_per_second", t, float64(st.Batches-w.prev.Batches)/dt)
+		m.logNamed(p+"samples_per_second", t, float64(st.Samples-w.prev.Samples)/dt)
+		m.logNamed(p+"h2d_bytes_per_second", t, float64(st.Bytes-w.prev.Bytes)/dt)
+		m.logNamed(p+"data_stall_percent", t, 100*(st.Stall-w.prev.Stall).Seconds()/dt)
+		m.logNamed(p+"queue_depth", t, float64(w.it.QueueDepth()))
+		w.prev, w.t = st, now
+	}
+}
+
+func (m *Monitor) detach(w *pipelineWatch) {
+	m.pipeMu.Lock()
+	defer m.pipeMu.Unlock()
+	for i, x := range m.pipes {
+		if x == w {
+			m.pipes = append(m.pipes[:i], m.pipes[i+1:]...)
+			return
+		}
+	}
+}

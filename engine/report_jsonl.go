@@ -1,0 +1,62 @@
+package engine
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"sync"
+)
+
+// jsonlSink writes every logged value as one JSON line: {"t": seconds since the monitor started,
+// "metric": name, "value": v} (value null when not finite).
+type jsonlSink struct {
+	m   *Monitor
+	mu  sync.Mutex
+	w   *bufio.Writer
+	err error
+	buf []byte
+}
+
+func (k *jsonlSink) put(id MetricID, t uint64, v float64) {
+	if k.err != nil {
+		return
+	}
+	b := append(k.buf[:0], `{"t":`...)
+	b = strconv.AppendFloat(b, float64(int64(t-k.m.t0))/1e9, 'f', 9, 64)
+	b = append(b, `,"metric":`...)
+	b = strconv.AppendQuote(b, k.m.MetricName(id))
+	b = append(b, `,"value":`...)
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		b = append(b, "null"...)
+	} else {
+		b = strconv.AppendFloat(b, v, 'g', -1, 64)
+	}
+	b = append(b, "}\n"...)
+	k.buf = b
+	_, k.err = k.w.Write(b)
+}
+
+func (k *jsonlSink) flush() {
+	if k.err == nil {
+		k.err = k.w.Flush()
+	}
+}
+
+// StreamJSONL writes every value logged from now on to w as JSON lines ({"t": seconds since the monitor
+// started, "metric": name, "value": v}), flushed at each fold (every 20 ms while values arrive). The
+// returned function stops the stream, flushes and returns the first write error.
+func (m *Monitor) StreamJSONL(w io.Writer) (stop func() error, err error) {
+	if w == nil {
+		return nil, fmt.Errorf("%w: writer is nil", ErrInvalidArgument)
+	}
+	k := &jsonlSink{m: m, w: bufio.NewWriterSize(w, 64<<10)}
+	m.addSink(k)
+	var once sync.Once
+	return func() error {
+		once.Do(func() { m.removeSink(k) })
+		k.flush()
+		return k.err
+	}, nil
+}
