@@ -318,6 +318,31 @@ func (m *Monitor) LogMany(id MetricID, vs []float64) error {
 	return nil
 }
 
+// LogManyAt records vs[i] for metric id at the CLOCK_MONOTONIC times ts[i] (ns): values a binding
+// buffered with their own timestamps (Python's log_metric), folded at once.
+func (m *Monitor) LogManyAt(id MetricID, vs []float64, ts []uint64) error {
+	if uint32(id) >= m.nids.Load() {
+		return fmt.Errorf("%w: %d (the monitor has %d metrics)", errUnknownMetric, id, m.nids.Load())
+	}
+	if len(vs) != len(ts) {
+		return fmt.Errorf("%w: %d values and %d timestamps", ErrInvalidArgument, len(vs), len(ts))
+	}
+	m.foldMu.Lock()
+	defer m.foldMu.Unlock()
+	m.drainLocked()
+	st := (*m.states.Load())[id]
+	for i, v := range vs {
+		st.add(ts[i], v)
+	}
+	for _, k := range m.sinks {
+		for i, v := range vs {
+			k.put(id, ts[i], v)
+		}
+		k.flush()
+	}
+	return nil
+}
+
 // LogAt records v for metric id at the CLOCK_MONOTONIC time t (ns): for samplers and replays.
 func (m *Monitor) LogAt(id MetricID, t uint64, v float64) error {
 	if uint32(id) >= m.nids.Load() {

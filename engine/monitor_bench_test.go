@@ -1,0 +1,91 @@
+package engine
+
+import (
+	"fmt"
+	"testing"
+)
+
+// BenchmarkMonitorLog is what the logging thread pays for one Log: the stamp and the ring append. The
+// fold runs on the monitor's goroutine (BenchmarkMonitorFold is its cost per value); here the rings are
+// folded outside the timed region every half ring, as the background fold does between a training
+// loop's logs. A loop that logs faster than the fold for longer than a ring (4096 values) gets
+// back-pressure: it folds itself (BenchmarkMonitorLogSustained).
+func BenchmarkMonitorLog(b *testing.B) {
+	m := quietMonitor(b, MonitorOptions{})
+	id, _ := m.Metric("loss")
+	v := 0.5
+	n := 0
+	for b.Loop() {
+		_ = m.Log(id, v)
+		if n++; n == logRingEntries/2 {
+			b.StopTimer()
+			m.Flush()
+			b.StartTimer()
+			n = 0
+		}
+	}
+}
+
+// BenchmarkMonitorLogSustained is Log in a tight loop with no pause: bounded by the fold, which the
+// logging thread then does itself when its ring is full (back-pressure, never a drop).
+func BenchmarkMonitorLogSustained(b *testing.B) {
+	m := quietMonitor(b, MonitorOptions{})
+	id, _ := m.Metric("loss")
+	for b.Loop() {
+		_ = m.Log(id, 0.5)
+	}
+}
+
+// BenchmarkMonitorLogMany is LogMany of 4096 values: ns/op over 4096 is the cost per value of the
+// batched path (it folds at once: Welford, the sketch and the series).
+func BenchmarkMonitorLogMany(b *testing.B) {
+	m := quietMonitor(b, MonitorOptions{})
+	id, _ := m.Metric("loss")
+	vs := make([]float64, 4096)
+	for i := range vs {
+		vs[i] = float64(i%100) * 0.01
+	}
+	for b.Loop() {
+		_ = m.LogMany(id, vs)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(vs)), "ns/value")
+}
+
+// BenchmarkMonitorFold is the background fold's cost per value (what a logged value costs the folder).
+func BenchmarkMonitorFold(b *testing.B) {
+	m := quietMonitor(b, MonitorOptions{})
+	id, _ := m.Metric("loss")
+	for b.Loop() {
+		for i := 0; i < 1024; i++ {
+			_ = m.Log(id, float64(i))
+		}
+		m.Flush()
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*1024), "ns/value")
+}
+
+// BenchmarkMonitorSummary is Summary after n values were logged: its cost does not grow with n.
+func BenchmarkMonitorSummary(b *testing.B) {
+	for _, n := range []int{1_000_000, 100_000_000} {
+		b.Run(fmt.Sprintf("values=%d", n), func(b *testing.B) {
+			if testing.Short() && n > 1_000_000 {
+				b.Skip("short")
+			}
+			m := quietMonitor(b, MonitorOptions{})
+			id, _ := m.Metric("loss")
+			chunk := make([]float64, 1<<16)
+			for i := range chunk {
+				chunk[i] = 1 / float64(i+1)
+			}
+			for done := 0; done < n; done += len(chunk) {
+				_ = m.LogMany(id, chunk[:min(len(chunk), n-done)])
+			}
+			for b.Loop() {
+				s, err := m.Summary(id)
+				if err != nil || s.Count != uint64(n) {
+					b.Fatal(err, s.Count)
+				}
+			}
+		})
+	}
+}
