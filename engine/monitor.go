@@ -28,7 +28,7 @@ const (
 	maxMetricName         = 256
 	sketchBins            = 2048
 	logRingEntries        = 4096 // per shard
-	drainInterval         = 20 * time.Millisecond
+	drainInterval         = 100 * time.Millisecond
 )
 
 // MetricID names an interned metric; Monitor.Metric gives it.
@@ -266,7 +266,7 @@ func (m *Monitor) MetricName(id MetricID) string {
 var errUnknownMetric = errors.New("unknown metric id")
 
 // Log records v for metric id, stamped now. It takes no lock and allocates nothing: the value goes
-// into the calling P's ring, folded into the metric's summary in the background (within 20 ms) or
+// into the calling P's ring, folded into the metric's summary in the background (within 100 ms) or
 // at the next Summary or Report. A full ring is folded by the caller rather than dropped.
 func (m *Monitor) Log(id MetricID, v float64) error {
 	if uint32(id) >= m.nids.Load() {

@@ -2,7 +2,12 @@ package engine
 
 import (
 	"fmt"
+	"runtime"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // BenchmarkMonitorLog is what the logging thread pays for one Log: the stamp and the ring append. The
@@ -87,5 +92,43 @@ func BenchmarkMonitorSummary(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkPrometheusHistogramObserve is the anchor: client_golang's Histogram.Observe, the usual way a
+// Go program records a distribution.
+func BenchmarkPrometheusHistogramObserve(b *testing.B) {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "loss", Buckets: prometheus.DefBuckets})
+	for b.Loop() {
+		h.Observe(0.5)
+	}
+}
+
+// BenchmarkMonitorSamplingCPU runs the samplers at 10 ms (GPU; host and pipelines at 100 ms) for 3 s
+// and reports the process's CPU time over that wall time: the monitor's background cost.
+func BenchmarkMonitorSamplingCPU(b *testing.B) {
+	for b.Loop() {
+		m, err := NewMonitor(MonitorOptions{GPUInterval: 10 * time.Millisecond, PCIeInterval: -1,
+			SystemInterval: 100 * time.Millisecond})
+		if err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		cpu0, wall0 := cpuTime(b), time.Now()
+		if err := m.Start(); err != nil {
+			b.Fatal(err)
+		}
+		time.Sleep(3 * time.Second)
+		_ = m.Stop()
+		cores := (cpuTime(b) - cpu0).Seconds() / time.Since(wall0).Seconds()
+		n := 0
+		for _, name := range m.Names() {
+			if strings.HasPrefix(name, "gpu") {
+				n++
+			}
+		}
+		_ = m.Close()
+		b.ReportMetric(100*cores, "%core")
+		b.ReportMetric(float64(n), "gpu-metrics")
 	}
 }

@@ -323,3 +323,17 @@ func TestMonitorSamplersWithoutDevices(t *testing.T) {
 	require.Contains(t, r.SystemMetrics, "memory_percent")
 	require.Contains(t, r.SystemMetrics, "cpu_percent", "the second sample gives the CPU rate")
 }
+
+func TestDefaultLoggerLevelAndFormat(t *testing.T) {
+	t.Setenv("FERRY_LOG", "")
+	t.Setenv("FERRY_LOG_LEVEL", "debug")
+	t.Setenv("FERRY_LOG_FORMAT", "")
+	require.Equal(t, "debug", defaultLogger().GetLevel().String())
+	t.Setenv("FERRY_LOG_LEVEL", "")
+	t.Setenv("FERRY_LOG", "error")
+	require.Equal(t, "error", defaultLogger().GetLevel().String(), "FERRY_LOG is the older name")
+	t.Setenv("FERRY_LOG", "nonsense")
+	require.Equal(t, "warn", defaultLogger().GetLevel().String(), "an unknown level keeps the default")
+	t.Setenv("FERRY_LOG_FORMAT", "console")
+	require.Equal(t, "warn", defaultLogger().GetLevel().String())
+}

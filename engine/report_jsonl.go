@@ -45,7 +45,7 @@ func (k *jsonlSink) flush() {
 }
 
 // StreamJSONL writes every value logged from now on to w as JSON lines ({"t": seconds since the monitor
-// started, "metric": name, "value": v}), flushed at each fold (every 20 ms while values arrive). The
+// started, "metric": name, "value": v}), flushed at each fold (every 100 ms). The
 // returned function stops the stream, flushes and returns the first write error.
 func (m *Monitor) StreamJSONL(w io.Writer) (stop func() error, err error) {
 	if w == nil {
