@@ -109,8 +109,8 @@ clean:
 # FERRY_REQUIRE_GPU=1 build/gpu/run.sh. The C/C++ binaries link libstdc++ statically and find libferry.so
 # through $ORIGIN/../lib.
 GPU := $(BUILD)/gpu
-GPU_CTESTS := test_c99 header_cxx17 test_iterator_c99 test_memory_c99 test_ferry_hpp test_iterator_hpp \
-	test_memory_hpp test_transform_hpp bench_memory ferry_info ferry_iterate
+GPU_CTESTS := test_c99 header_cxx17 test_iterator_c99 test_memory_c99 test_monitor_c99 test_ferry_hpp \
+	test_iterator_hpp test_memory_hpp test_transform_hpp test_monitor_hpp bench_memory bench_metric ferry_info ferry_iterate
 gpu-bundle: build
 	rm -rf $(GPU) && mkdir -p $(GPU)/lib $(GPU)/include $(GPU)/bin $(GPU)/tests $(GPU)/python
 	cp -P $(LIBDIR)/libferry.so* $(GPU)/lib/

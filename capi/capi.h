@@ -26,6 +26,20 @@ void ferry_capi_slot_close(uint32_t slot);
 DLManagedTensorVersioned* ferry_capi_tensor_new(uint64_t batch, uint64_t data, int32_t device_type, int32_t device_id,
                                                 int32_t ndim, const int64_t* shape, uint8_t code, uint8_t bits);
 
+/* The metric log (capi.c): monitor slots, a thread's ring entries as the Go fold takes them (the layout of
+   the engine's own log entries), and the calls the Go side of the monitor makes. */
+#define FERRY_CAPI_MAX_MONITORS 64
+typedef struct ferry_capi_mentry {
+    uint32_t id;
+    uint32_t reserved;
+    uint64_t ticks;
+    double value;
+} ferry_capi_mentry;
+void ferry_capi_monitor_bind(uint32_t slot, uint64_t handle, int use_tsc);
+void ferry_capi_monitor_unbind(uint32_t slot);
+void ferry_capi_monitor_set_metrics(uint32_t slot, uint32_t n);
+int ferry_capi_monitor_take(uint32_t slot, ferry_capi_mentry* out, int cap);
+
 /* Minimum (version 1) sizes of the size-prefixed structs. */
 #define FERRY_CAPI_V1_DEVICE_PROPERTIES 416u
 #define FERRY_CAPI_V1_SYSTEM_PROPERTIES 688u
@@ -37,6 +51,8 @@ DLManagedTensorVersioned* ferry_capi_tensor_new(uint64_t batch, uint64_t data, i
 /* ferry_iterator_options with transforms, staging and pinned_budget. */
 #define FERRY_CAPI_V2_ITERATOR_OPTIONS 72u
 #define FERRY_CAPI_V1_TRANSFORM 120u
+#define FERRY_CAPI_V1_MONITOR_OPTIONS 72u
+#define FERRY_CAPI_V1_METRIC_SUMMARY 112u
 #define FERRY_CAPI_V1_ITERATOR_POSITION 24u
 #define FERRY_CAPI_V1_BATCH_PROPERTIES 32u
 #define FERRY_CAPI_V1_PRESSURE_OPTIONS 40u

@@ -36,6 +36,18 @@
 #define ferry_iterator_field ferry_iterator_field_header_decl
 #define ferry_transform_init ferry_transform_init_header_decl
 #define ferry_transform_launch ferry_transform_launch_header_decl
+#define ferry_monitor_create ferry_monitor_create_header_decl
+#define ferry_monitor_start ferry_monitor_start_header_decl
+#define ferry_monitor_stop ferry_monitor_stop_header_decl
+#define ferry_monitor_destroy ferry_monitor_destroy_header_decl
+#define ferry_metric_id ferry_metric_id_header_decl
+#define ferry_metric_log_many ferry_metric_log_many_header_decl
+#define ferry_metric_log_many_at ferry_metric_log_many_at_header_decl
+#define ferry_metric_summary_get ferry_metric_summary_get_header_decl
+#define ferry_monitor_report_json ferry_monitor_report_json_header_decl
+#define ferry_monitor_write_report ferry_monitor_write_report_header_decl
+#define ferry_monitor_serve_prometheus ferry_monitor_serve_prometheus_header_decl
+#define ferry_monitor_attach_iterator ferry_monitor_attach_iterator_header_decl
 #define ferry_batch_info ferry_batch_info_header_decl
 #define ferry_batch_indices ferry_batch_indices_header_decl
 #define ferry_batch_field ferry_batch_field_header_decl
@@ -95,6 +107,18 @@
 #undef ferry_iterator_field
 #undef ferry_transform_init
 #undef ferry_transform_launch
+#undef ferry_monitor_create
+#undef ferry_monitor_start
+#undef ferry_monitor_stop
+#undef ferry_monitor_destroy
+#undef ferry_metric_id
+#undef ferry_metric_log_many
+#undef ferry_metric_log_many_at
+#undef ferry_metric_summary_get
+#undef ferry_monitor_report_json
+#undef ferry_monitor_write_report
+#undef ferry_monitor_serve_prometheus
+#undef ferry_monitor_attach_iterator
 #undef ferry_batch_info
 #undef ferry_batch_indices
 #undef ferry_batch_field

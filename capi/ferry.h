@@ -847,6 +847,117 @@ FERRY_API ferry_status ferry_engine_set_advisor(ferry_engine engine, ferry_advis
 /** Destroys the advisor (detach it from engines first). NULL is a no-op. */
 FERRY_API ferry_status ferry_advisor_destroy(ferry_advisor advisor);
 
+/* ------------------------------------------------------------------------------------------------ */
+/* Performance monitor                                                                               */
+/* ------------------------------------------------------------------------------------------------ */
+
+/** A performance monitor: an opaque ID, not a pointer. */
+typedef struct ferry_monitor_s* ferry_monitor;
+
+/** ferry_monitor_options.flags: start the background samplers at create (else ferry_monitor_start). */
+#define FERRY_MONITOR_F_START 0x1u
+
+/** Options for ferry_monitor_create(). Fill with ferry_monitor_options_init() first. */
+typedef struct ferry_monitor_options {
+    uint32_t size;  /**< set by ferry_monitor_options_init */
+    uint32_t flags; /**< FERRY_MONITOR_F_* */
+    int64_t gpu_interval_us;    /**< NVML sampling of the GPUs; 0: 100 ms; at least 10 ms; < 0: off */
+    int64_t pcie_interval_us;   /**< PCIe throughput (each reading blocks ~20 ms); 0: 1 s; < 0: off */
+    int64_t system_interval_us; /**< host and pipeline sampling; 0: 1 s; < 0: off */
+    double sketch_accuracy;     /**< the quantiles' relative accuracy; 0: 0.005 */
+    int32_t series_points;      /**< points per metric time series; 0: 512 */
+    int32_t rank;               /**< labels; 0 and 0 read RANK and LOCAL_RANK when set */
+    int32_t local_rank;
+    int32_t num_disk_paths;
+    const char* node;                   /**< a label, or NULL */
+    const char* const* disk_paths;      /**< num_disk_paths paths whose disks are sampled, or NULL */
+} ferry_monitor_options;
+
+/** Sets opts->size and the defaults. */
+FERRY_API ferry_status ferry_monitor_options_init(ferry_monitor_options* opts);
+
+/**
+ * Creates a monitor (NULL opts: defaults). Logging works at once; the samplers run after
+ * ferry_monitor_start (or with FERRY_MONITOR_F_START). At most 64 monitors are alive at a time.
+ */
+FERRY_API ferry_status ferry_monitor_create(const ferry_monitor_options* opts, ferry_monitor* monitor);
+
+/** Starts the background samplers (GPU, host, pipelines); a running monitor is left alone. */
+FERRY_API ferry_status ferry_monitor_start(ferry_monitor monitor);
+
+/** Stops the background samplers; the metrics stay. */
+FERRY_API ferry_status ferry_monitor_stop(ferry_monitor monitor);
+
+/**
+ * Interns a metric name (1..256 bytes of letters, digits and . _ - / :) and writes its ID: the same name
+ * always gives the same ID. The names gpu<N>/..., system/..., disk/... and pipeline/... are the samplers'.
+ */
+FERRY_API ferry_status ferry_metric_id(ferry_monitor monitor, const char* name, uint32_t* id);
+
+/**
+ * Logs value for metric id, stamped now. Written in C: it never enters Go, takes no lock, allocates only
+ * the calling thread's ring on its first log (~100 KB), and costs about as much as reading the clock. Safe
+ * from any thread. The value is folded into the metric's summary within 100 ms, or at the next summary or
+ * report. NaN and infinities are counted apart and left out of the statistics.
+ */
+FERRY_API ferry_status ferry_metric_log(ferry_monitor monitor, uint32_t id, double value);
+
+/** Logs count values for metric id with one timestamp (e.g. a batch's per-sample losses). */
+FERRY_API ferry_status ferry_metric_log_many(ferry_monitor monitor, uint32_t id, const double* values, int64_t count);
+
+/**
+ * Logs count values for metric id, values[i] at timestamps_ns[i] (CLOCK_MONOTONIC nanoseconds): for
+ * callers that buffer their logs and hand them over in batches (Python's log_metric does).
+ */
+FERRY_API ferry_status ferry_metric_log_many_at(ferry_monitor monitor, uint32_t id, const double* values,
+                                                const uint64_t* timestamps_ns, int64_t count);
+
+/** A metric's summary: exact count, mean, min, max, std; quantiles within the sketch's relative accuracy. */
+typedef struct ferry_metric_summary {
+    uint32_t size; /**< set by the caller: sizeof(ferry_metric_summary) */
+    uint32_t reserved;
+    uint64_t count;     /**< finite values logged */
+    uint64_t nonfinite; /**< NaN and infinite values logged */
+    double mean, min, max, std, last; /**< NaN when count is 0 */
+    double p50, p90, p99, p999;
+    uint64_t first_ns, last_ns; /**< CLOCK_MONOTONIC of the first and last value */
+} ferry_metric_summary;
+
+/** Folds pending values and writes the metric's summary; its cost does not grow with the values logged. */
+FERRY_API ferry_status ferry_metric_summary_get(ferry_monitor monitor, uint32_t id, ferry_metric_summary* out);
+
+/**
+ * Writes the JSON report (schema "ferry.report/1": training_metrics, gpu_metrics, system_metrics,
+ * pipeline_metrics, each metric with its summary and time series) into buf, NUL-terminated, and its length
+ * (without the NUL) into *length. When buf is NULL or capacity too small, writes nothing into buf, sets
+ * *length and returns FERRY_ERR_LIMIT: call again with a buffer of *length + 1 bytes.
+ */
+FERRY_API ferry_status ferry_monitor_report_json(ferry_monitor monitor, char* buf, uint64_t capacity, uint64_t* length);
+
+/**
+ * Writes the report to path: HTML with charts when path ends in .html or .htm, else JSON. The file is
+ * created 0644 (through a temporary file renamed over path); its directory must exist.
+ */
+FERRY_API ferry_status ferry_monitor_write_report(ferry_monitor monitor, const char* path);
+
+/**
+ * Serves Prometheus metrics at http://addr/metrics while the monitor lives: addr NULL or "" binds
+ * 127.0.0.1:9400, ":PORT" binds 127.0.0.1:PORT; give a host (e.g. "0.0.0.0:9400") to listen beyond
+ * loopback. Writes the bound address into bound (bound_len bytes, NUL-terminated; may be NULL).
+ * FERRY_ERR_IO when the port is taken.
+ */
+FERRY_API ferry_status ferry_monitor_serve_prometheus(ferry_monitor monitor, const char* addr, char* bound,
+                                                      uint32_t bound_len);
+
+/**
+ * Reports the iterator's pipeline figures under pipeline/<name>/...: batches/s, samples/s, H2D bytes/s,
+ * queue depth, data stall %. The iterator must outlive the monitor or be destroyed first (then dropped).
+ */
+FERRY_API ferry_status ferry_monitor_attach_iterator(ferry_monitor monitor, const char* name, ferry_iterator iterator);
+
+/** Stops the samplers and the endpoint and destroys the monitor. NULL is a no-op. */
+FERRY_API ferry_status ferry_monitor_destroy(ferry_monitor monitor);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"runtime"
@@ -262,8 +261,8 @@ func (m *Monitor) MetricName(id MetricID) string {
 	return st[id].name
 }
 
-// errUnknownMetric is returned by Log for an ID that Metric did not give.
-var errUnknownMetric = errors.New("unknown metric id")
+// errUnknownMetric is returned for an ID that Metric did not give.
+var errUnknownMetric = fmt.Errorf("%w: unknown metric id", ErrInvalidArgument)
 
 // Log records v for metric id, stamped now. It takes no lock and allocates nothing: the value goes
 // into the calling P's ring, folded into the metric's summary in the background (within 100 ms) or

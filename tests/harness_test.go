@@ -78,6 +78,8 @@ const (
 	kDLCPU  = 1
 	kDLCUDA = 2
 
+	monitorFStart = 0x1
+
 	kDLInt    = 0
 	kDLUInt   = 1
 	kDLFloat  = 2
@@ -341,6 +343,45 @@ type advisorFit struct {
 	Reserved         int64
 }
 
+// monitorHandle mirrors ferry_monitor.
+type monitorHandle uintptr
+
+// monitorOptions mirrors ferry_monitor_options. Node and DiskPaths point to memory outside the Go heap
+// (see cmem).
+type monitorOptions struct {
+	Size             uint32
+	Flags            uint32
+	GPUIntervalUS    int64
+	PCIeIntervalUS   int64
+	SystemIntervalUS int64
+	SketchAccuracy   float64
+	SeriesPoints     int32
+	Rank             int32
+	LocalRank        int32
+	NumDiskPaths     int32
+	Node             uintptr
+	DiskPaths        uintptr
+}
+
+// metricSummary mirrors ferry_metric_summary.
+type metricSummary struct {
+	Size      uint32
+	Reserved  uint32
+	Count     uint64
+	NonFinite uint64
+	Mean      float64
+	Min       float64
+	Max       float64
+	Std       float64
+	Last      float64
+	P50       float64
+	P90       float64
+	P99       float64
+	P999      float64
+	FirstNS   uint64
+	LastNS    uint64
+}
+
 // The functions of ferry.h, bound by loadLibrary.
 var (
 	ferryStatusString      func(status int32) *byte
@@ -403,6 +444,21 @@ var (
 	ferryAdvisorSetReduce     func(advisor advisorHandle, fn uintptr, user uintptr) int32
 	ferryEngineSetAdvisor     func(engine engineHandle, advisor advisorHandle) int32
 	ferryAdvisorDestroy       func(advisor advisorHandle) int32
+
+	ferryMonitorOptionsInit     func(opts *monitorOptions) int32
+	ferryMonitorCreate          func(opts *monitorOptions, monitor *monitorHandle) int32
+	ferryMonitorStart           func(monitor monitorHandle) int32
+	ferryMonitorStop            func(monitor monitorHandle) int32
+	ferryMetricID               func(monitor monitorHandle, name *byte, id *uint32) int32
+	ferryMetricLog              func(monitor monitorHandle, id uint32, value float64) int32
+	ferryMetricLogMany          func(monitor monitorHandle, id uint32, values *float64, count int64) int32
+	ferryMetricLogManyAt        func(monitor monitorHandle, id uint32, values *float64, timestampsNS *uint64, count int64) int32
+	ferryMetricSummaryGet       func(monitor monitorHandle, id uint32, out *metricSummary) int32
+	ferryMonitorReportJSON      func(monitor monitorHandle, buf *byte, capacity uint64, length *uint64) int32
+	ferryMonitorWriteReport     func(monitor monitorHandle, path *byte) int32
+	ferryMonitorServePrometheus func(monitor monitorHandle, addr *byte, bound *byte, boundLen uint32) int32
+	ferryMonitorAttachIterator  func(monitor monitorHandle, name *byte, it iteratorHandle) int32
+	ferryMonitorDestroy         func(monitor monitorHandle) int32
 )
 
 // boundFunctions lists every function of ferry.h with the variable it is bound to.
@@ -469,6 +525,20 @@ var boundFunctions = []struct {
 	{"ferry_advisor_set_reduce", &ferryAdvisorSetReduce},
 	{"ferry_engine_set_advisor", &ferryEngineSetAdvisor},
 	{"ferry_advisor_destroy", &ferryAdvisorDestroy},
+	{"ferry_monitor_options_init", &ferryMonitorOptionsInit},
+	{"ferry_monitor_create", &ferryMonitorCreate},
+	{"ferry_monitor_start", &ferryMonitorStart},
+	{"ferry_monitor_stop", &ferryMonitorStop},
+	{"ferry_metric_id", &ferryMetricID},
+	{"ferry_metric_log", &ferryMetricLog},
+	{"ferry_metric_log_many", &ferryMetricLogMany},
+	{"ferry_metric_log_many_at", &ferryMetricLogManyAt},
+	{"ferry_metric_summary_get", &ferryMetricSummaryGet},
+	{"ferry_monitor_report_json", &ferryMonitorReportJSON},
+	{"ferry_monitor_write_report", &ferryMonitorWriteReport},
+	{"ferry_monitor_serve_prometheus", &ferryMonitorServePrometheus},
+	{"ferry_monitor_attach_iterator", &ferryMonitorAttachIterator},
+	{"ferry_monitor_destroy", &ferryMonitorDestroy},
 }
 
 // libraryPath is the absolute path of the library under test.

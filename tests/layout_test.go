@@ -26,6 +26,8 @@ func TestStructLayout(t *testing.T) {
 	var po pressureOptions
 	var or optimizeResult
 	var af advisorFit
+	var mo monitorOptions
+	var su metricSummary
 
 	tests := []struct {
 		name string
@@ -167,6 +169,36 @@ func TestStructLayout(t *testing.T) {
 		{"ferry_advisor_fit.max_residual_bytes", unsafe.Offsetof(af.MaxResidualBytes), 32},
 		{"ferry_advisor_fit.oom_ceiling", unsafe.Offsetof(af.OOMCeiling), 40},
 		{"ferry_advisor_fit.reserved", unsafe.Offsetof(af.Reserved), 48},
+
+		{"sizeof(ferry_monitor_options)", unsafe.Sizeof(mo), 72},
+		{"sizeof(ferry_monitor)", unsafe.Sizeof(monitorHandle(0)), unsafe.Sizeof(uintptr(0))},
+		{"ferry_monitor_options.flags", unsafe.Offsetof(mo.Flags), 4},
+		{"ferry_monitor_options.gpu_interval_us", unsafe.Offsetof(mo.GPUIntervalUS), 8},
+		{"ferry_monitor_options.pcie_interval_us", unsafe.Offsetof(mo.PCIeIntervalUS), 16},
+		{"ferry_monitor_options.system_interval_us", unsafe.Offsetof(mo.SystemIntervalUS), 24},
+		{"ferry_monitor_options.sketch_accuracy", unsafe.Offsetof(mo.SketchAccuracy), 32},
+		{"ferry_monitor_options.series_points", unsafe.Offsetof(mo.SeriesPoints), 40},
+		{"ferry_monitor_options.rank", unsafe.Offsetof(mo.Rank), 44},
+		{"ferry_monitor_options.local_rank", unsafe.Offsetof(mo.LocalRank), 48},
+		{"ferry_monitor_options.num_disk_paths", unsafe.Offsetof(mo.NumDiskPaths), 52},
+		{"ferry_monitor_options.node", unsafe.Offsetof(mo.Node), 56},
+		{"ferry_monitor_options.disk_paths", unsafe.Offsetof(mo.DiskPaths), 64},
+
+		{"sizeof(ferry_metric_summary)", unsafe.Sizeof(su), 112},
+		{"ferry_metric_summary.reserved", unsafe.Offsetof(su.Reserved), 4},
+		{"ferry_metric_summary.count", unsafe.Offsetof(su.Count), 8},
+		{"ferry_metric_summary.nonfinite", unsafe.Offsetof(su.NonFinite), 16},
+		{"ferry_metric_summary.mean", unsafe.Offsetof(su.Mean), 24},
+		{"ferry_metric_summary.min", unsafe.Offsetof(su.Min), 32},
+		{"ferry_metric_summary.max", unsafe.Offsetof(su.Max), 40},
+		{"ferry_metric_summary.std", unsafe.Offsetof(su.Std), 48},
+		{"ferry_metric_summary.last", unsafe.Offsetof(su.Last), 56},
+		{"ferry_metric_summary.p50", unsafe.Offsetof(su.P50), 64},
+		{"ferry_metric_summary.p90", unsafe.Offsetof(su.P90), 72},
+		{"ferry_metric_summary.p99", unsafe.Offsetof(su.P99), 80},
+		{"ferry_metric_summary.p999", unsafe.Offsetof(su.P999), 88},
+		{"ferry_metric_summary.first_ns", unsafe.Offsetof(su.FirstNS), 96},
+		{"ferry_metric_summary.last_ns", unsafe.Offsetof(su.LastNS), 104},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -4,11 +4,12 @@
  * It adds no logic of its own: every call goes to the C function of the same name, and a status other
  * than FERRY_OK becomes a ferry::error exception that carries the status and the library's message.
  *
- * Ownership: ferry::engine, ferry::source, ferry::iterator, ferry::batch, ferry::tensor and ferry::advisor
- * each own one C object; ferry::callback_registration owns one pressure callback. They are move-only; their
- * destructors destroy (or release, or remove) the object and never throw. A moved-from object is empty
- * (get() == nullptr); calling a method on an empty engine, source, iterator, batch or advisor throws
- * ferry::error with FERRY_ERR_INVALID_HANDLE, as the C API reports for a NULL handle.
+ * Ownership: ferry::engine, ferry::source, ferry::iterator, ferry::batch, ferry::tensor, ferry::advisor
+ * and ferry::monitor each own one C object; ferry::callback_registration owns one pressure callback; a
+ * ferry::metric is a non-owning handle into its monitor. The owners are move-only; their destructors
+ * destroy (or release, or remove) the object and never throw. A moved-from object is empty
+ * (get() == nullptr); calling a method on an empty engine, source, iterator, batch, advisor or monitor
+ * throws ferry::error with FERRY_ERR_INVALID_HANDLE, as the C API reports for a NULL handle.
  *
  * C++ functions given to the library (a callback source's sample function, a pressure callback, an
  * advisor's reduce hook) live in heap objects owned by the C++ object that registered them, so they stay
@@ -1695,6 +1696,271 @@ inline epoch_cursor& epoch_cursor::operator++() {
     return *this;
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Performance monitor
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * The options of a ferry::monitor, set with chained calls:
+ *
+ *     ferry::monitor_options().gpu_interval(std::chrono::milliseconds(50)).no_pcie().node("node-3").start()
+ *
+ * A sampler's interval left at 0 picks its default (GPU 100 ms, PCIe 1 s, system 1 s); an interval must
+ * be at least 10 ms, and a negative one (or no_gpu(), no_pcie(), no_system()) turns that sampler off. Every
+ * setter returns *this; the getter of the same name reads the value. The library checks the values when
+ * the monitor is created.
+ */
+class monitor_options {
+public:
+    /** How often NVML samples the GPUs. */
+    monitor_options& gpu_interval(std::chrono::microseconds d) noexcept { o_.gpu_interval_us = d.count(); return *this; }
+    /** How often the PCIe throughput is read (each reading blocks its sampler for ~20 ms). */
+    monitor_options& pcie_interval(std::chrono::microseconds d) noexcept { o_.pcie_interval_us = d.count(); return *this; }
+    /** How often the host (CPU, memory, disks) and the attached iterators are sampled. */
+    monitor_options& system_interval(std::chrono::microseconds d) noexcept { o_.system_interval_us = d.count(); return *this; }
+    /** Turns the GPU sampler off. */
+    monitor_options& no_gpu() noexcept { o_.gpu_interval_us = -1; return *this; }
+    /** Turns the PCIe throughput sampler off. */
+    monitor_options& no_pcie() noexcept { o_.pcie_interval_us = -1; return *this; }
+    /** Turns the host and pipeline sampler off. */
+    monitor_options& no_system() noexcept { o_.system_interval_us = -1; return *this; }
+    /** The quantiles' relative accuracy, in (0, 0.5); 0 picks 0.005. */
+    monitor_options& sketch_accuracy(double a) noexcept { o_.sketch_accuracy = a; return *this; }
+    /** Points per metric time series, 16..2^20; 0 picks 512. */
+    monitor_options& series_points(int32_t n) noexcept { o_.series_points = n; return *this; }
+    /** The rank label (rank and local rank both 0 read RANK and LOCAL_RANK when set). */
+    monitor_options& rank(int32_t r) noexcept { o_.rank = r; return *this; }
+    /** The local rank label. */
+    monitor_options& local_rank(int32_t r) noexcept { o_.local_rank = r; return *this; }
+    /** The node label ("" for none). */
+    monitor_options& node(std::string n) { node_ = std::move(n); return *this; }
+    /** The paths whose disks the system sampler reads (replaces those set before). */
+    monitor_options& disk_paths(std::vector<std::string> paths) { disk_paths_ = std::move(paths); return *this; }
+    /** Starts the samplers when the monitor is created (else monitor::start()). */
+    monitor_options& start(bool on = true) noexcept {
+        o_.flags = on ? (o_.flags | FERRY_MONITOR_F_START) : (o_.flags & ~FERRY_MONITOR_F_START);
+        return *this;
+    }
+    /** Adds raw FERRY_MONITOR_F_* bits (unknown bits are refused by the library). */
+    monitor_options& flags(uint32_t f) noexcept { o_.flags |= f; return *this; }
+
+    /** @name Getters */
+    ///@{
+    std::chrono::microseconds gpu_interval() const noexcept { return std::chrono::microseconds(o_.gpu_interval_us); }
+    std::chrono::microseconds pcie_interval() const noexcept { return std::chrono::microseconds(o_.pcie_interval_us); }
+    std::chrono::microseconds system_interval() const noexcept { return std::chrono::microseconds(o_.system_interval_us); }
+    double sketch_accuracy() const noexcept { return o_.sketch_accuracy; }
+    int32_t series_points() const noexcept { return o_.series_points; }
+    int32_t rank() const noexcept { return o_.rank; }
+    int32_t local_rank() const noexcept { return o_.local_rank; }
+    const std::string& node() const noexcept { return node_; }
+    const std::vector<std::string>& disk_paths() const noexcept { return disk_paths_; }
+    bool start() const noexcept { return (o_.flags & FERRY_MONITOR_F_START) != 0; }
+    uint32_t flags() const noexcept { return o_.flags; }
+    ///@}
+
+    /**
+     * The C options struct, without the node and the disk paths (NULL there): the monitor's constructor
+     * adds them from node() and disk_paths().
+     */
+    const ferry_monitor_options& c() const noexcept { return o_; }
+
+private:
+    ferry_monitor_options o_ = [] {
+        ferry_monitor_options o;
+        (void)ferry_monitor_options_init(&o);
+        return o;
+    }();
+    std::string node_;
+    std::vector<std::string> disk_paths_;
+};
+
+/**
+ * One metric of a ferry::monitor, from monitor::metric(name): the monitor's handle and the metric's ID, a
+ * small value to copy freely and keep in a loop. It owns nothing; the monitor must outlive its use (a
+ * call after the monitor is destroyed throws FERRY_ERR_INVALID_HANDLE, never crashes). Every method may be
+ * called from any thread.
+ */
+class metric {
+public:
+    /** A metric of no monitor; its methods throw FERRY_ERR_INVALID_HANDLE. */
+    metric() noexcept = default;
+
+    /**
+     * Logs v, stamped now. Inline and in C (ferry_metric_log): no lock, no call into Go, about the cost of
+     * reading the clock. NaN and infinities are counted apart (ferry_metric_summary::nonfinite).
+     */
+    void log(double v) const { check(ferry_metric_log(m_, id_, v)); }
+
+    /** Logs n values with one timestamp (e.g. a batch's per-sample losses). */
+    void log_many(const double* values, std::size_t n) const {
+        check(ferry_metric_log_many(m_, id_, values, static_cast<int64_t>(n)));
+    }
+
+    /** Logs every value of values with one timestamp. */
+    void log_many(const std::vector<double>& values) const { log_many(values.data(), values.size()); }
+
+    /** Logs values[i] at timestamps_ns[i] (CLOCK_MONOTONIC nanoseconds), for values buffered by the caller. */
+    void log_many_at(const double* values, const uint64_t* timestamps_ns, std::size_t n) const {
+        check(ferry_metric_log_many_at(m_, id_, values, timestamps_ns, static_cast<int64_t>(n)));
+    }
+
+    /**
+     * The summary: exact count, mean, min, max, std (population) and last value, and p50..p999 within the
+     * sketch's relative accuracy. The statistics are NaN while count is 0.
+     */
+    ferry_metric_summary summary() const {
+        ferry_metric_summary s{};
+        s.size = sizeof(s);
+        check(ferry_metric_summary_get(m_, id_, &s));
+        return s;
+    }
+
+    /** The metric's ID in its monitor. */
+    uint32_t id() const noexcept { return id_; }
+
+    /** The monitor's handle, not owned. */
+    ferry_monitor monitor_handle() const noexcept { return m_; }
+
+private:
+    friend class monitor;
+
+    metric(ferry_monitor m, uint32_t id) noexcept : m_(m), id_(id) {}
+
+    ferry_monitor m_ = nullptr;
+    uint32_t id_ = 0;
+};
+
+/**
+ * An owned performance monitor: metrics logged at nanosecond cost from any thread, folded into exact
+ * summaries, streaming quantiles and time series; background samplers for the GPUs (NVML), the host and
+ * attached iterators; reports as JSON and HTML and a Prometheus endpoint.
+ *
+ *     ferry::monitor mon(ferry::monitor_options().start());
+ *     ferry::metric loss = mon.metric("loss");
+ *     for (...) { loss.log(value); }
+ *     mon.write_report("report.html");
+ *
+ * Move-only. The destructor stops the samplers and the endpoint and destroys the monitor, and never
+ * throws. A moved-from monitor is empty; its methods throw FERRY_ERR_INVALID_HANDLE. Every method may be
+ * called from any thread; moving or destroying it must not race with other use.
+ */
+class monitor {
+public:
+    /** Creates a monitor. Throws ferry::error, e.g. FERRY_ERR_INVALID_ARGUMENT for a bad option. */
+    explicit monitor(const monitor_options& opts = monitor_options()) {
+        ferry_monitor_options o = opts.c();
+        std::vector<const char*> paths;
+        paths.reserve(opts.disk_paths().size());
+        for (const std::string& p : opts.disk_paths()) {
+            paths.push_back(p.c_str());
+        }
+        if (paths.size() > static_cast<std::size_t>(std::numeric_limits<int32_t>::max())) {
+            throw error(FERRY_ERR_INVALID_ARGUMENT, "too many disk paths");
+        }
+        o.node = opts.node().empty() ? nullptr : opts.node().c_str();
+        o.disk_paths = paths.empty() ? nullptr : paths.data();
+        o.num_disk_paths = static_cast<int32_t>(paths.size());
+        check(ferry_monitor_create(&o, &h_));
+    }
+
+    monitor(const monitor&) = delete;
+    monitor& operator=(const monitor&) = delete;
+
+    /** Takes other's monitor; other becomes empty. */
+    monitor(monitor&& other) noexcept : h_(std::exchange(other.h_, nullptr)) {}
+
+    /** Destroys the monitor held now, then takes other's; other becomes empty. */
+    monitor& operator=(monitor&& other) noexcept {
+        if (this != &other) {
+            reset();
+            h_ = std::exchange(other.h_, nullptr);
+        }
+        return *this;
+    }
+
+    /** Destroys the monitor, if any. Never throws. */
+    ~monitor() noexcept { reset(); }
+
+    /** Starts the background samplers; a running monitor is left alone. */
+    void start() { check(ferry_monitor_start(h_)); }
+
+    /** Stops the background samplers; the metrics stay. */
+    void stop() { check(ferry_monitor_stop(h_)); }
+
+    /**
+     * The metric called name (1..256 bytes of letters, digits and . _ - / :), created on first use; the
+     * same name always gives the same metric. Throws FERRY_ERR_INVALID_ARGUMENT for a bad name.
+     */
+    ferry::metric metric(const std::string& name) const {
+        uint32_t id = 0;
+        check(ferry_metric_id(h_, name.c_str(), &id));
+        return ferry::metric(h_, id);
+    }
+
+    /** The JSON report (schema "ferry.report/1"). */
+    std::string report_json() const {
+        uint64_t n = 0;
+        ferry_status st = ferry_monitor_report_json(h_, nullptr, 0, &n);
+        if (st != FERRY_ERR_LIMIT) {
+            check(st);
+        }
+        for (;;) {
+            // Room to spare: the report's creation time and duration change from one call to the next.
+            std::string s(static_cast<std::size_t>(n) + 256, '\0');
+            uint64_t got = 0;
+            st = ferry_monitor_report_json(h_, s.data(), s.size(), &got);
+            if (st == FERRY_OK) {
+                s.resize(static_cast<std::size_t>(got));
+                return s;
+            }
+            if (st != FERRY_ERR_LIMIT) {
+                check(st);
+            }
+            n = got;
+        }
+    }
+
+    /** Writes the report to path: HTML with charts for .html or .htm, else JSON; created 0644. */
+    void write_report(const std::string& path) const { check(ferry_monitor_write_report(h_, path.c_str())); }
+
+    /**
+     * Serves Prometheus metrics at http://addr/metrics while the monitor lives and returns the bound
+     * address. "" binds 127.0.0.1:9400, ":PORT" binds 127.0.0.1:PORT, port 0 a free port; give a host
+     * (e.g. "0.0.0.0:9400") to listen beyond loopback. Throws FERRY_ERR_IO when the port is taken.
+     */
+    std::string serve_prometheus(const std::string& addr = "") {
+        char bound[256];
+        bound[0] = '\0';
+        check(ferry_monitor_serve_prometheus(h_, addr.c_str(), bound, sizeof(bound)));
+        return std::string(bound);
+    }
+
+    /**
+     * Reports it under pipeline/<name>/... (batches/s, samples/s, H2D bytes/s, queue depth, data stall %)
+     * while the samplers run. The iterator must outlive the monitor, or be destroyed first (it is then
+     * dropped).
+     */
+    void attach(const std::string& name, const iterator& it) {
+        check(ferry_monitor_attach_iterator(h_, name.c_str(), it.get()));
+    }
+
+    /** Returns the raw handle, still owned by this object; nullptr when empty. */
+    ferry_monitor get() const noexcept { return h_; }
+
+    /** True when this object holds a monitor. */
+    explicit operator bool() const noexcept { return h_ != nullptr; }
+
+    /** Destroys the monitor held now, if any, and leaves this object empty. Never throws. */
+    void reset() noexcept {
+        if (h_ != nullptr) {
+            (void)ferry_monitor_destroy(std::exchange(h_, nullptr));
+        }
+    }
+
+private:
+    ferry_monitor h_ = nullptr;
+};
 
 } // namespace ferry
 

@@ -52,11 +52,13 @@ if [ "$mode" = tests ] || [ "$mode" = all ]; then
     step "C: test_c99" "$log" "$here/bin/test_c99"
     step "C: test_iterator_c99" "$log" "$here/bin/test_iterator_c99"
     step "C: test_memory_c99" "$log" "$here/bin/test_memory_c99"
+    step "C: test_monitor_c99" "$log" "$here/bin/test_monitor_c99"
     step "C++: header_cxx17" "$log" "$here/bin/header_cxx17"
     step "C++: GoogleTest" "$log" "$here/bin/test_ferry_hpp"
     step "C++: GoogleTest, iterator" "$log" "$here/bin/test_iterator_hpp"
     step "C++: GoogleTest, memory" "$log" "$here/bin/test_memory_hpp"
     step "C++: GoogleTest, transforms" "$log" "$here/bin/test_transform_hpp"
+    step "C++: GoogleTest, monitor" "$log" "$here/bin/test_monitor_hpp"
     # The driver paths point nowhere, so the no-driver test runs (and must pass) even on a GPU host.
     step "C++: GoogleTest without a driver" "$log" sh -c "out=\$(env -u FERRY_REQUIRE_GPU \
         FERRY_CUDA_LIBRARY=/nonexistent/libcuda.so.1 FERRY_NVML_LIBRARY=/nonexistent/libnvidia-ml.so.1 \

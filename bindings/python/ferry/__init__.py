@@ -48,6 +48,7 @@ from ._sources import (
 from ._dlpack import DLPackField
 from ._transforms import Normalize, PadSequences, ShiftTokens, Transform
 from ._iterator import Batch, Iterator, Loader, OptimizedDataLoader, PrefetchLoader
+from ._monitor import PerformanceMonitor
 
 __version__ = "0.1.0"
 
@@ -87,4 +88,6 @@ __all__ = [
     "Normalize",
     "ShiftTokens",
     "PadSequences",
+    # metrics
+    "PerformanceMonitor",
 ] + _sources.__all__ + _errors.__all__

@@ -66,6 +66,8 @@ __all__ = [
     "AdvisorFit",
     "PRESSURE_FN",
     "REDUCE_FN",
+    "MonitorOptions",
+    "MetricSummary",
 ]
 
 # --- constants from ferry.h -------------------------------------------------------------------------
@@ -126,6 +128,8 @@ FERRY_PRESSURE_DEVICE_USED = 1
 FERRY_PRESSURE_PROCESS_USED = 2
 FERRY_PRESSURE_ENGINE_RESERVED = 3
 
+FERRY_MONITOR_F_START = 0x1
+
 DLPACK_MAJOR_VERSION = 1
 DLPACK_MINOR_VERSION = 0
 DLPACK_FLAG_BITMASK_READ_ONLY = 1 << 0
@@ -151,6 +155,8 @@ ferry_iterator = c_void_p
 ferry_batch = c_void_p
 # ferry_advisor is an opaque ID too.
 ferry_advisor = c_void_p
+# ferry_monitor is an opaque ID too.
+ferry_monitor = c_void_p
 
 
 # --- structs, field by field as in ferry.h ------------------------------------------------------------
@@ -384,6 +390,47 @@ class AdvisorFit(Structure):
     ]
 
 
+class MonitorOptions(Structure):
+    """ctypes mirror of ``ferry_monitor_options`` (72 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("flags", c_uint32),
+        ("gpu_interval_us", c_int64),
+        ("pcie_interval_us", c_int64),
+        ("system_interval_us", c_int64),
+        ("sketch_accuracy", c_double),
+        ("series_points", c_int32),
+        ("rank", c_int32),
+        ("local_rank", c_int32),
+        ("num_disk_paths", c_int32),
+        ("node", c_char_p),
+        ("disk_paths", POINTER(c_char_p)),
+    ]
+
+
+class MetricSummary(Structure):
+    """ctypes mirror of ``ferry_metric_summary`` (112 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("reserved", c_uint32),
+        ("count", c_uint64),
+        ("nonfinite", c_uint64),
+        ("mean", c_double),
+        ("min", c_double),
+        ("max", c_double),
+        ("std", c_double),
+        ("last", c_double),
+        ("p50", c_double),
+        ("p90", c_double),
+        ("p99", c_double),
+        ("p999", c_double),
+        ("first_ns", c_uint64),
+        ("last_ns", c_uint64),
+    ]
+
+
 # --- DLPack 1.0, as declared in ferry.h --------------------------------------------------------------
 
 
@@ -529,6 +576,22 @@ _SIGNATURES = [
     ("ferry_advisor_set_reduce", ferry_status, [ferry_advisor, REDUCE_FN, c_void_p]),
     ("ferry_engine_set_advisor", ferry_status, [ferry_engine, ferry_advisor]),
     ("ferry_advisor_destroy", ferry_status, [ferry_advisor]),
+    # performance monitor
+    ("ferry_monitor_options_init", ferry_status, [POINTER(MonitorOptions)]),
+    ("ferry_monitor_create", ferry_status, [POINTER(MonitorOptions), POINTER(ferry_monitor)]),
+    ("ferry_monitor_start", ferry_status, [ferry_monitor]),
+    ("ferry_monitor_stop", ferry_status, [ferry_monitor]),
+    ("ferry_metric_id", ferry_status, [ferry_monitor, c_char_p, POINTER(c_uint32)]),
+    ("ferry_metric_log", ferry_status, [ferry_monitor, c_uint32, c_double]),
+    ("ferry_metric_log_many", ferry_status, [ferry_monitor, c_uint32, POINTER(c_double), c_int64]),
+    ("ferry_metric_log_many_at", ferry_status,
+     [ferry_monitor, c_uint32, POINTER(c_double), POINTER(c_uint64), c_int64]),
+    ("ferry_metric_summary_get", ferry_status, [ferry_monitor, c_uint32, POINTER(MetricSummary)]),
+    ("ferry_monitor_report_json", ferry_status, [ferry_monitor, POINTER(c_char), c_uint64, POINTER(c_uint64)]),
+    ("ferry_monitor_write_report", ferry_status, [ferry_monitor, c_char_p]),
+    ("ferry_monitor_serve_prometheus", ferry_status, [ferry_monitor, c_char_p, POINTER(c_char), c_uint32]),
+    ("ferry_monitor_attach_iterator", ferry_status, [ferry_monitor, c_char_p, ferry_iterator]),
+    ("ferry_monitor_destroy", ferry_status, [ferry_monitor]),
 ]
 
 SYMBOLS = tuple(name for name, _, _ in _SIGNATURES)
