@@ -12,6 +12,8 @@ import (
 	_ "unsafe" // for go:linkname
 
 	"github.com/DataDog/sketches-go/ddsketch"
+	"github.com/DataDog/sketches-go/ddsketch/mapping"
+	"github.com/DataDog/sketches-go/ddsketch/store"
 	"github.com/rs/zerolog"
 )
 
@@ -104,6 +106,7 @@ type metricState struct {
 	first     uint64 // ns of the first value
 	lastT     uint64
 	sketch    *ddsketch.DDSketch
+	mapping   mapping.IndexMapping
 	series    series
 }
 
@@ -220,11 +223,14 @@ func (m *Monitor) Metric(name string) (MetricID, error) {
 	if len(old) >= MaxMetrics {
 		return 0, fmt.Errorf("%w: a monitor holds at most %d metrics", ErrLimit, MaxMetrics)
 	}
-	sk, err := ddsketch.LogCollapsingLowestDenseDDSketch(m.opts.SketchAccuracy, sketchBins)
+	// The cubically interpolated mapping gives the same accuracy guarantee as the logarithmic one
+	// without a logarithm per value (a third of the cost), for about 1 % more bins.
+	mp, err := mapping.NewCubicallyInterpolatedMapping(m.opts.SketchAccuracy)
 	if err != nil {
 		return 0, fmt.Errorf("%w: sketch: %v", ErrInvalidArgument, err)
 	}
-	st := &metricState{name: name, sketch: sk, min: math.Inf(1), max: math.Inf(-1)}
+	sk := ddsketch.NewDDSketch(mp, store.NewCollapsingLowestDenseStore(sketchBins), store.NewCollapsingLowestDenseStore(sketchBins))
+	st := &metricState{name: name, sketch: sk, mapping: mp, min: math.Inf(1), max: math.Inf(-1)}
 	st.series.init(m.opts.SeriesPoints)
 	grown := append(append(make([]*metricState, 0, len(old)+1), old...), st)
 	id := MetricID(len(old))
@@ -304,10 +310,7 @@ func (m *Monitor) LogMany(id MetricID, vs []float64) error {
 	m.foldMu.Lock()
 	defer m.foldMu.Unlock()
 	m.drainLocked()
-	st := (*m.states.Load())[id]
-	for _, v := range vs {
-		st.add(t, v)
-	}
+	(*m.states.Load())[id].addBatch(t, vs)
 	for _, k := range m.sinks {
 		for _, v := range vs {
 			k.put(id, t, v)
@@ -433,6 +436,57 @@ func (s *metricState) add(t uint64, v float64) {
 	s.last, s.lastT = v, t
 	_ = s.sketch.Add(v)
 	s.series.add(t, v)
+}
+
+// addBatch folds values that share the timestamp t: their statistics are computed apart, two passes
+// with no division per value, and merged (Chan et al.'s parallel update); the series gets one point.
+func (s *metricState) addBatch(t uint64, vs []float64) {
+	var n uint64
+	sum, lo, hi := 0.0, math.Inf(1), math.Inf(-1)
+	last := math.NaN()
+	// The sketch's own Add, less its per-value checks: indexable values go straight to their store.
+	pos, neg := s.sketch.GetPositiveValueStore(), s.sketch.GetNegativeValueStore()
+	minIdx, maxIdx := s.mapping.MinIndexableValue(), s.mapping.MaxIndexableValue()
+	for _, v := range vs {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			s.nonfinite++
+			continue
+		}
+		n++
+		sum += v
+		lo, hi = math.Min(lo, v), math.Max(hi, v)
+		last = v
+		switch {
+		case v > minIdx && v <= maxIdx:
+			pos.Add(s.mapping.Index(v))
+		case v < -minIdx && v >= -maxIdx:
+			neg.Add(s.mapping.Index(-v))
+		default:
+			_ = s.sketch.Add(v) // zero, and the rare value beyond the mapping's range
+		}
+	}
+	if n == 0 {
+		return
+	}
+	mean := sum / float64(n)
+	m2 := 0.0
+	for _, v := range vs {
+		if !math.IsNaN(v) && !math.IsInf(v, 0) {
+			d := v - mean
+			m2 += d * d
+		}
+	}
+	if s.n == 0 {
+		s.first = t
+	}
+	total := s.n + n
+	d := mean - s.mean
+	s.m2 += m2 + d*d*float64(s.n)*float64(n)/float64(total)
+	s.mean += d * float64(n) / float64(total)
+	s.n = total
+	s.min, s.max = math.Min(s.min, lo), math.Max(s.max, hi)
+	s.last, s.lastT = last, t
+	s.series.addPoint(t, SeriesPoint{Count: n, Mean: mean, Min: lo, Max: hi, Last: last})
 }
 
 // Summary is a metric's statistics: exact count, mean, min, max, std (population) and last value;

@@ -21,6 +21,11 @@ type series struct {
 func (s *series) init(capacity int) { s.capacity = capacity }
 
 func (s *series) add(t uint64, v float64) {
+	s.addPoint(t, SeriesPoint{Count: 1, Mean: v, Min: v, Max: v, Last: v})
+}
+
+// addPoint adds values summarized by q (its Time is ignored) at time t.
+func (s *series) addPoint(t uint64, q SeriesPoint) {
 	if s.step == 0 {
 		s.t0, s.step = t, 1e6
 	}
@@ -29,10 +34,11 @@ func (s *series) add(t uint64, v float64) {
 		k = (t - s.t0) / s.step
 	}
 	if n := len(s.pts); n > 0 && (s.pts[n-1].Time-s.t0)/s.step >= k {
-		s.pts[n-1].merge(SeriesPoint{Count: 1, Mean: v, Min: v, Max: v, Last: v})
+		s.pts[n-1].merge(q)
 		return
 	}
-	s.pts = append(s.pts, SeriesPoint{Time: s.t0 + k*s.step, Count: 1, Mean: v, Min: v, Max: v, Last: v})
+	q.Time = s.t0 + k*s.step
+	s.pts = append(s.pts, q)
 	for len(s.pts) > s.capacity {
 		s.coarsen()
 	}

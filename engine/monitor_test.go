@@ -54,6 +54,20 @@ func TestMonitorSummaryMatchesExact(t *testing.T) {
 			}
 			s, err := m.Summary(id)
 			require.NoError(t, err)
+			// The batched path (LogMany: batch statistics merged, sketch stores fed directly) agrees.
+			batched, err := m.Metric("x_batched")
+			require.NoError(t, err)
+			for i := 0; i < len(xs); i += 4096 {
+				require.NoError(t, m.LogMany(batched, xs[i:min(i+4096, len(xs))]))
+			}
+			sb, err := m.Summary(batched)
+			require.NoError(t, err)
+			require.Equal(t, s.Count, sb.Count)
+			require.Equal(t, s.Min, sb.Min)
+			require.Equal(t, s.Max, sb.Max)
+			require.InDelta(t, s.Mean, sb.Mean, 1e-9*math.Max(1, math.Abs(s.Mean)))
+			require.InDelta(t, s.Std, sb.Std, 1e-9*math.Max(1, s.Std))
+			require.Equal(t, []float64{s.P50, s.P90, s.P99, s.P999}, []float64{sb.P50, sb.P90, sb.P99, sb.P999})
 			sorted := append([]float64(nil), xs...)
 			sort.Float64s(sorted)
 			var sum float64
