@@ -107,7 +107,7 @@ clean:
 
 # The GPU host has no Go and fetches nothing: build every binary here, then carry build/gpu there and run
 # FERRY_REQUIRE_GPU=1 build/gpu/run.sh. The C/C++ binaries link libstdc++ statically and find libferry.so
-# through $ORIGIN/../lib.
+# through $ORIGIN/../lib. The Go binaries are stripped (-s -w): the bundle travels under a size limit.
 GPU := $(BUILD)/gpu
 GPU_CTESTS := test_c99 header_cxx17 test_iterator_c99 test_memory_c99 test_monitor_c99 test_ferry_hpp \
 	test_iterator_hpp test_memory_hpp test_transform_hpp test_monitor_hpp bench_memory bench_metric ferry_info ferry_iterate
@@ -115,11 +115,11 @@ gpu-bundle: build
 	rm -rf $(GPU) && mkdir -p $(GPU)/lib $(GPU)/include $(GPU)/bin $(GPU)/tests $(GPU)/python
 	cp -P $(LIBDIR)/libferry.so* $(GPU)/lib/
 	cp capi/ferry.h $(GPU)/include/
-	cp $(BINDIR)/ferry $(GPU)/bin/
-	$(GO) test -c -o $(GPU)/tests/engine.test ./engine
-	$(GO) test -c -o $(GPU)/tests/cuda.test ./engine/internal/cuda
-	$(GO) test -c -o $(GPU)/tests/harness.test ./tests
-	$(GO) test -c -o $(GPU)/tests/cli.test ./cmd/ferry
+	$(GO) build -trimpath -ldflags "-s -w" -o $(GPU)/bin/ferry ./cmd/ferry
+	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/engine.test ./engine
+	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/cuda.test ./engine/internal/cuda
+	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/harness.test ./tests
+	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/cli.test ./cmd/ferry
 	mkdir -p $(GPU)/capi $(GPU)/cmd/ferry && cp capi/ferry.h $(GPU)/capi/
 	cp tests/exported_symbols.txt $(GPU)/tests/
 	mkdir -p $(GPU)/engine && cp -r engine/testdata $(GPU)/engine/ && cp -r engine/testdata $(GPU)/tests/
@@ -129,3 +129,5 @@ gpu-bundle: build
 	tar -C bindings/python --exclude=__pycache__ --exclude='*.egg-info' --exclude=build -cf - . | tar -C $(GPU)/python -xf -
 	cp tests/gpu/run.sh $(GPU)/
 	@du -sh $(GPU)
+	tar -C $(BUILD) -cf - gpu | xz -T0 -6 > $(BUILD)/gpu.tar.xz
+	@du -sh $(BUILD)/gpu.tar.xz
