@@ -332,10 +332,7 @@ func (m *Monitor) LogManyAt(id MetricID, vs []float64, ts []uint64) error {
 	m.foldMu.Lock()
 	defer m.foldMu.Unlock()
 	m.drainLocked()
-	st := (*m.states.Load())[id]
-	for i, v := range vs {
-		st.add(ts[i], v)
-	}
+	(*m.states.Load())[id].addBatchAt(ts, vs)
 	for _, k := range m.sinks {
 		for i, v := range vs {
 			k.put(id, ts[i], v)
@@ -438,12 +435,29 @@ func (s *metricState) add(t uint64, v float64) {
 	s.series.add(t, v)
 }
 
+// addBatchAt folds values with their own timestamps (in time order, as a buffer collects them): the
+// statistics and the sketch as addBatch does, and one series point per run of values that fall in the
+// same series interval.
+func (s *metricState) addBatchAt(ts []uint64, vs []float64) {
+	start := 0
+	for i := 1; i <= len(vs); i++ {
+		if i < len(vs) && s.series.sameStep(ts[start], ts[i]) {
+			continue
+		}
+		s.addBatchSpan(ts[start], ts[i-1], vs[start:i])
+		start = i
+	}
+}
+
 // addBatch folds values that share the timestamp t: their statistics are computed apart, two passes
 // with no division per value, and merged (Chan et al.'s parallel update); the series gets one point.
-func (s *metricState) addBatch(t uint64, vs []float64) {
+func (s *metricState) addBatch(t uint64, vs []float64) { s.addBatchSpan(t, t, vs) }
+
+// addBatchSpan folds values logged between first and last (one series interval).
+func (s *metricState) addBatchSpan(first, last uint64, vs []float64) {
 	var n uint64
 	sum, lo, hi := 0.0, math.Inf(1), math.Inf(-1)
-	last := math.NaN()
+	lastV := math.NaN()
 	// The sketch's own Add, less its per-value checks: indexable values go straight to their store.
 	pos, neg := s.sketch.GetPositiveValueStore(), s.sketch.GetNegativeValueStore()
 	minIdx, maxIdx := s.mapping.MinIndexableValue(), s.mapping.MaxIndexableValue()
@@ -455,7 +469,7 @@ func (s *metricState) addBatch(t uint64, vs []float64) {
 		n++
 		sum += v
 		lo, hi = math.Min(lo, v), math.Max(hi, v)
-		last = v
+		lastV = v
 		switch {
 		case v > minIdx && v <= maxIdx:
 			pos.Add(s.mapping.Index(v))
@@ -477,7 +491,7 @@ func (s *metricState) addBatch(t uint64, vs []float64) {
 		}
 	}
 	if s.n == 0 {
-		s.first = t
+		s.first = first
 	}
 	total := s.n + n
 	d := mean - s.mean
@@ -485,8 +499,8 @@ func (s *metricState) addBatch(t uint64, vs []float64) {
 	s.mean += d * float64(n) / float64(total)
 	s.n = total
 	s.min, s.max = math.Min(s.min, lo), math.Max(s.max, hi)
-	s.last, s.lastT = last, t
-	s.series.addPoint(t, SeriesPoint{Count: n, Mean: mean, Min: lo, Max: hi, Last: last})
+	s.last, s.lastT = lastV, last
+	s.series.addPoint(first, SeriesPoint{Count: n, Mean: mean, Min: lo, Max: hi, Last: lastV})
 }
 
 // Summary is a metric's statistics: exact count, mean, min, max, std (population) and last value;

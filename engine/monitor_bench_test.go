@@ -132,3 +132,19 @@ func BenchmarkMonitorSamplingCPU(b *testing.B) {
 		b.ReportMetric(float64(n), "gpu-metrics")
 	}
 }
+
+// BenchmarkMonitorLogManyAt is LogManyAt of 8192 values with their own timestamps 10 µs apart (what
+// Python's buffered log_metric hands over): ns per value.
+func BenchmarkMonitorLogManyAt(b *testing.B) {
+	m := quietMonitor(b, MonitorOptions{})
+	id, _ := m.Metric("loss")
+	vs, ts := make([]float64, 8192), make([]uint64, 8192)
+	t0 := MonotonicNow()
+	for i := range vs {
+		vs[i], ts[i] = float64(i%100)*0.01, t0+uint64(i)*10_000
+	}
+	for b.Loop() {
+		_ = m.LogManyAt(id, vs, ts)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(vs)), "ns/value")
+}

@@ -44,6 +44,19 @@ func (s *series) addPoint(t uint64, q SeriesPoint) {
 	}
 }
 
+// sameStep reports whether times a and b fall in the same interval of the series' current step (before
+// the first value, a 1 ms step).
+func (s *series) sameStep(a, b uint64) bool {
+	step, t0 := s.step, s.t0
+	if step == 0 {
+		step, t0 = 1e6, a
+	}
+	if a < t0 || b < t0 {
+		return a == b
+	}
+	return (a-t0)/step == (b-t0)/step
+}
+
 // coarsen doubles the step and merges the points that now share an interval.
 func (s *series) coarsen() {
 	s.step *= 2
