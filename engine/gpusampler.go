@@ -101,8 +101,22 @@ func NewGPUSampler(device int) (*GPUSampler, error) {
 // Device is the sampler's CUDA ordinal.
 func (g *GPUSampler) Device() int { return g.device }
 
+// GPUFastFields are the fields that change by the millisecond and cost about a microsecond each to read;
+// GPUSlowFields (throttle reasons, ECC counts, the process list) change slowly and cost more (the process
+// query tens of microseconds). The monitor reads the slow ones about once a second.
+const (
+	GPUFastFields = GPUUtilization | GPUMemoryUtilization | GPUMemory | GPUTemperature | GPUPower | GPUSMClock | GPUMemoryClock
+	GPUSlowFields = GPUThrottleReasons | GPUECCCorrected | GPUECCUncorrected | GPUProcesses
+)
+
 // Sample reads every field but the PCIe throughput, which it copies from the latest SamplePCIe.
 func (g *GPUSampler) Sample() (GPUSample, error) {
+	return g.SampleFields(GPUFastFields | GPUSlowFields)
+}
+
+// SampleFields reads the fields in want (the PCIe throughput is always the latest SamplePCIe's); the
+// others are absent from the sample.
+func (g *GPUSampler) SampleFields(want GPUField) (GPUSample, error) {
 	s := GPUSample{Device: g.device, Time: MonotonicNow()}
 	var errs []error
 	keep := func(err error) {
@@ -110,39 +124,50 @@ func (g *GPUSampler) Sample() (GPUSample, error) {
 			errs = append(errs, err)
 		}
 	}
-	u, mu, err := g.dev.Utilization()
-	keep(err)
-	if u.OK {
-		s.has |= GPUUtilization
-		s.UtilizationPercent = u.Value
+	if want&(GPUUtilization|GPUMemoryUtilization) != 0 {
+		u, mu, err := g.dev.Utilization()
+		keep(err)
+		if u.OK {
+			s.has |= GPUUtilization
+			s.UtilizationPercent = u.Value
+		}
+		if mu.OK {
+			s.has |= GPUMemoryUtilization
+			s.MemoryUtilizationPercent = mu.Value
+		}
 	}
-	if mu.OK {
-		s.has |= GPUMemoryUtilization
-		s.MemoryUtilizationPercent = mu.Value
+	if want&GPUMemory != 0 {
+		if m, err := g.dev.MemoryInfo(); err == nil {
+			s.has |= GPUMemory
+			s.MemoryUsed, s.MemoryTotal, s.MemoryReserved = m.Used, m.Total, m.Reserved
+		} else if !notSupported(err) {
+			errs = append(errs, err)
+		}
 	}
-	if m, err := g.dev.MemoryInfo(); err == nil {
-		s.has |= GPUMemory
-		s.MemoryUsed, s.MemoryTotal, s.MemoryReserved = m.Used, m.Total, m.Reserved
-	} else if !notSupported(err) {
-		errs = append(errs, err)
+	if want&GPUTemperature != 0 {
+		t, err := g.dev.Temperature()
+		keep(err)
+		if t.OK {
+			s.has |= GPUTemperature
+			s.TemperatureC = t.Value
+		}
 	}
-	t, err := g.dev.Temperature()
-	keep(err)
-	if t.OK {
-		s.has |= GPUTemperature
-		s.TemperatureC = t.Value
-	}
-	p, err := g.dev.Power()
-	keep(err)
-	if p.OK {
-		s.has |= GPUPower
-		s.PowerWatts = float64(p.Value) / 1000
+	if want&GPUPower != 0 {
+		p, err := g.dev.Power()
+		keep(err)
+		if p.OK {
+			s.has |= GPUPower
+			s.PowerWatts = float64(p.Value) / 1000
+		}
 	}
 	for _, c := range []struct {
 		sm    bool
 		field GPUField
 		dst   *uint32
 	}{{true, GPUSMClock, &s.SMClockMHz}, {false, GPUMemoryClock, &s.MemoryClockMHz}} {
+		if want&c.field == 0 {
+			continue
+		}
 		v, err := g.dev.Clock(c.sm)
 		keep(err)
 		if v.OK {
@@ -150,17 +175,22 @@ func (g *GPUSampler) Sample() (GPUSample, error) {
 			*c.dst = v.Value
 		}
 	}
-	tr, err := g.dev.ThrottleReasons()
-	keep(err)
-	if tr.OK {
-		s.has |= GPUThrottleReasons
-		s.ThrottleReasons = tr.Value
+	if want&GPUThrottleReasons != 0 {
+		tr, err := g.dev.ThrottleReasons()
+		keep(err)
+		if tr.OK {
+			s.has |= GPUThrottleReasons
+			s.ThrottleReasons = tr.Value
+		}
 	}
 	for _, e := range []struct {
 		uncorrected bool
 		field       GPUField
 		dst         *uint64
 	}{{false, GPUECCCorrected, &s.ECCCorrected}, {true, GPUECCUncorrected, &s.ECCUncorrected}} {
+		if want&e.field == 0 {
+			continue
+		}
 		v, err := g.dev.ECCErrors(e.uncorrected)
 		keep(err)
 		if v.OK {
@@ -168,18 +198,22 @@ func (g *GPUSampler) Sample() (GPUSample, error) {
 			*e.dst = v.Value
 		}
 	}
-	if procs, err := g.dev.ComputeProcesses(); err == nil {
-		s.has |= GPUProcesses
-		for _, pr := range procs {
-			ok := pr.UsedGPUMemory != ^uint64(0) // NVML_VALUE_NOT_AVAILABLE
-			gp := GPUProcess{PID: pr.PID, MemoryOK: ok}
-			if ok {
-				gp.MemoryUsed = pr.UsedGPUMemory
+	if want&GPUProcesses != 0 {
+		procs, err := g.dev.ComputeProcesses()
+		switch {
+		case err == nil:
+			s.has |= GPUProcesses
+			for _, pr := range procs {
+				ok := pr.UsedGPUMemory != ^uint64(0) // NVML_VALUE_NOT_AVAILABLE
+				gp := GPUProcess{PID: pr.PID, MemoryOK: ok}
+				if ok {
+					gp.MemoryUsed = pr.UsedGPUMemory
+				}
+				s.Processes = append(s.Processes, gp)
 			}
-			s.Processes = append(s.Processes, gp)
+		case !notSupported(err):
+			errs = append(errs, err)
 		}
-	} else if !notSupported(err) {
-		errs = append(errs, err)
 	}
 	g.mu.Lock()
 	if g.pcie != nil {

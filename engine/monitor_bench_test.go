@@ -148,3 +148,27 @@ func BenchmarkMonitorLogManyAt(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(vs)), "ns/value")
 }
+
+// BenchmarkGPUSample is one NVML reading of GPU 0: the fast fields alone (what the monitor reads every
+// interval) and every field (the slow ones about once a second).
+func BenchmarkGPUSample(b *testing.B) {
+	if n, _ := DeviceCount(); n == 0 {
+		b.Skip("needs a GPU")
+	}
+	g, err := NewGPUSampler(0)
+	if err != nil {
+		b.Skip(err)
+	}
+	for _, c := range []struct {
+		name   string
+		fields GPUField
+	}{{"fast", GPUFastFields}, {"all", GPUFastFields | GPUSlowFields}} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := g.SampleFields(c.fields); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

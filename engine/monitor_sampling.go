@@ -51,7 +51,17 @@ func (m *Monitor) Start() error {
 				m.log.Info().Err(err).Int("gpu", d).Msg("GPU sampler unavailable")
 				continue
 			}
-			set.every(m.opts.GPUInterval, func() { m.sampleGPU(g) })
+			// The slow fields (throttle reasons, ECC, processes) about once a second, the rest every interval.
+			slowEvery := max(1, int(time.Second/m.opts.GPUInterval))
+			n := 0
+			set.every(m.opts.GPUInterval, func() {
+				fields := GPUFastFields
+				if n%slowEvery == 0 {
+					fields |= GPUSlowFields
+				}
+				n++
+				m.sampleGPU(g, fields)
+			})
 			if m.opts.PCIeInterval > 0 {
 				set.every(m.opts.PCIeInterval, func() { m.samplePCIe(g) })
 			}
@@ -120,8 +130,8 @@ func (m *Monitor) logNamed(name string, t uint64, v float64) {
 	_ = m.LogAt(id, t, v)
 }
 
-func (m *Monitor) sampleGPU(g *GPUSampler) {
-	s, err := g.Sample()
+func (m *Monitor) sampleGPU(g *GPUSampler, fields GPUField) {
+	s, err := g.SampleFields(fields)
 	if err != nil {
 		m.log.Debug().Err(err).Int("gpu", g.Device()).Msg("GPU sample failed")
 		return
