@@ -104,32 +104,58 @@ func BenchmarkPrometheusHistogramObserve(b *testing.B) {
 	}
 }
 
-// BenchmarkMonitorSamplingCPU runs the samplers at 10 ms (GPU; host and pipelines at 100 ms) for 3 s
-// and reports the process's CPU time over that wall time: the monitor's background cost.
+// BenchmarkMonitorSamplingCPU runs the samplers for 3 s, GPU at 10 ms and at the default 100 ms (host
+// and pipelines at 100 ms and 1 s), and reports the process's CPU time over that wall time: the
+// monitor's background cost. The "ticker" rows are the anchor: a bare time.Ticker at the same period,
+// which is what a Go program pays to wake up that often at all.
 func BenchmarkMonitorSamplingCPU(b *testing.B) {
-	for b.Loop() {
-		m, err := NewMonitor(MonitorOptions{GPUInterval: 10 * time.Millisecond, PCIeInterval: -1,
-			SystemInterval: 100 * time.Millisecond})
-		if err != nil {
-			b.Fatal(err)
-		}
+	measure := func(b *testing.B, run func()) float64 {
 		runtime.GC()
+		time.Sleep(200 * time.Millisecond)
 		cpu0, wall0 := cpuTime(b), time.Now()
-		if err := m.Start(); err != nil {
-			b.Fatal(err)
-		}
-		time.Sleep(3 * time.Second)
-		_ = m.Stop()
-		cores := (cpuTime(b) - cpu0).Seconds() / time.Since(wall0).Seconds()
-		n := 0
-		for _, name := range m.Names() {
-			if strings.HasPrefix(name, "gpu") {
-				n++
+		run()
+		return (cpuTime(b) - cpu0).Seconds() / time.Since(wall0).Seconds()
+	}
+	for _, c := range []struct {
+		name      string
+		gpu, host time.Duration
+	}{{"gpu=10ms", 10 * time.Millisecond, 100 * time.Millisecond}, {"gpu=100ms", 100 * time.Millisecond, time.Second}} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				m, err := NewMonitor(MonitorOptions{GPUInterval: c.gpu, PCIeInterval: -1, SystemInterval: c.host})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := m.Start(); err != nil {
+					b.Fatal(err)
+				}
+				cores := measure(b, func() { time.Sleep(3 * time.Second) })
+				_ = m.Stop()
+				n := 0
+				for _, name := range m.Names() {
+					if strings.HasPrefix(name, "gpu") {
+						n++
+					}
+				}
+				_ = m.Close()
+				b.ReportMetric(100*cores, "%core")
+				b.ReportMetric(float64(n), "gpu-metrics")
 			}
-		}
-		_ = m.Close()
-		b.ReportMetric(100*cores, "%core")
-		b.ReportMetric(float64(n), "gpu-metrics")
+		})
+	}
+	for _, d := range []time.Duration{10 * time.Millisecond, 100 * time.Millisecond} {
+		b.Run("ticker="+d.String(), func(b *testing.B) {
+			for b.Loop() {
+				t := time.NewTicker(d)
+				cores := measure(b, func() {
+					for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
+						<-t.C
+					}
+				})
+				t.Stop()
+				b.ReportMetric(100*cores, "%core")
+			}
+		})
 	}
 }
 

@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -80,11 +81,14 @@ func (m *Monitor) Start() error {
 	return nil
 }
 
-// every runs fn now and then every d until the set stops.
+// every runs fn now and then every d until the set stops, on a goroutine locked to its OS thread: the
+// samplers' cgo calls then never hand their P to another thread, which costs more than the calls.
 func (s *samplerSet) every(d time.Duration, fn func()) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
 		t := time.NewTicker(d)
 		defer t.Stop()
 		for {
