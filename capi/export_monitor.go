@@ -20,8 +20,9 @@ type monitorEntry struct {
 	m     *engine.Monitor
 	slot  uint32
 	h     uint64
-	mu    sync.Mutex // stopProm
+	mu    sync.Mutex // stopP, stopJ
 	stopP func() error
+	stopJ func() error
 }
 
 var monitors = newRegistry[*monitorEntry](kindMonitor, "ferry_monitor", C.FERRY_CAPI_MAX_MONITORS)
@@ -149,6 +150,12 @@ func destroyMonitor(e *monitorEntry, idx uint32) error {
 	if e.stopP != nil {
 		err = e.stopP()
 		e.stopP = nil
+	}
+	if e.stopJ != nil {
+		if jerr := e.stopJ(); err == nil {
+			err = jerr
+		}
+		e.stopJ = nil
 	}
 	e.mu.Unlock()
 	if cerr := e.m.Close(); err == nil {
@@ -328,6 +335,35 @@ func ferry_monitor_write_report(h C.uintptr_t, path *C.char) C.ferry_status {
 			return r.WriteHTML(p)
 		}
 		return r.WriteJSON(p)
+	})
+}
+
+//export ferry_monitor_stream_jsonl
+func ferry_monitor_stream_jsonl(h C.uintptr_t, path *C.char) C.ferry_status {
+	return call("ferry_monitor_stream_jsonl", func() error {
+		e, err := monitors.get(uint64(h))
+		if err != nil {
+			return err
+		}
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if path == nil {
+			if e.stopJ == nil {
+				return nil
+			}
+			err := e.stopJ()
+			e.stopJ = nil
+			return err
+		}
+		if e.stopJ != nil {
+			return fmt.Errorf("%w: the monitor already streams JSON lines (pass NULL to stop it first)", engine.ErrInvalidArgument)
+		}
+		stop, err := e.m.StreamJSONLFile(C.GoString(path))
+		if err != nil {
+			return err
+		}
+		e.stopJ = stop
+		return nil
 	})
 }
 

@@ -46,6 +46,7 @@
 #define ferry_metric_summary_get ferry_metric_summary_get_header_decl
 #define ferry_monitor_report_json ferry_monitor_report_json_header_decl
 #define ferry_monitor_write_report ferry_monitor_write_report_header_decl
+#define ferry_monitor_stream_jsonl ferry_monitor_stream_jsonl_header_decl
 #define ferry_monitor_serve_prometheus ferry_monitor_serve_prometheus_header_decl
 #define ferry_monitor_attach_iterator ferry_monitor_attach_iterator_header_decl
 #define ferry_batch_info ferry_batch_info_header_decl
@@ -117,6 +118,7 @@
 #undef ferry_metric_summary_get
 #undef ferry_monitor_report_json
 #undef ferry_monitor_write_report
+#undef ferry_monitor_stream_jsonl
 #undef ferry_monitor_serve_prometheus
 #undef ferry_monitor_attach_iterator
 #undef ferry_batch_info

@@ -941,6 +941,14 @@ FERRY_API ferry_status ferry_monitor_report_json(ferry_monitor monitor, char* bu
 FERRY_API ferry_status ferry_monitor_write_report(ferry_monitor monitor, const char* path);
 
 /**
+ * Streams every value logged from now on to path as JSON lines ({"t": seconds since the monitor started,
+ * "metric": name, "value": v, null when not finite}), flushed at each fold (every 100 ms). The file is
+ * created 0644 or truncated; a symbolic link at path is refused. A NULL path stops the stream; destroying
+ * the monitor stops it too. One stream per monitor.
+ */
+FERRY_API ferry_status ferry_monitor_stream_jsonl(ferry_monitor monitor, const char* path);
+
+/**
  * Serves Prometheus metrics at http://addr/metrics while the monitor lives: addr NULL or "" binds
  * 127.0.0.1:9400, ":PORT" binds 127.0.0.1:PORT; give a host (e.g. "0.0.0.0:9400") to listen beyond
  * loopback. Writes the bound address into bound (bound_len bytes, NUL-terminated; may be NULL).

@@ -351,3 +351,28 @@ func TestDefaultLoggerLevelAndFormat(t *testing.T) {
 	t.Setenv("FERRY_LOG_FORMAT", "console")
 	require.Equal(t, "warn", defaultLogger().GetLevel().String())
 }
+
+func TestMonitorJSONLFile(t *testing.T) {
+	m := quietMonitor(t, MonitorOptions{})
+	id, err := m.Metric("loss")
+	require.NoError(t, err)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "metrics.jsonl")
+	stop, err := m.StreamJSONLFile(path)
+	require.NoError(t, err)
+	require.NoError(t, m.Log(id, 1.5))
+	require.NoError(t, stop())
+	require.NoError(t, stop(), "stop is idempotent")
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Contains(t, string(b), `"metric":"loss","value":1.5}`)
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o644), fi.Mode().Perm())
+	link := filepath.Join(dir, "link.jsonl")
+	require.NoError(t, os.Symlink(path, link))
+	_, err = m.StreamJSONLFile(link)
+	require.ErrorIs(t, err, ErrIO, "a symbolic link is refused")
+	_, err = m.StreamJSONLFile(filepath.Join(dir, "missing", "x.jsonl"))
+	require.ErrorIs(t, err, ErrIO)
+}

@@ -2,18 +2,20 @@ package engine
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"strconv"
 	"sync"
+	"syscall"
 )
 
 // jsonlSink writes every logged value as one JSON line: {"t": seconds since the monitor started,
 // "metric": name, "value": v} (value null when not finite).
 type jsonlSink struct {
 	m   *Monitor
-	mu  sync.Mutex
 	w   *bufio.Writer
 	err error
 	buf []byte
@@ -58,5 +60,30 @@ func (m *Monitor) StreamJSONL(w io.Writer) (stop func() error, err error) {
 		once.Do(func() { m.removeSink(k) })
 		k.flush()
 		return k.err
+	}, nil
+}
+
+// StreamJSONLFile streams to the file at path (see StreamJSONL), created with mode 0644 or truncated. A
+// symbolic link at path is refused (O_NOFOLLOW), never followed. The returned function stops the stream
+// and closes the file.
+func (m *Monitor) StreamJSONLFile(path string) (stop func() error, err error) {
+	if path == "" {
+		return nil, fmt.Errorf("%w: empty path", ErrInvalidArgument)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("%w: opening %s for the JSONL stream: %v", ErrIO, path, err)
+	}
+	stopStream, err := m.StreamJSONL(f)
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return func() error {
+		err := stopStream()
+		if cerr := f.Close(); err == nil && cerr != nil && !errors.Is(cerr, os.ErrClosed) {
+			err = cerr
+		}
+		return err
 	}, nil
 }

@@ -456,6 +456,7 @@ var (
 	ferryMetricSummaryGet       func(monitor monitorHandle, id uint32, out *metricSummary) int32
 	ferryMonitorReportJSON      func(monitor monitorHandle, buf *byte, capacity uint64, length *uint64) int32
 	ferryMonitorWriteReport     func(monitor monitorHandle, path *byte) int32
+	ferryMonitorStreamJSONL     func(monitor monitorHandle, path *byte) int32
 	ferryMonitorServePrometheus func(monitor monitorHandle, addr *byte, bound *byte, boundLen uint32) int32
 	ferryMonitorAttachIterator  func(monitor monitorHandle, name *byte, it iteratorHandle) int32
 	ferryMonitorDestroy         func(monitor monitorHandle) int32
@@ -536,6 +537,7 @@ var boundFunctions = []struct {
 	{"ferry_metric_summary_get", &ferryMetricSummaryGet},
 	{"ferry_monitor_report_json", &ferryMonitorReportJSON},
 	{"ferry_monitor_write_report", &ferryMonitorWriteReport},
+	{"ferry_monitor_stream_jsonl", &ferryMonitorStreamJSONL},
 	{"ferry_monitor_serve_prometheus", &ferryMonitorServePrometheus},
 	{"ferry_monitor_attach_iterator", &ferryMonitorAttachIterator},
 	{"ferry_monitor_destroy", &ferryMonitorDestroy},

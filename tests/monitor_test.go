@@ -733,3 +733,39 @@ func TestMonitorAttachIterator(t *testing.T) {
 	}
 	requireOK(t, func() int32 { return ferryMonitorStop(m) })
 }
+
+// TestMonitorStreamJSONL covers ferry_monitor_stream_jsonl: values logged while it streams are in the
+// file, one JSON object a line; NULL stops it; a second stream, a symbolic link and a bad directory are
+// refused; the library stays usable.
+func TestMonitorStreamJSONL(t *testing.T) {
+	m := newQuietMonitor(t)
+	id := metricID(t, m, "loss")
+	dir := t.TempDir()
+	p := filepath.Join(dir, "metrics.jsonl")
+	requireOK(t, func() int32 { return ferryMonitorStreamJSONL(m, cname(p)) })
+	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryMonitorStreamJSONL(m, cname(p)) }, "already")
+	for i := range 50 {
+		requireOK(t, func() int32 { return ferryMetricLog(m, id, float64(i)) })
+	}
+	requireOK(t, func() int32 { return ferryMonitorStreamJSONL(m, nil) })
+	requireOK(t, func() int32 { return ferryMonitorStreamJSONL(m, nil) }) // stopping twice is fine
+	b, err := os.ReadFile(p)
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	require.Len(t, lines, 50)
+	for i, l := range lines {
+		var v struct {
+			T      float64 `json:"t"`
+			Metric string  `json:"metric"`
+			Value  float64 `json:"value"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(l), &v), l)
+		require.Equal(t, "loss", v.Metric)
+		require.Equal(t, float64(i), v.Value)
+	}
+	link := filepath.Join(dir, "link.jsonl")
+	require.NoError(t, os.Symlink(p, link))
+	requireStatus(t, ferryErrIO, func() int32 { return ferryMonitorStreamJSONL(m, cname(link)) })
+	requireStatus(t, ferryErrIO, func() int32 { return ferryMonitorStreamJSONL(m, cname(filepath.Join(dir, "no", "x"))) })
+	requireOK(t, func() int32 { return ferryMetricLog(m, id, 1) })
+}

@@ -1924,6 +1924,12 @@ public:
     /** Writes the report to path: HTML with charts for .html or .htm, else JSON; created 0644. */
     void write_report(const std::string& path) const { check(ferry_monitor_write_report(h_, path.c_str())); }
 
+    /** Streams every value logged from now on to path as JSON lines (ferry_monitor_stream_jsonl). */
+    void stream_jsonl(const std::string& path) const { check(ferry_monitor_stream_jsonl(h_, path.c_str())); }
+
+    /** Stops the JSON-lines stream, if any. */
+    void stop_jsonl() const { check(ferry_monitor_stream_jsonl(h_, nullptr)); }
+
     /**
      * Serves Prometheus metrics at http://addr/metrics while the monitor lives and returns the bound
      * address. "" binds 127.0.0.1:9400, ":PORT" binds 127.0.0.1:PORT, port 0 a free port; give a host

@@ -589,6 +589,7 @@ _SIGNATURES = [
     ("ferry_metric_summary_get", ferry_status, [ferry_monitor, c_uint32, POINTER(MetricSummary)]),
     ("ferry_monitor_report_json", ferry_status, [ferry_monitor, POINTER(c_char), c_uint64, POINTER(c_uint64)]),
     ("ferry_monitor_write_report", ferry_status, [ferry_monitor, c_char_p]),
+    ("ferry_monitor_stream_jsonl", ferry_status, [ferry_monitor, c_char_p]),
     ("ferry_monitor_serve_prometheus", ferry_status, [ferry_monitor, c_char_p, POINTER(c_char), c_uint32]),
     ("ferry_monitor_attach_iterator", ferry_status, [ferry_monitor, c_char_p, ferry_iterator]),
     ("ferry_monitor_destroy", ferry_status, [ferry_monitor]),

@@ -329,6 +329,13 @@ class PerformanceMonitor(_Owner):
         self.flush()
         self._call(self._lib.ferry_monitor_write_report, _encode(path, "path"))
 
+    def stream_jsonl(self, path: Optional[Union[str, "os.PathLike[str]"]]) -> None:
+        """Streams every value logged from now on to ``path`` as JSON lines (``{"t": seconds since the
+        monitor started, "metric": name, "value": v}``), flushed every 100 ms; ``None`` stops the stream.
+        Values still buffered in Python are handed over first, so they are not in the stream."""
+        self.flush()
+        self._call(self._lib.ferry_monitor_stream_jsonl, None if path is None else _encode(path, "path"))
+
     def report_html(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Writes the HTML report, with charts, to ``path`` (which must end in ``.html`` or ``.htm``)."""
         if not os.fsdecode(path).lower().endswith((".html", ".htm")):

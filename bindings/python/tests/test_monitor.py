@@ -401,3 +401,20 @@ def test_seed_names_are_kept():
         report = mon.get_performance_report()
         assert report["training_metrics"]["loss"]["count"] == 1
         mon.stop_monitoring()
+
+
+def test_stream_jsonl(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    with ferry.PerformanceMonitor(gpu_interval=None, system_interval=None) as mon:
+        mon.log_metric("before", 1.0)
+        mon.stream_jsonl(path)
+        for i in range(20):
+            mon.log_metric("loss", float(i))
+        mon.flush()
+        mon.stream_jsonl(None)
+        mon.log_metric("loss", 99.0)
+        mon.flush()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [x["value"] for x in lines] == [float(i) for i in range(20)]
+    assert all(x["metric"] == "loss" for x in lines)
+    assert all(x["t"] >= 0 for x in lines)
