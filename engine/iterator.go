@@ -199,7 +199,9 @@ type Iterator struct {
 	outs    []Field // the batch's, after the transforms
 	outSrc  []int   // per batch field, the source field it comes from
 	plans   []fieldPlan
-	sampler *Sampler
+	sampler *Sampler // swapped (elastic resume) only while the pipeline is stopped, under mu
+	base    *Sampler // the sampler without a resumed epoch
+	nbatch  atomic.Int64
 	opts    IteratorOptions
 	stream  cuda.Stream
 	slots   []*slot
@@ -281,7 +283,8 @@ func (e *Engine) NewIterator(src Source, opts IteratorOptions) (*Iterator, error
 	if opts.Staging < StagingAuto || opts.Staging > StagingMapped {
 		return nil, fmt.Errorf("%w: unknown staging %v", ErrInvalidArgument, opts.Staging)
 	}
-	it := &Iterator{e: e, src: src, fields: fields, sampler: sampler, opts: opts}
+	it := &Iterator{e: e, src: src, fields: fields, sampler: sampler, base: sampler, opts: opts}
+	it.nbatch.Store(int64(sampler.BatchesPerEpoch()))
 	if err := it.planFields(opts.Transforms); err != nil {
 		return nil, err
 	}
@@ -294,7 +297,7 @@ func (e *Engine) NewIterator(src Source, opts IteratorOptions) (*Iterator, error
 		it.free()
 		return nil, err
 	}
-	it.start(it.pos)
+	it.start(it.settle(it.pos))
 	return it, nil
 }
 
@@ -410,8 +413,9 @@ func (it *Iterator) free() {
 // Staging is the strategy the iterator uses and why it was picked (e.g. why it fell back to gather).
 func (it *Iterator) Staging() (Staging, string) { return it.staging, it.stagingWhy }
 
-// BatchesPerEpoch is the number of batches Next returns per epoch on this rank.
-func (it *Iterator) BatchesPerEpoch() int { return it.sampler.BatchesPerEpoch() }
+// BatchesPerEpoch is the number of batches Next returns per epoch on this rank (for a whole epoch: an
+// epoch resumed elastically part-way may have fewer; see ElasticState).
+func (it *Iterator) BatchesPerEpoch() int { return int(it.nbatch.Load()) }
 
 // Fields is the layout of one sample of the batches: the source's fields after the transforms.
 func (it *Iterator) Fields() []Field { return it.outs }
@@ -467,10 +471,16 @@ func (it *Iterator) start(from IteratorState) {
 // advance returns the position after pos.
 func (it *Iterator) advance(pos IteratorState) IteratorState {
 	pos.Batch++
-	if pos.Batch >= it.sampler.BatchesPerEpoch() {
-		pos.Epoch++
-		pos.Batch = 0
+	return it.settle(pos)
+}
+
+// settle moves pos past the end of its epoch, and past epochs without a batch (a resumed epoch with
+// nothing left for this rank), to the first batch that exists.
+func (it *Iterator) settle(pos IteratorState) IteratorState {
+	for pos.Batch >= it.sampler.BatchesIn(pos.Epoch) {
+		pos = IteratorState{Epoch: pos.Epoch + 1}
 	}
+	pos.Offset = it.sampler.Offset(pos.Epoch)
 	return pos
 }
 
@@ -649,8 +659,8 @@ func (it *Iterator) Next(ctx context.Context, consumer Stream) (*Batch, error) {
 	if it.closed.Load() {
 		return nil, fmt.Errorf("%w: iterator", ErrClosed)
 	}
-	if it.pos.Batch >= it.sampler.BatchesPerEpoch() {
-		it.pos = IteratorState{Epoch: it.pos.Epoch + 1}
+	if it.pos.Batch >= it.sampler.BatchesIn(it.pos.Epoch) {
+		it.pos = IteratorState{Epoch: it.pos.Epoch + 1, Offset: it.sampler.Offset(it.pos.Epoch + 1)}
 		return nil, io.EOF
 	}
 	s := it.slots[it.seq%uint64(len(it.slots))]
@@ -727,15 +737,22 @@ func (it *Iterator) release(s *slot, consumer Stream) error {
 func (it *Iterator) State() IteratorState {
 	it.mu.Lock()
 	defer it.mu.Unlock()
-	return it.pos
+	st := it.pos
+	st.Offset = it.sampler.Offset(st.Epoch)
+	return st
 }
 
 // Restore moves the iterator to st: the batches that follow are those an uninterrupted iterator would
 // have returned from st on, bit for bit. It discards the prefetched batches and costs O(1) otherwise.
-// Batches the caller still holds stay valid until released.
+// Batches the caller still holds stay valid until released. st is a State of an iterator with the same
+// configuration (world size included); to move a job to another world size, use RestoreElastic.
 func (it *Iterator) Restore(st IteratorState) error {
-	if st.Batch < 0 || st.Batch > it.sampler.BatchesPerEpoch() {
-		return fmt.Errorf("%w: state batch %d is outside 0..%d", ErrInvalidArgument, st.Batch, it.sampler.BatchesPerEpoch())
+	smp, err := it.base.WithResume(st.Epoch, st.Offset)
+	if err != nil {
+		return err
+	}
+	if n := smp.BatchesIn(st.Epoch); st.Batch < 0 || st.Batch > n {
+		return fmt.Errorf("%w: state batch %d is outside 0..%d", ErrInvalidArgument, st.Batch, n)
 	}
 	it.mu.Lock()
 	defer it.mu.Unlock()
@@ -745,14 +762,51 @@ func (it *Iterator) Restore(st IteratorState) error {
 	if err := it.stop(); err != nil {
 		return err
 	}
+	it.sampler = smp
 	it.pos = st
 	from := st
-	if st.Batch == it.sampler.BatchesPerEpoch() {
+	if st.Batch == smp.BatchesIn(st.Epoch) {
 		// The end of an epoch: Next returns io.EOF first, as it would have, then the next epoch.
 		from = IteratorState{Epoch: st.Epoch + 1}
 	}
-	it.start(from)
+	it.start(it.settle(from))
 	return nil
+}
+
+// ElasticState is the position of a data-parallel job as a whole: the epoch, and how many samples of
+// the epoch's global order all ranks together have consumed. Ranks advance in lockstep, so every rank
+// reports the same ElasticState, and any one of them can restore every rank, under any world size.
+type ElasticState struct {
+	Epoch    uint64
+	Consumed int // 0..Len
+}
+
+// ElasticState returns the job's position (see ElasticState): after the batches this rank has taken
+// (Next), assuming every rank took as many.
+func (it *Iterator) ElasticState() ElasticState {
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	if it.pos.Batch >= it.sampler.BatchesIn(it.pos.Epoch) {
+		return ElasticState{Epoch: it.pos.Epoch + 1}
+	}
+	return ElasticState{Epoch: it.pos.Epoch, Consumed: it.sampler.Consumed(it.pos.Epoch, it.pos.Batch)}
+}
+
+// RestoreElastic continues a job from st under this iterator's world size, which may differ from the
+// one st was saved under: the rest of epoch st.Epoch (positions st.Consumed.. of its global order) is
+// sharded among the current ranks, so that across them every remaining sample comes exactly once (with
+// padding, as DistributedSampler pads, a few may come twice; with DropLast a few may be dropped), and
+// later epochs are whole. What is not preserved: which rank sees which sample, and the order within a
+// rank, differ from an uninterrupted run at the old world size.
+func (it *Iterator) RestoreElastic(st ElasticState) error {
+	n := it.base.Config().Len
+	if st.Consumed < 0 || st.Consumed > n {
+		return fmt.Errorf("%w: elastic state consumed %d samples of an epoch of %d", ErrInvalidArgument, st.Consumed, n)
+	}
+	if st.Consumed == n {
+		st = ElasticState{Epoch: st.Epoch + 1}
+	}
+	return it.Restore(IteratorState{Epoch: st.Epoch, Offset: st.Consumed})
 }
 
 // SetEpoch starts epoch e from its first batch, like DistributedSampler.set_epoch.

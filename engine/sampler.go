@@ -32,6 +32,9 @@ type SamplerConfig struct {
 type SamplerState struct {
 	Epoch uint64
 	Batch int
+	// Offset is where the epoch's sharding began in its global order: 0, except in an epoch resumed
+	// elastically (see Sampler.WithResume), where it is the number of samples all ranks had consumed.
+	Offset int
 }
 
 // Sampler decides which sample indices make up batch b of epoch e on one rank. It is immutable, so its
@@ -66,6 +69,7 @@ type Sampler struct {
 	cfg            SamplerConfig
 	samplesPerRank int
 	batches        int
+	resume         *resumePoint // an epoch resumed elastically part-way, or nil
 	// Feistel domain [0, hiSize * 2^loBits): x = hi<<loBits | lo with hi < hiSize.
 	loBits uint
 	hiSize uint64
@@ -131,6 +135,79 @@ func NewSampler(cfg SamplerConfig) (*Sampler, error) {
 	return s, nil
 }
 
+// resumePoint is an epoch that continues from global position offset under this sampler's world size:
+// its remaining Len-offset positions are sharded afresh, as a whole epoch is.
+type resumePoint struct {
+	epoch          uint64
+	offset         int
+	samplesPerRank int
+	batches        int
+}
+
+// WithResume returns a sampler that continues epoch from global position offset (0 < offset < Len): the
+// positions offset..Len-1 of the epoch's global order, the samples no rank has consumed yet, are
+// sharded among this sampler's ranks as DistributedSampler shards a whole epoch (padded by repeating
+// them, or cut with DropLast), and batched. Later epochs are whole. This is the elastic resume: a state
+// saved under one world size, restored under another, covers every remaining sample exactly once
+// (without padding). With offset 0 it returns s itself.
+func (s *Sampler) WithResume(epoch uint64, offset int) (*Sampler, error) {
+	if offset == 0 {
+		if s.resume == nil {
+			return s, nil
+		}
+		c := *s
+		c.resume = nil
+		return &c, nil
+	}
+	if offset < 0 || offset >= s.cfg.Len {
+		return nil, fmt.Errorf("%w: resume offset %d is outside 0..%d (Len %d)", ErrInvalidArgument, offset, s.cfg.Len-1, s.cfg.Len)
+	}
+	rem, w := s.cfg.Len-offset, s.cfg.WorldSize
+	r := &resumePoint{epoch: epoch, offset: offset}
+	if s.cfg.DropLast {
+		r.samplesPerRank = rem / w
+		r.batches = r.samplesPerRank / s.cfg.BatchSize
+	} else {
+		r.samplesPerRank = (rem + w - 1) / w
+		r.batches = r.samplesPerRank/s.cfg.BatchSize + boolInt(r.samplesPerRank%s.cfg.BatchSize != 0)
+	}
+	c := *s
+	c.resume = r
+	return &c, nil
+}
+
+// geometry is epoch's sharding: where it starts in the global order, how many positions remain from
+// there, the samples per rank and the batches.
+func (s *Sampler) geometry(epoch uint64) (offset, rem, samplesPerRank, batches int) {
+	if r := s.resume; r != nil && r.epoch == epoch {
+		return r.offset, s.cfg.Len - r.offset, r.samplesPerRank, r.batches
+	}
+	return 0, s.cfg.Len, s.samplesPerRank, s.batches
+}
+
+// Offset is where epoch's sharding begins in its global order (0 unless it is the resumed epoch).
+func (s *Sampler) Offset(epoch uint64) int {
+	off, _, _, _ := s.geometry(epoch)
+	return off
+}
+
+// BatchesIn is the number of batches this rank gets in epoch: BatchesPerEpoch, except in a resumed
+// epoch, which may have fewer (even none, with DropLast).
+func (s *Sampler) BatchesIn(epoch uint64) int {
+	_, _, _, b := s.geometry(epoch)
+	return b
+}
+
+// Consumed is how many samples of epoch's global order all ranks together have consumed once each rank
+// has taken its first batches batches: the epoch's offset plus batches × BatchSize × WorldSize, at most
+// Len. It is the same on every rank (ranks advance in lockstep), which makes it the job's global
+// position: an elastic resume continues from it under any world size.
+func (s *Sampler) Consumed(epoch uint64, batches int) int {
+	off, rem, spr, _ := s.geometry(epoch)
+	taken := min(batches*s.cfg.BatchSize, spr) * s.cfg.WorldSize
+	return off + min(taken, rem)
+}
+
 func boolInt(b bool) int {
 	if b {
 		return 1
@@ -175,24 +252,25 @@ func (s *Sampler) Index(epoch uint64, pos int) int {
 // in the order the rank's samples come (see Sampler). It allocates only when dst is too small. An
 // out-of-range b is an ErrInvalidArgument error.
 func (s *Sampler) Batch(epoch uint64, b int, dst []int) ([]int, error) {
-	if b < 0 || b >= s.batches {
-		return dst[:0], fmt.Errorf("%w: batch %d of an epoch with %d batches", ErrInvalidArgument, b, s.batches)
+	off, rem, spr, batches := s.geometry(epoch)
+	if b < 0 || b >= batches {
+		return dst[:0], fmt.Errorf("%w: batch %d of an epoch with %d batches", ErrInvalidArgument, b, batches)
 	}
-	n := s.BatchLen(b)
+	n := min(s.cfg.BatchSize, spr-b*s.cfg.BatchSize)
 	if cap(dst) < n {
 		dst = make([]int, n)
 	}
 	dst = dst[:n]
-	w, length := uint64(s.cfg.WorldSize), uint64(s.cfg.Len)
+	w, length, base := uint64(s.cfg.WorldSize), uint64(rem), uint64(off)
 	g := uint64(s.cfg.Rank) + uint64(b)*uint64(s.cfg.BatchSize)*w // padded position of the first sample
-	// pos returns the next sample's position in the unpadded order.
+	// pos returns the next sample's position in the unpadded order (from the epoch's offset).
 	pos := func() uint64 {
 		p := g
 		if p >= length {
 			p %= length
 		}
 		g += w
-		return p
+		return base + p
 	}
 	if !s.cfg.Shuffle {
 		for i := range dst {
@@ -219,10 +297,10 @@ func (s *Sampler) Batch(epoch uint64, b int, dst []int) ([]int, error) {
 // Next returns the state after the batch at st: the next batch of the epoch, or batch 0 of the next
 // epoch after the last one.
 func (s *Sampler) Next(st SamplerState) SamplerState {
-	if st.Batch+1 >= s.batches {
+	if st.Batch+1 >= s.BatchesIn(st.Epoch) {
 		return SamplerState{Epoch: st.Epoch + 1}
 	}
-	return SamplerState{Epoch: st.Epoch, Batch: st.Batch + 1}
+	return SamplerState{Epoch: st.Epoch, Batch: st.Batch + 1, Offset: st.Offset}
 }
 
 // CheckState returns an ErrInvalidArgument error when st.Batch is outside [0, BatchesPerEpoch), e.g. a
