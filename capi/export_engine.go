@@ -18,7 +18,7 @@ var engines = newRegistry[*engine.Engine](kindEngine, "ferry_engine", C.FERRY_MA
 func defaultEngineOptions() C.ferry_engine_options {
 	return C.ferry_engine_options{
 		size:               C.uint32_t(unsafe.Sizeof(C.ferry_engine_options{})),
-		device:             0,
+		device:             C.int32_t(engine.DefaultDevice()),
 		sample_interval_ms: C.uint32_t(engine.DefaultSampleInterval / time.Millisecond),
 	}
 }

@@ -223,7 +223,15 @@ func ferry_iterator_state(h C.uintptr_t, st *C.ferry_iterator_position) C.ferry_
 			return err
 		}
 		pos := it.State()
-		*st = C.ferry_iterator_position{size: st.size, epoch: C.uint64_t(pos.Epoch), batch: C.int64_t(pos.Batch)}
+		st.reserved, st.epoch, st.batch = 0, C.uint64_t(pos.Epoch), C.int64_t(pos.Batch)
+		if st.size >= C.FERRY_CAPI_V2_ITERATOR_POSITION {
+			g := it.ElasticState()
+			consumed := int64(g.Consumed)
+			if g.Epoch != pos.Epoch { // at the epoch's end: all of it consumed
+				consumed = int64(it.Len())
+			}
+			st.offset, st.consumed, st.world_size = C.int64_t(pos.Offset), C.int64_t(consumed), C.int64_t(it.WorldSize())
+		}
 		return nil
 	})
 }
@@ -238,7 +246,29 @@ func ferry_iterator_restore(h C.uintptr_t, st *C.ferry_iterator_position) C.ferr
 		if err := checkPosition(st); err != nil {
 			return err
 		}
-		return it.Restore(engine.IteratorState{Epoch: uint64(st.epoch), Batch: int(st.batch)})
+		pos := engine.IteratorState{Epoch: uint64(st.epoch), Batch: int(st.batch)}
+		if st.size >= C.FERRY_CAPI_V2_ITERATOR_POSITION {
+			if w := int64(st.world_size); w != 0 && w != int64(it.WorldSize()) {
+				return fmt.Errorf("%w: the position was taken under world size %d, this iterator has %d: use ferry_iterator_restore_elastic",
+					engine.ErrInvalidArgument, w, it.WorldSize())
+			}
+			pos.Offset = int(st.offset)
+		}
+		return it.Restore(pos)
+	})
+}
+
+//export ferry_iterator_restore_elastic
+func ferry_iterator_restore_elastic(h C.uintptr_t, epoch C.uint64_t, consumed C.int64_t) C.ferry_status {
+	return call("ferry_iterator_restore_elastic", func() error {
+		it, err := iterators.get(uint64(h))
+		if err != nil {
+			return err
+		}
+		if consumed < 0 || int64(consumed) > int64(it.Len()) {
+			return fmt.Errorf("%w: consumed %d is outside 0..%d (the source's samples)", engine.ErrInvalidArgument, int64(consumed), it.Len())
+		}
+		return it.RestoreElastic(engine.ElasticState{Epoch: uint64(epoch), Consumed: int(consumed)})
 	})
 }
 

@@ -30,6 +30,7 @@
 #define ferry_iterator_state ferry_iterator_state_header_decl
 #define ferry_iterator_restore ferry_iterator_restore_header_decl
 #define ferry_iterator_set_epoch ferry_iterator_set_epoch_header_decl
+#define ferry_iterator_restore_elastic ferry_iterator_restore_elastic_header_decl
 #define ferry_iterator_destroy ferry_iterator_destroy_header_decl
 #define ferry_iterator_staging ferry_iterator_staging_header_decl
 #define ferry_iterator_num_fields ferry_iterator_num_fields_header_decl
@@ -102,6 +103,7 @@
 #undef ferry_iterator_state
 #undef ferry_iterator_restore
 #undef ferry_iterator_set_epoch
+#undef ferry_iterator_restore_elastic
 #undef ferry_iterator_destroy
 #undef ferry_iterator_staging
 #undef ferry_iterator_num_fields

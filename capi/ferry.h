@@ -653,17 +653,36 @@ typedef struct ferry_iterator_position {
     uint32_t reserved;
     uint64_t epoch;
     int64_t batch; /**< 0 .. batches per epoch (the last value means: the epoch's end comes next) */
+    /* Appended in 0.1: the job's global position, for an elastic resume. */
+    int64_t offset;     /**< where the epoch's sharding began in its global order; 0 unless it was resumed elastically */
+    int64_t consumed;   /**< samples of the epoch's global order all ranks have consumed: the same on every rank */
+    int64_t world_size; /**< the world size the position was taken under */
 } ferry_iterator_position;
 
-/** Writes the iterator's position: all that an exact resume needs. */
+/**
+ * Writes the iterator's position: all that an exact resume needs (epoch, batch, offset under the same
+ * world size), and the job's global position (consumed) for an elastic one. Fields past state->size are
+ * left alone.
+ */
 FERRY_API ferry_status ferry_iterator_state(ferry_iterator iterator, ferry_iterator_position* state);
 
 /**
  * Moves the iterator to state, in O(1): the batches that follow equal, bit for bit, those an
  * uninterrupted iterator would have returned from there. Prefetched batches are discarded; batches the
- * caller holds stay valid until released.
+ * caller holds stay valid until released. A state saved under another world size is refused: use
+ * ferry_iterator_restore_elastic.
  */
 FERRY_API ferry_status ferry_iterator_restore(ferry_iterator iterator, const ferry_iterator_position* state);
+
+/**
+ * Continues a data-parallel job from its global position (epoch, consumed: a ferry_iterator_position's
+ * fields, from any rank) under this iterator's world size, which may differ from the one it was saved
+ * under: the rest of the epoch is sharded among the current ranks, so that every remaining sample comes
+ * exactly once across them (DistributedSampler's padding may repeat up to world_size - 1; drop_last may
+ * drop as many), and later epochs are whole. Which rank sees which sample differs from an uninterrupted
+ * run. Call it on every rank with the same arguments.
+ */
+FERRY_API ferry_status ferry_iterator_restore_elastic(ferry_iterator iterator, uint64_t epoch, int64_t consumed);
 
 /** Starts epoch `epoch` from its first batch, like DistributedSampler.set_epoch. */
 FERRY_API ferry_status ferry_iterator_set_epoch(ferry_iterator iterator, uint64_t epoch);

@@ -67,7 +67,7 @@ func TestElasticResume(t *testing.T) {
 	for _, c := range []struct {
 		n, batch, from, to, steps int
 	}{
-		{n: 960, batch: 10, from: 4, to: 3, steps: 7},  // W=4 -> W=3, no padding anywhere
+		{n: 960, batch: 10, from: 4, to: 3, steps: 7},   // W=4 -> W=3, no padding anywhere
 		{n: 1000, batch: 10, from: 2, to: 5, steps: 13}, // W=2 -> W=5
 		{n: 1003, batch: 8, from: 4, to: 3, steps: 5},   // padding before and after
 		{n: 997, batch: 16, from: 2, to: 5, steps: 11},

@@ -410,6 +410,12 @@ func (it *Iterator) free() {
 	it.regions = nil
 }
 
+// WorldSize is the number of ranks the iterator's samples are sharded among.
+func (it *Iterator) WorldSize() int { return it.base.Config().WorldSize }
+
+// Len is the number of samples in the source.
+func (it *Iterator) Len() int { return it.base.Config().Len }
+
 // Staging is the strategy the iterator uses and why it was picked (e.g. why it fell back to gather).
 func (it *Iterator) Staging() (Staging, string) { return it.staging, it.stagingWhy }
 

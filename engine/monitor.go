@@ -306,10 +306,11 @@ func (m *Monitor) LogMany(id MetricID, vs []float64) error {
 	if len(vs) == 0 {
 		return nil
 	}
-	t := m.clock.toNanos(ticks())
 	m.foldMu.Lock()
 	defer m.foldMu.Unlock()
 	m.drainLocked()
+	// Stamped after the drain, with the same calibration as the values it folded: those came first.
+	t := m.clock.toNanos(ticks())
 	(*m.states.Load())[id].addBatch(t, vs)
 	for _, k := range m.sinks {
 		for _, v := range vs {
@@ -421,7 +422,7 @@ func (s *metricState) add(t uint64, v float64) {
 		s.nonfinite++
 		return
 	}
-	if s.n == 0 {
+	if s.n == 0 || t < s.first {
 		s.first = t
 	}
 	s.n++
@@ -430,7 +431,9 @@ func (s *metricState) add(t uint64, v float64) {
 	s.m2 += d * (v - s.mean)
 	s.min = math.Min(s.min, v)
 	s.max = math.Max(s.max, v)
-	s.last, s.lastT = v, t
+	if t >= s.lastT { // rings fold one after another: the last value is the latest, not the last folded
+		s.last, s.lastT = v, t
+	}
 	_ = s.sketch.Add(v)
 	s.series.add(t, v)
 }
@@ -490,7 +493,7 @@ func (s *metricState) addBatchSpan(first, last uint64, vs []float64) {
 			m2 += d * d
 		}
 	}
-	if s.n == 0 {
+	if s.n == 0 || first < s.first {
 		s.first = first
 	}
 	total := s.n + n
@@ -499,7 +502,9 @@ func (s *metricState) addBatchSpan(first, last uint64, vs []float64) {
 	s.mean += d * float64(n) / float64(total)
 	s.n = total
 	s.min, s.max = math.Min(s.min, lo), math.Max(s.max, hi)
-	s.last, s.lastT = lastV, last
+	if last >= s.lastT {
+		s.last, s.lastT = lastV, last
+	}
 	s.series.addPoint(first, SeriesPoint{Count: n, Mean: mean, Min: lo, Max: hi, Last: lastV})
 }
 

@@ -37,6 +37,9 @@ const (
 // port; the returned address is the one bound. A port in use gives an error wrapping ErrIO that names
 // the address.
 //
+// An address ":+PORT" (or "HOST:+PORT") is a base port: the endpoint binds PORT plus the monitor's local
+// rank, one endpoint per rank of a node.
+//
 // Each scrape folds pending values and emits, for every metric that has at least one finite value, a
 // gauge ferry_<name> with the last value and a summary ferry_<name>_summary with the count, the sum
 // (mean × count) and the 0.5, 0.9, 0.99 and 0.999 quantiles. Names are lowercased, and characters outside
@@ -52,7 +55,7 @@ const (
 // keeps serving the monitor's last figures after the monitor is closed. ServePrometheus is safe from any
 // goroutine, and a monitor may have several endpoints.
 func (m *Monitor) ServePrometheus(addr string) (net.Addr, func() error, error) {
-	bind, err := prometheusBindAddr(addr)
+	bind, err := prometheusBindAddr(addr, m.opts.LocalRank)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -111,22 +114,31 @@ func (m *Monitor) ServePrometheus(addr string) (net.Addr, func() error, error) {
 }
 
 // prometheusBindAddr resolves ServePrometheus's address: "" is DefaultPrometheusAddr and a missing host
-// is loopback.
-func prometheusBindAddr(addr string) (string, error) {
+// is loopback. A port written "+PORT" is a base port: each rank on a node serves PORT + its local rank,
+// so the ranks of a torchrun job get one endpoint each (":+9400" on ranks 0 and 1: 9400 and 9401).
+func prometheusBindAddr(addr string, localRank int) (string, error) {
 	if addr == "" {
 		return DefaultPrometheusAddr, nil
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return "", fmt.Errorf("%w: prometheus address %q: want host:port or :port (%v)", ErrInvalidArgument, addr, err)
+		return "", fmt.Errorf("%w: prometheus address %q: want host:port, :port or :+base_port (%v)", ErrInvalidArgument, addr, err)
 	}
-	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+	base := strings.HasPrefix(port, "+")
+	p, err := strconv.Atoi(strings.TrimPrefix(port, "+"))
+	if err != nil || p < 0 || p > 65535 {
 		return "", fmt.Errorf("%w: prometheus address %q: port %q must be a number 0..65535", ErrInvalidArgument, addr, port)
+	}
+	if base {
+		if p == 0 || p+localRank > 65535 {
+			return "", fmt.Errorf("%w: prometheus address %q: base port %d plus local rank %d is not a port", ErrInvalidArgument, addr, p, localRank)
+		}
+		p += localRank
 	}
 	if host == "" {
 		host = "127.0.0.1"
 	}
-	return net.JoinHostPort(host, port), nil
+	return net.JoinHostPort(host, strconv.Itoa(p)), nil
 }
 
 // prometheusRegistry is a private registry holding the monitor's collector (and nothing of the process's

@@ -150,12 +150,21 @@ func TestPrometheusBindAddr(t *testing.T) {
 		{"[::1]:9100", "[::1]:9100"},
 		{"localhost:8080", "localhost:8080"},
 	} {
-		got, err := prometheusBindAddr(c.in)
+		got, err := prometheusBindAddr(c.in, 3)
 		require.NoError(t, err, c.in)
 		require.Equal(t, c.want, got, c.in)
 	}
-	for _, bad := range []string{"9400", ":", ":http", ":-1", ":65536", "a:b:c", "host"} {
-		_, err := prometheusBindAddr(bad)
+	// A base port: each local rank serves its own port.
+	for rank, want := range []string{"127.0.0.1:9400", "127.0.0.1:9401", "127.0.0.1:9402"} {
+		got, err := prometheusBindAddr(":+9400", rank)
+		require.NoError(t, err)
+		require.Equal(t, want, got)
+	}
+	got, err := prometheusBindAddr("0.0.0.0:+9100", 1)
+	require.NoError(t, err)
+	require.Equal(t, "0.0.0.0:9101", got)
+	for _, bad := range []string{"9400", ":", ":http", ":-1", ":65536", "a:b:c", "host", ":+0", ":+65535x", ":+65535"} {
+		_, err := prometheusBindAddr(bad, 3)
 		require.ErrorIs(t, err, ErrInvalidArgument, bad)
 		require.Contains(t, err.Error(), bad)
 	}

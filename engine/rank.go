@@ -85,3 +85,12 @@ func LocalRankFromEnv() (localRank int, ok bool, err error) {
 	}
 	return localRank, true, nil
 }
+
+// DefaultDevice is the device an engine opens when none is named: LOCAL_RANK when torchrun (or the
+// caller) set it, so that each rank of a node gets its own GPU, else 0.
+func DefaultDevice() int {
+	if r, ok, err := LocalRankFromEnv(); err == nil && ok {
+		return r
+	}
+	return 0
+}

@@ -258,6 +258,15 @@ type iteratorPosition struct {
 	Batch    int64
 }
 
+// iteratorPositionV2 mirrors ferry_iterator_position with its appended fields (the elastic position);
+// iteratorPosition is the first version, which callers built against it still pass.
+type iteratorPositionV2 struct {
+	iteratorPosition
+	Offset    int64
+	Consumed  int64
+	WorldSize int64
+}
+
 // batchProperties mirrors ferry_batch_properties.
 type batchProperties struct {
 	Size       uint32
@@ -398,38 +407,39 @@ var (
 	ferryMemoryCheck       func(engine engineHandle, out *memorySnapshot) int32
 	ferryMemoryCheckLive   func(engine engineHandle, out *memorySnapshot) int32
 
-	ferrySourceMemory        func(n int64, fields *field, numFields int32, data *uintptr, source *sourceHandle) int32
-	ferrySourceRecords       func(path *byte, recordSize, headerSize int64, fields *field, numFields int32, source *sourceHandle) int32
-	ferrySourceCIFAR10       func(path *byte, source *sourceHandle) int32
-	ferrySourceNpy           func(names, paths **byte, count int32, source *sourceHandle) int32
-	ferryTokenOptionsInit    func(opts *tokenOptions) int32
-	ferrySourceTokens        func(path *byte, opts *tokenOptions, source *sourceHandle) int32
-	ferryRaggedOptionsInit   func(opts *raggedOptions) int32
-	ferrySourceRaggedTokens  func(tokensPath, offsetsPath *byte, opts *raggedOptions, source *sourceHandle) int32
-	ferrySourceCallback      func(n int64, fields *field, numFields int32, fn uintptr, user uintptr, source *sourceHandle) int32
-	ferrySourceLen           func(source sourceHandle, n *int64) int32
-	ferrySourceNumFields     func(source sourceHandle, n *int32) int32
-	ferrySourceField         func(source sourceHandle, index int32, out *field) int32
-	ferrySourceDestroy       func(source sourceHandle) int32
-	ferryIteratorOptionsInit func(opts *iteratorOptions) int32
-	ferryIteratorCreate      func(engine engineHandle, source sourceHandle, opts *iteratorOptions, it *iteratorHandle) int32
-	ferryIteratorNext        func(it iteratorHandle, stream uintptr, batch *batchHandle) int32
-	ferryIteratorLen         func(it iteratorHandle, batches *int64) int32
-	ferryIteratorState       func(it iteratorHandle, state *iteratorPosition) int32
-	ferryIteratorRestore     func(it iteratorHandle, state *iteratorPosition) int32
-	ferryIteratorSetEpoch    func(it iteratorHandle, epoch uint64) int32
-	ferryIteratorDestroy     func(it iteratorHandle) int32
-	ferryIteratorStaging     func(it iteratorHandle, staging *int32, why *byte, whyLen uint32) int32
-	ferryIteratorNumFields   func(it iteratorHandle, n *int32) int32
-	ferryIteratorField       func(it iteratorHandle, index int32, f *field) int32
-	ferryTransformInit       func(t *transform, kind int32, field *byte) int32
-	ferryTransformLaunch     func(engine engineHandle, t *transform, in *field, batch int64, src uint64, dst *uint64, numDst int32, stream uintptr) int32
-	ferryBatchInfo           func(b batchHandle, info *batchProperties) int32
-	ferryBatchIndices        func(b batchHandle, indices *int64, capacity int64) int32
-	ferryBatchField          func(b batchHandle, index int32, tensor **dlManagedTensor) int32
-	ferryBatchFieldByName    func(b batchHandle, name *byte, tensor **dlManagedTensor) int32
-	ferryBatchWait           func(b batchHandle, stream uintptr) int32
-	ferryBatchRelease        func(b batchHandle, stream uintptr) int32
+	ferrySourceMemory           func(n int64, fields *field, numFields int32, data *uintptr, source *sourceHandle) int32
+	ferrySourceRecords          func(path *byte, recordSize, headerSize int64, fields *field, numFields int32, source *sourceHandle) int32
+	ferrySourceCIFAR10          func(path *byte, source *sourceHandle) int32
+	ferrySourceNpy              func(names, paths **byte, count int32, source *sourceHandle) int32
+	ferryTokenOptionsInit       func(opts *tokenOptions) int32
+	ferrySourceTokens           func(path *byte, opts *tokenOptions, source *sourceHandle) int32
+	ferryRaggedOptionsInit      func(opts *raggedOptions) int32
+	ferrySourceRaggedTokens     func(tokensPath, offsetsPath *byte, opts *raggedOptions, source *sourceHandle) int32
+	ferrySourceCallback         func(n int64, fields *field, numFields int32, fn uintptr, user uintptr, source *sourceHandle) int32
+	ferrySourceLen              func(source sourceHandle, n *int64) int32
+	ferrySourceNumFields        func(source sourceHandle, n *int32) int32
+	ferrySourceField            func(source sourceHandle, index int32, out *field) int32
+	ferrySourceDestroy          func(source sourceHandle) int32
+	ferryIteratorOptionsInit    func(opts *iteratorOptions) int32
+	ferryIteratorCreate         func(engine engineHandle, source sourceHandle, opts *iteratorOptions, it *iteratorHandle) int32
+	ferryIteratorNext           func(it iteratorHandle, stream uintptr, batch *batchHandle) int32
+	ferryIteratorLen            func(it iteratorHandle, batches *int64) int32
+	ferryIteratorState          func(it iteratorHandle, state *iteratorPosition) int32
+	ferryIteratorRestore        func(it iteratorHandle, state *iteratorPosition) int32
+	ferryIteratorRestoreElastic func(it iteratorHandle, epoch uint64, consumed int64) int32
+	ferryIteratorSetEpoch       func(it iteratorHandle, epoch uint64) int32
+	ferryIteratorDestroy        func(it iteratorHandle) int32
+	ferryIteratorStaging        func(it iteratorHandle, staging *int32, why *byte, whyLen uint32) int32
+	ferryIteratorNumFields      func(it iteratorHandle, n *int32) int32
+	ferryIteratorField          func(it iteratorHandle, index int32, f *field) int32
+	ferryTransformInit          func(t *transform, kind int32, field *byte) int32
+	ferryTransformLaunch        func(engine engineHandle, t *transform, in *field, batch int64, src uint64, dst *uint64, numDst int32, stream uintptr) int32
+	ferryBatchInfo              func(b batchHandle, info *batchProperties) int32
+	ferryBatchIndices           func(b batchHandle, indices *int64, capacity int64) int32
+	ferryBatchField             func(b batchHandle, index int32, tensor **dlManagedTensor) int32
+	ferryBatchFieldByName       func(b batchHandle, name *byte, tensor **dlManagedTensor) int32
+	ferryBatchWait              func(b batchHandle, stream uintptr) int32
+	ferryBatchRelease           func(b batchHandle, stream uintptr) int32
 
 	ferryPressureOptionsInit  func(opts *pressureOptions) int32
 	ferryEngineSetPressure    func(engine engineHandle, opts *pressureOptions) int32
@@ -500,6 +510,7 @@ var boundFunctions = []struct {
 	{"ferry_iterator_len", &ferryIteratorLen},
 	{"ferry_iterator_state", &ferryIteratorState},
 	{"ferry_iterator_restore", &ferryIteratorRestore},
+	{"ferry_iterator_restore_elastic", &ferryIteratorRestoreElastic},
 	{"ferry_iterator_set_epoch", &ferryIteratorSetEpoch},
 	{"ferry_iterator_destroy", &ferryIteratorDestroy},
 	{"ferry_iterator_staging", &ferryIteratorStaging},

@@ -494,20 +494,25 @@ func TestNewStructSizes(t *testing.T) {
 	b := next(t, it)
 	defer releaseBatch(t, b)
 	cases := []struct {
-		name string
-		size uintptr
-		call func(p unsafe.Pointer) int32
+		name     string
+		v1, size uintptr // the first version's size, the current one
+		call     func(p unsafe.Pointer) int32
 	}{
-		{"ferry_iterator_state", unsafe.Sizeof(iteratorPosition{}), func(p unsafe.Pointer) int32 {
+		{"ferry_iterator_state", unsafe.Sizeof(iteratorPosition{}), unsafe.Sizeof(iteratorPositionV2{}), func(p unsafe.Pointer) int32 {
 			return ferryIteratorState(it, (*iteratorPosition)(p))
 		}},
-		{"ferry_batch_info", unsafe.Sizeof(batchProperties{}), func(p unsafe.Pointer) int32 {
+		{"ferry_batch_info", unsafe.Sizeof(batchProperties{}), unsafe.Sizeof(batchProperties{}), func(p unsafe.Pointer) int32 {
 			return ferryBatchInfo(b, (*batchProperties)(p))
 		}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			for _, size := range []uintptr{0, 4, c.size - 1} {
+			// A caller built against the first version passes its size and gets only its fields.
+			g1 := newGuardBuf(c.v1)
+			g1.setSize(c.v1)
+			requireOK(t, func() int32 { return c.call(g1.ptr()) })
+			g1.requireUntouchedFrom(t, c.v1)
+			for _, size := range []uintptr{0, 4, c.v1 - 1} {
 				g := newGuardBuf(c.size)
 				g.setSize(size)
 				requireStatus(t, ferryErrInvalidArgument, func() int32 { return c.call(g.ptr()) }, "size")
@@ -929,4 +934,84 @@ func hammerIteratorDestroy(t *testing.T, it iteratorHandle, holdTensors bool) {
 	require.Equal(t, "FERRY_OK", statusOK(s))
 	require.Greater(t, oks.Load(), int64(0))
 	require.Greater(t, fails.Load(), int64(0))
+}
+
+// TestIteratorElasticPosition covers the appended position fields and ferry_iterator_restore_elastic:
+// four ranks in one process consume part of an epoch, every rank reports the same global position, and
+// three ranks restored from it see every remaining sample exactly once.
+func TestIteratorElasticPosition(t *testing.T) {
+	r := newRand(t)
+	const n = 960
+	src := newMemorySource(t, r, n, standardSpecs)
+	e := newCPUEngine(t, 0)
+	open := func(rank, world int32) iteratorHandle {
+		o := iterOptions(t, 10)
+		o.Flags = iteratorShuffle
+		o.Seed = 7
+		o.Rank, o.WorldSize = rank, world
+		return newIterator(t, e, src.h, o)
+	}
+	var before []iteratorHandle
+	for rank := int32(0); rank < 4; rank++ {
+		before = append(before, open(rank, 4))
+	}
+	seen := map[int64]int{}
+	for step := 0; step < 6; step++ {
+		for _, it := range before {
+			b := next(t, it)
+			for _, i := range batchIndices(t, b, batchInfo(t, b).NumSamples) {
+				seen[i]++
+			}
+			releaseBatch(t, b)
+		}
+	}
+	var pos []iteratorPositionV2
+	for _, it := range before {
+		p := iteratorPositionV2{iteratorPosition: iteratorPosition{Size: uint32(unsafe.Sizeof(iteratorPositionV2{}))}}
+		requireOK(t, func() int32 { return ferryIteratorState(it, &p.iteratorPosition) })
+		pos = append(pos, p)
+	}
+	for _, p := range pos {
+		require.Equal(t, pos[0], p, "every rank reports the same position")
+	}
+	require.Equal(t, int64(240), pos[0].Consumed)
+	require.Equal(t, int64(4), pos[0].WorldSize)
+	require.Equal(t, int64(6), pos[0].Batch)
+
+	// The exact restore refuses a position from another world size, and says what to use.
+	three := open(0, 3)
+	p := pos[0]
+	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryIteratorRestore(three, &p.iteratorPosition) },
+		"ferry_iterator_restore_elastic")
+	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryIteratorRestoreElastic(three, 0, n+1) }, "consumed")
+	requireStatus(t, ferryErrInvalidHandle, func() int32 { return ferryIteratorRestoreElastic(0, 0, 0) })
+
+	after := []iteratorHandle{three, open(1, 3), open(2, 3)}
+	for _, it := range after {
+		requireOK(t, func() int32 { return ferryIteratorRestoreElastic(it, p.Epoch, p.Consumed) })
+	}
+	for {
+		ended := 0
+		for _, it := range after {
+			var b batchHandle
+			st := ferryIteratorNext(it, 0, &b)
+			if st == ferryEndOfEpoch {
+				ended++
+				continue
+			}
+			require.Equal(t, ferryOK, st)
+			for _, i := range batchIndices(t, b, batchInfo(t, b).NumSamples) {
+				seen[i]++
+			}
+			releaseBatch(t, b)
+		}
+		if ended == len(after) {
+			break
+		}
+		require.Zero(t, ended)
+	}
+	require.Len(t, seen, n)
+	for i, c := range seen {
+		require.Equal(t, 1, c, "sample %d", i)
+	}
 }

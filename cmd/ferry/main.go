@@ -20,7 +20,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newInfoCommand(), newDemoCommand(), newMonitorCommand())
+	root.AddCommand(newInfoCommand(), newDemoCommand(), newMonitorCommand(), newReportCommand())
 	return root
 }
 

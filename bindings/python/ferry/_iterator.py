@@ -26,9 +26,14 @@ __all__ = ["Iterator", "Batch", "Loader", "OptimizedDataLoader", "PrefetchLoader
 
 
 def _parse_device(device: Any) -> int:
-    """None → GPU 0 when one is visible, else the CPU; "cpu"/-1 → the CPU; "cuda[:N]"/N → GPU N."""
+    """None → the default GPU (LOCAL_RANK under torchrun, else 0) when one is visible, else the CPU;
+    "cpu"/-1 → the CPU; "cuda[:N]"/N → GPU N."""
     if device is None:
-        return 0 if device_count() > 0 else CPU
+        if device_count() == 0:
+            return CPU
+        opts = _loader.EngineOptions()
+        _check(_loader.lib().ferry_engine_options_init(byref(opts)))  # LOCAL_RANK under torchrun, else 0
+        return opts.device
     if isinstance(device, int) and not isinstance(device, bool):
         return CPU if device == CPU else _as_int32(device, "device")
     text = str(device).strip().lower()  # a string, or a torch.device
@@ -282,22 +287,37 @@ class Iterator(_Owner):
             err.__cause__ = cause
 
     def state(self) -> Dict[str, int]:
-        """The position of the next batch: ``{"epoch": e, "batch": b}`` (``b`` may equal ``len(self)``:
-        the epoch's end comes next)."""
+        """The position of the next batch: ``{"epoch": e, "batch": b, "offset": o, "consumed": c,
+        "world_size": w}``. ``b`` may equal ``len(self)`` (the epoch's end comes next); ``offset`` is
+        non-zero only in an epoch resumed elastically; ``consumed`` is the job's global position (the
+        samples of the epoch all ranks have consumed), the same on every rank."""
         pos = _loader.IteratorPosition()
         pos.size = ctypes.sizeof(pos)
         _check(self._lib.ferry_iterator_state(self._h(), byref(pos)))
-        return {"epoch": pos.epoch, "batch": pos.batch}
+        return {"epoch": pos.epoch, "batch": pos.batch, "offset": pos.offset, "consumed": pos.consumed,
+                "world_size": pos.world_size}
 
-    def restore(self, epoch: int, batch: int = 0) -> None:
-        """Moves to a position from :meth:`state`, in O(1); what follows is bit for bit what would have."""
+    def restore(self, epoch: int, batch: int = 0, offset: int = 0, world_size: int = 0) -> None:
+        """Moves to a position from :meth:`state`, in O(1); what follows is bit for bit what would have.
+        A position taken under another world size is refused: use :meth:`restore_elastic`."""
         pos = _loader.IteratorPosition()
         pos.size = ctypes.sizeof(pos)
         pos.epoch = _as_int(epoch, "epoch")
         pos.batch = _as_int(batch, "batch")
-        if pos.epoch != epoch or pos.batch != batch:
-            raise _invalid(f"position ({epoch}, {batch}) is out of range")
+        pos.offset = _as_int(offset, "offset")
+        pos.world_size = _as_int(world_size, "world_size")
+        if pos.epoch != epoch or pos.batch != batch or pos.offset != offset:
+            raise _invalid(f"position ({epoch}, {batch}, {offset}) is out of range")
         _check(self._lib.ferry_iterator_restore(self._h(), byref(pos)))
+
+    def restore_elastic(self, epoch: int, consumed: int) -> None:
+        """Continues a job from its global position (``state()["epoch"]`` and ``["consumed"]``, from any
+        rank) under this iterator's world size, which may differ from the one it was saved under: every
+        remaining sample of the epoch comes once across the ranks (``ferry_iterator_restore_elastic``)."""
+        e, c = _as_int(epoch, "epoch"), _as_int(consumed, "consumed")
+        if e != epoch or c != consumed or e < 0:
+            raise _invalid(f"elastic position ({epoch}, {consumed}) is out of range")
+        _check(self._lib.ferry_iterator_restore_elastic(self._h(), e, c))
 
     def set_epoch(self, epoch: int) -> None:
         """Starts epoch ``epoch`` from its first batch (like DistributedSampler.set_epoch)."""
@@ -526,16 +546,26 @@ class Loader:
         return self._it().state()["epoch"]
 
     def state_dict(self) -> Dict[str, int]:
-        """``{"epoch": e, "batch": b}``: the next batch to come. All that an exact resume needs."""
+        """The position of the next batch (see :meth:`Iterator.state`): every rank of a job returns the
+        same dict, and any one of them resumes every rank."""
         return self._it().state()
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
-        """Resumes from :meth:`state_dict`: the batches that follow are bit for bit those that would have."""
+        """Resumes from :meth:`state_dict`. Under the world size it was saved under, the batches that follow
+        are bit for bit those that would have come; under another (a job restarted with more or fewer
+        ranks), the rest of the epoch is sharded among the new ranks, every remaining sample once
+        (:meth:`Iterator.restore_elastic`). A dict with only "epoch" and "batch" (an older state) resumes
+        exactly."""
         try:
             epoch, batch = state["epoch"], state["batch"]
         except (KeyError, TypeError):
             raise _invalid(f"state {state!r} must be a dict with 'epoch' and 'batch'") from None
-        self._it().restore(epoch, batch)
+        it = self._it()
+        saved = state.get("world_size", 0) or 0
+        if saved and saved != it.state()["world_size"]:
+            it.restore_elastic(epoch, state["consumed"])
+        else:
+            it.restore(epoch, batch, state.get("offset", 0) or 0, saved)
 
     def __repr__(self) -> str:
         if self._iterator is None:

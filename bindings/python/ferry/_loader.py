@@ -325,13 +325,16 @@ class IteratorOptions(Structure):
 
 
 class IteratorPosition(Structure):
-    """ctypes mirror of ``ferry_iterator_position`` (24 bytes)."""
+    """ctypes mirror of ``ferry_iterator_position`` (48 bytes)."""
 
     _fields_ = [
         ("size", c_uint32),
         ("reserved", c_uint32),
         ("epoch", c_uint64),
         ("batch", c_int64),
+        ("offset", c_int64),
+        ("consumed", c_int64),
+        ("world_size", c_int64),
     ]
 
 
@@ -544,6 +547,7 @@ _SIGNATURES = [
     ("ferry_iterator_state", ferry_status, [ferry_iterator, POINTER(IteratorPosition)]),
     ("ferry_iterator_restore", ferry_status, [ferry_iterator, POINTER(IteratorPosition)]),
     ("ferry_iterator_set_epoch", ferry_status, [ferry_iterator, c_uint64]),
+    ("ferry_iterator_restore_elastic", ferry_status, [ferry_iterator, c_uint64, c_int64]),
     ("ferry_iterator_destroy", ferry_status, [ferry_iterator]),
     ("ferry_iterator_staging", ferry_status, [ferry_iterator, POINTER(c_int32), POINTER(c_char), c_uint32]),
     ("ferry_iterator_num_fields", ferry_status, [ferry_iterator, POINTER(c_int32)]),
