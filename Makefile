@@ -127,7 +127,7 @@ gpu-bundle: build
 	cmake --build $(BUILD)/gpu-cmake -j2 --target $(GPU_CTESTS)
 	cd $(BUILD)/gpu-cmake && cp $(GPU_CTESTS) $(CURDIR)/$(GPU)/bin/
 	tar -C bindings/python --exclude=__pycache__ --exclude='*.egg-info' --exclude=build -cf - . | tar -C $(GPU)/python -xf -
-	cp tests/gpu/run.sh $(GPU)/
+	cp tests/gpu/run.sh tests/gpu/ddp.sh $(GPU)/
 	@du -sh $(GPU)
 	tar -C $(BUILD) -cf - gpu | xz -T0 -6 > $(BUILD)/gpu.tar.xz
 	@du -sh $(BUILD)/gpu.tar.xz
