@@ -118,12 +118,17 @@ func (b *Batch) Device() int { return b.it.e.device }
 
 // Release hands the batch's memory back for refilling. On a GPU it records an event on consumer, the
 // stream whose work used the batch, and the slot is refilled only after that event: the host never waits.
-// A second Release returns ErrInvalidArgument.
+// When the event cannot be recorded on consumer (a stream that is invalid or was destroyed), the batch is
+// released all the same, without that ordering, and the driver's error is returned. A second Release
+// returns ErrInvalidArgument.
 func (b *Batch) Release(consumer Stream) error {
 	if !b.released.CompareAndSwap(false, true) {
 		return fmt.Errorf("%w: batch %d of epoch %d was already released", ErrInvalidArgument, b.Index, b.Epoch)
 	}
-	return b.it.release(b.s, consumer)
+	if err := b.it.release(b.s, consumer); err != nil {
+		return fmt.Errorf("releasing batch %d of epoch %d on stream %#x: %w", b.Index, b.Epoch, uintptr(consumer), err)
+	}
+	return nil
 }
 
 // slot is one buffer set of the ring. Batch q of the pipeline's sequence uses slot q % depth; the free,
@@ -221,6 +226,7 @@ type Iterator struct {
 	seq      uint64 // the pipeline sequence number Next takes next
 	run      *pipeline
 	closed   atomic.Bool
+	closing  chan struct{} // closed by Close before it waits for it.mu: wakes a Next that waits for data
 	failures atomic.Uint64
 
 	batches, samples, bytes, stallNs atomic.Uint64
@@ -283,7 +289,8 @@ func (e *Engine) NewIterator(src Source, opts IteratorOptions) (*Iterator, error
 	if opts.Staging < StagingAuto || opts.Staging > StagingMapped {
 		return nil, fmt.Errorf("%w: unknown staging %v", ErrInvalidArgument, opts.Staging)
 	}
-	it := &Iterator{e: e, src: src, fields: fields, sampler: sampler, base: sampler, opts: opts}
+	it := &Iterator{e: e, src: src, fields: fields, sampler: sampler, base: sampler, opts: opts,
+		closing: make(chan struct{})}
 	it.nbatch.Store(int64(sampler.BatchesPerEpoch()))
 	if err := it.planFields(opts.Transforms); err != nil {
 		return nil, err
@@ -291,7 +298,7 @@ func (e *Engine) NewIterator(src Source, opts IteratorOptions) (*Iterator, error
 	it.chooseStaging()
 	if err := it.allocate(); err != nil {
 		it.free()
-		return nil, err
+		return nil, fmt.Errorf("the iterator's ring of %d batches of %d samples: %w", opts.Prefetch, opts.BatchSize, err)
 	}
 	if err := e.adopt(it); err != nil {
 		it.free()
@@ -597,6 +604,16 @@ func (it *Iterator) waitCopied(p *pipeline, s *slot) error {
 	}
 }
 
+// stopped reports whether the pipeline was asked to stop.
+func stopped(p *pipeline) bool {
+	select {
+	case <-p.stop:
+		return true
+	default:
+		return false
+	}
+}
+
 // work fills rows: each sample is read by the source straight into the slot's staging buffers.
 func (it *Iterator) work(p *pipeline, tasks <-chan task) {
 	defer p.wg.Done()
@@ -614,6 +631,9 @@ func (it *Iterator) work(p *pipeline, tasks <-chan task) {
 		}
 		s := t.s
 		for r := t.start; r < t.end && !s.failed.Load(); r++ {
+			if stopped(p) {
+				return // a stop discards the batch: Close waits for one sample per worker, not a whole task
+			}
 			for f := range it.fields {
 				fb := it.fields[f].Bytes()
 				dst[f] = s.host[f].Bytes()[r*fb : (r+1)*fb]
@@ -657,8 +677,10 @@ func (it *Iterator) copyLoop(p *pipeline, seq uint64) {
 // the batch's copy; the host does not wait for the copy. At the end of each epoch Next returns io.EOF
 // once; the call after that returns the first batch of the next epoch, which was already being
 // prefetched. A batch whose samples could not be read returns the source's error; the iterator stays
-// usable and the call after returns the following batch. Next waits at most the Timeout option, and
-// returns early when ctx is done.
+// usable and the call after returns the following batch. When consumer cannot wait for the batch (a
+// stream that is invalid or was destroyed), Next returns the driver's error and the batch stays the next
+// one. Next waits at most the Timeout option (when every batch of the ring is held, the error says so),
+// and returns early when ctx is done or Close is called (ErrClosed).
 func (it *Iterator) Next(ctx context.Context, consumer Stream) (*Batch, error) {
 	it.mu.Lock()
 	defer it.mu.Unlock()
@@ -681,9 +703,20 @@ func (it *Iterator) Next(ctx context.Context, consumer Stream) (*Batch, error) {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w: waiting for batch %d of epoch %d: %v", ErrTimeout, it.pos.Batch, it.pos.Epoch, ctx.Err())
 		case <-timer.C:
-			return nil, fmt.Errorf("%w: batch %d of epoch %d was not ready within %v", ErrTimeout, it.pos.Batch, it.pos.Epoch, it.opts.Timeout)
+			return nil, fmt.Errorf("%w: batch %d of epoch %d was not ready within %v%s", ErrTimeout, it.pos.Batch, it.pos.Epoch,
+				it.opts.Timeout, it.heldHint(s))
+		case <-it.closing:
+			return nil, fmt.Errorf("%w: iterator (closed while Next waited for batch %d of epoch %d)", ErrClosed, it.pos.Batch, it.pos.Epoch)
 		}
 		it.stallNs.Add(uint64(time.Since(start)))
+	}
+	if s.err == nil && it.e.gpu {
+		if err := it.e.ctx.StreamWaitEvent(consumer, s.copied); err != nil {
+			// A bad consumer stream loses nothing: the batch stays next, for a call with a valid stream.
+			signal(s.ready)
+			return nil, fmt.Errorf("batch %d of epoch %d: making consumer stream %#x wait for its copy: %w",
+				it.pos.Batch, it.pos.Epoch, uintptr(consumer), err)
+		}
 	}
 	it.seq++
 	it.pos.Batch++
@@ -692,12 +725,6 @@ func (it *Iterator) Next(ctx context.Context, consumer Stream) (*Batch, error) {
 		err := s.err
 		signal(s.free)
 		return nil, err
-	}
-	if it.e.gpu {
-		if err := it.e.ctx.StreamWaitEvent(consumer, s.copied); err != nil {
-			signal(s.free)
-			return nil, err
-		}
 	}
 	b := &Batch{Epoch: s.epoch, Index: s.batch, Indices: s.indices, OnGPU: it.e.gpu, it: it, s: s}
 	b.Fields = make([]BatchField, len(it.outs))
@@ -725,6 +752,22 @@ func (it *Iterator) Next(ctx context.Context, consumer Stream) (*Batch, error) {
 	return b, nil
 }
 
+// heldHint explains a Next that timed out waiting for slot s while the caller holds it: the iterator cannot
+// refill a slot until its batch is released.
+func (it *Iterator) heldHint(s *slot) string {
+	if !s.held.Load() {
+		return ""
+	}
+	held := 0
+	for _, x := range it.slots {
+		if x.held.Load() {
+			held++
+		}
+	}
+	return fmt.Sprintf(": the caller holds %d unreleased batches of the %d in flight (Prefetch), and the next one "+
+		"needs a held batch's buffers; release batches when done with them", held, len(it.slots))
+}
+
 func (it *Iterator) release(s *slot, consumer Stream) error {
 	if !s.held.CompareAndSwap(true, false) {
 		return fmt.Errorf("%w: the batch's slot is not held (released twice, or the iterator was closed)", ErrInvalidArgument)
@@ -733,6 +776,11 @@ func (it *Iterator) release(s *slot, consumer Stream) error {
 	if it.e.gpu && !it.closed.Load() {
 		if err = it.e.ctx.EventRecord(s.released, consumer); err == nil {
 			s.mustWaitRels = true
+		} else {
+			// The slot goes back all the same (a caller cannot retry a release): its next copy is not
+			// ordered after the consumer's work.
+			err = fmt.Errorf("the release could not be ordered on the stream, so the batch's memory may be refilled "+
+				"before work queued there completes: %w", err)
 		}
 	}
 	signal(s.free)
@@ -751,7 +799,9 @@ func (it *Iterator) State() IteratorState {
 // Restore moves the iterator to st: the batches that follow are those an uninterrupted iterator would
 // have returned from st on, bit for bit. It discards the prefetched batches and costs O(1) otherwise.
 // Batches the caller still holds stay valid until released. st is a State of an iterator with the same
-// configuration (world size included); to move a job to another world size, use RestoreElastic.
+// configuration (world size included); to move a job to another world size, use RestoreElastic. When the
+// discarded batches' copies do not complete within the Timeout option, Restore returns ErrTimeout and the
+// iterator goes on from where it was.
 func (it *Iterator) Restore(st IteratorState) error {
 	smp, err := it.base.WithResume(st.Epoch, st.Offset)
 	if err != nil {
@@ -766,7 +816,10 @@ func (it *Iterator) Restore(st IteratorState) error {
 		return fmt.Errorf("%w: iterator", ErrClosed)
 	}
 	if err := it.stop(); err != nil {
-		return err
+		// The copies of the discarded batches are still in flight: stay where the iterator was, running
+		// (each slot waits, bounded, for its own copy before it is refilled).
+		it.start(it.settle(it.pos))
+		return fmt.Errorf("restore not done: %w", err)
 	}
 	it.sampler = smp
 	it.pos = st
@@ -858,11 +911,14 @@ func (it *Iterator) waitStream() error {
 }
 
 // Close stops the pipeline, waits (bounded) for copies in flight, and returns the ring to the engine's
-// pools. Batches still held become invalid: release them first. A second Close returns ErrClosed.
+// pools. A Next waiting for data returns ErrClosed; gather workers finish the sample they read and stop.
+// When the copies do not complete within the Timeout option, Close frees the ring all the same and returns
+// ErrTimeout. Batches still held become invalid: release them first. A second Close returns ErrClosed.
 func (it *Iterator) Close() error {
 	if !it.closed.CompareAndSwap(false, true) {
 		return fmt.Errorf("%w: iterator was already closed", ErrClosed)
 	}
+	close(it.closing)
 	it.mu.Lock()
 	defer it.mu.Unlock()
 	err := it.stop()

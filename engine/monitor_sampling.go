@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // samplerSet is the running background samplers of a monitor.
@@ -55,16 +57,19 @@ func (m *Monitor) Start() error {
 			// The slow fields (throttle reasons, ECC, processes) about once a second, the rest every interval.
 			slowEvery := max(1, int(time.Second/m.opts.GPUInterval))
 			n := 0
+			gl := m.log.With().Int("gpu", d).Logger()
+			health := &sampleHealth{log: gl, what: "GPU sample"}
 			set.every(m.opts.GPUInterval, func() {
 				fields := GPUFastFields
 				if n%slowEvery == 0 {
 					fields |= GPUSlowFields
 				}
 				n++
-				m.sampleGPU(g, fields)
+				m.sampleGPU(g, fields, health)
 			})
 			if m.opts.PCIeInterval > 0 {
-				set.every(m.opts.PCIeInterval, func() { m.samplePCIe(g) })
+				pcie := &sampleHealth{log: gl, what: "GPU PCIe throughput sample"}
+				set.every(m.opts.PCIeInterval, func() { m.samplePCIe(g, pcie) })
 			}
 		}
 	}
@@ -73,7 +78,8 @@ func (m *Monitor) Start() error {
 		if err != nil {
 			m.log.Info().Err(err).Msg("system sampler unavailable")
 		} else {
-			set.every(m.opts.SystemInterval, func() { m.sampleSystem(sys) })
+			health := &sampleHealth{log: m.log, what: "system sample"}
+			set.every(m.opts.SystemInterval, func() { m.sampleSystem(sys, health) })
 		}
 		set.every(m.opts.SystemInterval, m.samplePipelines)
 	}
@@ -100,6 +106,28 @@ func (s *samplerSet) every(d time.Duration, fn func()) {
 			}
 		}
 	}()
+}
+
+// sampleHealth logs one background sampler's failures without flooding the log: the first failure after a
+// success as a warning, repeats at debug level, and the recovery at info level. One sampler goroutine
+// owns it.
+type sampleHealth struct {
+	log     zerolog.Logger
+	what    string
+	failing bool
+}
+
+func (h *sampleHealth) update(err error) {
+	switch {
+	case err != nil && !h.failing:
+		h.failing = true
+		h.log.Warn().Err(err).Msg(h.what + " failed; what it could not read is left out (never logged as zero) until it recovers")
+	case err != nil:
+		h.log.Debug().Err(err).Msg(h.what + " failed")
+	case h.failing:
+		h.failing = false
+		h.log.Info().Msg(h.what + " recovered")
+	}
 }
 
 // Stop stops the background samplers; logged metrics stay. Start may be called again.
@@ -134,12 +162,11 @@ func (m *Monitor) logNamed(name string, t uint64, v float64) {
 	_ = m.LogAt(id, t, v)
 }
 
-func (m *Monitor) sampleGPU(g *GPUSampler, fields GPUField) {
+// sampleGPU logs the fields of one GPU sample that the device gave; a failed query leaves its fields out
+// and the others are logged.
+func (m *Monitor) sampleGPU(g *GPUSampler, fields GPUField, h *sampleHealth) {
 	s, err := g.SampleFields(fields)
-	if err != nil {
-		m.log.Debug().Err(err).Int("gpu", g.Device()).Msg("GPU sample failed")
-		return
-	}
+	h.update(err)
 	p := fmt.Sprintf("gpu%d/", g.Device())
 	put := func(f GPUField, name string, v float64) {
 		if s.Has(f) { // an absent field is never logged as zero
@@ -165,8 +192,9 @@ func (m *Monitor) sampleGPU(g *GPUSampler, fields GPUField) {
 	}
 }
 
-func (m *Monitor) samplePCIe(g *GPUSampler) {
+func (m *Monitor) samplePCIe(g *GPUSampler, h *sampleHealth) {
 	rx, tx, ok, err := g.SamplePCIe()
+	h.update(err)
 	if err != nil || !ok {
 		return
 	}
@@ -176,12 +204,11 @@ func (m *Monitor) samplePCIe(g *GPUSampler) {
 	m.logNamed(p+"pcie_tx_bytes_per_second", t, tx)
 }
 
-func (m *Monitor) sampleSystem(sys *SystemSampler) {
+// sampleSystem logs the fields of one host sample; a path that could not be read leaves its fields out and
+// the others are logged.
+func (m *Monitor) sampleSystem(sys *SystemSampler, h *sampleHealth) {
 	s, err := sys.Sample()
-	if err != nil {
-		m.log.Debug().Err(err).Msg("system sample failed")
-		return
-	}
+	h.update(err)
 	put := func(f SystemField, name string, v float64) {
 		if s.Has(f) {
 			m.logNamed("system/"+name, s.Time, v)

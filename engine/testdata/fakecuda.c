@@ -2,13 +2,29 @@
  * A stand-in for libcuda.so.1 with one 80 GiB device, for tests on hosts without a GPU. It implements only
  * the driver functions the engine resolves. "Device" memory is host memory from malloc and copies run at
  * once, so the engine's GPU pipeline runs end to end and its results can be checked. Streams and events
- * are tokens: every event is complete. FAKECUDA_FAIL_MEMINFO=1 makes cuMemGetInfo_v2 fail with
- * CUDA_ERROR_INVALID_CONTEXT; FAKECUDA_FAIL_ALLOC=1 makes cuMemAlloc_v2 fail with
- * CUDA_ERROR_OUT_OF_MEMORY. Every call that needs a context checks that one is current.
+ * are handles the stand-in hands out and checks: destroying or recording an unknown one fails with
+ * CUDA_ERROR_INVALID_HANDLE. Every call that needs a context checks that one is current.
+ *
+ * Switches, read from the environment at each call, so that a test can turn them on and off:
+ *   FAKECUDA_FAIL_MEMINFO=1    cuMemGetInfo_v2 fails with CUDA_ERROR_INVALID_CONTEXT.
+ *   FAKECUDA_FAIL_ALLOC=1      cuMemAlloc_v2 fails with CUDA_ERROR_OUT_OF_MEMORY.
+ *   FAKECUDA_FAIL_HOSTALLOC=1  cuMemHostAlloc fails with CUDA_ERROR_OUT_OF_MEMORY.
+ *   FAKECUDA_FAIL_REGISTER=1   cuMemHostRegister_v2 fails with CUDA_ERROR_OUT_OF_MEMORY.
+ *   FAKECUDA_BUSY_MS=N         work queued on a stream (a copy) stays in flight for N ms after it is issued,
+ *                              or for good with -1: cuStreamQuery of its stream and cuEventQuery of an event
+ *                              recorded after it answer CUDA_ERROR_NOT_READY until then. Clearing the switch
+ *                              (unset or 0) completes all work at once.
+ *   FAKECUDA_STRICT_STREAMS=1  a stream argument must be NULL, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD or a
+ *                              live stream from cuStreamCreate; any other (made up, or destroyed) fails with
+ *                              CUDA_ERROR_INVALID_HANDLE. Without it, unknown streams are accepted as idle.
  */
+#define _POSIX_C_SOURCE 200809L
+#include <limits.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef int CUresult;
 typedef int CUdevice;
@@ -28,14 +44,15 @@ CUresult cuGetErrorName(CUresult r, const char** s) {
     *s = r == 201 ? "CUDA_ERROR_INVALID_CONTEXT" : r == 101 ? "CUDA_ERROR_INVALID_DEVICE"
        : r == 2 ? "CUDA_ERROR_OUT_OF_MEMORY" : r == 400 ? "CUDA_ERROR_INVALID_HANDLE"
        : r == 209 ? "CUDA_ERROR_NO_BINARY_FOR_GPU" : r == 712 ? "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED"
-       : "CUDA_ERROR_UNKNOWN";
+       : r == 1 ? "CUDA_ERROR_INVALID_VALUE" : r == 600 ? "CUDA_ERROR_NOT_READY" : "CUDA_ERROR_UNKNOWN";
     return 0;
 }
 CUresult cuGetErrorString(CUresult r, const char** s) {
     *s = r == 201 ? "invalid device context" : r == 101 ? "invalid device ordinal"
        : r == 2 ? "out of memory" : r == 400 ? "invalid resource handle"
        : r == 209 ? "no kernel image is available for execution on the device"
-       : r == 712 ? "part or all of the requested memory range is already mapped" : "unknown error";
+       : r == 712 ? "part or all of the requested memory range is already mapped"
+       : r == 1 ? "invalid argument" : r == 600 ? "device not ready" : "unknown error";
     return 0;
 }
 CUresult cuDeviceGetCount(int* n) { *n = 1; return 0; }
@@ -96,11 +113,99 @@ static int env_is(const char* name) {
     if (fakecuda_current() != &primary) return 201
 
 typedef unsigned long long CUdeviceptr;
-static int token;
+
+/*
+ * Streams and events are objects in a table of live handles. Each carries the time (CLOCK_MONOTONIC ns)
+ * its work completes: 0 when it has none, LLONG_MAX for never (FAKECUDA_BUSY_MS=-1). Destroyed objects are
+ * taken out of the table and never freed, so a stale handle never aliases a new one.
+ */
+enum { STREAM = 1, EVENT = 2 };
+typedef struct {
+    int kind;
+    long long done;
+} object;
+#define MAX_OBJECTS 4096
+static object* objects[MAX_OBJECTS];
+static atomic_flag objects_lock = ATOMIC_FLAG_INIT;
+
+static void lock_objects(void) {
+    while (atomic_flag_test_and_set_explicit(&objects_lock, memory_order_acquire)) {
+    }
+}
+static void unlock_objects(void) { atomic_flag_clear_explicit(&objects_lock, memory_order_release); }
+
+/* find returns the live object h of the kind, or NULL. The table lock is held. */
+static object* find(void* h, int kind) {
+    for (int i = 0; i < MAX_OBJECTS; i++) {
+        if (objects[i] != NULL && objects[i] == h && objects[i]->kind == kind) return objects[i];
+    }
+    return NULL;
+}
+static CUresult create(int kind, void** out) {
+    object* o = calloc(1, sizeof *o);
+    if (o == NULL) return 2;
+    o->kind = kind;
+    lock_objects();
+    for (int i = 0; i < MAX_OBJECTS; i++) {
+        if (objects[i] == NULL) {
+            objects[i] = o;
+            unlock_objects();
+            *out = o;
+            return 0;
+        }
+    }
+    unlock_objects();
+    free(o);
+    return 2;
+}
+static CUresult destroy(void* h, int kind) {
+    lock_objects();
+    for (int i = 0; i < MAX_OBJECTS; i++) {
+        if (objects[i] != NULL && objects[i] == h && objects[i]->kind == kind) {
+            objects[i] = NULL;
+            unlock_objects();
+            return 0;
+        }
+    }
+    unlock_objects();
+    return 400;
+}
+
+static long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+/* issued_done is when work issued now completes under FAKECUDA_BUSY_MS: 0 (at once) without it. */
+static long long issued_done(void) {
+    const char* v = getenv("FAKECUDA_BUSY_MS");
+    if (v == NULL || *v == 0) return 0;
+    long ms = strtol(v, NULL, 10);
+    if (ms < 0) return LLONG_MAX;
+    return now_ns() + (long long)ms * 1000000LL;
+}
+/* pending reports whether work that completes at done is still in flight. */
+static int pending(long long done) {
+    const char* v = getenv("FAKECUDA_BUSY_MS");
+    if (v == NULL || *v == 0 || strcmp(v, "0") == 0) return 0;
+    return done == LLONG_MAX || now_ns() < done;
+}
+/*
+ * stream_of resolves a stream argument, with the table lock held: *o is the live stream, or NULL for the
+ * legacy and per-thread streams and (without FAKECUDA_STRICT_STREAMS) for an unknown handle.
+ */
+static CUresult stream_of(void* s, object** o) {
+    *o = NULL;
+    if ((size_t)s <= 2) return 0; /* NULL, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD */
+    *o = find(s, STREAM);
+    if (*o == NULL && env_is("FAKECUDA_STRICT_STREAMS")) return 400;
+    return 0;
+}
 
 CUresult cuMemHostAlloc(void** p, size_t n, unsigned flags) {
     NEED_CONTEXT();
     (void)flags;
+    if (env_is("FAKECUDA_FAIL_HOSTALLOC")) return 2;
     *p = malloc(n ? n : 1);
     return *p ? 0 : 2;
 }
@@ -117,18 +222,62 @@ CUresult cuMemsetD8_v2(CUdeviceptr p, unsigned char v, size_t n) { NEED_CONTEXT(
 CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) { NEED_CONTEXT(); memcpy(dst, (void*)(size_t)src, n); return 0; }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, void* s) {
     NEED_CONTEXT();
-    (void)s;
+    object* o;
+    lock_objects();
+    CUresult r = stream_of(s, &o);
+    if (r == 0 && o != NULL) {
+        long long done = issued_done();
+        if (done > o->done) o->done = done;
+    }
+    unlock_objects();
+    if (r != 0) return r;
     memcpy((void*)(size_t)dst, src, n);
     return 0;
 }
-CUresult cuStreamCreate(void** s, unsigned flags) { NEED_CONTEXT(); (void)flags; *s = &token; return 0; }
-CUresult cuStreamDestroy_v2(void* s) { NEED_CONTEXT(); return s == &token ? 0 : 400; }
-CUresult cuStreamQuery(void* s) { NEED_CONTEXT(); (void)s; return 0; }
-CUresult cuStreamWaitEvent(void* s, void* e, unsigned flags) { NEED_CONTEXT(); (void)s; (void)e; return flags == 0 ? 0 : 1; }
-CUresult cuEventCreate(void** e, unsigned flags) { NEED_CONTEXT(); (void)flags; *e = &token; return 0; }
-CUresult cuEventDestroy_v2(void* e) { NEED_CONTEXT(); return e == &token ? 0 : 400; }
-CUresult cuEventRecord(void* e, void* s) { NEED_CONTEXT(); (void)s; return e == &token ? 0 : 400; }
-CUresult cuEventQuery(void* e) { NEED_CONTEXT(); return e == &token ? 0 : 400; }
+CUresult cuStreamCreate(void** s, unsigned flags) { NEED_CONTEXT(); (void)flags; return create(STREAM, s); }
+CUresult cuStreamDestroy_v2(void* s) { NEED_CONTEXT(); return destroy(s, STREAM); }
+CUresult cuStreamQuery(void* s) {
+    NEED_CONTEXT();
+    object* o;
+    lock_objects();
+    CUresult r = stream_of(s, &o);
+    if (r == 0 && o != NULL && pending(o->done)) r = 600; /* CUDA_ERROR_NOT_READY */
+    unlock_objects();
+    return r;
+}
+CUresult cuStreamWaitEvent(void* s, void* e, unsigned flags) {
+    NEED_CONTEXT();
+    if (flags != 0) return 1;
+    object* o;
+    lock_objects();
+    CUresult r = stream_of(s, &o);
+    object* ev = find(e, EVENT);
+    if (r == 0 && ev == NULL) r = 400;
+    if (r == 0 && o != NULL && ev->done > o->done) o->done = ev->done; /* later work waits for the event */
+    unlock_objects();
+    return r;
+}
+CUresult cuEventCreate(void** e, unsigned flags) { NEED_CONTEXT(); (void)flags; return create(EVENT, e); }
+CUresult cuEventDestroy_v2(void* e) { NEED_CONTEXT(); return destroy(e, EVENT); }
+CUresult cuEventRecord(void* e, void* s) {
+    NEED_CONTEXT();
+    object* o;
+    lock_objects();
+    CUresult r = stream_of(s, &o);
+    object* ev = find(e, EVENT);
+    if (ev == NULL) r = 400;
+    if (r == 0) ev->done = o != NULL ? o->done : 0;
+    unlock_objects();
+    return r;
+}
+CUresult cuEventQuery(void* e) {
+    NEED_CONTEXT();
+    lock_objects();
+    object* ev = find(e, EVENT);
+    CUresult r = ev == NULL ? 400 : pending(ev->done) ? 600 : 0;
+    unlock_objects();
+    return r;
+}
 
 CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total_bytes) {
     NEED_CONTEXT();

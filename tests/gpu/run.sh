@@ -69,8 +69,13 @@ if [ "$mode" = tests ] || [ "$mode" = all ]; then
     step "python: pytest" "$log" python3 -m pytest -q -rs "$here/python/tests"
     # The layout kernels under compute-sanitizer: every launch of the GPU transform and staging tests.
     if command -v compute-sanitizer >/dev/null; then
-        step "compute-sanitizer memcheck: kernels" "$log" sh -c "cd '$here/tests' && compute-sanitizer --tool memcheck \
+        step "compute-sanitizer memcheck: kernels" "$log" sh -c "cd '$here/tests' && compute-sanitizer --tool memcheck --target-processes application-only \
             --error-exitcode 9 ./engine.test -test.run 'TransformsGPU' -test.count=1"
+        # Every GPU test of the engine (pools, iterators, staging, samplers) under memcheck and racecheck.
+        step "compute-sanitizer memcheck: GPU suite" "$log" sh -c "cd '$here/tests' && compute-sanitizer --tool memcheck --target-processes application-only \
+            --error-exitcode 9 ./engine.test -test.run 'GPU' -test.count=1"
+        step "compute-sanitizer racecheck: GPU suite" "$log" sh -c "cd '$here/tests' && compute-sanitizer --tool racecheck --target-processes application-only \
+            --error-exitcode 9 ./engine.test -test.run 'TransformsGPU|IteratorGPU|MultiGPU' -test.count=1"
     fi
 fi
 
