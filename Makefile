@@ -17,7 +17,7 @@ LIB_LDFLAGS  := -s -w -extldflags '-Wl,-soname,libferry.so.$(SOVERSION) -Wl,--ve
 GO_SOURCES   := $(shell find engine capi cmd kernels -name '*.go' -o -name '*.c' -o -name '*.h' -o -name '*.map' 2>/dev/null) kernels/ferry_kernels.fatbin go.mod go.sum
 NVCC         ?= $(shell command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)
 
-.PHONY: all build lib cli test test-go test-harness test-python test-cpp check check-kernels kernels demo gpu-bundle bench clean help
+.PHONY: all build lib cli test test-go test-harness test-python test-cpp check check-kernels kernels demo gpu-bundle bench soak sanitize fuzz clean help
 
 all: build
 
@@ -101,6 +101,16 @@ bench: lib
 	$(BUILD)/cmake/bench_memory
 	FERRY_LIBRARY=$(CURDIR)/$(LIBDIR)/libferry.so $(PYTHON) bindings/python/benchmarks/bench_memory.py
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./engine/
+
+# Reliability runs, not in CI (docs/RELIABILITY.md has their figures).
+# soak: 10,000 iterator create/destroy cycles and a 2-minute pipeline, on the CPU engine and on the stand-in
+# driver, with RSS, pinned and device bytes, goroutines and descriptors checked flat (FERRY_SOAK_CYCLES,
+# FERRY_SOAK_DURATION). sanitize: the C and C++ tests under AddressSanitizer, LeakSanitizer and UBSan.
+soak:
+	$(GO) test -tags soak -run Soak -count=1 -timeout 30m -v ./engine/
+
+sanitize: lib
+	tests/sanitize/run.sh
 
 clean:
 	rm -rf $(BUILD)
