@@ -109,6 +109,16 @@ bench: lib
 soak:
 	$(GO) test -tags soak -run Soak -count=1 -timeout 30m -v ./engine/
 
+# fuzz: every fuzz target in turn for FUZZTIME (default a million execs each); the seed corpora in
+# testdata/fuzz are replayed by every `go test`, so CI runs them.
+FUZZTIME ?= 1000000x
+ENGINE_FUZZ := FuzzNpyHeader FuzzPyDict FuzzNpySource FuzzTokenLLMC FuzzTokenFlat FuzzRaggedOffsets FuzzParseDType \
+	FuzzFieldValidate FuzzParseOptionNames FuzzMetricName FuzzTransformOutputs FuzzReports
+fuzz: lib
+	@for t in $(ENGINE_FUZZ); do echo "== $$t"; $(GO) test -timeout 0 -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./engine/ || exit 1; done
+	@echo "== FuzzCAPISequence"; FERRY_LIBRARY=$(CURDIR)/$(LIBDIR)/libferry.so $(GO) test -timeout 0 -run '^$$' \
+		-fuzz '^FuzzCAPISequence$$' -fuzztime $(FUZZTIME) ./tests/
+
 sanitize: lib
 	tests/sanitize/run.sh
 

@@ -130,8 +130,15 @@ func (f Field) Validate() error {
 			return fmt.Errorf("%w: field %q has shape %v; every dimension must be positive", ErrInvalidArgument, f.Name, f.Shape)
 		}
 	}
-	if f.Bytes() > 1<<31 {
-		return fmt.Errorf("%w: field %q is %d bytes per sample, more than 2 GiB", ErrInvalidArgument, f.Name, f.Bytes())
+	// The size is checked as it grows, so that a shape whose product overflows int is refused rather
+	// than wrapping around to a small or negative size that Bytes would then report.
+	const maxBytes = 1 << 31
+	n := f.DType.Size()
+	for _, s := range f.Shape {
+		if n > maxBytes/s {
+			return fmt.Errorf("%w: field %q of shape %v is more than 2 GiB per sample", ErrInvalidArgument, f.Name, f.Shape)
+		}
+		n *= s
 	}
 	return nil
 }
