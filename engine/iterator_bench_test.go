@@ -1,11 +1,8 @@
 package engine
 
 import (
-	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
-	"io"
 	"testing"
 	"time"
 
@@ -45,43 +42,7 @@ func BenchmarkIteratorImages(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer it.Close()
-			// Warm up: one epoch touches every ring buffer once (first-touch page faults) and fills the
-			// ring, so the timed loop measures the steady state.
-			for {
-				bt, err := it.Next(context.Background(), 0)
-				if errors.Is(err, io.EOF) {
-					break
-				}
-				if err != nil {
-					b.Fatal(err)
-				}
-				_ = bt.Release(0)
-			}
-			bytesPerBatch := batch * (fields[0].Bytes() + 8)
-			b.SetBytes(int64(bytesPerBatch))
-			cpu0, wall0, batches := cpuTime(b), time.Now(), 0
-			for b.Loop() {
-				batches++
-				bt, err := it.Next(context.Background(), 0)
-				if errors.Is(err, io.EOF) {
-					bt, err = it.Next(context.Background(), 0)
-				}
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := bt.Release(0); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if e.gpu {
-				if err := it.waitStream(); err != nil {
-					b.Fatal(err)
-				}
-			}
-			wall, cpu := time.Since(wall0).Seconds(), (cpuTime(b) - cpu0).Seconds()
-			gbps := float64(batches*bytesPerBatch) / wall / 1e9
-			b.ReportMetric(cpu/wall, "cores")
-			b.ReportMetric(cpu/wall/gbps, "cores/(GB/s)")
+			stagingLoop(b, e, it, batch*(fields[0].Bytes()+8))
 		})
 	}
 }
