@@ -5,6 +5,7 @@ import "C"
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"time"
@@ -71,6 +72,9 @@ func ferry_monitor_options_init(opts *C.ferry_monitor_options) C.ferry_status {
 func usToDuration(us C.int64_t) time.Duration {
 	if us < 0 {
 		return -1
+	}
+	if us > math.MaxInt64/1000 {
+		return math.MaxInt64 // beyond any interval: the engine's range check refuses it
 	}
 	return time.Duration(us) * time.Microsecond
 }
@@ -224,6 +228,18 @@ func ferry_metric_id(h C.uintptr_t, name *C.char, id *C.uint32_t) C.ferry_status
 	})
 }
 
+// valuesCount checks a batch of values passed to the ferry_metric_log_many calls: 0 for an empty
+// batch, which needs no pointer.
+func valuesCount(values *C.double, count C.int64_t) (int, error) {
+	if count < 0 || count > 1<<31 {
+		return 0, fmt.Errorf("%w: count is %d; it must be 0..%d", engine.ErrInvalidArgument, int64(count), 1<<31)
+	}
+	if count > 0 && values == nil {
+		return 0, errNull("values")
+	}
+	return int(count), nil
+}
+
 //export ferry_metric_log_many
 func ferry_metric_log_many(h C.uintptr_t, id C.uint32_t, values *C.double, count C.int64_t) C.ferry_status {
 	return call("ferry_metric_log_many", func() error {
@@ -231,14 +247,8 @@ func ferry_metric_log_many(h C.uintptr_t, id C.uint32_t, values *C.double, count
 		if err != nil {
 			return err
 		}
-		if count < 0 || count > 1<<31 {
-			return fmt.Errorf("%w: count is %d; it must be 0..%d", engine.ErrInvalidArgument, int64(count), 1<<31)
-		}
-		if count == 0 {
-			return nil
-		}
-		if values == nil {
-			return errNull("values")
+		if n, err := valuesCount(values, count); n == 0 || err != nil {
+			return err
 		}
 		return e.m.LogMany(engine.MetricID(id), unsafe.Slice((*float64)(unsafe.Pointer(values)), int(count)))
 	})
@@ -251,14 +261,8 @@ func ferry_metric_log_many_at(h C.uintptr_t, id C.uint32_t, values *C.double, ts
 		if err != nil {
 			return err
 		}
-		if count < 0 || count > 1<<31 {
-			return fmt.Errorf("%w: count is %d; it must be 0..%d", engine.ErrInvalidArgument, int64(count), 1<<31)
-		}
-		if count == 0 {
-			return nil
-		}
-		if values == nil {
-			return errNull("values")
+		if n, err := valuesCount(values, count); n == 0 || err != nil {
+			return err
 		}
 		if ts == nil {
 			return errNull("timestamps_ns")

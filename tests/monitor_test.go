@@ -250,6 +250,9 @@ func TestMonitorCreate(t *testing.T) {
 		{"high flag", func(o *monitorOptions) { o.Flags = monitorFStart | 0x80000000 }, []string{"flags"}},
 		{"GPU interval below 10 ms", func(o *monitorOptions) { o.GPUIntervalUS = 9999 }, []string{"GPU", "interval"}},
 		{"GPU interval 1 us", func(o *monitorOptions) { o.GPUIntervalUS = 1 }, []string{"GPU", "interval"}},
+		// Intervals whose nanoseconds overflow int64 are refused, not wrapped to a small valid one.
+		{"GPU interval 2^62 us", func(o *monitorOptions) { o.GPUIntervalUS = 1 << 62 }, []string{"GPU", "interval"}},
+		{"system interval 2^62+10000 us", func(o *monitorOptions) { o.SystemIntervalUS = 1<<62 + 10000 }, []string{"system", "interval"}},
 		{"PCIe interval below 10 ms", func(o *monitorOptions) { o.PCIeIntervalUS = 5000 }, []string{"PCIe", "interval"}},
 		{"system interval below 10 ms", func(o *monitorOptions) { o.SystemIntervalUS = 1000 }, []string{"system", "interval"}},
 		{"sketch accuracy negative", func(o *monitorOptions) { o.SketchAccuracy = -0.1 }, []string{"accuracy"}},
