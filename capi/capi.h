@@ -51,6 +51,8 @@ int ferry_capi_monitor_take(uint32_t slot, ferry_capi_mentry* out, int cap);
 /* ferry_iterator_options with transforms, staging and pinned_budget. */
 #define FERRY_CAPI_V2_ITERATOR_OPTIONS 72u
 #define FERRY_CAPI_V1_TRANSFORM 120u
+/* ferry_transform with input_layout. */
+#define FERRY_CAPI_V2_TRANSFORM 128u
 #define FERRY_CAPI_V1_MONITOR_OPTIONS 72u
 #define FERRY_CAPI_V1_METRIC_SUMMARY 112u
 #define FERRY_CAPI_V1_ITERATOR_POSITION 24u

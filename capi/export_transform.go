@@ -12,7 +12,7 @@ import (
 
 func defaultTransform(kind C.int32_t) C.ferry_transform {
 	return C.ferry_transform{size: C.uint32_t(unsafe.Sizeof(C.ferry_transform{})), kind: kind,
-		dtype: C.FERRY_DTYPE_FLOAT32, layout: C.FERRY_LAYOUT_CHW}
+		dtype: C.FERRY_DTYPE_FLOAT32, layout: C.FERRY_LAYOUT_CHW, input_layout: C.FERRY_LAYOUT_HWC}
 }
 
 //export ferry_transform_init
@@ -56,6 +56,16 @@ func transformFromC(t *C.ferry_transform, i int) (string, engine.Transform, erro
 		}
 		n := engine.Normalize{Scale: float32(t.scale), Layout: engine.ImageLayout(t.layout), DType: engine.DType(t.dtype),
 			Flip: float64(t.flip)}
+		if t.size >= C.FERRY_CAPI_V2_TRANSFORM {
+			switch t.input_layout {
+			case C.FERRY_LAYOUT_HWC:
+			case C.FERRY_LAYOUT_CHW:
+				n.InputCHW = true
+			default:
+				return "", nil, fmt.Errorf("%w: transforms[%d].input_layout is %d; it must be FERRY_LAYOUT_HWC (%d) or FERRY_LAYOUT_CHW (%d)",
+					engine.ErrInvalidArgument, i, int32(t.input_layout), int32(C.FERRY_LAYOUT_HWC), int32(C.FERRY_LAYOUT_CHW))
+			}
+		}
 		for c := 0; c < int(t.channels); c++ {
 			n.Mean = append(n.Mean, float32(t.mean[c]))
 			n.Std = append(n.Std, float32(t.std[c]))
@@ -81,8 +91,25 @@ func transformsFromC(ts *C.ferry_transform, n C.int32_t) (map[string]engine.Tran
 	if ts == nil {
 		return nil, errNull("transforms (num_transforms > 0)")
 	}
+	// The array's stride is the size its caller was built with: an older caller's elements are shorter.
+	stride := uintptr(ts.size)
+	if err := checkSize("transforms[0]", ts.size, C.FERRY_CAPI_V1_TRANSFORM); err != nil {
+		return nil, err
+	}
+	if stride > unsafe.Sizeof(C.ferry_transform{}) {
+		stride = unsafe.Sizeof(C.ferry_transform{}) // a newer caller: read the fields known here
+	}
 	out := map[string]engine.Transform{}
-	for i, t := range unsafe.Slice(ts, int(n)) {
+	for i := 0; i < int(n); i++ {
+		// Copy the element's first stride bytes into a whole struct; a shorter element leaves the rest zero,
+		// and its size tells transformFromC which fields it has.
+		var t C.ferry_transform
+		src := unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(ts), uintptr(i)*uintptr(ts.size))), stride)
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&t)), stride), src)
+		if t.size != ts.size {
+			return nil, fmt.Errorf("%w: transforms[%d].size is %d but transforms[0].size is %d; fill every element with ferry_transform_init",
+				engine.ErrInvalidArgument, i, uint32(t.size), uint32(ts.size))
+		}
 		field, tr, err := transformFromC(&t, i)
 		if err != nil {
 			return nil, err

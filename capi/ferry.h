@@ -557,9 +557,17 @@ typedef struct ferry_transform {
     int32_t reserved;
     const char* mask_name;     /**< NULL means "attention_mask" */
     const char* lengths_name;  /**< NULL means "lengths" */
+    /* Appended in 0.1 (FERRY_TRANSFORM_NORMALIZE); a caller whose size stops before it gets the default. */
+    int32_t input_layout; /**< ferry_image_layout of the u8 input: FERRY_LAYOUT_HWC ([H, W, C], as decoded;
+                               the default) or FERRY_LAYOUT_CHW ([C, H, W] channel planes, as CIFAR stores them) */
+    int32_t reserved2;
 } ferry_transform;
 
-/** Sets t->size, kind and field and the kind's defaults (ImageNet-free: no mean, std 1, CHW, float32). */
+/**
+ * Sets t->size, kind and field and the kind's defaults (ImageNet-free: no mean, std 1, HWC input, CHW
+ * output, float32). An array of transforms is read with the stride t[0].size, so each element must carry
+ * the same size.
+ */
 FERRY_API ferry_status ferry_transform_init(ferry_transform* t, int32_t kind, const char* field);
 
 /** ferry_iterator_options.staging: how samples cross to the device. */

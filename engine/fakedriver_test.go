@@ -97,6 +97,7 @@ func TestFakeDriverChild(t *testing.T) {
 	everySourceChecks(t, e)
 	// The stand-in cannot run kernels: the transforms run on the host and their outputs cross.
 	t.Run("transforms", func(t *testing.T) { transformChecks(t, e, func(Staging) Staging { return StagingGather }) })
+	t.Run("planar transforms", func(t *testing.T) { planarChecks(t, e) })
 	t.Run("dma", func(t *testing.T) { dmaChecks(t, e) })
 	pressureChecks(t, e, 10*gib)
 	require.NoError(t, e.Close())

@@ -139,11 +139,18 @@ type launchArgs struct {
 func (p *fieldPlan) launch(e *Engine, k *kernelSet, a launchArgs, buf []byte) ([]byte, error) {
 	switch t := p.t.(type) {
 	case Normalize:
-		h, w, c := p.in.Shape[0], p.in.Shape[1], p.in.Shape[2]
+		h, w, c := t.dims(p.in)
 		ip := imageParams{src: a.src, offsets: a.offsets, flip: a.flips, dst: a.dst[0], batch: uint32(a.batch),
 			h: uint32(h), w: uint32(w), c: uint32(c), scale: p.scale, bias: p.bias}
 		perStore := 16 / p.lut.osize // outputs per 16-byte store
-		if a.aligned && a.src%16 == 0 && (w*c)%16 == 0 && w%perStore == 0 && w*c <= imageTileBytes {
+		// The tiled path loads whole 16-byte words of a tile's rows: of interleaved pixels, or of each
+		// channel's plane, which needs every plane's rows to start 16-byte aligned too.
+		rowsAligned := (w*c)%16 == 0
+		if t.InputCHW {
+			ip.planar = 1
+			rowsAligned = w%16 == 0
+		}
+		if a.aligned && a.src%16 == 0 && rowsAligned && w%perStore == 0 && w*c <= imageTileBytes {
 			ip.rows = uint32(min(h, imageTileBytes/(w*c)))
 			buf = ip.pack(buf)
 			tiles := uint64((h + int(ip.rows) - 1) / int(ip.rows))

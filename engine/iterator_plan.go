@@ -88,7 +88,8 @@ func newFieldPlan(in Field, t Transform, ragged bool) (fieldPlan, []Field, error
 			return p, nil, err
 		}
 		p.lut = lut
-		p.scale, p.bias, _ = t.coefficients(in.Shape[2])
+		_, _, c := t.dims(in)
+		p.scale, p.bias, _ = t.coefficients(c)
 		p.kernel = fmt.Sprintf("ferry_image_%s_%s", map[DType]string{Float32: "f32", Float16: "f16", BFloat16: "bf16"}[t.outType()],
 			map[ImageLayout]string{LayoutCHW: "chw", LayoutHWC: "hwc"}[t.Layout])
 	case ShiftTokens:

@@ -69,10 +69,25 @@ type Normalize struct {
 	// function of (the iterator's Seed, the epoch, the sample's index): reproducible, identical on every
 	// rank and after a resume.
 	Flip float64
+	// InputCHW reads the u8 input as channel planes, [C, H, W] per sample (CIFAR's binary records), instead
+	// of the decoded [H, W, C].
+	InputCHW bool
+}
+
+// dims returns the input image's height, width and channels, by its input layout.
+func (n Normalize) dims(in Field) (h, w, c int) {
+	if n.InputCHW {
+		return in.Shape[1], in.Shape[2], in.Shape[0]
+	}
+	return in.Shape[0], in.Shape[1], in.Shape[2]
 }
 
 func (n Normalize) String() string {
-	return fmt.Sprintf("Normalize(mean=%v, std=%v, layout=%v, dtype=%v, flip=%g)", n.Mean, n.Std, n.Layout, n.outType(), n.Flip)
+	in := LayoutHWC
+	if n.InputCHW {
+		in = LayoutCHW
+	}
+	return fmt.Sprintf("Normalize(mean=%v, std=%v, input=%v, layout=%v, dtype=%v, flip=%g)", n.Mean, n.Std, in, n.Layout, n.outType(), n.Flip)
 }
 
 func (n Normalize) outType() DType {
@@ -84,12 +99,20 @@ func (n Normalize) outType() DType {
 
 // Outputs implements Transform: the field keeps its name and becomes [C, H, W] or [H, W, C] of DType.
 func (n Normalize) Outputs(in Field) ([]Field, error) {
-	if in.DType != Uint8 || len(in.Shape) != 3 {
-		return nil, fmt.Errorf("%w: Normalize needs a uint8 [H, W, C] image field; %q is %v %v", ErrInvalidArgument, in.Name, in.DType, in.Shape)
+	want := "[H, W, C]"
+	if n.InputCHW {
+		want = "[C, H, W]"
 	}
-	h, w, c := in.Shape[0], in.Shape[1], in.Shape[2]
+	if in.DType != Uint8 || len(in.Shape) != 3 {
+		return nil, fmt.Errorf("%w: Normalize needs a uint8 %s image field; %q is %v %v", ErrInvalidArgument, want, in.Name, in.DType, in.Shape)
+	}
+	h, w, c := n.dims(in)
 	if c > maxChannels {
-		return nil, fmt.Errorf("%w: Normalize takes at most %d channels; %q has %d (is it [C, H, W]? Normalize reads HWC)", ErrInvalidArgument, maxChannels, in.Name, c)
+		hint := "is it [C, H, W]? then set the input layout to CHW"
+		if n.InputCHW {
+			hint = "is it [H, W, C]? then set the input layout to HWC"
+		}
+		return nil, fmt.Errorf("%w: Normalize takes at most %d channels; %q read as %s has %d (%s)", ErrInvalidArgument, maxChannels, in.Name, want, c, hint)
 	}
 	if _, _, err := n.coefficients(c); err != nil {
 		return nil, fmt.Errorf("field %q: %w", in.Name, err)
@@ -267,6 +290,7 @@ func toBFloat16(f float32) uint16 {
 type imageLUT struct {
 	h, w, c, osize int
 	layout         ImageLayout
+	planar         bool // the input is [C, H, W]
 	table          [maxChannels][256][4]byte
 }
 
@@ -274,11 +298,12 @@ func newImageLUT(n Normalize, in Field) (*imageLUT, error) {
 	if _, err := n.Outputs(in); err != nil {
 		return nil, err
 	}
-	scale, bias, err := n.coefficients(in.Shape[2])
+	h, w, c := n.dims(in)
+	scale, bias, err := n.coefficients(c)
 	if err != nil {
 		return nil, err
 	}
-	l := &imageLUT{h: in.Shape[0], w: in.Shape[1], c: in.Shape[2], osize: n.outType().Size(), layout: n.Layout}
+	l := &imageLUT{h: h, w: w, c: c, osize: n.outType().Size(), layout: n.Layout, planar: n.InputCHW}
 	for ch := 0; ch < l.c; ch++ {
 		for x := 0; x < 256; x++ {
 			v := float32(math.FMA(float64(x), float64(scale[ch]), float64(bias[ch])))
@@ -296,7 +321,7 @@ func newImageLUT(n Normalize, in Field) (*imageLUT, error) {
 	return l, nil
 }
 
-// apply lays out one sample: src is [H, W, C] u8, dst the output sample.
+// apply lays out one sample: src is [H, W, C] u8 ([C, H, W] when planar), dst the output sample.
 func (l *imageLUT) apply(dst, src []byte, flip bool) {
 	hw := l.h * l.w
 	for y := 0; y < l.h; y++ {
@@ -305,16 +330,21 @@ func (l *imageLUT) apply(dst, src []byte, flip bool) {
 			if flip {
 				sx = l.w - 1 - x
 			}
-			in := src[(y*l.w+sx)*l.c:]
 			pix := y*l.w + x
 			for ch := 0; ch < l.c; ch++ {
+				var v byte
+				if l.planar {
+					v = src[ch*hw+y*l.w+sx]
+				} else {
+					v = src[(y*l.w+sx)*l.c+ch]
+				}
 				var o int
 				if l.layout == LayoutCHW {
 					o = (ch*hw + pix) * l.osize
 				} else {
 					o = (pix*l.c + ch) * l.osize
 				}
-				copy(dst[o:o+l.osize], l.table[ch][in[ch]][:l.osize])
+				copy(dst[o:o+l.osize], l.table[ch][v][:l.osize])
 			}
 		}
 	}

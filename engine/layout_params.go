@@ -21,6 +21,7 @@ const (
 type imageParams struct {
 	src, offsets, flip, dst uint64
 	batch, h, w, c, rows    uint32
+	planar                  uint32 // 1: the input is [C, H, W]
 	scale, bias             [maxChannels]float32
 }
 
@@ -31,7 +32,7 @@ func (p *imageParams) pack(b []byte) []byte {
 	b = le.AppendUint64(b, p.offsets)
 	b = le.AppendUint64(b, p.flip)
 	b = le.AppendUint64(b, p.dst)
-	for _, v := range []uint32{p.batch, p.h, p.w, p.c, 0, p.rows} {
+	for _, v := range []uint32{p.batch, p.h, p.w, p.c, p.planar, p.rows} {
 		b = le.AppendUint32(b, v)
 	}
 	for _, v := range p.scale {

@@ -25,6 +25,11 @@ import (
 // refNormalize is Normalize written out element by element, independent of the iterator's table.
 func refNormalize(n Normalize, in Field, src []byte, flip bool) []byte {
 	h, w, c := in.Shape[0], in.Shape[1], in.Shape[2]
+	at := func(y, x, ch int) byte { return src[(y*w+x)*c+ch] }
+	if n.InputCHW {
+		c, h, w = in.Shape[0], in.Shape[1], in.Shape[2]
+		at = func(y, x, ch int) byte { return src[(ch*h+y)*w+x] }
+	}
 	scale, bias, err := n.coefficients(c)
 	if err != nil {
 		panic(err)
@@ -38,7 +43,7 @@ func refNormalize(n Normalize, in Field, src []byte, flip bool) []byte {
 				sx = w - 1 - x
 			}
 			for ch := 0; ch < c; ch++ {
-				v := float32(math.FMA(float64(src[(y*w+sx)*c+ch]), float64(scale[ch]), float64(bias[ch])))
+				v := float32(math.FMA(float64(at(y, sx, ch)), float64(scale[ch]), float64(bias[ch])))
 				i := (y*w+x)*c + ch
 				if n.Layout == LayoutCHW {
 					i = (ch*h+y)*w + x
@@ -270,7 +275,7 @@ int main(void) {
            sizeof(ferry_gather_params), sizeof(ferry_pad_params));
     F(ferry_image_params, src); F(ferry_image_params, offsets); F(ferry_image_params, flip); F(ferry_image_params, dst);
     F(ferry_image_params, batch); F(ferry_image_params, h); F(ferry_image_params, w); F(ferry_image_params, c);
-    F(ferry_image_params, rows); F(ferry_image_params, scale); F(ferry_image_params, bias);
+    F(ferry_image_params, planar); F(ferry_image_params, rows); F(ferry_image_params, scale); F(ferry_image_params, bias);
     F(ferry_tokens_params, src); F(ferry_tokens_params, offsets); F(ferry_tokens_params, x); F(ferry_tokens_params, y);
     F(ferry_tokens_params, batch); F(ferry_tokens_params, seq); F(ferry_tokens_params, stride);
     F(ferry_gather_params, src); F(ferry_gather_params, offsets); F(ferry_gather_params, dst); F(ferry_gather_params, bytes);
@@ -297,14 +302,14 @@ int main(void) {
 
 	// Pack distinct values and read each back at the C offset.
 	le := binary.LittleEndian
-	ip := imageParams{src: 1, offsets: 2, flip: 3, dst: 4, batch: 5, h: 6, w: 7, c: 8, rows: 9,
+	ip := imageParams{src: 1, offsets: 2, flip: 3, dst: 4, batch: 5, h: 6, w: 7, c: 8, rows: 9, planar: 18,
 		scale: [4]float32{10, 11, 12, 13}, bias: [4]float32{14, 15, 16, 17}}
 	b := ip.pack(nil)
 	require.Len(t, b, imageParamsSize)
 	for name, want := range map[string]uint64{"src": 1, "offsets": 2, "flip": 3, "dst": 4} {
 		require.Equal(t, want, le.Uint64(b[c["ferry_image_params."+name]:]), name)
 	}
-	for name, want := range map[string]uint32{"batch": 5, "h": 6, "w": 7, "c": 8, "rows": 9} {
+	for name, want := range map[string]uint32{"batch": 5, "h": 6, "w": 7, "c": 8, "rows": 9, "planar": 18} {
 		require.Equal(t, want, le.Uint32(b[c["ferry_image_params."+name]:]), name)
 	}
 	require.Equal(t, float32(10), math.Float32frombits(le.Uint32(b[c["ferry_image_params.scale"]:])))
@@ -583,9 +588,78 @@ func transformChecks(t *testing.T, e *Engine, wantStaging func(Staging) Staging)
 	})
 }
 
+// planarChecks runs Normalize on channel-planar u8 input ([C, H, W], as CIFAR stores it) on any engine, for
+// every staging strategy, output type and output layout: a CIFAR-sized field (the kernels' tiled path) and
+// one of an awkward width (the per-pixel path), against the element-by-element reference.
+func planarChecks(t *testing.T, e *Engine) {
+	poisonRing(t)
+	const n = 157
+	fields := []Field{
+		{Name: "image", DType: Uint8, Shape: []int{3, 32, 32}},
+		{Name: "odd", DType: Uint8, Shape: []int{2, 5, 7}},
+		{Name: "label", DType: Uint8},
+	}
+	data := make([][]byte, len(fields))
+	for i, f := range fields {
+		data[i] = make([]byte, n*f.Bytes())
+		_, err := rand.Read(data[i])
+		require.NoError(t, err)
+	}
+	src, err := NewMemorySource(n, fields, data)
+	require.NoError(t, err)
+	defer src.Close()
+	for _, staging := range []Staging{StagingGather, StagingDMA, StagingMapped} {
+		for _, d := range []DType{Float32, Float16, BFloat16} {
+			for _, layout := range []ImageLayout{LayoutCHW, LayoutHWC} {
+				t.Run(fmt.Sprintf("%v %v %v", staging, d, layout), func(t *testing.T) {
+					img := Normalize{Mean: []float32{0.4914, 0.4822, 0.4465}, Std: []float32{0.2470, 0.2435, 0.2616}, DType: d,
+						Layout: layout, Flip: 0.5, InputCHW: true}
+					odd := Normalize{Mean: []float32{0.3, 0.6}, Std: []float32{0.5, 0.2}, DType: d, Layout: layout, Flip: 0.5, InputCHW: true}
+					it, err := e.NewIterator(src, IteratorOptions{BatchSize: 40, Shuffle: true, Seed: 23, Staging: staging,
+						Transforms: map[string]Transform{"image": img, "odd": odd}})
+					require.NoError(t, err)
+					defer it.Close()
+					for {
+						b, err := it.Next(context.Background(), 0)
+						if errors.Is(err, io.EOF) {
+							break
+						}
+						require.NoError(t, err)
+						out := batchContents(t, e, b)
+						var wantImg, wantOdd, wantLabel []byte
+						for _, i := range b.Indices {
+							flip := flipSample(0.5, 23, b.Epoch, i)
+							wantImg = append(wantImg, refNormalize(img, fields[0], data[0][i*3072:(i+1)*3072], flip)...)
+							wantOdd = append(wantOdd, refNormalize(odd, fields[1], data[1][i*70:(i+1)*70], flip)...)
+							wantLabel = append(wantLabel, data[2][i])
+						}
+						msg := fmt.Sprintf("batch %d", b.Index)
+						requireClose(t, d, wantImg, out[0], msg+" image")
+						requireClose(t, d, wantOdd, out[1], msg+" odd")
+						require.Equal(t, wantLabel, out[2], msg+" label")
+						if layout == LayoutCHW {
+							require.Equal(t, []int{b.Size(), 3, 32, 32}, b.Fields[0].Shape)
+						} else {
+							require.Equal(t, []int{b.Size(), 32, 32, 3}, b.Fields[0].Shape)
+						}
+						require.NoError(t, b.Release(0))
+					}
+				})
+			}
+		}
+	}
+	t.Run("read as the wrong layout", func(t *testing.T) {
+		// [3, 32, 32] read as HWC has 32 channels: the error says which layout to set.
+		_, err := e.NewIterator(src, IteratorOptions{BatchSize: 4, Transforms: map[string]Transform{"image": Normalize{}}})
+		require.ErrorIs(t, err, ErrInvalidArgument)
+		require.Contains(t, err.Error(), "set the input layout to CHW")
+	})
+}
+
 func TestIteratorTransformsCPU(t *testing.T) {
 	e := openCPU(t, WithSampleInterval(0))
 	transformChecks(t, e, func(Staging) Staging { return StagingGather })
+	t.Run("planar input", func(t *testing.T) { planarChecks(t, e) })
 }
 
 func TestIteratorTransformsGPU(t *testing.T) {
@@ -594,6 +668,7 @@ func TestIteratorTransformsGPU(t *testing.T) {
 	require.NoError(t, err)
 	defer e.Close()
 	t.Run("dma", func(t *testing.T) { dmaChecks(t, e) })
+	t.Run("planar input", func(t *testing.T) { planarChecks(t, e) })
 	_, backed := any(&MemorySource{}).(MemoryBacked)
 	transformChecks(t, e, func(s Staging) Staging {
 		switch {

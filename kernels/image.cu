@@ -1,4 +1,5 @@
-// Image layout: u8 HWC images to normalized f32/f16/bf16 in CHW or HWC order, with per-sample flips.
+// Image layout: u8 HWC (or CHW-planar) images to normalized f32/f16/bf16 in CHW or HWC order, with per-sample
+// flips.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -35,10 +36,18 @@ template <typename T, int N> __device__ __forceinline__ void store_vec(T* dst, c
 // with contiguous 16-byte loads (a warp reads 512 consecutive bytes: full sectors from device memory, and
 // full-size reads across PCIe when the source is mapped host memory), then each thread converts K
 // consecutive outputs and writes them with one 16-byte store (a warp writes 512 consecutive bytes). Whole
-// rows in the tile keep a flipped row's mirror inside the tile.
+// rows in the tile keep a flipped row's mirror inside the tile. A planar input's tile holds the rows of
+// each channel's plane one after the other.
 constexpr int kTileBytes = 16384;
 
-template <typename T, int C, int LAYOUT>
+// The tile's byte of channel ch at row y, column x (npix pixels in the tile).
+template <int C, bool PLANAR>
+__device__ __forceinline__ uint8_t tile_px(const uint8_t* px, uint32_t npix, uint32_t w, uint32_t y, uint32_t x,
+                                           uint32_t ch) {
+    return PLANAR ? px[ch * npix + y * w + x] : px[(y * w + x) * C + ch];
+}
+
+template <typename T, int C, int LAYOUT, bool PLANAR>
 __device__ __forceinline__ void image_tile(const ferry_image_params& p, uint4* tile) {
     constexpr int K = 16 / sizeof(T); // outputs per 16-byte store
     const uint8_t* px = reinterpret_cast<const uint8_t*>(tile);
@@ -56,10 +65,19 @@ __device__ __forceinline__ void image_tile(const ferry_image_params& p, uint4* t
         const uint32_t y0 = static_cast<uint32_t>(blk % tiles_per_sample) * rows;
         const uint32_t nrows = min(rows, h - y0);
         const uint32_t npix = nrows * w;
-        const uint4* in = reinterpret_cast<const uint4*>(sample_start(p, b, hw * C) + static_cast<uint64_t>(y0) * w * C);
+        const uint64_t start = sample_start(p, b, hw * C);
         const uint32_t words = npix * C / 16;
         __syncthreads(); // the previous tile's readers are done
-        for (uint32_t i = threadIdx.x; i < words; i += blockDim.x) tile[i] = in[i];
+        if (PLANAR) {
+            const uint32_t plane_words = npix / 16; // w % 16 == 0: each plane's rows are whole words
+            for (uint32_t i = threadIdx.x; i < words; i += blockDim.x) {
+                const uint32_t ch = i / plane_words, j = i - ch * plane_words;
+                tile[i] = reinterpret_cast<const uint4*>(start + ch * hw + static_cast<uint64_t>(y0) * w)[j];
+            }
+        } else {
+            const uint4* in = reinterpret_cast<const uint4*>(start + static_cast<uint64_t>(y0) * w * C);
+            for (uint32_t i = threadIdx.x; i < words; i += blockDim.x) tile[i] = in[i];
+        }
         __syncthreads();
         const bool flip = flipped(p, b);
         if (LAYOUT == FERRY_LAYOUT_CHW) {
@@ -73,7 +91,7 @@ __device__ __forceinline__ void image_tile(const ferry_image_params& p, uint4* t
 #pragma unroll
                     for (int k = 0; k < K; k++) {
                         const uint32_t sx = flip ? w - 1 - (x + k) : x + k;
-                        v[k] = convert<T>(fmaf(static_cast<float>(px[(y * w + sx) * C + ch]), scale[ch], bias[ch]));
+                        v[k] = convert<T>(fmaf(static_cast<float>(tile_px<C, PLANAR>(px, npix, w, y, sx, ch)), scale[ch], bias[ch]));
                     }
                     store_vec(out + ch * hw + p0, v);
                 }
@@ -96,7 +114,7 @@ __device__ __forceinline__ void image_tile(const ferry_image_params& p, uint4* t
                         }
                     }
                     const uint32_t sx = flip ? w - 1 - x : x;
-                    v[k] = convert<T>(fmaf(static_cast<float>(px[(y * w + sx) * C + ch]), sc, bi));
+                    v[k] = convert<T>(fmaf(static_cast<float>(tile_px<C, PLANAR>(px, npix, w, y, sx, ch)), sc, bi));
                     if (++ch == C) {
                         ch = 0;
                         if (++x == w) {
@@ -122,11 +140,12 @@ template <typename T, int C, int LAYOUT> __device__ __forceinline__ void image_a
         const uint64_t pix = t % hw;
         const uint64_t y = pix / p.w, x = pix % p.w;
         const uint64_t src_pix = flipped(p, b) ? y * p.w + (p.w - 1 - x) : pix;
-        const uint8_t* in = reinterpret_cast<const uint8_t*>(sample_start(p, b, hw * c)) + src_pix * c;
+        const uint8_t* in = reinterpret_cast<const uint8_t*>(sample_start(p, b, hw * c));
         T* out = reinterpret_cast<T*>(p.dst);
 #pragma unroll
         for (uint32_t ch = 0; ch < c; ch++) {
-            const T v = convert<T>(fmaf(static_cast<float>(in[ch]), p.scale[ch], p.bias[ch]));
+            const uint8_t u = p.planar ? in[ch * hw + src_pix] : in[src_pix * c + ch];
+            const T v = convert<T>(fmaf(static_cast<float>(u), p.scale[ch], p.bias[ch]));
             if (LAYOUT == FERRY_LAYOUT_CHW) {
                 out[(static_cast<uint64_t>(b) * c + ch) * hw + pix] = v;
             } else {
@@ -138,12 +157,19 @@ template <typename T, int C, int LAYOUT> __device__ __forceinline__ void image_a
 
 template <typename T, int LAYOUT> __device__ __forceinline__ void image(const ferry_image_params& p) {
     __shared__ uint4 tile[kTileBytes / 16];
-    if (p.rows != 0) {
+    if (p.rows != 0 && p.planar != 0) {
         switch (p.c) {
-        case 1: image_tile<T, 1, LAYOUT>(p, tile); return;
-        case 2: image_tile<T, 2, LAYOUT>(p, tile); return;
-        case 3: image_tile<T, 3, LAYOUT>(p, tile); return;
-        case 4: image_tile<T, 4, LAYOUT>(p, tile); return;
+        case 1: image_tile<T, 1, LAYOUT, true>(p, tile); return;
+        case 2: image_tile<T, 2, LAYOUT, true>(p, tile); return;
+        case 3: image_tile<T, 3, LAYOUT, true>(p, tile); return;
+        case 4: image_tile<T, 4, LAYOUT, true>(p, tile); return;
+        }
+    } else if (p.rows != 0) {
+        switch (p.c) {
+        case 1: image_tile<T, 1, LAYOUT, false>(p, tile); return;
+        case 2: image_tile<T, 2, LAYOUT, false>(p, tile); return;
+        case 3: image_tile<T, 3, LAYOUT, false>(p, tile); return;
+        case 4: image_tile<T, 4, LAYOUT, false>(p, tile); return;
         }
     }
     switch (p.c) {

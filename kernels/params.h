@@ -16,7 +16,8 @@
 #define FERRY_LAYOUT_HWC 1
 
 /*
- * ferry_image_{f32,f16,bf16}_{chw,hwc}: u8 images [batch, h, w, c] (HWC, as decoded) to floating point,
+ * ferry_image_{f32,f16,bf16}_{chw,hwc}: u8 images [batch, h, w, c] (HWC, as decoded; or [batch, c, h, w]
+ * channel planes when planar is 1, as CIFAR stores them) to floating point,
  * out = x * scale[ch] + bias[ch] (normalization folded into one multiply-add), in CHW or HWC order, with an
  * optional horizontal flip per sample.
  */
@@ -26,10 +27,11 @@ typedef struct ferry_image_params {
     uint64_t flip;    /* uint8_t[batch], nonzero flips sample b left-right; or 0 for no flips */
     uint64_t dst;     /* [batch, c, h, w] or [batch, h, w, c] of the output type */
     uint32_t batch, h, w, c; /* 1 <= c <= FERRY_MAX_CHANNELS */
-    uint32_t reserved;
+    uint32_t planar;  /* 1: the input is [c, h, w] per sample; 0: [h, w, c] */
     /* Rows per block of the tiled path; 0 for the per-pixel path. The tiled path needs every sample's
-       start 16-byte aligned, (w*c) % 16 == 0, w a multiple of the outputs per 16 bytes (4 for f32, else 8)
-       and rows*w*c <= 16384. The grid is then one block per tile of `rows` rows of one sample. */
+       start 16-byte aligned, (w*c) % 16 == 0 (planar: w % 16 == 0), w a multiple of the outputs per 16
+       bytes (4 for f32, else 8) and rows*w*c <= 16384. The grid is then one block per tile of `rows` rows
+       of one sample. */
     uint32_t rows;
     float scale[FERRY_MAX_CHANNELS];
     float bias[FERRY_MAX_CHANNELS];

@@ -248,6 +248,8 @@ type transform struct {
 	Reserved    int32
 	MaskName    uintptr
 	LengthsName uintptr
+	InputLayout int32
+	Reserved2   int32
 }
 
 // iteratorPosition mirrors ferry_iterator_position.

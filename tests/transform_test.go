@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -19,6 +20,12 @@ const (
 var transformSpecs = []fieldSpec{
 	{name: "image", dtype: dtypeUint8, shape: []int64{imgH, imgW, imgC}},
 	{name: "tokens", dtype: dtypeUint16, shape: []int64{seqLen + 1}},
+}
+
+// planarSpecs is transformSpecs with the image as channel planes, [C, H, W] (CIFAR's record layout).
+var planarSpecs = []fieldSpec{
+	{name: "image", dtype: dtypeUint8, shape: []int64{imgC, imgH, imgW}},
+	transformSpecs[1],
 }
 
 // newTransform returns a transform filled by ferry_transform_init for the given field.
@@ -98,13 +105,24 @@ type imageTokensCase struct {
 	mean, std [imgC]float32
 	layout    int32
 	flip      float64 // 0 or 1: whether a sample flips is then known
+	planar    bool    // the source's image is [C, H, W], read with input_layout FERRY_LAYOUT_CHW
 }
 
 // newImageTokensCase makes an iterator on e over fresh random samples with random mean and std.
 func newImageTokensCase(t *testing.T, r *rand.Rand, e engineHandle, layout int32, flip float64, staging int32) *imageTokensCase {
+	return newImageTokensCaseInput(t, r, e, layout, flip, staging, false)
+}
+
+// newImageTokensCaseInput is newImageTokensCase with the image stored as channel planes when planar.
+func newImageTokensCaseInput(t *testing.T, r *rand.Rand, e engineHandle, layout int32, flip float64, staging int32,
+	planar bool) *imageTokensCase {
 	t.Helper()
 	n := 40 + r.Int64N(40)
-	tc := &imageTokensCase{src: newMemorySource(t, r, n, transformSpecs), layout: layout, flip: flip}
+	specs := transformSpecs
+	if planar {
+		specs = planarSpecs
+	}
+	tc := &imageTokensCase{src: newMemorySource(t, r, n, specs), layout: layout, flip: flip, planar: planar}
 	for c := range tc.mean {
 		tc.mean[c] = 0.3 + 0.3*r.Float32()
 		tc.std[c] = 0.2 + 0.1*r.Float32()
@@ -114,9 +132,11 @@ func newImageTokensCase(t *testing.T, r *rand.Rand, e engineHandle, layout int32
 	o.Flags = iteratorShuffle
 	o.Seed = r.Uint64()
 	o.Staging = staging
-	o = withTransforms(o, c,
-		normalizeTransform(t, tc.mean[:], tc.std[:], layout, flip),
-		newTransform(t, transformShiftTokens, "tokens"))
+	norm := normalizeTransform(t, tc.mean[:], tc.std[:], layout, flip)
+	if planar {
+		norm.InputLayout = layoutCHW
+	}
+	o = withTransforms(o, c, norm, newTransform(t, transformShiftTokens, "tokens"))
 	tc.it = newIterator(t, e, tc.src.h, o)
 	return tc
 }
@@ -195,6 +215,9 @@ func (tc *imageTokensCase) checkImages(t *testing.T, idx []int64, got []float32,
 				}
 				for ch := 0; ch < imgC; ch++ {
 					v := img[(y*imgW+sx)*imgC+ch]
+					if tc.planar {
+						v = img[(ch*imgH+y)*imgW+sx]
+					}
 					want := (float64(v)/255 - float64(tc.mean[ch])) / float64(tc.std[ch])
 					o := (ch*imgH+y)*imgW + x
 					if tc.layout == layoutHWC {
@@ -221,9 +244,11 @@ func TestTransformNormalizeShiftTokens(t *testing.T) {
 	}{
 		{"CHW", layoutCHW, 0},
 		{"HWC flip=1", layoutHWC, 1},
+		{"planar input, CHW flip=1", layoutCHW, 1},
+		{"planar input, HWC", layoutHWC, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			tc := newImageTokensCase(t, r, e, tt.layout, tt.flip, stagingAuto)
+			tc := newImageTokensCaseInput(t, r, e, tt.layout, tt.flip, stagingAuto, strings.HasPrefix(tt.name, "planar"))
 			// The batch's fields after the transforms: the image keeps its name as float32, the window
 			// becomes x and y.
 			var n int32
@@ -291,6 +316,64 @@ func TestTransformOptionsV1(t *testing.T) {
 	releaseBatch(t, b)
 }
 
+// TestTransformArrayV1 passes a transform array built with the first version of the struct (120 bytes,
+// without input_layout): the library reads it with that stride, and the images are read as [H, W, C].
+// Elements of different sizes are refused.
+func TestTransformArrayV1(t *testing.T) {
+	r := newRand(t)
+	e := newCPUEngine(t, 0)
+	src := newMemorySource(t, r, 20, transformSpecs)
+	const v1 = 120
+	c := newCmem(t, 1<<12)
+	mean, std := []float32{0.5, 0.4, 0.3}, []float32{0.2, 0.25, 0.3}
+	norm := normalizeTransform(t, mean, std, layoutHWC, 0)
+	shift := newTransform(t, transformShiftTokens, "tokens")
+	arr := unsafe.Slice((*byte)(c.alloc(2*v1)), 2*v1)
+	for i, tr := range []transform{norm, shift} {
+		tr.Size = v1
+		copy(arr[i*v1:(i+1)*v1], unsafe.Slice((*byte)(unsafe.Pointer(&tr)), v1))
+	}
+	o := iterOptions(t, 4)
+	o.Transforms = uintptr(unsafe.Pointer(&arr[0]))
+	o.NumTransforms = 2
+	it := newIterator(t, e, src.h, o)
+	b := next(t, it)
+	info := batchInfo(t, b)
+	require.Equal(t, int32(3), info.NumFields, "both transforms were read: image, x, y")
+	idx := batchIndices(t, b, info.NumSamples)
+	img := batchFieldByName(t, b, "image")
+	got := readFloat32s(img, len(idx)*imgH*imgW*imgC)
+	for s, i := range idx {
+		px := src.ref(0, i)
+		for k := 0; k < imgH*imgW*imgC; k++ {
+			want := (float64(px[k])/255 - float64(mean[k%imgC])) / float64(std[k%imgC])
+			require.InDelta(t, want, got[s*imgH*imgW*imgC+k], 1e-6, "sample %d element %d", i, k)
+		}
+	}
+	deleteTensor(t, img)
+	x := batchFieldByName(t, b, "x")
+	deleteTensor(t, x)
+	releaseBatch(t, b)
+
+	// A second element whose size differs from the first.
+	mixed := []transform{norm, shift}
+	mixed[1].Size = v1
+	o = withTransforms(iterOptions(t, 4), c, mixed...)
+	var h iteratorHandle
+	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryIteratorCreate(e, src.h, &o, &h) },
+		"transforms[1].size", "ferry_transform_init")
+	// An input layout that is neither HWC nor CHW.
+	bad := norm
+	bad.InputLayout = 7
+	o = withTransforms(iterOptions(t, 4), c, bad)
+	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryIteratorCreate(e, src.h, &o, &h) }, "input_layout")
+	// A planar image [3, 32, 32] read as HWC has 32 channels: the error names the layout to set.
+	planar := newMemorySource(t, r, 8, []fieldSpec{{name: "image", dtype: dtypeUint8, shape: []int64{3, 32, 32}}})
+	o = withTransforms(iterOptions(t, 4), c, normalizeTransform(t, nil, nil, layoutCHW, 0))
+	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryIteratorCreate(e, planar.h, &o, &h) },
+		"set the input layout to CHW")
+}
+
 // TestIteratorStagingCPU checks that the CPU engine gathers on the host, whatever staging is asked for,
 // and says why; and ferry_iterator_staging's arguments.
 func TestIteratorStagingCPU(t *testing.T) {
@@ -333,13 +416,13 @@ func TestTransformInit(t *testing.T) {
 	name := cname("image")
 	requireOK(t, func() int32 { return ferryTransformInit((*transform)(g.ptr()), transformNormalize, name) })
 	g.requireUntouchedFrom(t, unsafe.Sizeof(transform{}))
-	require.Equal(t, transform{Size: 120, Kind: transformNormalize, Field: uintptr(unsafe.Pointer(name)),
-		Layout: layoutCHW, DType: dtypeFloat32}, *(*transform)(g.ptr()))
+	require.Equal(t, transform{Size: 128, Kind: transformNormalize, Field: uintptr(unsafe.Pointer(name)),
+		Layout: layoutCHW, DType: dtypeFloat32, InputLayout: layoutHWC}, *(*transform)(g.ptr()))
 
 	for _, kind := range []int32{transformShiftTokens, transformPadSequences} {
 		tr := transform{Channels: 9, XName: 1, Flip: 3}
 		requireOK(t, func() int32 { return ferryTransformInit(&tr, kind, name) })
-		require.Equal(t, uint32(120), tr.Size)
+		require.Equal(t, uint32(128), tr.Size)
 		require.Equal(t, kind, tr.Kind)
 		require.Zero(t, tr.Channels, "init resets every field")
 		require.Zero(t, tr.XName)

@@ -1221,7 +1221,8 @@ private:
 class transform {
 public:
     /**
-     * u8 images [H, W, C] (C <= 4) of field to floating point: (x * scale - mean[c]) / std[c], in layout,
+     * u8 images [H, W, C] (C <= 4; [C, H, W] after input_layout(FERRY_LAYOUT_CHW)) of field to floating
+     * point: (x * scale - mean[c]) / std[c], in layout,
      * as dtype (FERRY_DTYPE_FLOAT32, FERRY_DTYPE_FLOAT16 or FERRY_DTYPE_BFLOAT16), flipped left-right with
      * probability flip (a pure function of the iterator's seed, the epoch and the sample index). mean and
      * std_dev: empty (0 and 1), one value for every channel, or one per channel, in units of x * scale
@@ -1284,6 +1285,15 @@ public:
     /** normalize: the factor x is multiplied by before mean and std apply; 0 means 1/255. */
     transform& scale(float s) noexcept {
         t_.scale = s;
+        return *this;
+    }
+
+    /**
+     * normalize: the layout of the u8 input, FERRY_LAYOUT_HWC ([H, W, C], the default) or FERRY_LAYOUT_CHW
+     * ([C, H, W] channel planes, as CIFAR's binary records hold them).
+     */
+    transform& input_layout(ferry_image_layout layout) noexcept {
+        t_.input_layout = static_cast<int32_t>(layout);
         return *this;
     }
 

@@ -357,6 +357,9 @@ TEST(Transform, ValueType) {
     EXPECT_EQ(n.dtype, FERRY_DTYPE_FLOAT16);
     EXPECT_EQ(n.flip, 0.25);
     EXPECT_EQ(n.scale, 2.0f);
+    EXPECT_EQ(n.input_layout, FERRY_LAYOUT_HWC) << "images are read as [H, W, C] by default";
+    const ferry_transform planar = ferry::transform::normalize("image").input_layout(FERRY_LAYOUT_CHW).to_c();
+    EXPECT_EQ(planar.input_layout, FERRY_LAYOUT_CHW);
 
     // Options copy their transforms with them.
     ferry::iterator_options a = ferry::iterator_options().batch_size(4).add(ferry::transform::shift_tokens("w"));

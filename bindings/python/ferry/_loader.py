@@ -280,7 +280,7 @@ class RaggedOptions(Structure):
 
 
 class Transform(Structure):
-    """ctypes mirror of ``ferry_transform`` (120 bytes)."""
+    """ctypes mirror of ``ferry_transform`` (128 bytes)."""
 
     _fields_ = [
         ("size", c_uint32),
@@ -300,6 +300,8 @@ class Transform(Structure):
         ("reserved", c_int32),
         ("mask_name", c_char_p),
         ("lengths_name", c_char_p),
+        ("input_layout", c_int32),
+        ("reserved2", c_int32),
     ]
 
 

@@ -81,7 +81,8 @@ class Transform:
 
 
 class Normalize(Transform):
-    """u8 images ``[H, W, C]`` (C <= 4) to floating point: ``(x * scale - mean[c]) / std[c]``.
+    """u8 images ``[H, W, C]`` (C <= 4), or ``[C, H, W]`` with ``input_layout="CHW"`` (channel planes, as
+    CIFAR's binary records hold them), to floating point: ``(x * scale - mean[c]) / std[c]``.
 
     ``mean`` and ``std``: None, one value for every channel, or one per channel, in units of ``x * scale``
     (torchvision's ImageNet mean is ``(0.485, 0.456, 0.406)``, std ``(0.229, 0.224, 0.225)``). ``scale``:
@@ -94,18 +95,11 @@ class Normalize(Transform):
     _kind = _loader.FERRY_TRANSFORM_NORMALIZE
 
     def __init__(self, mean: Any = None, std: Any = None, layout: Any = "CHW", dtype: Any = "float32",
-                 flip: float = 0.0, scale: Optional[float] = None) -> None:
+                 flip: float = 0.0, scale: Optional[float] = None, input_layout: Any = "HWC") -> None:
         self.mean = _values(mean, "mean")
         self.std = _values(std, "std")
-        if isinstance(layout, str):
-            code = _LAYOUTS.get(layout.strip().upper())
-            if code is None:
-                raise _invalid(f"Normalize: unknown layout {layout!r} (\"CHW\" or \"HWC\")")
-            self.layout: Any = _LAYOUT_NAMES[code]
-            self._layout = code
-        else:
-            self._layout = _as_int(layout, "layout")
-            self.layout = _LAYOUT_NAMES.get(self._layout, self._layout)
+        self._layout, self.layout = _layout_code(layout, "layout")
+        self._input_layout, self.input_layout = _layout_code(input_layout, "input_layout")
         self.dtype = dtype_name(dtype, "Normalize dtype")
         self.flip = float(flip)
         self.scale = None if scale is None else float(scale)
@@ -123,13 +117,25 @@ class Normalize(Transform):
             t.mean[c] = mean[c]
             t.std[c] = std[c]
         t.layout = self._layout
+        t.input_layout = self._input_layout
         t.dtype = DTYPES[self.dtype][0]
         t.flip = self.flip
         t.scale = 0.0 if self.scale is None else self.scale
 
     def __repr__(self) -> str:
         return (f"ferry.Normalize(mean={self.mean}, std={self.std}, layout={self.layout!r}, dtype={self.dtype!r}, "
-                f"flip={self.flip}, scale={self.scale})")
+                f"flip={self.flip}, scale={self.scale}, input_layout={self.input_layout!r})")
+
+
+def _layout_code(layout: Any, what: str) -> Tuple[int, Any]:
+    """A layout name (or the C enum value) as (code, display name); the library checks a numeric code."""
+    if isinstance(layout, str):
+        code = _LAYOUTS.get(layout.strip().upper())
+        if code is None:
+            raise _invalid(f"Normalize: unknown {what} {layout!r} (\"CHW\" or \"HWC\")")
+        return code, _LAYOUT_NAMES[code]
+    code = _as_int(layout, what)
+    return code, _LAYOUT_NAMES.get(code, code)
 
 
 def _broadcast(values: Optional[Sequence[float]], n: int, neutral: float) -> Sequence[float]:

@@ -28,7 +28,7 @@ _get_name = ctypes.PYFUNCTYPE(c_char_p, ctypes.py_object)(("PyCapsule_GetName", 
 
 
 @pytest.mark.parametrize("struct, size", [
-    (_loader.FieldStruct, 88), (_loader.TokenOptions, 32), (_loader.IteratorOptions, 72), (_loader.Transform, 120),
+    (_loader.FieldStruct, 88), (_loader.TokenOptions, 32), (_loader.IteratorOptions, 72), (_loader.Transform, 128),
     (_loader.IteratorPosition, 48), (_loader.BatchProperties, 32), (_loader.DLTensor, 48),
     (_loader.DLManagedTensorVersioned, 80), (_loader.DLManagedTensor, 64),
 ])

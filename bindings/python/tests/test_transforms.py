@@ -85,6 +85,29 @@ def test_normalize_float32_flip(engine, layout):
     assert flips(1) != first, "another epoch flips others"
 
 
+@pytest.mark.parametrize("layout", ["CHW", "HWC"])
+def test_normalize_planar_input(engine, layout):
+    """input_layout="CHW": u8 [C, H, W] samples (CIFAR's records) read as channel planes."""
+    imgs, seed = _images(64, 32, 32, 3)
+    planar = np.ascontiguousarray(imgs.transpose(0, 3, 1, 2))  # [N, C, H, W]
+    src = ferry.ArraySource({"image": planar})
+    t = ferry.Normalize(mean=MEAN, std=STD, layout=layout, input_layout="CHW", flip=1.0)
+    assert t.input_layout == "CHW" and "input_layout='CHW'" in repr(t)
+    with ferry.Iterator(engine, src, 16, shuffle=True, seed=seed, timeout_ms=TIMEOUT_MS,
+                        transforms={"image": t}) as it:
+        got, shapes = _epoch(it)
+    assert sorted(got) == list(range(64))
+    assert all(s["image"][1:] == ((3, 32, 32) if layout == "CHW" else (32, 32, 3)) for s in shapes)
+    for i, s in got.items():
+        want = _reference(imgs[i], MEAN, STD, layout, True)
+        assert np.abs(s["image"] - want).max() <= 1e-6, f"sample {i} (seed {seed})"
+    # Read as HWC (the default), [3, 32, 32] has 32 channels: the error names the layout to set.
+    with pytest.raises(ferry.InvalidArgumentError, match="input layout to CHW"):
+        ferry.Iterator(engine, src, 16, transforms={"image": ferry.Normalize(MEAN, STD)})
+    with pytest.raises(ferry.InvalidArgumentError, match="input_layout"):
+        ferry.Normalize(MEAN, STD, input_layout="NWHC")
+
+
 def test_normalize_float16(engine):
     imgs, seed = _images(48, 6, 4, 3)
     src = ferry.ArraySource({"image": imgs})
