@@ -16,14 +16,21 @@ export CGO_CFLAGS  ?= -O2 -Wall
 LIB_LDFLAGS  := -s -w -extldflags '-Wl,-soname,libferry.so.$(SOVERSION) -Wl,--version-script=$(CURDIR)/capi/libferry.map'
 GO_SOURCES   := $(shell find engine capi cmd kernels -name '*.go' -o -name '*.c' -o -name '*.h' -o -name '*.map' 2>/dev/null) kernels/ferry_kernels.fatbin go.mod go.sum
 NVCC         ?= $(shell command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)
+# make install: where to (an absolute path is written into ferry.pc) and an optional staging root.
+PREFIX       ?= /usr/local
+DESTDIR      ?=
+INSTALL_CMAKE := $(BUILD)/install-cmake
 
-.PHONY: all build lib cli test test-go test-harness test-python test-cpp check check-kernels kernels demo gpu-bundle bench soak sanitize fuzz clean help
+.PHONY: all build lib cli install test test-go test-harness test-python test-cpp test-install check check-kernels kernels demo gpu-bundle bench soak sanitize fuzz clean help
 
 all: build
 
 help:
 	@echo "make build       libferry.so, ferry.h and the ferry CLI under $(BUILD)/"
-	@echo "make test        every test: Go (-race), the C-ABI harness, pytest, C/C++ (ctest)"
+	@echo "make install     libferry.so, ferry.h, ferry.hpp, the CLI, ferryConfig.cmake and ferry.pc into PREFIX"
+	@echo "                 (default /usr/local; PREFIX=DIR, DESTDIR=STAGE). Python: pip install ./bindings/python"
+	@echo "make test        every test: Go (-race), the C-ABI harness, pytest, C/C++ (ctest), test-install"
+	@echo "make test-install  install into temporary directories; build and run C (pkg-config), CMake and pip consumers"
 	@echo "make check       gofmt, go vet, go mod tidy, header compiles as C99 and C++17, kernel stamp"
 	@echo "make kernels     rebuild kernels/ferry_kernels.fatbin with nvcc (NVCC=/path/to/nvcc) and its stamp"
 	@echo "make demo        build, then run ferry demo"
@@ -49,7 +56,7 @@ cli: $(GO_SOURCES)
 	@mkdir -p $(BINDIR)
 	$(GO) build -trimpath -o $(BINDIR)/ferry ./cmd/ferry
 
-test: build test-go test-harness test-python test-cpp
+test: build test-go test-harness test-python test-cpp test-install
 
 test-go:
 	$(GO) test -race -count=1 ./engine/... ./capi/... ./cmd/...
@@ -65,6 +72,18 @@ test-cpp: lib
 	cmake -S . -B $(BUILD)/cmake -DCMAKE_BUILD_TYPE=Release >/dev/null
 	cmake --build $(BUILD)/cmake -j2
 	ctest --test-dir $(BUILD)/cmake --output-on-failure
+
+# The install rules live in CMakeLists.txt; this configures them alone (no tests, no GoogleTest) in a
+# build directory of their own. cmake --install honors DESTDIR.
+install: build
+	cmake -S . -B $(INSTALL_CMAKE) -DFERRY_BUILD_TESTS=OFF -DCMAKE_INSTALL_PREFIX="$(abspath $(PREFIX))" >/dev/null
+	DESTDIR="$(if $(DESTDIR),$(abspath $(DESTDIR)))" cmake --install $(INSTALL_CMAKE)
+
+# Installs into temporary directories and builds consumers against the result: a C program through
+# pkg-config, a CMake project through find_package(ferry) on a moved copy, a DESTDIR staging, and the
+# Python package through pip (bundled library, platform wheel).
+test-install: build
+	MAKE="$(MAKE)" PYTHON="$(PYTHON)" tests/install/run.sh
 
 kernels:
 	cmake -S kernels -B $(BUILD)/kernels -DCMAKE_CUDA_COMPILER=$(NVCC) >/dev/null
@@ -148,6 +167,19 @@ gpu-bundle: build
 	cd $(BUILD)/gpu-cmake && cp $(GPU_CTESTS) $(CURDIR)/$(GPU)/bin/
 	tar -C bindings/python --exclude=__pycache__ --exclude='*.egg-info' --exclude=build -cf - . | tar -C $(GPU)/python -xf -
 	cp tests/gpu/run.sh tests/gpu/ddp.sh $(GPU)/
+	@# An installed tree, relocatable for find_package(ferry): on the GPU host, configure a consumer with
+	@# -DCMAKE_PREFIX_PATH=$$PWD/build/gpu/prefix (install-test/cmake is one). Its library and CLI are hard
+	@# links to the bundle's own copies (the stripped CLI), so the archive holds each file once.
+	$(MAKE) --no-print-directory install PREFIX=$(CURDIR)/$(GPU)/prefix DESTDIR= >/dev/null
+	find $(GPU)/prefix -type f -name libferry.so.$(VERSION) -exec ln -f $(GPU)/lib/libferry.so.$(VERSION) {} \;
+	ln -f $(GPU)/bin/ferry $(GPU)/prefix/bin/ferry
+	mkdir -p $(GPU)/install-test && cp -r tests/install/consumer.c tests/install/consumer.cpp tests/install/cmake $(GPU)/install-test/
+	@# The C++ examples project (train.cpp, built there against prefix/ and libtorch), and the docs whose code
+	@# blocks test_docs.py runs, with ferry.hpp where the tests look for it.
+	mkdir -p $(GPU)/cpp-examples $(GPU)/docs $(GPU)/bindings/cpp
+	cp bindings/cpp/examples/*.cpp bindings/cpp/examples/CMakeLists.txt $(GPU)/cpp-examples/
+	cp docs/PYTORCH.md docs/CPP.md $(GPU)/docs/
+	cp bindings/cpp/ferry.hpp $(GPU)/bindings/cpp/
 	@du -sh $(GPU)
 	tar -C $(BUILD) -cf - gpu | xz -T0 -6 > $(BUILD)/gpu.tar.xz
 	@du -sh $(BUILD)/gpu.tar.xz

@@ -89,6 +89,8 @@ type Monitor struct {
 	samplers *samplerSet
 	pipeMu   sync.Mutex
 	pipes    []*pipelineWatch
+	// pipeSampleMu serializes pipeline samples: the sampler's and those a report takes.
+	pipeSampleMu sync.Mutex
 
 	closed  atomic.Bool
 	stop    chan struct{}

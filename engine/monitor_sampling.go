@@ -255,7 +255,9 @@ func metricPathName(p string) string {
 // AttachIterator reports it under pipeline/<name>/...: batches/s, host-to-device bytes/s (the source
 // bytes that crossed), queue depth (prefetched batches ready) and data stall (the share of wall time
 // Next waited for data: whether training is input-bound), sampled at SystemInterval while the monitor
-// runs. A closed iterator is dropped.
+// runs, and once more when a report is taken (over the time since the last sample, when that is
+// reportSampleAge or more), so a run shorter than the interval has its figures too. A closed iterator is
+// dropped.
 func (m *Monitor) AttachIterator(name string, it *Iterator) error {
 	if it == nil {
 		return fmt.Errorf("%w: iterator is nil", ErrInvalidArgument)
@@ -274,7 +276,16 @@ func (m *Monitor) AttachIterator(name string, it *Iterator) error {
 	return nil
 }
 
-func (m *Monitor) samplePipelines() {
+// reportSampleAge is the shortest time since a pipeline's last sample for which a report samples it again:
+// rates over a shorter time are mostly noise.
+const reportSampleAge = 50 * time.Millisecond
+
+func (m *Monitor) samplePipelines() { m.samplePipelinesOlderThan(0) }
+
+// samplePipelinesOlderThan samples the attached iterators whose last sample is minAge old or older.
+func (m *Monitor) samplePipelinesOlderThan(minAge time.Duration) {
+	m.pipeSampleMu.Lock()
+	defer m.pipeSampleMu.Unlock()
 	m.pipeMu.Lock()
 	pipes := append([]*pipelineWatch(nil), m.pipes...)
 	m.pipeMu.Unlock()
@@ -285,7 +296,7 @@ func (m *Monitor) samplePipelines() {
 		}
 		now, st := time.Now(), w.it.Stats()
 		dt := now.Sub(w.t).Seconds()
-		if dt <= 0 {
+		if dt <= 0 || now.Sub(w.t) < minAge {
 			continue
 		}
 		t := MonotonicNow()

@@ -3,7 +3,10 @@ package engine
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -375,4 +378,43 @@ func TestMonitorJSONLFile(t *testing.T) {
 	require.ErrorIs(t, err, ErrIO, "a symbolic link is refused")
 	_, err = m.StreamJSONLFile(filepath.Join(dir, "missing", "x.jsonl"))
 	require.ErrorIs(t, err, ErrIO)
+}
+
+// TestMonitorPipelineSampledAtReport attaches an iterator to a running monitor whose pipeline sampler next
+// runs in a minute: the report samples it itself, so a run shorter than the interval has its figures.
+func TestMonitorPipelineSampledAtReport(t *testing.T) {
+	e := openCPU(t, WithSampleInterval(0))
+	const n = 4096
+	data := make([]byte, n*64)
+	src, err := NewMemorySource(n, []Field{{Name: "x", DType: Uint8, Shape: []int{64}}}, [][]byte{data})
+	require.NoError(t, err)
+	defer src.Close()
+	it, err := e.NewIterator(src, IteratorOptions{BatchSize: 64})
+	require.NoError(t, err)
+	defer it.Close()
+	m, err := NewMonitor(MonitorOptions{GPUInterval: -1, SystemInterval: time.Minute})
+	require.NoError(t, err)
+	defer m.Close()
+	require.NoError(t, m.Start()) // samples once now, then in a minute
+	require.NoError(t, m.AttachIterator("train", it))
+	batches := 0
+	for start := time.Now(); time.Since(start) < 3*reportSampleAge; {
+		b, err := it.Next(context.Background(), 0)
+		if errors.Is(err, io.EOF) {
+			continue
+		}
+		require.NoError(t, err)
+		require.NoError(t, b.Release(0))
+		batches++
+	}
+	r := m.Report()
+	p := r.PipelineMetrics["train"]
+	require.NotNil(t, p, "the report sampled the attached iterator")
+	// The sampler's first run may see the iterator just attached (a rate over nothing); the report's sample
+	// covers the batches read since.
+	count := p["samples_per_second"].Count
+	require.GreaterOrEqual(t, count, uint64(1))
+	require.Greater(t, float64(p["samples_per_second"].Last), 0.0, "%d batches were read", batches)
+	// A second report right away does not sample again over a few microseconds.
+	require.Equal(t, count, m.Report().PipelineMetrics["train"]["samples_per_second"].Count)
 }

@@ -73,6 +73,9 @@ type Report struct {
 // Report folds pending values and returns a snapshot of every metric. Its cost grows with the number of
 // metrics and series points, never with the number of values logged.
 func (m *Monitor) Report() *Report {
+	if m.Sampling() {
+		m.samplePipelinesOlderThan(reportSampleAge) // the attached iterators up to now
+	}
 	m.foldMu.Lock()
 	m.drainLocked()
 	states := *m.states.Load()

@@ -2,10 +2,17 @@
 # Runs ferry's suites and benchmarks on a GPU host, from the bundle that `make gpu-bundle` builds (this
 # script is copied to its root). The host needs no Go: every binary is prebuilt.
 #
-#   FERRY_REQUIRE_GPU=1 build/gpu/run.sh [tests|bench|all]
+#   FERRY_REQUIRE_GPU=1 build/gpu/run.sh [tests|bench|train|all]
 #
 # Results go to $OUT (default: ./out next to this script): tests.log, bench.log, bench_c.json,
-# bench_python.json, bench_loader.json, bench_autobatch.json, bench_layout.json, info.json, nvidia-smi.txt. The last lines printed are a summary table.
+# bench_python.json, bench_loader.json, bench_autobatch.json, bench_layout.json, info.json, nvidia-smi.txt;
+# train mode: train.log, train_{ferry,torch}_results.json, train_ferry.html and .json (the monitor's report), train_cpp.log
+# and train_cpp.html. The last lines printed are a summary table.
+#
+# train mode writes 50,000 synthetic samples in the CIFAR-10 binary format (TRAIN_SAMPLES), trains
+# bindings/python/examples/train_cifar.py for TRAIN_EPOCHS (3) with ferry's loader and then with torch's
+# DataLoader, and builds bindings/cpp/examples/train.cpp against the bundle's installed ferry (prefix/) and
+# PyTorch's libtorch with CMake, then trains it on the same files.
 set -u
 mode=${1:-all}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -91,6 +98,43 @@ if [ "$mode" = bench ] || [ "$mode" = all ]; then
     step "bench: layout kernel vs torch" "$log" python3 "$here/python/benchmarks/bench_layout.py" --json "$out/bench_layout.json"
     step "bench: Go" "$log" "$here/tests/engine.test" -test.run '^$' -test.bench . -test.benchtime 2s
     cat "$log"
+fi
+
+if [ "$mode" = train ] || [ "$mode" = all ]; then
+    log="$out/train.log"
+    : >"$log"
+    data="$here/cifar-synthetic"
+    samples=${TRAIN_SAMPLES:-50000}
+    epochs=${TRAIN_EPOCHS:-3}
+    batch=${TRAIN_BATCH:-512}
+    ex="$here/python/examples/train_cifar.py"
+    step "train: write $samples CIFAR-10 records" "$log" python3 -c "import sys; sys.path.insert(0, '$here/python/examples'); \
+        from train_cifar import write_cifar10; write_cifar10('$data', $samples, 10000, 0)"
+    step "train: ResNet-18, ferry loader" "$log" python3 "$ex" --data "$data" --epochs "$epochs" --batch-size auto \
+        --max-batch "$batch" --loader ferry --report "$out/train_ferry.html" --json "$out/train_ferry_results.json"
+    step "train: ResNet-18, torch DataLoader" "$log" python3 "$ex" --data "$data" --epochs "$epochs" --batch-size "$batch" \
+        --loader torch --workers 8 --json "$out/train_torch_results.json"
+    torch_cmake=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null)
+    step "train: C++ trainer, cmake configure" "$log" cmake -S "$here/cpp-examples" -B "$here/cpp-examples-build" \
+        -DCMAKE_BUILD_TYPE=Release "-DCMAKE_PREFIX_PATH=$here/prefix;$torch_cmake"
+    step "train: C++ trainer, build" "$log" cmake --build "$here/cpp-examples-build" -j "$(nproc)"
+    step "train: C++ trainer on libtorch" "$log" bash -c "set -o pipefail; '$here/cpp-examples-build/train' --data '$data' \
+        --epochs $epochs --batch $batch --report '$out/train_cpp.html' 2>&1 | tee '$out/train_cpp.log'"
+    step "train: pytest (trainer and docs)" "$log" python3 -m pytest -q -rs "$here/python/tests/test_train_cifar.py" \
+        "$here/python/tests/test_docs.py"
+    python3 - "$out" <<'PY' | tee -a "$log"
+import json, os, sys
+for name in ("ferry", "torch"):
+    p = os.path.join(sys.argv[1], f"train_{name}_results.json")
+    if not os.path.exists(p):
+        continue
+    r = json.load(open(p))
+    print(f"{name}: batch {r['batch_size']}, staging {r['staging']}, final loss {r['final_loss']:.4f}, "
+          f"test acc {r['test_acc']:.4f}")
+    for e in r["per_epoch"] + [dict(r, epoch="all")]:
+        print(f"  epoch {e['epoch']!s:4} {e['images_per_s']:9.0f} images/s  step p50 {e['step_ms_p50']:6.2f} ms  "
+              f"mean {e['step_ms_mean']:6.2f} ms  data stall {e['data_stall_pct']:5.1f} %")
+PY
 fi
 
 echo

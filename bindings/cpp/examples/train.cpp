@@ -142,35 +142,37 @@ Dataset read_training_set(const std::string& dir) {
 }
 
 // A small residual network for 32x32 images (ResNet-9 style: prep, two residual stages, a classifier).
-torch::nn::Sequential conv_bn(int64_t in, int64_t out) {
-    return torch::nn::Sequential(torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1).bias(false)),
-                                 torch::nn::BatchNorm2d(out), torch::nn::ReLU(torch::nn::ReLUOptions(true)));
-}
+struct ConvBNImpl : torch::nn::Module {
+    ConvBNImpl(int64_t in, int64_t out)
+        : conv(register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1).bias(false)))),
+          bn(register_module("bn", torch::nn::BatchNorm2d(out))) {}
+    torch::Tensor forward(const torch::Tensor& x) { return torch::relu(bn->forward(conv->forward(x))); }
+    torch::nn::Conv2d conv;
+    torch::nn::BatchNorm2d bn;
+};
+TORCH_MODULE(ConvBN);
 
 struct NetImpl : torch::nn::Module {
-    NetImpl() {
-        prep = register_module("prep", conv_bn(3, 64));
-        layer1 = register_module("layer1", conv_bn(64, 128));
-        res1 = register_module("res1", torch::nn::Sequential(conv_bn(128, 128), conv_bn(128, 128)));
-        layer2 = register_module("layer2", conv_bn(128, 256));
-        layer3 = register_module("layer3", conv_bn(256, 512));
-        res3 = register_module("res3", torch::nn::Sequential(conv_bn(512, 512), conv_bn(512, 512)));
-        fc = register_module("fc", torch::nn::Linear(512, 10));
-    }
+    NetImpl()
+        : prep(register_module("prep", ConvBN(3, 64))), layer1(register_module("layer1", ConvBN(64, 128))),
+          res1a(register_module("res1a", ConvBN(128, 128))), res1b(register_module("res1b", ConvBN(128, 128))),
+          layer2(register_module("layer2", ConvBN(128, 256))), layer3(register_module("layer3", ConvBN(256, 512))),
+          res3a(register_module("res3a", ConvBN(512, 512))), res3b(register_module("res3b", ConvBN(512, 512))),
+          fc(register_module("fc", torch::nn::Linear(512, 10))) {}
 
     torch::Tensor forward(torch::Tensor x) {
         x = prep->forward(x);
         x = torch::max_pool2d(layer1->forward(x), 2);
-        x = x + res1->forward(x);
+        x = x + res1b->forward(res1a->forward(x));
         x = torch::max_pool2d(layer2->forward(x), 2);
         x = torch::max_pool2d(layer3->forward(x), 2);
-        x = x + res3->forward(x);
+        x = x + res3b->forward(res3a->forward(x));
         x = x.amax({2, 3}); // global max-pool: [n, 512]
         return fc->forward(x) * 0.125;
     }
 
-    torch::nn::Sequential prep{nullptr}, layer1{nullptr}, res1{nullptr}, layer2{nullptr}, layer3{nullptr}, res3{nullptr};
-    torch::nn::Linear fc{nullptr};
+    ConvBN prep, layer1, res1a, res1b, layer2, layer3, res3a, res3b;
+    torch::nn::Linear fc;
 };
 TORCH_MODULE(Net);
 
