@@ -297,10 +297,12 @@ def test_cpu_results_and_report(cpu_runs):
 
 
 def assert_pipeline(report, results):
-    """The attached loader's metrics. The monitor samples pipelines once a second (system_interval) and not
-    when it writes a report, so a run shorter than that may have none."""
-    if results["seconds"] > 2.5:
-        assert report["pipeline_metrics"]["train"]["samples_per_second"]["count"] >= 1, report["pipeline_metrics"]
+    """The attached loader's metrics: the monitor samples pipelines once a second (system_interval) and
+    again when it writes a report, so even a short run has them."""
+    assert results["seconds"] > 0.05, results["seconds"]
+    train = report["pipeline_metrics"]["train"]
+    assert train["samples_per_second"]["count"] >= 1, report["pipeline_metrics"]
+    assert train["samples_per_second"]["max"] > 0, train["samples_per_second"]
 
 
 def test_cpu_torch_workers_are_gone(cpu_runs):
@@ -325,7 +327,7 @@ def torch_cuda(require_gpu, torch):
 def test_gpu_short_runs_with_flips(tc, torch_cuda, tmp_path):
     _, seed = fresh_rng()
     seed %= 2**32
-    base = ["--synthetic", "4096", "--batch-size", "256", "--epochs", "2", "--width", "32", "--device", "cuda",
+    base = ["--synthetic", "4096", "--batch-size", "256", "--epochs", "4", "--width", "32", "--device", "cuda",
             "--workers", "4", "--seed", str(seed), "--log-every", "0"]
     before = set(multiprocessing.active_children())
     for loader in ("ferry", "torch"):
@@ -333,8 +335,8 @@ def test_gpu_short_runs_with_flips(tc, torch_cuda, tmp_path):
         results = tmp_path / f"{loader}.res.json"
         r = tc.main(base + ["--loader", loader, "--report", str(report), "--json", str(results)])
         losses = r["losses"]
-        assert r["steps"] == 32 and len(losses) == 32 and r["amp"] == "bf16" and r["channels_last"]
-        assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5]), (seed, loader, losses)
+        assert r["steps"] == 64 and len(losses) == 64 and r["amp"] == "bf16" and r["channels_last"]
+        assert np.mean(losses[-8:]) < 0.85 * np.mean(losses[:8]), (seed, loader, losses)
         assert report.stat().st_size > 0 and report.with_suffix(".json").stat().st_size > 0
         saved = json.loads(results.read_text())
         assert 0 <= saved["data_stall_pct"] <= 100, (loader, saved["data_stall_pct"])
