@@ -5,7 +5,7 @@
 #      pkg-config's flags against that prefix runs and checks the library (consumer.c);
 #   b. a CMake project (cmake/) finds a moved copy of the installed tree with find_package(ferry 0.1), builds
 #      a C target on ferry::ferry and a C++ target on ferry::cpp, and both run; find_package(ferry 1.0) is
-#      refused;
+#      refused; the C++ examples' project (bindings/cpp/examples) builds against it and its programs run;
 #   c. make install PREFIX=/usr/local DESTDIR=<tmp>/stage puts everything under <tmp>/stage/usr/local;
 #   d. pip install ./bindings/python into a venv bundles libferry.so in the package, which then works from
 #      anywhere with FERRY_LIBRARY and PYTHONPATH unset; pip wheel makes a platform wheel that holds
@@ -170,6 +170,16 @@ fi
 grep -q "requested version \"1.0\"" "$tmp/cmake-v1.log" ||
     fail "find_package(ferry 1.0) failed for another reason: $(tail -n 20 "$tmp/cmake-v1.log")"
 ok "find_package(ferry 1.0) is refused (SameMajorVersion)"
+# The C++ examples' own project (bindings/cpp/examples): train is left out without libtorch; the others
+# build against the moved tree and run on the CPU engine.
+run "$tmp/examples-configure.log" cmake -S "$root/bindings/cpp/examples" -B "$tmp/examples-build" \
+    -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$moved"
+run "$tmp/examples-build.log" cmake --build "$tmp/examples-build"
+(cd "$tmp" && "$tmp/examples-build/ferry_info" >"$tmp/examples-info.log" 2>&1) ||
+    fail "bindings/cpp/examples: ferry_info failed: $(tail -n 20 "$tmp/examples-info.log")"
+(cd "$tmp" && "$tmp/examples-build/ferry_iterate" -1 >"$tmp/examples-iterate.log" 2>&1) ||
+    fail "bindings/cpp/examples: ferry_iterate -1 failed: $(tail -n 20 "$tmp/examples-iterate.log")"
+ok "bindings/cpp/examples builds against the moved tree (find_package(ferry)); ferry_info and ferry_iterate run"
 if [ "${moved_libdir#"$moved"/}" = lib ]; then
     got=$(PKG_CONFIG_PATH="$moved_libdir/pkgconfig" pkg-config --define-prefix --variable=libdir ferry)
     [ "$(readlink -f "$got")" = "$moved_libdir" ] || fail "pkg-config --define-prefix gives libdir $got, want $moved_libdir"
