@@ -18,10 +18,13 @@ import (
 // with fresh random bytes.
 func randomSource(t testing.TB, n int) (*MemorySource, [][]byte) {
 	t.Helper()
-	fields := []Field{
-		{Name: "image", DType: Uint8, Shape: []int{3, 8, 8}},
-		{Name: "label", DType: Int64},
-	}
+	return randomMemorySource(t, n, Field{Name: "image", DType: Uint8, Shape: []int{3, 8, 8}}, Field{Name: "label", DType: Int64})
+}
+
+// randomMemorySource is an in-memory source of n samples of fields, filled with fresh random bytes, closed
+// when the test ends; it returns the fields' data too.
+func randomMemorySource(t testing.TB, n int, fields ...Field) (*MemorySource, [][]byte) {
+	t.Helper()
 	data := make([][]byte, len(fields))
 	for i, f := range fields {
 		data[i] = make([]byte, n*f.Bytes())

@@ -404,22 +404,11 @@ func (r *raggedMem) Offset(f, i int) int64 {
 // transformSource is a memory source with a vector-friendly image, an image of an awkward width, a token
 // window and a label, filled with fresh random bytes.
 func transformSource(t testing.TB, n int) (*MemorySource, [][]byte) {
-	fields := []Field{
-		{Name: "image", DType: Uint8, Shape: []int{4, 32, 3}},
-		{Name: "odd", DType: Uint8, Shape: []int{3, 5, 3}},
-		{Name: "window", DType: Uint16, Shape: []int{9}},
-		{Name: "label", DType: Int64},
-	}
-	data := make([][]byte, len(fields))
-	for i, f := range fields {
-		data[i] = make([]byte, n*f.Bytes())
-		_, err := rand.Read(data[i])
-		require.NoError(t, err)
-	}
-	src, err := NewMemorySource(n, fields, data)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = src.Close() })
-	return src, data
+	return randomMemorySource(t, n,
+		Field{Name: "image", DType: Uint8, Shape: []int{4, 32, 3}},
+		Field{Name: "odd", DType: Uint8, Shape: []int{3, 5, 3}},
+		Field{Name: "window", DType: Uint16, Shape: []int{9}},
+		Field{Name: "label", DType: Int64})
 }
 
 // poisonRing fills the ring's device buffers with 0xFF before each pipeline starts, so that a kernel
@@ -593,21 +582,11 @@ func transformChecks(t *testing.T, e *Engine, wantStaging func(Staging) Staging)
 // one of an awkward width (the per-pixel path), against the element-by-element reference.
 func planarChecks(t *testing.T, e *Engine) {
 	poisonRing(t)
-	const n = 157
-	fields := []Field{
-		{Name: "image", DType: Uint8, Shape: []int{3, 32, 32}},
-		{Name: "odd", DType: Uint8, Shape: []int{2, 5, 7}},
-		{Name: "label", DType: Uint8},
-	}
-	data := make([][]byte, len(fields))
-	for i, f := range fields {
-		data[i] = make([]byte, n*f.Bytes())
-		_, err := rand.Read(data[i])
-		require.NoError(t, err)
-	}
-	src, err := NewMemorySource(n, fields, data)
-	require.NoError(t, err)
-	defer src.Close()
+	src, data := randomMemorySource(t, 157,
+		Field{Name: "image", DType: Uint8, Shape: []int{3, 32, 32}},
+		Field{Name: "odd", DType: Uint8, Shape: []int{2, 5, 7}},
+		Field{Name: "label", DType: Uint8})
+	fields := src.Fields()
 	for _, staging := range []Staging{StagingGather, StagingDMA, StagingMapped} {
 		for _, d := range []DType{Float32, Float16, BFloat16} {
 			for _, layout := range []ImageLayout{LayoutCHW, LayoutHWC} {
