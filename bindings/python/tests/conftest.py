@@ -49,8 +49,14 @@ def require_gpu() -> int:
 
 def find_header() -> Optional[Path]:
     """Returns capi/ferry.h of the checkout the package sits in, or build/include/ferry.h, if reachable."""
+    return find_up("capi/ferry.h", "build/include/ferry.h", "include/ferry.h", "ferry.h")
+
+
+def find_up(*rels: str) -> Optional[Path]:
+    """Returns the first file of rels (paths relative to a directory) found in the package's parent
+    directories, nearest first: a file of the checkout, or of the bundle, the package sits in."""
     for parent in PACKAGE_ROOT.parents:
-        for rel in ("capi/ferry.h", "build/include/ferry.h", "include/ferry.h", "ferry.h"):
+        for rel in rels:
             p = parent / rel
             if p.is_file():
                 return p

@@ -16,13 +16,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Tuple
 
 import pytest
 
 import ferry
 
-from conftest import PACKAGE_ROOT, gpu_required
+from conftest import find_header, find_up, gpu_required
 
 BLOCK = re.compile(r"(?:<!--\s*test:\s*(?P<needs>[^>]*?)\s*-->\s*\n)?```(?P<lang>[A-Za-z0-9+]*)\n(?P<code>.*?)^```",
                    re.S | re.M)
@@ -39,17 +39,8 @@ class Snippet(NamedTuple):
         return f"{self.page}:{self.line}"
 
 
-def _find(rel: str) -> Optional[Path]:
-    """rel under the checkout (or bundle) the package sits in."""
-    for parent in PACKAGE_ROOT.parents:
-        p = parent / rel
-        if p.exists():
-            return p
-    return None
-
-
 def _snippets(page: str) -> List[Snippet]:
-    path = _find(f"docs/{page}")
+    path = find_up(f"docs/{page}")
     if path is None:
         return []
     text = path.read_text(encoding="utf-8")
@@ -113,8 +104,8 @@ def _run_python(s: Snippet, tmp: Path) -> None:
 
 
 def _include_dirs() -> List[str]:
-    header = _find("capi/ferry.h") or _find("include/ferry.h")
-    hpp = _find("bindings/cpp/ferry.hpp")
+    header = find_header()
+    hpp = find_up("bindings/cpp/ferry.hpp")
     if header is None or hpp is None:
         pytest.fail("ferry.h or bindings/cpp/ferry.hpp is not reachable from the package")
     return [str(header.parent), str(hpp.parent)]
@@ -165,7 +156,7 @@ def _build_with_libtorch(s: Snippet, tmp: Path, lib: Path) -> None:
 
 
 def test_pages_have_snippets():
-    if _find("docs/PYTORCH.md") is None:
+    if find_up("docs/PYTORCH.md") is None:
         pytest.skip("the docs are not next to this package (an installed copy)")
     pages = {s.page for s in SNIPPETS}
     assert pages == {"PYTORCH.md", "CPP.md"}, pages
