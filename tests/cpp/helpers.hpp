@@ -1,4 +1,4 @@
-// helpers.hpp — what the GoogleTest suites share: the env switch, a fresh seed, and expect_error.
+// helpers.hpp — what the GoogleTest suites share: the env switch, a fresh seed, expect_error and temp_dir.
 #ifndef FERRY_TESTS_CPP_HELPERS_HPP
 #define FERRY_TESTS_CPP_HELPERS_HPP
 
@@ -7,7 +7,11 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <random>
+#include <stdexcept>
+#include <string>
+#include <system_error>
 
 #include "ferry.hpp"
 
@@ -36,6 +40,28 @@ ferry::error expect_error(F&& f) {
     ADD_FAILURE() << "no ferry::error was thrown";
     return ferry::error(FERRY_OK, "");
 }
+
+// A temporary directory (named after prefix), removed with its contents.
+class temp_dir {
+public:
+    explicit temp_dir(const std::string& prefix = "ferry-test") {
+        std::string tmpl = (std::filesystem::temp_directory_path() / (prefix + "-XXXXXX")).string();
+        if (mkdtemp(tmpl.data()) == nullptr) {
+            throw std::runtime_error("mkdtemp failed");
+        }
+        path_ = tmpl;
+    }
+    ~temp_dir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path_, ec);
+    }
+    temp_dir(const temp_dir&) = delete;
+    temp_dir& operator=(const temp_dir&) = delete;
+    std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+private:
+    std::filesystem::path path_;
+};
 
 }  // namespace ferry_test
 

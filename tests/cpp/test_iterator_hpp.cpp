@@ -23,7 +23,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <random>
 #include <set>
@@ -40,8 +39,8 @@ namespace {
 using ferry_test::env_on;
 using ferry_test::expect_error;
 using ferry_test::fresh_seed;
+using ferry_test::temp_dir;
 
-namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using bytes = std::vector<uint8_t>;
 
@@ -285,26 +284,6 @@ snapshot take(const ferry::batch& b) {
     }
     return s;
 }
-
-// A temporary directory, removed with its contents.
-class temp_dir {
-public:
-    temp_dir() {
-        std::string tmpl = (fs::temp_directory_path() / "ferry-iter-XXXXXX").string();
-        if (mkdtemp(tmpl.data()) == nullptr) {
-            throw std::runtime_error("mkdtemp failed");
-        }
-        path_ = tmpl;
-    }
-    ~temp_dir() {
-        std::error_code ec;
-        fs::remove_all(path_, ec);
-    }
-    std::string file(const std::string& name) const { return (path_ / name).string(); }
-
-private:
-    fs::path path_;
-};
 
 void write_file(const std::string& path, const bytes& b) {
     std::ofstream f(path, std::ios::binary);
@@ -889,7 +868,7 @@ TEST(Files, Records) {
         }
         d.data.push_back(std::move(col));
     }
-    temp_dir dir;
+    temp_dir dir("ferry-iter");
     write_file(dir.file("r.bin"), file);
     const ferry::source src = ferry::source::records(dir.file("r.bin"), record, header, d.fields);
     EXPECT_EQ(src.len(), n);
@@ -924,7 +903,7 @@ TEST(Files, Cifar10) {
         d.data[0].push_back(r[0]);
         d.data[1].insert(d.data[1].end(), r + 1, r + 3073);
     }
-    temp_dir dir;
+    temp_dir dir("ferry-iter");
     write_file(dir.file("data_batch_1.bin"), file);
     const ferry::source src = ferry::source::cifar10(dir.file("data_batch_1.bin"));
     EXPECT_EQ(src.len(), n);
@@ -972,7 +951,7 @@ TEST(Files, Npy) {
                 ferry::field::of<int64_t>("label")};
     std::swap(d.data[0], d.data[2]);
     std::swap(d.data[1], d.data[2]);
-    temp_dir dir;
+    temp_dir dir("ferry-iter");
     write_file(dir.file("image.npy"), npy_file("|u1", {n, 3, 4, 5}, d.data[1]));
     write_file(dir.file("label.npy"), npy_file("<i8", {n}, d.data[2]));
     write_file(dir.file("feat.npy"), npy_file("<f4", {n, 6}, d.data[0]));
@@ -1046,7 +1025,7 @@ void check_tokens(ferry::iterator& it, const std::vector<T>& tokens, int64_t seq
 TEST(Files, Tokens) {
     std::mt19937_64 rng(fresh_seed());
     const int64_t seq_len = 16;
-    temp_dir dir;
+    temp_dir dir("ferry-iter");
     const ferry::engine eng(FERRY_DEVICE_CPU);
 
     // nanoGPT's flat uint16 file, sequential and random windows.

@@ -31,6 +31,7 @@ namespace {
 
 using ferry_test::expect_error;
 using ferry_test::fresh_seed;
+using ferry_test::temp_dir;
 
 namespace fs = std::filesystem;
 
@@ -90,26 +91,6 @@ void expect_summary(std::vector<double> values, const ferry_metric_summary& s) {
     EXPECT_TRUE(quantile_ok(values, 0.999, s.p999)) << s.p999;
 }
 
-// A temporary directory, removed with its contents.
-class temp_dir {
-public:
-    temp_dir() {
-        std::string tmpl = (fs::temp_directory_path() / "ferry-monitor-XXXXXX").string();
-        if (mkdtemp(tmpl.data()) == nullptr) {
-            throw std::runtime_error("mkdtemp failed");
-        }
-        path_ = tmpl;
-    }
-    ~temp_dir() {
-        std::error_code ec;
-        fs::remove_all(path_, ec);
-    }
-    std::string file(const std::string& name) const { return (path_ / name).string(); }
-
-private:
-    fs::path path_;
-};
-
 std::string read_file(const std::string& path) {
     std::ifstream f(path, std::ios::binary);
     std::ostringstream ss;
@@ -147,7 +128,7 @@ TEST(MonitorOptions, Builder) {
 }
 
 TEST(Monitor, LabelsReachTheReport) {
-    temp_dir dir;
+    temp_dir dir("ferry-monitor");
     ferry::monitor mon(quiet().rank(3).local_rank(1).node("node-7").disk_paths({dir.file("")}));
     const std::string js = mon.report_json();
     EXPECT_NE(js.find("\"rank\": 3"), std::string::npos) << js.substr(0, 500);
@@ -286,7 +267,7 @@ TEST(Monitor, Reports) {
     EXPECT_NE(js.find("\"loss\""), std::string::npos);
     EXPECT_NE(js.find("\"count\": 300"), std::string::npos);
 
-    temp_dir dir;
+    temp_dir dir("ferry-monitor");
     mon.write_report(dir.file("report.json"));
     mon.write_report(dir.file("report.html"));
     EXPECT_NE(read_file(dir.file("report.json")).find("ferry.report/1"), std::string::npos);

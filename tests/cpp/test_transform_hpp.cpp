@@ -12,7 +12,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <random>
 #include <set>
@@ -27,8 +26,8 @@ namespace {
 
 using ferry_test::expect_error;
 using ferry_test::fresh_seed;
+using ferry_test::temp_dir;
 
-namespace fs = std::filesystem;
 
 constexpr int64_t H = 4, W = 8, C = 3, SEQ = 8;
 const std::vector<float> kMean = {0.485f, 0.456f, 0.406f};
@@ -59,26 +58,6 @@ struct image_tokens {
         return images[static_cast<std::size_t>(((i * H + y) * W + x) * C + c)];
     }
     int64_t token(int64_t i, int64_t j) const { return tokens[static_cast<std::size_t>(i * (SEQ + 1) + j)]; }
-};
-
-// A temporary directory, removed with its contents.
-class temp_dir {
-public:
-    temp_dir() {
-        std::string tmpl = (fs::temp_directory_path() / "ferry-transform-XXXXXX").string();
-        if (mkdtemp(tmpl.data()) == nullptr) {
-            throw std::runtime_error("mkdtemp failed");
-        }
-        path_ = tmpl;
-    }
-    ~temp_dir() {
-        std::error_code ec;
-        fs::remove_all(path_, ec);
-    }
-    std::string file(const std::string& name) const { return (path_ / name).string(); }
-
-private:
-    fs::path path_;
 };
 
 void write_bytes(const std::string& path, const void* data, std::size_t n) {
@@ -216,7 +195,7 @@ TEST(Transform, PadSequences) {
     for (auto& v : tokens) {
         v = static_cast<uint16_t>(rng());
     }
-    temp_dir dir;
+    temp_dir dir("ferry-transform");
     write_bytes(dir.file("tokens.bin"), tokens.data(), tokens.size() * sizeof(uint16_t));
     write_offsets_npy(dir.file("offsets.npy"), offsets);
     const ferry::source src = ferry::source::ragged_tokens(dir.file("tokens.bin"), dir.file("offsets.npy"), max_len);
