@@ -119,22 +119,25 @@ bench: lib
 	cmake --build $(BUILD)/cmake -j2 --target bench_memory
 	$(BUILD)/cmake/bench_memory
 	FERRY_LIBRARY=$(CURDIR)/$(LIBDIR)/libferry.so $(PYTHON) bindings/python/benchmarks/bench_memory.py
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./engine/
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./engine/...
 
 # Reliability runs, not in CI (docs/RELIABILITY.md has their figures).
 # soak: 10,000 iterator create/destroy cycles and a 2-minute pipeline, on the CPU engine and on the stand-in
 # driver, with RSS, pinned and device bytes, goroutines and descriptors checked flat (FERRY_SOAK_CYCLES,
 # FERRY_SOAK_DURATION). sanitize: the C and C++ tests under AddressSanitizer, LeakSanitizer and UBSan.
 soak:
-	$(GO) test -tags soak -run Soak -count=1 -timeout 30m -v ./engine/
+	$(GO) test -tags soak -run Soak -count=1 -timeout 30m -v ./engine/data/
 
 # fuzz: every fuzz target in turn for FUZZTIME (default a million execs each); the seed corpora in
 # testdata/fuzz are replayed by every `go test`, so CI runs them.
 FUZZTIME ?= 1000000x
-ENGINE_FUZZ := FuzzNpyHeader FuzzPyDict FuzzNpySource FuzzTokenLLMC FuzzTokenFlat FuzzRaggedOffsets FuzzParseDType \
-	FuzzFieldValidate FuzzParseOptionNames FuzzMetricName FuzzTransformOutputs FuzzReports
+# Each target as package:name.
+ENGINE_FUZZ := data:FuzzNpyHeader data:FuzzPyDict data:FuzzNpySource data:FuzzTokenLLMC data:FuzzTokenFlat \
+	data:FuzzRaggedOffsets data:FuzzParseDType data:FuzzFieldValidate data:FuzzParseOptionNames \
+	data:FuzzTransformOutputs monitor:FuzzMetricName report:FuzzReports
 fuzz: lib
-	@for t in $(ENGINE_FUZZ); do echo "== $$t"; $(GO) test -timeout 0 -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./engine/ || exit 1; done
+	@for pt in $(ENGINE_FUZZ); do p=$${pt%%:*}; t=$${pt#*:}; echo "== $$t ($$p)"; \
+		$(GO) test -timeout 0 -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./engine/$$p/ || exit 1; done
 	@echo "== FuzzCAPISequence"; FERRY_LIBRARY=$(CURDIR)/$(LIBDIR)/libferry.so $(GO) test -timeout 0 -run '^$$' \
 		-fuzz '^FuzzCAPISequence$$' -fuzztime $(FUZZTIME) ./tests/
 
@@ -156,12 +159,16 @@ gpu-bundle: build
 	cp capi/ferry.h $(GPU)/include/
 	$(GO) build -trimpath -ldflags "-s -w" -o $(GPU)/bin/ferry ./cmd/ferry
 	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/engine.test ./engine
+	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/data.test ./engine/data
+	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/monitor.test ./engine/monitor
+	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/report.test ./engine/report
 	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/cuda.test ./engine/internal/cuda
 	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/harness.test ./tests
 	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/cli.test ./cmd/ferry
 	mkdir -p $(GPU)/capi $(GPU)/cmd/ferry && cp capi/ferry.h $(GPU)/capi/
 	cp tests/exported_symbols.txt $(GPU)/tests/
-	mkdir -p $(GPU)/engine && cp -r engine/testdata $(GPU)/engine/ && cp -r engine/testdata $(GPU)/tests/
+	@# The harness builds the stand-in driver from engine/internal/testutil/testdata (../engine/... from tests/).
+	mkdir -p $(GPU)/engine/internal/testutil && cp -r engine/internal/testutil/testdata $(GPU)/engine/internal/testutil/
 	cmake -S . -B $(BUILD)/gpu-cmake -DCMAKE_BUILD_TYPE=Release -DFERRY_STATIC_CXX_RUNTIME=ON >/dev/null
 	cmake --build $(BUILD)/gpu-cmake -j2 --target $(GPU_CTESTS)
 	cd $(BUILD)/gpu-cmake && cp $(GPU_CTESTS) $(CURDIR)/$(GPU)/bin/

@@ -9,6 +9,7 @@ import (
 	"unsafe"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/data"
 )
 
 const kindBatch uint64 = 0x42
@@ -19,8 +20,8 @@ const maxBatches = 1 << 16
 // batchEntry is what a batch handle refers to. The handle and every DLPack tensor handed out each hold a
 // reference; the batch goes back to its iterator when the last one is dropped.
 type batchEntry struct {
-	b        *engine.Batch
-	consumer engine.Stream  // the stream given to ferry_iterator_next
+	b        *data.Batch
+	consumer data.Stream    // the stream given to ferry_iterator_next
 	release  atomic.Uintptr // the stream given to ferry_batch_release (0: consumer)
 	refs     atomic.Int32
 	dropped  atomic.Bool // ferry_batch_release was called: the handle is no longer usable
@@ -28,7 +29,7 @@ type batchEntry struct {
 
 var batches = newRegistry[*batchEntry](kindBatch, "ferry_batch", maxBatches)
 
-func addBatch(b *engine.Batch, consumer engine.Stream) (uint64, error) {
+func addBatch(b *data.Batch, consumer data.Stream) (uint64, error) {
 	e := &batchEntry{b: b, consumer: consumer}
 	e.refs.Store(1)
 	h, _, err := batches.add(e)
@@ -57,7 +58,7 @@ func unref(h uint64, e *batchEntry) error {
 	}
 	stream := e.consumer
 	if s := e.release.Load(); s != 0 {
-		stream = engine.Stream(s)
+		stream = data.Stream(s)
 	}
 	err := e.b.Release(stream)
 	if _, idx, terr := batches.take(h); terr == nil {
@@ -121,22 +122,22 @@ func ferry_batch_indices(h C.uintptr_t, indices *C.int64_t, capacity C.int64_t) 
 }
 
 // dlpackType is a dtype's DLPack code and bits.
-func dlpackType(d engine.DType) (code, bits C.uint8_t) {
+func dlpackType(d data.DType) (code, bits C.uint8_t) {
 	bits = C.uint8_t(8 * d.Size())
 	switch d {
-	case engine.Bool:
+	case data.Bool:
 		return C.kDLBool, bits
-	case engine.Uint8, engine.Uint16, engine.Uint32, engine.Uint64:
+	case data.Uint8, data.Uint16, data.Uint32, data.Uint64:
 		return C.kDLUInt, bits
-	case engine.Int8, engine.Int16, engine.Int32, engine.Int64:
+	case data.Int8, data.Int16, data.Int32, data.Int64:
 		return C.kDLInt, bits
-	case engine.BFloat16:
+	case data.BFloat16:
 		return C.kDLBfloat, bits
 	}
 	return C.kDLFloat, bits
 }
 
-func exportField(h C.uintptr_t, e *batchEntry, f *engine.BatchField, out **C.DLManagedTensorVersioned) error {
+func exportField(h C.uintptr_t, e *batchEntry, f *data.BatchField, out **C.DLManagedTensorVersioned) error {
 	shape := make([]C.int64_t, len(f.Shape))
 	for i, s := range f.Shape {
 		shape[i] = C.int64_t(s)
@@ -214,7 +215,7 @@ func ferry_batch_wait(h C.uintptr_t, stream C.uintptr_t) C.ferry_status {
 		if err != nil {
 			return err
 		}
-		return e.b.Wait(engine.Stream(stream))
+		return e.b.Wait(data.Stream(stream))
 	})
 }
 

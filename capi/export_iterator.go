@@ -14,6 +14,7 @@ import (
 	"unsafe"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/data"
 )
 
 const kindIterator uint64 = 0x49
@@ -21,7 +22,7 @@ const kindIterator uint64 = 0x49
 // maxIterators bounds the live iterators of a process.
 const maxIterators = 4096
 
-var iterators = newRegistry[*engine.Iterator](kindIterator, "ferry_iterator", maxIterators)
+var iterators = newRegistry[*data.Iterator](kindIterator, "ferry_iterator", maxIterators)
 
 // errEndOfEpoch maps to FERRY_END_OF_EPOCH.
 var errEndOfEpoch = errors.New("end of epoch")
@@ -69,8 +70,8 @@ func ferry_iterator_create(eh C.uintptr_t, sh C.uintptr_t, opts *C.ferry_iterato
 		if opts.batch_size <= 0 || opts.batch_size > 1<<24 {
 			return fmt.Errorf("%w: batch_size is %d; it must be 1..%d", engine.ErrInvalidArgument, int64(opts.batch_size), 1<<24)
 		}
-		var transforms map[string]engine.Transform
-		var staging engine.Staging
+		var transforms map[string]data.Transform
+		var staging data.Staging
 		var budget int64
 		if opts.size >= C.FERRY_CAPI_V2_ITERATOR_OPTIONS {
 			if transforms, err = transformsFromC(opts.transforms, opts.num_transforms); err != nil {
@@ -79,9 +80,9 @@ func ferry_iterator_create(eh C.uintptr_t, sh C.uintptr_t, opts *C.ferry_iterato
 			if opts.staging < C.FERRY_STAGING_AUTO || opts.staging > C.FERRY_STAGING_MAPPED {
 				return fmt.Errorf("%w: ferry_iterator_options.staging %d is unknown", engine.ErrInvalidArgument, int32(opts.staging))
 			}
-			staging, budget = engine.Staging(opts.staging), int64(opts.pinned_budget)
+			staging, budget = data.Staging(opts.staging), int64(opts.pinned_budget)
 		}
-		it, err := eng.NewIterator(src.src, engine.IteratorOptions{
+		it, err := data.NewIterator(eng, src.src, data.IteratorOptions{
 			Transforms:   transforms,
 			Staging:      staging,
 			PinnedBudget: budget,
@@ -171,7 +172,7 @@ func ferry_iterator_next(h C.uintptr_t, stream C.uintptr_t, out *C.uintptr_t) C.
 			return errNull("batch")
 		}
 		*out = 0
-		consumer := engine.Stream(stream)
+		consumer := data.Stream(stream)
 		b, err := it.Next(context.Background(), consumer)
 		if errors.Is(err, io.EOF) {
 			return fmt.Errorf("%w of %d", errEndOfEpoch, it.State().Epoch-1)
@@ -246,7 +247,7 @@ func ferry_iterator_restore(h C.uintptr_t, st *C.ferry_iterator_position) C.ferr
 		if err := checkPosition(st); err != nil {
 			return err
 		}
-		pos := engine.IteratorState{Epoch: uint64(st.epoch), Batch: int(st.batch)}
+		pos := data.IteratorState{Epoch: uint64(st.epoch), Batch: int(st.batch)}
 		if st.size >= C.FERRY_CAPI_V2_ITERATOR_POSITION {
 			if w := int64(st.world_size); w != 0 && w != int64(it.WorldSize()) {
 				return fmt.Errorf("%w: the position was taken under world size %d, this iterator has %d: use ferry_iterator_restore_elastic",
@@ -268,7 +269,7 @@ func ferry_iterator_restore_elastic(h C.uintptr_t, epoch C.uint64_t, consumed C.
 		if consumed < 0 || int64(consumed) > int64(it.Len()) {
 			return fmt.Errorf("%w: consumed %d is outside 0..%d (the source's samples)", engine.ErrInvalidArgument, int64(consumed), it.Len())
 		}
-		return it.RestoreElastic(engine.ElasticState{Epoch: uint64(epoch), Consumed: int(consumed)})
+		return it.RestoreElastic(data.ElasticState{Epoch: uint64(epoch), Consumed: int(consumed)})
 	})
 }
 

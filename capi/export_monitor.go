@@ -12,13 +12,14 @@ import (
 	"unsafe"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/monitor"
 )
 
 const kindMonitor uint64 = 0x4d // HANDLE_KIND_MONITOR in capi.c
 
 // monitorEntry is a monitor and its C side: its slot of the pure-C metric log.
 type monitorEntry struct {
-	m     *engine.Monitor
+	m     *monitor.Monitor
 	slot  uint32
 	h     uint64
 	mu    sync.Mutex // stopP, stopJ
@@ -34,11 +35,11 @@ type cRings struct {
 	buf  []C.ferry_capi_mentry
 }
 
-func (r *cRings) Drain(fold func(id engine.MetricID, ticks uint64, v float64)) {
+func (r *cRings) Drain(fold func(id monitor.MetricID, ticks uint64, v float64)) {
 	for {
 		n := int(C.ferry_capi_monitor_take(C.uint32_t(r.slot), &r.buf[0], C.int(len(r.buf))))
 		for _, e := range r.buf[:n] {
-			fold(engine.MetricID(e.id), uint64(e.ticks), float64(e.value))
+			fold(monitor.MetricID(e.id), uint64(e.ticks), float64(e.value))
 		}
 		if n < len(r.buf) {
 			return
@@ -96,7 +97,7 @@ func ferry_monitor_create(opts *C.ferry_monitor_options, out *C.uintptr_t) C.fer
 		if o.flags&^C.FERRY_MONITOR_F_START != 0 {
 			return fmt.Errorf("%w: ferry_monitor_options.flags %#x has unknown bits", engine.ErrInvalidArgument, uint32(o.flags))
 		}
-		mo := engine.MonitorOptions{
+		mo := monitor.MonitorOptions{
 			GPUInterval: usToDuration(o.gpu_interval_us), PCIeInterval: usToDuration(o.pcie_interval_us),
 			SystemInterval: usToDuration(o.system_interval_us), SketchAccuracy: float64(o.sketch_accuracy),
 			SeriesPoints: int(o.series_points), Rank: int(o.rank), LocalRank: int(o.local_rank),
@@ -118,7 +119,7 @@ func ferry_monitor_create(opts *C.ferry_monitor_options, out *C.uintptr_t) C.fer
 				mo.DiskPaths = append(mo.DiskPaths, C.GoString(p))
 			}
 		}
-		m, err := engine.NewMonitor(mo)
+		m, err := monitor.NewMonitor(mo)
 		if err != nil {
 			return err
 		}
@@ -130,7 +131,7 @@ func ferry_monitor_create(opts *C.ferry_monitor_options, out *C.uintptr_t) C.fer
 		}
 		e.slot, e.h = idx, h
 		m.AddEntrySource(&cRings{slot: idx, buf: make([]C.ferry_capi_mentry, 4096)})
-		tsc, _ := engine.UseTSC()
+		tsc, _ := monitor.UseTSC()
 		useTSC := C.int(0)
 		if tsc {
 			useTSC = 1
@@ -250,7 +251,7 @@ func ferry_metric_log_many(h C.uintptr_t, id C.uint32_t, values *C.double, count
 		if n, err := valuesCount(values, count); n == 0 || err != nil {
 			return err
 		}
-		return e.m.LogMany(engine.MetricID(id), unsafe.Slice((*float64)(unsafe.Pointer(values)), int(count)))
+		return e.m.LogMany(monitor.MetricID(id), unsafe.Slice((*float64)(unsafe.Pointer(values)), int(count)))
 	})
 }
 
@@ -267,7 +268,7 @@ func ferry_metric_log_many_at(h C.uintptr_t, id C.uint32_t, values *C.double, ts
 		if ts == nil {
 			return errNull("timestamps_ns")
 		}
-		return e.m.LogManyAt(engine.MetricID(id), unsafe.Slice((*float64)(unsafe.Pointer(values)), int(count)),
+		return e.m.LogManyAt(monitor.MetricID(id), unsafe.Slice((*float64)(unsafe.Pointer(values)), int(count)),
 			unsafe.Slice((*uint64)(unsafe.Pointer(ts)), int(count)))
 	})
 }
@@ -285,7 +286,7 @@ func ferry_metric_summary_get(h C.uintptr_t, id C.uint32_t, out *C.ferry_metric_
 		if err := checkSize("ferry_metric_summary", out.size, C.FERRY_CAPI_V1_METRIC_SUMMARY); err != nil {
 			return err
 		}
-		s, err := e.m.Summary(engine.MetricID(id))
+		s, err := e.m.Summary(monitor.MetricID(id))
 		if err != nil {
 			return err
 		}

@@ -18,6 +18,7 @@ import (
 	"unsafe"
 
 	"github.com/ferry-ml/ferry/engine"
+	ferrydata "github.com/ferry-ml/ferry/engine/data"
 )
 
 const kindSource uint64 = 0x53
@@ -28,7 +29,7 @@ const maxSources = 4096
 // sourceEntry is what a source handle refers to: the source, the record offsets it was given, and C
 // copies of its field names for ferry_source_field, freed with it.
 type sourceEntry struct {
-	src     engine.Source
+	src     ferrydata.Source
 	offsets []int
 	names   []*C.char
 }
@@ -36,7 +37,7 @@ type sourceEntry struct {
 var sources = newRegistry[*sourceEntry](kindSource, "ferry_source", maxSources)
 
 // fieldsFromC converts and checks a caller's field array.
-func fieldsFromC(fields *C.ferry_field, n C.int32_t) ([]engine.Field, []int, error) {
+func fieldsFromC(fields *C.ferry_field, n C.int32_t) ([]ferrydata.Field, []int, error) {
 	if fields == nil {
 		return nil, nil, errNull("fields")
 	}
@@ -44,7 +45,7 @@ func fieldsFromC(fields *C.ferry_field, n C.int32_t) ([]engine.Field, []int, err
 		return nil, nil, fmt.Errorf("%w: num_fields is %d; it must be 1..1024", engine.ErrInvalidArgument, int32(n))
 	}
 	cs := unsafe.Slice(fields, int(n))
-	out := make([]engine.Field, len(cs))
+	out := make([]ferrydata.Field, len(cs))
 	offsets := make([]int, len(cs))
 	for i, c := range cs {
 		if c.name == nil {
@@ -58,7 +59,7 @@ func fieldsFromC(fields *C.ferry_field, n C.int32_t) ([]engine.Field, []int, err
 		for d := range shape {
 			shape[d] = int(c.shape[d])
 		}
-		out[i] = engine.Field{Name: name, DType: engine.DType(c.dtype), Shape: shape}
+		out[i] = ferrydata.Field{Name: name, DType: ferrydata.DType(c.dtype), Shape: shape}
 		if err := out[i].Validate(); err != nil {
 			return nil, nil, err
 		}
@@ -68,7 +69,7 @@ func fieldsFromC(fields *C.ferry_field, n C.int32_t) ([]engine.Field, []int, err
 }
 
 // addSource registers a new source and writes its handle; it closes the source when that fails.
-func addSource(src engine.Source, offsets []int, out *C.uintptr_t) error {
+func addSource(src ferrydata.Source, offsets []int, out *C.uintptr_t) error {
 	e := &sourceEntry{src: src, offsets: offsets}
 	for _, f := range src.Fields() {
 		e.names = append(e.names, C.CString(f.Name))
@@ -128,7 +129,7 @@ func ferry_source_memory(n C.int64_t, fields *C.ferry_field, nfields C.int32_t, 
 			}
 			bufs[i] = unsafe.Slice((*byte)(ptrs[i]), int(n)*fs[i].Bytes())
 		}
-		src, err := engine.NewMemorySource(int(n), fs, bufs)
+		src, err := ferrydata.NewMemorySource(int(n), fs, bufs)
 		if err != nil {
 			return err
 		}
@@ -151,11 +152,11 @@ func ferry_source_records(path *C.char, recordSize, headerSize C.int64_t, fields
 		if err != nil {
 			return err
 		}
-		spec := engine.RecordSpec{RecordSize: int(recordSize), HeaderSize: int(headerSize)}
+		spec := ferrydata.RecordSpec{RecordSize: int(recordSize), HeaderSize: int(headerSize)}
 		for i, f := range fs {
-			spec.Fields = append(spec.Fields, engine.RecordField{Field: f, Offset: offsets[i]})
+			spec.Fields = append(spec.Fields, ferrydata.RecordField{Field: f, Offset: offsets[i]})
 		}
-		src, err := engine.NewRecordSource(p, spec)
+		src, err := ferrydata.NewRecordSource(p, spec)
 		if err != nil {
 			return err
 		}
@@ -174,8 +175,8 @@ func ferry_source_cifar10(path *C.char, out *C.uintptr_t) C.ferry_status {
 		if err != nil {
 			return err
 		}
-		spec := engine.CIFAR10Spec()
-		src, err := engine.NewRecordSource(p, spec)
+		spec := ferrydata.CIFAR10Spec()
+		src, err := ferrydata.NewRecordSource(p, spec)
 		if err != nil {
 			return err
 		}
@@ -212,7 +213,7 @@ func ferry_source_npy(names **C.char, paths **C.char, count C.int32_t, out *C.ui
 			}
 			m[name] = C.GoString(ps[i])
 		}
-		src, err := engine.NewNpySource(m)
+		src, err := ferrydata.NewNpySource(m)
 		if err != nil {
 			return err
 		}
@@ -255,8 +256,8 @@ func ferry_source_tokens(path *C.char, opts *C.ferry_token_options, out *C.uintp
 		if opts.flags&^(C.FERRY_TOKENS_F_RANDOM|C.FERRY_TOKENS_F_WINDOW) != 0 {
 			return fmt.Errorf("%w: ferry_token_options.flags %#x has unknown bits", engine.ErrInvalidArgument, uint32(opts.flags))
 		}
-		src, err := engine.NewTokenSource(p, engine.TokenConfig{
-			Format: engine.TokenFormat(opts.format), SeqLen: int(opts.seq_len),
+		src, err := ferrydata.NewTokenSource(p, ferrydata.TokenConfig{
+			Format: ferrydata.TokenFormat(opts.format), SeqLen: int(opts.seq_len),
 			Random: opts.flags&C.FERRY_TOKENS_F_RANDOM != 0, Seed: uint64(opts.seed),
 			Window: opts.flags&C.FERRY_TOKENS_F_WINDOW != 0,
 		})
@@ -301,13 +302,13 @@ func ferry_source_ragged_tokens(tokensPath, offsetsPath *C.char, opts *C.ferry_r
 		if err := checkSize("ferry_ragged_options", opts.size, C.FERRY_CAPI_V1_RAGGED_OPTIONS); err != nil {
 			return err
 		}
-		cfg := engine.RaggedConfig{Format: engine.TokenFormat(opts.format), MaxLen: int(opts.max_len)}
+		cfg := ferrydata.RaggedConfig{Format: ferrydata.TokenFormat(opts.format), MaxLen: int(opts.max_len)}
 		if opts.field_name != nil {
 			if cfg.FieldName = C.GoString(opts.field_name); cfg.FieldName == "" {
 				return fmt.Errorf("%w: ferry_ragged_options.field_name is empty; pass NULL for \"tokens\"", engine.ErrInvalidArgument)
 			}
 		}
-		src, err := engine.NewRaggedTokenSource(C.GoString(tokensPath), C.GoString(offsetsPath), cfg)
+		src, err := ferrydata.NewRaggedTokenSource(C.GoString(tokensPath), C.GoString(offsetsPath), cfg)
 		if err != nil {
 			return err
 		}
@@ -336,7 +337,7 @@ func ferry_source_callback(n C.int64_t, fields *C.ferry_field, nfields C.int32_t
 		for i, f := range fs {
 			sizes[i] = C.int64_t(f.Bytes())
 		}
-		src, err := engine.NewFuncSource(int(n), fs, func(i int, dst [][]byte) error {
+		src, err := ferrydata.NewFuncSource(int(n), fs, func(i int, dst [][]byte) error {
 			// The buffers are the iterator's staging memory, never Go memory, so passing their addresses
 			// in a Go array is allowed; C writes through them only during the call.
 			ptrs := make([]unsafe.Pointer, len(dst))

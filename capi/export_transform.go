@@ -8,6 +8,7 @@ import (
 	"unsafe"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/data"
 )
 
 func defaultTransform(kind C.int32_t) C.ferry_transform {
@@ -41,7 +42,7 @@ func optName(s *C.char, def string) string {
 }
 
 // transformFromC converts one caller transform: the field it applies to, and the engine's transform.
-func transformFromC(t *C.ferry_transform, i int) (string, engine.Transform, error) {
+func transformFromC(t *C.ferry_transform, i int) (string, data.Transform, error) {
 	if err := checkSize(fmt.Sprintf("transforms[%d]", i), t.size, C.FERRY_CAPI_V1_TRANSFORM); err != nil {
 		return "", nil, err
 	}
@@ -54,7 +55,7 @@ func transformFromC(t *C.ferry_transform, i int) (string, engine.Transform, erro
 		if t.channels < 0 || t.channels > 4 {
 			return "", nil, fmt.Errorf("%w: transforms[%d].channels is %d; it must be 0..4", engine.ErrInvalidArgument, i, int32(t.channels))
 		}
-		n := engine.Normalize{Scale: float32(t.scale), Layout: engine.ImageLayout(t.layout), DType: engine.DType(t.dtype),
+		n := data.Normalize{Scale: float32(t.scale), Layout: data.ImageLayout(t.layout), DType: data.DType(t.dtype),
 			Flip: float64(t.flip)}
 		if t.size >= C.FERRY_CAPI_V2_TRANSFORM {
 			switch t.input_layout {
@@ -72,16 +73,16 @@ func transformFromC(t *C.ferry_transform, i int) (string, engine.Transform, erro
 		}
 		return field, n, nil
 	case C.FERRY_TRANSFORM_SHIFT_TOKENS:
-		return field, engine.ShiftTokens{X: optName(t.x_name, "x"), Y: optName(t.y_name, "y")}, nil
+		return field, data.ShiftTokens{X: optName(t.x_name, "x"), Y: optName(t.y_name, "y")}, nil
 	case C.FERRY_TRANSFORM_PAD_SEQUENCES:
-		return field, engine.PadSequences{PadValue: int64(t.pad_value), Fixed: t.fixed_length != 0,
+		return field, data.PadSequences{PadValue: int64(t.pad_value), Fixed: t.fixed_length != 0,
 			Mask: optName(t.mask_name, "attention_mask"), Lengths: optName(t.lengths_name, "lengths")}, nil
 	}
 	return "", nil, fmt.Errorf("%w: transforms[%d].kind %d is unknown", engine.ErrInvalidArgument, i, int32(t.kind))
 }
 
 // transformsFromC converts the iterator options' transform array.
-func transformsFromC(ts *C.ferry_transform, n C.int32_t) (map[string]engine.Transform, error) {
+func transformsFromC(ts *C.ferry_transform, n C.int32_t) (map[string]data.Transform, error) {
 	if n == 0 {
 		return nil, nil
 	}
@@ -99,7 +100,7 @@ func transformsFromC(ts *C.ferry_transform, n C.int32_t) (map[string]engine.Tran
 	if stride > unsafe.Sizeof(C.ferry_transform{}) {
 		stride = unsafe.Sizeof(C.ferry_transform{}) // a newer caller: read the fields known here
 	}
-	out := map[string]engine.Transform{}
+	out := map[string]data.Transform{}
 	for i := 0; i < int(n); i++ {
 		// Copy the element's first stride bytes into a whole struct; a shorter element leaves the rest zero,
 		// and its size tells transformFromC which fields it has.
@@ -154,6 +155,6 @@ func ferry_transform_launch(eh C.uintptr_t, t *C.ferry_transform, in *C.ferry_fi
 		for i, d := range unsafe.Slice(dst, int(ndst)) {
 			ds[i] = engine.DevicePtr(d)
 		}
-		return eng.LaunchTransform(tr, fields[0], int(batch), engine.DevicePtr(src), ds, engine.Stream(stream))
+		return data.LaunchTransform(eng, tr, fields[0], int(batch), engine.DevicePtr(src), ds, data.Stream(stream))
 	})
 }

@@ -68,8 +68,8 @@ func DeviceCount() (int, error) {
 	return n, err
 }
 
-// cudaDevice checks the index and returns the driver's device handle.
-func cudaDevice(index int) (cuda.Device, error) {
+// CUDADevice checks the index and returns the driver's device handle. Errors wrap ErrNoDevice.
+func CUDADevice(index int) (cuda.Device, error) {
 	if err := cuda.Load(); err != nil {
 		return cuda.Device{}, noDevice(err)
 	}
@@ -85,7 +85,7 @@ func cudaDevice(index int) (cuda.Device, error) {
 
 // Device returns facts about the device with the given CUDA ordinal.
 func Device(index int) (DeviceInfo, error) {
-	d, err := cudaDevice(index)
+	d, err := CUDADevice(index)
 	if err != nil {
 		return DeviceInfo{}, err
 	}
@@ -169,10 +169,10 @@ func System() (SystemInfo, error) {
 	}
 	var err2 error
 	if s.DriverVersion, err2 = cuda.NVMLDriverVersion(); err2 != nil {
-		return s, nvmlError(err2)
+		return s, NVMLError(err2)
 	}
 	if s.NVMLVersion, err2 = cuda.NVMLVersion(); err2 != nil {
-		return s, nvmlError(err2)
+		return s, NVMLError(err2)
 	}
 	return s, nil
 }

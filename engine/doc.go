@@ -1,13 +1,18 @@
-// Package engine is ferry's Go API: devices, the memory check, and (in later files) pools, the prefetch
-// iterator and the monitor. The C library in capi/ is a thin layer over this package, so Go programs
-// import it directly and get the same behaviour.
+// Package engine is the core of ferry's Go API: devices, the engine (one device's primary context, or
+// the CPU), its host and device memory pools and their accounting, the memory snapshot a background
+// refresh keeps fresh, memory pressure and its callbacks, and the batch-size advisor. The packages built
+// on it are data (sources, the sampler's order, the prefetch iterator, staging, transforms), monitor
+// (metrics, GPU and host sampling, Prometheus, JSONL) and report (the report model, its HTML pages and
+// the merge of per-rank reports). The C library in capi/ is a thin layer over these packages, so Go
+// programs import them directly and get the same behaviour.
 //
 // # Concurrency
 //
 // The package-level functions (DeviceCount, Device, Devices, System) are safe for concurrent use. An
 // *Engine is safe for concurrent use by many goroutines: MemoryCheck is a lock-free read of the latest
-// published snapshot; MemoryCheckLive, SampleNow and the Accounting methods may be called from any
-// goroutine. Close may be called once; calls that race with Close either complete or return ErrClosed.
+// published snapshot; MemoryCheckLive, SampleNow, Attach, Adopt and the Accounting methods may be called
+// from any goroutine. Close may be called once; calls that race with Close either complete or return
+// ErrClosed.
 //
 // # GPU access
 //
@@ -17,6 +22,6 @@
 //
 // # Logging
 //
-// The engine logs through zerolog to standard error at the level named by FERRY_LOG (trace, debug, info,
-// warn, error; default warn). WithLogger replaces the logger of one engine.
+// The engine logs through zerolog to standard error at the level named by FERRY_LOG_LEVEL (trace, debug,
+// info, warn, error; default warn). WithLogger replaces the logger of one engine.
 package engine

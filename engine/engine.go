@@ -48,8 +48,9 @@ type Engine struct {
 	seq      uint64
 	listener func(*MemorySnapshot)
 
-	kern kernelSet     // the fatbin, loaded on first use
-	regs registrations // source memory registered with the driver
+	attachMu sync.Mutex
+	attached map[any]any // per-engine state of other packages (Attach), in attachOrder
+	order    []any
 
 	closed atomic.Bool
 	stop   chan struct{}
@@ -100,13 +101,13 @@ func Open(device int, opts ...Option) (*Engine, error) {
 	if cfg.log != nil {
 		e.log = *cfg.log
 	} else {
-		e.log = defaultLogger()
+		e.log = DefaultLogger()
 	}
 	e.log = e.log.With().Int("device", device).Logger()
 	e.acct.onChange = e.republish
 
 	if e.gpu {
-		d, err := cudaDevice(device)
+		d, err := CUDADevice(device)
 		if err != nil {
 			return nil, err
 		}
@@ -162,8 +163,62 @@ func (e *Engine) Trim() (uint64, error) {
 	return h + d, errors.Join(err1, err2)
 }
 
-// adopt registers c to be closed when the engine closes, before its pools and context go.
-func (e *Engine) adopt(c io.Closer) error {
+// GPU reports whether the engine runs on a CUDA device (false for the CPU engine).
+func (e *Engine) GPU() bool { return e.gpu }
+
+// Context is the device's primary context (zero on the CPU engine). Calls through it make it current
+// inside the same C call, so it may be used from any goroutine.
+func (e *Engine) Context() cuda.Context { return e.ctx }
+
+// Logger is the engine's logger.
+func (e *Engine) Logger() *zerolog.Logger { return &e.log }
+
+// Closed reports whether Close has been called.
+func (e *Engine) Closed() bool { return e.closed.Load() }
+
+// Attach returns the value kept on the engine under key, creating it with create on its first use; the
+// other packages of ferry keep their per-engine state this way (the kernel module, registered host
+// memory). A value that is an io.Closer is closed when the engine closes, after the objects it adopted
+// and its pools, before its context is released; values are closed in the reverse order of creation.
+// A failed create is not kept: the next call tries again. Attach is safe for concurrent use.
+func (e *Engine) Attach(key any, create func() (any, error)) (any, error) {
+	e.attachMu.Lock()
+	defer e.attachMu.Unlock()
+	if v, ok := e.attached[key]; ok {
+		return v, nil
+	}
+	if e.closed.Load() {
+		return nil, fmt.Errorf("%w: engine on device %d", ErrClosed, e.device)
+	}
+	v, err := create()
+	if err != nil {
+		return nil, err
+	}
+	if e.attached == nil {
+		e.attached = map[any]any{}
+	}
+	e.attached[key] = v
+	e.order = append(e.order, key)
+	return v, nil
+}
+
+// closeAttached closes the attached values that are closers, newest first.
+func (e *Engine) closeAttached() []error {
+	e.attachMu.Lock()
+	defer e.attachMu.Unlock()
+	var errs []error
+	for i := len(e.order) - 1; i >= 0; i-- {
+		if c, ok := e.attached[e.order[i]].(io.Closer); ok {
+			errs = append(errs, c.Close())
+		}
+	}
+	e.attached, e.order = nil, nil
+	return errs
+}
+
+// Adopt registers c to be closed when the engine closes, before its pools and context go. It fails with
+// ErrClosed once the engine is closing.
+func (e *Engine) Adopt(c io.Closer) error {
 	e.childMu.Lock()
 	defer e.childMu.Unlock()
 	if e.closed.Load() {
@@ -173,8 +228,8 @@ func (e *Engine) adopt(c io.Closer) error {
 	return nil
 }
 
-// disown forgets c (it closed itself).
-func (e *Engine) disown(c io.Closer) {
+// Disown forgets c (it closed itself).
+func (e *Engine) Disown(c io.Closer) {
 	e.childMu.Lock()
 	delete(e.children, c)
 	e.childMu.Unlock()
@@ -217,8 +272,9 @@ func (e *Engine) Close() error {
 	}
 	errs = append(errs, e.hostPool.close())
 	if e.gpu {
-		errs = append(errs, e.devPool.close(), e.unloadKernels())
+		errs = append(errs, e.devPool.close())
 	}
+	errs = append(errs, e.closeAttached()...)
 	// Wait for any publish in flight, then drop the listener so none runs after Close.
 	e.mu.Lock()
 	e.listener = nil

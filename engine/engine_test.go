@@ -1,37 +1,16 @@
 package engine
 
 import (
-	"bufio"
 	"errors"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ferry-ml/ferry/engine/internal/testutil"
+
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
-
-// memTotalFromProc reads MemTotal from /proc/meminfo, independently of the engine's own reader.
-func memTotalFromProc(t *testing.T) uint64 {
-	t.Helper()
-	f, err := os.Open("/proc/meminfo")
-	require.NoError(t, err)
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) >= 2 && fields[0] == "MemTotal:" {
-			kb, err := strconv.ParseUint(fields[1], 10, 64)
-			require.NoError(t, err)
-			return kb * 1024
-		}
-	}
-	t.Fatal("MemTotal not found in /proc/meminfo")
-	return 0
-}
 
 func openCPU(t *testing.T, opts ...Option) *Engine {
 	t.Helper()
@@ -58,7 +37,7 @@ func TestCPUEngineSnapshot(t *testing.T) {
 	require.Equal(t, s.Timestamp, s.SampleTimestamp)
 	require.Less(t, s.Age, time.Second)
 
-	total := memTotalFromProc(t)
+	total := testutil.MemTotalFromProc(t)
 	require.InDelta(t, float64(total), float64(s.HostTotal), float64(total)/100, "host total vs /proc/meminfo")
 	require.Positive(t, s.HostAvailable)
 	require.LessOrEqual(t, s.HostAvailable, s.HostTotal)
@@ -210,13 +189,13 @@ func TestCloseTwiceAndUseAfterClose(t *testing.T) {
 }
 
 func TestNoDriver(t *testing.T) {
-	out := runIsolated(t, "TestNoDriverChild", "FERRY_CUDA_LIBRARY=/nonexistent/libcuda.so.1",
+	out := testutil.RunIsolated(t, "TestNoDriverChild", "FERRY_CUDA_LIBRARY=/nonexistent/libcuda.so.1",
 		"FERRY_NVML_LIBRARY=/nonexistent/libnvidia-ml.so.1")
 	require.Contains(t, out, "no-driver checks passed")
 }
 
 func TestNoDriverChild(t *testing.T) {
-	isolatedChild(t)
+	testutil.IsolatedChild(t)
 	n, err := DeviceCount()
 	require.NoError(t, err)
 	require.Zero(t, n)

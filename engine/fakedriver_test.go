@@ -1,42 +1,24 @@
 package engine
 
 import (
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
+
+	"github.com/ferry-ml/ferry/engine/internal/testutil"
 
 	"github.com/stretchr/testify/require"
 )
 
-// buildFake compiles a stand-in library from testdata (fakecuda.c, fakenvml.c) and returns its path.
-func buildFake(t *testing.T, source, name string) string {
-	t.Helper()
-	cc := os.Getenv("CC")
-	if cc == "" {
-		cc = "cc"
-	}
-	out := filepath.Join(t.TempDir(), name)
-	cmd := exec.Command(cc, "-std=c11", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", out, filepath.Join("testdata", source))
-	msg, err := cmd.CombinedOutput()
-	require.NoError(t, err, "building %s: %s", source, msg)
-	return out
-}
-
-// buildFakeDriver compiles the stand-in CUDA driver.
-func buildFakeDriver(t *testing.T) string { return buildFake(t, "fakecuda.c", "libcuda.so.1") }
-
 // TestFakeDriver runs the engine's GPU path against a stand-in driver, so that it is exercised on hosts
 // without a GPU too.
 func TestFakeDriver(t *testing.T) {
-	lib := buildFakeDriver(t)
-	out := runIsolated(t, "TestFakeDriverChild", "FERRY_CUDA_LIBRARY="+lib,
+	lib := testutil.BuildFakeDriver(t)
+	out := testutil.RunIsolated(t, "TestFakeDriverChild", "FERRY_CUDA_LIBRARY="+lib,
 		"FERRY_NVML_LIBRARY=/nonexistent/libnvidia-ml.so.1")
 	require.Contains(t, out, "fake driver checks passed")
 }
 
 func TestFakeDriverChild(t *testing.T) {
-	isolatedChild(t)
+	testutil.IsolatedChild(t)
 	const gib = 1 << 30
 	n, err := DeviceCount()
 	require.NoError(t, err)
@@ -93,70 +75,7 @@ func TestFakeDriverChild(t *testing.T) {
 	require.Equal(t, failures+1, e.MemoryCheck().EngineAllocFailures)
 	t.Setenv("FAKECUDA_FAIL_ALLOC", "0")
 
-	iteratorChecks(t, e)
-	everySourceChecks(t, e)
-	// The stand-in cannot run kernels: the transforms run on the host and their outputs cross.
-	t.Run("transforms", func(t *testing.T) { transformChecks(t, e, func(Staging) Staging { return StagingGather }) })
-	t.Run("planar transforms", func(t *testing.T) { planarChecks(t, e) })
-	t.Run("dma", func(t *testing.T) { dmaChecks(t, e) })
 	pressureChecks(t, e, 10*gib)
 	require.NoError(t, e.Close())
 	t.Log("fake driver checks passed")
-}
-
-// TestFakeNVML runs the GPU sampler and the NVML-backed figures against the stand-in NVML
-// (testdata/fakenvml.c), beside the stand-in driver.
-func TestFakeNVML(t *testing.T) {
-	out := runIsolated(t, "TestFakeNVMLChild", "FERRY_CUDA_LIBRARY="+buildFakeDriver(t),
-		"FERRY_NVML_LIBRARY="+buildFake(t, "fakenvml.c", "libnvidia-ml.so.1"))
-	require.Contains(t, out, "fake NVML checks passed")
-}
-
-func TestFakeNVMLChild(t *testing.T) {
-	isolatedChild(t)
-	s, err := System()
-	require.NoError(t, err)
-	require.Equal(t, "999.1.2", s.DriverVersion)
-	d, err := Device(0)
-	require.NoError(t, err)
-	require.Equal(t, &PCIeLink{GenerationCurrent: 4, GenerationMax: 5, WidthCurrent: 8, WidthMax: 16}, d.PCIe)
-
-	e, err := Open(0, WithSampleInterval(0))
-	require.NoError(t, err)
-	defer e.Close()
-	snap := e.MemoryCheck()
-	require.True(t, snap.ProcessValid, "NVML lists this process")
-	require.Equal(t, uint64(1<<30), snap.ProcessDevice)
-
-	g, err := NewGPUSampler(0)
-	require.NoError(t, err)
-	gs, err := g.Sample()
-	require.NoError(t, err)
-	require.True(t, gs.Has(GPUUtilization|GPUMemoryUtilization|GPUMemory|GPUTemperature|GPUPower|GPUSMClock|GPUMemoryClock|GPUProcesses))
-	require.Equal(t, uint32(37), gs.UtilizationPercent)
-	require.Equal(t, uint32(12), gs.MemoryUtilizationPercent)
-	require.Equal(t, uint32(55), gs.TemperatureC)
-	require.InDelta(t, 123.456, gs.PowerWatts, 1e-9)
-	require.Equal(t, uint32(1980), gs.SMClockMHz)
-	require.Equal(t, uint32(2619), gs.MemoryClockMHz)
-	require.Equal(t, uint64(80<<30), gs.MemoryTotal)
-	self, ok := gs.Self()
-	require.True(t, ok)
-	require.Equal(t, uint64(1<<30), self.MemoryUsed)
-	// Absent both ways: ECC answers "not supported", the throttle query does not exist in this NVML.
-	require.False(t, gs.Has(GPUECCCorrected))
-	require.False(t, gs.Has(GPUECCUncorrected))
-	require.False(t, gs.Has(GPUThrottleReasons))
-	require.False(t, gs.Has(GPUPCIe), "no PCIe reading before SamplePCIe")
-	rx, tx, ok, err := g.SamplePCIe()
-	require.NoError(t, err)
-	require.True(t, ok)
-	require.Equal(t, 1000.0*1024, rx)
-	require.Equal(t, 2000.0*1024, tx)
-	gs, err = g.Sample()
-	require.NoError(t, err)
-	require.True(t, gs.Has(GPUPCIe))
-	require.Equal(t, 1000.0*1024, gs.PCIeRxBytesPerSec)
-	require.Equal(t, 9, gs.NumFields())
-	t.Log("fake NVML checks passed")
 }

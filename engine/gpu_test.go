@@ -11,12 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-ml/ferry/engine/internal/testutil"
+
 	"github.com/stretchr/testify/require"
 
 	"github.com/ferry-ml/ferry/engine/internal/cuda"
 )
-
-const mib = 1 << 20
 
 // normalizePCI turns "00000000:1B:00.0" (nvidia-smi) and "0000:1b:00.0" (driver) into one form.
 func normalizePCI(t *testing.T, id string) string {
@@ -30,7 +30,7 @@ func normalizePCI(t *testing.T, id string) string {
 }
 
 func TestGPUDevicesMatchNvidiaSmi(t *testing.T) {
-	requireGPU(t)
+	testutil.RequireGPU(t)
 	out, err := exec.Command("nvidia-smi", "--query-gpu=index,name,uuid,pci.bus_id,memory.total",
 		"--format=csv,noheader,nounits").Output()
 	require.NoError(t, err, "nvidia-smi")
@@ -57,7 +57,7 @@ func TestGPUDevicesMatchNvidiaSmi(t *testing.T) {
 		require.True(t, ok, "device %d UUID %s not listed by nvidia-smi %v", d.Index, d.UUIDString, smi)
 		require.Equal(t, s.name, d.Name)
 		require.Equal(t, s.pci, normalizePCI(t, d.PCIBusID))
-		require.InDelta(t, s.totalMiB, float64(d.TotalMemory)/mib, s.totalMiB/100, "total memory (MiB)")
+		require.InDelta(t, s.totalMiB, float64(d.TotalMemory)/testutil.MiB, s.totalMiB/100, "total memory (MiB)")
 		require.GreaterOrEqual(t, d.ComputeCapability[0], 7)
 		require.Positive(t, d.Multiprocessors)
 		require.Positive(t, d.L2CacheBytes)
@@ -67,7 +67,7 @@ func TestGPUDevicesMatchNvidiaSmi(t *testing.T) {
 		require.GreaterOrEqual(t, d.PCIe.WidthMax, 8)
 		t.Logf("device %d: %s %s %s cc %d.%d, %d SMs, %.0f MiB, PCIe gen %d/%d x%d/%d",
 			d.Index, d.Name, d.UUIDString, d.PCIBusID, d.ComputeCapability[0], d.ComputeCapability[1],
-			d.Multiprocessors, float64(d.TotalMemory)/mib, d.PCIe.GenerationCurrent, d.PCIe.GenerationMax,
+			d.Multiprocessors, float64(d.TotalMemory)/testutil.MiB, d.PCIe.GenerationCurrent, d.PCIe.GenerationMax,
 			d.PCIe.WidthCurrent, d.PCIe.WidthMax)
 	}
 
@@ -83,7 +83,7 @@ func TestGPUDevicesMatchNvidiaSmi(t *testing.T) {
 }
 
 func TestGPUEngineSnapshot(t *testing.T) {
-	requireGPU(t)
+	testutil.RequireGPU(t)
 	e, err := Open(0)
 	require.NoError(t, err)
 	defer e.Close()
@@ -101,13 +101,13 @@ func TestGPUEngineSnapshot(t *testing.T) {
 	require.True(t, s.ProcessValid, "NVML should attribute device memory to this process")
 	require.Positive(t, s.ProcessDevice)
 	require.LessOrEqual(t, s.ProcessDevice, s.DeviceUsed)
-	t.Logf("snapshot: total %d MiB, free %d MiB, this process %d MiB", s.DeviceTotal/mib, s.DeviceFree/mib, s.ProcessDevice/mib)
+	t.Logf("snapshot: total %d MiB, free %d MiB, this process %d MiB", s.DeviceTotal/testutil.MiB, s.DeviceFree/testutil.MiB, s.ProcessDevice/testutil.MiB)
 }
 
 // TestGPULiveAgreesWithDriverAndNVML compares the live check with cuMemGetInfo called directly and with
 // NVML's memory query, taken back to back.
 func TestGPULiveAgreesWithDriverAndNVML(t *testing.T) {
-	requireGPU(t)
+	testutil.RequireGPU(t)
 	e, err := Open(0)
 	require.NoError(t, err)
 	defer e.Close()
@@ -131,12 +131,12 @@ func TestGPULiveAgreesWithDriverAndNVML(t *testing.T) {
 
 	require.True(t, live.Live)
 	require.Equal(t, total, live.DeviceTotal, "total vs cuMemGetInfo")
-	require.InDelta(t, float64(free), float64(live.DeviceFree), 64*mib, "free vs cuMemGetInfo")
+	require.InDelta(t, float64(free), float64(live.DeviceFree), 64*testutil.MiB, "free vs cuMemGetInfo")
 	// NVML counts memory the driver reserves separately; free agrees within a small slice of total.
 	require.InDelta(t, float64(nm.Free), float64(live.DeviceFree), float64(total)/50, "free vs NVML")
 	require.InDelta(t, float64(nm.Total), float64(live.DeviceTotal), float64(total)/50, "total vs NVML")
 	t.Logf("live free %d MiB; cuMemGetInfo free %d MiB; NVML free %d MiB (reserved %d MiB, total %d MiB)",
-		live.DeviceFree/mib, free/mib, nm.Free/mib, nm.Reserved/mib, nm.Total/mib)
+		live.DeviceFree/testutil.MiB, free/testutil.MiB, nm.Free/testutil.MiB, nm.Reserved/testutil.MiB, nm.Total/testutil.MiB)
 }
 
 // torchHolder is a python3 process with PyTorch that allocates device memory on request.
@@ -223,7 +223,7 @@ func (h *torchHolder) allocate(t *testing.T, n uint64) {
 // TestGPUSeesAnotherProcessAllocate: when another process allocates 4 GiB, free memory drops by that
 // much in the live check at once, and in the sampled snapshot within one sample interval.
 func TestGPUSeesAnotherProcessAllocate(t *testing.T) {
-	requireGPU(t)
+	testutil.RequireGPU(t)
 	const interval = 100 * time.Millisecond
 	const size = 4 << 30
 	e, err := Open(0, WithSampleInterval(interval))
@@ -241,7 +241,7 @@ func TestGPUSeesAnotherProcessAllocate(t *testing.T) {
 	live, err := e.MemoryCheckLive()
 	require.NoError(t, err)
 	liveDrop := int64(baseLive.DeviceFree) - int64(live.DeviceFree)
-	require.InDelta(t, float64(size), float64(liveDrop), 64*mib, "live check: free should drop by 4 GiB")
+	require.InDelta(t, float64(size), float64(liveDrop), 64*testutil.MiB, "live check: free should drop by 4 GiB")
 
 	// The first snapshot taken after the allocation must appear within one interval (plus scheduling
 	// slack) and show the same drop.
@@ -257,13 +257,13 @@ func TestGPUSeesAnotherProcessAllocate(t *testing.T) {
 	require.Greater(t, snap.Timestamp, allocatedAt, "no new snapshot within %v", interval+interval/2)
 	waited := time.Duration(snap.Timestamp - allocatedAt)
 	snapDrop := int64(baseSnap.DeviceFree) - int64(snap.DeviceFree)
-	require.InDelta(t, float64(size), float64(snapDrop), 64*mib, "snapshot: free should drop by 4 GiB")
+	require.InDelta(t, float64(size), float64(snapDrop), 64*testutil.MiB, "snapshot: free should drop by 4 GiB")
 	t.Logf("4 GiB allocated by another process: live drop %.1f MiB, snapshot drop %.1f MiB after %v",
-		float64(liveDrop)/mib, float64(snapDrop)/mib, waited)
+		float64(liveDrop)/testutil.MiB, float64(snapDrop)/testutil.MiB, waited)
 }
 
 func TestGPUTwoEnginesAndBadIndex(t *testing.T) {
-	requireGPU(t)
+	testutil.RequireGPU(t)
 	n, err := DeviceCount()
 	require.NoError(t, err)
 	a, err := Open(0)
@@ -286,82 +286,9 @@ func TestGPUTwoEnginesAndBadIndex(t *testing.T) {
 }
 
 func TestGPUPressure(t *testing.T) {
-	requireGPU(t)
+	testutil.RequireGPU(t)
 	e, err := Open(0, WithSampleInterval(0))
 	require.NoError(t, err)
 	defer e.Close()
 	pressureChecks(t, e, e.MemoryCheck().DeviceUsed)
-}
-
-func TestGPUSamplerMatchesNvidiaSmi(t *testing.T) {
-	requireGPU(t)
-	g, err := NewGPUSampler(0)
-	require.NoError(t, err)
-	s, err := g.Sample()
-	require.NoError(t, err)
-	out, err := exec.Command("nvidia-smi", "-i", "0", "--query-gpu=memory.total,memory.used,temperature.gpu,power.draw,clocks.mem",
-		"--format=csv,noheader,nounits").Output()
-	require.NoError(t, err, "nvidia-smi")
-	f := strings.Split(strings.TrimSpace(string(out)), ",")
-	require.Len(t, f, 5, "nvidia-smi output %q", out)
-	num := func(i int) float64 {
-		v, err := strconv.ParseFloat(strings.TrimSpace(f[i]), 64)
-		require.NoError(t, err, "nvidia-smi field %d of %q", i, out)
-		return v
-	}
-	for _, fl := range []GPUField{GPUUtilization, GPUMemory, GPUTemperature, GPUPower, GPUSMClock, GPUMemoryClock, GPUProcesses} {
-		require.True(t, s.Has(fl), "an H100 reports field %#x", fl)
-	}
-	require.InDelta(t, num(0), float64(s.MemoryTotal)/mib, num(0)/100, "memory total (MiB)")
-	require.InDelta(t, num(1), float64(s.MemoryUsed)/mib, 512, "memory used (MiB)")
-	require.InDelta(t, num(2), float64(s.TemperatureC), 5, "temperature (C)")
-	require.InDelta(t, num(3), s.PowerWatts, 40, "power (W)")
-	require.InDelta(t, num(4), float64(s.MemoryClockMHz), num(4)/10, "memory clock (MHz)")
-	rx, tx, ok, err := g.SamplePCIe()
-	require.NoError(t, err)
-	t.Logf("%s; PCIe rx %.0f tx %.0f B/s (reported %v); fields %#x", s.String(), rx, tx, ok, s.Fields())
-}
-
-const matmulLoadScript = `
-import sys, time, torch
-dev = torch.device("cuda", int(sys.argv[1]))
-a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-torch.cuda.synchronize(dev)
-print("ready", flush=True)
-end = time.time() + float(sys.argv[2])
-while time.time() < end:
-    for _ in range(20):
-        c = a @ b
-    torch.cuda.synchronize(dev)
-`
-
-// TestGPUSamplerSeesLoad: while a torch matmul loop runs, utilization and power rise.
-func TestGPUSamplerSeesLoad(t *testing.T) {
-	requireGPU(t)
-	g, err := NewGPUSampler(0)
-	require.NoError(t, err)
-	idle, err := g.Sample()
-	require.NoError(t, err)
-	cmd := exec.Command("python3", "-c", matmulLoadScript, "0", "6")
-	cmd.Stderr = os.Stderr
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	sc := bufio.NewScanner(stdout)
-	require.True(t, sc.Scan(), "the load script did not start")
-	require.Equal(t, "ready", sc.Text())
-	var maxUtil uint32
-	var maxPower float64
-	for i := 0; i < 30; i++ {
-		time.Sleep(100 * time.Millisecond)
-		s, err := g.Sample()
-		require.NoError(t, err)
-		maxUtil = max(maxUtil, s.UtilizationPercent)
-		maxPower = max(maxPower, s.PowerWatts)
-	}
-	t.Logf("idle: %d%% %.0f W; under load: up to %d%% %.0f W", idle.UtilizationPercent, idle.PowerWatts, maxUtil, maxPower)
-	require.GreaterOrEqual(t, maxUtil, idle.UtilizationPercent+30, "utilization rises under a matmul loop")
-	require.Greater(t, maxPower, idle.PowerWatts+50, "power rises under a matmul loop")
 }

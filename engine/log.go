@@ -9,10 +9,10 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// defaultLogger is the engine's logger: zerolog to standard error, at the level named by FERRY_LOG_LEVEL
+// DefaultLogger is the logger of engines and monitors: zerolog to standard error, at the level named by FERRY_LOG_LEVEL
 // (trace, debug, info, warn, error; FERRY_LOG is accepted too; default warn), as JSON lines or, with
 // FERRY_LOG_FORMAT=console, as human-readable lines.
-func defaultLogger() zerolog.Logger {
+func DefaultLogger() zerolog.Logger {
 	level := zerolog.WarnLevel
 	name := os.Getenv("FERRY_LOG_LEVEL")
 	if name == "" {

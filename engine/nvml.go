@@ -7,8 +7,8 @@ import (
 	"github.com/ferry-ml/ferry/engine/internal/cuda"
 )
 
-// nvmlError wraps an NVML failure (including NVML being absent) as ErrNVML.
-func nvmlError(err error) error {
+// NVMLError wraps an NVML failure (including NVML being absent) as ErrNVML.
+func NVMLError(err error) error {
 	return fmt.Errorf("%w: %v", ErrNVML, err)
 }
 
@@ -19,9 +19,27 @@ type nvmlDevice struct{ dev cuda.NVMLDevice }
 func openNVMLDevice(uuid string) (*nvmlDevice, error) {
 	d, err := cuda.NVMLDeviceByUUID(uuid)
 	if err != nil {
-		return nil, nvmlError(err)
+		return nil, NVMLError(err)
 	}
 	return &nvmlDevice{dev: d}, nil
+}
+
+// NVMLDevice opens the NVML handle of the CUDA device with the given ordinal, matched by UUID, so
+// CUDA_VISIBLE_DEVICES is honoured. Errors wrap ErrNoDevice or ErrNVML.
+func NVMLDevice(index int) (cuda.NVMLDevice, error) {
+	d, err := CUDADevice(index)
+	if err != nil {
+		return cuda.NVMLDevice{}, err
+	}
+	uuid, err := d.UUID()
+	if err != nil {
+		return cuda.NVMLDevice{}, err
+	}
+	nd, err := openNVMLDevice(formatUUID(uuid))
+	if err != nil {
+		return cuda.NVMLDevice{}, err
+	}
+	return nd.dev, nil
 }
 
 // pcieLink reads the PCIe link's generation and width, current and max.
@@ -30,7 +48,7 @@ func (d *nvmlDevice) pcieLink() (PCIeLink, error) {
 	var err error
 	l.GenerationCurrent, l.GenerationMax, l.WidthCurrent, l.WidthMax, err = d.dev.PCIeLink()
 	if err != nil {
-		return l, nvmlError(err)
+		return l, NVMLError(err)
 	}
 	return l, nil
 }
@@ -41,7 +59,7 @@ func (d *nvmlDevice) pcieLink() (PCIeLink, error) {
 func (d *nvmlDevice) processMemory(pid int) (bytes uint64, ok bool, err error) {
 	procs, err := d.dev.ComputeProcesses()
 	if err != nil {
-		return 0, false, nvmlError(err)
+		return 0, false, NVMLError(err)
 	}
 	for _, p := range procs {
 		if p.PID == pid {

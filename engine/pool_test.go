@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-ml/ferry/engine/internal/testutil"
+
 	"github.com/stretchr/testify/require"
 )
 
@@ -104,7 +106,7 @@ func poolAccountingChecks(t *testing.T, e *Engine) {
 }
 
 func TestGPUPools(t *testing.T) {
-	requireGPU(t)
+	testutil.RequireGPU(t)
 	e, err := Open(0, WithSampleInterval(0))
 	require.NoError(t, err)
 	defer e.Close()

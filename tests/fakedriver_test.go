@@ -15,12 +15,12 @@ import (
 const fakeDriverEnv = "FERRY_TEST_FAKE_DRIVER_CHILD"
 
 // runOnFakeDriver builds the engine's stand-in driver (one 80 GiB "Fake GPU" whose device memory is host
-// memory, engine/testdata/fakecuda.c) and re-runs the test named child in a process that uses it, with
+// memory, engine/internal/testutil/testdata/fakecuda.c) and re-runs the test named child in a process that uses it, with
 // childEnv=1 set, since the driver path is read at the first GPU call. It returns the child's output.
 func runOnFakeDriver(t *testing.T, child, childEnv string) string {
 	t.Helper()
 	lib := filepath.Join(t.TempDir(), "libcuda.so.1")
-	src := filepath.Join("..", "engine", "testdata", "fakecuda.c")
+	src := filepath.Join("..", "engine", "internal", "testutil", "testdata", "fakecuda.c")
 	if _, err := os.Stat(src); err != nil {
 		t.Skipf("the fake driver's source is not here (%v)", err)
 	}

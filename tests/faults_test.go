@@ -13,7 +13,7 @@ import (
 // Fault injection through the C ABI: each case makes one thing fail and checks the status and the
 // message a C caller sees, that no call waits without bound, that the engine's memory comes back, and
 // that the library stays usable. The driver faults run on the engine's stand-in driver, whose
-// environment switches inject them (engine/testdata/fakecuda.c).
+// environment switches inject them (engine/internal/testutil/testdata/fakecuda.c).
 
 // faultChildEnv marks the child process of TestFaultFakeDriver.
 const faultChildEnv = "FERRY_TEST_FAULT_FAKE_DRIVER_CHILD"

@@ -14,7 +14,7 @@ import (
 
 // The memory manager through the C ABI: pressure thresholds and levels, pressure callbacks,
 // ferry_memory_optimize, and the batch-size advisor. Levels need device memory, so they are checked on the
-// stand-in driver (engine/testdata/fakecuda.c: one 80 GiB device with 10 GiB used) in a child process;
+// stand-in driver (engine/internal/testutil/testdata/fakecuda.c: one 80 GiB device with 10 GiB used) in a child process;
 // everything else runs on the CPU engine.
 
 const (

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/data"
 )
 
 // demoConfig is the built-in demonstration: a synthetic labelled image set, generated in memory.
@@ -31,10 +32,10 @@ type demoConfig struct {
 }
 
 // syntheticImages builds n random 224×224×3 uint8 images with labels in [0, 1000), in memory.
-func syntheticImages(n int, seed uint64) (*engine.MemorySource, error) {
-	fields := []engine.Field{
-		{Name: "image", DType: engine.Uint8, Shape: []int{224, 224, 3}},
-		{Name: "label", DType: engine.Int64},
+func syntheticImages(n int, seed uint64) (*data.MemorySource, error) {
+	fields := []data.Field{
+		{Name: "image", DType: data.Uint8, Shape: []int{224, 224, 3}},
+		{Name: "label", DType: data.Int64},
 	}
 	rng := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)})
 	images := make([]byte, n*fields[0].Bytes())
@@ -47,7 +48,7 @@ func syntheticImages(n int, seed uint64) (*engine.MemorySource, error) {
 			labels[i*8+b] = byte(v >> (8 * b))
 		}
 	}
-	return engine.NewMemorySource(n, fields, [][]byte{images, labels})
+	return data.NewMemorySource(n, fields, [][]byte{images, labels})
 }
 
 func runDemo(cmd *cobra.Command, cfg demoConfig) error {
@@ -77,20 +78,20 @@ func runDemo(cmd *cobra.Command, cfg demoConfig) error {
 		return err
 	}
 	defer e.Close()
-	staging, err := engine.ParseStaging(cfg.staging)
+	staging, err := data.ParseStaging(cfg.staging)
 	if err != nil {
 		return err
 	}
-	var transforms map[string]engine.Transform
+	var transforms map[string]data.Transform
 	layout := "u8 [224, 224, 3] as is"
 	if !cfg.raw {
 		// ImageNet normalization to float16 CHW with random flips, as a torchvision training pipeline does.
-		transforms = map[string]engine.Transform{"image": engine.Normalize{
-			Mean: []float32{0.485, 0.456, 0.406}, Std: []float32{0.229, 0.224, 0.225}, DType: engine.Float16, Flip: 0.5}}
+		transforms = map[string]data.Transform{"image": data.Normalize{
+			Mean: []float32{0.485, 0.456, 0.406}, Std: []float32{0.229, 0.224, 0.225}, DType: data.Float16, Flip: 0.5}}
 		layout = "u8 [224, 224, 3] -> float16 [3, 224, 224], normalized, flip 0.5"
 	}
 	setup := time.Now()
-	it, err := e.NewIterator(src, engine.IteratorOptions{
+	it, err := data.NewIterator(e, src, data.IteratorOptions{
 		BatchSize: cfg.batch, Shuffle: true, Seed: 1, Workers: cfg.workers, Prefetch: cfg.prefetch,
 		Transforms: transforms, Staging: staging,
 	})

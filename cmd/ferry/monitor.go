@@ -20,6 +20,8 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/monitor"
+	"github.com/ferry-ml/ferry/engine/report"
 )
 
 // monitorConfig is what `ferry monitor` was asked to do.
@@ -68,8 +70,8 @@ to standard error.`,
 
 // check validates the flags before anything starts, so that a typo does not cost a run.
 func (c *monitorConfig) check() error {
-	if c.interval < engine.MinSampleInterval || c.interval > engine.MaxSampleInterval {
-		return fmt.Errorf("--interval %v must be %v..%v", c.interval, engine.MinSampleInterval, engine.MaxSampleInterval)
+	if c.interval < monitor.MinSampleInterval || c.interval > engine.MaxSampleInterval {
+		return fmt.Errorf("--interval %v must be %v..%v", c.interval, monitor.MinSampleInterval, engine.MaxSampleInterval)
 	}
 	if c.duration < 0 {
 		return fmt.Errorf("--duration %v must not be negative (0 runs until interrupted)", c.duration)
@@ -90,7 +92,7 @@ func (c *monitorConfig) check() error {
 
 // sampleInterval is the samplers' cadence: twice per redraw, so that each frame shows a fresh reading.
 func (c *monitorConfig) sampleInterval() time.Duration {
-	return min(max(c.interval/2, engine.MinSampleInterval), engine.MaxSampleInterval)
+	return min(max(c.interval/2, monitor.MinSampleInterval), engine.MaxSampleInterval)
 }
 
 // gpuName is a device's index and name, as the table shows it.
@@ -132,7 +134,7 @@ func runMonitor(cmd *cobra.Command, cfg monitorConfig) error {
 
 	gpus, noGPU := monitorDevices()
 	every := cfg.sampleInterval()
-	m, err := engine.NewMonitor(engine.MonitorOptions{GPUInterval: every, SystemInterval: every})
+	m, err := monitor.NewMonitor(monitor.MonitorOptions{GPUInterval: every, SystemInterval: every})
 	if err != nil {
 		return err
 	}
@@ -147,7 +149,7 @@ func runMonitor(cmd *cobra.Command, cfg monitorConfig) error {
 			return err
 		}
 		defer shutdown()
-		header = append(header, fmt.Sprintf("prometheus: serving http://%s%s", addr, engine.PrometheusPath))
+		header = append(header, fmt.Sprintf("prometheus: serving http://%s%s", addr, monitor.PrometheusPath))
 	}
 	for _, h := range header {
 		fmt.Fprintln(view, h)
@@ -163,7 +165,7 @@ func runMonitor(cmd *cobra.Command, cfg monitorConfig) error {
 	tick := time.NewTicker(cfg.interval)
 	defer tick.Stop()
 	frames := 0
-	draw := func(r *engine.Report, final bool) error {
+	draw := func(r *report.Report, final bool) error {
 		var b strings.Builder
 		if tty {
 			b.WriteString(clearScreen)
@@ -223,7 +225,7 @@ loop:
 }
 
 // writeMonitorReport writes r as HTML or JSON, chosen by the path's extension.
-func writeMonitorReport(r *engine.Report, path string) error {
+func writeMonitorReport(r *report.Report, path string) error {
 	if strings.EqualFold(filepath.Ext(path), ".json") {
 		return r.WriteJSON(path)
 	}
@@ -231,7 +233,7 @@ func writeMonitorReport(r *engine.Report, path string) error {
 }
 
 // last is a metric's last value; ok is false when the metric is absent or has no value.
-func last(ms map[string]*engine.MetricReport, name string) (float64, bool) {
+func last(ms map[string]*report.MetricReport, name string) (float64, bool) {
 	mr := ms[name]
 	if mr == nil || mr.Count == 0 || math.IsNaN(float64(mr.Last)) {
 		return 0, false
@@ -240,7 +242,7 @@ func last(ms map[string]*engine.MetricReport, name string) (float64, bool) {
 }
 
 // figure formats a metric's last value, or "-" when it is absent: never a zero that was not read.
-func figure(ms map[string]*engine.MetricReport, name string, format func(float64) string) string {
+func figure(ms map[string]*report.MetricReport, name string, format func(float64) string) string {
 	v, ok := last(ms, name)
 	if !ok {
 		return "-"
@@ -264,7 +266,7 @@ func bytesHuman(v float64) string {
 }
 
 // writeMonitorFrame writes one frame of the live view: a GPU table (or why there is none) and the host.
-func writeMonitorFrame(w io.Writer, r *engine.Report, gpus []gpuName, noGPU string, cfg monitorConfig, final bool) error {
+func writeMonitorFrame(w io.Writer, r *report.Report, gpus []gpuName, noGPU string, cfg monitorConfig, final bool) error {
 	title := fmt.Sprintf("ferry monitor  %s  %s  %.1fs", r.Host, time.Now().Format("15:04:05"), r.DurationS)
 	if final {
 		title += "  (final)"

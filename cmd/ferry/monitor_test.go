@@ -18,6 +18,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/monitor"
+	"github.com/ferry-ml/ferry/engine/report"
 )
 
 // runCLISplit runs the CLI in-process with standard output and standard error apart.
@@ -58,9 +60,9 @@ func TestMonitorCommand(t *testing.T) {
 
 	b, err := os.ReadFile(jsonPath)
 	require.NoError(t, err)
-	var r engine.Report
+	var r report.Report
 	require.NoError(t, json.Unmarshal(b, &r))
-	require.Equal(t, engine.ReportSchema, r.Schema)
+	require.Equal(t, report.ReportSchema, r.Schema)
 	require.GreaterOrEqual(t, r.DurationS, 0.3)
 	require.Contains(t, r.SystemMetrics, "memory_percent", "the system sampler ran")
 	require.Positive(t, r.SystemMetrics["memory_percent"].Count)
@@ -71,9 +73,9 @@ func TestMonitorCommand(t *testing.T) {
 	require.NoError(t, err, stderr)
 	require.Contains(t, stderr, "CPU")
 	require.Contains(t, stderr, "report written to "+htmlPath)
-	var r2 engine.Report
+	var r2 report.Report
 	require.NoError(t, json.Unmarshal([]byte(stdout), &r2), "standard output is the report alone:\n%s", stdout)
-	require.Equal(t, engine.ReportSchema, r2.Schema)
+	require.Equal(t, report.ReportSchema, r2.Schema)
 	h, err := os.ReadFile(htmlPath)
 	require.NoError(t, err)
 	require.True(t, bytes.HasPrefix(bytes.TrimSpace(bytes.ToLower(h)), []byte("<!doctype html")), "%.200s", h)
@@ -155,7 +157,7 @@ func TestMonitorCommandRejectsBadFlags(t *testing.T) {
 }
 
 func TestMonitorCommandPortInUse(t *testing.T) {
-	m, err := engine.NewMonitor(engine.MonitorOptions{GPUInterval: -1, SystemInterval: -1})
+	m, err := monitor.NewMonitor(monitor.MonitorOptions{GPUInterval: -1, SystemInterval: -1})
 	require.NoError(t, err)
 	defer m.Close()
 	addr, shutdown, err := m.ServePrometheus("127.0.0.1:0")
@@ -167,22 +169,22 @@ func TestMonitorCommandPortInUse(t *testing.T) {
 }
 
 func TestMonitorFrame(t *testing.T) {
-	mr := func(v float64) *engine.MetricReport {
-		return &engine.MetricReport{Count: 1, Last: engine.Float(v), Mean: engine.Float(v)}
+	mr := func(v float64) *report.MetricReport {
+		return &report.MetricReport{Count: 1, Last: report.Float(v), Mean: report.Float(v)}
 	}
-	empty := &engine.MetricReport{Last: engine.Float(math.NaN())}
-	full := map[string]*engine.MetricReport{
+	empty := &report.MetricReport{Last: report.Float(math.NaN())}
+	full := map[string]*report.MetricReport{
 		"utilization_percent": mr(37), "memory_used_bytes": mr(1 << 30), "memory_total_bytes": mr(80 << 30),
 		"power_watts": mr(123.4), "temperature_celsius": mr(55), "sm_clock_mhz": mr(1980),
 	}
-	host := map[string]*engine.MetricReport{
+	host := map[string]*report.MetricReport{
 		"cpu_percent": mr(12.34), "memory_percent": mr(45.6), "load1": mr(1.5), "process_rss_bytes": mr(300 << 20),
 	}
 	for _, c := range []struct {
 		name   string
 		gpus   []gpuName
-		gm     map[string]map[string]*engine.MetricReport
-		sys    map[string]*engine.MetricReport
+		gm     map[string]map[string]*report.MetricReport
+		sys    map[string]*report.MetricReport
 		want   []string
 		absent []string
 	}{
@@ -193,20 +195,20 @@ func TestMonitorFrame(t *testing.T) {
 		},
 		{
 			name: "one GPU with every field", gpus: []gpuName{{0, "NVIDIA H100"}},
-			gm: map[string]map[string]*engine.MetricReport{"0": full}, sys: host,
+			gm: map[string]map[string]*report.MetricReport{"0": full}, sys: host,
 			want:   []string{"NVIDIA H100", "37 %", "1.0 / 80.0 GiB", "123 W", "55 C", "1980 MHz", "12.3 %"},
 			absent: []string{"no GPU"},
 		},
 		{
 			name: "absent fields are dashes, not zeros", gpus: []gpuName{{0, "A"}, {1, "B"}},
-			gm:     map[string]map[string]*engine.MetricReport{"0": {"utilization_percent": mr(5), "power_watts": empty}},
-			sys:    map[string]*engine.MetricReport{"memory_percent": mr(50)},
+			gm:     map[string]map[string]*report.MetricReport{"0": {"utilization_percent": mr(5), "power_watts": empty}},
+			sys:    map[string]*report.MetricReport{"memory_percent": mr(50)},
 			want:   []string{"5 %", "50.0 %"},
 			absent: []string{" 0 W", " 0 C", " 0 MHz", " 0.0 %"},
 		},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			r := &engine.Report{Host: "h", GPUMetrics: c.gm, SystemMetrics: c.sys}
+			r := &report.Report{Host: "h", GPUMetrics: c.gm, SystemMetrics: c.sys}
 			var b strings.Builder
 			require.NoError(t, writeMonitorFrame(&b, r, c.gpus, "no GPU (driver missing)", monitorConfig{}, false))
 			out := b.String()

@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/report"
 )
 
 // reportMergeConfig is what `ferry report merge` was asked to do.
@@ -97,7 +97,7 @@ func (c *reportMergeConfig) check(inputs []string) error {
 }
 
 func runReportMerge(stdout io.Writer, cfg reportMergeConfig, inputs []string) error {
-	m, err := engine.MergeReportFiles(inputs...)
+	m, err := report.MergeReportFiles(inputs...)
 	if err != nil {
 		return err
 	}

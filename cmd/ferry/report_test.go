@@ -15,13 +15,15 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/monitor"
+	"github.com/ferry-ml/ferry/engine/report"
 )
 
 // writeRankReport writes the report of one rank, built by a real monitor with its samplers off: steps
 // loss values, and the pipeline "train" logging the given data stall and samples per second.
 func writeRankReport(t *testing.T, dir string, rank int, node string, steps int, stall, sps []float64) string {
 	t.Helper()
-	m, err := engine.NewMonitor(engine.MonitorOptions{GPUInterval: -1, SystemInterval: -1, Rank: rank, LocalRank: rank % 2, Node: node})
+	m, err := monitor.NewMonitor(monitor.MonitorOptions{GPUInterval: -1, SystemInterval: -1, Rank: rank, LocalRank: rank % 2, Node: node})
 	require.NoError(t, err)
 	defer func() { require.NoError(t, m.Close()) }()
 	loss, err := m.Metric("loss")
@@ -72,9 +74,9 @@ func TestReportMergeCommand(t *testing.T) {
 
 	b, err := os.ReadFile(out)
 	require.NoError(t, err)
-	var m engine.MergedReport
+	var m report.MergedReport
 	require.NoError(t, json.Unmarshal(b, &m))
-	require.Equal(t, engine.MergedReportSchema, m.Schema)
+	require.Equal(t, report.MergedReportSchema, m.Schema)
 	require.Len(t, m.Ranks, 3)
 	for i, rr := range m.Ranks {
 		require.Equal(t, i, rr.Rank)
@@ -82,8 +84,8 @@ func TestReportMergeCommand(t *testing.T) {
 	require.Equal(t, r0, m.Ranks[0].Source)
 	loss := m.Aggregate.Training["loss"]
 	require.Equal(t, uint64(270), loss.Count)
-	require.Equal(t, engine.Float(2), loss.Max)
-	require.Equal(t, engine.Float(2.0/100), loss.Min)
+	require.Equal(t, report.Float(2), loss.Max)
+	require.Equal(t, report.Float(2.0/100), loss.Min)
 	sps := m.Aggregate.Pipeline["train"]["samples_per_second"]
 	require.NotNil(t, sps.TotalMean)
 	require.InDelta(t, 3350, float64(*sps.TotalMean), 1e-9)
@@ -161,9 +163,9 @@ func TestReportMergeCommandRejectsBadInput(t *testing.T) {
 func TestReportMergeCommandKeepsAbsentFiguresAbsent(t *testing.T) {
 	// A rank with no pipeline and no value: dashes, never zeros.
 	dir := t.TempDir()
-	nan := engine.Float(math.NaN())
-	r := &engine.Report{Schema: engine.ReportSchema, Rank: 0, Host: "h0",
-		TrainingMetrics: map[string]*engine.MetricReport{"loss": {Count: 0, Mean: nan, Min: nan, Max: nan, Std: nan}}}
+	nan := report.Float(math.NaN())
+	r := &report.Report{Schema: report.ReportSchema, Rank: 0, Host: "h0",
+		TrainingMetrics: map[string]*report.MetricReport{"loss": {Count: 0, Mean: nan, Min: nan, Max: nan, Std: nan}}}
 	p := filepath.Join(dir, "r0.json")
 	require.NoError(t, r.WriteJSON(p))
 	stdout, err := runCLI(t, "report", "merge", p)

@@ -53,7 +53,9 @@ if [ "$mode" = tests ] || [ "$mode" = all ]; then
     step "ferry info --json" "$log" sh -c "'$here/bin/ferry' info --json | tee '$out/info.json'"
     step "ferry demo" "$log" "$here/bin/ferry" demo
     step "go: engine/internal/cuda" "$log" "$here/tests/cuda.test" -test.v -test.count=1
-    step "go: engine" "$log" sh -c "cd '$here/tests' && ./engine.test -test.v -test.count=1"
+    for p in engine data monitor report; do
+        step "go: $p" "$log" sh -c "cd '$here/tests' && ./$p.test -test.v -test.count=1"
+    done
     step "go: CLI" "$log" sh -c "cd '$here/cmd/ferry' && ../../tests/cli.test -test.v -test.count=1"
     step "go: C-ABI harness" "$log" sh -c "cd '$here/tests' && ./harness.test -test.v -test.count=1"
     step "C: test_c99" "$log" "$here/bin/test_c99"
@@ -77,14 +79,16 @@ if [ "$mode" = tests ] || [ "$mode" = all ]; then
     # The layout kernels under compute-sanitizer: every launch of the GPU transform and staging tests.
     if command -v compute-sanitizer >/dev/null; then
         step "compute-sanitizer memcheck: kernels" "$log" sh -c "cd '$here/tests' && compute-sanitizer --tool memcheck --target-processes application-only \
-            --error-exitcode 9 ./engine.test -test.run 'TransformsGPU' -test.count=1"
+            --error-exitcode 9 ./data.test -test.run 'TransformsGPU' -test.count=1"
         # Every GPU test of the engine (pools, iterators, staging, samplers) under memcheck and racecheck.
         # API errors are not counted here: the staging code registers source memory writable first and,
         # on a read-only file mapping, gets CUDA_ERROR_INVALID_VALUE and registers it read-only, by design.
-        step "compute-sanitizer memcheck: GPU suite" "$log" sh -c "cd '$here/tests' && compute-sanitizer --tool memcheck --target-processes application-only --report-api-errors no \
-            --error-exitcode 9 ./engine.test -test.run 'GPU' -test.count=1"
+        for p in engine data monitor; do
+            step "compute-sanitizer memcheck: GPU suite ($p)" "$log" sh -c "cd '$here/tests' && compute-sanitizer --tool memcheck --target-processes application-only --report-api-errors no \
+                --error-exitcode 9 ./$p.test -test.run 'GPU' -test.count=1"
+        done
         step "compute-sanitizer racecheck: GPU suite" "$log" sh -c "cd '$here/tests' && compute-sanitizer --tool racecheck --target-processes application-only \
-            --error-exitcode 9 ./engine.test -test.run 'TransformsGPU|IteratorGPU|MultiGPU' -test.count=1"
+            --error-exitcode 9 ./data.test -test.run 'TransformsGPU|IteratorGPU|MultiGPU' -test.count=1"
     fi
 fi
 
@@ -96,7 +100,9 @@ if [ "$mode" = bench ] || [ "$mode" = all ]; then
     step "bench: loader vs torch" "$log" python3 "$here/python/benchmarks/bench_loader.py" --json "$out/bench_loader.json"
     step "bench: AutoBatch vs exhaustive search and Lightning" "$log" python3 "$here/python/benchmarks/bench_autobatch.py" --model resnet50 --headroom 0.02 --headroom 0.05 --json "$out/bench_autobatch.json"
     step "bench: layout kernel vs torch" "$log" python3 "$here/python/benchmarks/bench_layout.py" --json "$out/bench_layout.json"
-    step "bench: Go" "$log" "$here/tests/engine.test" -test.run '^$' -test.bench . -test.benchtime 2s
+    for p in engine data monitor; do
+        step "bench: Go ($p)" "$log" "$here/tests/$p.test" -test.run '^$' -test.bench . -test.benchtime 2s
+    done
     cat "$log"
 fi
 

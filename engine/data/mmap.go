@@ -1,0 +1,169 @@
+package data
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"runtime/debug"
+	"sync"
+
+	"github.com/ferry-ml/ferry/engine"
+
+	"golang.org/x/sys/unix"
+)
+
+// This file holds what the sources share: a read-only file mapping, the guard that lets Close wait for
+// readers, and the argument checks of ReadSample.
+
+// mappedFile is a whole file mapped read-only and shared, so the page cache backs it and nothing is
+// copied at open. The kernel's default read-ahead is kept: samples are often larger than a page, and
+// MADV_RANDOM would make every page of a random sample a separate fault and a separate disk read.
+type mappedFile struct {
+	path string
+	data []byte
+}
+
+// mapFile maps path. An empty file cannot be mapped and is an ErrFormat error; a missing or unreadable
+// file is an ErrIO error that also wraps the operating system's error (errors.Is(err, fs.ErrNotExist)).
+func mapFile(path string) (*mappedFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", engine.ErrIO, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", engine.ErrIO, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: %s is not a regular file (%v)", engine.ErrInvalidArgument, path, st.Mode().Type())
+	}
+	size := st.Size()
+	if size == 0 {
+		return nil, fmt.Errorf("%w: %s is empty", engine.ErrFormat, path)
+	}
+	if uint64(size) > math.MaxInt {
+		return nil, fmt.Errorf("%w: %s is %d bytes, too large to map", engine.ErrInvalidArgument, path, size)
+	}
+	data, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("%w: mapping %s (%d bytes): %w", engine.ErrIO, path, size, err)
+	}
+	return &mappedFile{path: path, data: data}, nil
+}
+
+// unmap releases the mapping; it is a no-op on a nil or already released mapping.
+func (m *mappedFile) unmap() error {
+	if m == nil || m.data == nil {
+		return nil
+	}
+	err := unix.Munmap(m.data)
+	m.data = nil
+	if err != nil {
+		return fmt.Errorf("%w: unmapping %s: %w", engine.ErrIO, m.path, err)
+	}
+	return nil
+}
+
+// closeGuard makes Close wait for ReadSample calls in flight and turns reads after Close into ErrClosed.
+// Readers hold the read lock while they touch the source's memory; Close takes the write lock.
+type closeGuard struct {
+	mu     sync.RWMutex
+	closed bool
+}
+
+// enter starts a read. It returns false, holding nothing, when the source is closed.
+func (g *closeGuard) enter() bool {
+	g.mu.RLock()
+	if g.closed {
+		g.mu.RUnlock()
+		return false
+	}
+	return true
+}
+
+// exit ends a read started by a successful enter.
+func (g *closeGuard) exit() { g.mu.RUnlock() }
+
+// close marks the source closed once readers have left and runs release. A second call returns an error
+// wrapping ErrClosed that names the source.
+func (g *closeGuard) close(src fmt.Stringer, release func() error) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return fmt.Errorf("%w: %v is already closed", engine.ErrClosed, src)
+	}
+	g.closed = true
+	if release == nil {
+		return nil
+	}
+	return release()
+}
+
+// errClosedSource is the error of ReadSample on a closed source.
+func errClosedSource(src fmt.Stringer, i int) error {
+	return fmt.Errorf("%w: %v: reading sample %d after Close", engine.ErrClosed, src, i)
+}
+
+// checkRead validates ReadSample's arguments: 0 <= i < n, one destination per field, each exactly the
+// field's size.
+func checkRead(src fmt.Stringer, n int, fields []Field, i int, dst [][]byte) error {
+	if i < 0 || i >= n {
+		return fmt.Errorf("%w: %v: sample %d is out of range [0, %d)", engine.ErrInvalidArgument, src, i, n)
+	}
+	if len(dst) != len(fields) {
+		return fmt.Errorf("%w: %v: sample %d: %d destination buffers for %d fields", engine.ErrInvalidArgument, src, i, len(dst), len(fields))
+	}
+	for k, f := range fields {
+		if len(dst[k]) != f.Bytes() {
+			return fmt.Errorf("%w: %v: sample %d: field %q needs a %d-byte destination, got %d bytes",
+				engine.ErrInvalidArgument, src, i, f.Name, f.Bytes(), len(dst[k]))
+		}
+	}
+	return nil
+}
+
+// guardFaults makes a fault on mapped memory in the calling goroutine a panic instead of a crash; pair it
+// with a deferred recoverFault. A file truncated while mapped is the case this catches: reading its
+// vanished pages raises SIGBUS.
+func guardFaults() bool { return debug.SetPanicOnFault(true) }
+
+// recoverFault, deferred after guardFaults, restores the goroutine's fault setting and turns a panic into
+// an ErrIO error naming the source and the sample.
+func recoverFault(err *error, old bool, src fmt.Stringer, i int) {
+	debug.SetPanicOnFault(old)
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("%w: %v: reading sample %d faulted (was the file truncated or changed while open?): %v",
+			engine.ErrIO, src, i, r)
+	}
+}
+
+// cloneFields copies fields deeply, so that a caller changing its slices later changes nothing here.
+func cloneFields(fields []Field) []Field {
+	out := make([]Field, len(fields))
+	for k, f := range fields {
+		out[k] = f
+		out[k].Shape = append([]int(nil), f.Shape...)
+	}
+	return out
+}
+
+// sampleBytes is the size of one sample over all fields.
+func sampleBytes(fields []Field) int {
+	n := 0
+	for _, f := range fields {
+		n += f.Bytes()
+	}
+	return n
+}
+
+// wrapsSentinel reports whether err already wraps one of the errors a Source documents.
+func wrapsSentinel(err error) bool {
+	for _, s := range []error{engine.ErrIO, engine.ErrFormat, engine.ErrInvalidArgument, engine.ErrClosed, engine.ErrOutOfMemory, engine.ErrUnsupported, engine.ErrTimeout, engine.ErrLimit} {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,171 @@
+// Package testutil holds the helpers that the tests of several engine packages share: the GPU gate, a
+// re-run of one test in a child process, and the stand-in CUDA driver and NVML built from C sources.
+// Only test files import it.
+package testutil
+
+import (
+	"bufio"
+	_ "embed"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/ferry-ml/ferry/engine/internal/cuda"
+)
+
+// RequireGPU skips the test when no CUDA device is visible, or fails it when FERRY_REQUIRE_GPU=1.
+func RequireGPU(t testing.TB) {
+	t.Helper()
+	n, err := cuda.DeviceCount()
+	if errors.Is(err, cuda.ErrNotLoaded) {
+		n, err = 0, nil
+	}
+	require.NoError(t, err)
+	if n > 0 {
+		return
+	}
+	if os.Getenv("FERRY_REQUIRE_GPU") == "1" {
+		why := "the driver reports no device"
+		if err := cuda.Load(); err != nil {
+			why = err.Error()
+		}
+		t.Fatalf("FERRY_REQUIRE_GPU=1 but no CUDA device is visible (%s)", why)
+	}
+	t.Skip("no CUDA device (set FERRY_REQUIRE_GPU=1 to fail instead)")
+}
+
+// RunIsolated re-runs the named test in a fresh process with extra environment, because the driver
+// libraries are loaded once per process. It returns the child's combined output.
+func RunIsolated(t testing.TB, name string, env ...string) string {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$", "-test.v", "-test.count=1")
+	cmd.Env = append(append(os.Environ(), "FERRY_ISOLATED_CHILD=1"), env...)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "child test %s failed:\n%s", name, out)
+	require.Contains(t, string(out), "--- PASS: "+name, "child did not run %s:\n%s", name, out)
+	return string(out)
+}
+
+// IsolatedChild skips the test unless it runs as the child of RunIsolated.
+func IsolatedChild(t testing.TB) {
+	t.Helper()
+	if os.Getenv("FERRY_ISOLATED_CHILD") != "1" {
+		t.Skip("runs only in a child process started by RunIsolated")
+	}
+}
+
+// The stand-in libraries' sources, embedded so that a compiled test binary builds them anywhere.
+var (
+	//go:embed testdata/fakecuda.c
+	fakeCUDA []byte
+	//go:embed testdata/fakenvml.c
+	fakeNVML []byte
+)
+
+// buildFake compiles a stand-in library from C source and returns its path.
+func buildFake(t testing.TB, source []byte, file, name string) string {
+	t.Helper()
+	cc := os.Getenv("CC")
+	if cc == "" {
+		cc = "cc"
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, file)
+	require.NoError(t, os.WriteFile(src, source, 0o644))
+	out := filepath.Join(dir, name)
+	cmd := exec.Command(cc, "-std=c11", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", out, src)
+	msg, err := cmd.CombinedOutput()
+	require.NoError(t, err, "building %s: %s", file, msg)
+	return out
+}
+
+// BuildFakeDriver compiles the stand-in CUDA driver (testdata/fakecuda.c: its environment switches
+// inject faults) and returns the library's path.
+func BuildFakeDriver(t testing.TB) string {
+	return buildFake(t, fakeCUDA, "fakecuda.c", "libcuda.so.1")
+}
+
+// BuildFakeNVML compiles the stand-in NVML (testdata/fakenvml.c) and returns the library's path.
+func BuildFakeNVML(t testing.TB) string {
+	return buildFake(t, fakeNVML, "fakenvml.c", "libnvidia-ml.so.1")
+}
+
+// MiB is a mebibyte.
+const MiB = 1 << 20
+
+// FaultBound is how long a call may take under an injected fault before the test calls it a hang.
+const FaultBound = 10 * time.Second
+
+// Within runs fn and fails the test if it does not return within d.
+func Within[T any](t testing.TB, d time.Duration, what string, fn func() T) T {
+	t.Helper()
+	done := make(chan T, 1)
+	go func() { done <- fn() }()
+	select {
+	case v := <-done:
+		return v
+	case <-time.After(d):
+		t.Fatalf("%s did not return within %v", what, d)
+	}
+	var zero T
+	return zero
+}
+
+// RequireWraps fails the test unless err wraps one of sentinels with a message that says more than the
+// sentinel does.
+func RequireWraps(t testing.TB, err error, sentinels ...error) {
+	t.Helper()
+	require.Error(t, err)
+	for _, s := range sentinels {
+		if errors.Is(err, s) {
+			require.Greater(t, len(err.Error()), len(s.Error())+2, "the error %q does not name the problem", err)
+			return
+		}
+	}
+	t.Fatalf("the error %q wraps none of %v", err, sentinels)
+}
+
+// CPUTime is the CPU time the process has used (user and system).
+func CPUTime(b testing.TB) time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// MemTotalFromProc reads MemTotal from /proc/meminfo, independently of the engine's own reader.
+func MemTotalFromProc(t testing.TB) uint64 {
+	t.Helper()
+	f, err := os.Open("/proc/meminfo")
+	require.NoError(t, err)
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && fields[0] == "MemTotal:" {
+			kb, err := strconv.ParseUint(fields[1], 10, 64)
+			require.NoError(t, err)
+			return kb * 1024
+		}
+	}
+	t.Fatal("MemTotal not found in /proc/meminfo")
+	return 0
+}
+
+// WriteFile writes data to name in dir, replacing what was there, and returns its path. A fuzz worker runs
+// its inputs one after another, so a target reuses one directory and a few names.
+func WriteFile(t testing.TB, dir, name string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	require.NoError(t, os.WriteFile(p, data, 0o644))
+	return p
+}
