@@ -30,7 +30,7 @@ from ._errors import (
     UnsupportedError,
     status_name,
 )
-from ._loader import LibraryNotFoundError, library_path
+from ._lib import LibraryNotFoundError, library_path
 from ._memory import MemoryManager, OptimizeResult
 from ._advisor import AdvisorFit, BatchSizeAdvisor, torch_min_reduce
 from ._autobatch import AutoBatch

@@ -12,7 +12,7 @@ import weakref
 from ctypes import byref, c_int32, c_int64, c_void_p
 from typing import Any, Dict, Iterator as TypingIterator, List, Mapping, Optional, Tuple, Union
 
-from . import _loader
+from . import _lib
 from ._device import device_count
 from ._dlpack import DLPackField, _field_from_batch
 from ._engine import CPU, Engine
@@ -31,8 +31,8 @@ def _parse_device(device: Any) -> int:
     if device is None:
         if device_count() == 0:
             return CPU
-        opts = _loader.EngineOptions()
-        _check(_loader.lib().ferry_engine_options_init(byref(opts)))  # LOCAL_RANK under torchrun, else 0
+        opts = _lib.EngineOptions()
+        _check(_lib.lib().ferry_engine_options_init(byref(opts)))  # LOCAL_RANK under torchrun, else 0
         return opts.device
     if isinstance(device, int) and not isinstance(device, bool):
         return CPU if device == CPU else _as_int32(device, "device")
@@ -68,7 +68,7 @@ class Batch:
         self._names = iterator.field_names
         self._stream = stream
         self._finalizer = weakref.finalize(self, _release_batch, self._lib, handle)
-        info = _loader.BatchProperties()
+        info = _lib.BatchProperties()
         info.size = ctypes.sizeof(info)
         _check(self._lib.ferry_batch_info(handle, byref(info)))
         self.epoch: int = info.epoch
@@ -187,12 +187,12 @@ class Iterator(_Owner):
         self._handle: Optional[c_void_p] = None
         if not isinstance(source, Source):
             raise TypeError(f"source must be a ferry source, not {type(source).__name__}")
-        lib = _loader.lib()
+        lib = _lib.lib()
         self._lib = lib
-        opts = _loader.IteratorOptions()
+        opts = _lib.IteratorOptions()
         _check(lib.ferry_iterator_options_init(byref(opts)))
-        opts.flags = (_loader.FERRY_ITERATOR_F_SHUFFLE if shuffle else 0) | (
-            _loader.FERRY_ITERATOR_F_DROP_LAST if drop_last else 0)
+        opts.flags = (_lib.FERRY_ITERATOR_F_SHUFFLE if shuffle else 0) | (
+            _lib.FERRY_ITERATOR_F_DROP_LAST if drop_last else 0)
         opts.batch_size = _as_int(batch_size, "batch_size")
         opts.seed = _as_int(seed, "seed") & (2**64 - 1)
         opts.workers = _as_int32(workers, "workers")
@@ -210,7 +210,7 @@ class Iterator(_Owner):
         # library copies them.
         array, count, names = transform_array(transforms)
         if array is not None:
-            opts.transforms = ctypes.cast(array, ctypes.POINTER(_loader.Transform))
+            opts.transforms = ctypes.cast(array, ctypes.POINTER(_lib.Transform))
         opts.num_transforms = count
         opts.staging = _as_int32(staging_code(staging), "staging")
         budget = 0 if pinned_budget is None else _as_int(pinned_budget, "pinned_budget")
@@ -229,7 +229,7 @@ class Iterator(_Owner):
         _check(lib.ferry_iterator_num_fields(handle, byref(nf)))
         names_out: List[str] = []
         for i in range(nf.value):
-            fs = _loader.FieldStruct()
+            fs = _lib.FieldStruct()
             _check(lib.ferry_iterator_field(handle, i, byref(fs)))
             names_out.append(fs.name.decode("utf-8"))
         self.field_names: List[str] = names_out
@@ -269,7 +269,7 @@ class Iterator(_Owner):
         """
         out = c_void_p()
         status = self._lib.ferry_iterator_next(self._h(), c_void_p(int(stream)) if stream else None, byref(out))
-        if status == _loader.FERRY_END_OF_EPOCH:
+        if status == _lib.FERRY_END_OF_EPOCH:
             return None
         if status:
             err = _error(status)
@@ -291,7 +291,7 @@ class Iterator(_Owner):
         "world_size": w}``. ``b`` may equal ``len(self)`` (the epoch's end comes next); ``offset`` is
         non-zero only in an epoch resumed elastically; ``consumed`` is the job's global position (the
         samples of the epoch all ranks have consumed), the same on every rank."""
-        pos = _loader.IteratorPosition()
+        pos = _lib.IteratorPosition()
         pos.size = ctypes.sizeof(pos)
         _check(self._lib.ferry_iterator_state(self._h(), byref(pos)))
         return {"epoch": pos.epoch, "batch": pos.batch, "offset": pos.offset, "consumed": pos.consumed,
@@ -300,7 +300,7 @@ class Iterator(_Owner):
     def restore(self, epoch: int, batch: int = 0, offset: int = 0, world_size: int = 0) -> None:
         """Moves to a position from :meth:`state`, in O(1); what follows is bit for bit what would have.
         A position taken under another world size is refused: use :meth:`restore_elastic`."""
-        pos = _loader.IteratorPosition()
+        pos = _lib.IteratorPosition()
         pos.size = ctypes.sizeof(pos)
         pos.epoch = _as_int(epoch, "epoch")
         pos.batch = _as_int(batch, "batch")
