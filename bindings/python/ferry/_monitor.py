@@ -188,7 +188,8 @@ class PerformanceMonitor(_Owner):
         """Reports an iterator (a :class:`~ferry.Loader`'s, or a :class:`~ferry.Iterator`) under
         ``pipeline/<name>/...``: batches/s, samples/s, host-to-device bytes/s, queue depth and data stall %,
         sampled every ``system_interval`` while the samplers run. A closed iterator is dropped."""
-        from ._iterator import Iterator, Loader
+        from ._dataloader import Loader
+        from ._iterator import Iterator
 
         it = loader_or_iterator.iterator if isinstance(loader_or_iterator, Loader) else loader_or_iterator
         if not isinstance(it, Iterator):
