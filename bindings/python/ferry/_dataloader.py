@@ -14,7 +14,7 @@ from ._device import device_count
 from ._dlpack import DLPackField
 from ._engine import CPU, Engine
 from ._errors import _as_int, _as_int32, _check, _closed, _invalid
-from ._iterator import Batch, Iterator
+from ._iterator import _DEFAULTS, Batch, Iterator, IteratorSettings
 from ._sources import ArraySource, Source
 from ._transforms import Transform
 
@@ -103,12 +103,14 @@ class Loader:
     :meth:`close` (or leaving a ``with`` block) destroys them; garbage collection does as a backstop.
     """
 
-    def __init__(self, source: Union[Source, Mapping[str, Any]], batch_size: int, shuffle: bool = False,
-                 seed: int = 0, drop_last: bool = False, workers: int = 0, prefetch: int = 0,
-                 device: Any = None, rank: Optional[int] = None, world_size: Optional[int] = None,
-                 timeout_ms: int = 0, copy: bool = False, output: Optional[str] = None,
-                 transforms: Optional[Mapping[str, Transform]] = None, staging: Any = "auto",
-                 pinned_budget: Optional[int] = None) -> None:
+    def __init__(self, source: Union[Source, Mapping[str, Any]], batch_size: int, shuffle: bool = _DEFAULTS.shuffle,
+                 seed: int = _DEFAULTS.seed, drop_last: bool = _DEFAULTS.drop_last, workers: int = _DEFAULTS.workers,
+                 prefetch: int = _DEFAULTS.prefetch, device: Any = None, rank: Optional[int] = _DEFAULTS.rank,
+                 world_size: Optional[int] = _DEFAULTS.world_size, timeout_ms: int = _DEFAULTS.timeout_ms,
+                 copy: bool = False, output: Optional[str] = None,
+                 transforms: Optional[Mapping[str, Transform]] = _DEFAULTS.transforms, staging: Any = _DEFAULTS.staging,
+                 pinned_budget: Optional[int] = _DEFAULTS.pinned_budget) -> None:
+        settings = IteratorSettings.of(locals())
         self._iterator: Optional[Iterator] = None
         self._owned_source: Optional[Source] = None
         self._engine: Optional[Engine] = None
@@ -121,18 +123,14 @@ class Loader:
             self.copy = bool(copy)
             self._setup_output(output)
             self._engine = Engine(dev, sample_interval_ms=0)
-            self._iterator = Iterator(self._engine, source, batch_size, shuffle=shuffle, seed=seed,
-                                      drop_last=drop_last, workers=workers, prefetch=prefetch, rank=rank,
-                                      world_size=world_size, timeout_ms=timeout_ms, transforms=transforms,
-                                      staging=staging, pinned_budget=pinned_budget)
+            self._iterator = Iterator(self._engine, source, batch_size, **settings.as_dict())
         except BaseException:
             self.close()
             raise
         self.source = source
         self.batch_size = self._iterator.batch_size
-        self._settings = dict(shuffle=shuffle, seed=seed, drop_last=drop_last, workers=workers, prefetch=prefetch,
-                              rank=rank, world_size=world_size, timeout_ms=timeout_ms, output=self.output,
-                              transforms=transforms, staging=staging, pinned_budget=pinned_budget)
+        # What PrefetchLoader reuses of this loader besides batch_size and copy.
+        self._settings = dict(settings.as_dict(), output=self.output)
 
     def _setup_output(self, output: Optional[str]) -> None:
         on_gpu = self.device != CPU
@@ -292,8 +290,8 @@ class OptimizedDataLoader(Loader):
     """
 
     def __init__(self, dataset_or_arrays: Union[Source, Mapping[str, Any]], batch_size: int = 32,
-                 shuffle: bool = False, num_workers: int = 0, pin_memory: bool = True, prefetch_factor: int = 2,
-                 drop_last: bool = False, **kw: Any) -> None:
+                 shuffle: bool = _DEFAULTS.shuffle, num_workers: int = 0, pin_memory: bool = True,
+                 prefetch_factor: int = 2, drop_last: bool = _DEFAULTS.drop_last, **kw: Any) -> None:
         del pin_memory
         prefetch = _as_int(prefetch_factor if prefetch_factor is not None else 2, "prefetch_factor")
         super().__init__(dataset_or_arrays, batch_size, shuffle=shuffle, drop_last=drop_last,

@@ -11,6 +11,7 @@ import ctypes
 import re
 import weakref
 from ctypes import byref, c_int32, c_int64, c_void_p
+from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import _lib
@@ -129,6 +130,70 @@ class Batch:
 # --- the iterator -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class IteratorSettings:
+    """The iterator's keyword arguments with their defaults, defined once: :class:`Iterator` and
+    :class:`~ferry.Loader` take these names, their defaults are read from here (``_DEFAULTS``), and
+    :meth:`options` checks the values and converts them to ``ferry_iterator_options``."""
+
+    shuffle: bool = False
+    seed: int = 0
+    drop_last: bool = False
+    workers: int = 0
+    prefetch: int = 0
+    rank: Optional[int] = None
+    world_size: Optional[int] = None
+    timeout_ms: int = 0
+    transforms: Optional[Mapping[str, Transform]] = None
+    staging: Any = "auto"
+    pinned_budget: Optional[int] = None
+
+    @classmethod
+    def of(cls, arguments: Mapping[str, Any]) -> "IteratorSettings":
+        """The settings among a call's arguments: ``locals()`` taken first thing in a function whose
+        parameters include every setting."""
+        return cls(**{f.name: arguments[f.name] for f in fields(cls)})
+
+    def as_dict(self) -> Dict[str, Any]:
+        """{name: value}, with the values as given (``dataclasses.asdict`` would deep-copy the transforms)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def options(self, lib: ctypes.CDLL, batch_size: int) -> Tuple[_lib.IteratorOptions, Any]:
+        """The ``ferry_iterator_options`` of these settings and ``batch_size``, and what they point to (the
+        transform array and its C strings), which must stay alive until ``ferry_iterator_create`` returns.
+        Raises the argument errors of :class:`Iterator`."""
+        opts = _lib.IteratorOptions()
+        _check(lib.ferry_iterator_options_init(byref(opts)))
+        opts.flags = (_lib.FERRY_ITERATOR_F_SHUFFLE if self.shuffle else 0) | (
+            _lib.FERRY_ITERATOR_F_DROP_LAST if self.drop_last else 0)
+        opts.batch_size = _as_int(batch_size, "batch_size")
+        opts.seed = _as_int(self.seed, "seed") & (2**64 - 1)
+        opts.workers = _as_int32(self.workers, "workers")
+        opts.prefetch = _as_int32(self.prefetch, "prefetch")
+        if self.world_size is None:
+            # 0: the library reads RANK and WORLD_SIZE from the live environment (torchrun), else one rank.
+            if self.rank is not None:
+                raise _invalid("rank was given without world_size")
+            opts.world_size, opts.rank = 0, 0
+        else:
+            opts.world_size = _as_int32(self.world_size, "world_size")
+            opts.rank = _as_int32(self.rank if self.rank is not None else 0, "rank")
+        opts.timeout_ms = _as_uint32(self.timeout_ms, "timeout_ms")
+        array, count, names = transform_array(self.transforms)
+        if array is not None:
+            opts.transforms = ctypes.cast(array, ctypes.POINTER(_lib.Transform))
+        opts.num_transforms = count
+        opts.staging = _as_int32(staging_code(self.staging), "staging")
+        budget = 0 if self.pinned_budget is None else _as_int(self.pinned_budget, "pinned_budget")
+        if not -(2**63) <= budget < 2**63:
+            raise _invalid(f"pinned_budget {budget} does not fit int64_t")
+        opts.pinned_budget = budget
+        return opts, (array, names)
+
+
+_DEFAULTS = IteratorSettings()
+
+
 def _destroy_iterator(lib: ctypes.CDLL, handle: c_void_p, engine: Engine, source: Source) -> int:
     """Destroys an iterator handle. Holding the engine and the source here keeps both alive (and their
     own finalizers pending) until the iterator is gone: they must outlive it."""
@@ -158,51 +223,27 @@ class Iterator(_Owner):
     Call :meth:`next`, :meth:`restore` and :meth:`set_epoch` from one thread at a time.
     """
 
-    def __init__(self, engine: Engine, source: Source, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 drop_last: bool = False, workers: int = 0, prefetch: int = 0, rank: Optional[int] = None,
-                 world_size: Optional[int] = None, timeout_ms: int = 0,
-                 transforms: Optional[Mapping[str, Transform]] = None, staging: Any = "auto",
-                 pinned_budget: Optional[int] = None) -> None:
+    def __init__(self, engine: Engine, source: Source, batch_size: int, shuffle: bool = _DEFAULTS.shuffle,
+                 seed: int = _DEFAULTS.seed, drop_last: bool = _DEFAULTS.drop_last, workers: int = _DEFAULTS.workers,
+                 prefetch: int = _DEFAULTS.prefetch, rank: Optional[int] = _DEFAULTS.rank,
+                 world_size: Optional[int] = _DEFAULTS.world_size, timeout_ms: int = _DEFAULTS.timeout_ms,
+                 transforms: Optional[Mapping[str, Transform]] = _DEFAULTS.transforms, staging: Any = _DEFAULTS.staging,
+                 pinned_budget: Optional[int] = _DEFAULTS.pinned_budget) -> None:
+        settings = IteratorSettings.of(locals())
         self._handle: Optional[c_void_p] = None
         if not isinstance(source, Source):
             raise TypeError(f"source must be a ferry source, not {type(source).__name__}")
         lib = _lib.lib()
         self._lib = lib
-        opts = _lib.IteratorOptions()
-        _check(lib.ferry_iterator_options_init(byref(opts)))
-        opts.flags = (_lib.FERRY_ITERATOR_F_SHUFFLE if shuffle else 0) | (
-            _lib.FERRY_ITERATOR_F_DROP_LAST if drop_last else 0)
-        opts.batch_size = _as_int(batch_size, "batch_size")
-        opts.seed = _as_int(seed, "seed") & (2**64 - 1)
-        opts.workers = _as_int32(workers, "workers")
-        opts.prefetch = _as_int32(prefetch, "prefetch")
-        if world_size is None:
-            # 0: the library reads RANK and WORLD_SIZE from the live environment (torchrun), else one rank.
-            if rank is not None:
-                raise _invalid("rank was given without world_size")
-            opts.world_size, opts.rank = 0, 0
-        else:
-            opts.world_size = _as_int32(world_size, "world_size")
-            opts.rank = _as_int32(rank if rank is not None else 0, "rank")
-        opts.timeout_ms = _as_uint32(timeout_ms, "timeout_ms")
-        # The array and the C strings it points to stay alive in these locals until the call returns; the
-        # library copies them.
-        array, count, names = transform_array(transforms)
-        if array is not None:
-            opts.transforms = ctypes.cast(array, ctypes.POINTER(_lib.Transform))
-        opts.num_transforms = count
-        opts.staging = _as_int32(staging_code(staging), "staging")
-        budget = 0 if pinned_budget is None else _as_int(pinned_budget, "pinned_budget")
-        if not -(2**63) <= budget < 2**63:
-            raise _invalid(f"pinned_budget {budget} does not fit int64_t")
-        opts.pinned_budget = budget
+        # The options point to the transform array and its C strings (keep); the library copies them.
+        opts, keep = settings.options(lib, batch_size)
         handle = c_void_p()
         _check(lib.ferry_iterator_create(engine._h(), source._h(), byref(opts), byref(handle)))
-        del array, names
+        del keep
         self._own(handle, _destroy_iterator, lib, handle, engine, source)
         self.engine = engine
         self.source = source
-        self.transforms: Dict[str, Transform] = dict(transforms) if transforms else {}
+        self.transforms: Dict[str, Transform] = dict(settings.transforms) if settings.transforms else {}
         """The transforms given, by source field."""
         nf = c_int32()
         _check(lib.ferry_iterator_num_fields(handle, byref(nf)))
