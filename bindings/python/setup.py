@@ -3,8 +3,8 @@
 The metadata is in pyproject.toml; this file adds the commands that bundle the library:
 
 - ``build_py`` copies libferry into the package as ``ferry/_lib/libferry.so`` (one regular file, the real
-  library under that name, never a link), where ``ferry._loader`` looks right after ``FERRY_LIBRARY``.
-  The library comes from the first of:
+  library under that name, never a link), where the ctypes layer ``ferry/_lib.py`` looks right after
+  ``FERRY_LIBRARY``. The library comes from the first of:
 
   1. the environment variable ``FERRY_BUNDLE_LIBRARY``, a path to the library file;
   2. ``build/lib/libferry.so`` of the ferry source tree this directory is part of (``make lib``); when it

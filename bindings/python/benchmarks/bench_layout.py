@@ -32,7 +32,7 @@ except ImportError:  # run from a checkout: use the package next to this script
 
 import torch
 
-from ferry import _loader
+from ferry import _lib
 from ferry._errors import _check
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -80,11 +80,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     eng = ferry.Engine(0)
     keep: List[bytes] = []
     tr = ferry.Normalize(mean=MEAN, std=STD, layout="CHW", dtype="float16")._struct("image", keep)
-    fld = _loader.FieldStruct(name=b"image", dtype=2, ndim=3)  # FERRY_DTYPE_UINT8
+    fld = _lib.FieldStruct(name=b"image", dtype=2, ndim=3)  # FERRY_DTYPE_UINT8
     for i, d in enumerate((S, S, 3)):
         fld.shape[i] = d
     dst = (ctypes.c_uint64 * 1)(out.data_ptr())
-    lib = _loader.lib()
+    lib = _lib.lib()
 
     def ferry_op() -> None:
         _check(lib.ferry_transform_launch(eng._h(), ctypes.byref(tr), ctypes.byref(fld), B, x.data_ptr(), dst, 1,

@@ -30,7 +30,7 @@ except ImportError:  # run from a checkout: use the package next to this script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import ferry
 
-from ferry import _loader
+from ferry import _lib
 
 
 def _time_loop(fn: Callable[[], object], n: int) -> int:
@@ -85,8 +85,8 @@ def run(device: int, seconds: float, repeats: int) -> Dict[str, object]:
     engine = ferry.Engine(device)
     mm = ferry.MemoryManager(device=device)
     try:
-        lib = _loader.lib()
-        snap = _loader.MemorySnapshotStruct()
+        lib = _lib.lib()
+        snap = _lib.MemorySnapshotStruct()
         snap.size = ctypes.sizeof(snap)
         handle, ref = engine._handle, ctypes.byref(snap)
         declared = lib.ferry_memory_check  # argtypes declared: ctypes converts each argument

@@ -30,7 +30,7 @@ from ._errors import (
     UnsupportedError,
     status_name,
 )
-from ._loader import LibraryNotFoundError, library_path
+from ._lib import LibraryNotFoundError, library_path
 from ._memory import MemoryManager, OptimizeResult
 from ._advisor import AdvisorFit, BatchSizeAdvisor, torch_min_reduce
 from ._autobatch import AutoBatch
@@ -47,7 +47,8 @@ from ._sources import (
 )
 from ._dlpack import DLPackField
 from ._transforms import Normalize, PadSequences, ShiftTokens, Transform
-from ._iterator import Batch, Iterator, Loader, OptimizedDataLoader, PrefetchLoader
+from ._iterator import Batch, Iterator
+from ._dataloader import Loader, OptimizedDataLoader, PrefetchLoader
 from ._monitor import PerformanceMonitor
 
 __version__ = "0.1.0"

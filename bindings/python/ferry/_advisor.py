@@ -9,13 +9,13 @@ from ctypes import byref, c_int64
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple
 
-from . import _loader
+from . import _lib
 from ._errors import Status, _as_int, _check, _closed, _error, _invalid
 from ._handle import _Owner
 
 __all__ = ["AdvisorFit", "BatchSizeAdvisor", "torch_min_reduce"]
 
-_FIT_SIZE = ctypes.sizeof(_loader.AdvisorFit)
+_FIT_SIZE = ctypes.sizeof(_lib.AdvisorFit)
 
 
 @dataclass(frozen=True)
@@ -94,10 +94,10 @@ class BatchSizeAdvisor(_Owner):
 
     def __init__(self, multiple: int = 8) -> None:
         self._handle: Optional[Any] = None
-        lib = _loader.lib()
+        lib = _lib.lib()
         self._lib = lib
         self._multiple = _as_int(multiple, "multiple")
-        handle = _loader.ferry_advisor()
+        handle = _lib.ferry_advisor()
         _check(lib.ferry_advisor_create(self._multiple, byref(handle)))
         self._keep: List[Any] = []  # [c callback, state] of the reduce hook; held by the finalizer too
         self._reduce_lock = threading.Lock()
@@ -151,7 +151,7 @@ class BatchSizeAdvisor(_Owner):
 
     def fit(self) -> AdvisorFit:
         """The fitted model and its confidence. InvalidArgumentError before two distinct sizes."""
-        s = _loader.AdvisorFit()
+        s = _lib.AdvisorFit()
         s.size = _FIT_SIZE
         status = self._lib.ferry_advisor_model(self._h(), byref(s))
         if status:
@@ -210,13 +210,13 @@ class BatchSizeAdvisor(_Owner):
         h = self._h()
         with self._reduce_lock:
             if fn is None:
-                status = self._lib.ferry_advisor_set_reduce(h, _loader.REDUCE_FN(), None)  # NULL clears it
+                status = self._lib.ferry_advisor_set_reduce(h, _lib.REDUCE_FN(), None)  # NULL clears it
                 if status:
                     self._fail(status)
                 self._keep.clear()
                 return
             state = _ReduceState(fn)
-            c_fn = _loader.REDUCE_FN(state)
+            c_fn = _lib.REDUCE_FN(state)
             status = self._lib.ferry_advisor_set_reduce(h, c_fn, None)
             if status:
                 self._fail(status)

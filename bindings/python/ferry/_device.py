@@ -11,7 +11,7 @@ from ctypes import byref, c_int32
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from . import _loader
+from . import _lib
 from ._errors import _as_int32, _check
 
 __all__ = ["version", "device_count", "devices", "device_info", "system_info", "DeviceInfo", "SystemInfo"]
@@ -24,7 +24,7 @@ def _str(raw: bytes) -> str:
 def version() -> Tuple[int, int, int]:
     """Returns the version of the loaded library as ``(major, minor, patch)``."""
     major, minor, patch = c_int32(), c_int32(), c_int32()
-    _check(_loader.lib().ferry_version(byref(major), byref(minor), byref(patch)))
+    _check(_lib.lib().ferry_version(byref(major), byref(minor), byref(patch)))
     return (major.value, minor.value, patch.value)
 
 
@@ -35,7 +35,7 @@ def device_count() -> int:
     :func:`system_info` says why. The first call loads the CUDA driver.
     """
     n = c_int32()
-    _check(_loader.lib().ferry_device_count(byref(n)))
+    _check(_lib.lib().ferry_device_count(byref(n)))
     return n.value
 
 
@@ -68,8 +68,8 @@ class DeviceInfo:
     """Copy engines that can overlap copies with kernels."""
 
     @classmethod
-    def _from_struct(cls, p: _loader.DeviceProperties) -> "DeviceInfo":
-        pcie = bool(p.flags & _loader.FERRY_DEVICE_F_PCIE)
+    def _from_struct(cls, p: _lib.DeviceProperties) -> "DeviceInfo":
+        pcie = bool(p.flags & _lib.FERRY_DEVICE_F_PCIE)
         return cls(
             index=p.index,
             name=_str(p.name),
@@ -94,9 +94,9 @@ def device_info(index: int) -> DeviceInfo:
     Raises:
         NoDeviceError: the driver is absent or the index is out of range.
     """
-    props = _loader.DeviceProperties()
+    props = _lib.DeviceProperties()
     props.size = ctypes.sizeof(props)
-    _check(_loader.lib().ferry_device_info(_as_int32(index, "index"), byref(props)))
+    _check(_lib.lib().ferry_device_info(_as_int32(index, "index"), byref(props)))
     return DeviceInfo._from_struct(props)
 
 
@@ -128,9 +128,9 @@ class SystemInfo:
 
 def system_info() -> SystemInfo:
     """Returns the driver stack as ferry sees it; loads the CUDA driver and NVML if not loaded yet."""
-    p = _loader.SystemProperties()
+    p = _lib.SystemProperties()
     p.size = ctypes.sizeof(p)
-    _check(_loader.lib().ferry_system_info(byref(p)))
+    _check(_lib.lib().ferry_system_info(byref(p)))
     return SystemInfo(
         cuda_driver_version=p.cuda_driver_version,
         device_count=p.device_count,
@@ -138,7 +138,7 @@ def system_info() -> SystemInfo:
         nvml_version=_str(p.nvml_version),
         cuda_status=_str(p.cuda_status),
         nvml_status=_str(p.nvml_status),
-        cuda_available=bool(p.flags & _loader.FERRY_SYSTEM_F_CUDA),
-        nvml_available=bool(p.flags & _loader.FERRY_SYSTEM_F_NVML),
+        cuda_available=bool(p.flags & _lib.FERRY_SYSTEM_F_CUDA),
+        nvml_available=bool(p.flags & _lib.FERRY_SYSTEM_F_NVML),
     )
 

@@ -21,7 +21,7 @@ import weakref
 from ctypes import POINTER, c_char_p, c_int, c_void_p
 from typing import Any, Dict, Optional, Tuple
 
-from . import _loader
+from . import _lib
 from ._errors import _check
 
 __all__ = ["DLPackField"]
@@ -35,8 +35,8 @@ _capsule_new = ctypes.PYFUNCTYPE(ctypes.py_object, c_void_p, c_char_p, c_void_p)
 _capsule_is_valid = ctypes.PYFUNCTYPE(c_int, c_void_p, c_char_p)(("PyCapsule_IsValid", ctypes.pythonapi))
 _capsule_get_pointer = ctypes.PYFUNCTYPE(c_void_p, c_void_p, c_char_p)(("PyCapsule_GetPointer", ctypes.pythonapi))
 
-_VersionedPtr = POINTER(_loader.DLManagedTensorVersioned)
-_LegacyPtr = POINTER(_loader.DLManagedTensor)
+_VersionedPtr = POINTER(_lib.DLManagedTensorVersioned)
+_LegacyPtr = POINTER(_lib.DLManagedTensor)
 
 
 def _delete_versioned(addr: int) -> None:
@@ -49,7 +49,7 @@ def _delete_versioned(addr: int) -> None:
 # Legacy DLManagedTensor structs handed out and not yet deleted, by address: they live in Python memory,
 # so something must hold them until their deleter runs.
 _legacy_lock = threading.Lock()
-_legacy_alive: Dict[int, _loader.DLManagedTensor] = {}
+_legacy_alive: Dict[int, _lib.DLManagedTensor] = {}
 
 
 def _legacy_deleter_impl(self: Any) -> None:
@@ -63,7 +63,7 @@ def _legacy_deleter_impl(self: Any) -> None:
         pass
 
 
-_LEGACY_DELETER = _loader.DLPACK_LEGACY_DELETER(_legacy_deleter_impl)
+_LEGACY_DELETER = _lib.DLPACK_LEGACY_DELETER(_legacy_deleter_impl)
 
 _CAPSULE_DESTRUCTOR = ctypes.CFUNCTYPE(None, c_void_p)
 
@@ -86,21 +86,21 @@ def _capsule_destructor_impl(capsule: int) -> None:
 _CAPSULE_DESTRUCTOR_FN = _CAPSULE_DESTRUCTOR(_capsule_destructor_impl)
 _CAPSULE_DESTRUCTOR_ADDR = ctypes.cast(_CAPSULE_DESTRUCTOR_FN, c_void_p).value
 
-_DEVICE_NAMES = {_loader.kDLCPU: "cpu", _loader.kDLCUDA: "cuda", _loader.kDLCUDAHost: "cuda_host"}
+_DEVICE_NAMES = {_lib.kDLCPU: "cpu", _lib.kDLCUDA: "cuda", _lib.kDLCUDAHost: "cuda_host"}
 _DTYPE_NAMES = {
-    (_loader.kDLBool, 8): "bool",
-    (_loader.kDLUInt, 8): "uint8",
-    (_loader.kDLInt, 8): "int8",
-    (_loader.kDLUInt, 16): "uint16",
-    (_loader.kDLInt, 16): "int16",
-    (_loader.kDLUInt, 32): "uint32",
-    (_loader.kDLInt, 32): "int32",
-    (_loader.kDLUInt, 64): "uint64",
-    (_loader.kDLInt, 64): "int64",
-    (_loader.kDLFloat, 16): "float16",
-    (_loader.kDLBfloat, 16): "bfloat16",
-    (_loader.kDLFloat, 32): "float32",
-    (_loader.kDLFloat, 64): "float64",
+    (_lib.kDLBool, 8): "bool",
+    (_lib.kDLUInt, 8): "uint8",
+    (_lib.kDLInt, 8): "int8",
+    (_lib.kDLUInt, 16): "uint16",
+    (_lib.kDLInt, 16): "int16",
+    (_lib.kDLUInt, 32): "uint32",
+    (_lib.kDLInt, 32): "int32",
+    (_lib.kDLUInt, 64): "uint64",
+    (_lib.kDLInt, 64): "int64",
+    (_lib.kDLFloat, 16): "float16",
+    (_lib.kDLBfloat, 16): "bfloat16",
+    (_lib.kDLFloat, 32): "float32",
+    (_lib.kDLFloat, 64): "float64",
 }
 _MEMORYVIEW_FORMATS = {
     "bool": "?", "uint8": "B", "int8": "b", "uint16": "H", "int16": "h", "uint32": "I", "int32": "i",
@@ -176,7 +176,7 @@ class DLPackField:
         if copy:
             raise BufferError(f"batch field {self.name!r}: copy=True is not supported; ferry hands out its "
                               "batch memory without a copy (copy the consumer's tensor instead)")
-        if self.device[0] == _loader.kDLCUDA and stream != -1:
+        if self.device[0] == _lib.kDLCUDA and stream != -1:
             if _stream_value(stream) != _stream_value(self._stream):
                 batch = self._batch
                 try:
@@ -211,7 +211,7 @@ class DLPackField:
         """A copy of the field's bytes (CPU tensors only): for programs with neither numpy nor torch."""
         if self._addr == 0:
             raise BufferError(f"batch field {self.name!r} was already exported (or closed)")
-        if self.device[0] != _loader.kDLCPU:
+        if self.device[0] != _lib.kDLCPU:
             raise BufferError(f"batch field {self.name!r} is on {_DEVICE_NAMES.get(self.device[0], self.device)}; "
                               "to_bytes reads host memory")
         return ctypes.string_at(self.data_ptr, self.nbytes)
@@ -244,7 +244,7 @@ class DLPackField:
 def _legacy_capsule(addr: int) -> Any:
     """Wraps the ferry tensor at ``addr`` in a pre-1.0 ``DLManagedTensor`` capsule named ``dltensor``."""
     src = ctypes.cast(addr, _VersionedPtr).contents
-    managed = _loader.DLManagedTensor()
+    managed = _lib.DLManagedTensor()
     managed.dl_tensor = src.dl_tensor  # a copy; shape points into the ferry tensor, alive with it
     managed.manager_ctx = addr
     managed.deleter = _LEGACY_DELETER

@@ -10,16 +10,16 @@ from ctypes import byref, c_int32
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from . import _loader
+from . import _lib
 from ._handle import _Owner
 from ._errors import Status, _as_int32, _as_uint32, _check, _closed, _error
 
 __all__ = ["CPU", "Engine", "MemorySnapshot", "Pressure"]
 
 #: The device value that selects the CPU: an engine with no GPU and the host figures only.
-CPU = _loader.FERRY_DEVICE_CPU
+CPU = _lib.FERRY_DEVICE_CPU
 
-_SNAPSHOT_SIZE = ctypes.sizeof(_loader.MemorySnapshotStruct)
+_SNAPSHOT_SIZE = ctypes.sizeof(_lib.MemorySnapshotStruct)
 
 
 class Pressure(enum.IntEnum):
@@ -83,7 +83,7 @@ class MemorySnapshot:
     """The device and engine figures were queried by this call (:meth:`Engine.memory_check_live`)."""
 
     @classmethod
-    def _from_struct(cls, s: _loader.MemorySnapshotStruct) -> "MemorySnapshot":
+    def _from_struct(cls, s: _lib.MemorySnapshotStruct) -> "MemorySnapshot":
         # Built by filling __dict__ rather than through the generated __init__: a frozen dataclass's
         # __init__ sets 25 fields through object.__setattr__, which doubles the cost of a memory check.
         d = dict(zip(_STRUCT_NAMES, _unpack_struct(s)))
@@ -91,10 +91,10 @@ class MemorySnapshot:
         flags = d["flags"]
         level = d["level"]
         d["level"] = _LEVELS.get(level, level)
-        d["device_valid"] = bool(flags & _loader.FERRY_MEMORY_F_DEVICE)
-        d["process_valid"] = bool(flags & _loader.FERRY_MEMORY_F_PROCESS)
-        d["host_valid"] = bool(flags & _loader.FERRY_MEMORY_F_HOST)
-        d["live"] = bool(flags & _loader.FERRY_MEMORY_F_LIVE)
+        d["device_valid"] = bool(flags & _lib.FERRY_MEMORY_F_DEVICE)
+        d["process_valid"] = bool(flags & _lib.FERRY_MEMORY_F_PROCESS)
+        d["host_valid"] = bool(flags & _lib.FERRY_MEMORY_F_HOST)
+        d["live"] = bool(flags & _lib.FERRY_MEMORY_F_LIVE)
         obj = object.__new__(cls)
         obj.__dict__.update(d)
         return obj
@@ -102,15 +102,15 @@ class MemorySnapshot:
 
 # The struct's fields in header order (the dataclass declares them in the same order, less size), and
 # one unpack of its bytes: much cheaper than reading 22 ctypes fields one by one.
-_STRUCT_NAMES = tuple(name for name, _ in _loader.MemorySnapshotStruct._fields_)
+_STRUCT_NAMES = tuple(name for name, _ in _lib.MemorySnapshotStruct._fields_)
 _unpack_struct = struct.Struct(
-    "=" + "".join({ctypes.c_uint32: "I", ctypes.c_int32: "i", ctypes.c_uint64: "Q"}[t] for _, t in _loader.MemorySnapshotStruct._fields_)
+    "=" + "".join({ctypes.c_uint32: "I", ctypes.c_int32: "i", ctypes.c_uint64: "Q"}[t] for _, t in _lib.MemorySnapshotStruct._fields_)
 ).unpack_from
 _LEVELS = {int(p): p for p in Pressure}
 
 
-def _new_snapshot_struct() -> _loader.MemorySnapshotStruct:
-    s = _loader.MemorySnapshotStruct()
+def _new_snapshot_struct() -> _lib.MemorySnapshotStruct:
+    s = _lib.MemorySnapshotStruct()
     s.size = _SNAPSHOT_SIZE
     return s
 
@@ -134,14 +134,14 @@ class Engine(_Owner):
     """
 
     def __init__(self, device: int = 0, sample_interval_ms: int = 100) -> None:
-        self._handle: Optional[_loader.ferry_engine] = None
-        lib = _loader.lib()
+        self._handle: Optional[_lib.ferry_engine] = None
+        lib = _lib.lib()
         self._lib = lib
-        opts = _loader.EngineOptions()
+        opts = _lib.EngineOptions()
         _check(lib.ferry_engine_options_init(byref(opts)))
         opts.device = _as_int32(device, "device")
         opts.sample_interval_ms = _as_uint32(sample_interval_ms, "sample_interval_ms")
-        handle = _loader.ferry_engine()
+        handle = _lib.ferry_engine()
         _check(lib.ferry_engine_create(byref(opts), byref(handle)))
         self._own(handle, lib.ferry_engine_destroy, handle)
 

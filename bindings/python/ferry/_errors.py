@@ -10,7 +10,7 @@ import enum
 import operator
 from typing import Dict, Optional, Type
 
-from . import _loader
+from . import _lib
 
 __all__ = [
     "Status",
@@ -58,7 +58,7 @@ def status_name(status: int) -> str:
 
     An unknown value gives ``"FERRY_ERR_UNKNOWN_STATUS"``. Safe from any thread.
     """
-    raw = _loader.lib().ferry_status_string(int(status))
+    raw = _lib.lib().ferry_status_string(int(status))
     return raw.decode("utf-8", "replace") if raw else "FERRY_ERR_UNKNOWN_STATUS"
 
 
@@ -210,7 +210,7 @@ def _error(status: int, message: Optional[str] = None) -> FerryError:
     """Builds the exception for ``status``, reading the calling thread's last error when no message is
     given. Must run on the thread that made the failing call, before any other ferry call."""
     if message is None:
-        raw = _loader.lib().ferry_last_error()
+        raw = _lib.lib().ferry_last_error()
         message = raw.decode("utf-8", "replace") if raw else ""
     return error_class(status)(status, message)
 

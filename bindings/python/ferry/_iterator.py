@@ -1,4 +1,5 @@
-"""The prefetching iterator, its batches, and :class:`Loader`, the training-loop face of both.
+"""The prefetching iterator and its batches; :class:`~ferry.Loader` (``_dataloader``) is their training-loop
+face.
 
 Everything here wraps the C API (``ferry_iterator_*``, ``ferry_batch_*``): the sampling, the gathering on
 worker threads, the page-locked ring and the host-to-device copies all happen in the library.
@@ -10,40 +11,19 @@ import ctypes
 import re
 import weakref
 from ctypes import byref, c_int32, c_int64, c_void_p
-from typing import Any, Dict, Iterator as TypingIterator, List, Mapping, Optional, Tuple, Union
+from dataclasses import dataclass, fields
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from . import _loader
-from ._device import device_count
+from . import _lib
 from ._dlpack import DLPackField, _field_from_batch
-from ._engine import CPU, Engine
+from ._engine import Engine
 from ._handle import _Owner
 from ._errors import (FerryIOError, InternalError, Status, _as_int, _as_int32, _as_uint32, _check, _closed, _error,
                       _invalid)
-from ._sources import ArraySource, Source, _format_exception
+from ._sources import Source, _format_exception
 from ._transforms import STAGING_NAMES, Transform, staging_code, transform_array
 
-__all__ = ["Iterator", "Batch", "Loader", "OptimizedDataLoader", "PrefetchLoader"]
-
-
-def _parse_device(device: Any) -> int:
-    """None → the default GPU (LOCAL_RANK under torchrun, else 0) when one is visible, else the CPU;
-    "cpu"/-1 → the CPU; "cuda[:N]"/N → GPU N."""
-    if device is None:
-        if device_count() == 0:
-            return CPU
-        opts = _loader.EngineOptions()
-        _check(_loader.lib().ferry_engine_options_init(byref(opts)))  # LOCAL_RANK under torchrun, else 0
-        return opts.device
-    if isinstance(device, int) and not isinstance(device, bool):
-        return CPU if device == CPU else _as_int32(device, "device")
-    text = str(device).strip().lower()  # a string, or a torch.device
-    if text == "cpu":
-        return CPU
-    m = re.fullmatch(r"(?:cuda|gpu)(?::(\d+))?", text)
-    if m:
-        index = getattr(device, "index", None)
-        return int(m.group(1)) if m.group(1) else (index if isinstance(index, int) else 0)
-    raise _invalid(f"device {device!r}: use None, 'cpu', -1, a GPU index, or 'cuda:N'")
+__all__ = ["Iterator", "Batch"]
 
 
 # --- batches ----------------------------------------------------------------------------------------
@@ -68,7 +48,7 @@ class Batch:
         self._names = iterator.field_names
         self._stream = stream
         self._finalizer = weakref.finalize(self, _release_batch, self._lib, handle)
-        info = _loader.BatchProperties()
+        info = _lib.BatchProperties()
         info.size = ctypes.sizeof(info)
         _check(self._lib.ferry_batch_info(handle, byref(info)))
         self.epoch: int = info.epoch
@@ -150,6 +130,70 @@ class Batch:
 # --- the iterator -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class IteratorSettings:
+    """The iterator's keyword arguments with their defaults, defined once: :class:`Iterator` and
+    :class:`~ferry.Loader` take these names, their defaults are read from here (``_DEFAULTS``), and
+    :meth:`options` checks the values and converts them to ``ferry_iterator_options``."""
+
+    shuffle: bool = False
+    seed: int = 0
+    drop_last: bool = False
+    workers: int = 0
+    prefetch: int = 0
+    rank: Optional[int] = None
+    world_size: Optional[int] = None
+    timeout_ms: int = 0
+    transforms: Optional[Mapping[str, Transform]] = None
+    staging: Any = "auto"
+    pinned_budget: Optional[int] = None
+
+    @classmethod
+    def of(cls, arguments: Mapping[str, Any]) -> "IteratorSettings":
+        """The settings among a call's arguments: ``locals()`` taken first thing in a function whose
+        parameters include every setting."""
+        return cls(**{f.name: arguments[f.name] for f in fields(cls)})
+
+    def as_dict(self) -> Dict[str, Any]:
+        """{name: value}, with the values as given (``dataclasses.asdict`` would deep-copy the transforms)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def options(self, lib: ctypes.CDLL, batch_size: int) -> Tuple[_lib.IteratorOptions, Any]:
+        """The ``ferry_iterator_options`` of these settings and ``batch_size``, and what they point to (the
+        transform array and its C strings), which must stay alive until ``ferry_iterator_create`` returns.
+        Raises the argument errors of :class:`Iterator`."""
+        opts = _lib.IteratorOptions()
+        _check(lib.ferry_iterator_options_init(byref(opts)))
+        opts.flags = (_lib.FERRY_ITERATOR_F_SHUFFLE if self.shuffle else 0) | (
+            _lib.FERRY_ITERATOR_F_DROP_LAST if self.drop_last else 0)
+        opts.batch_size = _as_int(batch_size, "batch_size")
+        opts.seed = _as_int(self.seed, "seed") & (2**64 - 1)
+        opts.workers = _as_int32(self.workers, "workers")
+        opts.prefetch = _as_int32(self.prefetch, "prefetch")
+        if self.world_size is None:
+            # 0: the library reads RANK and WORLD_SIZE from the live environment (torchrun), else one rank.
+            if self.rank is not None:
+                raise _invalid("rank was given without world_size")
+            opts.world_size, opts.rank = 0, 0
+        else:
+            opts.world_size = _as_int32(self.world_size, "world_size")
+            opts.rank = _as_int32(self.rank if self.rank is not None else 0, "rank")
+        opts.timeout_ms = _as_uint32(self.timeout_ms, "timeout_ms")
+        array, count, names = transform_array(self.transforms)
+        if array is not None:
+            opts.transforms = ctypes.cast(array, ctypes.POINTER(_lib.Transform))
+        opts.num_transforms = count
+        opts.staging = _as_int32(staging_code(self.staging), "staging")
+        budget = 0 if self.pinned_budget is None else _as_int(self.pinned_budget, "pinned_budget")
+        if not -(2**63) <= budget < 2**63:
+            raise _invalid(f"pinned_budget {budget} does not fit int64_t")
+        opts.pinned_budget = budget
+        return opts, (array, names)
+
+
+_DEFAULTS = IteratorSettings()
+
+
 def _destroy_iterator(lib: ctypes.CDLL, handle: c_void_p, engine: Engine, source: Source) -> int:
     """Destroys an iterator handle. Holding the engine and the source here keeps both alive (and their
     own finalizers pending) until the iterator is gone: they must outlive it."""
@@ -179,57 +223,33 @@ class Iterator(_Owner):
     Call :meth:`next`, :meth:`restore` and :meth:`set_epoch` from one thread at a time.
     """
 
-    def __init__(self, engine: Engine, source: Source, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 drop_last: bool = False, workers: int = 0, prefetch: int = 0, rank: Optional[int] = None,
-                 world_size: Optional[int] = None, timeout_ms: int = 0,
-                 transforms: Optional[Mapping[str, Transform]] = None, staging: Any = "auto",
-                 pinned_budget: Optional[int] = None) -> None:
+    def __init__(self, engine: Engine, source: Source, batch_size: int, shuffle: bool = _DEFAULTS.shuffle,
+                 seed: int = _DEFAULTS.seed, drop_last: bool = _DEFAULTS.drop_last, workers: int = _DEFAULTS.workers,
+                 prefetch: int = _DEFAULTS.prefetch, rank: Optional[int] = _DEFAULTS.rank,
+                 world_size: Optional[int] = _DEFAULTS.world_size, timeout_ms: int = _DEFAULTS.timeout_ms,
+                 transforms: Optional[Mapping[str, Transform]] = _DEFAULTS.transforms, staging: Any = _DEFAULTS.staging,
+                 pinned_budget: Optional[int] = _DEFAULTS.pinned_budget) -> None:
+        settings = IteratorSettings.of(locals())
         self._handle: Optional[c_void_p] = None
         if not isinstance(source, Source):
             raise TypeError(f"source must be a ferry source, not {type(source).__name__}")
-        lib = _loader.lib()
+        lib = _lib.lib()
         self._lib = lib
-        opts = _loader.IteratorOptions()
-        _check(lib.ferry_iterator_options_init(byref(opts)))
-        opts.flags = (_loader.FERRY_ITERATOR_F_SHUFFLE if shuffle else 0) | (
-            _loader.FERRY_ITERATOR_F_DROP_LAST if drop_last else 0)
-        opts.batch_size = _as_int(batch_size, "batch_size")
-        opts.seed = _as_int(seed, "seed") & (2**64 - 1)
-        opts.workers = _as_int32(workers, "workers")
-        opts.prefetch = _as_int32(prefetch, "prefetch")
-        if world_size is None:
-            # 0: the library reads RANK and WORLD_SIZE from the live environment (torchrun), else one rank.
-            if rank is not None:
-                raise _invalid("rank was given without world_size")
-            opts.world_size, opts.rank = 0, 0
-        else:
-            opts.world_size = _as_int32(world_size, "world_size")
-            opts.rank = _as_int32(rank if rank is not None else 0, "rank")
-        opts.timeout_ms = _as_uint32(timeout_ms, "timeout_ms")
-        # The array and the C strings it points to stay alive in these locals until the call returns; the
-        # library copies them.
-        array, count, names = transform_array(transforms)
-        if array is not None:
-            opts.transforms = ctypes.cast(array, ctypes.POINTER(_loader.Transform))
-        opts.num_transforms = count
-        opts.staging = _as_int32(staging_code(staging), "staging")
-        budget = 0 if pinned_budget is None else _as_int(pinned_budget, "pinned_budget")
-        if not -(2**63) <= budget < 2**63:
-            raise _invalid(f"pinned_budget {budget} does not fit int64_t")
-        opts.pinned_budget = budget
+        # The options point to the transform array and its C strings (keep); the library copies them.
+        opts, keep = settings.options(lib, batch_size)
         handle = c_void_p()
         _check(lib.ferry_iterator_create(engine._h(), source._h(), byref(opts), byref(handle)))
-        del array, names
+        del keep
         self._own(handle, _destroy_iterator, lib, handle, engine, source)
         self.engine = engine
         self.source = source
-        self.transforms: Dict[str, Transform] = dict(transforms) if transforms else {}
+        self.transforms: Dict[str, Transform] = dict(settings.transforms) if settings.transforms else {}
         """The transforms given, by source field."""
         nf = c_int32()
         _check(lib.ferry_iterator_num_fields(handle, byref(nf)))
         names_out: List[str] = []
         for i in range(nf.value):
-            fs = _loader.FieldStruct()
+            fs = _lib.FieldStruct()
             _check(lib.ferry_iterator_field(handle, i, byref(fs)))
             names_out.append(fs.name.decode("utf-8"))
         self.field_names: List[str] = names_out
@@ -269,7 +289,7 @@ class Iterator(_Owner):
         """
         out = c_void_p()
         status = self._lib.ferry_iterator_next(self._h(), c_void_p(int(stream)) if stream else None, byref(out))
-        if status == _loader.FERRY_END_OF_EPOCH:
+        if status == _lib.FERRY_END_OF_EPOCH:
             return None
         if status:
             err = _error(status)
@@ -291,7 +311,7 @@ class Iterator(_Owner):
         "world_size": w}``. ``b`` may equal ``len(self)`` (the epoch's end comes next); ``offset`` is
         non-zero only in an epoch resumed elastically; ``consumed`` is the job's global position (the
         samples of the epoch all ranks have consumed), the same on every rank."""
-        pos = _loader.IteratorPosition()
+        pos = _lib.IteratorPosition()
         pos.size = ctypes.sizeof(pos)
         _check(self._lib.ferry_iterator_state(self._h(), byref(pos)))
         return {"epoch": pos.epoch, "batch": pos.batch, "offset": pos.offset, "consumed": pos.consumed,
@@ -300,7 +320,7 @@ class Iterator(_Owner):
     def restore(self, epoch: int, batch: int = 0, offset: int = 0, world_size: int = 0) -> None:
         """Moves to a position from :meth:`state`, in O(1); what follows is bit for bit what would have.
         A position taken under another world size is refused: use :meth:`restore_elastic`."""
-        pos = _loader.IteratorPosition()
+        pos = _lib.IteratorPosition()
         pos.size = ctypes.sizeof(pos)
         pos.epoch = _as_int(epoch, "epoch")
         pos.batch = _as_int(batch, "batch")
@@ -330,291 +350,3 @@ class Iterator(_Owner):
         if self._handle is None:
             return "<ferry.Iterator closed>"
         return f"<ferry.Iterator {self._len} batches of {self.batch_size} over {self.source!r}>"
-
-
-# --- the loader -------------------------------------------------------------------------------------
-
-
-def _import(name: str) -> Any:
-    try:
-        return __import__(name)
-    except Exception:  # ImportError, or a broken install: either way it is not usable
-        return None
-
-
-_OUTPUTS = ("torch", "numpy", "dlpack")
-
-
-def _numpy_converter(from_dlpack: Any, copy: bool) -> Any:
-    """The numpy output of :class:`Loader`: ``numpy.from_dlpack`` of each field, with a clear error for
-    bfloat16, which numpy does not have."""
-
-    def convert(f: DLPackField) -> Any:
-        if f.dtype == "bfloat16":
-            raise TypeError(f"batch field {f.name!r} is bfloat16, which numpy does not have: use output='torch' "
-                            "or output='dlpack' (DLPackField.to_memoryview() gives its raw uint16 words), or "
-                            "a float16 or float32 transform")
-        a = from_dlpack(f)
-        return a.copy() if copy else a
-
-    return convert
-
-
-class Loader:
-    """Batches for a training loop: ``for batch in Loader(source, 256, shuffle=True): ...``.
-
-    Each iteration of ``for batch in loader`` yields the batches up to the end of the current epoch;
-    each batch is a dict {field name: tensor}. Tensors are torch tensors (``torch.from_dlpack``) when
-    torch is importable, else numpy arrays (``numpy.from_dlpack``, on the CPU), else the
-    :class:`~ferry.DLPackField` objects themselves; ``output="torch"|"numpy"|"dlpack"`` picks one
-    (numpy has no bfloat16: such a field needs torch or ``"dlpack"``).
-
-    ``source``: a ferry source, or a dict of arrays (wrapped in an :class:`~ferry.ArraySource`, no copy).
-    ``device``: None picks GPU 0 when one is visible, else the CPU; ``"cpu"`` or -1 the CPU; an int or
-    ``"cuda:N"`` that GPU. ``workers`` (0: min(cores, 16)) gather threads, ``prefetch`` (2..64; 0: 4)
-    batches in flight. ``rank``/``world_size`` shard like torch's DistributedSampler (None reads
-    RANK/WORLD_SIZE when set). ``timeout_ms`` bounds one wait (0: 5 minutes).
-
-    ``transforms`` lays fields out on the device right after the copy (on the host on the CPU), e.g.
-    ``transforms={"image": ferry.Normalize(mean, std, dtype="float16")}``; the batch's keys are then the
-    transforms' outputs. ``staging`` (``"auto"``, ``"gather"``, ``"dma"``, ``"mapped"``) and
-    ``pinned_budget`` are those of :class:`Iterator`.
-
-    Zero copy: the tensors are views of ferry's ring of ``prefetch`` batches, whose slots are reused in
-    turn; a slot is refilled only when every tensor of its batch has been freed. So a batch must be let
-    go within ``prefetch`` batches: holding the tensors of ``prefetch`` batches (or keeping one batch
-    while ``prefetch`` more are fetched) stalls the loader, and the fetch then fails with
-    :class:`~ferry.FerryTimeoutError` after ``timeout_ms``. To keep tensors longer, pass ``copy=True``:
-    each field is cloned and its slot given back at once (a copy per batch). With torch on a GPU, batches are
-    ordered on ``torch.cuda.current_stream(device)`` at the time each batch is fetched.
-
-    Resume: :meth:`state_dict` / :meth:`load_state_dict` give and take ``{"epoch", "batch"}``; the next
-    loop continues from there, bit for bit. A loop left early (``break``) is continued by the next one
-    from where it stopped; :meth:`set_epoch` starts an epoch from its beginning.
-
-    Ownership: the loader owns its engine and iterator (and a source it built from a dict);
-    :meth:`close` (or leaving a ``with`` block) destroys them; garbage collection does as a backstop.
-    """
-
-    def __init__(self, source: Union[Source, Mapping[str, Any]], batch_size: int, shuffle: bool = False,
-                 seed: int = 0, drop_last: bool = False, workers: int = 0, prefetch: int = 0,
-                 device: Any = None, rank: Optional[int] = None, world_size: Optional[int] = None,
-                 timeout_ms: int = 0, copy: bool = False, output: Optional[str] = None,
-                 transforms: Optional[Mapping[str, Transform]] = None, staging: Any = "auto",
-                 pinned_budget: Optional[int] = None) -> None:
-        self._iterator: Optional[Iterator] = None
-        self._owned_source: Optional[Source] = None
-        self._engine: Optional[Engine] = None
-        if isinstance(source, Mapping):
-            source = self._owned_source = ArraySource(source)
-        elif not isinstance(source, Source):
-            raise TypeError(f"Loader takes a ferry source or a dict of arrays, not {type(source).__name__}")
-        try:
-            self.device = dev = _parse_device(device)
-            self.copy = bool(copy)
-            self._setup_output(output)
-            self._engine = Engine(dev, sample_interval_ms=0)
-            self._iterator = Iterator(self._engine, source, batch_size, shuffle=shuffle, seed=seed,
-                                      drop_last=drop_last, workers=workers, prefetch=prefetch, rank=rank,
-                                      world_size=world_size, timeout_ms=timeout_ms, transforms=transforms,
-                                      staging=staging, pinned_budget=pinned_budget)
-        except BaseException:
-            self.close()
-            raise
-        self.source = source
-        self.batch_size = self._iterator.batch_size
-        self._settings = dict(shuffle=shuffle, seed=seed, drop_last=drop_last, workers=workers, prefetch=prefetch,
-                              rank=rank, world_size=world_size, timeout_ms=timeout_ms, output=self.output,
-                              transforms=transforms, staging=staging, pinned_budget=pinned_budget)
-
-    def _setup_output(self, output: Optional[str]) -> None:
-        on_gpu = self.device != CPU
-        torch = np = None
-        if output is None or output == "auto":
-            torch = _import("torch")
-            if torch is not None:
-                output = "torch"
-            else:
-                np = None if on_gpu else _import("numpy")
-                output = "numpy" if np is not None else "dlpack"
-        elif output == "torch":
-            torch = _import("torch")
-            if torch is None:
-                raise ImportError("Loader(output='torch') needs torch")
-        elif output == "numpy":
-            if on_gpu:
-                raise _invalid("Loader(output='numpy') works on the CPU only (numpy arrays live in host memory)")
-            np = _import("numpy")
-            if np is None:
-                raise ImportError("Loader(output='numpy') needs numpy")
-        elif output != "dlpack":
-            raise _invalid(f"output {output!r} is not one of {_OUTPUTS}")
-        self.output = output
-        self._stream_fn = None
-        copy = self.copy
-        if output == "torch":
-            from_dlpack = torch.from_dlpack
-            self._convert = (lambda f: from_dlpack(f).clone()) if copy else from_dlpack
-            if on_gpu:
-                current_stream = torch.cuda.current_stream
-                dev = torch.device("cuda", self.device)
-                self._stream_fn = lambda: current_stream(dev).cuda_stream
-        elif output == "numpy":
-            self._convert = _numpy_converter(np.from_dlpack, copy)
-        else:
-            if copy and on_gpu:
-                raise _invalid("Loader(copy=True) on a GPU needs torch")
-            self._convert = (lambda f: f.to_memoryview()) if copy else (lambda f: f)
-
-    # --- lifetime -----------------------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Destroys the iterator, the engine, and a source the loader built. Idempotent. Tensors of the
-        loader's batches still held afterwards point to freed memory: free them first."""
-        it, self._iterator = self._iterator, None
-        eng, self._engine = self._engine, None
-        src, self._owned_source = self._owned_source, None
-        try:
-            if it is not None:
-                it.close()
-        finally:
-            try:
-                if eng is not None:
-                    eng.close()
-            finally:
-                if src is not None:
-                    src.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._iterator is None
-
-    def __enter__(self) -> "Loader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _it(self) -> Iterator:
-        it = self._iterator
-        if it is None:
-            raise _closed(type(self).__name__)
-        return it
-
-    @property
-    def iterator(self) -> Iterator:
-        """The underlying :class:`~ferry.Iterator` (batches with their indices, explicit release)."""
-        return self._it()
-
-    @property
-    def staging(self) -> Tuple[str, str]:
-        """``(strategy, reason)``: how samples cross to the device; see :attr:`Iterator.staging`."""
-        return self._it().staging
-
-    # --- iteration ----------------------------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        """Batches per epoch (on this rank)."""
-        return len(self._it())
-
-    def __iter__(self) -> TypingIterator[Dict[str, Any]]:
-        it = self._it()
-        stream_fn = self._stream_fn
-        while True:
-            batch = it.next(stream_fn() if stream_fn is not None else None)
-            if batch is None:
-                return
-            # Yielded straight from the call: a suspended generator (a loop left with break and kept)
-            # then holds no reference to the batch's tensors.
-            yield self._take(batch)
-
-    def _take(self, batch: Batch) -> Dict[str, Any]:
-        """Converts every field of the batch, then drops the handle's reference."""
-        convert = self._convert
-        try:
-            return {name: convert(batch.field(i)) for i, name in enumerate(batch._names)}
-        finally:
-            batch.release()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Starts epoch ``epoch`` from its first batch; the next loop yields it."""
-        self._it().set_epoch(epoch)
-
-    @property
-    def epoch(self) -> int:
-        """The epoch of the next batch."""
-        return self._it().state()["epoch"]
-
-    def state_dict(self) -> Dict[str, int]:
-        """The position of the next batch (see :meth:`Iterator.state`): every rank of a job returns the
-        same dict, and any one of them resumes every rank."""
-        return self._it().state()
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        """Resumes from :meth:`state_dict`. Under the world size it was saved under, the batches that follow
-        are bit for bit those that would have come; under another (a job restarted with more or fewer
-        ranks), the rest of the epoch is sharded among the new ranks, every remaining sample once
-        (:meth:`Iterator.restore_elastic`). A dict with only "epoch" and "batch" (an older state) resumes
-        exactly."""
-        try:
-            epoch, batch = state["epoch"], state["batch"]
-        except (KeyError, TypeError):
-            raise _invalid(f"state {state!r} must be a dict with 'epoch' and 'batch'") from None
-        it = self._it()
-        saved = state.get("world_size", 0) or 0
-        if saved and saved != it.state()["world_size"]:
-            it.restore_elastic(epoch, state["consumed"])
-        else:
-            it.restore(epoch, batch, state.get("offset", 0) or 0, saved)
-
-    def __repr__(self) -> str:
-        if self._iterator is None:
-            return f"<ferry.{type(self).__name__} closed>"
-        dev = "cpu" if self.device == CPU else f"cuda:{self.device}"
-        return (f"<ferry.{type(self).__name__} {len(self)} batches of {self.batch_size} on {dev}, "
-                f"output={self.output}>")
-
-
-class OptimizedDataLoader(Loader):
-    """A :class:`Loader` with torch DataLoader's argument names (the seed's façade).
-
-    ``dataset_or_arrays`` is a dict of arrays or a ferry source. ``num_workers`` becomes ``workers`` (0:
-    ferry picks), ``prefetch_factor`` becomes ``prefetch`` (at least 2). ``pin_memory`` is accepted and
-    needs nothing: ferry always stages through page-locked memory on a GPU. Other keywords go to
-    :class:`Loader`.
-    """
-
-    def __init__(self, dataset_or_arrays: Union[Source, Mapping[str, Any]], batch_size: int = 32,
-                 shuffle: bool = False, num_workers: int = 0, pin_memory: bool = True, prefetch_factor: int = 2,
-                 drop_last: bool = False, **kw: Any) -> None:
-        del pin_memory
-        prefetch = _as_int(prefetch_factor if prefetch_factor is not None else 2, "prefetch_factor")
-        super().__init__(dataset_or_arrays, batch_size, shuffle=shuffle, drop_last=drop_last,
-                         workers=num_workers, prefetch=max(2, prefetch), **kw)
-
-
-class PrefetchLoader(Loader):
-    """A :class:`Loader` that delivers to ``device`` (the seed's façade).
-
-    ``loader_or_source`` is a ferry source, a dict of arrays, or another :class:`Loader`, whose source and
-    settings are reused (the other loader keeps its own position and stays open). Keywords go to
-    :class:`Loader`.
-    """
-
-    def __init__(self, loader_or_source: Union[Loader, Source, Mapping[str, Any]], device: Any = None,
-                 **kw: Any) -> None:
-        if isinstance(loader_or_source, Loader):
-            other = loader_or_source
-            it = other._it()
-            kw.setdefault("batch_size", other.batch_size)
-            kw.setdefault("copy", other.copy)
-            for key, value in other._settings.items():
-                kw.setdefault(key, value)
-            source: Union[Source, Mapping[str, Any]] = it.source
-            self._parent = other  # keeps a source the other loader owns alive
-        else:
-            source = loader_or_source
-        if "batch_size" not in kw:
-            raise TypeError("PrefetchLoader needs batch_size when given a source")
-        batch_size = kw.pop("batch_size")
-        super().__init__(source, batch_size, device=device, **kw)

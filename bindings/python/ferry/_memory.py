@@ -10,7 +10,7 @@ from ctypes import byref, c_uint64
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from . import _loader
+from . import _lib
 from ._advisor import BatchSizeAdvisor
 from ._device import device_count
 from ._engine import CPU, Engine, MemorySnapshot, Pressure, _new_snapshot_struct
@@ -19,19 +19,19 @@ from ._errors import Status, _as_int, _check, _closed, _error, _invalid
 __all__ = ["MemoryManager", "OptimizeResult"]
 
 _MB = float(1 << 20)
-_F_PROCESS = _loader.FERRY_MEMORY_F_PROCESS
+_F_PROCESS = _lib.FERRY_MEMORY_F_PROCESS
 _LEVELS = {int(p): p for p in Pressure}
-_RESULT_SIZE = ctypes.sizeof(_loader.OptimizeResult)
-_PRESSURE_SIZE = ctypes.sizeof(_loader.PressureOptions)
+_RESULT_SIZE = ctypes.sizeof(_lib.OptimizeResult)
+_PRESSURE_SIZE = ctypes.sizeof(_lib.PressureOptions)
 
 #: metric names accepted by MemoryManager(metric=...), with the ferry_pressure_metric they stand for.
 _METRICS = {
-    "device": _loader.FERRY_PRESSURE_DEVICE_USED,
-    "device_used": _loader.FERRY_PRESSURE_DEVICE_USED,
-    "process": _loader.FERRY_PRESSURE_PROCESS_USED,
-    "process_used": _loader.FERRY_PRESSURE_PROCESS_USED,
-    "engine": _loader.FERRY_PRESSURE_ENGINE_RESERVED,
-    "engine_reserved": _loader.FERRY_PRESSURE_ENGINE_RESERVED,
+    "device": _lib.FERRY_PRESSURE_DEVICE_USED,
+    "device_used": _lib.FERRY_PRESSURE_DEVICE_USED,
+    "process": _lib.FERRY_PRESSURE_PROCESS_USED,
+    "process_used": _lib.FERRY_PRESSURE_PROCESS_USED,
+    "engine": _lib.FERRY_PRESSURE_ENGINE_RESERVED,
+    "engine_reserved": _lib.FERRY_PRESSURE_ENGINE_RESERVED,
 }
 
 
@@ -189,7 +189,7 @@ class MemoryManager:
         self._advisor: Optional[BatchSizeAdvisor] = None
         self.last_optimize: Optional[OptimizeResult] = None
         try:
-            if warn_bytes or critical_bytes or self._metric != _loader.FERRY_PRESSURE_DEVICE_USED:
+            if warn_bytes or critical_bytes or self._metric != _lib.FERRY_PRESSURE_DEVICE_USED:
                 self._set_pressure(self._metric, warn_bytes, critical_bytes, 0.0, 0.0)
         except BaseException:
             self._engine.close()
@@ -256,7 +256,7 @@ class MemoryManager:
 
     def _set_pressure(self, metric: int, warn_bytes: int, critical_bytes: int, warn_fraction: float,
                       critical_fraction: float) -> None:
-        opts = _loader.PressureOptions()
+        opts = _lib.PressureOptions()
         _check(self._lib.ferry_pressure_options_init(byref(opts)))
         opts.metric = metric
         opts.warn_bytes = warn_bytes
@@ -300,7 +300,7 @@ class MemoryManager:
             raise TypeError(f"a pressure callback must be callable, not {type(callback).__name__}")
         wants = _wants_level(callback) if pass_level is None else bool(pass_level)
         state = _PressureCallback(callback, wants, self._errors)
-        c_fn = _loader.PRESSURE_FN(state)
+        c_fn = _lib.PRESSURE_FN(state)
         cid = c_uint64()
         with self._lock:
             status = self._lib.ferry_memory_on_pressure(self._engine._h(), c_fn, None, byref(cid))
@@ -373,7 +373,7 @@ class MemoryManager:
             if current >= 2**63:
                 raise _invalid(f"current_batch_size {current} does not fit int64_t")
         before = self._engine.memory_check_live()
-        res = _loader.OptimizeResult()
+        res = _lib.OptimizeResult()
         res.size = _RESULT_SIZE
         with self._lock:
             if self._args is None:
@@ -412,9 +412,9 @@ class MemoryManager:
 
     def _reading(self, snap: MemorySnapshot) -> int:
         """The figure the thresholds compare with, in bytes."""
-        if self._metric == _loader.FERRY_PRESSURE_ENGINE_RESERVED:
+        if self._metric == _lib.FERRY_PRESSURE_ENGINE_RESERVED:
             return snap.engine_reserved_bytes
-        if self._metric == _loader.FERRY_PRESSURE_PROCESS_USED and snap.process_valid:
+        if self._metric == _lib.FERRY_PRESSURE_PROCESS_USED and snap.process_valid:
             return snap.process_device_bytes
         return snap.device_used_bytes
 

@@ -13,7 +13,7 @@ from array import array
 from ctypes import POINTER, byref, c_char, c_double, c_uint32, c_uint64, c_void_p
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
-from . import _loader
+from . import _lib
 from ._errors import ClosedError, Status, _as_int32, _check, _closed, _error, _invalid
 from ._handle import _Owner
 
@@ -27,7 +27,7 @@ _FLUSH_EVERY_NS = 1_000_000_000
 
 _monotonic_ns = time.monotonic_ns  # CLOCK_MONOTONIC on Linux: the clock of ferry_metric_log_many_at
 
-_SUMMARY_SIZE = ctypes.sizeof(_loader.MetricSummary)
+_SUMMARY_SIZE = ctypes.sizeof(_lib.MetricSummary)
 _SUMMARY_KEYS = ("count", "nonfinite", "mean", "min", "max", "std", "last", "p50", "p90", "p99", "p999")
 _DOUBLE_P = POINTER(c_double)
 _UINT64_P = POINTER(c_uint64)
@@ -114,11 +114,11 @@ class PerformanceMonitor(_Owner):
         self._handle: Optional[c_void_p] = None
         self._buffers: Dict[str, _Buffer] = {}
         self._flush_lock = threading.Lock()
-        lib = _loader.lib()
+        lib = _lib.lib()
         self._lib = lib
-        opts = _loader.MonitorOptions()
+        opts = _lib.MonitorOptions()
         _check(lib.ferry_monitor_options_init(byref(opts)))
-        opts.flags = _loader.FERRY_MONITOR_F_START if start else 0
+        opts.flags = _lib.FERRY_MONITOR_F_START if start else 0
         opts.gpu_interval_us = _interval_us(gpu_interval, "gpu_interval")
         opts.pcie_interval_us = _interval_us(pcie_interval, "pcie_interval")
         opts.system_interval_us = _interval_us(system_interval, "system_interval")
@@ -188,7 +188,8 @@ class PerformanceMonitor(_Owner):
         """Reports an iterator (a :class:`~ferry.Loader`'s, or a :class:`~ferry.Iterator`) under
         ``pipeline/<name>/...``: batches/s, samples/s, host-to-device bytes/s, queue depth and data stall %,
         sampled every ``system_interval`` while the samplers run. A closed iterator is dropped."""
-        from ._iterator import Iterator, Loader
+        from ._dataloader import Loader
+        from ._iterator import Iterator
 
         it = loader_or_iterator.iterator if isinstance(loader_or_iterator, Loader) else loader_or_iterator
         if not isinstance(it, Iterator):
@@ -289,7 +290,7 @@ class PerformanceMonitor(_Owner):
         grow with the values logged."""
         self._flush_metric(name)
         metric_id = self._buffers[name].id if name in self._buffers else self.metric(name)
-        s = _loader.MetricSummary()
+        s = _lib.MetricSummary()
         s.size = _SUMMARY_SIZE
         self._call(self._lib.ferry_metric_summary_get, metric_id, byref(s))
         out: Dict[str, Any] = {k: getattr(s, k) for k in _SUMMARY_KEYS}

@@ -21,7 +21,7 @@ import traceback
 from ctypes import byref, c_char_p, c_int32, c_int64, c_void_p
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from . import _loader
+from . import _lib
 from ._handle import _Owner
 from ._errors import _as_int, _check, _invalid
 
@@ -41,19 +41,19 @@ __all__ = [
 
 #: ferry's dtype names → (ferry_dtype value, bytes per element).
 DTYPES: Dict[str, Tuple[int, int]] = {
-    "bool": (_loader.FERRY_DTYPE_BOOL, 1),
-    "uint8": (_loader.FERRY_DTYPE_UINT8, 1),
-    "int8": (_loader.FERRY_DTYPE_INT8, 1),
-    "uint16": (_loader.FERRY_DTYPE_UINT16, 2),
-    "int16": (_loader.FERRY_DTYPE_INT16, 2),
-    "uint32": (_loader.FERRY_DTYPE_UINT32, 4),
-    "int32": (_loader.FERRY_DTYPE_INT32, 4),
-    "uint64": (_loader.FERRY_DTYPE_UINT64, 8),
-    "int64": (_loader.FERRY_DTYPE_INT64, 8),
-    "float16": (_loader.FERRY_DTYPE_FLOAT16, 2),
-    "bfloat16": (_loader.FERRY_DTYPE_BFLOAT16, 2),
-    "float32": (_loader.FERRY_DTYPE_FLOAT32, 4),
-    "float64": (_loader.FERRY_DTYPE_FLOAT64, 8),
+    "bool": (_lib.FERRY_DTYPE_BOOL, 1),
+    "uint8": (_lib.FERRY_DTYPE_UINT8, 1),
+    "int8": (_lib.FERRY_DTYPE_INT8, 1),
+    "uint16": (_lib.FERRY_DTYPE_UINT16, 2),
+    "int16": (_lib.FERRY_DTYPE_INT16, 2),
+    "uint32": (_lib.FERRY_DTYPE_UINT32, 4),
+    "int32": (_lib.FERRY_DTYPE_INT32, 4),
+    "uint64": (_lib.FERRY_DTYPE_UINT64, 8),
+    "int64": (_lib.FERRY_DTYPE_INT64, 8),
+    "float16": (_lib.FERRY_DTYPE_FLOAT16, 2),
+    "bfloat16": (_lib.FERRY_DTYPE_BFLOAT16, 2),
+    "float32": (_lib.FERRY_DTYPE_FLOAT32, 4),
+    "float64": (_lib.FERRY_DTYPE_FLOAT64, 8),
 }
 _NAME_BY_CODE = {code: name for name, (code, _) in DTYPES.items()}
 
@@ -129,8 +129,8 @@ def _shape(shape: Any, what: str) -> Tuple[int, ...]:
         dims = tuple(_as_int(d, what + " shape entry") for d in shape)
     except TypeError:
         raise TypeError(f"{what}: shape must be an int or a sequence of ints, not {shape!r}") from None
-    if len(dims) > _loader.FERRY_MAX_DIMS:
-        raise _invalid(f"{what}: shape {dims} has {len(dims)} dimensions; at most {_loader.FERRY_MAX_DIMS}")
+    if len(dims) > _lib.FERRY_MAX_DIMS:
+        raise _invalid(f"{what}: shape {dims} has {len(dims)} dimensions; at most {_lib.FERRY_MAX_DIMS}")
     if any(d <= 0 for d in dims):
         raise _invalid(f"{what}: shape {dims} must have positive entries")
     return dims
@@ -139,7 +139,7 @@ def _shape(shape: Any, what: str) -> Tuple[int, ...]:
 def _field_array(specs: Sequence[Tuple[str, str, Tuple[int, ...], int]]) -> Tuple[Any, List[bytes]]:
     """Builds a ``ferry_field[]`` from (name, dtype name, per-sample shape, offset); returns it and the
     encoded names, which must stay alive for the duration of the call."""
-    arr = (_loader.FieldStruct * len(specs))()
+    arr = (_lib.FieldStruct * len(specs))()
     names = []
     for i, (name, dtype, shape, offset) in enumerate(specs):
         b = name.encode("utf-8")
@@ -195,7 +195,7 @@ class Source(_Owner):
         _check(lib.ferry_source_num_fields(handle, byref(count)))
         fields: Dict[str, FieldSpec] = {}
         for i in range(count.value):
-            f = _loader.FieldStruct()
+            f = _lib.FieldStruct()
             _check(lib.ferry_source_field(handle, i, byref(f)))
             name = f.name.decode("utf-8")
             fields[name] = FieldSpec(_NAME_BY_CODE.get(f.dtype, str(f.dtype)), tuple(f.shape[: f.ndim]), f.offset)
@@ -371,7 +371,7 @@ class ArraySource(Source):
             specs.append((name, dt, _shape(shape[1:], f"field {name!r}"), 0))
             ptrs.append(addr)
             keep.append(owner)
-        lib = _loader.lib()
+        lib = _lib.lib()
         fields, names = _field_array(specs)
         data = (c_void_p * len(ptrs))(*ptrs)
         handle = c_void_p()
@@ -408,7 +408,7 @@ class RecordSource(Source):
             except (TypeError, ValueError):
                 raise TypeError(f"{what}: expected (offset, dtype, shape), got {spec!r}") from None
             specs.append((name, dtype_name(dtype, what), _shape(shape, what), _as_int(offset, what + " offset")))
-        lib = _loader.lib()
+        lib = _lib.lib()
         arr, names = _field_array(specs)
         handle = c_void_p()
         _check(lib.ferry_source_records(_path(path), _as_int(record_size, "record_size"),
@@ -423,7 +423,7 @@ class CIFAR10Source(Source):
 
     def __init__(self, path: Any) -> None:
         super().__init__()
-        lib = _loader.lib()
+        lib = _lib.lib()
         handle = c_void_p()
         _check(lib.ferry_source_cifar10(_path(path), byref(handle)))
         self.path = os.fspath(path)
@@ -440,7 +440,7 @@ class NpySource(Source):
             raise TypeError("NpySource takes a non-empty dict {field name: path}")
         names = [str(n).encode("utf-8") for n in paths]
         files = [_path(p) for p in paths.values()]
-        lib = _loader.lib()
+        lib = _lib.lib()
         handle = c_void_p()
         _check(lib.ferry_source_npy((c_char_p * len(names))(*names), (c_char_p * len(files))(*files),
                                     len(names), byref(handle)))
@@ -449,10 +449,10 @@ class NpySource(Source):
 
 
 _TOKEN_FORMATS = {
-    "uint16": _loader.FERRY_TOKENS_UINT16,
-    "uint32": _loader.FERRY_TOKENS_UINT32,
-    "llmc": _loader.FERRY_TOKENS_LLMC,
-    "llm.c": _loader.FERRY_TOKENS_LLMC,
+    "uint16": _lib.FERRY_TOKENS_UINT16,
+    "uint32": _lib.FERRY_TOKENS_UINT32,
+    "llmc": _lib.FERRY_TOKENS_LLMC,
+    "llm.c": _lib.FERRY_TOKENS_LLMC,
 }
 
 
@@ -481,13 +481,13 @@ class TokenSource(Source):
                  seed: int = 0, window: bool = False) -> None:
         super().__init__()
         fmt = _token_format(format, ["llmc", "uint16", "uint32"])
-        lib = _loader.lib()
-        opts = _loader.TokenOptions()
+        lib = _lib.lib()
+        opts = _lib.TokenOptions()
         _check(lib.ferry_token_options_init(byref(opts)))
         opts.format = fmt
         opts.seq_len = _as_int(seq_len, "seq_len")
         opts.seed = _as_int(seed, "seed") & (2**64 - 1)
-        opts.flags = (_loader.FERRY_TOKENS_F_RANDOM if random else 0) | (_loader.FERRY_TOKENS_F_WINDOW if window else 0)
+        opts.flags = (_lib.FERRY_TOKENS_F_RANDOM if random else 0) | (_lib.FERRY_TOKENS_F_WINDOW if window else 0)
         handle = c_void_p()
         _check(lib.ferry_source_tokens(_path(path), byref(opts), byref(handle)))
         self.path = os.fspath(path)
@@ -513,8 +513,8 @@ class RaggedTokenSource(Source):
         fmt = _token_format(format, ["uint16", "uint32"])
         if not isinstance(field, str):
             raise TypeError(f"field must be a string, not {field!r}")
-        lib = _loader.lib()
-        opts = _loader.RaggedOptions()
+        lib = _lib.lib()
+        opts = _lib.RaggedOptions()
         _check(lib.ferry_ragged_options_init(byref(opts)))
         opts.format = fmt
         opts.max_len = _as_int(max_len, "max_len")
@@ -635,8 +635,8 @@ class CallbackSource(Source):
         if numpy and np is None:
             raise ImportError("CallbackSource(numpy=True) needs numpy")
         state = _CallbackState(fn, specs, np)
-        c_fn = _loader.SAMPLE_FN(state)
-        lib = _loader.lib()
+        c_fn = _lib.SAMPLE_FN(state)
+        lib = _lib.lib()
         arr, names = _field_array(specs)
         handle = c_void_p()
         _check(lib.ferry_source_callback(_as_int(length, "length"), arr, len(specs), c_fn, None, byref(handle)))

@@ -15,15 +15,15 @@ import numbers
 from ctypes import byref
 from typing import Any, List, Optional, Sequence, Tuple
 
-from . import _loader
+from . import _lib
 from ._errors import _as_int, _check, _invalid
 from ._sources import DTYPES, dtype_name
 
 __all__ = ["Transform", "Normalize", "ShiftTokens", "PadSequences"]
 
-_LAYOUTS = {"CHW": _loader.FERRY_LAYOUT_CHW, "NCHW": _loader.FERRY_LAYOUT_CHW, "HWC": _loader.FERRY_LAYOUT_HWC,
-            "NHWC": _loader.FERRY_LAYOUT_HWC, "CHANNELS_LAST": _loader.FERRY_LAYOUT_HWC}
-_LAYOUT_NAMES = {_loader.FERRY_LAYOUT_CHW: "CHW", _loader.FERRY_LAYOUT_HWC: "HWC"}
+_LAYOUTS = {"CHW": _lib.FERRY_LAYOUT_CHW, "NCHW": _lib.FERRY_LAYOUT_CHW, "HWC": _lib.FERRY_LAYOUT_HWC,
+            "NHWC": _lib.FERRY_LAYOUT_HWC, "CHANNELS_LAST": _lib.FERRY_LAYOUT_HWC}
+_LAYOUT_NAMES = {_lib.FERRY_LAYOUT_CHW: "CHW", _lib.FERRY_LAYOUT_HWC: "HWC"}
 
 
 def _name(value: Optional[str], what: str) -> Optional[bytes]:
@@ -58,23 +58,23 @@ class Transform:
 
     _kind = 0
 
-    def _fill(self, t: _loader.Transform, keep: List[bytes]) -> None:
+    def _fill(self, t: _lib.Transform, keep: List[bytes]) -> None:
         raise NotImplementedError
 
-    def _struct(self, field: str, keep: List[bytes]) -> _loader.Transform:
+    def _struct(self, field: str, keep: List[bytes]) -> _lib.Transform:
         """The ``ferry_transform`` of this transform on source field ``field``. The C strings it points to
         are appended to ``keep``, which must stay alive while the struct is in use."""
         if not isinstance(field, str):
             raise TypeError(f"a transform's field name must be a str, not {type(field).__name__}")
         name = field.encode("utf-8")
         keep.append(name)
-        t = _loader.Transform()
-        _check(_loader.lib().ferry_transform_init(byref(t), self._kind, name))
+        t = _lib.Transform()
+        _check(_lib.lib().ferry_transform_init(byref(t), self._kind, name))
         self._fill(t, keep)
         return t
 
 
-    def _set_name(self, t: _loader.Transform, attr: str, value: Optional[bytes], keep: List[bytes]) -> None:
+    def _set_name(self, t: _lib.Transform, attr: str, value: Optional[bytes], keep: List[bytes]) -> None:
         if value is not None:
             keep.append(value)
             setattr(t, attr, value)
@@ -92,7 +92,7 @@ class Normalize(Transform):
     sample index, so a resumed run flips the same samples. The field keeps its name.
     """
 
-    _kind = _loader.FERRY_TRANSFORM_NORMALIZE
+    _kind = _lib.FERRY_TRANSFORM_NORMALIZE
 
     def __init__(self, mean: Any = None, std: Any = None, layout: Any = "CHW", dtype: Any = "float32",
                  flip: float = 0.0, scale: Optional[float] = None, input_layout: Any = "HWC") -> None:
@@ -104,7 +104,7 @@ class Normalize(Transform):
         self.flip = float(flip)
         self.scale = None if scale is None else float(scale)
 
-    def _fill(self, t: _loader.Transform, keep: List[bytes]) -> None:
+    def _fill(self, t: _lib.Transform, keep: List[bytes]) -> None:
         mean, std = self.mean, self.std
         # One count covers both arrays: a missing one takes the neutral value, a single one is repeated.
         n = max(len(mean or ()), len(std or ()))
@@ -151,7 +151,7 @@ class ShiftTokens(Transform):
     pair ``x`` (the first ``seq_len`` tokens) and ``y`` (the same shifted by one), both int64
     ``[B, seq_len]``. The window's field is replaced by ``x`` then ``y``."""
 
-    _kind = _loader.FERRY_TRANSFORM_SHIFT_TOKENS
+    _kind = _lib.FERRY_TRANSFORM_SHIFT_TOKENS
 
     def __init__(self, x: str = "x", y: str = "y") -> None:
         self.x = x
@@ -159,7 +159,7 @@ class ShiftTokens(Transform):
         self._x = _name(x, "ShiftTokens x")
         self._y = _name(y, "ShiftTokens y")
 
-    def _fill(self, t: _loader.Transform, keep: List[bytes]) -> None:
+    def _fill(self, t: _lib.Transform, keep: List[bytes]) -> None:
         self._set_name(t, "x_name", self._x, keep)
         self._set_name(t, "y_name", self._y, keep)
 
@@ -174,7 +174,7 @@ class PadSequences(Transform):
     ``[B]`` named ``lengths``. ``L`` is the batch's longest sequence, or the source's ``max_len`` with
     ``fixed=True``. The token field keeps its name."""
 
-    _kind = _loader.FERRY_TRANSFORM_PAD_SEQUENCES
+    _kind = _lib.FERRY_TRANSFORM_PAD_SEQUENCES
 
     def __init__(self, pad_value: int = 0, fixed: bool = False, mask: str = "attention_mask",
                  lengths: str = "lengths") -> None:
@@ -187,7 +187,7 @@ class PadSequences(Transform):
         self._mask = _name(mask, "PadSequences mask")
         self._lengths = _name(lengths, "PadSequences lengths")
 
-    def _fill(self, t: _loader.Transform, keep: List[bytes]) -> None:
+    def _fill(self, t: _lib.Transform, keep: List[bytes]) -> None:
         t.pad_value = self.pad_value
         t.fixed_length = 1 if self.fixed else 0
         self._set_name(t, "mask_name", self._mask, keep)
@@ -199,8 +199,8 @@ class PadSequences(Transform):
                 f"lengths={self.lengths!r})")
 
 
-_STAGING = {"auto": _loader.FERRY_STAGING_AUTO, "gather": _loader.FERRY_STAGING_GATHER,
-            "dma": _loader.FERRY_STAGING_DMA, "mapped": _loader.FERRY_STAGING_MAPPED}
+_STAGING = {"auto": _lib.FERRY_STAGING_AUTO, "gather": _lib.FERRY_STAGING_GATHER,
+            "dma": _lib.FERRY_STAGING_DMA, "mapped": _lib.FERRY_STAGING_MAPPED}
 STAGING_NAMES = {code: name for name, code in _STAGING.items()}
 
 
@@ -222,7 +222,7 @@ def transform_array(transforms: Any) -> Tuple[Any, int, List[bytes]]:
     if not hasattr(transforms, "items"):
         raise TypeError(f"transforms must be a dict {{field name: transform}}, not {type(transforms).__name__}")
     items = list(transforms.items())
-    arr = (_loader.Transform * len(items))()
+    arr = (_lib.Transform * len(items))()
     keep: List[bytes] = []
     for i, (field, t) in enumerate(items):
         if not isinstance(t, Transform):

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 import ferry
-from ferry import _loader
+from ferry import _lib
 
 from conftest import find_header
 from loader_helpers import fresh_rng
@@ -22,14 +22,14 @@ GiB = 1 << 30
 
 
 def test_fit_struct_matches_header():
-    assert ctypes.sizeof(_loader.AdvisorFit) == 56
+    assert ctypes.sizeof(_lib.AdvisorFit) == 56
     path = find_header()
     if path is None:
         pytest.skip("ferry.h is not reachable from the package directory")
     body = re.search(r"typedef struct ferry_advisor_fit \{(.*?)\} ferry_advisor_fit;", path.read_text(), flags=re.S)
     code = re.sub(r"/\*.*?\*/", "", body.group(1), flags=re.S)
     names = [m.group(1) for m in re.finditer(r"(\w+)(?:\[\d+\])?\s*;", code)]
-    assert [n for n, _ in _loader.AdvisorFit._fields_] == names
+    assert [n for n, _ in _lib.AdvisorFit._fields_] == names
     # the dataclass carries every field but the struct size
     assert list(ferry.AdvisorFit.__dataclass_fields__) == names[1:]
 

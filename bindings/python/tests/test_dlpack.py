@@ -12,7 +12,7 @@ from ctypes import c_char_p, c_int, c_void_p
 import pytest
 
 import ferry
-from ferry import _dlpack, _loader
+from ferry import _dlpack, _lib
 
 from conftest import find_header
 from loader_helpers import fresh_rng, rows
@@ -28,9 +28,9 @@ _get_name = ctypes.PYFUNCTYPE(c_char_p, ctypes.py_object)(("PyCapsule_GetName", 
 
 
 @pytest.mark.parametrize("struct, size", [
-    (_loader.FieldStruct, 88), (_loader.TokenOptions, 32), (_loader.IteratorOptions, 72), (_loader.Transform, 128),
-    (_loader.IteratorPosition, 48), (_loader.BatchProperties, 32), (_loader.DLTensor, 48),
-    (_loader.DLManagedTensorVersioned, 80), (_loader.DLManagedTensor, 64),
+    (_lib.FieldStruct, 88), (_lib.TokenOptions, 32), (_lib.IteratorOptions, 72), (_lib.Transform, 128),
+    (_lib.IteratorPosition, 48), (_lib.BatchProperties, 32), (_lib.DLTensor, 48),
+    (_lib.DLManagedTensorVersioned, 80), (_lib.DLManagedTensor, 64),
 ])
 def test_struct_sizes(struct, size):
     assert ctypes.sizeof(struct) == size
@@ -44,14 +44,14 @@ def _header_text():
 
 
 @pytest.mark.parametrize("struct, cname, typedef", [
-    (_loader.FieldStruct, "ferry_field", "struct ferry_field"),
-    (_loader.TokenOptions, "ferry_token_options", "struct ferry_token_options"),
-    (_loader.IteratorOptions, "ferry_iterator_options", "struct ferry_iterator_options"),
-    (_loader.Transform, "ferry_transform", "struct ferry_transform"),
-    (_loader.IteratorPosition, "ferry_iterator_position", "struct ferry_iterator_position"),
-    (_loader.BatchProperties, "ferry_batch_properties", "struct ferry_batch_properties"),
-    (_loader.DLManagedTensorVersioned, "DLManagedTensorVersioned", "struct DLManagedTensorVersioned"),
-    (_loader.DLTensor, "DLTensor", "struct"),
+    (_lib.FieldStruct, "ferry_field", "struct ferry_field"),
+    (_lib.TokenOptions, "ferry_token_options", "struct ferry_token_options"),
+    (_lib.IteratorOptions, "ferry_iterator_options", "struct ferry_iterator_options"),
+    (_lib.Transform, "ferry_transform", "struct ferry_transform"),
+    (_lib.IteratorPosition, "ferry_iterator_position", "struct ferry_iterator_position"),
+    (_lib.BatchProperties, "ferry_batch_properties", "struct ferry_batch_properties"),
+    (_lib.DLManagedTensorVersioned, "DLManagedTensorVersioned", "struct DLManagedTensorVersioned"),
+    (_lib.DLTensor, "DLTensor", "struct"),
 ])
 def test_struct_fields_match_header(struct, cname, typedef):
     text = _header_text()
@@ -65,15 +65,15 @@ def test_struct_fields_match_header(struct, cname, typedef):
 
 
 def test_constants_match_header(header):
-    for name in dir(_loader):
+    for name in dir(_lib):
         if re.fullmatch(r"FERRY_(DTYPE|TOKENS|ITERATOR_F|MAX_DIMS|END_OF_EPOCH|TRANSFORM|LAYOUT|STAGING)\w*", name):
-            assert getattr(_loader, name) == header[name], name
+            assert getattr(_lib, name) == header[name], name
     for name, (code, _) in ferry._sources.DTYPES.items():
         assert header["FERRY_DTYPE_" + name.upper()] == code
     text = _header_text()
     for name in ("kDLCPU", "kDLCUDA", "kDLCUDAHost", "kDLInt", "kDLUInt", "kDLFloat", "kDLBfloat", "kDLBool"):
         m = re.search(r"\b%s = (\d+)" % name, text)
-        assert m and int(m.group(1)) == getattr(_loader, name), name
+        assert m and int(m.group(1)) == getattr(_lib, name), name
 
 
 # --- hand-off -------------------------------------------------------------------------------------------
@@ -109,16 +109,16 @@ def test_versioned_capsule_contents(ring):
     it, data = ring
     b = _next(it)
     f = b.field("data")
-    assert f.__dlpack_device__() == (_loader.kDLCPU, 0)
+    assert f.__dlpack_device__() == (_lib.kDLCPU, 0)
     ptr = f.data_ptr
     cap = f.__dlpack__(max_version=(1, 2))
     assert f.exported and _get_name(cap) == b"dltensor_versioned"
-    t = ctypes.cast(_get_pointer(cap, b"dltensor_versioned"), ctypes.POINTER(_loader.DLManagedTensorVersioned)).contents
+    t = ctypes.cast(_get_pointer(cap, b"dltensor_versioned"), ctypes.POINTER(_lib.DLManagedTensorVersioned)).contents
     assert (t.version.major, t.version.minor) == (1, 0) and t.flags == 0
     dl = t.dl_tensor
     assert dl.data == ptr and dl.ndim == 2 and [dl.shape[0], dl.shape[1]] == [4, 12] and not dl.strides
-    assert (dl.dtype.code, dl.dtype.bits, dl.dtype.lanes) == (_loader.kDLUInt, 8, 1)
-    assert (dl.device.device_type, dl.device.device_id) == (_loader.kDLCPU, 0)
+    assert (dl.dtype.code, dl.dtype.bits, dl.dtype.lanes) == (_lib.kDLUInt, 8, 1)
+    assert (dl.device.device_type, dl.device.device_id) == (_lib.kDLCPU, 0)
     assert ctypes.string_at(ptr, 48) == rows(data, 12, b.indices())
     with pytest.raises(BufferError, match="once"):
         f.__dlpack__(max_version=(1, 0))
@@ -153,7 +153,7 @@ def test_consumed_legacy_capsule(ring):
         ptr = f.data_ptr
         cap = f.__dlpack__(max_version=(0, 8))
         assert _get_name(cap) == b"dltensor"
-        m = ctypes.cast(_get_pointer(cap, b"dltensor"), ctypes.POINTER(_loader.DLManagedTensor))
+        m = ctypes.cast(_get_pointer(cap, b"dltensor"), ctypes.POINTER(_lib.DLManagedTensor))
         dl = m.contents.dl_tensor
         assert dl.data == ptr and dl.ndim == 2 and (dl.shape[0], dl.shape[1]) == (len(idx), 12)
         assert ctypes.string_at(dl.data, len(idx) * 12) == rows(data, 12, idx)
@@ -171,7 +171,7 @@ def test_consumed_versioned_capsule(ring):
     for _ in range(8):
         b = _next(it)
         cap = b.field(1).__dlpack__(max_version=(1, 0))
-        t = ctypes.cast(_get_pointer(cap, b"dltensor_versioned"), ctypes.POINTER(_loader.DLManagedTensorVersioned))
+        t = ctypes.cast(_get_pointer(cap, b"dltensor_versioned"), ctypes.POINTER(_lib.DLManagedTensorVersioned))
         _set_name(cap, b"used_dltensor_versioned")
         b.release()
         del cap  # renamed: the destructor leaves it alone; the slot waits for the deleter
@@ -196,11 +196,11 @@ def test_refused_requests(ring):
     b = _next(it)
     f = b.field("data")
     with pytest.raises(BufferError, match="device"):
-        f.__dlpack__(max_version=(1, 0), dl_device=(_loader.kDLCUDA, 0))
+        f.__dlpack__(max_version=(1, 0), dl_device=(_lib.kDLCUDA, 0))
     with pytest.raises(BufferError, match="copy"):
         f.__dlpack__(max_version=(1, 0), copy=True)
     assert not f.exported  # a refused request leaves the field as it was
-    cap = f.__dlpack__(max_version=(1, 0), dl_device=(_loader.kDLCPU, 0), copy=False, stream=None)
+    cap = f.__dlpack__(max_version=(1, 0), dl_device=(_lib.kDLCPU, 0), copy=False, stream=None)
     assert "exported" in repr(f)
     with pytest.raises(BufferError):
         f.to_bytes()

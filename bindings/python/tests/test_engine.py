@@ -59,7 +59,7 @@ def test_cpu_engine_snapshot_is_sane():
     assert isinstance(snap, ferry.MemorySnapshot)
     assert snap.device == -1
     assert snap.host_valid and not snap.device_valid and not snap.process_valid and not snap.live
-    assert snap.flags == ferry._loader.FERRY_MEMORY_F_HOST
+    assert snap.flags == ferry._lib.FERRY_MEMORY_F_HOST
     assert snap.level == ferry.Pressure.NONE
     assert snap.sequence >= 1
     assert snap.device_total_bytes == snap.device_free_bytes == snap.device_used_bytes == 0
@@ -82,7 +82,7 @@ def test_live_check_sets_live_and_queries_now():
         snap = engine.memory_check_live()
         after = time.monotonic_ns()
     assert snap.live and snap.host_valid
-    assert snap.flags & ferry._loader.FERRY_MEMORY_F_LIVE
+    assert snap.flags & ferry._lib.FERRY_MEMORY_F_LIVE
     assert before <= snap.timestamp_ns <= after
     assert 0 < snap.host_available_bytes <= snap.host_total_bytes
 
@@ -132,9 +132,9 @@ def test_destroy_invalidates_the_handle_in_the_library():
     handle = engine._handle
     engine.close()
     # The library itself must reject the stale handle (the Python-side check is only a convenience).
-    status = ferry._loader.lib().ferry_engine_sample_now(handle)
+    status = ferry._lib.lib().ferry_engine_sample_now(handle)
     assert status == ferry.Status.INVALID_HANDLE
-    assert ferry._loader.lib().ferry_engine_destroy(handle) == ferry.Status.INVALID_HANDLE
+    assert ferry._lib.lib().ferry_engine_destroy(handle) == ferry.Status.INVALID_HANDLE
 
 
 def test_garbage_collection_destroys_the_engine():
@@ -144,12 +144,12 @@ def test_garbage_collection_destroys_the_engine():
     del engine
     gc.collect()
     assert ref() is None
-    assert ferry._loader.lib().ferry_engine_sample_now(handle) == ferry.Status.INVALID_HANDLE
+    assert ferry._lib.lib().ferry_engine_sample_now(handle) == ferry.Status.INVALID_HANDLE
 
 
 def test_many_engines_do_not_leak_handles():
     # More than FERRY_MAX_ENGINES create/close cycles: closing must free each slot.
-    for _ in range(ferry._loader.FERRY_MAX_ENGINES + 44):
+    for _ in range(ferry._lib.FERRY_MAX_ENGINES + 44):
         ferry.Engine(ferry.CPU, sample_interval_ms=0).close()
 
 
@@ -187,14 +187,14 @@ def test_non_int_options_raise_type_error():
 def test_raw_options_rejected_by_the_library():
     import ctypes
 
-    lib = ferry._loader.lib()
-    opts = ferry._loader.EngineOptions()
+    lib = ferry._lib.lib()
+    opts = ferry._lib.EngineOptions()
     assert lib.ferry_engine_options_init(ctypes.byref(opts)) == 0
     assert (opts.size, opts.device, opts.sample_interval_ms, opts.flags) == (16, 0, 100, 0)
     for field, value in (("flags", 1), ("size", 0), ("size", 4)):
-        bad = ferry._loader.EngineOptions(size=16, device=ferry.CPU, sample_interval_ms=100, flags=0)
+        bad = ferry._lib.EngineOptions(size=16, device=ferry.CPU, sample_interval_ms=100, flags=0)
         setattr(bad, field, value)
-        handle = ferry._loader.ferry_engine()
+        handle = ferry._lib.ferry_engine()
         status = lib.ferry_engine_create(ctypes.byref(bad), ctypes.byref(handle))
         with pytest.raises(ferry.InvalidArgumentError) as info:
             ferry._errors._check(status)

@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 import ferry
-from ferry import _errors, _loader
+from ferry import _errors, _lib
 
 EXPECTED = {
     1: ("FERRY_ERR_INVALID_ARGUMENT", ferry.InvalidArgumentError, ()),
@@ -75,7 +75,7 @@ def test_check_raises_the_mapped_exception(status):
 
 def test_end_of_epoch_is_not_an_error():
     # FERRY_END_OF_EPOCH (13) is a distinct non-error return: _check gives it back instead of raising.
-    assert _loader.FERRY_END_OF_EPOCH == ferry.Status.END_OF_EPOCH == 13
+    assert _lib.FERRY_END_OF_EPOCH == ferry.Status.END_OF_EPOCH == 13
     assert _errors._check(13) is ferry.Status.END_OF_EPOCH
 
 
@@ -90,8 +90,8 @@ def test_check_ok_is_silent_and_unknown_status_is_the_base_class():
 
 def test_check_carries_the_library_message():
     # A failing call records its message for this thread; _check must pick it up.
-    lib = _loader.lib()
-    status = lib.ferry_memory_check(_loader.ferry_engine(0xDEADBEEF), ctypes.byref(_loader.MemorySnapshotStruct(size=160)))
+    lib = _lib.lib()
+    status = lib.ferry_memory_check(_lib.ferry_engine(0xDEADBEEF), ctypes.byref(_lib.MemorySnapshotStruct(size=160)))
     assert status == ferry.Status.INVALID_HANDLE
     with pytest.raises(ferry.InvalidHandleError) as info:
         _errors._check(status)
@@ -102,8 +102,8 @@ def test_check_carries_the_library_message():
 @pytest.mark.parametrize("size", [0, 4, 159])
 def test_short_out_struct_is_invalid_argument(size):
     with ferry.Engine(ferry.CPU) as engine:
-        snap = _loader.MemorySnapshotStruct(size=size)
-        status = _loader.lib().ferry_memory_check(engine._handle, ctypes.byref(snap))
+        snap = _lib.MemorySnapshotStruct(size=size)
+        status = _lib.lib().ferry_memory_check(engine._handle, ctypes.byref(snap))
         with pytest.raises(ferry.InvalidArgumentError) as info:
             _errors._check(status)
         assert info.value.message
@@ -112,5 +112,5 @@ def test_short_out_struct_is_invalid_argument(size):
 
 def test_null_out_pointer_is_invalid_argument():
     with pytest.raises(ferry.InvalidArgumentError) as info:
-        _errors._check(_loader.lib().ferry_device_count(None))
+        _errors._check(_lib.lib().ferry_device_count(None))
     assert info.value.message

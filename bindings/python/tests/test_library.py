@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import ferry
-from ferry import _loader
+from ferry import _lib
 
 from conftest import PACKAGE_ROOT
 
@@ -34,7 +34,7 @@ def test_version_matches_pyproject_and_library():
 def test_version_matches_header_macros(header):
     expected = (header["FERRY_VERSION_MAJOR"], header["FERRY_VERSION_MINOR"], header["FERRY_VERSION_PATCH"])
     assert ferry.version() == expected
-    assert (_loader.FERRY_VERSION_MAJOR, _loader.FERRY_VERSION_MINOR, _loader.FERRY_VERSION_PATCH) == expected
+    assert (_lib.FERRY_VERSION_MAJOR, _lib.FERRY_VERSION_MINOR, _lib.FERRY_VERSION_PATCH) == expected
 
 
 def test_constants_match_header(header):
@@ -54,7 +54,7 @@ def test_constants_match_header(header):
         "FERRY_TOKENS_F_RANDOM",
         "FERRY_TOKENS_F_WINDOW",
     ):
-        assert getattr(_loader, name) == header[name], name
+        assert getattr(_lib, name) == header[name], name
     assert ferry.CPU == header["FERRY_DEVICE_CPU"]
     for p in ferry.Pressure:
         assert header["FERRY_PRESSURE_" + p.name] == p.value
@@ -63,12 +63,12 @@ def test_constants_match_header(header):
 @pytest.mark.parametrize(
     "struct, size",
     [
-        (_loader.DeviceProperties, 416),
-        (_loader.SystemProperties, 688),
-        (_loader.EngineOptions, 16),
-        (_loader.MemorySnapshotStruct, 160),
-        (_loader.TokenOptions, 32),
-        (_loader.RaggedOptions, 24),
+        (_lib.DeviceProperties, 416),
+        (_lib.SystemProperties, 688),
+        (_lib.EngineOptions, 16),
+        (_lib.MemorySnapshotStruct, 160),
+        (_lib.TokenOptions, 32),
+        (_lib.RaggedOptions, 24),
     ],
 )
 def test_struct_sizes(struct, size):
@@ -85,12 +85,12 @@ def _header_struct_fields(text: str, name: str):
 @pytest.mark.parametrize(
     "struct, cname",
     [
-        (_loader.DeviceProperties, "ferry_device_properties"),
-        (_loader.SystemProperties, "ferry_system_properties"),
-        (_loader.EngineOptions, "ferry_engine_options"),
-        (_loader.MemorySnapshotStruct, "ferry_memory_snapshot"),
-        (_loader.TokenOptions, "ferry_token_options"),
-        (_loader.RaggedOptions, "ferry_ragged_options"),
+        (_lib.DeviceProperties, "ferry_device_properties"),
+        (_lib.SystemProperties, "ferry_system_properties"),
+        (_lib.EngineOptions, "ferry_engine_options"),
+        (_lib.MemorySnapshotStruct, "ferry_memory_snapshot"),
+        (_lib.TokenOptions, "ferry_token_options"),
+        (_lib.RaggedOptions, "ferry_ragged_options"),
     ],
 )
 def test_struct_fields_match_header(struct, cname):
@@ -109,9 +109,9 @@ def test_every_header_function_is_declared():
     if path is None:
         pytest.skip("ferry.h is not reachable from the package directory")
     declared = set(re.findall(r"FERRY_API\s+[\w\s\*]+?\b(ferry_\w+)\s*\(", path.read_text()))
-    assert declared == set(_loader.SYMBOLS)
-    lib = _loader.lib()
-    for name in _loader.SYMBOLS:
+    assert declared == set(_lib.SYMBOLS)
+    lib = _lib.lib()
+    for name in _lib.SYMBOLS:
         fn = getattr(lib, name)
         assert fn.argtypes is not None, name
         assert fn.restype is not None, name

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import ferry
-from ferry import _iterator
+from ferry import _dataloader
 
 from conftest import PACKAGE_ROOT
 from loader_helpers import TIMEOUT_MS, fresh_rng, rows
@@ -323,14 +323,14 @@ def test_facades():
 
 
 def test_device_parsing():
-    assert _iterator._parse_device("cpu") == ferry.CPU
-    assert _iterator._parse_device(-1) == ferry.CPU
-    assert _iterator._parse_device(2) == 2
-    assert _iterator._parse_device("cuda") == 0
-    assert _iterator._parse_device("cuda:3") == 3
-    assert _iterator._parse_device(None) == (0 if ferry.device_count() > 0 else ferry.CPU)
+    assert _dataloader._parse_device("cpu") == ferry.CPU
+    assert _dataloader._parse_device(-1) == ferry.CPU
+    assert _dataloader._parse_device(2) == 2
+    assert _dataloader._parse_device("cuda") == 0
+    assert _dataloader._parse_device("cuda:3") == 3
+    assert _dataloader._parse_device(None) == (0 if ferry.device_count() > 0 else ferry.CPU)
     with pytest.raises(ferry.InvalidArgumentError):
-        _iterator._parse_device("tpu:0")
+        _dataloader._parse_device("tpu:0")
 
 
 def test_default_device_and_missing_gpu():

@@ -22,7 +22,7 @@ from loader_helpers import TIMEOUT_MS, fresh_rng
 _FAKE_GPU_SCRIPT = r"""
 import array, ctypes, json, sys
 import ferry
-from ferry import _loader
+from ferry import _lib
 
 seed, n, bs, payload = (int(a) for a in sys.argv[1:5])
 data = bytearray(open(sys.argv[5], "rb").read())
@@ -71,7 +71,7 @@ with ferry.Loader(arrays, bs, shuffle=True, seed=seed, prefetch=2, output="dlpac
     got = []
     for batch in loader:
         got.append((array.array("q", read(batch["idx"])).tolist(), read(batch["data"]), batch["data"].device))
-    res["loop_ok"] = all(d == (_loader.kDLCUDA, 0) and raw == b"".join(bytes(data[i * payload:(i + 1) * payload]) for i in idx)
+    res["loop_ok"] = all(d == (_lib.kDLCUDA, 0) and raw == b"".join(bytes(data[i * payload:(i + 1) * payload]) for i in idx)
                          for idx, raw, d in got)
     res["loop_count"] = sum(len(i) for i, _, _ in got)
 try:

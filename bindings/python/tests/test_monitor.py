@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import ferry
-from ferry import _loader, _monitor
+from ferry import _lib, _monitor
 
 from conftest import find_header
 
@@ -69,8 +69,8 @@ def assert_summary(values, s) -> None:
 
 
 @pytest.mark.parametrize("struct, cname, size", [
-    (_loader.MonitorOptions, "ferry_monitor_options", 72),
-    (_loader.MetricSummary, "ferry_metric_summary", 112),
+    (_lib.MonitorOptions, "ferry_monitor_options", 72),
+    (_lib.MetricSummary, "ferry_metric_summary", 112),
 ])
 def test_structs_match_header(struct, cname, size):
     assert ctypes.sizeof(struct) == size
@@ -88,7 +88,7 @@ def test_structs_match_header(struct, cname, size):
 
 
 def test_start_flag_matches_header(header):
-    assert _loader.FERRY_MONITOR_F_START == header["FERRY_MONITOR_F_START"]
+    assert _lib.FERRY_MONITOR_F_START == header["FERRY_MONITOR_F_START"]
 
 
 # --- summaries ----------------------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def test_values_reach_the_library_within_the_flush_interval(monkeypatch):
         mon.log_metric("loss", 1.5)
         mon.log_metric("loss", 2.5)
         # Read the library directly, without the flush that summary() does first.
-        s = _loader.MetricSummary()
+        s = _lib.MetricSummary()
         s.size = ctypes.sizeof(s)
         assert mon._lib.ferry_metric_summary_get(mon._h(), mon.metric("loss"), ctypes.byref(s)) == 0
         assert s.count == 2 and s.last == 2.5

@@ -16,7 +16,7 @@ import threading
 import pytest
 
 import ferry
-from ferry import _loader
+from ferry import _lib
 
 from conftest import PACKAGE_ROOT, find_header
 
@@ -40,8 +40,8 @@ def _header_struct_fields(name: str):
 @pytest.mark.parametrize(
     "struct, cname, size",
     [
-        (_loader.PressureOptions, "ferry_pressure_options", 40),
-        (_loader.OptimizeResult, "ferry_optimize_result", 40),
+        (_lib.PressureOptions, "ferry_pressure_options", 40),
+        (_lib.OptimizeResult, "ferry_optimize_result", 40),
     ],
 )
 def test_structs_match_header(struct, cname, size):
@@ -52,14 +52,14 @@ def test_structs_match_header(struct, cname, size):
 def test_pressure_constants_match_header(header):
     for name in ("FERRY_PRESSURE_DEVICE_USED", "FERRY_PRESSURE_PROCESS_USED", "FERRY_PRESSURE_ENGINE_RESERVED",
                  "FERRY_PRESSURE_NONE", "FERRY_PRESSURE_WARN", "FERRY_PRESSURE_CRITICAL"):
-        assert getattr(_loader, name) == header[name], name
+        assert getattr(_lib, name) == header[name], name
 
 
 def test_options_init_defaults():
-    opts = _loader.PressureOptions()
-    assert _loader.lib().ferry_pressure_options_init(ctypes.byref(opts)) == 0
+    opts = _lib.PressureOptions()
+    assert _lib.lib().ferry_pressure_options_init(ctypes.byref(opts)) == 0
     assert opts.size == 40
-    assert opts.metric == _loader.FERRY_PRESSURE_DEVICE_USED
+    assert opts.metric == _lib.FERRY_PRESSURE_DEVICE_USED
     assert (opts.warn_bytes, opts.critical_bytes, opts.warn_fraction, opts.critical_fraction) == (0, 0, 0.0, 0.0)
 
 
@@ -98,7 +98,7 @@ def test_threshold_errors():
         with pytest.raises(ferry.InvalidArgumentError):  # an unknown metric value reaches the library
             mm.set_thresholds(100, metric=77)
         # a refused call changes nothing
-        assert mm.snapshot().warn_threshold_bytes == 0 and mm.metric == _loader.FERRY_PRESSURE_ENGINE_RESERVED
+        assert mm.snapshot().warn_threshold_bytes == 0 and mm.metric == _lib.FERRY_PRESSURE_ENGINE_RESERVED
 
 
 # --- callbacks ---------------------------------------------------------------------------------------------------

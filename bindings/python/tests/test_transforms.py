@@ -255,7 +255,7 @@ def test_loaders_take_transforms_and_staging():
                 assert np.abs(got - _reference(imgs, MEAN, STD, "HWC", False)).max() <= 1e-6
 
 
-@pytest.mark.parametrize("staging", ["auto", "gather", "dma", "mapped", ferry._loader.FERRY_STAGING_MAPPED])
+@pytest.mark.parametrize("staging", ["auto", "gather", "dma", "mapped", ferry._lib.FERRY_STAGING_MAPPED])
 def test_staging_is_gather_on_the_cpu(engine, staging):
     src = ferry.ArraySource({"v": np.arange(10, dtype=np.int32)})
     with ferry.Iterator(engine, src, 5, staging=staging, pinned_budget=1 << 20) as it:

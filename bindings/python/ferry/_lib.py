@@ -609,7 +609,7 @@ class LibraryNotFoundError(ImportError):
 
 
 _lock = threading.Lock()
-_lib: Optional[ctypes.CDLL] = None
+_cdll: Optional[ctypes.CDLL] = None
 _path: Optional[str] = None
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -676,13 +676,13 @@ def lib() -> ctypes.CDLL:
     Raises:
         LibraryNotFoundError: (an ImportError) naming every place that was tried.
     """
-    global _lib
-    cdll = _lib
+    global _cdll
+    cdll = _cdll
     if cdll is None:
         with _lock:
-            if _lib is None:
-                _lib = _load()
-            cdll = _lib
+            if _cdll is None:
+                _cdll = _load()
+            cdll = _cdll
     return cdll
 
 

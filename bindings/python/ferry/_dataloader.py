@@ -1,0 +1,325 @@
+"""The training-loop face of the iterator: :class:`Loader`, which owns an engine and an iterator and yields
+each batch as a dict of tensors, and the seed's façades :class:`OptimizedDataLoader` and
+:class:`PrefetchLoader`.
+"""
+
+from __future__ import annotations
+
+import re
+from ctypes import byref
+from typing import Any, Dict, Iterator as TypingIterator, Mapping, Optional, Tuple, Union
+
+from . import _lib
+from ._device import device_count
+from ._dlpack import DLPackField
+from ._engine import CPU, Engine
+from ._errors import _as_int, _as_int32, _check, _closed, _invalid
+from ._iterator import _DEFAULTS, Batch, Iterator, IteratorSettings
+from ._sources import ArraySource, Source
+from ._transforms import Transform
+
+__all__ = ["Loader", "OptimizedDataLoader", "PrefetchLoader"]
+
+
+def _parse_device(device: Any) -> int:
+    """None → the default GPU (LOCAL_RANK under torchrun, else 0) when one is visible, else the CPU;
+    "cpu"/-1 → the CPU; "cuda[:N]"/N → GPU N."""
+    if device is None:
+        if device_count() == 0:
+            return CPU
+        opts = _lib.EngineOptions()
+        _check(_lib.lib().ferry_engine_options_init(byref(opts)))  # LOCAL_RANK under torchrun, else 0
+        return opts.device
+    if isinstance(device, int) and not isinstance(device, bool):
+        return CPU if device == CPU else _as_int32(device, "device")
+    text = str(device).strip().lower()  # a string, or a torch.device
+    if text == "cpu":
+        return CPU
+    m = re.fullmatch(r"(?:cuda|gpu)(?::(\d+))?", text)
+    if m:
+        index = getattr(device, "index", None)
+        return int(m.group(1)) if m.group(1) else (index if isinstance(index, int) else 0)
+    raise _invalid(f"device {device!r}: use None, 'cpu', -1, a GPU index, or 'cuda:N'")
+
+
+def _import(name: str) -> Any:
+    try:
+        return __import__(name)
+    except Exception:  # ImportError, or a broken install: either way it is not usable
+        return None
+
+
+_OUTPUTS = ("torch", "numpy", "dlpack")
+
+
+def _numpy_converter(from_dlpack: Any, copy: bool) -> Any:
+    """The numpy output of :class:`Loader`: ``numpy.from_dlpack`` of each field, with a clear error for
+    bfloat16, which numpy does not have."""
+
+    def convert(f: DLPackField) -> Any:
+        if f.dtype == "bfloat16":
+            raise TypeError(f"batch field {f.name!r} is bfloat16, which numpy does not have: use output='torch' "
+                            "or output='dlpack' (DLPackField.to_memoryview() gives its raw uint16 words), or "
+                            "a float16 or float32 transform")
+        a = from_dlpack(f)
+        return a.copy() if copy else a
+
+    return convert
+
+
+class Loader:
+    """Batches for a training loop: ``for batch in Loader(source, 256, shuffle=True): ...``.
+
+    Each iteration of ``for batch in loader`` yields the batches up to the end of the current epoch;
+    each batch is a dict {field name: tensor}. Tensors are torch tensors (``torch.from_dlpack``) when
+    torch is importable, else numpy arrays (``numpy.from_dlpack``, on the CPU), else the
+    :class:`~ferry.DLPackField` objects themselves; ``output="torch"|"numpy"|"dlpack"`` picks one
+    (numpy has no bfloat16: such a field needs torch or ``"dlpack"``).
+
+    ``source``: a ferry source, or a dict of arrays (wrapped in an :class:`~ferry.ArraySource`, no copy).
+    ``device``: None picks GPU 0 when one is visible, else the CPU; ``"cpu"`` or -1 the CPU; an int or
+    ``"cuda:N"`` that GPU. ``workers`` (0: min(cores, 16)) gather threads, ``prefetch`` (2..64; 0: 4)
+    batches in flight. ``rank``/``world_size`` shard like torch's DistributedSampler (None reads
+    RANK/WORLD_SIZE when set). ``timeout_ms`` bounds one wait (0: 5 minutes).
+
+    ``transforms`` lays fields out on the device right after the copy (on the host on the CPU), e.g.
+    ``transforms={"image": ferry.Normalize(mean, std, dtype="float16")}``; the batch's keys are then the
+    transforms' outputs. ``staging`` (``"auto"``, ``"gather"``, ``"dma"``, ``"mapped"``) and
+    ``pinned_budget`` are those of :class:`Iterator`.
+
+    Zero copy: the tensors are views of ferry's ring of ``prefetch`` batches, whose slots are reused in
+    turn; a slot is refilled only when every tensor of its batch has been freed. So a batch must be let
+    go within ``prefetch`` batches: holding the tensors of ``prefetch`` batches (or keeping one batch
+    while ``prefetch`` more are fetched) stalls the loader, and the fetch then fails with
+    :class:`~ferry.FerryTimeoutError` after ``timeout_ms``. To keep tensors longer, pass ``copy=True``:
+    each field is cloned and its slot given back at once (a copy per batch). With torch on a GPU, batches are
+    ordered on ``torch.cuda.current_stream(device)`` at the time each batch is fetched.
+
+    Resume: :meth:`state_dict` / :meth:`load_state_dict` give and take ``{"epoch", "batch"}``; the next
+    loop continues from there, bit for bit. A loop left early (``break``) is continued by the next one
+    from where it stopped; :meth:`set_epoch` starts an epoch from its beginning.
+
+    Ownership: the loader owns its engine and iterator (and a source it built from a dict);
+    :meth:`close` (or leaving a ``with`` block) destroys them; garbage collection does as a backstop.
+    """
+
+    def __init__(self, source: Union[Source, Mapping[str, Any]], batch_size: int, shuffle: bool = _DEFAULTS.shuffle,
+                 seed: int = _DEFAULTS.seed, drop_last: bool = _DEFAULTS.drop_last, workers: int = _DEFAULTS.workers,
+                 prefetch: int = _DEFAULTS.prefetch, device: Any = None, rank: Optional[int] = _DEFAULTS.rank,
+                 world_size: Optional[int] = _DEFAULTS.world_size, timeout_ms: int = _DEFAULTS.timeout_ms,
+                 copy: bool = False, output: Optional[str] = None,
+                 transforms: Optional[Mapping[str, Transform]] = _DEFAULTS.transforms, staging: Any = _DEFAULTS.staging,
+                 pinned_budget: Optional[int] = _DEFAULTS.pinned_budget) -> None:
+        settings = IteratorSettings.of(locals())
+        self._iterator: Optional[Iterator] = None
+        self._owned_source: Optional[Source] = None
+        self._engine: Optional[Engine] = None
+        if isinstance(source, Mapping):
+            source = self._owned_source = ArraySource(source)
+        elif not isinstance(source, Source):
+            raise TypeError(f"Loader takes a ferry source or a dict of arrays, not {type(source).__name__}")
+        try:
+            self.device = dev = _parse_device(device)
+            self.copy = bool(copy)
+            self._setup_output(output)
+            self._engine = Engine(dev, sample_interval_ms=0)
+            self._iterator = Iterator(self._engine, source, batch_size, **settings.as_dict())
+        except BaseException:
+            self.close()
+            raise
+        self.source = source
+        self.batch_size = self._iterator.batch_size
+        # What PrefetchLoader reuses of this loader besides batch_size and copy.
+        self._settings = dict(settings.as_dict(), output=self.output)
+
+    def _setup_output(self, output: Optional[str]) -> None:
+        on_gpu = self.device != CPU
+        torch = np = None
+        if output is None or output == "auto":
+            torch = _import("torch")
+            if torch is not None:
+                output = "torch"
+            else:
+                np = None if on_gpu else _import("numpy")
+                output = "numpy" if np is not None else "dlpack"
+        elif output == "torch":
+            torch = _import("torch")
+            if torch is None:
+                raise ImportError("Loader(output='torch') needs torch")
+        elif output == "numpy":
+            if on_gpu:
+                raise _invalid("Loader(output='numpy') works on the CPU only (numpy arrays live in host memory)")
+            np = _import("numpy")
+            if np is None:
+                raise ImportError("Loader(output='numpy') needs numpy")
+        elif output != "dlpack":
+            raise _invalid(f"output {output!r} is not one of {_OUTPUTS}")
+        self.output = output
+        self._stream_fn = None
+        copy = self.copy
+        if output == "torch":
+            from_dlpack = torch.from_dlpack
+            self._convert = (lambda f: from_dlpack(f).clone()) if copy else from_dlpack
+            if on_gpu:
+                current_stream = torch.cuda.current_stream
+                dev = torch.device("cuda", self.device)
+                self._stream_fn = lambda: current_stream(dev).cuda_stream
+        elif output == "numpy":
+            self._convert = _numpy_converter(np.from_dlpack, copy)
+        else:
+            if copy and on_gpu:
+                raise _invalid("Loader(copy=True) on a GPU needs torch")
+            self._convert = (lambda f: f.to_memoryview()) if copy else (lambda f: f)
+
+    # --- lifetime -----------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Destroys the iterator, the engine, and a source the loader built. Idempotent. Tensors of the
+        loader's batches still held afterwards point to freed memory: free them first."""
+        it, self._iterator = self._iterator, None
+        eng, self._engine = self._engine, None
+        src, self._owned_source = self._owned_source, None
+        try:
+            if it is not None:
+                it.close()
+        finally:
+            try:
+                if eng is not None:
+                    eng.close()
+            finally:
+                if src is not None:
+                    src.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._iterator is None
+
+    def __enter__(self) -> "Loader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _it(self) -> Iterator:
+        it = self._iterator
+        if it is None:
+            raise _closed(type(self).__name__)
+        return it
+
+    @property
+    def iterator(self) -> Iterator:
+        """The underlying :class:`~ferry.Iterator` (batches with their indices, explicit release)."""
+        return self._it()
+
+    @property
+    def staging(self) -> Tuple[str, str]:
+        """``(strategy, reason)``: how samples cross to the device; see :attr:`Iterator.staging`."""
+        return self._it().staging
+
+    # --- iteration ----------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Batches per epoch (on this rank)."""
+        return len(self._it())
+
+    def __iter__(self) -> TypingIterator[Dict[str, Any]]:
+        it = self._it()
+        stream_fn = self._stream_fn
+        while True:
+            batch = it.next(stream_fn() if stream_fn is not None else None)
+            if batch is None:
+                return
+            # Yielded straight from the call: a suspended generator (a loop left with break and kept)
+            # then holds no reference to the batch's tensors.
+            yield self._take(batch)
+
+    def _take(self, batch: Batch) -> Dict[str, Any]:
+        """Converts every field of the batch, then drops the handle's reference."""
+        convert = self._convert
+        try:
+            return {name: convert(batch.field(i)) for i, name in enumerate(batch._names)}
+        finally:
+            batch.release()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Starts epoch ``epoch`` from its first batch; the next loop yields it."""
+        self._it().set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the next batch."""
+        return self._it().state()["epoch"]
+
+    def state_dict(self) -> Dict[str, int]:
+        """The position of the next batch (see :meth:`Iterator.state`): every rank of a job returns the
+        same dict, and any one of them resumes every rank."""
+        return self._it().state()
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Resumes from :meth:`state_dict`. Under the world size it was saved under, the batches that follow
+        are bit for bit those that would have come; under another (a job restarted with more or fewer
+        ranks), the rest of the epoch is sharded among the new ranks, every remaining sample once
+        (:meth:`Iterator.restore_elastic`). A dict with only "epoch" and "batch" (an older state) resumes
+        exactly."""
+        try:
+            epoch, batch = state["epoch"], state["batch"]
+        except (KeyError, TypeError):
+            raise _invalid(f"state {state!r} must be a dict with 'epoch' and 'batch'") from None
+        it = self._it()
+        saved = state.get("world_size", 0) or 0
+        if saved and saved != it.state()["world_size"]:
+            it.restore_elastic(epoch, state["consumed"])
+        else:
+            it.restore(epoch, batch, state.get("offset", 0) or 0, saved)
+
+    def __repr__(self) -> str:
+        if self._iterator is None:
+            return f"<ferry.{type(self).__name__} closed>"
+        dev = "cpu" if self.device == CPU else f"cuda:{self.device}"
+        return (f"<ferry.{type(self).__name__} {len(self)} batches of {self.batch_size} on {dev}, "
+                f"output={self.output}>")
+
+
+class OptimizedDataLoader(Loader):
+    """A :class:`Loader` with torch DataLoader's argument names (the seed's façade).
+
+    ``dataset_or_arrays`` is a dict of arrays or a ferry source. ``num_workers`` becomes ``workers`` (0:
+    ferry picks), ``prefetch_factor`` becomes ``prefetch`` (at least 2). ``pin_memory`` is accepted and
+    needs nothing: ferry always stages through page-locked memory on a GPU. Other keywords go to
+    :class:`Loader`.
+    """
+
+    def __init__(self, dataset_or_arrays: Union[Source, Mapping[str, Any]], batch_size: int = 32,
+                 shuffle: bool = _DEFAULTS.shuffle, num_workers: int = 0, pin_memory: bool = True,
+                 prefetch_factor: int = 2, drop_last: bool = _DEFAULTS.drop_last, **kw: Any) -> None:
+        del pin_memory
+        prefetch = _as_int(prefetch_factor if prefetch_factor is not None else 2, "prefetch_factor")
+        super().__init__(dataset_or_arrays, batch_size, shuffle=shuffle, drop_last=drop_last,
+                         workers=num_workers, prefetch=max(2, prefetch), **kw)
+
+
+class PrefetchLoader(Loader):
+    """A :class:`Loader` that delivers to ``device`` (the seed's façade).
+
+    ``loader_or_source`` is a ferry source, a dict of arrays, or another :class:`Loader`, whose source and
+    settings are reused (the other loader keeps its own position and stays open). Keywords go to
+    :class:`Loader`.
+    """
+
+    def __init__(self, loader_or_source: Union[Loader, Source, Mapping[str, Any]], device: Any = None,
+                 **kw: Any) -> None:
+        if isinstance(loader_or_source, Loader):
+            other = loader_or_source
+            it = other._it()
+            kw.setdefault("batch_size", other.batch_size)
+            kw.setdefault("copy", other.copy)
+            for key, value in other._settings.items():
+                kw.setdefault(key, value)
+            source: Union[Source, Mapping[str, Any]] = it.source
+            self._parent = other  # keeps a source the other loader owns alive
+        else:
+            source = loader_or_source
+        if "batch_size" not in kw:
+            raise TypeError("PrefetchLoader needs batch_size when given a source")
+        batch_size = kw.pop("batch_size")
+        super().__init__(source, batch_size, device=device, **kw)
