@@ -1,11 +1,13 @@
 // Package data moves samples from where users keep them to the device: sources (caller memory, .npy
 // files, fixed-size records, token files, variable-length token files, callbacks; one source_<format>.go
 // each), the sampler that fixes the order as a pure function of (seed, epoch, position) with
-// DistributedSampler-exact sharding and elastic resume, the prefetch iterator (iterator.go: the iterator
-// and its options; batch.go: batches; pipeline.go: the workers and the copier; restore.go: positions and
-// elastic state), staging (staging.go: how samples cross; register.go: host memory registered with the
-// driver), and the device transforms (transform.go: the sealed Transform interface; transform_<name>.go
-// one each; kernels.go: every kernel's name).
+// DistributedSampler-exact sharding and elastic resume, the prefetch iterator (iterator.go: the
+// iterator, its options and its ring; batch.go: Next and the batches it hands out; pipeline.go: the
+// producer, the gather workers and the copier; plan.go: the per-field plan and the batch metadata;
+// copy.go: the device work of a batch; restore.go: positions and elastic state), staging (staging.go:
+// how samples cross and the choice; register.go: host memory registered with the driver), and the device
+// transforms (transform.go: the sealed Transform interface; transform_<name>.go, one each, with its
+// kernels' names and parameter block; kernel.go: the module, the launches and the list of every kernel).
 //
 // # Concurrency
 //

@@ -1,6 +1,7 @@
 package data
 
 import (
+	"encoding/binary"
 	"fmt"
 
 	"github.com/ferry-ml/ferry/engine"
@@ -9,15 +10,27 @@ import (
 	"github.com/ferry-ml/ferry/kernels"
 )
 
-// kernelNames is every kernel the engine looks up in the fatbin; a test checks each is in it.
-var kernelNames = []string{
-	"ferry_gather",
-	"ferry_image_f32_chw", "ferry_image_f32_hwc",
-	"ferry_image_f16_chw", "ferry_image_f16_hwc",
-	"ferry_image_bf16_chw", "ferry_image_bf16_hwc",
-	"ferry_tokens_u16", "ferry_tokens_u32",
-	"ferry_pad_u16", "ferry_pad_u32",
+// kernelNames is every kernel the package looks up in the fatbin: each is named once, in the file that
+// launches it, through kernelTable; a test checks each is in the fatbin.
+var kernelNames []string
+
+// kernel adds name to kernelNames and returns it.
+func kernel(name string) string {
+	kernelNames = append(kernelNames, name)
+	return name
 }
+
+// kernelTable adds the kernels of t, a table from a transform's parameters to its kernels' names, to
+// kernelNames, and returns t.
+func kernelTable[K comparable](t map[K]string) map[K]string {
+	for _, name := range t {
+		kernel(name)
+	}
+	return t
+}
+
+// gatherKernel copies samples from registered source memory into a batch (kernels/gather.cu).
+var gatherKernel = kernel("ferry_gather")
 
 // kernelBlock is the threads per block of every launch.
 const kernelBlock = 256
@@ -131,45 +144,20 @@ func (k *kernelSet) launchPerSample(e *engine.Engine, name string, perSample uin
 	return e.Context().Launch(f, perSample, uint32(batch), kernelBlock, s, params)
 }
 
-// LaunchTransform runs t's kernel, on the engine's device, on stream over batch samples of the field in that lie one after another
-// at src (device memory, or page-locked host memory, which kernels read across PCIe), writing each of t's
-// outputs ([batch, ...] each, in Outputs order) at the device addresses dst. It is the iterator's layout
-// step on its own, for data already on the device. Normalize runs without flips; PadSequences needs the
-// iterator (it takes per-sample lengths). The host does not wait.
-func LaunchTransform(e *engine.Engine, t Transform, in Field, batch int, src engine.DevicePtr, dst []engine.DevicePtr, stream Stream) error {
-	if e.Closed() {
-		return fmt.Errorf("%w: engine on device %d", engine.ErrClosed, e.Device())
+// gatherParams is ferry_gather_params (kernels/params.h), packed byte for byte.
+const gatherParamsSize = 40
+
+type gatherParams struct {
+	src, offsets, dst, bytes uint64
+	batch, vec               uint32
+}
+
+func (p *gatherParams) pack(b []byte) []byte {
+	b = b[:0]
+	le := binary.LittleEndian
+	for _, v := range []uint64{p.src, p.offsets, p.dst, p.bytes} {
+		b = le.AppendUint64(b, v)
 	}
-	if err := in.Validate(); err != nil {
-		return err
-	}
-	if t == nil {
-		return fmt.Errorf("%w: transform is nil", engine.ErrInvalidArgument)
-	}
-	if _, ok := t.(PadSequences); ok {
-		return fmt.Errorf("%w: PadSequences runs inside an iterator (it needs each sample's length)", engine.ErrUnsupported)
-	}
-	if batch <= 0 {
-		return fmt.Errorf("%w: batch %d must be positive", engine.ErrInvalidArgument, batch)
-	}
-	p, outs, err := newFieldPlan(in, t, false)
-	if err != nil {
-		return err
-	}
-	if len(dst) != len(outs) {
-		return fmt.Errorf("%w: %v makes %d outputs; %d destinations were given", engine.ErrInvalidArgument, t, len(outs), len(dst))
-	}
-	d := make([]uint64, len(dst))
-	for i, x := range dst {
-		if x == 0 || src == 0 {
-			return fmt.Errorf("%w: a source or destination address is 0", engine.ErrInvalidArgument)
-		}
-		d[i] = uint64(x)
-	}
-	k, err := kernelsOf(e)
-	if err != nil {
-		return err
-	}
-	_, err = p.launch(e, k, launchArgs{batch: batch, src: uint64(src), aligned: in.Bytes()%16 == 0, dst: d, stream: stream}, nil)
-	return err
+	b = le.AppendUint32(b, p.batch)
+	return le.AppendUint32(b, p.vec)
 }

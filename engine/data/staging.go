@@ -131,7 +131,7 @@ func (it *Iterator) chooseStaging() {
 	// (labels) cost little either way.
 	if want == StagingAuto {
 		for f, p := range it.plans {
-			if _, tokens := p.t.(ShiftTokens); tokens || p.ragged || p.in.Bytes() < 256 {
+			if p.tr.anyAlignment || p.ragged || p.in.Bytes() < 256 {
 				continue // the token kernels read tokens one by one, aligned or not
 			}
 			base := uintptr(unsafe.Pointer(&backed.Region(f)[0]))

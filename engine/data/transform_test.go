@@ -254,7 +254,7 @@ func TestFatbinHasEveryKernel(t *testing.T) {
 		n := bytes.Count(kernels.Fatbin, []byte(name+"\x00"))
 		require.GreaterOrEqual(t, n, 6, "kernel %s is not in every architecture's cubin of the fatbin", name)
 	}
-	if out, err := exec.Command("sh", "../kernels/stamp.sh").Output(); err == nil {
+	if out, err := exec.Command("sh", "../../kernels/stamp.sh").Output(); err == nil {
 		require.Equal(t, string(bytes.TrimSpace(out)), string(bytes.TrimSpace([]byte(kernels.Stamp))),
 			"the kernel sources changed since the fatbin was built: run make kernels")
 	}
@@ -267,7 +267,7 @@ func TestKernelParamsLayout(t *testing.T) {
 	if err != nil {
 		t.Skip("no C compiler")
 	}
-	if _, err := os.Stat("../kernels/params.h"); err != nil {
+	if _, err := os.Stat("../../kernels/params.h"); err != nil {
 		t.Skip("the kernel sources are not here (a test binary run outside the repository)")
 	}
 	dir := t.TempDir()
@@ -292,7 +292,7 @@ int main(void) {
 }`
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "p.c"), []byte(prog), 0o644))
 	bin := filepath.Join(dir, "p")
-	out, err := exec.Command(cc, "-std=c99", "-I../kernels", "-o", bin, filepath.Join(dir, "p.c")).CombinedOutput()
+	out, err := exec.Command(cc, "-std=c99", "-I../../kernels", "-o", bin, filepath.Join(dir, "p.c")).CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	out, err = exec.Command(bin).Output()
 	require.NoError(t, err)

@@ -6,22 +6,10 @@ import (
 	"math"
 	"strings"
 
-	"github.com/ferry-ml/ferry/engine"
-
 	"github.com/x448/float16"
-)
 
-// Transform is a layout op on one field of a batch. On a GPU it runs as a kernel on the iterator's stream
-// right after the batch crosses PCIe (fused with the gather when the source memory is mapped), so only the
-// source's compact bytes cross; on the CPU engine, and wherever the kernels cannot load, the same op runs
-// on the host. The host code is the reference the kernels are tested against. The implementations are
-// Normalize, ShiftTokens and PadSequences.
-type Transform interface {
-	// Outputs are the fields the transform makes from the source field in, per sample. It returns an
-	// error naming the problem when the transform does not apply to in.
-	Outputs(in Field) ([]Field, error)
-	String() string
-}
+	"github.com/ferry-ml/ferry/engine"
+)
 
 // ImageLayout is the order of an image's dimensions after Normalize.
 type ImageLayout int
@@ -187,94 +175,96 @@ func (n Normalize) coefficients(c int) (scale, bias [maxChannels]float32, err er
 	return scale, bias, nil
 }
 
-// ShiftTokens turns a window of SeqLen+1 tokens (uint16 or uint32, [SeqLen+1] per sample) into the
-// language-model pair: X, the first SeqLen tokens, and Y, the same shifted by one (the targets), both
-// int64 [SeqLen]. Only the window's 2 or 4 bytes per token cross PCIe. X and Y default to "x" and "y".
-type ShiftTokens struct {
-	X, Y string
+// normalizeOp is Normalize bound to an image field.
+type normalizeOp struct {
+	n           Normalize
+	h, w, c     int
+	lut         *imageLUT // the host form
+	scale, bias [maxChannels]float32
+	kernel      string
 }
 
-func (s ShiftTokens) String() string {
-	x, y := s.names()
-	return fmt.Sprintf("ShiftTokens(x=%q, y=%q)", x, y)
+// imageKernel picks an image kernel by output type and layout.
+type imageKernel struct {
+	out    DType
+	layout ImageLayout
 }
 
-func (s ShiftTokens) names() (string, string) {
-	x, y := s.X, s.Y
-	if x == "" {
-		x = "x"
+// imageKernels are the image kernels (kernels/image.cu).
+var imageKernels = kernelTable(map[imageKernel]string{
+	{Float32, LayoutCHW}: "ferry_image_f32_chw", {Float32, LayoutHWC}: "ferry_image_f32_hwc",
+	{Float16, LayoutCHW}: "ferry_image_f16_chw", {Float16, LayoutHWC}: "ferry_image_f16_hwc",
+	{BFloat16, LayoutCHW}: "ferry_image_bf16_chw", {BFloat16, LayoutHWC}: "ferry_image_bf16_hwc",
+})
+
+func (n Normalize) traits() traits { return traits{flip: n.Flip} }
+
+func (n Normalize) bind(in Field, _ bool) (op, error) {
+	lut, err := newImageLUT(n, in)
+	if err != nil {
+		return nil, err
 	}
-	if y == "" {
-		y = "y"
-	}
-	return x, y
+	o := &normalizeOp{n: n, lut: lut, kernel: imageKernels[imageKernel{n.outType(), n.Layout}]}
+	o.h, o.w, o.c = n.dims(in)
+	o.scale, o.bias, _ = n.coefficients(o.c)
+	return o, nil
 }
 
-// Outputs implements Transform.
-func (s ShiftTokens) Outputs(in Field) ([]Field, error) {
-	if (in.DType != Uint16 && in.DType != Uint32) || len(in.Shape) != 1 || in.Shape[0] < 2 {
-		return nil, fmt.Errorf("%w: ShiftTokens needs a uint16 or uint32 window [SeqLen+1] with SeqLen >= 1; %q is %v %v", engine.ErrInvalidArgument, in.Name, in.DType, in.Shape)
+func (o *normalizeOp) host(out [][]byte, in []byte, r rowArgs) { o.lut.apply(out[0], in, r.flip) }
+
+func (o *normalizeOp) launch(k *kernelSet, e *engine.Engine, a launchArgs, buf []byte) ([]byte, error) {
+	h, w, c := o.h, o.w, o.c
+	ip := imageParams{src: a.src, offsets: a.offsets, flip: a.flips, dst: a.dst[0], batch: uint32(a.batch),
+		h: uint32(h), w: uint32(w), c: uint32(c), scale: o.scale, bias: o.bias}
+	perStore := 16 / o.lut.osize // outputs per 16-byte store
+	// The tiled path loads whole 16-byte words of a tile's rows: of interleaved pixels, or of each
+	// channel's plane, which needs every plane's rows to start 16-byte aligned too.
+	rowsAligned := (w*c)%16 == 0
+	if o.n.InputCHW {
+		ip.planar = 1
+		rowsAligned = w%16 == 0
 	}
-	x, y := s.names()
-	if x == y {
-		return nil, fmt.Errorf("%w: ShiftTokens: x and y are both named %q", engine.ErrInvalidArgument, x)
+	if a.aligned && a.src%16 == 0 && rowsAligned && w%perStore == 0 && w*c <= imageTileBytes {
+		ip.rows = uint32(min(h, imageTileBytes/(w*c)))
+		buf = ip.pack(buf)
+		tiles := uint64((h + int(ip.rows) - 1) / int(ip.rows))
+		return buf, k.launchBlocks(e, o.kernel, tiles*uint64(a.batch), a.stream, buf)
 	}
-	n := in.Shape[0] - 1
-	return []Field{{Name: x, DType: Int64, Shape: []int{n}}, {Name: y, DType: Int64, Shape: []int{n}}}, nil
+	buf = ip.pack(buf)
+	return buf, k.launch1D(e, o.kernel, uint64(a.batch)*uint64(h*w), a.stream, buf)
 }
 
-// PadSequences lays out a variable-length field (a source implementing Ragged, such as RaggedTokenSource)
-// as int64 tokens padded with PadValue, an attention mask (bool: true for a token) and the lengths
-// (int64). By default the batch is padded to its longest sample ([B, longest]); with Fixed, to the field's
-// full length. The outputs are the field's name, Mask ("attention_mask" by default) and Lengths
-// ("lengths" by default).
-type PadSequences struct {
-	PadValue      int64
-	Fixed         bool
-	Mask, Lengths string
+// imageParams is ferry_image_params (kernels/params.h), packed byte for byte (little-endian, natural
+// alignment); TestKernelParamsLayout checks every size and offset.
+const imageParamsSize = 88
+
+// imageTileBytes is the shared-memory tile of the image kernels' tiled path (kTileBytes in image.cu).
+const imageTileBytes = 16384
+
+type imageParams struct {
+	src, offsets, flip, dst uint64
+	batch, h, w, c, rows    uint32
+	planar                  uint32 // 1: the input is [C, H, W]
+	scale, bias             [maxChannels]float32
 }
 
-func (p PadSequences) String() string {
-	m, l := p.names()
-	return fmt.Sprintf("PadSequences(pad=%d, fixed=%v, mask=%q, lengths=%q)", p.PadValue, p.Fixed, m, l)
-}
-
-func (p PadSequences) names() (string, string) {
-	m, l := p.Mask, p.Lengths
-	if m == "" {
-		m = "attention_mask"
+func (p *imageParams) pack(b []byte) []byte {
+	b = b[:0]
+	le := binary.LittleEndian
+	b = le.AppendUint64(b, p.src)
+	b = le.AppendUint64(b, p.offsets)
+	b = le.AppendUint64(b, p.flip)
+	b = le.AppendUint64(b, p.dst)
+	for _, v := range []uint32{p.batch, p.h, p.w, p.c, p.planar, p.rows} {
+		b = le.AppendUint32(b, v)
 	}
-	if l == "" {
-		l = "lengths"
+	for _, v := range p.scale {
+		b = le.AppendUint32(b, math.Float32bits(v))
 	}
-	return m, l
-}
-
-// Outputs implements Transform. The token and mask fields' length is the field's maximum; a batch padded
-// to its longest sample has a shorter second dimension.
-func (p PadSequences) Outputs(in Field) ([]Field, error) {
-	if (in.DType != Uint16 && in.DType != Uint32) || len(in.Shape) != 1 {
-		return nil, fmt.Errorf("%w: PadSequences needs a uint16 or uint32 sequence field [MaxLen]; %q is %v %v", engine.ErrInvalidArgument, in.Name, in.DType, in.Shape)
+	for _, v := range p.bias {
+		b = le.AppendUint32(b, math.Float32bits(v))
 	}
-	m, l := p.names()
-	if m == l || m == in.Name || l == in.Name {
-		return nil, fmt.Errorf("%w: PadSequences: the names %q, %q and %q must differ", engine.ErrInvalidArgument, in.Name, m, l)
-	}
-	n := in.Shape[0]
-	return []Field{{Name: in.Name, DType: Int64, Shape: []int{n}}, {Name: m, DType: Bool, Shape: []int{n}}, {Name: l, DType: Int64}}, nil
-}
-
-// flipSample decides whether sample idx of epoch flips: a pure function of (seed, epoch, idx), so that a
-// resumed or resharded run flips the same samples.
-func flipSample(prob float64, seed, epoch uint64, idx int) bool {
-	if prob <= 0 {
-		return false
-	}
-	if prob >= 1 {
-		return true
-	}
-	h := mix64(mix64(seed^0x6a09e667f3bcc909) ^ mix64(epoch+0x3c6ef372fe94f82b) ^ uint64(idx)*0x9e3779b97f4a7c15)
-	return float64(h>>11)/(1<<53) < prob
+	return b
 }
 
 // toBFloat16 rounds f to bfloat16, to nearest with ties to even, as __float2bfloat16_rn does.
@@ -350,33 +340,4 @@ func (l *imageLUT) apply(dst, src []byte, flip bool) {
 			}
 		}
 	}
-}
-
-// readToken reads token j of a little-endian uint16 or uint32 sequence.
-func readToken(src []byte, size, j int) int64 {
-	if size == 2 {
-		return int64(binary.LittleEndian.Uint16(src[2*j:]))
-	}
-	return int64(binary.LittleEndian.Uint32(src[4*j:]))
-}
-
-// shiftTokensHost lays out one window: x[j] = src[j], y[j] = src[j+1].
-func shiftTokensHost(x, y, src []byte, size, seq int) {
-	for j := 0; j < seq; j++ {
-		binary.LittleEndian.PutUint64(x[8*j:], uint64(readToken(src, size, j)))
-		binary.LittleEndian.PutUint64(y[8*j:], uint64(readToken(src, size, j+1)))
-	}
-}
-
-// padHost lays out one sequence of n tokens padded to width: tokens int64, mask bool, length int64.
-func padHost(tokens, mask, length, src []byte, size, n, width int, pad int64) {
-	for j := 0; j < width; j++ {
-		v, m := pad, byte(0)
-		if j < n {
-			v, m = readToken(src, size, j), 1
-		}
-		binary.LittleEndian.PutUint64(tokens[8*j:], uint64(v))
-		mask[j] = m
-	}
-	binary.LittleEndian.PutUint64(length, uint64(n))
 }

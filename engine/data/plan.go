@@ -11,19 +11,14 @@ import (
 type fieldPlan struct {
 	in     Field
 	t      Transform // nil: the field crosses as is
+	tr     traits    // t's (zero for none)
+	op     op        // t bound to in
 	outs   []int     // the batch fields it makes (indexes into Iterator.outs)
-	lut    *imageLUT // Normalize's host form
-	scale  [maxChannels]float32
-	bias   [maxChannels]float32
-	ragged bool // the source's Ragged field
-	kernel string
+	ragged bool      // the source's Ragged field
 }
 
 // hasFlip reports whether the plan flips samples.
-func (p *fieldPlan) hasFlip() bool {
-	n, ok := p.t.(Normalize)
-	return ok && n.Flip > 0
-}
+func (p *fieldPlan) hasFlip() bool { return p.tr.flip > 0 }
 
 // planFields checks the transforms against the source's fields and lays out the batch's fields.
 func (it *Iterator) planFields(transforms map[string]Transform) error {
@@ -46,11 +41,11 @@ func (it *Iterator) planFields(transforms map[string]Transform) error {
 	}
 	flip := 0.0
 	for name, t := range transforms {
-		if n, ok := t.(Normalize); ok && n.Flip > 0 {
-			if flip > 0 && n.Flip != flip {
-				return fmt.Errorf("%w: Normalize transforms flip with different probabilities (%g on %q and %g); one batch flips its samples once, for every image field", engine.ErrInvalidArgument, n.Flip, name, flip)
+		if f := t.traits().flip; f > 0 {
+			if flip > 0 && f != flip {
+				return fmt.Errorf("%w: Normalize transforms flip with different probabilities (%g on %q and %g); one batch flips its samples once, for every image field", engine.ErrInvalidArgument, f, name, flip)
 			}
-			flip = n.Flip
+			flip = f
 		}
 	}
 	seen := map[string]bool{}
@@ -83,41 +78,35 @@ func newFieldPlan(in Field, t Transform, ragged bool) (fieldPlan, []Field, error
 			return p, nil, err
 		}
 	}
-	switch t := t.(type) {
-	case Normalize:
-		lut, err := newImageLUT(t, in)
-		if err != nil {
+	if t != nil {
+		var err error
+		p.tr = t.traits()
+		if p.op, err = t.bind(in, ragged); err != nil {
 			return p, nil, err
 		}
-		p.lut = lut
-		_, _, c := t.dims(in)
-		p.scale, p.bias, _ = t.coefficients(c)
-		p.kernel = fmt.Sprintf("ferry_image_%s_%s", map[DType]string{Float32: "f32", Float16: "f16", BFloat16: "bf16"}[t.outType()],
-			map[ImageLayout]string{LayoutCHW: "chw", LayoutHWC: "hwc"}[t.Layout])
-	case ShiftTokens:
-		p.kernel = map[DType]string{Uint16: "ferry_tokens_u16", Uint32: "ferry_tokens_u32"}[in.DType]
-	case PadSequences:
-		if !ragged {
-			return p, nil, fmt.Errorf("%w: PadSequences on field %q needs a source whose field %q has variable length (a Ragged source such as RaggedTokenSource)", engine.ErrInvalidArgument, in.Name, in.Name)
-		}
-		p.kernel = map[DType]string{Uint16: "ferry_pad_u16", Uint32: "ferry_pad_u32"}[in.DType]
-	case nil:
-	default:
-		return p, nil, fmt.Errorf("%w: field %q: unknown transform %v", engine.ErrInvalidArgument, in.Name, t)
 	}
 	return p, outs, nil
 }
 
 // metaLayout is where the per-batch metadata lies in a slot's meta buffer: per source field, the
 // samples' byte offsets (uint64); the flips (uint8); the lengths of a variable-length field (uint32).
-func (it *Iterator) metaLayout() (offsets, flips, lengths, size int) {
-	b := it.opts.BatchSize
-	offsets = 0
-	flips = len(it.fields) * b * 8
-	lengths = (flips + b + 7) &^ 7
-	size = lengths + b*4
-	return
+type metaLayout struct {
+	batch   int // samples per batch
+	offsets int // field f's offsets start at offsets + f*batch*8
+	flips   int
+	lengths int
+	size    int
 }
+
+func newMetaLayout(fields, batch int) metaLayout {
+	m := metaLayout{batch: batch, flips: fields * batch * 8}
+	m.lengths = (m.flips + batch + 7) &^ 7
+	m.size = m.lengths + batch*4
+	return m
+}
+
+// offsetsOf is where source field f's sample offsets start.
+func (m metaLayout) offsetsOf(f int) int { return m.offsets + f*m.batch*8 }
 
 // needsMeta reports whether batches carry metadata: offsets for StagingDMA, and for the kernels.
 func (it *Iterator) needsMeta() bool {
@@ -148,10 +137,8 @@ func (it *Iterator) needsHostStaging() bool {
 func (it *Iterator) batchShape(s *slot, g int) []int {
 	o := it.outs[g]
 	shape := append([]int{len(s.indices)}, o.Shape...)
-	if f := it.outSrc[g]; it.plans[f].ragged && len(o.Shape) == 1 {
-		if _, ok := it.plans[f].t.(PadSequences); ok {
-			shape[1] = s.width
-		}
+	if p := it.plans[it.outSrc[g]]; p.ragged && p.tr.pads && len(o.Shape) == 1 {
+		shape[1] = s.width
 	}
 	return shape
 }
@@ -162,7 +149,7 @@ func (it *Iterator) prepare(s *slot) {
 	s.width, s.staged = 0, 0
 	if it.ragged != nil {
 		p := &it.plans[it.raggedField]
-		if pad, ok := p.t.(PadSequences); ok && pad.Fixed {
+		if p.tr.fullWidth {
 			s.width = p.in.Shape[0]
 		} else {
 			for _, i := range s.indices {
@@ -182,12 +169,12 @@ func (it *Iterator) prepare(s *slot) {
 	if s.meta == nil {
 		return
 	}
-	offOff, flipOff, lenOff, _ := it.metaLayout()
+	ml := it.metaLayout
 	meta := s.meta.Bytes()
 	b := it.opts.BatchSize
 	inPlace := it.staging == StagingMapped || it.staging == StagingDMA
 	for f, p := range it.plans {
-		offs := unsafe.Slice((*uint64)(unsafe.Pointer(&meta[offOff+f*b*8])), b)
+		offs := unsafe.Slice((*uint64)(unsafe.Pointer(&meta[ml.offsetsOf(f)])), b)
 		aligned := true
 		for r, i := range s.indices {
 			if inPlace {
@@ -202,14 +189,14 @@ func (it *Iterator) prepare(s *slot) {
 	}
 	if prob := it.flipProb(); prob > 0 {
 		for r, i := range s.indices {
-			meta[flipOff+r] = 0
+			meta[ml.flips+r] = 0
 			if flipSample(prob, it.opts.Seed, s.epoch, i) {
-				meta[flipOff+r] = 1
+				meta[ml.flips+r] = 1
 			}
 		}
 	}
 	if it.ragged != nil {
-		lens := unsafe.Slice((*uint32)(unsafe.Pointer(&meta[lenOff])), b)
+		lens := unsafe.Slice((*uint32)(unsafe.Pointer(&meta[ml.lengths])), b)
 		for r, i := range s.indices {
 			lens[r] = uint32(min(it.ragged.SampleLen(i), s.width))
 		}
@@ -220,30 +207,41 @@ func (it *Iterator) prepare(s *slot) {
 // agree), or 0.
 func (it *Iterator) flipProb() float64 {
 	for _, p := range it.plans {
-		if n, ok := p.t.(Normalize); ok && n.Flip > 0 {
-			return n.Flip
+		if p.tr.flip > 0 {
+			return p.tr.flip
 		}
 	}
 	return 0
 }
 
-// transformRow runs the host transforms on row r, whose source fields the worker just read into in.
-func (it *Iterator) transformRow(s *slot, r int, in [][]byte) {
+// transformRow runs the host transforms on row r, whose source fields the worker just read into in;
+// scratch is the worker's, at least as long as the batch's fields.
+func (it *Iterator) transformRow(s *slot, r int, in, scratch [][]byte) {
 	for f, p := range it.plans {
-		switch t := p.t.(type) {
-		case Normalize:
-			g := p.outs[0]
-			n := it.outs[g].Bytes()
-			p.lut.apply(s.hostOut[g].Bytes()[r*n:(r+1)*n], in[f], flipSample(t.Flip, it.opts.Seed, s.epoch, s.indices[r]))
-		case ShiftTokens:
-			seq := p.in.Shape[0] - 1
-			x, y := s.hostOut[p.outs[0]].Bytes(), s.hostOut[p.outs[1]].Bytes()
-			shiftTokensHost(x[r*seq*8:(r+1)*seq*8], y[r*seq*8:(r+1)*seq*8], in[f], p.in.DType.Size(), seq)
-		case PadSequences:
-			w := s.width
-			n := min(it.ragged.SampleLen(s.indices[r]), w)
-			tok, mask, lens := s.hostOut[p.outs[0]].Bytes(), s.hostOut[p.outs[1]].Bytes(), s.hostOut[p.outs[2]].Bytes()
-			padHost(tok[r*w*8:(r+1)*w*8], mask[r*w:(r+1)*w], lens[r*8:(r+1)*8], in[f], p.in.DType.Size(), n, w, t.PadValue)
+		if p.op == nil {
+			continue
 		}
+		out := scratch[:len(p.outs)]
+		for k, g := range p.outs {
+			n := it.rowBytes(s, g)
+			out[k] = s.hostOut[g].Bytes()[r*n : (r+1)*n]
+		}
+		a := rowArgs{width: s.width}
+		if p.tr.flip > 0 {
+			a.flip = flipSample(p.tr.flip, it.opts.Seed, s.epoch, s.indices[r])
+		}
+		if p.ragged {
+			a.n = min(it.ragged.SampleLen(s.indices[r]), s.width)
+		}
+		p.op.host(out, in[f], a)
 	}
+}
+
+// rowBytes is the size of one sample of batch field g in the slot's batch.
+func (it *Iterator) rowBytes(s *slot, g int) int {
+	o := it.outs[g]
+	if p := it.plans[it.outSrc[g]]; p.ragged && p.tr.pads && len(o.Shape) == 1 {
+		return s.width * o.DType.Size() // batchShape's padded width
+	}
+	return o.Bytes()
 }

@@ -1,0 +1,196 @@
+package data
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+
+	"github.com/ferry-ml/ferry/engine"
+)
+
+// BatchField is one field of a batch: Size samples of the source's field, laid out [Size, shape...].
+type BatchField struct {
+	Field
+	Shape  []int            // [batch size, per-sample shape...]
+	Bytes  int              // bytes of this field in this batch
+	Host   []byte           // the staging buffer (page-locked on a GPU); on the CPU engine, the batch itself
+	Device engine.DevicePtr // the batch on the device; 0 on the CPU engine
+}
+
+// Batch is one batch handed out by Next. It stays valid until Release; its memory is then reused.
+type Batch struct {
+	Epoch   uint64
+	Index   int   // the batch's number within its epoch
+	Indices []int // the source's sample indices, in batch order
+	Fields  []BatchField
+	OnGPU   bool
+
+	it       *Iterator
+	s        *slot
+	released atomic.Bool
+}
+
+// Size is the number of samples in the batch.
+func (b *Batch) Size() int { return len(b.Indices) }
+
+// Field returns the named field, or nil.
+func (b *Batch) Field(name string) *BatchField {
+	for i := range b.Fields {
+		if b.Fields[i].Name == name {
+			return &b.Fields[i]
+		}
+	}
+	return nil
+}
+
+// Wait makes stream wait for the batch's copy too, for consumers that use the batch on a stream other
+// than the one given to Next. It does nothing on the CPU engine.
+func (b *Batch) Wait(stream Stream) error {
+	if b.released.Load() {
+		return fmt.Errorf("%w: batch %d of epoch %d was released", engine.ErrInvalidArgument, b.Index, b.Epoch)
+	}
+	if b.it.closed.Load() {
+		return fmt.Errorf("%w: the batch's iterator", engine.ErrClosed)
+	}
+	if !b.OnGPU {
+		return nil
+	}
+	return b.it.e.Context().StreamWaitEvent(stream, b.s.copied)
+}
+
+// IteratorClosed reports whether the batch's iterator was closed, which made the batch invalid.
+func (b *Batch) IteratorClosed() bool { return b.it.closed.Load() }
+
+// Device is the CUDA ordinal of the batch's device memory, or CPU.
+func (b *Batch) Device() int { return b.it.e.Device() }
+
+// Release hands the batch's memory back for refilling. On a GPU it records an event on consumer, the
+// stream whose work used the batch, and the slot is refilled only after that event: the host never waits.
+// When the event cannot be recorded on consumer (a stream that is invalid or was destroyed), the batch is
+// released all the same, without that ordering, and the driver's error is returned. A second Release
+// returns ErrInvalidArgument.
+func (b *Batch) Release(consumer Stream) error {
+	if !b.released.CompareAndSwap(false, true) {
+		return fmt.Errorf("%w: batch %d of epoch %d was already released", engine.ErrInvalidArgument, b.Index, b.Epoch)
+	}
+	if err := b.it.release(b.s, consumer); err != nil {
+		return fmt.Errorf("releasing batch %d of epoch %d on stream %#x: %w", b.Index, b.Epoch, uintptr(consumer), err)
+	}
+	return nil
+}
+
+// Next returns the next batch. On a GPU it makes consumer (the stream that will use the batch) wait for
+// the batch's copy; the host does not wait for the copy. At the end of each epoch Next returns io.EOF
+// once; the call after that returns the first batch of the next epoch, which was already being
+// prefetched. A batch whose samples could not be read returns the source's error; the iterator stays
+// usable and the call after returns the following batch. When consumer cannot wait for the batch (a
+// stream that is invalid or was destroyed), Next returns the driver's error and the batch stays the next
+// one. Next waits at most the Timeout option (when every batch of the ring is held, the error says so),
+// and returns early when ctx is done or Close is called (ErrClosed).
+func (it *Iterator) Next(ctx context.Context, consumer Stream) (*Batch, error) {
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	if it.closed.Load() {
+		return nil, fmt.Errorf("%w: iterator", engine.ErrClosed)
+	}
+	if it.pos.Batch >= it.sampler.BatchesIn(it.pos.Epoch) {
+		it.pos = IteratorState{Epoch: it.pos.Epoch + 1, Offset: it.sampler.Offset(it.pos.Epoch + 1)}
+		return nil, io.EOF
+	}
+	s := it.slots[it.seq%uint64(len(it.slots))]
+	select {
+	case <-s.ready: // prefetched: the common case, with no timer and no stall
+	default:
+		start := time.Now()
+		timer := time.NewTimer(it.opts.Timeout)
+		defer timer.Stop()
+		select {
+		case <-s.ready:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: waiting for batch %d of epoch %d: %v", engine.ErrTimeout, it.pos.Batch, it.pos.Epoch, ctx.Err())
+		case <-timer.C:
+			return nil, fmt.Errorf("%w: batch %d of epoch %d was not ready within %v%s", engine.ErrTimeout, it.pos.Batch, it.pos.Epoch,
+				it.opts.Timeout, it.heldHint(s))
+		case <-it.closing:
+			return nil, fmt.Errorf("%w: iterator (closed while Next waited for batch %d of epoch %d)", engine.ErrClosed, it.pos.Batch, it.pos.Epoch)
+		}
+		it.stallNs.Add(uint64(time.Since(start)))
+	}
+	if s.err == nil && it.e.GPU() {
+		if err := it.e.Context().StreamWaitEvent(consumer, s.copied); err != nil {
+			// A bad consumer stream loses nothing: the batch stays next, for a call with a valid stream.
+			signal(s.ready)
+			return nil, fmt.Errorf("batch %d of epoch %d: making consumer stream %#x wait for its copy: %w",
+				it.pos.Batch, it.pos.Epoch, uintptr(consumer), err)
+		}
+	}
+	it.seq++
+	it.pos.Batch++
+	if s.err != nil {
+		it.failures.Add(1)
+		err := s.err
+		signal(s.free)
+		return nil, err
+	}
+	b := &Batch{Epoch: s.epoch, Index: s.batch, Indices: s.indices, OnGPU: it.e.GPU(), it: it, s: s}
+	b.Fields = make([]BatchField, len(it.outs))
+	for g, o := range it.outs {
+		shape := it.batchShape(s, g)
+		n := o.DType.Size()
+		for _, d := range shape {
+			n *= d
+		}
+		bf := BatchField{Field: o, Shape: shape, Bytes: n}
+		if h := s.hostOut[g]; h != nil {
+			bf.Host = h.Bytes()[:n]
+		} else if f := it.outSrc[g]; it.plans[f].t == nil && s.host[f] != nil {
+			bf.Host = s.host[f].Bytes()[:n]
+		}
+		if it.e.GPU() {
+			bf.Device = s.dev[g].Ptr()
+		}
+		b.Fields[g] = bf
+	}
+	s.held.Store(true)
+	it.batches.Add(1)
+	it.samples.Add(uint64(len(s.indices)))
+	it.bytes.Add(uint64(s.staged))
+	return b, nil
+}
+
+// heldHint explains a Next that timed out waiting for slot s while the caller holds it: the iterator cannot
+// refill a slot until its batch is released.
+func (it *Iterator) heldHint(s *slot) string {
+	if !s.held.Load() {
+		return ""
+	}
+	held := 0
+	for _, x := range it.slots {
+		if x.held.Load() {
+			held++
+		}
+	}
+	return fmt.Sprintf(": the caller holds %d unreleased batches of the %d in flight (Prefetch), and the next one "+
+		"needs a held batch's buffers; release batches when done with them", held, len(it.slots))
+}
+
+func (it *Iterator) release(s *slot, consumer Stream) error {
+	if !s.held.CompareAndSwap(true, false) {
+		return fmt.Errorf("%w: the batch's slot is not held (released twice, or the iterator was closed)", engine.ErrInvalidArgument)
+	}
+	var err error
+	if it.e.GPU() && !it.closed.Load() {
+		if err = it.e.Context().EventRecord(s.released, consumer); err == nil {
+			s.mustWaitRels = true
+		} else {
+			// The slot goes back all the same (a caller cannot retry a release): its next copy is not
+			// ordered after the consumer's work.
+			err = fmt.Errorf("the release could not be ordered on the stream, so the batch's memory may be refilled "+
+				"before work queued there completes: %w", err)
+		}
+	}
+	signal(s.free)
+	return err
+}

@@ -1,0 +1,332 @@
+package data
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ferry-ml/ferry/engine"
+
+	"github.com/ferry-ml/ferry/engine/internal/cuda"
+)
+
+// slot is one buffer set of the ring. Batch q of the pipeline's sequence uses slot q % depth; the free,
+// filled and ready channels (capacity 1, written without blocking) pass it from stage to stage.
+type slot struct {
+	id      int
+	host    []*engine.HostBuffer   // per source field: host staging (StagingGather); else nil
+	hostOut []*engine.HostBuffer   // per batch field made on the host by a transform; else nil
+	devIn   []*engine.DeviceBuffer // per source field that a kernel transforms after a DMA; else nil
+	dev     []*engine.DeviceBuffer // per batch field: the batch on the device
+	// meta is the batch's metadata (see metaLayout), page-locked: the kernels read it in place across
+	// PCIe (under unified addressing its host address is its device address). nil when not needed.
+	meta   *engine.HostBuffer
+	params []byte // the copier's scratch for kernel parameters
+
+	copied       cuda.Event // recorded on the iterator's stream after the batch's copies
+	released     cuda.Event // recorded on the consumer's stream at release
+	mustWaitRels bool       // released was recorded since the last refill: the next copy waits for it
+
+	free, filled, ready chan struct{}
+	held                atomic.Bool
+
+	// Set by the producer before the workers start, read by all after.
+	epoch     uint64
+	batch     int
+	indices   []int
+	width     int    // the padded length of a variable-length field in this batch
+	staged    int    // bytes of source data in this batch
+	aligned   []bool // per source field: every sample starts 16-byte aligned in its region
+	remaining atomic.Int32
+	errOnce   sync.Once
+	err       error       // the batch's first error; read after the slot is signalled filled
+	failed    atomic.Bool // err is set: workers skip the rest of the batch
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+func drain(c chan struct{}) {
+	select {
+	case <-c:
+	default:
+	}
+}
+
+func (s *slot) fail(err error) {
+	s.errOnce.Do(func() { s.err = err })
+	s.failed.Store(true)
+}
+
+// task is a range of rows of one slot for a worker to fill.
+type task struct {
+	s          *slot
+	start, end int
+}
+
+// pipeline is one run of the producer, workers and copier, from a start position until stopped.
+type pipeline struct {
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// start launches a pipeline whose first batch is from; it.mu is held or the iterator is not shared yet.
+// The sequence numbering continues across restarts, so that the new pipeline begins at the slot after
+// the last one handed out: a slot the caller still holds is reused last, not first.
+func (it *Iterator) start(from IteratorState) {
+	if testHookStart != nil {
+		testHookStart(it)
+	}
+	p := &pipeline{stop: make(chan struct{})}
+	it.run = p
+	tasks := make(chan task, it.opts.Workers*4)
+	if !it.needsHostStaging() {
+		// StagingMapped and StagingDMA read the source in place: no gather workers, and the producer issues
+		// each batch's device work itself, which saves a hand-off per batch.
+		p.wg.Add(1)
+		go it.produce(p, tasks, from, it.seq)
+		return
+	}
+	p.wg.Add(2 + it.opts.Workers)
+	go it.produce(p, tasks, from, it.seq)
+	for i := 0; i < it.opts.Workers; i++ {
+		go it.work(p, tasks)
+	}
+	go it.copyLoop(p, it.seq)
+}
+
+// advance returns the position after pos.
+func (it *Iterator) advance(pos IteratorState) IteratorState {
+	pos.Batch++
+	return it.settle(pos)
+}
+
+// settle moves pos past the end of its epoch, and past epochs without a batch (a resumed epoch with
+// nothing left for this rank), to the first batch that exists.
+func (it *Iterator) settle(pos IteratorState) IteratorState {
+	for pos.Batch >= it.sampler.BatchesIn(pos.Epoch) {
+		pos = IteratorState{Epoch: pos.Epoch + 1}
+	}
+	pos.Offset = it.sampler.Offset(pos.Epoch)
+	return pos
+}
+
+// produce assigns batch after batch to the ring's slots and splits each into tasks for the workers.
+func (it *Iterator) produce(p *pipeline, tasks chan<- task, pos IteratorState, seq uint64) {
+	defer p.wg.Done()
+	defer close(tasks)
+	inline := !it.needsHostStaging()
+	if inline {
+		defer it.lockContext()()
+	}
+	for q := seq; ; q++ {
+		s := it.slots[q%uint64(len(it.slots))]
+		select {
+		case <-s.free:
+		case <-p.stop:
+			return
+		}
+		s.epoch, s.batch = pos.Epoch, pos.Batch
+		s.err, s.errOnce = nil, sync.Once{}
+		s.failed.Store(false)
+		if err := it.waitCopied(p, s); err != nil {
+			if errors.Is(err, errStopped) {
+				signal(s.free)
+				return
+			}
+			s.fail(err)
+		}
+		var err error
+		s.indices, err = it.sampler.Batch(pos.Epoch, pos.Batch, s.indices)
+		if err != nil {
+			s.fail(err)
+			s.indices = s.indices[:0]
+		}
+		pos = it.advance(pos)
+		rows := len(s.indices)
+		it.prepare(s)
+		if inline {
+			if s.err == nil {
+				if err := it.copyToDevice(s); err != nil {
+					s.fail(err)
+				}
+			}
+			signal(s.ready)
+			continue
+		}
+		chunk := max(1, (rows+2*it.opts.Workers-1)/(2*it.opts.Workers))
+		n := (rows + chunk - 1) / chunk
+		if n == 0 || s.failed.Load() {
+			signal(s.filled)
+			continue
+		}
+		s.remaining.Store(int32(n))
+		for start := 0; start < rows; start += chunk {
+			select {
+			case tasks <- task{s: s, start: start, end: min(rows, start+chunk)}:
+			case <-p.stop:
+				return
+			}
+		}
+	}
+}
+
+// lockContext locks the calling goroutine to its OS thread and makes the engine's context current there,
+// for a loop of driver calls, and returns the function that undoes both. A failed push is logged; each
+// driver call then makes the context current itself.
+func (it *Iterator) lockContext() (unlock func()) {
+	runtime.LockOSThread()
+	if err := it.e.Context().Push(); err != nil {
+		it.e.Logger().Error().Err(err).Msg("the iterator cannot make the context current on its thread")
+		return runtime.UnlockOSThread
+	}
+	return func() {
+		_ = it.e.Context().Pop()
+		runtime.UnlockOSThread()
+	}
+}
+
+// testHookStart, when set by a test, runs before each pipeline starts, with nothing in flight (tests
+// poison the ring's device buffers there).
+var testHookStart func(*Iterator)
+
+// errStopped is returned by waits that a pipeline stop interrupted.
+var errStopped = errors.New("pipeline stopped")
+
+// waitCopied waits until the slot's last host-to-device copy has completed, so that its staging buffer
+// may be overwritten. It usually has long completed.
+func (it *Iterator) waitCopied(p *pipeline, s *slot) error {
+	if !it.e.GPU() {
+		return nil
+	}
+	return it.poll(func() error { return it.e.Context().EventQuery(s.copied) }, p.stop, "a host-to-device copy")
+}
+
+// poll calls query until it returns anything but cuda.ErrNotReady, sleeping between calls from 20 µs
+// up to 1 ms. It gives up with ErrTimeout, naming what it waited for, after the Timeout option, and
+// with errStopped when stop is closed (nil: never).
+func (it *Iterator) poll(query func() error, stop <-chan struct{}, what string) error {
+	deadline := time.Now().Add(it.opts.Timeout)
+	sleep := 20 * time.Microsecond
+	for {
+		err := query()
+		if !errors.Is(err, cuda.ErrNotReady) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: %s did not complete within %v", engine.ErrTimeout, what, it.opts.Timeout)
+		}
+		select {
+		case <-stop:
+			return errStopped
+		case <-time.After(sleep):
+		}
+		sleep = min(2*sleep, time.Millisecond)
+	}
+}
+
+// stopped reports whether the pipeline was asked to stop.
+func stopped(p *pipeline) bool {
+	select {
+	case <-p.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// work fills rows: each sample is read by the source straight into the slot's staging buffers.
+func (it *Iterator) work(p *pipeline, tasks <-chan task) {
+	defer p.wg.Done()
+	dst := make([][]byte, len(it.fields))
+	scratch := make([][]byte, len(it.outs))
+	for {
+		var t task
+		var ok bool
+		select {
+		case t, ok = <-tasks:
+			if !ok {
+				return
+			}
+		case <-p.stop:
+			return
+		}
+		s := t.s
+		for r := t.start; r < t.end && !s.failed.Load(); r++ {
+			if stopped(p) {
+				return // a stop discards the batch: Close waits for one sample per worker, not a whole task
+			}
+			for f := range it.fields {
+				fb := it.fields[f].Bytes()
+				dst[f] = s.host[f].Bytes()[r*fb : (r+1)*fb]
+			}
+			if err := it.src.ReadSample(s.indices[r], dst); err != nil {
+				s.fail(fmt.Errorf("batch %d of epoch %d: %w", s.batch, s.epoch, err))
+			} else if it.hostXform {
+				it.transformRow(s, r, dst, scratch)
+			}
+		}
+		if s.remaining.Add(-1) == 0 {
+			signal(s.filled)
+		}
+	}
+}
+
+// copyLoop takes filled slots in sequence order and, on a GPU, copies them to the device on the
+// iterator's stream from a locked OS thread with the context current, then marks them ready.
+func (it *Iterator) copyLoop(p *pipeline, seq uint64) {
+	defer p.wg.Done()
+	if it.e.GPU() {
+		defer it.lockContext()()
+	}
+	for q := seq; ; q++ {
+		s := it.slots[q%uint64(len(it.slots))]
+		select {
+		case <-s.filled:
+		case <-p.stop:
+			return
+		}
+		if it.e.GPU() && s.err == nil {
+			if err := it.copyToDevice(s); err != nil {
+				s.fail(err)
+			}
+		}
+		signal(s.ready)
+	}
+}
+
+// stop ends the running pipeline, waits (bounded) for its copies, and returns every slot the caller
+// does not hold to the free state. it.mu is held.
+func (it *Iterator) stop() error {
+	p := it.run
+	if p == nil {
+		return nil
+	}
+	close(p.stop)
+	p.wg.Wait()
+	it.run = nil
+	var err error
+	if it.e.GPU() {
+		err = it.waitStream()
+	}
+	for _, s := range it.slots {
+		drain(s.filled)
+		drain(s.ready)
+		if !s.held.Load() {
+			signal(s.free)
+		}
+	}
+	return err
+}
+
+// waitStream waits for the iterator's stream to drain, for at most the Timeout option.
+func (it *Iterator) waitStream() error {
+	return it.poll(func() error { return it.e.Context().StreamQuery(it.stream) }, nil, "copies in flight")
+}
