@@ -49,8 +49,9 @@ func (k *jsonlSink) flush() {
 }
 
 // StreamJSONL writes every value logged from now on to w as JSON lines ({"t": seconds since the monitor
-// started, "metric": name, "value": v}), flushed at each fold (every 100 ms). The
-// returned function stops the stream, flushes and returns the first write error.
+// started, "metric": name, "value": v}), once each and in the order each writer (goroutine, C thread)
+// logged them, flushed at each fold (every 100 ms; a value logged while a fold runs waits for the next
+// one). The returned function stops the stream, flushes and returns the first write error.
 func (m *Monitor) StreamJSONL(w io.Writer) (stop func() error, err error) {
 	if w == nil {
 		return nil, fmt.Errorf("%w: writer is nil", engine.ErrInvalidArgument)

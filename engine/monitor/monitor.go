@@ -1,9 +1,11 @@
 package monitor
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -87,6 +89,9 @@ type Monitor struct {
 	foldMu  sync.Mutex // folds: the metrics' summaries and the rings' tails
 	sources []EntrySource
 	sinks   []sink // under foldMu: JSONL and others, fed by folds
+	// held are values folded into the summaries but not yet given to the sinks (stamped after the
+	// fold's cut; see takeLocked); under foldMu, empty while there is no sink.
+	held []heldEntry
 
 	samplers *samplerSet
 	pipeMu   sync.Mutex
@@ -122,6 +127,13 @@ type logEntry struct {
 	v     float64
 }
 
+// heldEntry is a folded value waiting for the sinks: its stamp in ticks and in ns.
+type heldEntry struct {
+	id        MetricID
+	ticks, ns uint64
+	v         float64
+}
+
 // logShard is a single-producer ring: the goroutine pinned to one P writes, the folder reads.
 type logShard struct {
 	head atomic.Uint64
@@ -135,6 +147,17 @@ type logShard struct {
 // per-thread rings. Drain calls fold for each pending value, in order, and marks them consumed.
 type EntrySource interface {
 	Drain(fold func(id MetricID, ticks uint64, v float64))
+}
+
+// push appends e to the ring; false when it is full. Only the ring's producer calls it.
+func (s *logShard) push(e logEntry) bool {
+	h := s.head.Load()
+	if h-s.tail.Load() >= uint64(len(s.buf)) {
+		return false
+	}
+	s.buf[h&uint64(len(s.buf)-1)] = e
+	s.head.Store(h + 1)
+	return true
 }
 
 //go:linkname procPin runtime.procPin
@@ -291,11 +314,7 @@ func (m *Monitor) Log(id MetricID, v float64) error {
 			procUnpin()
 			return m.LogAt(id, m.clock.toNanos(t), v)
 		}
-		s := &m.shards[p]
-		h := s.head.Load()
-		if h-s.tail.Load() < uint64(len(s.buf)) {
-			s.buf[h&uint64(len(s.buf)-1)] = logEntry{id: uint32(id), ticks: t, v: v}
-			s.head.Store(h + 1)
+		if m.shards[p].push(logEntry{id: uint32(id), ticks: t, v: v}) {
 			procUnpin()
 			return nil
 		}
@@ -315,7 +334,7 @@ func (m *Monitor) LogMany(id MetricID, vs []float64) error {
 	}
 	m.foldMu.Lock()
 	defer m.foldMu.Unlock()
-	m.drainLocked()
+	m.takeLocked()
 	// Stamped after the drain, with the same calibration as the values it folded: those came first.
 	t := m.clock.toNanos(ticks())
 	(*m.states.Load())[id].addBatch(t, vs)
@@ -339,7 +358,7 @@ func (m *Monitor) LogManyAt(id MetricID, vs []float64, ts []uint64) error {
 	}
 	m.foldMu.Lock()
 	defer m.foldMu.Unlock()
-	m.drainLocked()
+	m.takeLocked()
 	(*m.states.Load())[id].addBatchAt(ts, vs)
 	for _, k := range m.sinks {
 		for i, v := range vs {
@@ -357,6 +376,9 @@ func (m *Monitor) LogAt(id MetricID, t uint64, v float64) error {
 	}
 	m.foldMu.Lock()
 	defer m.foldMu.Unlock()
+	if len(m.sinks) > 0 {
+		m.takeLocked() // the caller's values still in the rings reach the sinks first
+	}
 	(*m.states.Load())[id].add(t, v)
 	for _, k := range m.sinks {
 		k.put(id, t, v)
@@ -378,18 +400,40 @@ func (m *Monitor) Flush() {
 	m.foldMu.Unlock()
 }
 
-// drainLocked folds the Go rings and the entry sources; foldMu is held.
+// drainLocked folds the Go rings and the entry sources, gives the sinks what they may have (see
+// takeLocked) and flushes them; foldMu is held.
 func (m *Monitor) drainLocked() {
+	m.takeLocked()
+	for _, k := range m.sinks {
+		k.flush()
+	}
+}
+
+// takeLocked folds every pending value of the Go rings and the entry sources into the summaries, and
+// gives the sinks, in stamp order, the values stamped at or before the fold's cut; foldMu is held.
+//
+// The rings are per P and per C thread, not per writer: a goroutine that moves to another P between two
+// logs leaves its values in two rings, and a C thread may hold two rings of one monitor. Given to the
+// sinks ring by ring, its later values could precede its earlier ones. So the sinks get them sorted by
+// stamp (a writer's stamps increase). A fold also reads the rings one after another while writers go on:
+// it may miss a value in a ring it already read and take the same writer's next value from a later
+// ring. The cut, read before any ring, tells those apart: a value stamped at or before it was logged
+// after its writer's earlier values were published, so before the cut was read, and this fold or an
+// earlier one took them. Values stamped after it wait in m.held for a later fold. The summaries take
+// every value at once: they do not depend on the order.
+func (m *Monitor) takeLocked() {
 	m.clock.calibrate()
+	cut := ticks() // before any ring is read
 	states := *m.states.Load()
+	toSinks := len(m.sinks) > 0
 	fold := func(id MetricID, t uint64, v float64) {
 		if int(id) >= len(states) {
 			return
 		}
 		ns := m.clock.toNanos(t)
 		states[id].add(ns, v)
-		for _, k := range m.sinks {
-			k.put(id, ns, v)
+		if toSinks {
+			m.held = append(m.held, heldEntry{id: id, ticks: t, ns: ns, v: v})
 		}
 	}
 	for i := range m.shards {
@@ -400,14 +444,32 @@ func (m *Monitor) drainLocked() {
 			fold(MetricID(e.id), e.ticks, e.v)
 		}
 		s.tail.Store(tail)
+		if h := drainHook.Load(); h != nil {
+			(*h)(m, i)
+		}
 	}
 	for _, src := range m.sources {
 		src.Drain(fold)
 	}
-	for _, k := range m.sinks {
-		k.flush()
+	if !toSinks {
+		return
 	}
+	h := m.held
+	byTicks := func(a, b heldEntry) int { return cmp.Compare(a.ticks, b.ticks) }
+	if !slices.IsSortedFunc(h, byTicks) {
+		slices.SortStableFunc(h, byTicks)
+	}
+	n := sort.Search(len(h), func(i int) bool { return h[i].ticks > cut })
+	for _, e := range h[:n] {
+		for _, k := range m.sinks {
+			k.put(e.id, e.ns, e.v)
+		}
+	}
+	m.held = h[:copy(h, h[n:])]
 }
+
+// drainHook, when set (by tests only), runs in every fold after it took shard i's entries.
+var drainHook atomic.Pointer[func(m *Monitor, shard int)]
 
 func (m *Monitor) drainLoop() {
 	defer close(m.drained)
@@ -581,7 +643,8 @@ func (m *Monitor) Names() []string {
 	return out
 }
 
-// sink receives every folded value, under the fold lock, in order per metric.
+// sink receives every folded value, under the fold lock, in the order each writer logged them (a
+// goroutine, a C thread, a sampler).
 type sink interface {
 	put(id MetricID, t uint64, v float64)
 	flush()
@@ -602,6 +665,9 @@ func (m *Monitor) removeSink(k sink) {
 			m.sinks = append(m.sinks[:i], m.sinks[i+1:]...)
 			break
 		}
+	}
+	if len(m.sinks) == 0 {
+		m.held = nil // logged while the last sink was being removed: for no one
 	}
 	m.foldMu.Unlock()
 }
