@@ -1,4 +1,4 @@
-package engine
+package monitor
 
 import (
 	"bufio"
@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/ferry-ml/ferry/engine"
 
 	"github.com/stretchr/testify/require"
 )
@@ -140,7 +142,7 @@ func TestMonitorJSONLPerWriterOrder(t *testing.T) {
 		require.NoError(t, err)
 		for i := 0; i < 5; i++ {
 			pushTo(t, m, 0, id, float64(i)) // as Log does
-			require.NoError(t, m.LogAt(id, MonotonicNow(), float64(i)+0.5))
+			require.NoError(t, m.LogAt(id, engine.MonotonicNow(), float64(i)+0.5))
 		}
 		require.NoError(t, stop())
 		require.Equal(t, []float64{0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5}, streamValues(t, &buf))
