@@ -11,7 +11,8 @@ import (
 // Handles given to C are IDs, never Go pointers: kind in bits 56..63, generation in bits 32..55, slot
 // index in bits 0..31. A destroyed handle's generation no longer matches its slot, so a stale handle is
 // caught even after the slot is reused; a handle of another kind or a made-up value is caught by the kind
-// and range checks. capi.c decodes engine handles the same way.
+// and range checks. snapshot.c and metric_log.c decode engine and monitor
+// handles the same way.
 const (
 	kindEngine uint64 = 0x45
 	genMask    uint64 = 0xFFFFFF
