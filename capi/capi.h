@@ -1,6 +1,6 @@
 /*
  * Internal declarations shared by the C half of the C API (last_error.c, snapshot.c, tensor.c,
- * metric_log.c) and its Go half (export_*.go, through exports.h). Not installed.
+ * metric_log.c) and its Go half (export_*.go, registry.go, through exports.h). Not installed.
  */
 #ifndef FERRY_CAPI_INTERNAL_H
 #define FERRY_CAPI_INTERNAL_H
@@ -13,6 +13,30 @@
 
 /* Internal: not exported from libferry.so. */
 #pragma GCC visibility push(hidden)
+
+/* ---- handles (registry.go makes and checks them; snapshot.c and metric_log.c decode them) -------- */
+
+/*
+ * Handles given to C are IDs, never pointers: kind in bits 56..63, generation in bits 32..55, slot index
+ * in bits 0..31. These are the only definitions of the layout and of the kinds; Go reads them through cgo
+ * (C.FERRY_CAPI_KIND_ENGINE, ...). The kind values are part of the handles callers hold and that the
+ * tests make up: never renumber them.
+ */
+#define FERRY_CAPI_HANDLE_KIND_SHIFT 56
+#define FERRY_CAPI_HANDLE_GEN_SHIFT 32
+#define FERRY_CAPI_HANDLE_GEN_MASK 0xFFFFFFu
+#define FERRY_CAPI_HANDLE_INDEX_MASK 0xFFFFFFFFu
+
+#define FERRY_CAPI_KIND_ADVISOR 0x41u  /* 'A' */
+#define FERRY_CAPI_KIND_BATCH 0x42u    /* 'B' */
+#define FERRY_CAPI_KIND_ENGINE 0x45u   /* 'E' */
+#define FERRY_CAPI_KIND_ITERATOR 0x49u /* 'I' */
+#define FERRY_CAPI_KIND_MONITOR 0x4Du  /* 'M' */
+#define FERRY_CAPI_KIND_SOURCE 0x53u   /* 'S' */
+
+/* The kind and the slot index of handle h (not checked: compare the kind, bound the index). */
+static inline uint64_t ferry_capi_handle_kind(uint64_t h) { return h >> FERRY_CAPI_HANDLE_KIND_SHIFT; }
+static inline uint32_t ferry_capi_handle_index(uint64_t h) { return (uint32_t)(h & FERRY_CAPI_HANDLE_INDEX_MASK); }
 
 /* ---- shared by the C files ----------------------------------------------------------------------- */
 

@@ -14,7 +14,7 @@ import (
 	"github.com/ferry-ml/ferry/engine"
 )
 
-const kindMonitor uint64 = 0x4d // HANDLE_KIND_MONITOR in metric_log.c
+const kindMonitor = uint64(C.FERRY_CAPI_KIND_MONITOR)
 
 // monitorEntry is a monitor and its C side: its slot of the pure-C metric log.
 type monitorEntry struct {

@@ -18,7 +18,6 @@
 
 #include "capi.h"
 
-#define HANDLE_KIND_MONITOR 0x4du
 #define RING_ENTRIES 4096u
 #define TL_CACHE 4
 
@@ -175,8 +174,8 @@ extern void ferryMonitorFull(uint64_t handle);
 
 ferry_status ferry_metric_log(ferry_monitor monitor, uint32_t metric, double value) {
     uint64_t h = (uint64_t)(uintptr_t)monitor;
-    uint32_t index = (uint32_t)(h & 0xffffffffu);
-    if ((h >> 56) != HANDLE_KIND_MONITOR || index >= FERRY_CAPI_MAX_MONITORS) {
+    uint32_t index = ferry_capi_handle_index(h);
+    if (ferry_capi_handle_kind(h) != FERRY_CAPI_KIND_MONITOR || index >= FERRY_CAPI_MAX_MONITORS) {
         return ferry_capi_fail(FERRY_ERR_INVALID_HANDLE, h == 0 ? "ferry_metric_log: monitor is NULL"
                                                                 : "ferry_metric_log: not a monitor handle");
     }

@@ -42,16 +42,13 @@ void ferry_capi_slot_open(uint32_t slot, uint64_t handle) {
 
 void ferry_capi_slot_close(uint32_t slot) { atomic_store_explicit(&slots[slot].owner, 0, memory_order_release); }
 
-/* Handle layout, shared with registry.go: kind in bits 56..63, generation in 32..55, index in 0..31. */
-#define HANDLE_KIND_ENGINE 0x45u
-
 ferry_status ferry_memory_check(ferry_engine engine, ferry_memory_snapshot* out) {
     uint64_t h = (uint64_t)(uintptr_t)engine;
     if (h == 0) {
         return ferry_capi_fail(FERRY_ERR_INVALID_HANDLE, "ferry_memory_check: engine is NULL");
     }
-    uint32_t index = (uint32_t)(h & 0xffffffffu);
-    if ((h >> 56) != HANDLE_KIND_ENGINE || index >= FERRY_MAX_ENGINES) {
+    uint32_t index = ferry_capi_handle_index(h);
+    if (ferry_capi_handle_kind(h) != FERRY_CAPI_KIND_ENGINE || index >= FERRY_MAX_ENGINES) {
         return ferry_capi_fail(FERRY_ERR_INVALID_HANDLE, "ferry_memory_check: not an engine handle");
     }
     if (out == NULL) {
