@@ -1,19 +1,61 @@
 /*
- * Internal declarations shared by the C half of the C API (capi.c) and its Go half. Not installed.
+ * Internal declarations shared by the C half of the C API (last_error.c, snapshot.c, tensor.c,
+ * metric_log.c) and its Go half (export_*.go, registry.go, through exports.h). Not installed.
  */
 #ifndef FERRY_CAPI_INTERNAL_H
 #define FERRY_CAPI_INTERNAL_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "ferry.h"
 
 /* Internal: not exported from libferry.so. */
 #pragma GCC visibility push(hidden)
 
+/* ---- handles (registry.go makes and checks them; snapshot.c and metric_log.c decode them) -------- */
+
+/*
+ * Handles given to C are IDs, never pointers: kind in bits 56..63, generation in bits 32..55, slot index
+ * in bits 0..31. These are the only definitions of the layout and of the kinds; Go reads them through cgo
+ * (C.FERRY_CAPI_KIND_ENGINE, ...). The kind values are part of the handles callers hold and that the
+ * tests make up: never renumber them.
+ */
+#define FERRY_CAPI_HANDLE_KIND_SHIFT 56
+#define FERRY_CAPI_HANDLE_GEN_SHIFT 32
+#define FERRY_CAPI_HANDLE_GEN_MASK 0xFFFFFFu
+#define FERRY_CAPI_HANDLE_INDEX_MASK 0xFFFFFFFFu
+
+#define FERRY_CAPI_KIND_ADVISOR 0x41u  /* 'A' */
+#define FERRY_CAPI_KIND_BATCH 0x42u    /* 'B' */
+#define FERRY_CAPI_KIND_ENGINE 0x45u   /* 'E' */
+#define FERRY_CAPI_KIND_ITERATOR 0x49u /* 'I' */
+#define FERRY_CAPI_KIND_MONITOR 0x4Du  /* 'M' */
+#define FERRY_CAPI_KIND_SOURCE 0x53u   /* 'S' */
+
+/* The kind and the slot index of handle h (not checked: compare the kind, bound the index). */
+static inline uint64_t ferry_capi_handle_kind(uint64_t h) { return h >> FERRY_CAPI_HANDLE_KIND_SHIFT; }
+static inline uint32_t ferry_capi_handle_index(uint64_t h) { return (uint32_t)(h & FERRY_CAPI_HANDLE_INDEX_MASK); }
+
+/* ---- shared by the C files ----------------------------------------------------------------------- */
+
+/* CLOCK_MONOTONIC in nanoseconds: the clock of snapshot timestamps and of metric entries without TSC. */
+static inline uint64_t ferry_capi_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- last_error.c: the thread-local last error, status strings, version -------------------------- */
+
 /* Records msg[0:len] as the calling thread's last error. */
 void ferry_capi_set_error(const char* msg, size_t len);
+
+/* Records the NUL-terminated msg as the calling thread's last error and returns s. */
+ferry_status ferry_capi_fail(ferry_status s, const char* msg);
+
+/* ---- snapshot.c: engine slots -------------------------------------------------------------------- */
 
 /* Engine slots: the memory snapshot of each live engine, published under a seqlock so that
    ferry_memory_check reads it in C without entering Go. Slot i belongs to engine registry index i. */
@@ -21,13 +63,17 @@ void ferry_capi_slot_publish(uint32_t slot, const ferry_memory_snapshot* snap);
 void ferry_capi_slot_open(uint32_t slot, uint64_t handle);
 void ferry_capi_slot_close(uint32_t slot);
 
+/* ---- tensor.c: DLPack tensors -------------------------------------------------------------------- */
+
 /* A DLPack tensor over ferry memory, holding one reference on batch; its deleter drops the reference
    (through the Go export ferryTensorDeleted) and frees the tensor. NULL when out of memory. */
 DLManagedTensorVersioned* ferry_capi_tensor_new(uint64_t batch, uint64_t data, int32_t device_type, int32_t device_id,
                                                 int32_t ndim, const int64_t* shape, uint8_t code, uint8_t bits);
 
-/* The metric log (capi.c): monitor slots, a thread's ring entries as the Go fold takes them (the layout of
-   the engine's own log entries), and the calls the Go side of the monitor makes. */
+/* ---- metric_log.c: monitor slots and per-thread metric rings ------------------------------------- */
+
+/* Monitor slots, a thread's ring entries as the Go fold takes them (the layout of the engine's own log
+   entries), and the calls the Go side of the monitor makes. */
 #define FERRY_CAPI_MAX_MONITORS 64
 typedef struct ferry_capi_mentry {
     uint32_t id;
@@ -39,6 +85,8 @@ void ferry_capi_monitor_bind(uint32_t slot, uint64_t handle, int use_tsc);
 void ferry_capi_monitor_unbind(uint32_t slot);
 void ferry_capi_monitor_set_metrics(uint32_t slot, uint32_t n);
 int ferry_capi_monitor_take(uint32_t slot, ferry_capi_mentry* out, int cap);
+
+/* ---- size-prefixed structs (export_*.go) --------------------------------------------------------- */
 
 /* Minimum (version 1) sizes of the size-prefixed structs. */
 #define FERRY_CAPI_V1_DEVICE_PROPERTIES 416u

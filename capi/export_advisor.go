@@ -16,7 +16,7 @@ import (
 	"github.com/ferry-ml/ferry/engine"
 )
 
-const kindAdvisor uint64 = 0x41
+const kindAdvisor = uint64(C.FERRY_CAPI_KIND_ADVISOR)
 
 // maxAdvisors bounds the live advisors of a process.
 const maxAdvisors = 4096

@@ -12,7 +12,7 @@ import (
 	"github.com/ferry-ml/ferry/engine/data"
 )
 
-const kindBatch uint64 = 0x42
+const kindBatch = uint64(C.FERRY_CAPI_KIND_BATCH)
 
 // maxBatches bounds the batches (and the tensors over them) alive at once in a process.
 const maxBatches = 1 << 16

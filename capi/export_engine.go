@@ -12,7 +12,7 @@ import (
 )
 
 // engines maps engine handles to engines. A handle's registry index is also the index of the engine's
-// snapshot slot in capi.c.
+// snapshot slot in snapshot.c.
 var engines = newRegistry[*engine.Engine](kindEngine, "ferry_engine", C.FERRY_MAX_ENGINES)
 
 func defaultEngineOptions() C.ferry_engine_options {

@@ -17,7 +17,7 @@ import (
 	"github.com/ferry-ml/ferry/engine/data"
 )
 
-const kindIterator uint64 = 0x49
+const kindIterator = uint64(C.FERRY_CAPI_KIND_ITERATOR)
 
 // maxIterators bounds the live iterators of a process.
 const maxIterators = 4096

@@ -15,7 +15,7 @@ import (
 	"github.com/ferry-ml/ferry/engine/monitor"
 )
 
-const kindMonitor uint64 = 0x4d // HANDLE_KIND_MONITOR in capi.c
+const kindMonitor = uint64(C.FERRY_CAPI_KIND_MONITOR)
 
 // monitorEntry is a monitor and its C side: its slot of the pure-C metric log.
 type monitorEntry struct {
@@ -29,7 +29,7 @@ type monitorEntry struct {
 
 var monitors = newRegistry[*monitorEntry](kindMonitor, "ferry_monitor", C.FERRY_CAPI_MAX_MONITORS)
 
-// cRings drains the monitor's per-thread C rings (see capi.c) into the engine's fold.
+// cRings drains the monitor's per-thread C rings (see metric_log.c) into the engine's fold.
 type cRings struct {
 	slot uint32
 	buf  []C.ferry_capi_mentry

@@ -21,7 +21,7 @@ import (
 	ferrydata "github.com/ferry-ml/ferry/engine/data"
 )
 
-const kindSource uint64 = 0x53
+const kindSource = uint64(C.FERRY_CAPI_KIND_SOURCE)
 
 // maxSources bounds the live sources of a process.
 const maxSources = 4096

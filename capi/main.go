@@ -1,8 +1,9 @@
 // Command capi is libferry.so: the C API over the engine package, built with -buildmode=c-shared.
 //
 // It is thin on purpose. Each export validates its arguments, converts them, calls the engine and maps
-// the error to a status through call(). The few entry points that must never enter Go (the memory
-// snapshot read, the status strings, the thread-local last error) are written in C in capi.c.
+// the error to a status through call(). The few entry points that must never enter Go are written in C,
+// one file each: the status strings and the thread-local last error (last_error.c), the memory snapshot
+// read (snapshot.c), the metric log (metric_log.c), and the DLPack tensors (tensor.c).
 package main
 
 /*

@@ -1,5 +1,8 @@
 package main
 
+// #include "exports.h"
+import "C"
+
 import (
 	"errors"
 	"fmt"
@@ -11,10 +14,15 @@ import (
 // Handles given to C are IDs, never Go pointers: kind in bits 56..63, generation in bits 32..55, slot
 // index in bits 0..31. A destroyed handle's generation no longer matches its slot, so a stale handle is
 // caught even after the slot is reused; a handle of another kind or a made-up value is caught by the kind
-// and range checks. capi.c decodes engine handles the same way.
+// and range checks. The layout and the kinds (FERRY_CAPI_KIND_*) are defined once, in capi.h; the C entry
+// points that never enter Go (snapshot.c, metric_log.c) decode engine and monitor handles with them.
 const (
-	kindEngine uint64 = 0x45
-	genMask    uint64 = 0xFFFFFF
+	kindShift = C.FERRY_CAPI_HANDLE_KIND_SHIFT
+	genShift  = C.FERRY_CAPI_HANDLE_GEN_SHIFT
+	genMask   = uint64(C.FERRY_CAPI_HANDLE_GEN_MASK)
+	indexMask = uint64(C.FERRY_CAPI_HANDLE_INDEX_MASK)
+
+	kindEngine = uint64(C.FERRY_CAPI_KIND_ENGINE)
 )
 
 // errInvalidHandle is wrapped by every bad-handle error.
@@ -57,7 +65,7 @@ func (r *registry[T]) add(v T) (uint64, uint32, error) {
 	}
 	e := &r.entries[idx]
 	e.live, e.val = true, v
-	return r.kind<<56 | e.gen<<32 | uint64(idx), idx, nil
+	return r.kind<<kindShift | e.gen<<genShift | uint64(idx), idx, nil
 }
 
 // resolve checks h and returns its live entry; r.mu must be held.
@@ -65,12 +73,12 @@ func (r *registry[T]) resolve(h uint64) (*entry[T], uint32, error) {
 	if h == 0 {
 		return nil, 0, fmt.Errorf("%w: %s is NULL", errInvalidHandle, r.name)
 	}
-	idx := uint32(h)
-	if h>>56 != r.kind || int(idx) >= len(r.entries) {
+	idx := uint32(h & indexMask)
+	if h>>kindShift != r.kind || int(idx) >= len(r.entries) {
 		return nil, 0, fmt.Errorf("%w: %#x is not a %s handle", errInvalidHandle, h, r.name)
 	}
 	e := &r.entries[idx]
-	if !e.live || e.gen != (h>>32)&genMask {
+	if !e.live || e.gen != (h>>genShift)&genMask {
 		return nil, 0, fmt.Errorf("%w: %s handle %#x is stale (already destroyed)", errInvalidHandle, r.name, h)
 	}
 	return e, idx, nil
