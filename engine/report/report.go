@@ -1,12 +1,12 @@
 package report
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 
 	"github.com/ferry-ml/ferry/engine"
@@ -24,6 +24,21 @@ func (f Float) MarshalJSON() ([]byte, error) {
 		return []byte("null"), nil
 	}
 	return json.Marshal(float64(f))
+}
+
+// UnmarshalJSON implements json.Unmarshaler: null reads back as NaN, the value MarshalJSON writes as
+// null, so that a decoded report tells an absent value from a zero.
+func (f *Float) UnmarshalJSON(b []byte) error {
+	if string(bytes.TrimSpace(b)) == "null" {
+		*f = Float(math.NaN())
+		return nil
+	}
+	var v float64
+	if err := json.Unmarshal(b, &v); err != nil {
+		return fmt.Errorf("%w: %.40s is not a number", engine.ErrFormat, b)
+	}
+	*f = Float(v)
+	return nil
 }
 
 // MetricReport is one metric in a report: its summary and its time series.
@@ -92,18 +107,32 @@ func ClassifyMetric(name string) (group, key, rest string) {
 func (r *Report) JSON() ([]byte, error) { return json.MarshalIndent(r, "", "  ") }
 
 // MetricNames lists the report's training metrics, sorted.
-func (r *Report) MetricNames() []string {
-	out := make([]string, 0, len(r.TrainingMetrics))
-	for k := range r.TrainingMetrics {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
+func (r *Report) MetricNames() []string { return sortedKeys(r.TrainingMetrics) }
 
 // WriteJSON writes the report as JSON to path (see writeFileSafely).
-func (r *Report) WriteJSON(path string) error {
-	b, err := r.JSON()
+func (r *Report) WriteJSON(path string) error { return writeRendered(path, r.JSON) }
+
+// ReadReport reads the JSON report a monitor wrote (Report.WriteJSON) from path. A file that cannot be
+// read is an ErrIO error, one that is not JSON an ErrFormat error, and one of another schema an
+// ErrInvalidArgument error; each names the file.
+func ReadReport(path string) (*Report, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading the report %s: %v", engine.ErrIO, path, err)
+	}
+	var r Report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%w: %s is not a JSON report: %v", engine.ErrFormat, path, err)
+	}
+	if r.Schema != ReportSchema {
+		return nil, fmt.Errorf("%w: %s has the schema %q; a ferry report has %q", engine.ErrInvalidArgument, path, r.Schema, ReportSchema)
+	}
+	return &r, nil
+}
+
+// writeRendered renders a report with render and writes the result to path (see writeFileSafely).
+func writeRendered(path string, render func() ([]byte, error)) error {
+	b, err := render()
 	if err != nil {
 		return err
 	}
