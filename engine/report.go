@@ -14,8 +14,10 @@ import (
 // ReportSchema names the JSON report's schema; it changes only when a field's meaning changes.
 const ReportSchema = "ferry.report/1"
 
-// Version is ferry's version, as reports carry it.
-const Version = "0.1.0"
+// Version is ferry's version, as reports and the CLI carry it. The builds of the Makefile set it from the
+// VERSION file (-ldflags -X github.com/ferry-ml/ferry/engine.Version=...); this default is for plain go
+// build and go test, and make check fails when it differs from VERSION.
+var Version = "0.1.0"
 
 // Float is a float64 that JSON encodes as null when it is NaN or infinite.
 type Float float64
