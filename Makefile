@@ -217,7 +217,7 @@ gpu-bundle: build
 	cmake --build $(BUILD)/gpu-cmake -j2 --target $(GPU_CTESTS)
 	cd $(BUILD)/gpu-cmake && cp $(GPU_CTESTS) $(CURDIR)/$(GPU)/bin/
 	tar -C bindings/python --exclude=__pycache__ --exclude='*.egg-info' --exclude=build -cf - . | tar -C $(GPU)/python -xf -
-	cp tests/gpu/run.sh tests/gpu/ddp.sh $(GPU)/
+	cp tests/gpu/run.sh tests/gpu/ddp.sh VERSION $(GPU)/
 	@# An installed tree, relocatable for find_package(ferry): on the GPU host, configure a consumer with
 	@# -DCMAKE_PREFIX_PATH=$$PWD/build/gpu/prefix (install-test/cmake is one). Its library and CLI are hard
 	@# links to the bundle's own copies (the stripped CLI), so the archive holds each file once.
