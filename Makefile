@@ -1,27 +1,43 @@
 # ferry — build, test and check. `make help` lists the targets.
 
-VERSION      := 0.1.0
-SOVERSION    := 0
+# VERSION holds the one version string; the soname takes its major number. `make check-version` fails when a
+# copy that is not derived from it (the Go default, ferry.h, the Python package) says otherwise.
+VERSION      := $(shell cat VERSION)
+SOVERSION    := $(firstword $(subst ., ,$(VERSION)))
 BUILD        := build
 LIBDIR       := $(BUILD)/lib
 INCDIR       := $(BUILD)/include
 BINDIR       := $(BUILD)/bin
 LIB          := $(LIBDIR)/libferry.so.$(VERSION)
 GO           ?= go
-PYTHON       ?= python3
+# The Python steps (test-python, test-install's pip consumer, bench) and the linters run in a virtual
+# environment under build/, made by BOOTSTRAP_PYTHON from the pinned PY_REQUIREMENTS and made anew when that
+# file changes; the Go tests find it first on the PATH (their numpy cross-checks run python3). PYTHON=/path/to/python
+# runs the Python steps with that interpreter instead, as it is.
+BOOTSTRAP_PYTHON ?= python3
+VENV         := $(BUILD)/venv
+PY_REQUIREMENTS := bindings/python/requirements-dev.txt
+VENV_STAMP   := $(VENV)/requirements.stamp
+ifeq ($(origin PYTHON),undefined)
+PYTHON       := $(CURDIR)/$(VENV)/bin/python
+PY_ENV       := $(VENV_STAMP)
+PY_PATH      := $(CURDIR)/$(VENV)/bin:
+endif
 export CGO_ENABLED := 1
 # go-built C objects: optimize; the driver shims must build without CUDA headers.
 export CGO_CFLAGS  ?= -O2 -Wall
 
-LIB_LDFLAGS  := -s -w -extldflags '-Wl,-soname,libferry.so.$(SOVERSION) -Wl,--version-script=$(CURDIR)/capi/libferry.map'
-GO_SOURCES   := $(shell find engine capi cmd kernels -name '*.go' -o -name '*.c' -o -name '*.h' -o -name '*.map' 2>/dev/null) kernels/ferry_kernels.fatbin go.mod go.sum
+# Every Go binary built here carries VERSION as engine.Version (its default in the source must agree).
+GO_VERSION_X := -X github.com/ferry-ml/ferry/engine.Version=$(VERSION)
+LIB_LDFLAGS  := -s -w $(GO_VERSION_X) -extldflags '-Wl,-soname,libferry.so.$(SOVERSION) -Wl,--version-script=$(CURDIR)/capi/libferry.map'
+GO_SOURCES   := $(shell find engine capi cmd kernels -name '*.go' -o -name '*.c' -o -name '*.h' -o -name '*.map' 2>/dev/null) kernels/ferry_kernels.fatbin go.mod go.sum VERSION
 NVCC         ?= $(shell command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)
 # make install: where to (an absolute path is written into ferry.pc) and an optional staging root.
 PREFIX       ?= /usr/local
 DESTDIR      ?=
 INSTALL_CMAKE := $(BUILD)/install-cmake
 
-.PHONY: all build lib cli install test test-go test-harness test-python test-cpp test-install check check-kernels kernels demo gpu-bundle bench soak sanitize fuzz clean help
+.PHONY: all build lib cli install test test-go test-harness test-python test-cpp test-install check check-kernels check-version lint venv kernels demo gpu-bundle bench soak sanitize fuzz clean help
 
 all: build
 
@@ -31,7 +47,9 @@ help:
 	@echo "                 (default /usr/local; PREFIX=DIR, DESTDIR=STAGE). Python: pip install ./bindings/python"
 	@echo "make test        every test: Go (-race), the C-ABI harness, pytest, C/C++ (ctest), test-install"
 	@echo "make test-install  install into temporary directories; build and run C (pkg-config), CMake and pip consumers"
-	@echo "make check       gofmt, go vet, go mod tidy, header compiles as C99 and C++17, kernel stamp"
+	@echo "make check       gofmt, go vet, go mod tidy, header compiles as C99 and C++17, kernel stamp, versions, lint"
+	@echo "make lint        golangci-lint, ruff and clang-format (pinned, installed under $(BUILD)/ on first use)"
+	@echo "make venv        the Python environment of the tests and linters, $(VENV)"
 	@echo "make kernels     rebuild kernels/ferry_kernels.fatbin with nvcc (NVCC=/path/to/nvcc) and its stamp"
 	@echo "make demo        build, then run ferry demo"
 	@echo "make bench       memory-check benchmarks on this machine"
@@ -54,17 +72,28 @@ $(INCDIR)/ferry.h: capi/ferry.h
 
 cli: $(GO_SOURCES)
 	@mkdir -p $(BINDIR)
-	$(GO) build -trimpath -o $(BINDIR)/ferry ./cmd/ferry
+	$(GO) build -trimpath -ldflags "$(GO_VERSION_X)" -o $(BINDIR)/ferry ./cmd/ferry
 
 test: build test-go test-harness test-python test-cpp test-install
 
-test-go:
-	$(GO) test -race -count=1 ./engine/... ./capi/... ./cmd/...
+test-go: $(PY_ENV)
+	PATH="$(PY_PATH)$$PATH" $(GO) test -race -count=1 -ldflags "$(GO_VERSION_X)" ./engine/... ./capi/... ./cmd/...
 
 test-harness: lib
 	FERRY_LIBRARY=$(CURDIR)/$(LIBDIR)/libferry.so $(GO) test -race -count=1 ./tests/
 
-test-python: lib
+# The virtual environment: made from scratch whenever the requirements change.
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): $(PY_REQUIREMENTS)
+	@$(BOOTSTRAP_PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { echo "$(BOOTSTRAP_PYTHON) cannot make a \
+	virtual environment with pip: install python3-venv (apt-get install python3-venv)"; exit 1; }
+	rm -rf $(VENV)
+	$(BOOTSTRAP_PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r $(PY_REQUIREMENTS)
+	touch $@
+
+test-python: lib $(PY_ENV)
 	FERRY_LIBRARY=$(CURDIR)/$(LIBDIR)/libferry.so PYTHONPATH=$(CURDIR)/bindings/python \
 		$(PYTHON) -m pytest -q bindings/python/tests
 
@@ -82,7 +111,7 @@ install: build
 # Installs into temporary directories and builds consumers against the result: a C program through
 # pkg-config, a CMake project through find_package(ferry) on a moved copy, a DESTDIR staging, and the
 # Python package through pip (bundled library, platform wheel).
-test-install: build
+test-install: build $(PY_ENV)
 	MAKE="$(MAKE)" PYTHON="$(PYTHON)" tests/install/run.sh
 
 kernels:
@@ -97,7 +126,28 @@ check-kernels:
 		echo "kernels/ferry_kernels.fatbin is stale: the kernel sources changed since it was built; run make kernels"; \
 		exit 1; fi
 
-check: check-kernels
+# Every copy of the version that is not derived from VERSION agrees with it.
+check-version:
+	@tests/check_version.sh
+
+# The linters, pinned: golangci-lint (.golangci.yml) built into $(BUILD)/tools, ruff (.ruff.toml) and
+# clang-format (.clang-format) from the virtual environment. Each runs even when another found something.
+GOLANGCI_LINT_VERSION := v2.15.0
+GOLANGCI_LINT := $(BUILD)/tools/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
+PY_LINT_PATHS := bindings/python tests/install
+C_LINT_FILES   = $(shell git ls-files '*.c' '*.h' '*.cpp' '*.hpp' | grep -v '^kernels/')
+
+$(GOLANGCI_LINT):
+	GOBIN=$(CURDIR)/$(@D) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+
+lint: $(GOLANGCI_LINT) $(VENV_STAMP)
+	@failed=; \
+	echo "lint: golangci-lint"; $(GOLANGCI_LINT) run ./... || failed="$$failed golangci-lint"; \
+	echo "lint: ruff"; $(VENV)/bin/ruff check $(PY_LINT_PATHS) || failed="$$failed ruff"; \
+	echo "lint: clang-format"; $(VENV)/bin/clang-format --dry-run --Werror $(C_LINT_FILES) || failed="$$failed clang-format"; \
+	if [ -n "$$failed" ]; then echo "lint: findings from:$$failed"; exit 1; fi; echo "lint: ok"
+
+check: check-kernels check-version
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet ./...
 	@cp go.mod $(BUILD)/go.mod.bak 2>/dev/null || (mkdir -p $(BUILD) && cp go.mod $(BUILD)/go.mod.bak); \
@@ -107,6 +157,7 @@ check: check-kernels
 	gcc -std=c99 -Wall -Wextra -pedantic -Werror -fsyntax-only -x c capi/ferry.h
 	g++ -std=c++17 -Wall -Wextra -pedantic -Werror -fsyntax-only -x c++ capi/ferry.h
 	g++ -std=c++17 -Wall -Wextra -pedantic -Werror -fsyntax-only -x c++ -Icapi bindings/cpp/ferry.hpp
+	@$(MAKE) --no-print-directory lint
 	@echo "check: ok"
 
 demo: build
@@ -114,7 +165,7 @@ demo: build
 
 # Benchmarks on this machine: GPU 0 when there is one, else the CPU engine. On the GPU host the same
 # programs run from the bundle (run.sh bench), side by side with PyTorch.
-bench: lib
+bench: lib $(PY_ENV)
 	cmake -S . -B $(BUILD)/cmake -DCMAKE_BUILD_TYPE=Release >/dev/null
 	cmake --build $(BUILD)/cmake -j2 --target bench_memory
 	$(BUILD)/cmake/bench_memory
@@ -157,14 +208,14 @@ gpu-bundle: build
 	rm -rf $(GPU) && mkdir -p $(GPU)/lib $(GPU)/include $(GPU)/bin $(GPU)/tests $(GPU)/python
 	cp -P $(LIBDIR)/libferry.so* $(GPU)/lib/
 	cp capi/ferry.h $(GPU)/include/
-	$(GO) build -trimpath -ldflags "-s -w" -o $(GPU)/bin/ferry ./cmd/ferry
-	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/engine.test ./engine
-	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/data.test ./engine/data
-	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/monitor.test ./engine/monitor
-	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/report.test ./engine/report
-	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/cuda.test ./engine/internal/cuda
-	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/harness.test ./tests
-	$(GO) test -c -ldflags "-s -w" -o $(GPU)/tests/cli.test ./cmd/ferry
+	$(GO) build -trimpath -ldflags "-s -w $(GO_VERSION_X)" -o $(GPU)/bin/ferry ./cmd/ferry
+	$(GO) test -c -ldflags "-s -w $(GO_VERSION_X)" -o $(GPU)/tests/engine.test ./engine
+	$(GO) test -c -ldflags "-s -w $(GO_VERSION_X)" -o $(GPU)/tests/data.test ./engine/data
+	$(GO) test -c -ldflags "-s -w $(GO_VERSION_X)" -o $(GPU)/tests/monitor.test ./engine/monitor
+	$(GO) test -c -ldflags "-s -w $(GO_VERSION_X)" -o $(GPU)/tests/report.test ./engine/report
+	$(GO) test -c -ldflags "-s -w $(GO_VERSION_X)" -o $(GPU)/tests/cuda.test ./engine/internal/cuda
+	$(GO) test -c -ldflags "-s -w $(GO_VERSION_X)" -o $(GPU)/tests/harness.test ./tests
+	$(GO) test -c -ldflags "-s -w $(GO_VERSION_X)" -o $(GPU)/tests/cli.test ./cmd/ferry
 	mkdir -p $(GPU)/capi $(GPU)/cmd/ferry && cp capi/ferry.h $(GPU)/capi/
 	cp tests/exported_symbols.txt $(GPU)/tests/
 	@# The harness builds the stand-in driver from engine/internal/testutil/testdata (../engine/... from tests/).
@@ -173,7 +224,7 @@ gpu-bundle: build
 	cmake --build $(BUILD)/gpu-cmake -j2 --target $(GPU_CTESTS)
 	cd $(BUILD)/gpu-cmake && cp $(GPU_CTESTS) $(CURDIR)/$(GPU)/bin/
 	tar -C bindings/python --exclude=__pycache__ --exclude='*.egg-info' --exclude=build -cf - . | tar -C $(GPU)/python -xf -
-	cp tests/gpu/run.sh tests/gpu/ddp.sh $(GPU)/
+	cp tests/gpu/run.sh tests/gpu/ddp.sh VERSION $(GPU)/
 	@# An installed tree, relocatable for find_package(ferry): on the GPU host, configure a consumer with
 	@# -DCMAKE_PREFIX_PATH=$$PWD/build/gpu/prefix (install-test/cmake is one). Its library and CLI are hard
 	@# links to the bundle's own copies (the stripped CLI), so the archive holds each file once.

@@ -15,6 +15,10 @@ The metadata is in pyproject.toml; this file adds the commands that bundle the l
   it (a copy of this directory, an sdist) the package is built without a library, with a warning: it then
   needs ``FERRY_LIBRARY`` or a libferry.so on the system's library path at run time.
 
+- The version is the ferry source tree's ``VERSION`` file (the one version string of libferry, its header
+  and this package); outside the source tree it is ``ferry/__init__.py``'s ``__version__``. ``make check``
+  keeps the two equal.
+
 - ``bdist_wheel`` tags a wheel that carries the library ``py3-none-<platform>``: the package itself is pure
   Python (ctypes, no extension module), the library is built for one platform. A wheel without the
   library is ``py3-none-any``.
@@ -26,6 +30,7 @@ So ``pip install ./bindings/python`` and ``pip wheel ./bindings/python`` from th
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +60,17 @@ HOW_TO_BUILD = (
 
 def _in_source_tree() -> bool:
     return (SOURCE_TREE / "Makefile").is_file() and (SOURCE_TREE / "capi" / "ferry.h").is_file()
+
+
+def read_version() -> str:
+    """The package's version: VERSION of the source tree, else ferry/__init__.py's __version__."""
+    if _in_source_tree() and (SOURCE_TREE / "VERSION").is_file():
+        return (SOURCE_TREE / "VERSION").read_text().strip()
+    init = (HERE / "ferry" / "__init__.py").read_text()
+    m = re.search(r'^__version__ = "([^"]+)"', init, re.MULTILINE)
+    if m is None:
+        raise SystemExit(f"ferry packaging: no __version__ in {HERE / 'ferry' / '__init__.py'}")
+    return m.group(1)
 
 
 def will_bundle() -> bool:
@@ -175,4 +191,4 @@ else:
 
     cmdclass["bdist_wheel"] = bdist_wheel
 
-setup(cmdclass=cmdclass, distclass=BinaryDistribution)
+setup(version=read_version(), cmdclass=cmdclass, distclass=BinaryDistribution)

@@ -7,10 +7,13 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ferry-ml/ferry/engine"
 )
 
-// version is the ferry release; it matches FERRY_VERSION_* in ferry.h.
-const version = "0.1.0"
+// version is the ferry release, engine.Version (set from VERSION by the Makefile's builds); it matches
+// FERRY_VERSION_* in ferry.h.
+var version = engine.Version
 
 func newRootCommand() *cobra.Command {
 	root := &cobra.Command{

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -31,6 +32,9 @@ func TestVersionMatchesHeader(t *testing.T) {
 		parts = append(parts, string(m[1]))
 	}
 	require.Equal(t, parts[0]+"."+parts[1]+"."+parts[2], version)
+	v, err := os.ReadFile("../../VERSION")
+	require.NoError(t, err)
+	require.Equal(t, strings.TrimSpace(string(v)), version, "the CLI's version is the VERSION file's")
 }
 
 func TestInfoJSON(t *testing.T) {

@@ -5,12 +5,13 @@ the library can only come from the environment's site-packages. Checks:
 
 - the package is imported from site-packages, and py.typed is installed next to it;
 - ferry.library_path() is site-packages/ferry/_lib/libferry.so, a regular file (not a link);
-- the library's version is the package's;
+- the library's version is the package's, and so is the installed distribution's (VERSION, via setup.py);
 - a CPU Loader over a small numpy dict, shuffled, yields each sample once with the right values.
 
 Prints one line per check; exits 1 on the first failure.
 """
 
+import importlib.metadata
 import os
 import sys
 import sysconfig
@@ -28,8 +29,9 @@ def main() -> None:
         ok(var not in os.environ, f"{var} is not set")
     site = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}
 
-    import ferry
     import numpy as np
+
+    import ferry
 
     pkg = Path(ferry.__file__).resolve().parent
     ok(pkg.parent in site, f"ferry is imported from the environment's site-packages ({pkg})")
@@ -43,6 +45,8 @@ def main() -> None:
 
     want = tuple(int(x) for x in ferry.__version__.split("."))
     ok(ferry.version() == want, f"the library's version {ferry.version()} is the package's {ferry.__version__}")
+    dist = importlib.metadata.version("ferry")
+    ok(dist == ferry.__version__, f"the installed distribution's version {dist} is the package's {ferry.__version__}")
 
     n, batch = 23, 5
     rng = np.random.default_rng()

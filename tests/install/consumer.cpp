@@ -64,8 +64,7 @@ int main(int argc, char** argv) {
             const ferry::tensor value = b.field(1);
             const std::vector<int64_t> idx = b.indices();
             match = match && id.shape() == std::vector<int64_t>{b.size()} &&
-                    value.shape() == std::vector<int64_t>{b.size(), 3} &&
-                    static_cast<int64_t>(idx.size()) == b.size();
+                    value.shape() == std::vector<int64_t>{b.size(), 3} && static_cast<int64_t>(idx.size()) == b.size();
             for (int64_t r = 0; match && r < b.size(); r++) {
                 const int64_t i = next + r;
                 match = idx[r] == i && id.data<int64_t>()[r] == ids[i];

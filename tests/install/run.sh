@@ -14,6 +14,11 @@
 # Every check prints a line; the first failure stops the run with a message and a non-zero exit. Missing
 # tools are failures that say what to install (.ci/run installs them), never skips. Temporary files live
 # under one directory that is removed at exit. Needs make build first (make test-install does it).
+#
+# PYTHON is the interpreter whose packages (numpy, setuptools, wheel) the pip consumer's venv sees: make
+# passes the one of its virtual environment, build/venv. The consumer's venv is made by PYTHON with
+# --system-site-packages and, when PYTHON itself runs in a venv, a .pth file that adds that venv's
+# site-packages, which --system-site-packages alone would not reach.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -57,8 +62,7 @@ need "$PYTHON" "Python 3 (apt-get install python3)"
     fail "$PYTHON cannot build wheels (setuptools < 70.1 without the wheel package): $PYTHON -m pip install wheel"
 "$PYTHON" -c 'import numpy' 2>/dev/null || fail "$PYTHON has no numpy: $PYTHON -m pip install numpy"
 
-version=$(sed -n 's/^project(ferry VERSION \([0-9][0-9.]*\).*/\1/p' "$root/CMakeLists.txt")
-[ -n "$version" ] || fail "no project(ferry VERSION ...) in CMakeLists.txt"
+version=$(cat "$root/VERSION" 2>/dev/null) && [ -n "$version" ] || fail "no version in $root/VERSION"
 major=${version%%.*}
 real=$(readlink -f "$root/build/lib/libferry.so" 2>/dev/null) && [ -f "$real" ] ||
     fail "build/lib/libferry.so does not exist: run make build first"
@@ -199,6 +203,13 @@ check_tree "$tmp/stage/usr/local" /usr/local
 step "d. pip install ./bindings/python into a venv; pip wheel"
 run "$tmp/venv.log" "$PYTHON" -m venv --system-site-packages "$tmp/venv"
 vpy=$tmp/venv/bin/python
+outer_site=$("$PYTHON" -c 'import sys, sysconfig
+if sys.prefix != sys.base_prefix:
+    print("\n".join(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))))')
+if [ -n "$outer_site" ]; then
+    echo "$outer_site" >"$("$vpy" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/outer-venv.pth"
+    ok "the venv sees $PYTHON's venv ($(echo $outer_site))"
+fi
 run "$tmp/pip-install.log" "$vpy" -m pip install --disable-pip-version-check --no-index --no-build-isolation --no-deps \
     "$root/bindings/python"
 ok "pip install --no-build-isolation --no-deps ./bindings/python"

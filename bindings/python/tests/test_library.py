@@ -14,18 +14,18 @@ import pytest
 import ferry
 from ferry import _lib
 
-from conftest import PACKAGE_ROOT
+from conftest import PACKAGE_ROOT, find_up
 
 
-def _pyproject_version() -> str:
-    text = (PACKAGE_ROOT / "pyproject.toml").read_text()
-    m = re.search(r'^\s*version\s*=\s*"([^"]+)"', text, flags=re.M)
-    assert m, "pyproject.toml has no version"
-    return m.group(1)
+def _source_version() -> str:
+    """VERSION, ferry's one version string, of the checkout or GPU bundle the package sits in."""
+    path = find_up("VERSION")
+    assert path is not None, f"no VERSION file above {PACKAGE_ROOT}"
+    return path.read_text().strip()
 
 
-def test_version_matches_pyproject_and_library():
-    assert ferry.__version__ == _pyproject_version()
+def test_version_matches_version_file_and_library():
+    assert ferry.__version__ == _source_version()
     v = ferry.version()
     assert isinstance(v, tuple) and len(v) == 3 and all(isinstance(x, int) for x in v)
     assert ".".join(map(str, v)) == ferry.__version__
