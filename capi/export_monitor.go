@@ -139,7 +139,7 @@ func ferry_monitor_create(opts *C.ferry_monitor_options, out *C.uintptr_t) C.fer
 		C.ferry_capi_monitor_bind(C.uint32_t(idx), C.uint64_t(h), useTSC)
 		if o.flags&C.FERRY_MONITOR_F_START != 0 {
 			if err := m.Start(); err != nil {
-				destroyMonitor(e, idx)
+				_ = destroyMonitor(e, idx) // the failure to start is the error to report
 				return err
 			}
 		}

@@ -76,7 +76,7 @@ func addSource(src ferrydata.Source, offsets []int, out *C.uintptr_t) error {
 	}
 	h, _, err := sources.add(e)
 	if err != nil {
-		e.close()
+		_ = e.close() // the constructor's error is the one to report
 		return err
 	}
 	*out = C.uintptr_t(h)

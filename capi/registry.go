@@ -44,8 +44,8 @@ type registry[T any] struct {
 	free    []uint32
 }
 
-func newRegistry[T any](kind uint64, name string, max int) *registry[T] {
-	return &registry[T]{kind: kind, name: name, max: max}
+func newRegistry[T any](kind uint64, name string, limit int) *registry[T] {
+	return &registry[T]{kind: kind, name: name, max: limit}
 }
 
 // add stores v and returns its handle and slot index.

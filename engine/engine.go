@@ -124,7 +124,7 @@ func Open(device int, opts ...Option) (*Engine, error) {
 	}
 	first, err := e.sample()
 	if err != nil {
-		e.releaseContext()
+		_ = e.releaseContext() // the failed sample is the error to report
 		return nil, err
 	}
 	e.mu.Lock()

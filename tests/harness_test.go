@@ -38,7 +38,7 @@ const (
 
 // Other constants of ferry.h.
 const (
-	ferryDeviceCPU int32 = -1
+	ferryDeviceCPU int32 = -1 //nolint:staticcheck // the others stay untyped: they are used as ints
 	maxEngines           = 256
 
 	deviceFlagPCIE = 0x1
@@ -618,22 +618,22 @@ func headerPath() string {
 	return filepath.Join("..", "capi", "ferry.h")
 }
 
-// goString copies a NUL-terminated C string. It stops after max bytes so that a missing terminator
+// goString copies a NUL-terminated C string. It stops after limit bytes so that a missing terminator
 // fails a test instead of reading on forever.
 func goString(p *byte) (string, error) {
-	const max = 1 << 16
+	const limit = 1 << 16
 	if p == nil {
 		return "", errors.New("NULL string")
 	}
 	var b strings.Builder
-	for i := 0; i < max; i++ {
+	for i := 0; i < limit; i++ {
 		c := *(*byte)(unsafe.Add(unsafe.Pointer(p), i))
 		if c == 0 {
 			return b.String(), nil
 		}
 		b.WriteByte(c)
 	}
-	return "", fmt.Errorf("string not terminated within %d bytes", max)
+	return "", fmt.Errorf("string not terminated within %d bytes", limit)
 }
 
 // fixedString returns a fixed char array up to its first NUL and whether it has one.

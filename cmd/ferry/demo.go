@@ -71,13 +71,13 @@ func runDemo(cmd *cobra.Command, cfg demoConfig) error {
 	if err != nil {
 		return err
 	}
-	defer src.Close()
+	defer func() { _ = src.Close() }()
 
 	e, err := engine.Open(device)
 	if err != nil {
 		return err
 	}
-	defer e.Close()
+	defer func() { _ = e.Close() }()
 	staging, err := data.ParseStaging(cfg.staging)
 	if err != nil {
 		return err
@@ -98,7 +98,7 @@ func runDemo(cmd *cobra.Command, cfg demoConfig) error {
 	if err != nil {
 		return err
 	}
-	defer it.Close()
+	defer func() { _ = it.Close() }()
 	opts := it.Options()
 	used, why := it.Staging()
 	fmt.Fprintf(w, "prefetching to %s: batch %d, %d workers, %d batches in flight (ring allocated in %v)\n",

@@ -146,7 +146,7 @@ func liveCheck(device int) (engine.MemorySnapshot, error) {
 	if err != nil {
 		return engine.MemorySnapshot{}, err
 	}
-	defer e.Close()
+	defer func() { _ = e.Close() }()
 	return e.MemoryCheckLive()
 }
 

@@ -138,7 +138,7 @@ func runMonitor(cmd *cobra.Command, cfg monitorConfig) error {
 	if err != nil {
 		return err
 	}
-	defer m.Close()
+	defer func() { _ = m.Close() }()
 	if err := m.Start(); err != nil {
 		return err
 	}
@@ -148,7 +148,7 @@ func runMonitor(cmd *cobra.Command, cfg monitorConfig) error {
 		if err != nil {
 			return err
 		}
-		defer shutdown()
+		defer func() { _ = shutdown() }()
 		header = append(header, fmt.Sprintf("prometheus: serving http://%s%s", addr, monitor.PrometheusPath))
 	}
 	for _, h := range header {

@@ -44,10 +44,10 @@ func fuzzProduct(dims []int) (n int, ok bool) {
 	return n, true
 }
 
-// fuzzDims decodes up to max little-endian int64 dimensions from b, 8 bytes each.
-func fuzzDims(b []byte, max int) []int {
+// fuzzDims decodes up to limit little-endian int64 dimensions from b, 8 bytes each.
+func fuzzDims(b []byte, limit int) []int {
 	var dims []int
-	for len(b) >= 8 && len(dims) < max {
+	for len(b) >= 8 && len(dims) < limit {
 		dims = append(dims, int(int64(binary.LittleEndian.Uint64(b))))
 		b = b[8:]
 	}

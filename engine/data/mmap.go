@@ -31,7 +31,7 @@ func mapFile(path string) (*mappedFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", engine.ErrIO, err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // the mapping outlives the descriptor
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", engine.ErrIO, err)

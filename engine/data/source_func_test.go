@@ -61,7 +61,7 @@ func TestFuncSourceCallbackErrorsAndPanics(t *testing.T) {
 			panic("boom")
 		case 6:
 			var m map[string]int
-			m["x"] = 1 // a runtime error panic
+			m["x"] = 1 //nolint:staticcheck // a deliberate runtime error panic
 		case 7:
 			_ = dst[5] // index out of range
 		}

@@ -138,7 +138,7 @@ func NewMonitor(opts MonitorOptions) (*Monitor, error) {
 			opts.Rank = r
 		}
 		if v, ok := engine.LookupEnv("LOCAL_RANK"); ok {
-			fmt.Sscan(v, &opts.LocalRank)
+			_, _ = fmt.Sscan(v, &opts.LocalRank) // not a number: local rank 0, as before LOCAL_RANK was read
 		}
 	}
 	m := &Monitor{opts: opts, clock: newTickClock(), start: time.Now(), t0: engine.MonotonicNow(),
@@ -211,7 +211,7 @@ func checkMetricName(name string) error {
 	for _, c := range name {
 		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("._-/:", c)
 		if !ok {
-			return fmt.Errorf("%w: metric name %q has %q; use letters, digits and . _ - / :", engine.ErrInvalidArgument, name, c)
+			return fmt.Errorf("%w: metric name %q has %q; use letters, digits and the characters . _ - / : only", engine.ErrInvalidArgument, name, c)
 		}
 	}
 	return nil

@@ -324,7 +324,7 @@ func promSeriesOf(sums []Summary) []promSeries {
 func promSanitize(name string) string {
 	b := []byte(strings.ToLower(name))
 	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == ':') {
+		if ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == ':'; !ok {
 			b[i] = '_'
 		}
 	}

@@ -62,7 +62,7 @@ func parseExposition(t *testing.T, text string) (map[string]promSample, map[stri
 			continue
 		}
 		s := promSample{labels: map[string]string{}}
-		rest := line
+		var rest string
 		if i := strings.IndexAny(line, "{ "); i >= 0 && line[i] == '{' {
 			s.name = line[:i]
 			rest = line[i+1:]

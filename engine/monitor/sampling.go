@@ -291,7 +291,7 @@ func (m *Monitor) AttachIterator(name string, p Pipeline) error {
 		return fmt.Errorf("%w: iterator is nil", engine.ErrInvalidArgument)
 	}
 	if err := checkMetricName(name); err != nil || strings.Contains(name, "/") {
-		return fmt.Errorf("%w: pipeline name %q: letters, digits and . _ - :", engine.ErrInvalidArgument, name)
+		return fmt.Errorf("%w: pipeline name %q: use letters, digits and the characters . _ - : only", engine.ErrInvalidArgument, name)
 	}
 	m.pipeMu.Lock()
 	defer m.pipeMu.Unlock()

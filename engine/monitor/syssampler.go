@@ -375,9 +375,9 @@ func (s *SystemSampler) Sample() (SystemSample, error) {
 // cpuBusy returns the total and busy CPU seconds in t, as gopsutil counts them: guest time is already
 // part of user time on Linux, and idle and iowait are not busy.
 func cpuBusy(t cpu.TimesStat) (total, busy float64) {
-	total = t.Total()
-	if runtime.GOOS == "linux" {
-		total -= t.Guest + t.GuestNice
+	total = t.User + t.System + t.Idle + t.Nice + t.Iowait + t.Irq + t.Softirq + t.Steal
+	if runtime.GOOS != "linux" {
+		total += t.Guest + t.GuestNice
 	}
 	return total, total - t.Idle - t.Iowait
 }

@@ -147,7 +147,7 @@ func MemTotalFromProc(t testing.TB) uint64 {
 	t.Helper()
 	f, err := os.Open("/proc/meminfo")
 	require.NoError(t, err)
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
