@@ -662,7 +662,7 @@ typedef struct ferry_iterator_position {
     uint64_t epoch;
     int64_t batch; /**< 0 .. batches per epoch (the last value means: the epoch's end comes next) */
     /* Appended in 0.1: the job's global position, for an elastic resume. */
-    int64_t offset;     /**< where the epoch's sharding began in its global order; 0 unless it was resumed elastically */
+    int64_t offset;     /**< where the epoch's sharding began in its global order; 0 unless resumed elastically */
     int64_t consumed;   /**< samples of the epoch's global order all ranks have consumed: the same on every rank */
     int64_t world_size; /**< the world size the position was taken under */
 } ferry_iterator_position;

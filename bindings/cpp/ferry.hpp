@@ -586,6 +586,7 @@ constexpr std::size_t dtype_size(ferry_dtype dtype) noexcept {
 template <typename T>
 struct dtype_of;
 /** @cond specializations */
+// clang-format off: a table, one specialization a line (clang-format would spread each over four lines).
 template <> struct dtype_of<bool> { static constexpr ferry_dtype value = FERRY_DTYPE_BOOL; };
 template <> struct dtype_of<uint8_t> { static constexpr ferry_dtype value = FERRY_DTYPE_UINT8; };
 template <> struct dtype_of<int8_t> { static constexpr ferry_dtype value = FERRY_DTYPE_INT8; };
@@ -597,6 +598,7 @@ template <> struct dtype_of<uint64_t> { static constexpr ferry_dtype value = FER
 template <> struct dtype_of<int64_t> { static constexpr ferry_dtype value = FERRY_DTYPE_INT64; };
 template <> struct dtype_of<float> { static constexpr ferry_dtype value = FERRY_DTYPE_FLOAT32; };
 template <> struct dtype_of<double> { static constexpr ferry_dtype value = FERRY_DTYPE_FLOAT64; };
+// clang-format on
 /** @endcond */
 
 /**
