@@ -295,11 +295,7 @@ typedef struct {
 } DLPackVersion;
 
 /** Where a tensor's memory is. ferry hands out kDLCPU (CPU engine) and kDLCUDA tensors. */
-typedef enum {
-    kDLCPU = 1,
-    kDLCUDA = 2,
-    kDLCUDAHost = 3
-} DLDeviceType;
+typedef enum { kDLCPU = 1, kDLCUDA = 2, kDLCUDAHost = 3 } DLDeviceType;
 
 /** A device: its type and ordinal. */
 typedef struct {
@@ -469,7 +465,7 @@ FERRY_API ferry_status ferry_ragged_options_init(ferry_ragged_options* opts);
  * memory-mapped until the source is destroyed; the offsets are read at creation.
  */
 FERRY_API ferry_status ferry_source_ragged_tokens(const char* tokens_path, const char* offsets_path,
-                                                         const ferry_ragged_options* opts, ferry_source* source);
+                                                  const ferry_ragged_options* opts, ferry_source* source);
 
 /**
  * Fills sample `index`: dst[k] is dst_bytes[k] bytes for field k. Returns 0, or non-zero to fail the
