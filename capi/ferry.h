@@ -295,11 +295,7 @@ typedef struct {
 } DLPackVersion;
 
 /** Where a tensor's memory is. ferry hands out kDLCPU (CPU engine) and kDLCUDA tensors. */
-typedef enum {
-    kDLCPU = 1,
-    kDLCUDA = 2,
-    kDLCUDAHost = 3
-} DLDeviceType;
+typedef enum { kDLCPU = 1, kDLCUDA = 2, kDLCUDAHost = 3 } DLDeviceType;
 
 /** A device: its type and ordinal. */
 typedef struct {
@@ -469,7 +465,7 @@ FERRY_API ferry_status ferry_ragged_options_init(ferry_ragged_options* opts);
  * memory-mapped until the source is destroyed; the offsets are read at creation.
  */
 FERRY_API ferry_status ferry_source_ragged_tokens(const char* tokens_path, const char* offsets_path,
-                                                         const ferry_ragged_options* opts, ferry_source* source);
+                                                  const ferry_ragged_options* opts, ferry_source* source);
 
 /**
  * Fills sample `index`: dst[k] is dst_bytes[k] bytes for field k. Returns 0, or non-zero to fail the
@@ -662,7 +658,7 @@ typedef struct ferry_iterator_position {
     uint64_t epoch;
     int64_t batch; /**< 0 .. batches per epoch (the last value means: the epoch's end comes next) */
     /* Appended in 0.1: the job's global position, for an elastic resume. */
-    int64_t offset;     /**< where the epoch's sharding began in its global order; 0 unless it was resumed elastically */
+    int64_t offset;     /**< where the epoch's sharding began in its global order; 0 unless resumed elastically */
     int64_t consumed;   /**< samples of the epoch's global order all ranks have consumed: the same on every rank */
     int64_t world_size; /**< the world size the position was taken under */
 } ferry_iterator_position;

@@ -118,8 +118,7 @@ static mring* thread_ring(mon_slot* m, uint64_t h) {
     mring* r = NULL;
     for (mring* x = atomic_load(&m->rings); x != NULL; x = x->next) {
         int expected = 0;
-        if (atomic_load(&x->head) == atomic_load(&x->tail) &&
-            atomic_compare_exchange_strong(&x->owned, &expected, 1)) {
+        if (atomic_load(&x->head) == atomic_load(&x->tail) && atomic_compare_exchange_strong(&x->owned, &expected, 1)) {
             r = x;
             break;
         }
@@ -176,8 +175,8 @@ ferry_status ferry_metric_log(ferry_monitor monitor, uint32_t metric, double val
     uint64_t h = (uint64_t)(uintptr_t)monitor;
     uint32_t index = ferry_capi_handle_index(h);
     if (ferry_capi_handle_kind(h) != FERRY_CAPI_KIND_MONITOR || index >= FERRY_CAPI_MAX_MONITORS) {
-        return ferry_capi_fail(FERRY_ERR_INVALID_HANDLE, h == 0 ? "ferry_metric_log: monitor is NULL"
-                                                                : "ferry_metric_log: not a monitor handle");
+        return ferry_capi_fail(FERRY_ERR_INVALID_HANDLE,
+                               h == 0 ? "ferry_metric_log: monitor is NULL" : "ferry_metric_log: not a monitor handle");
     }
     mon_slot* m = &mon_slots[index];
     if (atomic_load_explicit(&m->handle, memory_order_acquire) != h) {

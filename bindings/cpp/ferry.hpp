@@ -143,15 +143,30 @@ inline ferry_system_properties system_info() {
 class pressure_options {
 public:
     /** What the thresholds compare against; the default is FERRY_PRESSURE_DEVICE_USED. */
-    pressure_options& metric(ferry_pressure_metric m) noexcept { o_.metric = static_cast<int32_t>(m); return *this; }
+    pressure_options& metric(ferry_pressure_metric m) noexcept {
+        o_.metric = static_cast<int32_t>(m);
+        return *this;
+    }
     /** Level WARN at or above this many bytes (0: unset, or given as a fraction). */
-    pressure_options& warn_bytes(uint64_t n) noexcept { o_.warn_bytes = n; return *this; }
+    pressure_options& warn_bytes(uint64_t n) noexcept {
+        o_.warn_bytes = n;
+        return *this;
+    }
     /** Level CRITICAL at or above this many bytes (0: unset, or given as a fraction). */
-    pressure_options& critical_bytes(uint64_t n) noexcept { o_.critical_bytes = n; return *this; }
+    pressure_options& critical_bytes(uint64_t n) noexcept {
+        o_.critical_bytes = n;
+        return *this;
+    }
     /** Level WARN at or above this fraction (0..1) of the device's total memory; used when warn_bytes is 0. */
-    pressure_options& warn_fraction(double f) noexcept { o_.warn_fraction = f; return *this; }
+    pressure_options& warn_fraction(double f) noexcept {
+        o_.warn_fraction = f;
+        return *this;
+    }
     /** Level CRITICAL at or above this fraction of the device's total memory; used when critical_bytes is 0. */
-    pressure_options& critical_fraction(double f) noexcept { o_.critical_fraction = f; return *this; }
+    pressure_options& critical_fraction(double f) noexcept {
+        o_.critical_fraction = f;
+        return *this;
+    }
 
     /** @name Getters */
     ///@{
@@ -415,8 +430,7 @@ public:
      * FERRY_ERR_NO_DEVICE when there is no driver or no such device, FERRY_ERR_INVALID_ARGUMENT for a bad
      * device or interval.
      */
-    explicit engine(int device = 0,
-                    std::chrono::milliseconds sample_interval = std::chrono::milliseconds(100)) {
+    explicit engine(int device = 0, std::chrono::milliseconds sample_interval = std::chrono::milliseconds(100)) {
         ferry_engine_options opts;
         check(ferry_engine_options_init(&opts));
         opts.device = static_cast<int32_t>(device);
@@ -560,21 +574,17 @@ constexpr std::size_t dtype_size(ferry_dtype dtype) noexcept {
     switch (dtype) {
     case FERRY_DTYPE_BOOL:
     case FERRY_DTYPE_UINT8:
-    case FERRY_DTYPE_INT8:
-        return 1;
+    case FERRY_DTYPE_INT8: return 1;
     case FERRY_DTYPE_UINT16:
     case FERRY_DTYPE_INT16:
     case FERRY_DTYPE_FLOAT16:
-    case FERRY_DTYPE_BFLOAT16:
-        return 2;
+    case FERRY_DTYPE_BFLOAT16: return 2;
     case FERRY_DTYPE_UINT32:
     case FERRY_DTYPE_INT32:
-    case FERRY_DTYPE_FLOAT32:
-        return 4;
+    case FERRY_DTYPE_FLOAT32: return 4;
     case FERRY_DTYPE_UINT64:
     case FERRY_DTYPE_INT64:
-    case FERRY_DTYPE_FLOAT64:
-        return 8;
+    case FERRY_DTYPE_FLOAT64: return 8;
     }
     return 0;
 }
@@ -586,6 +596,7 @@ constexpr std::size_t dtype_size(ferry_dtype dtype) noexcept {
 template <typename T>
 struct dtype_of;
 /** @cond specializations */
+// clang-format off: a table, one specialization a line (clang-format would spread each over four lines).
 template <> struct dtype_of<bool> { static constexpr ferry_dtype value = FERRY_DTYPE_BOOL; };
 template <> struct dtype_of<uint8_t> { static constexpr ferry_dtype value = FERRY_DTYPE_UINT8; };
 template <> struct dtype_of<int8_t> { static constexpr ferry_dtype value = FERRY_DTYPE_INT8; };
@@ -597,6 +608,7 @@ template <> struct dtype_of<uint64_t> { static constexpr ferry_dtype value = FER
 template <> struct dtype_of<int64_t> { static constexpr ferry_dtype value = FERRY_DTYPE_INT64; };
 template <> struct dtype_of<float> { static constexpr ferry_dtype value = FERRY_DTYPE_FLOAT32; };
 template <> struct dtype_of<double> { static constexpr ferry_dtype value = FERRY_DTYPE_FLOAT64; };
+// clang-format on
 /** @endcond */
 
 /**
@@ -834,8 +846,8 @@ public:
                           const std::vector<field>& fields) {
         const std::vector<ferry_field> cf = detail::to_c(fields);
         source s;
-        check(ferry_source_records(path.c_str(), record_size, header_size, cf.data(),
-                                   static_cast<int32_t>(cf.size()), &s.handle_));
+        check(ferry_source_records(path.c_str(), record_size, header_size, cf.data(), static_cast<int32_t>(cf.size()),
+                                   &s.handle_));
         return s;
     }
 
@@ -1368,21 +1380,39 @@ struct staging_info {
 class iterator_options {
 public:
     /** Samples per batch; required (the default 0 is refused by the library). */
-    iterator_options& batch_size(int64_t n) noexcept { o_.batch_size = n; return *this; }
+    iterator_options& batch_size(int64_t n) noexcept {
+        o_.batch_size = n;
+        return *this;
+    }
     /** A seeded permutation per epoch (else sequential order). */
     iterator_options& shuffle(bool on = true) noexcept { return flag(FERRY_ITERATOR_F_SHUFFLE, on); }
     /** The shuffle's seed: the order is a pure function of (seed, epoch, position). */
-    iterator_options& seed(uint64_t s) noexcept { o_.seed = s; return *this; }
+    iterator_options& seed(uint64_t s) noexcept {
+        o_.seed = s;
+        return *this;
+    }
     /** Drop the last incomplete batch (and cut the tail when sharding). */
     iterator_options& drop_last(bool on = true) noexcept { return flag(FERRY_ITERATOR_F_DROP_LAST, on); }
     /** Gather threads; 0 picks min(cores, 16). */
-    iterator_options& workers(int32_t n) noexcept { o_.workers = n; return *this; }
+    iterator_options& workers(int32_t n) noexcept {
+        o_.workers = n;
+        return *this;
+    }
     /** Batches in flight (the ring depth), 2..64; 0 picks 4. */
-    iterator_options& prefetch(int32_t n) noexcept { o_.prefetch = n; return *this; }
+    iterator_options& prefetch(int32_t n) noexcept {
+        o_.prefetch = n;
+        return *this;
+    }
     /** This rank, as torch's DistributedSampler shards. */
-    iterator_options& rank(int32_t r) noexcept { o_.rank = r; return *this; }
+    iterator_options& rank(int32_t r) noexcept {
+        o_.rank = r;
+        return *this;
+    }
     /** Ranks; 0 reads RANK and WORLD_SIZE when set (torchrun), else 1. */
-    iterator_options& world_size(int32_t n) noexcept { o_.world_size = n; return *this; }
+    iterator_options& world_size(int32_t n) noexcept {
+        o_.world_size = n;
+        return *this;
+    }
     /**
      * The longest one next() waits; 0 picks 5 minutes. Throws FERRY_ERR_INVALID_ARGUMENT when negative
      * or longer than uint32_t milliseconds.
@@ -1396,16 +1426,31 @@ public:
         return *this;
     }
     /** Adds raw FERRY_ITERATOR_F_* bits (unknown bits are refused by the library). */
-    iterator_options& flags(uint32_t f) noexcept { o_.flags |= f; return *this; }
+    iterator_options& flags(uint32_t f) noexcept {
+        o_.flags |= f;
+        return *this;
+    }
     /** The layout transforms, at most one per source field (replaces those set before). */
-    iterator_options& transforms(std::vector<transform> ts) { transforms_ = std::move(ts); return *this; }
+    iterator_options& transforms(std::vector<transform> ts) {
+        transforms_ = std::move(ts);
+        return *this;
+    }
     /** Adds one layout transform. */
-    iterator_options& add(transform t) { transforms_.push_back(std::move(t)); return *this; }
+    iterator_options& add(transform t) {
+        transforms_.push_back(std::move(t));
+        return *this;
+    }
     /** How samples cross to the device; FERRY_STAGING_AUTO (the default) picks the fastest that applies. */
-    iterator_options& staging(ferry_staging s) noexcept { o_.staging = static_cast<int32_t>(s); return *this; }
+    iterator_options& staging(ferry_staging s) noexcept {
+        o_.staging = static_cast<int32_t>(s);
+        return *this;
+    }
     /** Bytes of source memory the iterator may register for DMA or mapped staging; 0: a quarter of RAM;
         negative: none. */
-    iterator_options& pinned_budget(int64_t bytes) noexcept { o_.pinned_budget = bytes; return *this; }
+    iterator_options& pinned_budget(int64_t bytes) noexcept {
+        o_.pinned_budget = bytes;
+        return *this;
+    }
 
     /** @name Getters */
     ///@{
@@ -1723,42 +1768,83 @@ inline epoch_cursor& epoch_cursor::operator++() {
 class monitor_options {
 public:
     /** How often NVML samples the GPUs. */
-    monitor_options& gpu_interval(std::chrono::microseconds d) noexcept { o_.gpu_interval_us = d.count(); return *this; }
+    monitor_options& gpu_interval(std::chrono::microseconds d) noexcept {
+        o_.gpu_interval_us = d.count();
+        return *this;
+    }
     /** How often the PCIe throughput is read (each reading blocks its sampler for ~20 ms). */
-    monitor_options& pcie_interval(std::chrono::microseconds d) noexcept { o_.pcie_interval_us = d.count(); return *this; }
+    monitor_options& pcie_interval(std::chrono::microseconds d) noexcept {
+        o_.pcie_interval_us = d.count();
+        return *this;
+    }
     /** How often the host (CPU, memory, disks) and the attached iterators are sampled. */
-    monitor_options& system_interval(std::chrono::microseconds d) noexcept { o_.system_interval_us = d.count(); return *this; }
+    monitor_options& system_interval(std::chrono::microseconds d) noexcept {
+        o_.system_interval_us = d.count();
+        return *this;
+    }
     /** Turns the GPU sampler off. */
-    monitor_options& no_gpu() noexcept { o_.gpu_interval_us = -1; return *this; }
+    monitor_options& no_gpu() noexcept {
+        o_.gpu_interval_us = -1;
+        return *this;
+    }
     /** Turns the PCIe throughput sampler off. */
-    monitor_options& no_pcie() noexcept { o_.pcie_interval_us = -1; return *this; }
+    monitor_options& no_pcie() noexcept {
+        o_.pcie_interval_us = -1;
+        return *this;
+    }
     /** Turns the host and pipeline sampler off. */
-    monitor_options& no_system() noexcept { o_.system_interval_us = -1; return *this; }
+    monitor_options& no_system() noexcept {
+        o_.system_interval_us = -1;
+        return *this;
+    }
     /** The quantiles' relative accuracy, in (0, 0.5); 0 picks 0.005. */
-    monitor_options& sketch_accuracy(double a) noexcept { o_.sketch_accuracy = a; return *this; }
+    monitor_options& sketch_accuracy(double a) noexcept {
+        o_.sketch_accuracy = a;
+        return *this;
+    }
     /** Points per metric time series, 16..2^20; 0 picks 512. */
-    monitor_options& series_points(int32_t n) noexcept { o_.series_points = n; return *this; }
+    monitor_options& series_points(int32_t n) noexcept {
+        o_.series_points = n;
+        return *this;
+    }
     /** The rank label (rank and local rank both 0 read RANK and LOCAL_RANK when set). */
-    monitor_options& rank(int32_t r) noexcept { o_.rank = r; return *this; }
+    monitor_options& rank(int32_t r) noexcept {
+        o_.rank = r;
+        return *this;
+    }
     /** The local rank label. */
-    monitor_options& local_rank(int32_t r) noexcept { o_.local_rank = r; return *this; }
+    monitor_options& local_rank(int32_t r) noexcept {
+        o_.local_rank = r;
+        return *this;
+    }
     /** The node label ("" for none). */
-    monitor_options& node(std::string n) { node_ = std::move(n); return *this; }
+    monitor_options& node(std::string n) {
+        node_ = std::move(n);
+        return *this;
+    }
     /** The paths whose disks the system sampler reads (replaces those set before). */
-    monitor_options& disk_paths(std::vector<std::string> paths) { disk_paths_ = std::move(paths); return *this; }
+    monitor_options& disk_paths(std::vector<std::string> paths) {
+        disk_paths_ = std::move(paths);
+        return *this;
+    }
     /** Starts the samplers when the monitor is created (else monitor::start()). */
     monitor_options& start(bool on = true) noexcept {
         o_.flags = on ? (o_.flags | FERRY_MONITOR_F_START) : (o_.flags & ~FERRY_MONITOR_F_START);
         return *this;
     }
     /** Adds raw FERRY_MONITOR_F_* bits (unknown bits are refused by the library). */
-    monitor_options& flags(uint32_t f) noexcept { o_.flags |= f; return *this; }
+    monitor_options& flags(uint32_t f) noexcept {
+        o_.flags |= f;
+        return *this;
+    }
 
     /** @name Getters */
     ///@{
     std::chrono::microseconds gpu_interval() const noexcept { return std::chrono::microseconds(o_.gpu_interval_us); }
     std::chrono::microseconds pcie_interval() const noexcept { return std::chrono::microseconds(o_.pcie_interval_us); }
-    std::chrono::microseconds system_interval() const noexcept { return std::chrono::microseconds(o_.system_interval_us); }
+    std::chrono::microseconds system_interval() const noexcept {
+        return std::chrono::microseconds(o_.system_interval_us);
+    }
     double sketch_accuracy() const noexcept { return o_.sketch_accuracy; }
     int32_t series_points() const noexcept { return o_.series_points; }
     int32_t rank() const noexcept { return o_.rank; }

@@ -323,8 +323,7 @@ static void json_string(FILE* f, const char* s) {
     fputc('"', f);
 }
 
-static int write_json(const char* path, const char* device_name, int device, const char* date,
-                      const result* r, int n) {
+static int write_json(const char* path, const char* device_name, int device, const char* date, const result* r, int n) {
     int i, j;
     int32_t major = 0, minor = 0, patch = 0;
     FILE* f = fopen(path, "w");
@@ -333,18 +332,16 @@ static int write_json(const char* path, const char* device_name, int device, con
         return 0;
     }
     FERRY_CHECK(ferry_version(&major, &minor, &patch));
-    fprintf(f, "{\n  \"benchmark\": \"bench_memory\",\n  \"ferry_version\": \"%d.%d.%d\",\n", major, minor,
-            patch);
+    fprintf(f, "{\n  \"benchmark\": \"bench_memory\",\n  \"ferry_version\": \"%d.%d.%d\",\n", major, minor, patch);
     fprintf(f, "  \"date\": \"%s\",\n  \"device\": %d,\n  \"device_name\": ", date, device);
     json_string(f, device_name);
     fprintf(f, ",\n  \"results\": [\n");
     for (i = 0; i < n; i++) {
         fprintf(f, "    {\"name\": ");
         json_string(f, r[i].name);
-        fprintf(f, ", \"unit\": \"%s\", \"threads\": %d, \"repeats\": %d, \"calls\": %ld, ", r[i].unit,
-                r[i].threads, REPEATS, r[i].calls);
-        fprintf(f, "\"median\": %.4f, \"min\": %.4f, \"max\": %.4f, \"values\": [", r[i].median, r[i].min,
-                r[i].max);
+        fprintf(f, ", \"unit\": \"%s\", \"threads\": %d, \"repeats\": %d, \"calls\": %ld, ", r[i].unit, r[i].threads,
+                REPEATS, r[i].calls);
+        fprintf(f, "\"median\": %.4f, \"min\": %.4f, \"max\": %.4f, \"values\": [", r[i].median, r[i].min, r[i].max);
         for (j = 0; j < REPEATS; j++) {
             fprintf(f, "%s%.4f", j ? ", " : "", r[i].v[j]);
         }
@@ -497,8 +494,8 @@ int main(int argc, char** argv) {
     printf("| call | threads | repeats x calls (per thread) | median | min | max | unit |\n");
     printf("|---|---:|---:|---:|---:|---:|---|\n");
     for (i = 0; i < n; i++) {
-        printf("| %s | %d | %d x %ld | %.3f | %.3f | %.3f | %s |\n", r[i].name, r[i].threads, REPEATS,
-               r[i].calls, r[i].median, r[i].min, r[i].max, r[i].unit);
+        printf("| %s | %d | %d x %ld | %.3f | %.3f | %.3f | %s |\n", r[i].name, r[i].threads, REPEATS, r[i].calls,
+               r[i].median, r[i].min, r[i].max, r[i].unit);
     }
     if (json_path != NULL) {
         ok = write_json(json_path, device_name, device, date, r, n) && ok;

@@ -155,8 +155,8 @@ int main(int argc, char** argv) {
     }
     double summary_us = median(sum_t, REPEATS);
     if (s.count != expected) {
-        fprintf(stderr, "bench_metric: the summary counts %llu values, %llu were logged\n",
-                (unsigned long long)s.count, (unsigned long long)expected);
+        fprintf(stderr, "bench_metric: the summary counts %llu values, %llu were logged\n", (unsigned long long)s.count,
+                (unsigned long long)expected);
         return 1;
     }
     check(ferry_monitor_destroy(mon), "ferry_monitor_destroy");

@@ -37,8 +37,7 @@ static void check_status_at(ferry_status got, ferry_status want, const char* exp
     }
     if (want != FERRY_OK && want != FERRY_END_OF_EPOCH && ferry_last_error()[0] == '\0') {
         failed++;
-        printf("FAIL line %d: %s returned %s with an empty ferry_last_error()\n", line, expr,
-               ferry_status_string(got));
+        printf("FAIL line %d: %s returned %s with an empty ferry_last_error()\n", line, expr, ferry_status_string(got));
         return;
     }
     passed++;

@@ -81,8 +81,8 @@ static void test_status_strings(void) {
         const char* s = ferry_status_string(table[i].status);
         if (s == NULL || strcmp(s, table[i].name) != 0) {
             failed++;
-            printf("FAIL: ferry_status_string(%d) = \"%s\", want \"%s\"\n", (int)table[i].status,
-                   s ? s : "(null)", table[i].name);
+            printf("FAIL: ferry_status_string(%d) = \"%s\", want \"%s\"\n", (int)table[i].status, s ? s : "(null)",
+                   table[i].name);
         } else {
             passed++;
         }

@@ -120,7 +120,8 @@ static int check_tensor(DLManagedTensorVersioned* t, int k, const int64_t* indic
     ok = ok && t->version.major == 1 && t->deleter != NULL;
     ok = ok && t->dl_tensor.device.device_type == kDLCPU && t->dl_tensor.ndim == ndims[k];
     ok = ok && t->dl_tensor.shape != NULL && t->dl_tensor.shape[0] == n && t->dl_tensor.strides == NULL;
-    ok = ok && t->dl_tensor.dtype.code == codes[k] && t->dl_tensor.dtype.bits == bits[k] && t->dl_tensor.dtype.lanes == 1;
+    ok = ok && t->dl_tensor.dtype.code == codes[k] && t->dl_tensor.dtype.bits == bits[k] &&
+         t->dl_tensor.dtype.lanes == 1;
     if (ok && k == 0) {
         ok = t->dl_tensor.shape[1] == 2 && t->dl_tensor.shape[2] == 3 && t->dl_tensor.shape[3] == 5;
     }

@@ -138,7 +138,8 @@ static ferry_source small_source(void) {
 }
 
 /* Creates an iterator, takes and releases one batch, and destroys it: its ring goes back to the pools. */
-static void run_iterator(ferry_engine e, ferry_source s, uint64_t* reserved_while_running, int32_t* level_while_running) {
+static void run_iterator(ferry_engine e, ferry_source s, uint64_t* reserved_while_running,
+                         int32_t* level_while_running) {
     ferry_iterator_options o;
     ferry_iterator it = NULL;
     ferry_batch b = NULL;
@@ -430,7 +431,8 @@ static void test_advisor_linear_and_rounding(void) {
         int64_t multiple;
         double fits;
         int64_t want;
-    } cases[] = {{8, 92.16, 88}, {1, 92.16, 92}, {7, 92.16, 91}, {64, 92.16, 64}, {64, 40.5, 40}, {8, 5.5, 5}, {8, 1.2, 1}};
+    } cases[] = {{8, 92.16, 88}, {1, 92.16, 92}, {7, 92.16, 91}, {64, 92.16, 64},
+                 {64, 40.5, 40}, {8, 5.5, 5},    {8, 1.2, 1}};
     int64_t b = 0;
 
     linear(a, fixed, per_sample, sizes, 4);

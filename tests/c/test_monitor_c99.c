@@ -53,9 +53,7 @@ static uint64_t rnd(void) {
 }
 
 /* A value spread over three decades, 1..1000. */
-static double rnd_value(void) {
-    return exp((double)(rnd() >> 11) / 9007199254740992.0 * log(1000.0));
-}
+static double rnd_value(void) { return exp((double)(rnd() >> 11) / 9007199254740992.0 * log(1000.0)); }
 
 /* A monitor with every sampler off. */
 static ferry_monitor quiet_monitor(void) {
@@ -102,9 +100,7 @@ static int quantile_ok(const double* sorted, size_t n, double q, double got) {
     return 0;
 }
 
-static int close_rel(double want, double got, double eps) {
-    return fabs(want - got) <= eps * fabs(want);
-}
+static int close_rel(double want, double got, double eps) { return fabs(want - got) <= eps * fabs(want); }
 
 /* Checks s against values[0..n) (sorted in place). */
 static void check_summary(double* values, size_t n, const ferry_metric_summary* s) {
@@ -527,7 +523,8 @@ static void test_attach(void) {
     for (i = 0; i < 500 && !found; i++) { /* up to 10 s */
         struct timespec ts = {0, 20000000};
         js = report(m);
-        found = js != NULL && strstr(js, "\"pipeline_metrics\"") != NULL && strstr(js, "\"batches_per_second\"") != NULL;
+        found =
+            js != NULL && strstr(js, "\"pipeline_metrics\"") != NULL && strstr(js, "\"batches_per_second\"") != NULL;
         free(js);
         if (!found) {
             nanosleep(&ts, NULL);

@@ -31,14 +31,14 @@ bool require_gpu() {
 }
 
 // Skips the test without a GPU, or fails it when FERRY_REQUIRE_GPU=1.
-#define FERRY_REQUIRE_GPU_OR_SKIP()                                                              \
-    do {                                                                                         \
-        if (ferry::device_count() == 0) {                                                        \
-            if (require_gpu()) {                                                                 \
-                FAIL() << "FERRY_REQUIRE_GPU is set but ferry::device_count() is 0";             \
-            }                                                                                    \
-            GTEST_SKIP() << "no GPU (set FERRY_REQUIRE_GPU=1 to make this a failure)";           \
-        }                                                                                        \
+#define FERRY_REQUIRE_GPU_OR_SKIP()                                                    \
+    do {                                                                               \
+        if (ferry::device_count() == 0) {                                              \
+            if (require_gpu()) {                                                       \
+                FAIL() << "FERRY_REQUIRE_GPU is set but ferry::device_count() is 0";   \
+            }                                                                          \
+            GTEST_SKIP() << "no GPU (set FERRY_REQUIRE_GPU=1 to make this a failure)"; \
+        }                                                                              \
     } while (0)
 
 using ferry_test::expect_error;
@@ -84,12 +84,9 @@ TEST(Error, BadDeviceThrowsInvalidArgument) {
 }
 
 TEST(Error, BadIntervalThrowsInvalidArgument) {
-    EXPECT_EQ(expect_error([] { ferry::engine eng(FERRY_DEVICE_CPU, 60001ms); }).status(),
-              FERRY_ERR_INVALID_ARGUMENT);
-    EXPECT_EQ(expect_error([] { ferry::engine eng(FERRY_DEVICE_CPU, -1ms); }).status(),
-              FERRY_ERR_INVALID_ARGUMENT);
-    EXPECT_EQ(expect_error([] { ferry::engine eng(FERRY_DEVICE_CPU, std::chrono::hours(24 * 365 * 200)); })
-                  .status(),
+    EXPECT_EQ(expect_error([] { ferry::engine eng(FERRY_DEVICE_CPU, 60001ms); }).status(), FERRY_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(expect_error([] { ferry::engine eng(FERRY_DEVICE_CPU, -1ms); }).status(), FERRY_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(expect_error([] { ferry::engine eng(FERRY_DEVICE_CPU, std::chrono::hours(24 * 365 * 200)); }).status(),
               FERRY_ERR_INVALID_ARGUMENT);
 }
 

@@ -142,10 +142,9 @@ private:
             why_ = std::string("dlopen ") + path + ": " + dlerror();
             return;
         }
-        if (!(load(init_, "cuInit") && load(device_get_, "cuDeviceGet") &&
-              load(retain_, "cuDevicePrimaryCtxRetain") && load(release_, "cuDevicePrimaryCtxRelease_v2") &&
-              load(push_, "cuCtxPushCurrent_v2") && load(pop_, "cuCtxPopCurrent_v2") &&
-              load(memcpy_dtoh_, "cuMemcpyDtoH_v2"))) {
+        if (!(load(init_, "cuInit") && load(device_get_, "cuDeviceGet") && load(retain_, "cuDevicePrimaryCtxRetain") &&
+              load(release_, "cuDevicePrimaryCtxRelease_v2") && load(push_, "cuCtxPushCurrent_v2") &&
+              load(pop_, "cuCtxPopCurrent_v2") && load(memcpy_dtoh_, "cuMemcpyDtoH_v2"))) {
             lib_ = nullptr;
             return;
         }
@@ -200,22 +199,17 @@ enum class read_mode { host, driver, direct };
 
 DLDataType dl_type(ferry_dtype d) {
     switch (d) {
-    case FERRY_DTYPE_BOOL:
-        return DLDataType{kDLBool, 8, 1};
+    case FERRY_DTYPE_BOOL: return DLDataType{kDLBool, 8, 1};
     case FERRY_DTYPE_UINT8:
     case FERRY_DTYPE_UINT16:
     case FERRY_DTYPE_UINT32:
-    case FERRY_DTYPE_UINT64:
-        return DLDataType{kDLUInt, static_cast<uint8_t>(8 * ferry::dtype_size(d)), 1};
+    case FERRY_DTYPE_UINT64: return DLDataType{kDLUInt, static_cast<uint8_t>(8 * ferry::dtype_size(d)), 1};
     case FERRY_DTYPE_INT8:
     case FERRY_DTYPE_INT16:
     case FERRY_DTYPE_INT32:
-    case FERRY_DTYPE_INT64:
-        return DLDataType{kDLInt, static_cast<uint8_t>(8 * ferry::dtype_size(d)), 1};
-    case FERRY_DTYPE_BFLOAT16:
-        return DLDataType{kDLBfloat, 16, 1};
-    default:
-        return DLDataType{kDLFloat, static_cast<uint8_t>(8 * ferry::dtype_size(d)), 1};
+    case FERRY_DTYPE_INT64: return DLDataType{kDLInt, static_cast<uint8_t>(8 * ferry::dtype_size(d)), 1};
+    case FERRY_DTYPE_BFLOAT16: return DLDataType{kDLBfloat, 16, 1};
+    default: return DLDataType{kDLFloat, static_cast<uint8_t>(8 * ferry::dtype_size(d)), 1};
     }
 }
 
@@ -238,8 +232,8 @@ DLDataType dl_type(ferry_dtype d) {
         }
         const DLDataType dt = t.dtype(), want = dl_type(f.dtype);
         if (dt.code != want.code || dt.bits != want.bits || dt.lanes != 1) {
-            return ::testing::AssertionFailure() << "field " << f.name << " has dtype code " << int(dt.code)
-                                                 << " bits " << int(dt.bits);
+            return ::testing::AssertionFailure()
+                   << "field " << f.name << " has dtype code " << int(dt.code) << " bits " << int(dt.bits);
         }
         bytes got;
         auto r = read_tensor(t, mode, got);
@@ -255,9 +249,9 @@ DLDataType dl_type(ferry_dtype d) {
                 return ::testing::AssertionFailure() << "index " << idx[row] << " out of range";
             }
             if (std::memcmp(got.data() + row * fb, d.sample(k, idx[row]), fb) != 0) {
-                return ::testing::AssertionFailure() << "field " << f.name << " row " << row << " (sample "
-                                                     << idx[row] << ") of batch " << b.index() << " of epoch "
-                                                     << b.epoch() << " differs from the reference";
+                return ::testing::AssertionFailure()
+                       << "field " << f.name << " row " << row << " (sample " << idx[row] << ") of batch " << b.index()
+                       << " of epoch " << b.epoch() << " differs from the reference";
             }
         }
     }
@@ -376,8 +370,7 @@ TEST(Source, BadInputThrows) {
     const dataset d = random_dataset(8, fresh_seed());
     auto ptrs = d.pointers();
     ptrs.pop_back();
-    EXPECT_EQ(expect_error([&] { ferry::source::memory(d.n, d.fields, ptrs); }).status(),
-              FERRY_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(expect_error([&] { ferry::source::memory(d.n, d.fields, ptrs); }).status(), FERRY_ERR_INVALID_ARGUMENT);
     EXPECT_EQ(expect_error([&] { ferry::source::memory(0, d.fields, d.pointers()); }).status(),
               FERRY_ERR_INVALID_ARGUMENT);
     auto dup = d.fields;
@@ -1045,7 +1038,8 @@ TEST(Files, Tokens) {
         check_tokens(it, t16, seq_len, false);
     }
     {
-        const ferry::source src = ferry::source::tokens(dir.file("train.bin"), seq_len, FERRY_TOKENS_UINT16, true, rng());
+        const ferry::source src =
+            ferry::source::tokens(dir.file("train.bin"), seq_len, FERRY_TOKENS_UINT16, true, rng());
         ferry::iterator it(eng, src, sequential(4));
         check_tokens(it, t16, seq_len, true);
     }
@@ -1080,15 +1074,15 @@ TEST(Files, Tokens) {
 // ---------------------------------------------------------------------------------------------------
 
 // Skips the test without a GPU, or fails it when FERRY_REQUIRE_GPU=1.
-#define FERRY_REQUIRE_GPU_OR_SKIP()                                                              \
-    do {                                                                                         \
-        if (ferry::device_count() == 0) {                                                        \
-            if (env_on("FERRY_REQUIRE_GPU")) {                                                   \
-                FAIL() << "FERRY_REQUIRE_GPU is set but ferry::device_count() is 0";             \
-            }                                                                                    \
-            GTEST_SKIP() << "no GPU (set FERRY_REQUIRE_GPU=1 to make this a failure)";           \
-        }                                                                                        \
-        ASSERT_TRUE(cuda_driver::get().ok()) << cuda_driver::get().why();                        \
+#define FERRY_REQUIRE_GPU_OR_SKIP()                                                    \
+    do {                                                                               \
+        if (ferry::device_count() == 0) {                                              \
+            if (env_on("FERRY_REQUIRE_GPU")) {                                         \
+                FAIL() << "FERRY_REQUIRE_GPU is set but ferry::device_count() is 0";   \
+            }                                                                          \
+            GTEST_SKIP() << "no GPU (set FERRY_REQUIRE_GPU=1 to make this a failure)"; \
+        }                                                                              \
+        ASSERT_TRUE(cuda_driver::get().ok()) << cuda_driver::get().why();              \
     } while (0)
 
 TEST(GpuIterator, DeviceFieldsMatchTheReference) {
@@ -1139,13 +1133,13 @@ TEST(GpuIterator, RestoreAndCallbackOnTheDevice) {
 
 // The stand-in driver: skips unless FERRY_FAKE_GPU=1 (set by the CTest test that points
 // FERRY_CUDA_LIBRARY at it), and then checks that the fake is the driver in use.
-#define FERRY_FAKE_GPU_OR_SKIP()                                                                        \
-    do {                                                                                                \
-        if (!env_on("FERRY_FAKE_GPU")) {                                                                \
+#define FERRY_FAKE_GPU_OR_SKIP()                                                                            \
+    do {                                                                                                    \
+        if (!env_on("FERRY_FAKE_GPU")) {                                                                    \
             GTEST_SKIP() << "runs with FERRY_FAKE_GPU=1 and FERRY_CUDA_LIBRARY naming the stand-in driver"; \
-        }                                                                                               \
-        ASSERT_EQ(ferry::device_count(), 1);                                                            \
-        ASSERT_STREQ(ferry::device_info(0).name, "Fake GPU");                                           \
+        }                                                                                                   \
+        ASSERT_EQ(ferry::device_count(), 1);                                                                \
+        ASSERT_STREQ(ferry::device_info(0).name, "Fake GPU");                                               \
     } while (0)
 
 TEST(FakeGpu, TensorsAreCudaAndHoldTheReference) {

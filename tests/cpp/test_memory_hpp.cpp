@@ -51,7 +51,8 @@ static_assert(std::is_nothrow_move_constructible_v<ferry::callback_registration>
 bool mentions(const ferry::error& e, std::string word) {
     std::string m = e.message();
     std::transform(m.begin(), m.end(), m.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    std::transform(word.begin(), word.end(), word.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    std::transform(word.begin(), word.end(), word.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
     return m.find(word) != std::string::npos;
 }
 
@@ -106,10 +107,13 @@ TEST(PressureCpu, FractionsRefusedBytesAccepted) {
     ferry::engine eng = cpu_engine();
     EXPECT_EQ(eng.pressure(), FERRY_PRESSURE_NONE);
     for (auto m : {FERRY_PRESSURE_DEVICE_USED, FERRY_PRESSURE_PROCESS_USED, FERRY_PRESSURE_ENGINE_RESERVED}) {
-        const ferry::error e = expect_error([&] { eng.set_pressure(ferry::pressure_options().metric(m).warn_fraction(0.5)); });
+        const ferry::error e =
+            expect_error([&] { eng.set_pressure(ferry::pressure_options().metric(m).warn_fraction(0.5)); });
         EXPECT_EQ(e.status(), FERRY_ERR_INVALID_ARGUMENT);
         EXPECT_TRUE(mentions(e, "fraction")) << e.what();
-        EXPECT_EQ(expect_error([&] { eng.set_pressure(ferry::pressure_options().metric(m).critical_fraction(0.9)); }).status(),
+        EXPECT_EQ(expect_error([&] {
+                      eng.set_pressure(ferry::pressure_options().metric(m).critical_fraction(0.9));
+                  }).status(),
                   FERRY_ERR_INVALID_ARGUMENT);
     }
     EXPECT_EQ(eng.memory_check().warn_threshold_bytes, 0u);
@@ -128,10 +132,13 @@ TEST(PressureCpu, FractionsRefusedBytesAccepted) {
     EXPECT_EQ(r.recommended_batch_size, 0);
 
     // Bad thresholds: critical below warn, an unknown metric; the thresholds before stay.
-    EXPECT_EQ(expect_error([&] { eng.set_pressure(ferry::pressure_options().warn_bytes(5 * GiB).critical_bytes(4 * GiB)); }).status(),
+    EXPECT_EQ(expect_error([&] {
+                  eng.set_pressure(ferry::pressure_options().warn_bytes(5 * GiB).critical_bytes(4 * GiB));
+              }).status(),
               FERRY_ERR_INVALID_ARGUMENT);
     EXPECT_EQ(expect_error([&] {
-                  eng.set_pressure(ferry::pressure_options().metric(static_cast<ferry_pressure_metric>(9)).warn_bytes(1));
+                  eng.set_pressure(
+                      ferry::pressure_options().metric(static_cast<ferry_pressure_metric>(9)).warn_bytes(1));
               }).status(),
               FERRY_ERR_INVALID_ARGUMENT);
     EXPECT_EQ(eng.memory_check().critical_threshold_bytes, 2u);
@@ -161,7 +168,10 @@ TEST(PressureCpu, CallbacksInOrderFailuresAndRemoval) {
     EXPECT_EQ(r.callbacks_called, 4);
     EXPECT_EQ(r.callbacks_failed, 2);
     using calls_t = std::vector<std::pair<int, ferry_pressure>>;
-    EXPECT_EQ(calls, (calls_t{{1, FERRY_PRESSURE_NONE}, {2, FERRY_PRESSURE_NONE}, {3, FERRY_PRESSURE_NONE}, {4, FERRY_PRESSURE_NONE}}));
+    EXPECT_EQ(
+        calls,
+        (calls_t{
+            {1, FERRY_PRESSURE_NONE}, {2, FERRY_PRESSURE_NONE}, {3, FERRY_PRESSURE_NONE}, {4, FERRY_PRESSURE_NONE}}));
     calls.clear();
 
     // Destroying a registration removes its callback; moving one keeps it.
@@ -282,12 +292,15 @@ TEST(Advisor, LinearExact) {
 
 TEST(Advisor, Rounding) {
     const uint64_t fixed = GiB, per_sample = 100 * MiB;
-    auto budget = [&](double b) { return static_cast<uint64_t>(static_cast<double>(fixed) + b * static_cast<double>(per_sample)); };
+    auto budget = [&](double b) {
+        return static_cast<uint64_t>(static_cast<double>(fixed) + b * static_cast<double>(per_sample));
+    };
     const struct {
         int64_t multiple;
         double fits;
         int64_t want;
-    } cases[] = {{8, 92.16, 88}, {1, 92.16, 92}, {7, 92.16, 91}, {64, 92.16, 64}, {64, 40.5, 40}, {8, 5.5, 5}, {8, 1.2, 1}};
+    } cases[] = {{8, 92.16, 88}, {1, 92.16, 92}, {7, 92.16, 91}, {64, 92.16, 64},
+                 {64, 40.5, 40}, {8, 5.5, 5},    {8, 1.2, 1}};
     for (const auto& c : cases) {
         ferry::advisor adv(c.multiple);
         linear(adv, fixed, per_sample, {4, 8});
@@ -487,13 +500,13 @@ TEST(Advisor, MovedFromIsEmpty) {
 // The stand-in GPU
 // ---------------------------------------------------------------------------------------------------
 
-#define FERRY_FAKE_GPU_OR_SKIP()                                                                        \
-    do {                                                                                                \
-        if (!env_on("FERRY_FAKE_GPU")) {                                                                \
+#define FERRY_FAKE_GPU_OR_SKIP()                                                                            \
+    do {                                                                                                    \
+        if (!env_on("FERRY_FAKE_GPU")) {                                                                    \
             GTEST_SKIP() << "runs with FERRY_FAKE_GPU=1 and FERRY_CUDA_LIBRARY naming the stand-in driver"; \
-        }                                                                                               \
-        ASSERT_EQ(ferry::device_count(), 1);                                                            \
-        ASSERT_STREQ(ferry::device_info(0).name, "Fake GPU");                                           \
+        }                                                                                                   \
+        ASSERT_EQ(ferry::device_count(), 1);                                                                \
+        ASSERT_STREQ(ferry::device_info(0).name, "Fake GPU");                                               \
     } while (0)
 
 void expect_level(const ferry::engine& eng, ferry_pressure level, uint64_t warn, uint64_t critical, const char* what) {
@@ -531,7 +544,9 @@ TEST(FakeGpuMemory, Levels) {
         EXPECT_EQ(e.status(), FERRY_ERR_INVALID_ARGUMENT);
         EXPECT_TRUE(mentions(e, "fraction")) << e.what();
     }
-    EXPECT_EQ(expect_error([&] { eng.set_pressure(ferry::pressure_options().warn_fraction(0.5).critical_fraction(0.1)); }).status(),
+    EXPECT_EQ(expect_error([&] {
+                  eng.set_pressure(ferry::pressure_options().warn_fraction(0.5).critical_fraction(0.1));
+              }).status(),
               FERRY_ERR_INVALID_ARGUMENT);
     expect_level(eng, FERRY_PRESSURE_WARN, 5 * GiB, 20 * GiB, "after refused calls");
 }
@@ -547,9 +562,9 @@ TEST(FakeGpuMemory, CallbacksGetTheLevel) {
     });
     auto r3 = eng.on_pressure([&](ferry_pressure l) { calls.emplace_back(3, l); });
     using calls_t = std::vector<std::pair<int, ferry_pressure>>;
-    for (auto [warn, critical, level] : {std::tuple{5 * GiB, 20 * GiB, FERRY_PRESSURE_WARN},
-                                         std::tuple{5 * GiB, 8 * GiB, FERRY_PRESSURE_CRITICAL},
-                                         std::tuple{20 * GiB, 30 * GiB, FERRY_PRESSURE_NONE}}) {
+    for (auto [warn, critical, level] :
+         {std::tuple{5 * GiB, 20 * GiB, FERRY_PRESSURE_WARN}, std::tuple{5 * GiB, 8 * GiB, FERRY_PRESSURE_CRITICAL},
+          std::tuple{20 * GiB, 30 * GiB, FERRY_PRESSURE_NONE}}) {
         eng.set_pressure(ferry::pressure_options().warn_bytes(warn).critical_bytes(critical));
         const ferry_optimize_result r = eng.optimize(16);
         EXPECT_EQ(r.level_before, level);

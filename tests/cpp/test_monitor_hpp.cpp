@@ -274,8 +274,8 @@ TEST(Monitor, Reports) {
     EXPECT_NE(read_file(dir.file("report.html")).find("<svg"), std::string::npos);
     for (const char* name : {"report.json", "report.html"}) {
         const fs::perms p = fs::status(dir.file(name)).permissions();
-        EXPECT_EQ(p & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
-                                          fs::perms::others_read)
+        EXPECT_EQ(p & fs::perms::all,
+                  fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read)
             << name;
     }
     EXPECT_EQ(expect_error([&] { mon.write_report(dir.file("missing/report.json")); }).status(),

@@ -28,7 +28,6 @@ using ferry_test::expect_error;
 using ferry_test::fresh_seed;
 using ferry_test::temp_dir;
 
-
 constexpr int64_t H = 4, W = 8, C = 3, SEQ = 8;
 const std::vector<float> kMean = {0.485f, 0.456f, 0.406f};
 const std::vector<float> kStd = {0.229f, 0.224f, 0.225f};
@@ -40,8 +39,8 @@ struct image_tokens {
     std::vector<uint16_t> tokens;
     ferry::source src;
 
-    image_tokens(int64_t n_, uint64_t seed) : n(n_), images(static_cast<std::size_t>(n_ * H * W * C)),
-                                              tokens(static_cast<std::size_t>(n_ * (SEQ + 1))) {
+    image_tokens(int64_t n_, uint64_t seed)
+        : n(n_), images(static_cast<std::size_t>(n_ * H * W * C)), tokens(static_cast<std::size_t>(n_ * (SEQ + 1))) {
         std::mt19937_64 rng(seed);
         for (auto& v : images) {
             v = static_cast<uint8_t>(rng());
@@ -94,13 +93,9 @@ TEST(Transform, NormalizeAndShiftTokens) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     const image_tokens d(37, seed);
     const ferry::engine eng(FERRY_DEVICE_CPU, std::chrono::milliseconds(0));
-    const auto opts = ferry::iterator_options()
-                          .batch_size(5)
-                          .shuffle()
-                          .seed(seed)
-                          .transforms({ferry::transform::normalize("image", kMean, kStd, FERRY_LAYOUT_CHW,
-                                                                   FERRY_DTYPE_FLOAT32, 0.0),
-                                       ferry::transform::shift_tokens("tokens")});
+    const auto opts = ferry::iterator_options().batch_size(5).shuffle().seed(seed).transforms(
+        {ferry::transform::normalize("image", kMean, kStd, FERRY_LAYOUT_CHW, FERRY_DTYPE_FLOAT32, 0.0),
+         ferry::transform::shift_tokens("tokens")});
     ferry::iterator it(eng, d.src, opts);
     std::multiset<int64_t> seen;
     for (ferry::batch& b : it) {
@@ -157,8 +152,8 @@ TEST(Transform, NormalizeFlipHWC) {
     const image_tokens d(12, seed);
     const ferry::engine eng(FERRY_DEVICE_CPU, std::chrono::milliseconds(0));
     // One mean and std for every channel, and a scale of 1: out = (x - 100) / 50, mirrored.
-    ferry::transform t = ferry::transform::normalize("image", {100.0f}, {50.0f}, FERRY_LAYOUT_HWC,
-                                                     FERRY_DTYPE_FLOAT32, 1.0);
+    ferry::transform t =
+        ferry::transform::normalize("image", {100.0f}, {50.0f}, FERRY_LAYOUT_HWC, FERRY_DTYPE_FLOAT32, 1.0);
     t.scale(1.0f);
     ferry::iterator it(eng, d.src, ferry::iterator_options().batch_size(12).add(t));
     auto b = it.next();
@@ -269,8 +264,8 @@ TEST(Transform, BadTransformThrows) {
          "flip"},
         {"int32 output", base().add(ferry::transform::normalize("image", {}, {}, FERRY_LAYOUT_CHW, FERRY_DTYPE_INT32)),
          "float32"},
-        {"two on one field",
-         base().add(ferry::transform::normalize("image")).add(ferry::transform::normalize("image")), "two transforms"},
+        {"two on one field", base().add(ferry::transform::normalize("image")).add(ferry::transform::normalize("image")),
+         "two transforms"},
         {"shift an image", base().add(ferry::transform::shift_tokens("image")), "ShiftTokens"},
         {"x and y alike", base().add(ferry::transform::shift_tokens("tokens", "t", "t")), "x and y"},
         {"pad a fixed field", base().add(ferry::transform::pad_sequences("tokens")), "PadSequences"},
@@ -285,9 +280,9 @@ TEST(Transform, BadTransformThrows) {
     const ferry::error e = expect_error([] { (void)ferry::transform::normalize("image", {0.1f, 0.2f}, kStd); });
     EXPECT_EQ(e.status(), FERRY_ERR_INVALID_ARGUMENT);
     // The library is still usable: the same engine and source make an iterator with transforms.
-    ferry::iterator it(eng, d.src,
-                       base().add(ferry::transform::normalize("image", kMean, kStd))
-                           .add(ferry::transform::shift_tokens("tokens")));
+    ferry::iterator it(
+        eng, d.src,
+        base().add(ferry::transform::normalize("image", kMean, kStd)).add(ferry::transform::shift_tokens("tokens")));
     auto b = it.next();
     ASSERT_TRUE(b.has_value());
     EXPECT_EQ(b->num_fields(), 3);
@@ -328,7 +323,9 @@ TEST(Transform, ValueType) {
     EXPECT_EQ(c.x_name, nullptr);
 
     const ferry_transform n =
-        ferry::transform::normalize("image", {0.5f}, {}, FERRY_LAYOUT_HWC, FERRY_DTYPE_FLOAT16, 0.25).scale(2.0f).to_c();
+        ferry::transform::normalize("image", {0.5f}, {}, FERRY_LAYOUT_HWC, FERRY_DTYPE_FLOAT16, 0.25)
+            .scale(2.0f)
+            .to_c();
     EXPECT_EQ(n.channels, 1);
     EXPECT_EQ(n.mean[0], 0.5f);
     EXPECT_EQ(n.std[0], 1.0f);

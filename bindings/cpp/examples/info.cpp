@@ -17,15 +17,14 @@ void print_snapshot(const char* what, const ferry_memory_snapshot& s) {
     std::printf("%s (sequence %llu, age %.3f ms%s)\n", what, static_cast<unsigned long long>(s.sequence),
                 static_cast<double>(s.age_ns) / 1e6, (s.flags & FERRY_MEMORY_F_LIVE) ? ", live" : "");
     if (s.flags & FERRY_MEMORY_F_DEVICE) {
-        std::printf("  device %d: %.2f GiB used of %.2f GiB, %.2f GiB free\n", s.device,
-                    gib(s.device_used_bytes), gib(s.device_total_bytes), gib(s.device_free_bytes));
+        std::printf("  device %d: %.2f GiB used of %.2f GiB, %.2f GiB free\n", s.device, gib(s.device_used_bytes),
+                    gib(s.device_total_bytes), gib(s.device_free_bytes));
     }
     if (s.flags & FERRY_MEMORY_F_PROCESS) {
         std::printf("  this process on the device: %.2f GiB\n", gib(s.process_device_bytes));
     }
     if (s.flags & FERRY_MEMORY_F_HOST) {
-        std::printf("  host: %.2f GiB available of %.2f GiB\n", gib(s.host_available_bytes),
-                    gib(s.host_total_bytes));
+        std::printf("  host: %.2f GiB available of %.2f GiB\n", gib(s.host_available_bytes), gib(s.host_total_bytes));
     }
 }
 
@@ -49,12 +48,12 @@ int main(int argc, char** argv) {
         std::printf("%d CUDA device(s)\n", n);
         for (int i = 0; i < n; ++i) {
             const auto p = ferry::device_info(i);
-            std::printf("  [%d] %s, cc %d.%d, %d SMs, %.2f GiB, %s, %s\n", p.index, p.name,
-                        p.compute_capability_major, p.compute_capability_minor, p.multiprocessor_count,
-                        gib(p.total_memory_bytes), p.pci_bus_id, p.uuid_string);
+            std::printf("  [%d] %s, cc %d.%d, %d SMs, %.2f GiB, %s, %s\n", p.index, p.name, p.compute_capability_major,
+                        p.compute_capability_minor, p.multiprocessor_count, gib(p.total_memory_bytes), p.pci_bus_id,
+                        p.uuid_string);
             if (p.flags & FERRY_DEVICE_F_PCIE) {
-                std::printf("      PCIe gen %d x%d (max gen %d x%d)\n", p.pcie_generation_current,
-                            p.pcie_width_current, p.pcie_generation_max, p.pcie_width_max);
+                std::printf("      PCIe gen %d x%d (max gen %d x%d)\n", p.pcie_generation_current, p.pcie_width_current,
+                            p.pcie_generation_max, p.pcie_width_max);
             }
         }
 

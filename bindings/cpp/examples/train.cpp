@@ -188,7 +188,8 @@ double mean_of(const std::vector<double>& v, std::size_t from, std::size_t to) {
     if (from >= to) {
         return NAN;
     }
-    return std::accumulate(v.begin() + static_cast<std::ptrdiff_t>(from), v.begin() + static_cast<std::ptrdiff_t>(to), 0.0) /
+    return std::accumulate(v.begin() + static_cast<std::ptrdiff_t>(from), v.begin() + static_cast<std::ptrdiff_t>(to),
+                           0.0) /
            static_cast<double>(to - from);
 }
 
@@ -237,15 +238,19 @@ int main(int argc, char** argv) {
         ferry::source src = ferry::source::memory(
             train.n, {ferry::field::of<uint8_t>("image", {3, 32, 32}), ferry::field::of<uint8_t>("label")},
             {train.images.data(), train.labels.data()});
-        const auto opts = ferry::iterator_options().batch_size(args.batch).shuffle().seed(args.seed).drop_last().add(
-            ferry::transform::normalize("image", kMean, kStd, FERRY_LAYOUT_CHW, FERRY_DTYPE_FLOAT32, 0.5)
-                .input_layout(FERRY_LAYOUT_CHW));
+        const auto opts =
+            ferry::iterator_options()
+                .batch_size(args.batch)
+                .shuffle()
+                .seed(args.seed)
+                .drop_last()
+                .add(ferry::transform::normalize("image", kMean, kStd, FERRY_LAYOUT_CHW, FERRY_DTYPE_FLOAT32, 0.5)
+                         .input_layout(FERRY_LAYOUT_CHW));
         ferry::iterator it(eng, src, opts);
         const ferry::staging_info staging = it.staging();
         std::printf("train: %lld samples, %lld batches of %lld per epoch, staging %s (%s)\n",
                     static_cast<long long>(train.n), static_cast<long long>(it.size()),
-                    static_cast<long long>(args.batch), staging_name(staging.strategy),
-                    staging.reason.c_str());
+                    static_cast<long long>(args.batch), staging_name(staging.strategy), staging.reason.c_str());
 
         ferry::monitor mon(ferry::monitor_options().start());
         mon.attach("train", it);
@@ -288,8 +293,9 @@ int main(int argc, char** argv) {
                 const torch::Tensor y = to_torch(*b, "label").to(torch::kLong);
                 // Warm up linearly, then a cosine to zero.
                 const double lr = step < warmup ? args.lr * static_cast<double>(step + 1) / static_cast<double>(warmup)
-                                                : 0.5 * args.lr * (1 + std::cos(kPi * static_cast<double>(step - warmup) /
-                                                                                static_cast<double>(total - warmup)));
+                                                : 0.5 * args.lr *
+                                                      (1 + std::cos(kPi * static_cast<double>(step - warmup) /
+                                                                    static_cast<double>(total - warmup)));
                 for (auto& g : opt.param_groups()) {
                     static_cast<torch::optim::SGDOptions&>(g.options()).lr(lr);
                 }

@@ -354,7 +354,7 @@ def lightning_replica(torch: Any, w: Workload, steps_per_trial: int, init_val: i
             "kind": "replica of Lightning's binsearch (lightning not importable)"}
 
 
-# --- (d) training at ferry's size --------------------------------------------------------------------------------------
+# --- (d) training at ferry's size -------------------------------------------------------------------------------------
 
 
 def train(torch: Any, w: Workload, b: int, steps: int) -> Dict[str, Any]:
@@ -397,8 +397,9 @@ def _table(res: Dict[str, Any]) -> str:
     rows = ["| method | trials | seconds | chosen size | % of true max | OOM during search |",
             "|---|---:|---:|---:|---:|---|"]
     ex = res["exhaustive"]
+    ex_ooms = sum(1 for _, ok in ex["steps"] if not ok)
     rows.append(f"| exhaustive search (doubling, then binary at multiples of 8) | {ex['trials']} | {ex['seconds']:.1f} "
-                f"| {true}{' (capped)' if ex['capped'] else ''} | 100% | {sum(1 for _, ok in ex['steps'] if not ok)} trials |")
+                f"| {true}{' (capped)' if ex['capped'] else ''} | 100% | {ex_ooms} trials |")
     for fb in res["ferry"]:
         rows.append(f"| ferry.AutoBatch (headroom {fb['headroom']:g}) | {fb['trials']} | {fb['seconds']:.1f} "
                     f"| {fb['batch_size']} | {pct(fb['batch_size'])} | {'yes' if fb['probe_oom'] else 'no'} |")

@@ -108,7 +108,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     def row(name: str, seconds: float, note: str) -> None:
         rows.append({"name": name, "us": seconds * 1e6, "GB_per_s": moved / seconds / 1e9, "note": note})
 
-    row("ferry kernel (ferry_image_f16_chw)", time_op(ferry_op, args.iters, args.reps), "one launch, tiled, 16-byte loads/stores")
+    row("ferry kernel (ferry_image_f16_chw)", time_op(ferry_op, args.iters, args.reps),
+        "one launch, tiled, 16-byte loads/stores")
     row("torch eager", time_op(lambda: eager(x), args.iters, args.reps), "permute, float, /255, -mean, /std, half")
     if not args.no_compile:
         compiled = torch.compile(eager)

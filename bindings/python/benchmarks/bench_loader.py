@@ -166,7 +166,7 @@ class TimmPrefetcher:
 
     def __iter__(self):
         stream = torch.cuda.Stream(self.device)
-        first = True
+        first, cur = True, None
         for (x,) in self.loader:
             with torch.cuda.stream(stream):
                 next_x = x.to(self.device, non_blocking=True)
@@ -226,12 +226,12 @@ def bench_images(args: argparse.Namespace, gpu: bool) -> List[Dict[str, Any]]:
     for workers in args.torch_workers:
         dl = torch_dataloader(images_t, args.batch, workers, pin=gpu)
         consume = (lambda b: b[0].to(dev, non_blocking=True)) if gpu else (lambda b: None)
-        r = run_epochs(lambda: dl, args.epochs, consume)
+        r = run_epochs(lambda dl=dl: dl, args.epochs, consume)
         rows.append(image_row(f"torch DataLoader, {workers} workers", r, args.n, sample_bytes,
                               "pin_memory, .cuda(non_blocking=True)" if gpu else "CPU"))
         if gpu:
             norm = torch_normalize(dev)
-            r = run_epochs(lambda: dl, args.epochs, lambda b: norm(b[0]))
+            r = run_epochs(lambda dl=dl: dl, args.epochs, lambda b, norm=norm: norm(b[0]))
             rows.append(image_row(f"torch DataLoader, {workers} workers, + GPU normalize and flip", r, args.n,
                                   sample_bytes, "pin_memory, non_blocking, then permute/float/flip/normalize/half"))
         del dl
@@ -293,9 +293,10 @@ def bench_tokens(args: argparse.Namespace, gpu: bool) -> List[Dict[str, Any]]:
 
             t = time_steps(ferry_step, args.token_batches)
         src.close()
-        rows.append({"name": f"tokens: ferry TokenSource, {used} staging", "M_tokens_per_s": B * T * args.token_batches / t / 1e6,
-                     "seconds": t, "note": f"windows of {T}+1 uint16 cross; int64 x and y [{B}, {T}] made on the device; "
-                                           f"random offsets, {count >> 20} M tokens"})
+        rows.append({"name": f"tokens: ferry TokenSource, {used} staging",
+                     "M_tokens_per_s": B * T * args.token_batches / t / 1e6, "seconds": t,
+                     "note": f"windows of {T}+1 uint16 cross; int64 x and y [{B}, {T}] made on the device; "
+                             f"random offsets, {count >> 20} M tokens"})
         if torch is not None and np is not None:
             data = np.memmap(path, dtype=np.uint16, mode="r")
             dev = torch.device("cuda", 0) if gpu else torch.device("cpu")
@@ -331,7 +332,7 @@ def time_steps(step: Callable[[], None], n: int) -> float:
 def table(rows: List[Dict[str, Any]]) -> str:
     lines = ["| what | GB/s | images/s | M tokens/s | % of ideal | note |", "|---|---:|---:|---:|---:|---|"]
     for r in rows:
-        def f(key: str, fmt: str) -> str:
+        def f(key: str, fmt: str, r: Dict[str, Any] = r) -> str:
             return format(r[key], fmt) if key in r else ""
         lines.append(f"| {r['name']} | {f('GB_per_s', '.2f')} | {f('images_per_s', ',.0f')} | "
                      f"{f('M_tokens_per_s', '.1f')} | {f('percent_of_ideal', '.1f')} | {r.get('note', '')} |")

@@ -66,7 +66,7 @@ def per_call(fn: Callable[[float], None], calls: int, reps: int) -> float:
     out = []
     for _ in range(reps):
         t0 = time.perf_counter_ns()
-        for i in range(calls):
+        for _ in range(calls):
             fn(0.5)
         out.append((time.perf_counter_ns() - t0) / calls)
     return statistics.median(out)

@@ -9,9 +9,13 @@ Every function and method may be called from any thread. Failures raise :class:`
 subclasses, one per library status.
 """
 
-from ._device import DeviceInfo, SystemInfo, device_count, device_info, devices, system_info, version
-from ._engine import CPU, Engine, MemorySnapshot, Pressure
 from . import _errors, _sources
+from ._advisor import AdvisorFit, BatchSizeAdvisor, torch_min_reduce
+from ._autobatch import AutoBatch
+from ._dataloader import Loader, OptimizedDataLoader, PrefetchLoader
+from ._device import DeviceInfo, SystemInfo, device_count, device_info, devices, system_info, version
+from ._dlpack import DLPackField
+from ._engine import CPU, Engine, MemorySnapshot, Pressure
 from ._errors import (
     ClosedError,
     CudaError,
@@ -30,10 +34,10 @@ from ._errors import (
     UnsupportedError,
     status_name,
 )
+from ._iterator import Batch, Iterator
 from ._lib import LibraryNotFoundError, library_path
 from ._memory import MemoryManager, OptimizeResult
-from ._advisor import AdvisorFit, BatchSizeAdvisor, torch_min_reduce
-from ._autobatch import AutoBatch
+from ._monitor import PerformanceMonitor
 from ._sources import (
     ArraySource,
     CallbackSource,
@@ -45,11 +49,7 @@ from ._sources import (
     Source,
     TokenSource,
 )
-from ._dlpack import DLPackField
 from ._transforms import Normalize, PadSequences, ShiftTokens, Transform
-from ._iterator import Batch, Iterator
-from ._dataloader import Loader, OptimizedDataLoader, PrefetchLoader
-from ._monitor import PerformanceMonitor
 
 __version__ = "0.1.0"
 

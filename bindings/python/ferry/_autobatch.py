@@ -5,8 +5,9 @@ The probe plan (deterministic):
 
 1. **Probes.** One full training step at each of ``probes`` (8 and 16 by default), each measured as
    ``torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); step_fn(b); torch.cuda.synchronize()``
-   and ``torch.cuda.max_memory_allocated()``, from an empty cache (``torch.cuda.empty_cache()`` first). A probe that runs out of memory is reported to the advisor
-   (``report_oom``) and the next sizes are halved below it until two distinct sizes have run.
+   and ``torch.cuda.max_memory_allocated()``, from an empty cache (``torch.cuda.empty_cache()`` first). A probe
+   that runs out of memory is reported to the advisor (``report_oom``) and the next sizes are halved below it
+   until two distinct sizes have run.
 2. **Refinement.** The advisor fits ``peak = fixed + per_sample × batch`` and recommends a size against the
    budget; one more step at about half of that size (rounded down to the multiple) lengthens the lever of
    the line. That size is predicted to fit with a factor of two to spare, so it is never a size the model
@@ -170,7 +171,8 @@ class AutoBatch:
         if measure is not None and self._given_budget is None:
             raise _invalid("AutoBatch(measure=...) needs budget_bytes: without torch there is no device to ask")
         self.measure = measure
-        self._frag_override = None if fragmentation_bytes is None else _as_int(fragmentation_bytes, "fragmentation_bytes")
+        self._frag_override = (None if fragmentation_bytes is None
+                               else _as_int(fragmentation_bytes, "fragmentation_bytes"))
         if self._frag_override is not None and self._frag_override < 0:
             raise _invalid(f"fragmentation_bytes must be >= 0, got {self._frag_override}")
         self.verify = bool(verify)
@@ -200,7 +202,8 @@ class AutoBatch:
         try:
             import torch
         except ImportError:
-            raise ImportError("AutoBatch measures with torch.cuda; without torch pass measure= and budget_bytes=") from None
+            raise ImportError("AutoBatch measures with torch.cuda; "
+                              "without torch pass measure= and budget_bytes=") from None
         if not torch.cuda.is_available():
             raise _invalid("torch.cuda is not available: pass measure= and budget_bytes= to run without a GPU")
         return torch
@@ -346,7 +349,8 @@ class AutoBatch:
             try:
                 r = self._recommend()
             except InvalidArgumentError as exc:
-                self.notes.append(f"no recommendation after the refinement ({exc.message}); the largest safe size is used")
+                self.notes.append(f"no recommendation after the refinement ({exc.message}); "
+                                  "the largest safe size is used")
                 return self._reduced(self._largest_safe())
             if peak is None:
                 break

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import re
 from ctypes import byref
-from typing import Any, Dict, Iterator as TypingIterator, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Iterator as TypingIterator
 
 from . import _lib
 from ._device import device_count

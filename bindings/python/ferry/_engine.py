@@ -5,14 +5,13 @@ from __future__ import annotations
 import ctypes
 import enum
 import struct
-
 from ctypes import byref, c_int32
 from dataclasses import dataclass
 from typing import Optional, Union
 
 from . import _lib
-from ._handle import _Owner
 from ._errors import Status, _as_int32, _as_uint32, _check, _closed, _error
+from ._handle import _Owner
 
 __all__ = ["CPU", "Engine", "MemorySnapshot", "Pressure"]
 
@@ -104,7 +103,8 @@ class MemorySnapshot:
 # one unpack of its bytes: much cheaper than reading 22 ctypes fields one by one.
 _STRUCT_NAMES = tuple(name for name, _ in _lib.MemorySnapshotStruct._fields_)
 _unpack_struct = struct.Struct(
-    "=" + "".join({ctypes.c_uint32: "I", ctypes.c_int32: "i", ctypes.c_uint64: "Q"}[t] for _, t in _lib.MemorySnapshotStruct._fields_)
+    "=" + "".join({ctypes.c_uint32: "I", ctypes.c_int32: "i", ctypes.c_uint64: "Q"}[t]
+                  for _, t in _lib.MemorySnapshotStruct._fields_)
 ).unpack_from
 _LEVELS = {int(p): p for p in Pressure}
 

@@ -17,9 +17,19 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 from . import _lib
 from ._dlpack import DLPackField, _field_from_batch
 from ._engine import Engine
+from ._errors import (
+    FerryIOError,
+    InternalError,
+    Status,
+    _as_int,
+    _as_int32,
+    _as_uint32,
+    _check,
+    _closed,
+    _error,
+    _invalid,
+)
 from ._handle import _Owner
-from ._errors import (FerryIOError, InternalError, Status, _as_int, _as_int32, _as_uint32, _check, _closed, _error,
-                      _invalid)
 from ._sources import Source, _format_exception
 from ._transforms import STAGING_NAMES, Transform, staging_code, transform_array
 

@@ -19,9 +19,9 @@ import ctypes.util
 import os
 import threading
 from ctypes import (
+    CFUNCTYPE,
     POINTER,
     Structure,
-    CFUNCTYPE,
     c_char,
     c_char_p,
     c_double,
@@ -29,7 +29,6 @@ from ctypes import (
     c_int,
     c_int32,
     c_int64,
-    c_size_t,
     c_uint8,
     c_uint16,
     c_uint32,

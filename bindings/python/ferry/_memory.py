@@ -359,8 +359,9 @@ class MemoryManager:
         The batch size is the attached advisor's recommendation when it has one; else the seed's formula
         (:meth:`calculate_optimal_batch_size`) applied to the metric's reading before the call (the memory
         that raised the pressure) against the warn threshold (the critical one when only that is set), when
-        ``current_batch_size`` is given and that reading is above the threshold (a manager never grows the batch from a proportion: memory is not
-        proportional to the batch); else ``current_batch_size`` unchanged (None when not given). The full
+        ``current_batch_size`` is given and that reading is above the threshold (a manager never grows the
+        batch from a proportion: memory is not proportional to the batch); else ``current_batch_size``
+        unchanged (None when not given). The full
         :class:`OptimizeResult` is kept in :attr:`last_optimize`.
 
         Call it from the training loop's thread: the callbacks run on the calling thread.

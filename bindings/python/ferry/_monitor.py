@@ -83,8 +83,9 @@ class _Buffer:
 
 class PerformanceMonitor(_Owner):
     """Metrics for a training program: ``mon.log_metric("loss", loss)`` at about half the cost of one
-    ctypes call (the value is buffered in Python), exact summaries (count, mean, min, max, std) and streaming quantiles (p50, p90, p99, p999 within
-    ``sketch_accuracy``), time series, GPU/host/pipeline samplers, and reports as JSON, HTML or Prometheus.
+    ctypes call (the value is buffered in Python), exact summaries (count, mean, min, max, std) and streaming
+    quantiles (p50, p90, p99, p999 within ``sketch_accuracy``), time series, GPU/host/pipeline samplers, and
+    reports as JSON, HTML or Prometheus.
 
     Sampler intervals are in seconds; None turns that sampler off and 0 picks the library's default.
     ``gpu_interval`` is how often NVML samples every GPU (at least 0.01), ``pcie_interval`` the PCIe

@@ -17,13 +17,12 @@ import os
 import sys
 import threading
 import traceback
-
 from ctypes import byref, c_char_p, c_int32, c_int64, c_void_p
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from . import _lib
-from ._handle import _Owner
 from ._errors import _as_int, _check, _invalid
+from ._handle import _Owner
 
 __all__ = [
     "Source",
@@ -98,7 +97,8 @@ def dtype_name(dtype: Any, what: str = "dtype") -> str:
         s = dtype
     elif hasattr(dtype, "str") and hasattr(dtype, "name") and hasattr(dtype, "itemsize"):  # numpy dtype
         s = dtype.name if dtype.str[1:2] == "V" else dtype.str  # "V": e.g. ml_dtypes' bfloat16
-    elif isinstance(dtype, type) and hasattr(dtype, "__module__") and dtype.__module__.startswith(("numpy", "ml_dtypes")):
+    elif (isinstance(dtype, type) and hasattr(dtype, "__module__")
+          and dtype.__module__.startswith(("numpy", "ml_dtypes"))):
         s = dtype.__name__
     elif type(dtype).__module__ == "torch":  # torch.dtype: str() is "torch.float32"
         s = str(dtype)

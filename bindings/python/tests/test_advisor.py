@@ -103,7 +103,7 @@ def test_noisy_curves_stay_on_the_safe_side():
         per = rng.randrange(20 * MiB, 200 * MiB)
         noise = rng.uniform(0.0, 0.03)
 
-        def peak(b):  # the measured peak: the true curve plus noise of either sign
+        def peak(b, fixed=fixed, per=per, noise=noise):  # the measured peak: the true curve plus noise of either sign
             return int((fixed + per * b) * (1 + rng.uniform(-noise, noise)))
 
         budget = 80 * GiB
@@ -121,7 +121,7 @@ def test_noisy_curves_stay_on_the_safe_side():
             assert fit.predict(got) <= budget * (1 + 1e-9), seed
             # the largest residual is exactly the largest excess of an observation over the line
             line = [(fit.fixed_bytes + fit.per_sample_bytes * b) for b, _ in obs]
-            assert fit.max_residual_bytes == pytest.approx(max(0.0, max(p - l for (_, p), l in zip(obs, line))),
+            assert fit.max_residual_bytes == pytest.approx(max(0.0, max(p - y for (_, p), y in zip(obs, line))),
                                                            rel=1e-6, abs=4096)
 
 

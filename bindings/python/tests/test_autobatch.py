@@ -58,7 +58,7 @@ def test_linear_curves_land_within_5_percent_and_never_above():
         fixed = rng.randrange(200 * MiB, 8 * GiB)
         per = rng.randrange(5 * MiB, 200 * MiB)
         budget = rng.choice([16, 24, 40, 80]) * GiB
-        dev = Device(lambda b: fixed + per * b, budget)
+        dev = Device(lambda b, fixed=fixed, per=per: fixed + per * b, budget)
         limit = dev.limit()
         if limit < 160:  # below that, rounding down to a multiple of 8 alone may cost more than 5%
             continue
@@ -102,7 +102,7 @@ def test_never_probes_a_size_the_model_predicts_would_not_fit():
         fixed = rng.randrange(GiB, 6 * GiB)
         per = rng.randrange(10 * MiB, 150 * MiB)
         budget = 80 * GiB
-        dev = Device(lambda b: fixed + per * b, budget)
+        dev = Device(lambda b, fixed=fixed, per=per: fixed + per * b, budget)
         ab, size = _run(dev, headroom=0.05)
         usable = 0.95 * budget
         for t in ab.trials:
@@ -118,7 +118,8 @@ def test_noisy_curves_never_exceed_the_limit():
         budget = 80 * GiB
         jitter = {}
 
-        def curve(b):  # noise that is fixed per size, as a repeated step would show
+        # noise that is fixed per size, as a repeated step would show
+        def curve(b, fixed=fixed, per=per, noise=noise, jitter=jitter):
             if b not in jitter:
                 jitter[b] = rng.uniform(-noise, noise)
             return (fixed + per * b) * (1 + jitter[b])
@@ -141,7 +142,7 @@ def test_convex_curves_never_exceed_the_limit():
         budget = 80 * GiB
         # up to 30% more memory per sample at the linear limit than the slope at b = 0 says
         quad = rng.uniform(0.0, 0.3) * per / ((budget - fixed) / per)
-        dev = Device(lambda b: fixed + per * b + quad * b * b, budget)
+        dev = Device(lambda b, fixed=fixed, per=per, quad=quad: fixed + per * b + quad * b * b, budget)
         limit = dev.limit()
         ab, size = _run(dev, headroom=0.0)
         assert 0 < size <= limit, (seed, size, limit)

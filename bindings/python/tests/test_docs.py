@@ -94,7 +94,8 @@ def _run(cmd: List[str], cwd: Path, timeout: float, what: str) -> None:
     paths = [str(Path(ferry.__file__).parents[1]), env.get("PYTHONPATH", "")]  # the ferry under test first
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"{what} exited {r.returncode}\n--- stdout\n{r.stdout[-4000:]}\n--- stderr\n{r.stderr[-4000:]}"
+    assert r.returncode == 0, (f"{what} exited {r.returncode}\n--- stdout\n{r.stdout[-4000:]}"
+                               f"\n--- stderr\n{r.stderr[-4000:]}")
 
 
 def _run_python(s: Snippet, tmp: Path) -> None:
@@ -151,7 +152,8 @@ def _build_with_libtorch(s: Snippet, tmp: Path, lib: Path) -> None:
     build = tmp / "build"
     _run([cmake, "-S", str(tmp), "-B", str(build), f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
           "-DCMAKE_BUILD_TYPE=Release"], tmp, 600, f"configuring the libtorch block at {s}")
-    _run([cmake, "--build", str(build), "-j", str(os.cpu_count() or 2)], tmp, 900, f"building the libtorch block at {s}")
+    _run([cmake, "--build", str(build), "-j", str(os.cpu_count() or 2)], tmp, 900,
+         f"building the libtorch block at {s}")
     shutil.copy(build / "snippet", tmp / "snippet")
 
 

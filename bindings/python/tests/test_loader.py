@@ -18,7 +18,6 @@ from conftest import PACKAGE_ROOT
 from loader_helpers import TIMEOUT_MS, fresh_rng, rows
 
 
-
 def _pos(state):
     """The exact-resume part of a state dict (it also carries the offset, the global position and the
     world size, checked in test_elastic.py)."""

@@ -15,9 +15,6 @@ import ferry
 from conftest import PACKAGE_ROOT
 from loader_helpers import TIMEOUT_MS, fresh_rng
 
-
-
-
 # Runs in a subprocess: a process can use one driver path, read at its first GPU call.
 _FAKE_GPU_SCRIPT = r"""
 import array, ctypes, json, sys
@@ -71,7 +68,8 @@ with ferry.Loader(arrays, bs, shuffle=True, seed=seed, prefetch=2, output="dlpac
     got = []
     for batch in loader:
         got.append((array.array("q", read(batch["idx"])).tolist(), read(batch["data"]), batch["data"].device))
-    res["loop_ok"] = all(d == (_lib.kDLCUDA, 0) and raw == b"".join(bytes(data[i * payload:(i + 1) * payload]) for i in idx)
+    res["loop_ok"] = all(d == (_lib.kDLCUDA, 0)
+                         and raw == b"".join(bytes(data[i * payload:(i + 1) * payload]) for i in idx)
                          for idx, raw, d in got)
     res["loop_count"] = sum(len(i) for i, _, _ in got)
 try:
@@ -155,7 +153,7 @@ def test_torch_loader_on_a_side_stream(torch_cuda):
     i = torch.arange(n, dtype=torch.int32)
     side = torch.cuda.Stream(0)
     with ferry.Loader({"x": x, "i": i}, 50, shuffle=True, seed=3, device="cuda:0", timeout_ms=TIMEOUT_MS) as loader:
-        for epoch in range(2):
+        for _epoch in range(2):
             seen = 0
             with torch.cuda.stream(side):
                 for batch in loader:

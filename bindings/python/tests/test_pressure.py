@@ -418,8 +418,8 @@ with ferry.MemoryManager(threshold_mb=5 * 1024) as mm:
     if allocated_mb > mm.threshold_mb:
         batch = mm.optimize_memory(current_batch_size=batch)
     r = mm.last_optimize
-    res["flow"] = [batch, cuda.calls, list(order), r.source, int(r.level_before), int(r.level_after), r.callbacks_called,
-                   r.current_bytes]
+    res["flow"] = [batch, cuda.calls, list(order), r.source, int(r.level_before), int(r.level_after),
+                   r.callbacks_called, r.current_bytes]
     # without a batch size, nothing to compute
     res["flow_no_batch"] = [mm.optimize_memory(), cuda.calls]
 

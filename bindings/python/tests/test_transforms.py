@@ -262,7 +262,7 @@ def test_staging_is_gather_on_the_cpu(engine, staging):
         name, why = it.staging
         assert name == "gather" and why
     with pytest.raises(ferry.ClosedError):
-        it.staging
+        _ = it.staging
 
 
 # --- bad input ------------------------------------------------------------------------------------------

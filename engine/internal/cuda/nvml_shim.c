@@ -141,7 +141,9 @@ nvmlReturn_t ferry_nvml_temperature(nvmlDevice_t dev, unsigned int* celsius) {
     return OPTIONAL(temperature, dev, 0 /* NVML_TEMPERATURE_GPU */, celsius);
 }
 nvmlReturn_t ferry_nvml_power(nvmlDevice_t dev, unsigned int* milliwatts) { return OPTIONAL(power, dev, milliwatts); }
-nvmlReturn_t ferry_nvml_clock(nvmlDevice_t dev, int clock, unsigned int* mhz) { return OPTIONAL(clock, dev, clock, mhz); }
+nvmlReturn_t ferry_nvml_clock(nvmlDevice_t dev, int clock, unsigned int* mhz) {
+    return OPTIONAL(clock, dev, clock, mhz);
+}
 nvmlReturn_t ferry_nvml_throttle_reasons(nvmlDevice_t dev, unsigned long long* reasons) {
     return OPTIONAL(throttle, dev, reasons);
 }

@@ -78,10 +78,10 @@ int ferry_cu_load(const char* path, char* err, size_t errlen) {
         }
         handle = h;
     }
-#define RESOLVE(field, name, fallback)                                                   \
-    if (resolve((void**)&cu.field, name, fallback, err, errlen) != 0) {                  \
-        memset(&cu, 0, sizeof cu);                                                       \
-        return FERRY_CU_LOAD_SYMBOL_MISSING;                                             \
+#define RESOLVE(field, name, fallback)                                  \
+    if (resolve((void**)&cu.field, name, fallback, err, errlen) != 0) { \
+        memset(&cu, 0, sizeof cu);                                      \
+        return FERRY_CU_LOAD_SYMBOL_MISSING;                            \
     }
     RESOLVE(init, "cuInit", NULL);
     RESOLVE(driver_get_version, "cuDriverGetVersion", NULL);
@@ -178,20 +178,20 @@ CUresult ferry_cu_primary_ctx_release(CUdevice dev) { return CALL(primary_ctx_re
  * already current (a thread where PyTorch or the caller works on this device), it skips the push and pop,
  * which cost about a microsecond together.
  */
-#define WITH_CONTEXT(ctx, body)                                                  \
-    do {                                                                         \
-        CUcontext cur_ = NULL;                                                   \
-        CUresult r_ = CALL(ctx_get_current, &cur_);                              \
-        if (r_ != 0) return r_;                                                  \
-        if (cur_ == (ctx)) {                                                     \
-            return (body);                                                       \
-        }                                                                        \
-        r_ = cu.ctx_push_current(ctx);                                           \
-        if (r_ != 0) return r_;                                                  \
-        CUresult b_ = (body);                                                    \
-        CUcontext popped_;                                                       \
-        CUresult p_ = cu.ctx_pop_current(&popped_);                              \
-        return b_ != 0 ? b_ : p_;                                                \
+#define WITH_CONTEXT(ctx, body)                     \
+    do {                                            \
+        CUcontext cur_ = NULL;                      \
+        CUresult r_ = CALL(ctx_get_current, &cur_); \
+        if (r_ != 0) return r_;                     \
+        if (cur_ == (ctx)) {                        \
+            return (body);                          \
+        }                                           \
+        r_ = cu.ctx_push_current(ctx);              \
+        if (r_ != 0) return r_;                     \
+        CUresult b_ = (body);                       \
+        CUcontext popped_;                          \
+        CUresult p_ = cu.ctx_pop_current(&popped_); \
+        return b_ != 0 ? b_ : p_;                   \
     } while (0)
 
 CUresult ferry_cu_mem_get_info(CUcontext ctx, size_t* free_bytes, size_t* total_bytes) {
@@ -262,8 +262,8 @@ static CUresult htod_gather(CUdeviceptr dst, uintptr_t src, const uint64_t* offs
     return 0;
 }
 
-CUresult ferry_cu_memcpy_htod_gather(CUcontext ctx, CUdeviceptr dst, uintptr_t src, const uint64_t* offsets,
-                                     int count, size_t bytes, uintptr_t s) {
+CUresult ferry_cu_memcpy_htod_gather(CUcontext ctx, CUdeviceptr dst, uintptr_t src, const uint64_t* offsets, int count,
+                                     size_t bytes, uintptr_t s) {
     if (cu.memcpy_htod_async == NULL) return CU_NOT_INITIALIZED;
     WITH_CONTEXT(ctx, htod_gather(dst, src, offsets, count, bytes, STREAM(s)));
 }
@@ -280,7 +280,8 @@ CUresult ferry_cu_module_get_function(CUcontext ctx, uintptr_t* f, uintptr_t m, 
     WITH_CONTEXT(ctx, (r = cu.module_get_function(&fn, (CUmodule)m, name), *f = (uintptr_t)fn, r));
 }
 
-static CUresult launch(uintptr_t f, unsigned int gx, unsigned int gy, unsigned int bx, uintptr_t s, const void* params) {
+static CUresult launch(uintptr_t f, unsigned int gx, unsigned int gy, unsigned int bx, uintptr_t s,
+                       const void* params) {
     void* args[1] = {(void*)params};
     return cu.launch_kernel((CUfunction)f, gx, gy, 1, bx, 1, 1, 0, STREAM(s), args, NULL);
 }

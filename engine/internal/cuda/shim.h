@@ -88,8 +88,8 @@ CUresult ferry_cu_mem_host_unregister(CUcontext ctx, uintptr_t p);
 /* The device address of registered or page-locked host memory. */
 CUresult ferry_cu_mem_host_get_device_pointer(CUcontext ctx, CUdeviceptr* d, uintptr_t p);
 /* One cuMemcpyHtoDAsync per sample: count copies of bytes each, from src + offsets[i] to dst + i*bytes. */
-CUresult ferry_cu_memcpy_htod_gather(CUcontext ctx, CUdeviceptr dst, uintptr_t src, const uint64_t* offsets,
-                                     int count, size_t bytes, uintptr_t s);
+CUresult ferry_cu_memcpy_htod_gather(CUcontext ctx, CUdeviceptr dst, uintptr_t src, const uint64_t* offsets, int count,
+                                     size_t bytes, uintptr_t s);
 
 /* Modules and kernels. */
 CUresult ferry_cu_module_load_data(CUcontext ctx, uintptr_t* m, const void* image);

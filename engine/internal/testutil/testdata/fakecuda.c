@@ -39,23 +39,38 @@ CUcontext fakecuda_current(void) { return depth > 0 ? stack[depth - 1] : NULL; }
 int fakecuda_retained(void) { return retained; }
 
 CUresult cuInit(unsigned flags) { return flags == 0 ? 0 : 1; }
-CUresult cuDriverGetVersion(int* v) { *v = 13000; return 0; }
+CUresult cuDriverGetVersion(int* v) {
+    *v = 13000;
+    return 0;
+}
 CUresult cuGetErrorName(CUresult r, const char** s) {
-    *s = r == 201 ? "CUDA_ERROR_INVALID_CONTEXT" : r == 101 ? "CUDA_ERROR_INVALID_DEVICE"
-       : r == 2 ? "CUDA_ERROR_OUT_OF_MEMORY" : r == 400 ? "CUDA_ERROR_INVALID_HANDLE"
-       : r == 209 ? "CUDA_ERROR_NO_BINARY_FOR_GPU" : r == 712 ? "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED"
-       : r == 1 ? "CUDA_ERROR_INVALID_VALUE" : r == 600 ? "CUDA_ERROR_NOT_READY" : "CUDA_ERROR_UNKNOWN";
+    *s = r == 201   ? "CUDA_ERROR_INVALID_CONTEXT"
+         : r == 101 ? "CUDA_ERROR_INVALID_DEVICE"
+         : r == 2   ? "CUDA_ERROR_OUT_OF_MEMORY"
+         : r == 400 ? "CUDA_ERROR_INVALID_HANDLE"
+         : r == 209 ? "CUDA_ERROR_NO_BINARY_FOR_GPU"
+         : r == 712 ? "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED"
+         : r == 1   ? "CUDA_ERROR_INVALID_VALUE"
+         : r == 600 ? "CUDA_ERROR_NOT_READY"
+                    : "CUDA_ERROR_UNKNOWN";
     return 0;
 }
 CUresult cuGetErrorString(CUresult r, const char** s) {
-    *s = r == 201 ? "invalid device context" : r == 101 ? "invalid device ordinal"
-       : r == 2 ? "out of memory" : r == 400 ? "invalid resource handle"
-       : r == 209 ? "no kernel image is available for execution on the device"
-       : r == 712 ? "part or all of the requested memory range is already mapped"
-       : r == 1 ? "invalid argument" : r == 600 ? "device not ready" : "unknown error";
+    *s = r == 201   ? "invalid device context"
+         : r == 101 ? "invalid device ordinal"
+         : r == 2   ? "out of memory"
+         : r == 400 ? "invalid resource handle"
+         : r == 209 ? "no kernel image is available for execution on the device"
+         : r == 712 ? "part or all of the requested memory range is already mapped"
+         : r == 1   ? "invalid argument"
+         : r == 600 ? "device not ready"
+                    : "unknown error";
     return 0;
 }
-CUresult cuDeviceGetCount(int* n) { *n = 1; return 0; }
+CUresult cuDeviceGetCount(int* n) {
+    *n = 1;
+    return 0;
+}
 CUresult cuDeviceGet(CUdevice* d, int ordinal) {
     if (ordinal != 0) return 101;
     *d = 0;
@@ -76,7 +91,11 @@ CUresult cuDeviceGetPCIBusId(char* id, int len, CUdevice d) {
     strncpy(id, "0000:1B:00.0", (size_t)len);
     return 0;
 }
-CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice d) { (void)d; *bytes = (size_t)80 << 30; return 0; }
+CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice d) {
+    (void)d;
+    *bytes = (size_t)80 << 30;
+    return 0;
+}
 CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice d) {
     (void)d;
     switch (attr) {
@@ -91,8 +110,17 @@ CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice d) {
     }
     return 1; /* CUDA_ERROR_INVALID_VALUE */
 }
-CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice d) { (void)d; retained++; *c = &primary; return 0; }
-CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d) { (void)d; retained--; return 0; }
+CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice d) {
+    (void)d;
+    retained++;
+    *c = &primary;
+    return 0;
+}
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d) {
+    (void)d;
+    retained--;
+    return 0;
+}
 CUresult cuCtxPushCurrent_v2(CUcontext c) {
     if (depth == 8) return 1;
     stack[depth++] = c;
@@ -103,7 +131,10 @@ CUresult cuCtxPopCurrent_v2(CUcontext* c) {
     *c = stack[--depth];
     return 0;
 }
-CUresult cuCtxGetCurrent(CUcontext* c) { *c = fakecuda_current(); return 0; }
+CUresult cuCtxGetCurrent(CUcontext* c) {
+    *c = fakecuda_current();
+    return 0;
+}
 static int env_is(const char* name) {
     const char* v = getenv(name);
     return v != NULL && strcmp(v, "1") == 0;
@@ -129,8 +160,7 @@ static object* objects[MAX_OBJECTS];
 static atomic_flag objects_lock = ATOMIC_FLAG_INIT;
 
 static void lock_objects(void) {
-    while (atomic_flag_test_and_set_explicit(&objects_lock, memory_order_acquire)) {
-    }
+    while (atomic_flag_test_and_set_explicit(&objects_lock, memory_order_acquire)) {}
 }
 static void unlock_objects(void) { atomic_flag_clear_explicit(&objects_lock, memory_order_release); }
 
@@ -209,7 +239,11 @@ CUresult cuMemHostAlloc(void** p, size_t n, unsigned flags) {
     *p = malloc(n ? n : 1);
     return *p ? 0 : 2;
 }
-CUresult cuMemFreeHost(void* p) { NEED_CONTEXT(); free(p); return 0; }
+CUresult cuMemFreeHost(void* p) {
+    NEED_CONTEXT();
+    free(p);
+    return 0;
+}
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) {
     NEED_CONTEXT();
     if (env_is("FAKECUDA_FAIL_ALLOC")) return 2;
@@ -217,9 +251,21 @@ CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) {
     *p = (CUdeviceptr)(size_t)m;
     return m ? 0 : 2;
 }
-CUresult cuMemFree_v2(CUdeviceptr p) { NEED_CONTEXT(); free((void*)(size_t)p); return 0; }
-CUresult cuMemsetD8_v2(CUdeviceptr p, unsigned char v, size_t n) { NEED_CONTEXT(); memset((void*)(size_t)p, v, n); return 0; }
-CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) { NEED_CONTEXT(); memcpy(dst, (void*)(size_t)src, n); return 0; }
+CUresult cuMemFree_v2(CUdeviceptr p) {
+    NEED_CONTEXT();
+    free((void*)(size_t)p);
+    return 0;
+}
+CUresult cuMemsetD8_v2(CUdeviceptr p, unsigned char v, size_t n) {
+    NEED_CONTEXT();
+    memset((void*)(size_t)p, v, n);
+    return 0;
+}
+CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
+    NEED_CONTEXT();
+    memcpy(dst, (void*)(size_t)src, n);
+    return 0;
+}
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, void* s) {
     NEED_CONTEXT();
     object* o;
@@ -234,8 +280,15 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, void* 
     memcpy((void*)(size_t)dst, src, n);
     return 0;
 }
-CUresult cuStreamCreate(void** s, unsigned flags) { NEED_CONTEXT(); (void)flags; return create(STREAM, s); }
-CUresult cuStreamDestroy_v2(void* s) { NEED_CONTEXT(); return destroy(s, STREAM); }
+CUresult cuStreamCreate(void** s, unsigned flags) {
+    NEED_CONTEXT();
+    (void)flags;
+    return create(STREAM, s);
+}
+CUresult cuStreamDestroy_v2(void* s) {
+    NEED_CONTEXT();
+    return destroy(s, STREAM);
+}
 CUresult cuStreamQuery(void* s) {
     NEED_CONTEXT();
     object* o;
@@ -257,8 +310,15 @@ CUresult cuStreamWaitEvent(void* s, void* e, unsigned flags) {
     unlock_objects();
     return r;
 }
-CUresult cuEventCreate(void** e, unsigned flags) { NEED_CONTEXT(); (void)flags; return create(EVENT, e); }
-CUresult cuEventDestroy_v2(void* e) { NEED_CONTEXT(); return destroy(e, EVENT); }
+CUresult cuEventCreate(void** e, unsigned flags) {
+    NEED_CONTEXT();
+    (void)flags;
+    return create(EVENT, e);
+}
+CUresult cuEventDestroy_v2(void* e) {
+    NEED_CONTEXT();
+    return destroy(e, EVENT);
+}
 CUresult cuEventRecord(void* e, void* s) {
     NEED_CONTEXT();
     object* o;
@@ -299,16 +359,23 @@ CUresult cuMemHostRegister_v2(void* p, size_t n, unsigned flags) {
     (void)flags;
     if (p == NULL || n == 0) return 1;
     if (env_is("FAKECUDA_FAIL_REGISTER")) return 2;
-    for (int i = 0; i < MAX_REGISTERED; i++) if (registered[i] == p) return 712;
+    for (int i = 0; i < MAX_REGISTERED; i++)
+        if (registered[i] == p) return 712;
     for (int i = 0; i < MAX_REGISTERED; i++) {
-        if (registered[i] == NULL) { registered[i] = p; return 0; }
+        if (registered[i] == NULL) {
+            registered[i] = p;
+            return 0;
+        }
     }
     return 2;
 }
 CUresult cuMemHostUnregister(void* p) {
     NEED_CONTEXT();
     for (int i = 0; i < MAX_REGISTERED; i++) {
-        if (registered[i] == p) { registered[i] = NULL; return 0; }
+        if (registered[i] == p) {
+            registered[i] = NULL;
+            return 0;
+        }
     }
     return 713; /* CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED */
 }
@@ -323,12 +390,37 @@ CUresult cuMemHostGetDevicePointer_v2(CUdeviceptr* d, void* p, unsigned flags) {
     *d = (CUdeviceptr)(size_t)p;
     return 0;
 }
-CUresult cuModuleLoadData(void** m, const void* image) { NEED_CONTEXT(); (void)m; (void)image; return 209; }
-CUresult cuModuleUnload(void* m) { NEED_CONTEXT(); (void)m; return 400; }
-CUresult cuModuleGetFunction(void** f, void* m, const char* name) { NEED_CONTEXT(); (void)f; (void)m; (void)name; return 400; }
+CUresult cuModuleLoadData(void** m, const void* image) {
+    NEED_CONTEXT();
+    (void)m;
+    (void)image;
+    return 209;
+}
+CUresult cuModuleUnload(void* m) {
+    NEED_CONTEXT();
+    (void)m;
+    return 400;
+}
+CUresult cuModuleGetFunction(void** f, void* m, const char* name) {
+    NEED_CONTEXT();
+    (void)f;
+    (void)m;
+    (void)name;
+    return 400;
+}
 CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                         unsigned shared, void* s, void** params, void** extra) {
     NEED_CONTEXT();
-    (void)f; (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)shared; (void)s; (void)params; (void)extra;
+    (void)f;
+    (void)gx;
+    (void)gy;
+    (void)gz;
+    (void)bx;
+    (void)by;
+    (void)bz;
+    (void)shared;
+    (void)s;
+    (void)params;
+    (void)extra;
     return 400;
 }

@@ -43,11 +43,19 @@ static const char* uuid = "GPU-a0a1a2a3-a4a5-a6a7-a8a9-aaabacadaeaf";
 
 nvmlReturn_t nvmlInit_v2(void) { return OK; }
 const char* nvmlErrorString(nvmlReturn_t r) {
-    return r == NOT_SUPPORTED ? "Not Supported" : r == NOT_FOUND ? "Not Found"
-         : r == GPU_IS_LOST ? "GPU is lost" : "Unknown Error";
+    return r == NOT_SUPPORTED ? "Not Supported"
+           : r == NOT_FOUND   ? "Not Found"
+           : r == GPU_IS_LOST ? "GPU is lost"
+                              : "Unknown Error";
 }
-nvmlReturn_t nvmlSystemGetDriverVersion(char* v, unsigned int n) { strncpy(v, "999.1.2", n); return OK; }
-nvmlReturn_t nvmlSystemGetNVMLVersion(char* v, unsigned int n) { strncpy(v, "99.999.1.2", n); return OK; }
+nvmlReturn_t nvmlSystemGetDriverVersion(char* v, unsigned int n) {
+    strncpy(v, "999.1.2", n);
+    return OK;
+}
+nvmlReturn_t nvmlSystemGetNVMLVersion(char* v, unsigned int n) {
+    strncpy(v, "99.999.1.2", n);
+    return OK;
+}
 nvmlReturn_t nvmlDeviceGetHandleByUUID(const char* u, nvmlDevice_t* d) {
     DEVICE_CALL();
     if (strcmp(u, uuid) != 0) return NOT_FOUND;
@@ -138,14 +146,20 @@ nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t d, unsigned int* mw) {
 nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, int clock, unsigned int* mhz) {
     DEVICE_CALL();
     (void)d;
-    if (clock == 1) *mhz = 1980;
-    else if (clock == 2) *mhz = 2619;
-    else return NOT_SUPPORTED;
+    if (clock == 1)
+        *mhz = 1980;
+    else if (clock == 2)
+        *mhz = 2619;
+    else
+        return NOT_SUPPORTED;
     return OK;
 }
 nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t d, int type, int counter, unsigned long long* n) {
     DEVICE_CALL();
-    (void)d; (void)type; (void)counter; (void)n;
+    (void)d;
+    (void)type;
+    (void)counter;
+    (void)n;
     return NOT_SUPPORTED;
 }
 nvmlReturn_t nvmlDeviceGetPcieThroughput(nvmlDevice_t d, int counter, unsigned int* kbps) {
