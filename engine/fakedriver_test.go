@@ -11,9 +11,7 @@ import (
 // TestFakeDriver runs the engine's GPU path against a stand-in driver, so that it is exercised on hosts
 // without a GPU too.
 func TestFakeDriver(t *testing.T) {
-	lib := testutil.BuildFakeDriver(t)
-	out := testutil.RunIsolated(t, "TestFakeDriverChild", "FERRY_CUDA_LIBRARY="+lib,
-		"FERRY_NVML_LIBRARY=/nonexistent/libnvidia-ml.so.1")
+	out := testutil.RunOnFakeDriver(t, "TestFakeDriverChild", false)
 	require.Contains(t, out, "fake driver checks passed")
 }
 

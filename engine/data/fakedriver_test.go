@@ -12,9 +12,7 @@ import (
 // TestFakeDriverIterators runs the iterators' GPU path (pools, events, streams, staging, host
 // transforms) against a stand-in driver, so that it is exercised on hosts without a GPU too.
 func TestFakeDriverIterators(t *testing.T) {
-	lib := testutil.BuildFakeDriver(t)
-	out := testutil.RunIsolated(t, "TestFakeDriverIteratorsChild", "FERRY_CUDA_LIBRARY="+lib,
-		"FERRY_NVML_LIBRARY=/nonexistent/libnvidia-ml.so.1")
+	out := testutil.RunOnFakeDriver(t, "TestFakeDriverIteratorsChild", false)
 	require.Contains(t, out, "fake driver iterator checks passed")
 }
 

@@ -259,8 +259,7 @@ func TestFaultCPU(t *testing.T) {
 // TestFaultFakeDriver injects driver faults (out of memory, copies that do not complete, bad streams)
 // through the stand-in driver's switches, in a child process that uses it.
 func TestFaultFakeDriver(t *testing.T) {
-	out := testutil.RunIsolated(t, "TestFaultFakeDriverChild", "FERRY_CUDA_LIBRARY="+testutil.BuildFakeDriver(t),
-		"FERRY_NVML_LIBRARY=/nonexistent/libnvidia-ml.so.1")
+	out := testutil.RunOnFakeDriver(t, "TestFaultFakeDriverChild", false)
 	require.Contains(t, out, "fault checks on the fake driver passed")
 }
 

@@ -540,8 +540,7 @@ func TestSoakPipeline(t *testing.T) { soakPipeline(t, engine.CPU, nil) }
 // TestSoakFakeDriver runs both soaks on the stand-in driver in a child process, so that the page-locked
 // host pool, the device pool and the registration of source memory are exercised.
 func TestSoakFakeDriver(t *testing.T) {
-	out := testutil.RunIsolated(t, "TestSoakFakeDriverChild", "FERRY_CUDA_LIBRARY="+testutil.BuildFakeDriver(t),
-		"FERRY_NVML_LIBRARY=/nonexistent/libnvidia-ml.so.1")
+	out := testutil.RunOnFakeDriver(t, "TestSoakFakeDriverChild", false)
 	require.Contains(t, out, "fake driver soak passed")
 	t.Log("\n" + out)
 }

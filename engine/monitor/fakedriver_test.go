@@ -12,8 +12,7 @@ import (
 // TestFakeNVML runs the GPU sampler and the NVML-backed figures against the stand-in NVML
 // (testdata/fakenvml.c), beside the stand-in driver.
 func TestFakeNVML(t *testing.T) {
-	out := testutil.RunIsolated(t, "TestFakeNVMLChild", "FERRY_CUDA_LIBRARY="+testutil.BuildFakeDriver(t),
-		"FERRY_NVML_LIBRARY="+testutil.BuildFakeNVML(t))
+	out := testutil.RunOnFakeDriver(t, "TestFakeNVMLChild", true)
 	require.Contains(t, out, "fake NVML checks passed")
 }
 

@@ -43,8 +43,7 @@ func (b *syncBuffer) String() string {
 // TestFaultNVML makes NVML fail mid-sampling: the stand-in answers its first 12 device calls and fails
 // every later one with NVML_ERROR_GPU_IS_LOST.
 func TestFaultNVML(t *testing.T) {
-	out := testutil.RunIsolated(t, "TestFaultNVMLChild", "FERRY_CUDA_LIBRARY="+testutil.BuildFakeDriver(t),
-		"FERRY_NVML_LIBRARY="+testutil.BuildFakeNVML(t), "FAKENVML_FAIL_AFTER=12")
+	out := testutil.RunOnFakeDriver(t, "TestFaultNVMLChild", true, "FAKENVML_FAIL_AFTER=12")
 	require.Contains(t, out, "NVML fault checks passed")
 }
 

@@ -403,8 +403,7 @@ func TestPrometheusConcurrentScrapes(t *testing.T) {
 // TestPrometheusFakeNVML serves what the GPU sampler reads from the stand-in NVML: the fields it has,
 // labelled by device, and none of those it lacks.
 func TestPrometheusFakeNVML(t *testing.T) {
-	out := testutil.RunIsolated(t, "TestPrometheusFakeNVMLChild", "FERRY_CUDA_LIBRARY="+testutil.BuildFakeDriver(t),
-		"FERRY_NVML_LIBRARY="+testutil.BuildFakeNVML(t))
+	out := testutil.RunOnFakeDriver(t, "TestPrometheusFakeNVMLChild", true)
 	require.Contains(t, out, "prometheus GPU checks passed")
 }
 

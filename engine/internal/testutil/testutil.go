@@ -87,14 +87,14 @@ func buildFake(t testing.TB, source []byte, file, name string) string {
 	return out
 }
 
-// BuildFakeDriver compiles the stand-in CUDA driver (testdata/fakecuda.c: its environment switches
+// buildFakeDriver compiles the stand-in CUDA driver (testdata/fakecuda.c: its environment switches
 // inject faults) and returns the library's path.
-func BuildFakeDriver(t testing.TB) string {
+func buildFakeDriver(t testing.TB) string {
 	return buildFake(t, fakeCUDA, "fakecuda.c", "libcuda.so.1")
 }
 
-// BuildFakeNVML compiles the stand-in NVML (testdata/fakenvml.c) and returns the library's path.
-func BuildFakeNVML(t testing.TB) string {
+// buildFakeNVML compiles the stand-in NVML (testdata/fakenvml.c) and returns the library's path.
+func buildFakeNVML(t testing.TB) string {
 	return buildFake(t, fakeNVML, "fakenvml.c", "libnvidia-ml.so.1")
 }
 
@@ -168,4 +168,15 @@ func WriteFile(t testing.TB, dir, name string, data []byte) string {
 	p := filepath.Join(dir, name)
 	require.NoError(t, os.WriteFile(p, data, 0o644))
 	return p
+}
+
+// RunOnFakeDriver re-runs the named test in a child process (RunIsolated) on the stand-in CUDA driver,
+// with the stand-in NVML when nvml is true and no NVML otherwise, and returns the child's output.
+func RunOnFakeDriver(t testing.TB, name string, nvml bool, env ...string) string {
+	t.Helper()
+	nvmlLib := "/nonexistent/libnvidia-ml.so.1"
+	if nvml {
+		nvmlLib = buildFakeNVML(t)
+	}
+	return RunIsolated(t, name, append([]string{"FERRY_CUDA_LIBRARY=" + buildFakeDriver(t), "FERRY_NVML_LIBRARY=" + nvmlLib}, env...)...)
 }
