@@ -169,7 +169,7 @@ func (m *Monitor) summaries() []Summary {
 	states := *m.states.Load()
 	out := make([]Summary, 0, len(states))
 	for _, st := range states {
-		if st.n > 0 {
+		if st.mom.N > 0 {
 			out = append(out, st.summary())
 		}
 	}

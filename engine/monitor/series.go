@@ -72,13 +72,21 @@ func (s *series) coarsen() {
 	s.pts = out
 }
 
-// merge folds q, which follows p in time, into p.
+// merge folds q, which follows p in time, into p. The mean moves by the weighted difference of the two
+// (one rounding, where a weighted sum of two means near 1e15 would lose their fractions); where that
+// difference overflows (means near both ends of the range), by the weighted sum, which cannot.
 func (p *SeriesPoint) merge(q SeriesPoint) {
 	n := p.Count + q.Count
-	p.Mean += (q.Mean - p.Mean) * float64(q.Count) / float64(n)
+	w := float64(q.Count) / float64(n)
+	if d := q.Mean - p.Mean; !math.IsInf(d, 0) {
+		p.Mean += d * w
+	} else {
+		p.Mean = p.Mean*(1-w) + q.Mean*w
+	}
 	p.Count = n
 	p.Min = math.Min(p.Min, q.Min)
 	p.Max = math.Max(p.Max, q.Max)
+	p.Mean = math.Min(math.Max(p.Mean, p.Min), p.Max)
 	p.Last = q.Last
 }
 

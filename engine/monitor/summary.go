@@ -7,13 +7,14 @@ import (
 
 	"github.com/DataDog/sketches-go/ddsketch"
 	"github.com/DataDog/sketches-go/ddsketch/mapping"
+
+	"github.com/ferry-ml/ferry/engine/internal/moments"
 )
 
 // metricState is one metric's fold: the exact statistics, the sketch and the series.
 type metricState struct {
 	name      string
-	n         uint64
-	mean, m2  float64
+	mom       moments.Acc // count, mean and deviation, without a running mean's rounding or overflow
 	min, max  float64
 	last      float64
 	nonfinite uint64 // NaN and ±Inf values: counted, left out of the statistics
@@ -24,19 +25,16 @@ type metricState struct {
 	series    series
 }
 
-// add folds one value: Welford's update, the sketch and the series. Non-finite values are counted apart.
+// add folds one value: the moments, the sketch and the series. Non-finite values are counted apart.
 func (s *metricState) add(t uint64, v float64) {
 	if math.IsNaN(v) || math.IsInf(v, 0) {
 		s.nonfinite++
 		return
 	}
-	if s.n == 0 || t < s.first {
+	if s.mom.N == 0 || t < s.first {
 		s.first = t
 	}
-	s.n++
-	d := v - s.mean
-	s.mean += d / float64(s.n)
-	s.m2 += d * (v - s.mean)
+	s.mom.Add(v)
 	s.min = math.Min(s.min, v)
 	s.max = math.Max(s.max, v)
 	if t >= s.lastT { // rings fold one after another: the last value is the latest, not the last folded
@@ -60,14 +58,16 @@ func (s *metricState) addBatchAt(ts []uint64, vs []float64) {
 	}
 }
 
-// addBatch folds values that share the timestamp t: their statistics are computed apart, two passes
-// with no division per value, and merged (Chan et al.'s parallel update); the series gets one point.
+// addBatch folds values that share the timestamp t: the statistics and the sketch take each value, the
+// series gets one point.
 func (s *metricState) addBatch(t uint64, vs []float64) { s.addBatchSpan(t, t, vs) }
 
 // addBatchSpan folds values logged between first and last (one series interval).
 func (s *metricState) addBatchSpan(first, last uint64, vs []float64) {
 	var n uint64
-	sum, lo, hi := 0.0, math.Inf(1), math.Inf(-1)
+	lo, hi := math.Inf(1), math.Inf(-1)
+	mark := s.mom.Mark()
+	newFirst := s.mom.N == 0 || first < s.first
 	lastV := math.NaN()
 	// The sketch's own Add, less its per-value checks: indexable values go straight to their store.
 	pos, neg := s.sketch.GetPositiveValueStore(), s.sketch.GetNegativeValueStore()
@@ -78,7 +78,7 @@ func (s *metricState) addBatchSpan(first, last uint64, vs []float64) {
 			continue
 		}
 		n++
-		sum += v
+		s.mom.Add(v)
 		lo, hi = math.Min(lo, v), math.Max(hi, v)
 		lastV = v
 		switch {
@@ -93,22 +93,10 @@ func (s *metricState) addBatchSpan(first, last uint64, vs []float64) {
 	if n == 0 {
 		return
 	}
-	mean := sum / float64(n)
-	m2 := 0.0
-	for _, v := range vs {
-		if !math.IsNaN(v) && !math.IsInf(v, 0) {
-			d := v - mean
-			m2 += d * d
-		}
-	}
-	if s.n == 0 || first < s.first {
+	if newFirst {
 		s.first = first
 	}
-	total := s.n + n
-	d := mean - s.mean
-	s.m2 += m2 + d*d*float64(s.n)*float64(n)/float64(total)
-	s.mean += d * float64(n) / float64(total)
-	s.n = total
+	mean := math.Min(math.Max(s.mom.MeanSince(mark), lo), hi)
 	s.min, s.max = math.Min(s.min, lo), math.Max(s.max, hi)
 	if last >= s.lastT {
 		s.last, s.lastT = lastV, last
@@ -128,15 +116,16 @@ type Summary struct {
 }
 
 func (s *metricState) summary() Summary {
-	out := Summary{Name: s.name, Count: s.n, NonFinite: s.nonfinite, First: s.first, LastTime: s.lastT}
-	if s.n == 0 {
+	out := Summary{Name: s.name, Count: s.mom.N, NonFinite: s.nonfinite, First: s.first, LastTime: s.lastT}
+	if s.mom.N == 0 {
 		nan := math.NaN()
 		out.Mean, out.Min, out.Max, out.Std, out.Last = nan, nan, nan, nan, nan
 		out.P50, out.P90, out.P99, out.P999 = nan, nan, nan, nan
 		return out
 	}
-	out.Mean, out.Min, out.Max, out.Last = s.mean, s.min, s.max, s.last
-	out.Std = math.Sqrt(s.m2 / float64(s.n))
+	out.Min, out.Max, out.Last = s.min, s.max, s.last
+	out.Mean = math.Min(math.Max(s.mom.Mean(), s.min), s.max)
+	out.Std = s.mom.Std()
 	q, err := s.sketch.GetValuesAtQuantiles([]float64{0.5, 0.9, 0.99, 0.999})
 	if err == nil {
 		// The sketch's value is within its relative accuracy; clamp it into the exact range.

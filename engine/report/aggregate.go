@@ -4,6 +4,8 @@ import (
 	"math"
 	"sort"
 	"strings"
+
+	"github.com/ferry-ml/ferry/engine/internal/moments"
 )
 
 // The merge's arithmetic: each metric combined over the ranks, and the data-stall view of each pipeline.
@@ -34,12 +36,15 @@ func (m *MergedReport) aggregate(group func(*RankReport) map[string]*MetricRepor
 
 // aggregateMetric combines one metric over the ranks in per (sorted by rank). With N = Σ nᵢ, the mean
 // is Σ nᵢ·meanᵢ / N and the pooled population variance Σ nᵢ·(stdᵢ² + (meanᵢ − mean)²) / N: the parallel
-// variance formula, exact for population deviations.
+// variance formula, exact for population deviations. Both are summed as the monitor sums its values
+// (moments.Acc: shifted, compensated and scaled), so that means near 1e15 keep their fractions and a
+// deviation of 1e200 does not overflow when squared.
 func aggregateMetric(name string, per []rankMetric) *AggregateMetric {
 	nan := Float(math.NaN())
 	a := &AggregateMetric{Mean: nan, Min: nan, Max: nan, Std: nan, WorstP99: nan, PerRank: []RankQuantiles{}}
-	var sum, total float64
+	var acc moments.Acc
 	lo, hi := math.Inf(1), math.Inf(-1)
+	stdKnown := true
 	for _, p := range per {
 		mr := p.mr
 		a.NonFinite += mr.NonFinite
@@ -49,8 +54,12 @@ func aggregateMetric(name string, per []rankMetric) *AggregateMetric {
 		}
 		a.Ranks++
 		a.Count += mr.Count
-		total += float64(mr.Count)
-		sum += float64(mr.Count) * float64(mr.Mean)
+		if sd := float64(mr.Std); isFinite(sd) && sd >= 0 {
+			acc.AddSummary(mr.Count, float64(mr.Mean), sd)
+		} else {
+			stdKnown = false // a rank's deviation is missing: the pooled one is unknown
+			acc.AddSummary(mr.Count, float64(mr.Mean), 0)
+		}
 		if v := float64(mr.Min); isFinite(v) {
 			lo = math.Min(lo, v)
 		}
@@ -65,27 +74,16 @@ func aggregateMetric(name string, per []rankMetric) *AggregateMetric {
 	if a.Ranks == 0 {
 		return a
 	}
-	mean := sum / total
-	a.Mean = Float(mean)
+	a.Mean = Float(acc.Mean())
 	if !math.IsInf(lo, 0) {
 		a.Min = Float(lo)
 	}
 	if !math.IsInf(hi, 0) {
 		a.Max = Float(hi)
 	}
-	m2 := 0.0
-	for _, p := range per {
-		if !hasMean(p.mr) {
-			continue
-		}
-		sd, d := float64(p.mr.Std), float64(p.mr.Mean)-mean
-		if !isFinite(sd) {
-			m2 = math.NaN() // a rank's deviation is missing: the pooled one is unknown
-			break
-		}
-		m2 += float64(p.mr.Count) * (sd*sd + d*d)
+	if stdKnown {
+		a.Std = Float(acc.Std())
 	}
-	a.Std = Float(math.Sqrt(m2 / total))
 	if strings.HasSuffix(name, "_per_second") {
 		s := 0.0
 		for _, p := range per {

@@ -1,0 +1,64 @@
+package report_test
+
+import (
+	"math"
+	"math/big"
+	"testing"
+
+	"github.com/ferry-ml/ferry/engine/report"
+
+	"github.com/stretchr/testify/require"
+)
+
+// ratStats is the mean and population std of xs in rational arithmetic.
+func ratStats(xs []float64) (mean, std float64) {
+	n := new(big.Rat).SetInt64(int64(len(xs)))
+	sum := new(big.Rat)
+	for _, x := range xs {
+		sum.Add(sum, new(big.Rat).SetFloat64(x))
+	}
+	mu := new(big.Rat).Quo(sum, n)
+	m2 := new(big.Rat)
+	for _, x := range xs {
+		d := new(big.Rat).Sub(new(big.Rat).SetFloat64(x), mu)
+		m2.Add(m2, d.Mul(d, d))
+	}
+	m2.Quo(m2, n)
+	mean, _ = mu.Float64()
+	f := new(big.Float).SetPrec(200).SetRat(m2)
+	std, _ = f.Sqrt(f).Float64()
+	return mean, std
+}
+
+// TestMergeAggregateExactOnAdversarialValues: the merged mean and pooled deviation against rational
+// arithmetic over all ranks' values, where the weighted sum Σ nᵢ·meanᵢ rounded away the fractions of
+// means near 1e15 and a rank's squared deviation of 1e200 overflowed.
+func TestMergeAggregateExactOnAdversarialValues(t *testing.T) {
+	offset := func(n, shift int) []float64 {
+		xs := make([]float64, n)
+		for i := range xs {
+			xs[i] = 1e15 + float64((i+shift)%4)
+		}
+		return xs
+	}
+	for name, losses := range map[string][][]float64{
+		"offset":      {offset(400, 0), offset(300, 1), offset(301, 3)},
+		"huge spread": {{1e200, -1e200, 3e199}, {-2e200, 5e199}, {1e200}},
+		"ten 1e155":   {{1e155, 1e155, 1e155, 1e155}, {1e155, 1e155, 1e155}, {1e155, 1e155, 1e155}},
+	} {
+		var reps []*report.Report
+		var all []float64
+		for r, loss := range losses {
+			reps = append(reps, mergeTestRank{rank: r, node: "n", loss: loss}.report(t))
+			all = append(all, loss...)
+		}
+		m, err := report.MergeReports(reps)
+		require.NoError(t, err)
+		agg := m.Aggregate.Training["loss"]
+		mean, std := ratStats(all)
+		require.Equal(t, uint64(len(all)), agg.Count, name)
+		// Each rank's mean and deviation is rounded to float64 before the merge: a few roundings allowed.
+		require.InDelta(t, mean, float64(agg.Mean), 4*math.Abs(mean)*0x1p-52+1e-12*std, "%s: mean", name)
+		require.InDelta(t, std, float64(agg.Std), 1e-12*std+8*math.Abs(mean)*0x1p-52, "%s: std", name)
+	}
+}
