@@ -65,6 +65,10 @@ func (s *MemorySnapshot) setEngine(f AccountingFigures) {
 	s.HostPinned = f.Pinned
 }
 
+// HostMemory returns the host's physical RAM and the RAM available without swapping (MemAvailable), in
+// bytes: for a caller that sizes something from a user's count and must refuse what cannot fit.
+func HostMemory() (total, available uint64, err error) { return queryHost() }
+
 // queryHost reads physical and available RAM.
 func queryHost() (total, available uint64, err error) {
 	vm, err := mem.VirtualMemory()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"time"
@@ -29,6 +30,27 @@ type demoConfig struct {
 	quiet    bool   // no progress bar
 	raw      bool   // no layout transform: the u8 images as they are
 	staging  string // auto, gather, dma or mapped
+}
+
+// demoSampleBytes is one synthetic sample in memory: a 224×224×3 u8 image and an int64 label.
+const demoSampleBytes = 224*224*3 + 8
+
+// checkSize refuses, before anything is allocated, an image set larger than the memory available (a Go
+// allocation that fails ends the process with a fatal error, not an error to report) and a run whose
+// batch count overflows.
+func (c demoConfig) checkSize() error {
+	if c.images > math.MaxInt/demoSampleBytes {
+		return fmt.Errorf("--images %d is too many: %d bytes each would overflow", c.images, demoSampleBytes)
+	}
+	need := uint64(c.images) * demoSampleBytes
+	if _, avail, err := engine.HostMemory(); err == nil && need > avail {
+		return fmt.Errorf("--images %d needs %s of memory for the synthetic set; this host has %s available",
+			c.images, gib(need), gib(avail))
+	}
+	if batches := (c.images + c.batch - 1) / c.batch; c.epochs > math.MaxInt/batches {
+		return fmt.Errorf("--epochs %d of %d batches each is too many", c.epochs, batches)
+	}
+	return nil
 }
 
 // syntheticImages builds n random 224×224×3 uint8 images with labels in [0, 1000), in memory.
@@ -173,6 +195,9 @@ func newDemoCommand() *cobra.Command {
 				return fmt.Errorf("--epochs must be at least 1, got %d", cfg.epochs)
 			case cfg.step < 0:
 				return fmt.Errorf("--step must not be negative, got %v", cfg.step)
+			}
+			if err := cfg.checkSize(); err != nil {
+				return err
 			}
 			return runDemo(cmd, cfg)
 		},

@@ -3,12 +3,16 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/ferry-ml/ferry/engine"
 )
 
 func runCLI(t *testing.T, args ...string) (string, error) {
@@ -82,6 +86,21 @@ func TestInfoTableAndDemo(t *testing.T) {
 	} {
 		_, err = runCLI(t, args...)
 		require.Error(t, err, "%v", args)
+	}
+	// Sizes beyond the host's memory, or whose bytes or batch count overflow, are refused in one line
+	// before anything is allocated (a failed Go allocation is a fatal error, not an error).
+	_, avail, err := engine.HostMemory()
+	require.NoError(t, err)
+	tooMany := strconv.FormatUint(avail/(224*224*3)+1, 10)
+	for _, args := range [][]string{
+		{"demo", "--images", tooMany}, {"demo", "--images", "100000000"},
+		{"demo", "--images", strconv.Itoa(math.MaxInt)},
+		{"demo", "--images", "2", "--batch", "1", "--epochs", strconv.Itoa(math.MaxInt)},
+	} {
+		_, err = runCLI(t, args...)
+		require.Error(t, err, "%v", args)
+		require.NotContains(t, err.Error(), "\n", "%v", args)
+		require.Regexp(t, `--(images|epochs) \d+ .*(needs|is too many)`, err.Error(), "%v", args)
 	}
 	_, err = runCLI(t, "info", "extra")
 	require.Error(t, err)
