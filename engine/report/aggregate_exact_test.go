@@ -62,3 +62,29 @@ func TestMergeAggregateExactOnAdversarialValues(t *testing.T) {
 		require.InDelta(t, std, float64(agg.Std), 1e-12*std+8*math.Abs(mean)*0x1p-52, "%s: std", name)
 	}
 }
+
+// TestMergeStepsCountNonFiniteValues: a rank that logged 100 losses, 50 of them NaN, ran 100 steps. The
+// text table's STEPS column counted only the finite values (50); the merged page's aggregate count now
+// shows the non-finite ones beside the finite, as each rank's table does.
+func TestMergeStepsCountNonFiniteValues(t *testing.T) {
+	loss := make([]float64, 100)
+	for i := range loss {
+		loss[i] = 1 / float64(i+1)
+		if i%2 == 1 {
+			loss[i] = math.NaN()
+		}
+	}
+	allNaN := []float64{math.NaN(), math.Inf(1), math.NaN()}
+	m, err := report.MergeReports([]*report.Report{
+		mergeTestRank{rank: 0, node: "n", loss: loss}.report(t),
+		mergeTestRank{rank: 1, node: "n", loss: allNaN}.report(t),
+	})
+	require.NoError(t, err)
+	require.Equal(t, uint64(100), m.Ranks[0].TrainingMetrics["loss"].Logged())
+	text := m.Text()
+	require.Regexp(t, `(?m)^0\s+n\s+-\s+-\s+100$`, text)
+	require.Regexp(t, `(?m)^1\s+n\s+-\s+-\s+3$`, text)
+	h, err := m.HTML()
+	require.NoError(t, err)
+	require.Contains(t, string(h), `<td class="name">loss</td><td>1</td><td>50 (&#43;53 non-finite)</td>`, "the aggregate's count")
+}

@@ -247,6 +247,20 @@ func formatExp(v float64, sig int) string {
 	return m + "e" + strconv.Itoa(exp)
 }
 
+// Logged is how many values the metric received: the finite ones its statistics cover and the
+// non-finite ones counted apart (a step that logged a NaN loss was still a step).
+func (mr *MetricReport) Logged() uint64 { return mr.Count + mr.NonFinite }
+
+// countText writes a count of finite values and, when there are any, the non-finite ones beside it:
+// "50 (+50 non-finite)". Every table of the reports shows counts this way.
+func countText(finite, nonfinite uint64) string {
+	s := groupDigits(finite)
+	if nonfinite > 0 {
+		s += " (+" + groupDigits(nonfinite) + " non-finite)"
+	}
+	return s
+}
+
 // groupDigits writes n with thousands separators: 1234567 -> "1,234,567".
 func groupDigits(n uint64) string {
 	s := strconv.FormatUint(n, 10)

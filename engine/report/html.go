@@ -185,11 +185,7 @@ func metricRow(name string, u unitKind, mr *MetricReport) htmlRow {
 	if u == unitNone { // a unitless metric: each value written out in full ("1.351e-4", "12.3k")
 		sc = scale{1, ""}
 	}
-	count := groupDigits(mr.Count)
-	if mr.NonFinite > 0 {
-		count += " (+" + groupDigits(mr.NonFinite) + " non-finite)"
-	}
-	row := htmlRow{Cells: []htmlCell{{"name", name}, {"unit", sc.label}, {"", count}}}
+	row := htmlRow{Cells: []htmlCell{{"name", name}, {"unit", sc.label}, {"", countText(mr.Count, mr.NonFinite)}}}
 	for _, v := range vals {
 		f := float64(v)
 		switch {

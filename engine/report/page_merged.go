@@ -63,7 +63,7 @@ func (m *MergedReport) aggregateSection() htmlSection {
 			worstRank = strconv.Itoa(*a.WorstP99Rank)
 		}
 		t.Rows = append(t.Rows, htmlRow{Cells: append([]htmlCell{{"name", label}}, cells(strconv.Itoa(a.Ranks),
-			groupDigits(a.Count), mergedCell(name, a.Mean), mergedCell(name, a.Std), mergedCell(name, a.Min),
+			countText(a.Count, a.NonFinite), mergedCell(name, a.Mean), mergedCell(name, a.Std), mergedCell(name, a.Min),
 			mergedCell(name, a.Max), total, mergedCell(name, a.WorstP99), worstRank)...)})
 	}
 	for _, n := range sortedKeys(m.Aggregate.Training) {

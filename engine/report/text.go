@@ -30,8 +30,8 @@ func textRate(name string, v float64) string {
 }
 
 // Text renders the merged report as plain-text tables for a terminal: one row per rank (rank, node,
-// samples per second and data stall of each pipeline, and the count of the first training metric,
-// which is the number of steps when the program logs it once a step); then the job's throughput, the
+// samples per second and data stall of each pipeline, and how many values the first training metric
+// received, NaN and ±Inf included, which is the number of steps when the program logs it once a step); then the job's throughput, the
 // sum of the ranks' mean rates; then, per pipeline, the ranks by data stall, the most stalled first.
 // A figure a rank does not report is shown as "-".
 func (m *MergedReport) Text() string {
@@ -76,7 +76,7 @@ func (m *MergedReport) Text() string {
 		steps := "-"
 		if len(training) > 0 {
 			if mr := rr.TrainingMetrics[training[0]]; mr != nil {
-				steps = groupDigits(mr.Count)
+				steps = groupDigits(mr.Logged())
 			}
 		}
 		row = append(row, steps)
