@@ -68,6 +68,34 @@ def _numpy_converter(from_dlpack: Any, copy: bool) -> Any:
     return convert
 
 
+#: The keys of a state dict (Iterator.state, Loader.state_dict); "epoch" and "batch" are required.
+_STATE_KEYS = ("epoch", "batch", "offset", "consumed", "world_size")
+
+
+def _check_state(state: Any) -> Dict[str, Optional[int]]:
+    """Checks a state dict for load_state_dict: a mapping with only the keys of :data:`_STATE_KEYS`,
+    "epoch" and "batch" present, every value an int >= 0 (None, like a missing optional key, is absent).
+    Returns each key's value, None where absent; an error names the key at fault."""
+    if not isinstance(state, Mapping):
+        raise _invalid(f"state must be the dict state_dict() returns, not {type(state).__name__}")
+    unknown = [k for k in state if k not in _STATE_KEYS]
+    if unknown:
+        raise _invalid(f"state has unknown keys {unknown!r}; state_dict() gives {list(_STATE_KEYS)!r}")
+    missing = [k for k in ("epoch", "batch") if state.get(k) is None]
+    if missing:
+        raise _invalid(f"state {dict(state)!r} lacks {' and '.join(repr(k) for k in missing)}; it must have "
+                       "'epoch' and 'batch' (from state_dict())")
+    out: Dict[str, Optional[int]] = {}
+    for k in _STATE_KEYS:
+        v = state.get(k)
+        if v is not None:
+            v = _as_int(v, f"state[{k!r}]")
+            if v < 0:
+                raise _invalid(f"state[{k!r}] is {v}; it must be >= 0")
+        out[k] = v
+    return out
+
+
 class Loader:
     """Batches for a training loop: ``for batch in Loader(source, 256, shuffle=True): ...``.
 
@@ -262,16 +290,17 @@ class Loader:
         ranks), the rest of the epoch is sharded among the new ranks, every remaining sample once
         (:meth:`Iterator.restore_elastic`). A dict with only "epoch" and "batch" (an older state) resumes
         exactly."""
-        try:
-            epoch, batch = state["epoch"], state["batch"]
-        except (KeyError, TypeError):
-            raise _invalid(f"state {state!r} must be a dict with 'epoch' and 'batch'") from None
+        s = _check_state(state)
         it = self._it()
-        saved = state.get("world_size", 0) or 0
-        if saved and saved != it.state()["world_size"]:
-            it.restore_elastic(epoch, state["consumed"])
+        saved, current = s["world_size"] or 0, it.state()["world_size"]
+        if saved and saved != current:
+            if s["consumed"] is None:
+                raise _invalid(f"state {dict(state)!r} was saved under world_size {saved} and this loader runs under "
+                               f"{current}: resuming under another world size needs the state's 'consumed' (the "
+                               "job's position, from state_dict()), which it lacks")
+            it.restore_elastic(s["epoch"], s["consumed"])
         else:
-            it.restore(epoch, batch, state.get("offset", 0) or 0, saved)
+            it.restore(s["epoch"], s["batch"], s["offset"] or 0, saved)
 
     def __repr__(self) -> str:
         if self._iterator is None:
