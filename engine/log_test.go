@@ -1,6 +1,9 @@
 package engine
 
 import (
+	"io"
+	"os"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -18,4 +21,29 @@ func TestDefaultLoggerLevelAndFormat(t *testing.T) {
 	require.Equal(t, "warn", DefaultLogger().GetLevel().String(), "an unknown level keeps the default")
 	t.Setenv("FERRY_LOG_FORMAT", "console")
 	require.Equal(t, "warn", DefaultLogger().GetLevel().String())
+}
+
+// TestDefaultLoggerWarnsOnceOfAnUnknownLevel: an unknown FERRY_LOG_LEVEL was ignored silently; it is now
+// named on standard error once, with the accepted levels, however many loggers are made.
+func TestDefaultLoggerWarnsOnceOfAnUnknownLevel(t *testing.T) {
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	saved := os.Stderr
+	os.Stderr = w
+	t.Setenv("FERRY_LOG", "")
+	t.Setenv("FERRY_LOG_FORMAT", "")
+	t.Setenv("FERRY_LOG_LEVEL", "verbose-please")
+	for range 3 {
+		require.Equal(t, "warn", DefaultLogger().GetLevel().String())
+	}
+	t.Setenv("FERRY_LOG_LEVEL", "info")
+	DefaultLogger()
+	os.Stderr = saved
+	require.NoError(t, w.Close())
+	out, err := io.ReadAll(r)
+	require.NoError(t, err)
+	require.Equal(t, 1, strings.Count(string(out), "\n"), "one line: %s", out)
+	for _, s := range []string{`"FERRY_LOG_LEVEL":"verbose-please"`, "unknown log level", "trace, debug, info, warn, error"} {
+		require.Contains(t, string(out), s)
+	}
 }

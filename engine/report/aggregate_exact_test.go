@@ -3,8 +3,11 @@ package report_test
 import (
 	"math"
 	"math/big"
+	"os"
+	"path/filepath"
 	"testing"
 
+	"github.com/ferry-ml/ferry/engine"
 	"github.com/ferry-ml/ferry/engine/report"
 
 	"github.com/stretchr/testify/require"
@@ -87,4 +90,25 @@ func TestMergeStepsCountNonFiniteValues(t *testing.T) {
 	h, err := m.HTML()
 	require.NoError(t, err)
 	require.Contains(t, string(h), `<td class="name">loss</td><td>1</td><td>50 (&#43;53 non-finite)</td>`, "the aggregate's count")
+}
+
+// TestWriteRefusesADirectory: a report written over a directory said "rename .../.report.html.tmp123 ...:
+// file exists", naming the temporary file; it is now refused up front, naming the directory, and leaves
+// no temporary file behind.
+func TestWriteRefusesADirectory(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "out.html")
+	require.NoError(t, os.Mkdir(target, 0o755))
+	r := mergeTestRank{rank: 0, node: "n", loss: []float64{1, 2}}.report(t)
+	m, err := report.MergeReports([]*report.Report{r})
+	require.NoError(t, err)
+	for _, write := range []func(string) error{r.WriteHTML, r.WriteJSON, m.WriteHTML, m.WriteJSON} {
+		err := write(target)
+		require.ErrorIs(t, err, engine.ErrInvalidArgument)
+		require.Contains(t, err.Error(), target+" is a directory")
+		require.NotContains(t, err.Error(), ".tmp", "the temporary file is not the problem")
+	}
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	require.Len(t, entries, 1, "no temporary file left")
 }

@@ -150,6 +150,10 @@ func writeFileSafely(path string, data []byte) error {
 	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 		return fmt.Errorf("%w: %s: the directory %s does not exist", engine.ErrInvalidArgument, path, dir)
 	}
+	if fi, err := os.Lstat(path); err == nil && fi.IsDir() {
+		// The rename would fail with "file exists" and name the temporary file, not the problem.
+		return fmt.Errorf("%w: %s is a directory; give the path of a file to write", engine.ErrInvalidArgument, path)
+	}
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return fmt.Errorf("%w: %v", engine.ErrIO, err)
