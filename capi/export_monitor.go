@@ -229,6 +229,28 @@ func ferry_metric_id(h C.uintptr_t, name *C.char, id *C.uint32_t) C.ferry_status
 	})
 }
 
+//export ferry_metric_find
+func ferry_metric_find(h C.uintptr_t, name *C.char, id *C.uint32_t) C.ferry_status {
+	return call("ferry_metric_find", func() error {
+		e, err := monitors.get(uint64(h))
+		if err != nil {
+			return err
+		}
+		if name == nil {
+			return errNull("name")
+		}
+		if id == nil {
+			return errNull("id")
+		}
+		mid, err := e.m.LookupMetric(C.GoString(name))
+		if err != nil {
+			return err
+		}
+		*id = C.uint32_t(mid)
+		return nil
+	})
+}
+
 // valuesCount checks a batch of values passed to the ferry_metric_log_many calls: 0 for an empty
 // batch, which needs no pointer.
 func valuesCount(values *C.double, count C.int64_t) (int, error) {

@@ -41,6 +41,7 @@
 #define ferry_monitor_start ferry_monitor_start_header_decl
 #define ferry_monitor_stop ferry_monitor_stop_header_decl
 #define ferry_monitor_destroy ferry_monitor_destroy_header_decl
+#define ferry_metric_find ferry_metric_find_header_decl
 #define ferry_metric_id ferry_metric_id_header_decl
 #define ferry_metric_log_many ferry_metric_log_many_header_decl
 #define ferry_metric_log_many_at ferry_metric_log_many_at_header_decl
@@ -114,6 +115,7 @@
 #undef ferry_monitor_start
 #undef ferry_monitor_stop
 #undef ferry_monitor_destroy
+#undef ferry_metric_find
 #undef ferry_metric_id
 #undef ferry_metric_log_many
 #undef ferry_metric_log_many_at

@@ -918,6 +918,12 @@ FERRY_API ferry_status ferry_monitor_stop(ferry_monitor monitor);
 FERRY_API ferry_status ferry_metric_id(ferry_monitor monitor, const char* name, uint32_t* id);
 
 /**
+ * Writes the ID of the metric named name without creating it: FERRY_ERR_INVALID_ARGUMENT, naming it, when
+ * no metric has that name yet (logged from any thread or binding, or by a sampler).
+ */
+FERRY_API ferry_status ferry_metric_find(ferry_monitor monitor, const char* name, uint32_t* id);
+
+/**
  * Logs value for metric id, stamped now. Written in C: it never enters Go, takes no lock, allocates only
  * the calling thread's ring on its first log (~100 KB), and costs about as much as reading the clock. Safe
  * from any thread. The value is folded into the metric's summary within 100 ms, or at the next summary or

@@ -223,6 +223,19 @@ func (m *Monitor) Origin() uint64 { return m.t0 }
 // NumMetrics is the number of interned metrics; IDs are 0..NumMetrics-1.
 func (m *Monitor) NumMetrics() int { return int(m.nids.Load()) }
 
+// LookupMetric returns the ID of the metric named name without creating it: an ErrInvalidArgument
+// error for a name no one has logged or registered (a typo would otherwise create an empty metric).
+func (m *Monitor) LookupMetric(name string) (MetricID, error) {
+	if id, ok := m.names.Load(name); ok {
+		return id.(MetricID), nil
+	}
+	if err := checkMetricName(name); err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("%w: no metric is named %q (a metric exists once it is logged or registered)",
+		engine.ErrInvalidArgument, name)
+}
+
 // MetricName is the name of id, or "" when id is unknown.
 func (m *Monitor) MetricName(id MetricID) string {
 	st := *m.states.Load()

@@ -182,6 +182,15 @@ static void test_names(void) {
     CHECK_STATUS(ferry_metric_id(m, "semi;colon", &c), FERRY_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(ferry_metric_id(m, NULL, &c), FERRY_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(ferry_metric_id(m, "loss", NULL), FERRY_ERR_INVALID_ARGUMENT);
+    /* ferry_metric_find looks a name up without creating it. */
+    c = 99;
+    CHECK_STATUS(ferry_metric_find(m, "loss", &c), FERRY_OK);
+    CHECK(c == a);
+    CHECK_STATUS(ferry_metric_find(m, "lsos", &c), FERRY_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(ferry_last_error(), "lsos") != NULL);
+    CHECK_STATUS(ferry_metric_find(m, "lsos", &c), FERRY_ERR_INVALID_ARGUMENT); /* still absent */
+    CHECK_STATUS(ferry_metric_find(m, NULL, &c), FERRY_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(ferry_metric_find(m, "loss", NULL), FERRY_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(ferry_metric_log(m, 1000, 1), FERRY_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(ferry_metric_log_many(m, 1000, &v, 1), FERRY_ERR_INVALID_ARGUMENT);
     memset(&s, 0, sizeof(s));

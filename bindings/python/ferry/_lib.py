@@ -587,6 +587,7 @@ _SIGNATURES = [
     ("ferry_monitor_start", ferry_status, [ferry_monitor]),
     ("ferry_monitor_stop", ferry_status, [ferry_monitor]),
     ("ferry_metric_id", ferry_status, [ferry_monitor, c_char_p, POINTER(c_uint32)]),
+    ("ferry_metric_find", ferry_status, [ferry_monitor, c_char_p, POINTER(c_uint32)]),
     ("ferry_metric_log", ferry_status, [ferry_monitor, c_uint32, c_double]),
     ("ferry_metric_log_many", ferry_status, [ferry_monitor, c_uint32, POINTER(c_double), c_int64]),
     ("ferry_metric_log_many_at", ferry_status,

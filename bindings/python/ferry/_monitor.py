@@ -208,6 +208,15 @@ class PerformanceMonitor(_Owner):
         self._call(self._lib.ferry_metric_id, _encode(name, "metric name"), byref(out))
         return out.value
 
+    def _find(self, name: str) -> int:
+        """The ID of an existing metric ``name`` (logged here, from C, or by a sampler), never creating one:
+        InvalidArgumentError names a name that no metric has."""
+        if not isinstance(name, str):
+            raise TypeError(f"a metric name must be a str, not {type(name).__name__}")
+        out = c_uint32()
+        self._call(self._lib.ferry_metric_find, _encode(name, "metric name"), byref(out))
+        return out.value
+
     def _buffer(self, name: str) -> _Buffer:
         """The buffer of metric ``name``, made on its first log (validating the name)."""
         buf = self._buffers.get(name)
@@ -268,6 +277,8 @@ class PerformanceMonitor(_Owner):
         buf = self._buffer(name)
         if len(buf.values):
             self._hand_over(buf)  # keep the order: the buffered values were logged first
+        if hasattr(values, "__iter__") and not hasattr(values, "__len__") and not hasattr(values, "__array__"):
+            values = list(values)  # an iterator or generator: numpy would make a 0-d object array of it
         if _np is not None:
             arr = _np.ascontiguousarray(values, dtype=_np.float64)
             if arr.ndim != 1:
@@ -288,9 +299,10 @@ class PerformanceMonitor(_Owner):
         values) as ints; ``mean``, ``min``, ``max``, ``std`` (population), ``last`` exact, and ``p50``,
         ``p90``, ``p99``, ``p999`` within ``sketch_accuracy``; the floats are NaN while count is 0; and
         ``first_ns``/``last_ns``, the ``time.monotonic_ns()`` of the first and last value. Its cost does not
-        grow with the values logged."""
+        grow with the values logged. A name no metric has (never logged, e.g. a typo) raises
+        InvalidArgumentError; :meth:`metric` registers one."""
         self._flush_metric(name)
-        metric_id = self._buffers[name].id if name in self._buffers else self.metric(name)
+        metric_id = self._buffers[name].id if name in self._buffers else self._find(name)
         s = _lib.MetricSummary()
         s.size = _SUMMARY_SIZE
         self._call(self._lib.ferry_metric_summary_get, metric_id, byref(s))
