@@ -105,7 +105,7 @@ func TestSummaryExactOnAdversarialValues(t *testing.T) {
 func sanitize(s string) string {
 	out := []byte(s)
 	for i, c := range out {
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') {
 			out[i] = '_'
 		}
 	}
