@@ -462,6 +462,7 @@ var (
 	ferryMonitorStart           func(monitor monitorHandle) int32
 	ferryMonitorStop            func(monitor monitorHandle) int32
 	ferryMetricID               func(monitor monitorHandle, name *byte, id *uint32) int32
+	ferryMetricFind             func(monitor monitorHandle, name *byte, id *uint32) int32
 	ferryMetricLog              func(monitor monitorHandle, id uint32, value float64) int32
 	ferryMetricLogMany          func(monitor monitorHandle, id uint32, values *float64, count int64) int32
 	ferryMetricLogManyAt        func(monitor monitorHandle, id uint32, values *float64, timestampsNS *uint64, count int64) int32
@@ -544,6 +545,7 @@ var boundFunctions = []struct {
 	{"ferry_monitor_start", &ferryMonitorStart},
 	{"ferry_monitor_stop", &ferryMonitorStop},
 	{"ferry_metric_id", &ferryMetricID},
+	{"ferry_metric_find", &ferryMetricFind},
 	{"ferry_metric_log", &ferryMetricLog},
 	{"ferry_metric_log_many", &ferryMetricLogMany},
 	{"ferry_metric_log_many_at", &ferryMetricLogManyAt},

@@ -623,6 +623,7 @@ func TestMonitorHandles(t *testing.T) {
 		"ferry_metric_log_many":          func(h monitorHandle) int32 { return ferryMetricLogMany(h, id, &v, 1) },
 		"ferry_metric_log_many_at":       func(h monitorHandle) int32 { return ferryMetricLogManyAt(h, id, &v, &ts, 1) },
 		"ferry_metric_id":                func(h monitorHandle) int32 { return ferryMetricID(h, cname("loss"), &out) },
+		"ferry_metric_find":              func(h monitorHandle) int32 { return ferryMetricFind(h, cname("loss"), &out) },
 		"ferry_metric_summary_get":       func(h monitorHandle) int32 { return ferryMetricSummaryGet(h, id, &s) },
 		"ferry_monitor_start":            func(h monitorHandle) int32 { return ferryMonitorStart(h) },
 		"ferry_monitor_stop":             func(h monitorHandle) int32 { return ferryMonitorStop(h) },
