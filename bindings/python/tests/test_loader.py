@@ -405,6 +405,38 @@ def test_interpreter_exit_with_live_loaders_and_callbacks():
     assert r.stderr == ""
 
 
+def test_mmap_array_truncated_during_the_epoch_raises_io_error(tmp_path):
+    # A numpy array over a file mapping (np.load(mmap_mode="r")) whose file shrinks mid-epoch: reading the
+    # vanished pages raises SIGBUS, which must become FerryIOError, as with the file sources, not kill the
+    # process. In a subprocess, so that a crash fails this test and nothing else.
+    pytest.importorskip("numpy")
+    path = tmp_path / "x.npy"
+    code = (
+        "import os, numpy as np, ferry\n"
+        f"path = {str(path)!r}\n"
+        "np.save(path, np.arange(256 * 1024, dtype=np.uint8).reshape(64, 4096))\n"
+        "mm = np.load(path, mmap_mode='r')\n"
+        "loader = ferry.Loader({'x': mm}, 1, device='cpu', output='numpy', prefetch=2, workers=1)\n"
+        "it = iter(loader)\n"
+        "assert next(it)['x'].shape == (1, 4096)\n"
+        "os.truncate(path, 4096)\n"
+        "try:\n"
+        "    for _ in it:\n"
+        "        pass\n"
+        "except ferry.FerryIOError as e:\n"
+        "    print('FerryIOError', e)\n"
+        "else:\n"
+        "    print('no error')\n"
+        "loader.close()\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(PACKAGE_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("FerryIOError"), r.stdout
+    assert "truncated" in r.stdout
+
+
 def test_iterator_low_level():
     rng, seed = fresh_rng()
     arrays, data = _dataset(rng, 21, 8)
