@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import array
 import gc
+import os
 import struct
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -14,6 +17,7 @@ import pytest
 import ferry
 from ferry import _sources
 
+from conftest import PACKAGE_ROOT
 from loader_helpers import TIMEOUT_MS, fresh_rng, read_epoch, rows, write_npy
 
 
@@ -377,6 +381,49 @@ def _fill_reference(key, i, nbytes):
         out += hashlib.sha256(b"%d:%d:%d" % (key, i, c)).digest()
         c += 1
     return out[:nbytes]
+
+
+
+def test_file_sources_refuse_a_named_pipe_at_once(tmp_path):
+    # Opening a FIFO for reading blocks until a writer comes; every file source must refuse it at once
+    # (InvalidArgumentError, "not a regular file") instead. In a subprocess with a time limit, so that a
+    # hang fails this test and does not hang the run; so does a monitor's JSONL stream to a pipe no one reads.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    offsets = tmp_path / "offsets.npy"
+    write_npy(offsets, "<i8", (3,), struct.pack("<3q", 0, 2, 4))
+    tokens = tmp_path / "tokens.bin"
+    tokens.write_bytes(bytes(16))
+    code = (
+        "import ferry\n"
+        f"fifo, offsets, tokens = {str(fifo)!r}, {str(offsets)!r}, {str(tokens)!r}\n"
+        "tries = [\n"
+        "    lambda: ferry.NpySource({'x': fifo}),\n"
+        "    lambda: ferry.RecordSource(fifo, 4, fields={'x': (0, 'uint8', (4,))}),\n"
+        "    lambda: ferry.CIFAR10Source(fifo),\n"
+        "    lambda: ferry.TokenSource(fifo, 4),\n"
+        "    lambda: ferry.RaggedTokenSource(fifo, offsets, 4),\n"
+        "    lambda: ferry.RaggedTokenSource(tokens, fifo, 4),\n"
+        "]\n"
+        "for fn in tries:\n"
+        "    try:\n"
+        "        fn()\n"
+        "    except ferry.InvalidArgumentError as e:\n"
+        "        print('refused', 'not a regular file' in str(e), flush=True)\n"
+        "with ferry.PerformanceMonitor(gpu_interval=None, system_interval=None) as mon:\n"
+        "    try:\n"
+        "        mon.stream_jsonl(fifo)\n"
+        "    except ferry.FerryIOError as e:\n"
+        "        print('refused', 'no process has open for reading' in str(e), flush=True)\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(PACKAGE_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"opening a named pipe hung; output so far: {e.stdout!r}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:-1] == ["refused True"] * 7, r.stdout
 
 
 @pytest.mark.parametrize("use_numpy", [False, True])
