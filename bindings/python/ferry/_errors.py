@@ -258,6 +258,29 @@ def _as_int32(value: object, what: str) -> int:
     return v
 
 
+def _as_int64(value: object, what: str) -> int:
+    """Returns ``value`` as an int that fits int64_t; ctypes would silently wrap a larger one."""
+    v = _as_int(value, what)
+    if not -(2**63) <= v < 2**63:
+        raise _invalid(f"{what} {v} does not fit int64_t")
+    return v
+
+
+def _as_uint64(value: object, what: str) -> int:
+    """Returns ``value`` as an int that fits uint64_t (0 .. 2**64-1); ctypes would silently wrap another
+    one (2**64 + 5 would become 5)."""
+    v = _as_int(value, what)
+    if not 0 <= v < 2**64:
+        raise _invalid(f"{what} {v} does not fit uint64_t (0 .. 2**64-1)")
+    return v
+
+
+def _as_epoch(value: object) -> int:
+    """The one check of an epoch given to the library (set_epoch, restore, restore_elastic and the state
+    dicts that reach them): an int in 0 .. 2**64-1, the range of the C API's uint64_t epoch."""
+    return _as_uint64(value, "epoch")
+
+
 def _as_uint32(value: object, what: str) -> int:
     """Returns ``value`` as an int that fits uint32_t; ctypes would silently wrap a negative one."""
     v = _as_int(value, what)

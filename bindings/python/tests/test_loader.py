@@ -15,7 +15,7 @@ import ferry
 from ferry import _dataloader
 
 from conftest import PACKAGE_ROOT
-from loader_helpers import TIMEOUT_MS, fresh_rng, rows
+from loader_helpers import TIMEOUT_MS, fresh_rng, rows, write_npy
 
 
 def _pos(state):
@@ -106,6 +106,59 @@ def test_set_epoch_and_epoch_property():
         assert _epoch(b) == seq[1]
         with pytest.raises(ferry.InvalidArgumentError):
             b.set_epoch(-1)
+
+
+@pytest.mark.parametrize("epoch", [-1, 2**64, 2**64 + 5, -(2**64) + 5])
+def test_an_epoch_out_of_range_is_refused_the_same_way_everywhere(epoch):
+    # ctypes wraps an int that does not fit uint64_t: set_epoch(2**64 + 5) gave epoch 5 while
+    # load_state_dict refused the same value. Every way in refuses it with the same message.
+    rng, _ = fresh_rng()
+    arrays, _ = _dataset(rng, 20)
+    with _loader(arrays, 4) as loader:
+        it = loader._iterator
+        calls = {
+            "Loader.set_epoch": lambda e: loader.set_epoch(e),
+            "Iterator.set_epoch": lambda e: it.set_epoch(e),
+            "load_state_dict": lambda e: loader.load_state_dict({"epoch": e, "batch": 0}),
+            "load_state_dict elastic": lambda e: loader.load_state_dict(
+                {"epoch": e, "batch": 0, "consumed": 0, "world_size": 1}),
+            "restore": lambda e: it.restore(e),
+            "restore_elastic": lambda e: it.restore_elastic(e, 0),
+        }
+        for name, call in calls.items():
+            with pytest.raises(ferry.InvalidArgumentError, match=rf"epoch {epoch} does not fit uint64_t"):
+                call(epoch)
+            assert _pos(loader.state_dict()) == {"epoch": 0, "batch": 0}, name
+        # The largest epoch is taken by each of them alike.
+        for name, call in calls.items():
+            call(2**64 - 1)
+            assert loader.epoch == 2**64 - 1, name
+            loader.set_epoch(0)
+
+
+@pytest.mark.parametrize("what", ["batch_size", "record_size", "header_size", "field offset", "shape",
+                                  "seq_len", "max_len", "length", "multiple"])
+def test_ints_that_do_not_fit_their_c_type_are_refused_not_wrapped(tmp_path, what):
+    # ctypes silently wraps an int that does not fit the C type: batch_size=2**64 + 5 gave batches of 5.
+    big = 2**64 + 4
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes(64))
+    offsets = tmp_path / "offsets.npy"
+    write_npy(offsets, "<i8", (3,), array.array("q", [0, 2, 4]).tobytes())
+    records = {"x": (0, "uint8", (4,))}
+    make = {
+        "batch_size": lambda: _loader({"x": bytearray(40)}, big),
+        "record_size": lambda: ferry.RecordSource(path, big, fields=records),
+        "header_size": lambda: ferry.RecordSource(path, 4, header_size=big, fields=records),
+        "field offset": lambda: ferry.RecordSource(path, 4, fields={"x": (big, "uint8", (4,))}),
+        "shape": lambda: ferry.RecordSource(path, 4, fields={"x": (0, "uint8", (big,))}),
+        "seq_len": lambda: ferry.TokenSource(path, big),
+        "max_len": lambda: ferry.RaggedTokenSource(path, offsets, big),
+        "length": lambda: ferry.CallbackSource(lambda i, out: None, length=big, fields={"v": ("int32", 1)}),
+        "multiple": lambda: ferry.BatchSizeAdvisor(multiple=big),
+    }
+    with pytest.raises(ferry.InvalidArgumentError, match=f"{big} does not fit int64_t"):
+        make[what]()
 
 
 def test_state_dict_resume_is_bit_for_bit():
