@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import operator
+import os
 from typing import Dict, Optional, Type
 
 from . import _lib
@@ -239,6 +240,23 @@ def _closed(what: str) -> ClosedError:
 def _invalid(message: str) -> InvalidArgumentError:
     """The InvalidArgumentError raised for an argument that cannot even be passed to the library."""
     return InvalidArgumentError(Status.INVALID_ARGUMENT, message, "FERRY_ERR_INVALID_ARGUMENT")
+
+
+def _c_string(text: object, what: str) -> bytes:
+    """``text`` as the bytes of a NUL-terminated C string: the one place where the binding encodes a string
+    for the library (paths, field and transform names, metric and pipeline names, addresses). A str is
+    UTF-8 (a lone surrogate, as os.fsdecode makes of an undecodable byte, goes back to that byte); bytes
+    and path-like objects are taken as os.fsencode gives them. A NUL inside would cut the C string short
+    ("a\\0b" would become "a", "x.npy\\0junk" would open x.npy), so it is refused with InvalidArgumentError."""
+    if isinstance(text, str):
+        raw = text.encode("utf-8", "surrogateescape")
+    elif isinstance(text, (bytes, os.PathLike)):
+        raw = os.fsencode(text)
+    else:
+        raise TypeError(f"{what} must be a str, bytes or path, not {type(text).__name__}")
+    if b"\0" in raw:
+        raise _invalid(f"{what} {text!r} contains a NUL character")
+    return raw
 
 
 def _as_int(value: object, what: str) -> int:

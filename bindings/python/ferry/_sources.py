@@ -21,7 +21,7 @@ from ctypes import byref, c_char_p, c_int32, c_int64, c_void_p
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from . import _lib
-from ._errors import _as_int, _as_int64, _check, _invalid
+from ._errors import _as_int, _as_int64, _c_string, _check, _invalid
 from ._handle import _Owner
 
 __all__ = [
@@ -142,7 +142,7 @@ def _field_array(specs: Sequence[Tuple[str, str, Tuple[int, ...], int]]) -> Tupl
     arr = (_lib.FieldStruct * len(specs))()
     names = []
     for i, (name, dtype, shape, offset) in enumerate(specs):
-        b = name.encode("utf-8")
+        b = _c_string(name, "field name")
         names.append(b)
         f = arr[i]
         f.name = b
@@ -384,7 +384,7 @@ class ArraySource(Source):
 
 
 def _path(path: Any) -> bytes:
-    return os.fsencode(os.fspath(path))
+    return _c_string(os.fspath(path), "path")
 
 
 class RecordSource(Source):
@@ -438,7 +438,7 @@ class NpySource(Source):
         super().__init__()
         if not isinstance(paths, Mapping) or not paths:
             raise TypeError("NpySource takes a non-empty dict {field name: path}")
-        names = [str(n).encode("utf-8") for n in paths]
+        names = [_c_string(str(n), "field name") for n in paths]
         files = [_path(p) for p in paths.values()]
         lib = _lib.lib()
         handle = c_void_p()
@@ -518,7 +518,7 @@ class RaggedTokenSource(Source):
         _check(lib.ferry_ragged_options_init(byref(opts)))
         opts.format = fmt
         opts.max_len = _as_int64(max_len, "max_len")
-        name = field.encode("utf-8")
+        name = _c_string(field, "field name")
         opts.field_name = name
         handle = c_void_p()
         _check(lib.ferry_source_ragged_tokens(_path(tokens_path), _path(offsets_path), byref(opts),

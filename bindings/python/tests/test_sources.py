@@ -384,6 +384,50 @@ def _fill_reference(key, i, nbytes):
 
 
 
+@pytest.mark.parametrize("what", [
+    "npy field", "npy path", "records path", "records field", "cifar10 path", "tokens path",
+    "ragged tokens path", "ragged offsets path", "ragged field", "array field", "callback field",
+    "transform field", "ShiftTokens x", "PadSequences mask", "report path", "jsonl path", "pipeline name",
+])
+def test_a_nul_in_a_string_for_c_is_refused(tmp_path, what):
+    # A C string ends at its first NUL: {"a\0b": p} became field "a" and "x.npy\0junk" opened x.npy.
+    # Every string the binding hands to the library is refused when it holds one.
+    write_npy(tmp_path / "x.npy", "<i4", (4,), struct.pack("<4i", 1, 2, 3, 4))
+    write_npy(tmp_path / "offsets.npy", "<i8", (3,), struct.pack("<3q", 0, 2, 4))
+    (tmp_path / "data.bin").write_bytes(bytes(64))
+    npy, data, offsets = str(tmp_path / "x.npy"), str(tmp_path / "data.bin"), str(tmp_path / "offsets.npy")
+    rec = {"x": (0, "uint8", (4,))}
+
+    def loader(**kw):
+        return ferry.Loader({"x": bytearray(40), "tokens": (bytearray(80), "uint8", (40, 2))}, 4, device="cpu", output="dlpack", **kw)
+
+    def monitor(fn):
+        with ferry.PerformanceMonitor(gpu_interval=None, system_interval=None) as mon:
+            fn(mon)
+
+    make = {
+        "npy field": lambda: ferry.NpySource({"a\0b": npy}),
+        "npy path": lambda: ferry.NpySource({"x": npy + "\0junk"}),
+        "records path": lambda: ferry.RecordSource(data + "\0junk", 4, fields=rec),
+        "records field": lambda: ferry.RecordSource(data, 4, fields={"a\0b": (0, "uint8", (4,))}),
+        "cifar10 path": lambda: ferry.CIFAR10Source(data + "\0junk"),
+        "tokens path": lambda: ferry.TokenSource(data + "\0junk", 4),
+        "ragged tokens path": lambda: ferry.RaggedTokenSource(data + "\0junk", offsets, 4),
+        "ragged offsets path": lambda: ferry.RaggedTokenSource(data, offsets + "\0junk", 4),
+        "ragged field": lambda: ferry.RaggedTokenSource(data, offsets, 4, field="a\0b"),
+        "array field": lambda: ferry.ArraySource({"a\0b": bytearray(8)}),
+        "callback field": lambda: ferry.CallbackSource(lambda i, out: None, length=4, fields={"a\0b": ("int32", 1)}),
+        "transform field": lambda: loader(transforms={"x\0junk": ferry.Normalize(dtype="float32")}),
+        "ShiftTokens x": lambda: loader(transforms={"tokens": ferry.ShiftTokens(x="a\0b")}),
+        "PadSequences mask": lambda: loader(transforms={"tokens": ferry.PadSequences(mask="m\0junk")}),
+        "report path": lambda: monitor(lambda mon: mon.write_report(str(tmp_path / "r.json\0junk"))),
+        "jsonl path": lambda: monitor(lambda mon: mon.stream_jsonl(str(tmp_path / "m.jsonl\0junk"))),
+        "pipeline name": lambda: monitor(lambda mon: mon.attach("train\0junk", loader())),
+    }
+    with pytest.raises(ferry.InvalidArgumentError, match="contains a NUL character"):
+        make[what]()
+
+
 def test_file_sources_refuse_a_named_pipe_at_once(tmp_path):
     # Opening a FIFO for reading blocks until a writer comes; every file source must refuse it at once
     # (InvalidArgumentError, "not a regular file") instead. In a subprocess with a time limit, so that a
