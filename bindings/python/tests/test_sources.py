@@ -399,7 +399,8 @@ def test_a_nul_in_a_string_for_c_is_refused(tmp_path, what):
     rec = {"x": (0, "uint8", (4,))}
 
     def loader(**kw):
-        return ferry.Loader({"x": bytearray(40), "tokens": (bytearray(80), "uint8", (40, 2))}, 4, device="cpu", output="dlpack", **kw)
+        arrays = {"x": bytearray(40), "tokens": (bytearray(80), "uint8", (40, 2))}
+        return ferry.Loader(arrays, 4, device="cpu", output="dlpack", **kw)
 
     def monitor(fn):
         with ferry.PerformanceMonitor(gpu_interval=None, system_interval=None) as mon:
