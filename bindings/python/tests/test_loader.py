@@ -490,6 +490,23 @@ def test_mmap_array_truncated_during_the_epoch_raises_io_error(tmp_path):
     assert "truncated" in r.stdout
 
 
+def test_a_batch_size_beyond_the_data_set_gives_one_batch_of_it():
+    # The ring was sized by batch_size: 20 samples of 1 MiB with batch_size=16_777_216 asked for 16 TiB
+    # and raised OutOfMemoryError; torch gives one batch of 20. With ranks, one batch of the rank's share.
+    rng, _ = fresh_rng()
+    n, size = 20, 1 << 20
+    data = bytearray(rng.randbytes(n * size))
+    arrays = {"data": (data, "uint8", (n, size)), "idx": array.array("q", range(n))}
+    with _loader(arrays, 16_777_216, shuffle=True, prefetch=2) as loader:
+        assert len(loader) == 1
+        for _ in range(2):
+            (got,) = _epoch(loader)
+            assert sorted(got[0]) == list(range(n))
+            assert got[1] == rows(bytes(data), size, got[0])
+    with _loader(arrays, 16_777_216, rank=1, world_size=3) as loader:
+        assert [len(idx) for idx, _ in _epoch(loader)] == [7]
+
+
 def test_iterator_low_level():
     rng, seed = fresh_rng()
     arrays, data = _dataset(rng, 21, 8)
