@@ -604,8 +604,9 @@ FERRY_API ferry_status ferry_iterator_options_init(ferry_iterator_options* opts)
 
 /**
  * Creates an iterator over source on the engine's device and starts prefetching. It allocates its ring
- * once: prefetch x batch_size x (bytes per sample) of page-locked host memory and as much device memory
- * (host memory only on the CPU engine). The source must outlive the iterator.
+ * once: prefetch x B x (bytes per sample) of page-locked host memory and as much device memory (host
+ * memory only on the CPU engine), where B is the largest batch this rank gets: batch_size, or the rank's
+ * samples per epoch when fewer. The source must outlive the iterator.
  */
 FERRY_API ferry_status ferry_iterator_create(ferry_engine engine, ferry_source source,
                                              const ferry_iterator_options* opts, ferry_iterator* iterator);

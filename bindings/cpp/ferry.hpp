@@ -90,6 +90,19 @@ inline void check(ferry_status status) {
     }
 }
 
+/**
+ * s as the C string the library takes. A C string ends at its first NUL, so a std::string holding one
+ * would reach the library cut short ("a\0b" as "a", "x.npy\0junk" as x.npy): it is refused with
+ * FERRY_ERR_INVALID_ARGUMENT, naming what (a path, a field name...). Every string this header hands to
+ * the library goes through it. The pointer is s's own: keep s alive and unchanged while it is in use.
+ */
+inline const char* c_string(const std::string& s, const char* what) {
+    if (s.find('\0') != std::string::npos) {
+        throw error(FERRY_ERR_INVALID_ARGUMENT, std::string(what) + " contains a NUL character");
+    }
+    return s.c_str();
+}
+
 /** The version of the loaded library (which may differ from FERRY_VERSION_* of this header). */
 struct library_version {
     int32_t major;
@@ -660,7 +673,7 @@ struct field {
     /**
      * The C description of this field. Its name points into this object: keep the object alive and
      * unchanged while the result is in use. Throws FERRY_ERR_INVALID_ARGUMENT for more than
-     * FERRY_MAX_DIMS dimensions.
+     * FERRY_MAX_DIMS dimensions or a NUL in the name.
      */
     ferry_field to_c() const {
         if (shape.size() > static_cast<std::size_t>(FERRY_MAX_DIMS)) {
@@ -668,7 +681,7 @@ struct field {
                                                         " dimensions; at most " + std::to_string(FERRY_MAX_DIMS));
         }
         ferry_field f{};
-        f.name = name.c_str();
+        f.name = c_string(name, "field name");
         f.dtype = static_cast<int32_t>(dtype);
         f.ndim = static_cast<int32_t>(shape.size());
         for (std::size_t i = 0; i < shape.size(); i++) {
@@ -846,15 +859,15 @@ public:
                           const std::vector<field>& fields) {
         const std::vector<ferry_field> cf = detail::to_c(fields);
         source s;
-        check(ferry_source_records(path.c_str(), record_size, header_size, cf.data(), static_cast<int32_t>(cf.size()),
-                                   &s.handle_));
+        check(ferry_source_records(c_string(path, "path"), record_size, header_size, cf.data(),
+                                   static_cast<int32_t>(cf.size()), &s.handle_));
         return s;
     }
 
     /** A CIFAR-10 binary file as is: fields "label" (uint8) and "image" (uint8 [3, 32, 32], CHW). */
     static source cifar10(const std::string& path) {
         source s;
-        check(ferry_source_cifar10(path.c_str(), &s.handle_));
+        check(ferry_source_cifar10(c_string(path, "path"), &s.handle_));
         return s;
     }
 
@@ -868,8 +881,8 @@ public:
         }
         std::vector<const char*> names, paths;
         for (const auto& f : files) {
-            names.push_back(f.first.c_str());
-            paths.push_back(f.second.c_str());
+            names.push_back(c_string(f.first, "field name"));
+            paths.push_back(c_string(f.second, "path"));
         }
         source s;
         check(ferry_source_npy(names.data(), paths.data(), static_cast<int32_t>(files.size()), &s.handle_));
@@ -891,7 +904,7 @@ public:
         o.seed = seed;
         o.flags = (random ? FERRY_TOKENS_F_RANDOM : 0u) | (window ? FERRY_TOKENS_F_WINDOW : 0u);
         source s;
-        check(ferry_source_tokens(path.c_str(), &o, &s.handle_));
+        check(ferry_source_tokens(c_string(path, "path"), &o, &s.handle_));
         return s;
     }
 
@@ -907,9 +920,10 @@ public:
         check(ferry_ragged_options_init(&o));
         o.format = static_cast<int32_t>(format);
         o.max_len = max_len;
-        o.field_name = field.c_str();
+        o.field_name = c_string(field, "field name");
         source s;
-        check(ferry_source_ragged_tokens(tokens_path.c_str(), offsets_path.c_str(), &o, &s.handle_));
+        check(ferry_source_ragged_tokens(c_string(tokens_path, "tokens path"), c_string(offsets_path, "offsets path"),
+                                         &o, &s.handle_));
         return s;
     }
 
@@ -1152,7 +1166,7 @@ public:
     /** The field called name as a tensor. Throws FERRY_ERR_INVALID_ARGUMENT for an unknown name. */
     tensor field(const std::string& name) const {
         DLManagedTensorVersioned* t = nullptr;
-        check(ferry_batch_field_by_name(h_, name.c_str(), &t));
+        check(ferry_batch_field_by_name(h_, c_string(name, "field name"), &t));
         return tensor(t);
     }
 
@@ -1276,6 +1290,8 @@ public:
         transform t(FERRY_TRANSFORM_SHIFT_TOKENS, std::move(field));
         t.x_ = std::move(x);
         t.y_ = std::move(y);
+        (void)c_string(t.x_, "shift_tokens x");
+        (void)c_string(t.y_, "shift_tokens y");
         return t;
     }
 
@@ -1291,6 +1307,8 @@ public:
         t.t_.fixed_length = fixed ? 1 : 0;
         t.mask_ = std::move(mask);
         t.lengths_ = std::move(lengths);
+        (void)c_string(t.mask_, "pad_sequences mask");
+        (void)c_string(t.lengths_, "pad_sequences lengths");
         return t;
     }
 
@@ -1317,7 +1335,8 @@ public:
 
     /**
      * The C description of this transform. Its strings point into this object: keep the object alive and
-     * unchanged while the result is in use (the library copies it when the iterator is created).
+     * unchanged while the result is in use (the library copies it when the iterator is created). None holds
+     * a NUL: the factories refuse one (c_string).
      */
     ferry_transform to_c() const noexcept {
         ferry_transform t = t_;
@@ -1351,7 +1370,7 @@ public:
 
 private:
     transform(ferry_transform_kind kind, std::string field) : field_(std::move(field)) {
-        check(ferry_transform_init(&t_, static_cast<int32_t>(kind), field_.c_str()));
+        check(ferry_transform_init(&t_, static_cast<int32_t>(kind), c_string(field_, "a transform's field name")));
         t_.field = nullptr; // set by to_c(), from this object's copy of the name
     }
 
@@ -1949,12 +1968,12 @@ public:
         std::vector<const char*> paths;
         paths.reserve(opts.disk_paths().size());
         for (const std::string& p : opts.disk_paths()) {
-            paths.push_back(p.c_str());
+            paths.push_back(c_string(p, "disk path"));
         }
         if (paths.size() > static_cast<std::size_t>(std::numeric_limits<int32_t>::max())) {
             throw error(FERRY_ERR_INVALID_ARGUMENT, "too many disk paths");
         }
-        o.node = opts.node().empty() ? nullptr : opts.node().c_str();
+        o.node = opts.node().empty() ? nullptr : c_string(opts.node(), "node");
         o.disk_paths = paths.empty() ? nullptr : paths.data();
         o.num_disk_paths = static_cast<int32_t>(paths.size());
         check(ferry_monitor_create(&o, &h_));
@@ -1990,7 +2009,7 @@ public:
      */
     ferry::metric metric(const std::string& name) const {
         uint32_t id = 0;
-        check(ferry_metric_id(h_, name.c_str(), &id));
+        check(ferry_metric_id(h_, c_string(name, "metric name"), &id));
         return ferry::metric(h_, id);
     }
 
@@ -2018,10 +2037,10 @@ public:
     }
 
     /** Writes the report to path: HTML with charts for .html or .htm, else JSON; created 0644. */
-    void write_report(const std::string& path) const { check(ferry_monitor_write_report(h_, path.c_str())); }
+    void write_report(const std::string& path) const { check(ferry_monitor_write_report(h_, c_string(path, "path"))); }
 
     /** Streams every value logged from now on to path as JSON lines (ferry_monitor_stream_jsonl). */
-    void stream_jsonl(const std::string& path) const { check(ferry_monitor_stream_jsonl(h_, path.c_str())); }
+    void stream_jsonl(const std::string& path) const { check(ferry_monitor_stream_jsonl(h_, c_string(path, "path"))); }
 
     /** Stops the JSON-lines stream, if any. */
     void stop_jsonl() const { check(ferry_monitor_stream_jsonl(h_, nullptr)); }
@@ -2034,7 +2053,7 @@ public:
     std::string serve_prometheus(const std::string& addr = "") {
         char bound[256];
         bound[0] = '\0';
-        check(ferry_monitor_serve_prometheus(h_, addr.c_str(), bound, sizeof(bound)));
+        check(ferry_monitor_serve_prometheus(h_, c_string(addr, "address"), bound, sizeof(bound)));
         return std::string(bound);
     }
 
@@ -2044,7 +2063,7 @@ public:
      * dropped).
      */
     void attach(const std::string& name, const iterator& it) {
-        check(ferry_monitor_attach_iterator(h_, name.c_str(), it.get()));
+        check(ferry_monitor_attach_iterator(h_, c_string(name, "pipeline name"), it.get()));
     }
 
     /** Returns the raw handle, still owned by this object; nullptr when empty. */

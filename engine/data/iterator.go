@@ -2,6 +2,7 @@ package data
 
 import (
 	"fmt"
+	"math"
 	"runtime"
 	"slices"
 	"sync"
@@ -70,6 +71,7 @@ type Iterator struct {
 	outSrc     []int   // per batch field, the source field it comes from
 	plans      []fieldPlan
 	metaLayout metaLayout
+	rows       int      // the most samples a batch holds (Sampler.MaxBatchLen): what each slot is sized for
 	sampler    *Sampler // swapped (elastic resume) only while the pipeline is stopped, under mu
 	base       *Sampler // the sampler without a resumed epoch
 	nbatch     atomic.Int64
@@ -100,8 +102,9 @@ type Iterator struct {
 }
 
 // NewIterator builds an iterator over src on the engine and starts prefetching. It allocates the ring
-// once, from the engine's pools: Prefetch × BatchSize × (bytes per sample) of host memory (page-locked on
-// a GPU) and as much device memory. The iterator does not own src; close src after the iterator.
+// once, from the engine's pools: Prefetch × B × (bytes per sample) of host memory (page-locked on a GPU)
+// and as much device memory, where B is the largest batch the sampler gives this rank: BatchSize, or the
+// rank's samples per epoch when fewer (a batch size beyond the data set allocates for the data set). The iterator does not own src; close src after the iterator.
 func NewIterator(e *engine.Engine, src Source, opts IteratorOptions) (*Iterator, error) {
 	if e.Closed() {
 		return nil, fmt.Errorf("%w: engine on device %d", engine.ErrClosed, e.Device())
@@ -153,14 +156,15 @@ func NewIterator(e *engine.Engine, src Source, opts IteratorOptions) (*Iterator,
 	it := &Iterator{e: e, src: src, fields: fields, sampler: sampler, base: sampler, opts: opts,
 		closing: make(chan struct{})}
 	it.nbatch.Store(int64(sampler.BatchesPerEpoch()))
-	it.metaLayout = newMetaLayout(len(fields), opts.BatchSize)
+	it.rows = sampler.MaxBatchLen()
+	it.metaLayout = newMetaLayout(len(fields), it.rows)
 	if err := it.planFields(opts.Transforms); err != nil {
 		return nil, err
 	}
 	it.chooseStaging()
 	if err := it.allocate(); err != nil {
 		it.free()
-		return nil, fmt.Errorf("the iterator's ring of %d batches of %d samples: %w", opts.Prefetch, opts.BatchSize, err)
+		return nil, fmt.Errorf("the iterator's ring of %d batches of %d samples: %w", opts.Prefetch, it.rows, err)
 	}
 	if err := e.Adopt(it); err != nil {
 		it.free()
@@ -180,7 +184,7 @@ func (it *Iterator) allocate() error {
 		}
 		it.stream = s
 	}
-	b := it.opts.BatchSize
+	b := it.rows
 	for i := 0; i < it.opts.Prefetch; i++ {
 		s := &slot{id: i, free: make(chan struct{}, 1), filled: make(chan struct{}, 1), ready: make(chan struct{}, 1),
 			aligned: make([]bool, len(it.fields))}
@@ -191,8 +195,10 @@ func (it *Iterator) allocate() error {
 		s.hostOut = make([]*engine.HostBuffer, len(it.outs))
 		s.dev = make([]*engine.DeviceBuffer, len(it.outs))
 		for f, p := range it.plans {
-			n := p.in.Bytes() * b
-			var err error
+			n, err := batchBytes(p.in, b)
+			if err != nil {
+				return err
+			}
 			if it.needsHostStaging() {
 				if s.host[f], err = e.HostPool().Alloc(n); err != nil {
 					return err
@@ -204,7 +210,10 @@ func (it *Iterator) allocate() error {
 				}
 			}
 			for _, g := range p.outs {
-				m := it.outs[g].Bytes() * b
+				m, err := batchBytes(it.outs[g], b)
+				if err != nil {
+					return err
+				}
 				if p.t != nil && it.hostXform {
 					if s.hostOut[g], err = e.HostPool().Alloc(m); err != nil {
 						return err
@@ -234,6 +243,14 @@ func (it *Iterator) allocate() error {
 		}
 	}
 	return nil
+}
+
+// batchBytes is the size of rows samples of field f, an ErrOutOfMemory error when that overflows.
+func batchBytes(f Field, rows int) (int, error) {
+	if per := f.Bytes(); per > 0 && rows > math.MaxInt/per {
+		return 0, fmt.Errorf("%w: field %q: %d samples of %d bytes overflow", engine.ErrOutOfMemory, f.Name, rows, per)
+	}
+	return f.Bytes() * rows, nil
 }
 
 // free returns everything allocate took and the source memory's registrations. The pipeline must be

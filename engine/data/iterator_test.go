@@ -300,6 +300,36 @@ func iteratorChecks(t *testing.T, e *engine.Engine) {
 		require.Equal(t, 104, total, "103 samples pad to 104 over 4 ranks, as DistributedSampler does")
 	})
 
+	t.Run("a batch size beyond the data set sizes the ring by the data set", func(t *testing.T) {
+		// 20 samples of 1 MiB with a batch size of 16 Mi: one batch of 20, as torch gives, not a ring of
+		// 16 TiB per slot. With ranks, a slot holds the rank's share; a resumed epoch holds no more.
+		src, data := randomMemorySource(t, 20, Field{Name: "x", DType: Uint8, Shape: []int{1 << 20}})
+		const huge = 16 << 20
+		it, err := NewIterator(e, src, IteratorOptions{BatchSize: huge, Shuffle: true, Seed: 3, Prefetch: 2})
+		require.NoError(t, err)
+		defer it.Close()
+		require.Equal(t, 1, it.BatchesPerEpoch())
+		for range 2 {
+			got := collectEpoch(t, e, it, data)
+			require.Len(t, got, 1)
+			require.Len(t, got[0], 20)
+		}
+		require.NoError(t, it.Close())
+
+		for rank := range 3 {
+			it, err := NewIterator(e, src, IteratorOptions{BatchSize: huge, Seed: 3, Rank: rank, WorldSize: 3})
+			require.NoError(t, err)
+			got := collectEpoch(t, e, it, data)
+			require.Len(t, got, 1)
+			require.Len(t, got[0], 7, "20 samples over 3 ranks: 7 each, padded")
+			require.NoError(t, it.RestoreElastic(ElasticState{Epoch: 1, Consumed: 6}))
+			got = collectEpoch(t, e, it, data)
+			require.Len(t, got, 1)
+			require.Len(t, got[0], 5, "the 14 samples left over 3 ranks: 5 each, padded")
+			require.NoError(t, it.Close())
+		}
+	})
+
 	t.Run("the ring shows in the memory check and goes back on close", func(t *testing.T) {
 		src, _ := randomSource(t, 64)
 		_, err := e.Trim() // empty the pools' caches, so the ring's memory is new

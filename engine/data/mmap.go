@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"runtime/debug"
 	"sync"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/internal/fileio"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,21 +24,20 @@ type mappedFile struct {
 	data []byte
 }
 
-// mapFile maps path. An empty file cannot be mapped and is an ErrFormat error; a missing or unreadable
-// file is an ErrIO error that also wraps the operating system's error (errors.Is(err, fs.ErrNotExist)).
+// mapFile maps path. An empty file cannot be mapped and is an ErrFormat error; anything but a regular
+// file (a named pipe, a directory, a device) is an ErrInvalidArgument error, found without blocking on a
+// pipe that has no writer; a missing or unreadable file is an ErrIO error that also wraps the operating
+// system's error (errors.Is(err, fs.ErrNotExist)).
 func mapFile(path string) (*mappedFile, error) {
-	f, err := os.Open(path)
+	f, st, err := fileio.OpenRegular(path)
+	var notRegular *fileio.NotRegularError
+	if errors.As(err, &notRegular) {
+		return nil, fmt.Errorf("%w: %w", engine.ErrInvalidArgument, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", engine.ErrIO, err)
 	}
 	defer func() { _ = f.Close() }() // the mapping outlives the descriptor
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", engine.ErrIO, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w: %s is not a regular file (%v)", engine.ErrInvalidArgument, path, st.Mode().Type())
-	}
 	size := st.Size()
 	if size == 0 {
 		return nil, fmt.Errorf("%w: %s is empty", engine.ErrFormat, path)

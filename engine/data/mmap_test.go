@@ -10,10 +10,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"unsafe"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/internal/testutil"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // srcRand returns a generator with a fresh seed, logged so that a failure can be replayed.
@@ -204,4 +207,42 @@ func TestMappedFileTruncatedWhileOpen(t *testing.T) {
 
 	require.NoError(t, src.ReadSample(0, dst), "the pages still in the file stay readable")
 	require.Equal(t, data[:recSize], dst[0])
+}
+
+// A named pipe given as a source's file must be refused at once: opening a FIFO for reading blocks until
+// a writer comes, which for a path given by mistake is for ever. Every file a source opens is tried.
+func TestFileSourcesRefuseANamedPipe(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	require.NoError(t, unix.Mkfifo(fifo, 0o600))
+	tokens := srcWriteFile(t, "tokens.bin", make([]byte, 64))
+	offs := []int64{0, 4, 8}
+	require.NoError(t, WriteNpy(filepath.Join(dir, "offsets.npy"), Int64, []int{len(offs)},
+		unsafe.Slice((*byte)(unsafe.Pointer(&offs[0])), 8*len(offs))))
+	open := map[string]func() (Source, error){
+		"npy": func() (Source, error) { return NewNpySource(map[string]string{"x": fifo}) },
+		"records": func() (Source, error) {
+			return NewRecordSource(fifo, RecordSpec{RecordSize: 4, Fields: []RecordField{{Field: Field{Name: "x", DType: Uint8, Shape: []int{4}}}}})
+		},
+		"tokens": func() (Source, error) { return NewTokenSource(fifo, TokenConfig{Format: TokensUint16, SeqLen: 4}) },
+		"ragged tokens": func() (Source, error) {
+			return NewRaggedTokenSource(fifo, filepath.Join(dir, "offsets.npy"), RaggedConfig{Format: TokensUint16, MaxLen: 4})
+		},
+		"ragged offsets": func() (Source, error) {
+			return NewRaggedTokenSource(tokens, fifo, RaggedConfig{Format: TokensUint16, MaxLen: 4})
+		},
+	}
+	for name, fn := range open {
+		t.Run(name, func(t *testing.T) {
+			err := testutil.Within(t, testutil.FaultBound, name, func() error {
+				src, err := fn()
+				if err == nil {
+					_ = src.Close()
+				}
+				return err
+			})
+			require.ErrorIs(t, err, engine.ErrInvalidArgument)
+			require.Contains(t, err.Error(), "fifo is not a regular file (p")
+		})
+	}
 }

@@ -171,7 +171,7 @@ func (it *Iterator) prepare(s *slot) {
 	}
 	ml := it.metaLayout
 	meta := s.meta.Bytes()
-	b := it.opts.BatchSize
+	b := it.rows
 	inPlace := it.staging == StagingMapped || it.staging == StagingDMA
 	for f, p := range it.plans {
 		offs := unsafe.Slice((*uint64)(unsafe.Pointer(&meta[ml.offsetsOf(f)])), b)

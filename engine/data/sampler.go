@@ -228,6 +228,12 @@ func (s *Sampler) SamplesPerRank() int { return s.samplesPerRank }
 // without DropLast, floor(SamplesPerRank/BatchSize) with it. It is at least 1 and the same on every rank.
 func (s *Sampler) BatchesPerEpoch() int { return s.batches }
 
+// MaxBatchLen is the most samples any batch of this rank holds, in any epoch: BatchSize, or the rank's
+// SamplesPerRank when that is smaller (a batch size larger than the data set gives one short batch). An
+// epoch resumed elastically (WithResume) has no more samples per rank, so it holds for it too. Buffers
+// for a batch are sized by it, not by BatchSize.
+func (s *Sampler) MaxBatchLen() int { return min(s.cfg.BatchSize, s.samplesPerRank) }
+
 // BatchLen is the number of samples in batch b (0 <= b < BatchesPerEpoch): BatchSize, except for a
 // short last batch without DropLast. It returns 0 for b out of range.
 func (s *Sampler) BatchLen(b int) int {

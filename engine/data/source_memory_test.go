@@ -6,8 +6,10 @@ import (
 	"testing"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/internal/testutil"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 func memoryFixture(t *testing.T, n int) ([]Field, [][]byte) {
@@ -212,4 +214,42 @@ func TestMemoryBackedMatchesReadSample(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Caller memory may be a file mapping (numpy's mmap_mode="r"). When the file shrinks under it, reading
+// the vanished pages raises SIGBUS; the read must return an ErrIO error, as the file sources do, and not
+// kill the process. The reads run in a child process, so that a crash fails this test and nothing else.
+func TestMemorySourceOverTruncatedMapping(t *testing.T) {
+	out := testutil.RunIsolated(t, "TestMemorySourceOverTruncatedMappingChild")
+	require.Contains(t, out, "faulted")
+}
+
+func TestMemorySourceOverTruncatedMappingChild(t *testing.T) {
+	testutil.IsolatedChild(t)
+	r := srcRand(t)
+	const sampleSize, n = 4096, 16
+	data := srcRandBytes(r, sampleSize*n)
+	path := srcWriteFile(t, "mapped.bin", data)
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	mem, err := unix.Mmap(int(f.Fd()), 0, len(data), unix.PROT_READ, unix.MAP_SHARED)
+	require.NoError(t, f.Close())
+	require.NoError(t, err)
+	defer func() { require.NoError(t, unix.Munmap(mem)) }()
+
+	src, err := NewMemorySource(n, []Field{{Name: "x", DType: Uint8, Shape: []int{sampleSize}}}, [][]byte{mem})
+	require.NoError(t, err)
+	defer src.Close()
+	dst := srcDst(src.Fields())
+	require.NoError(t, src.ReadSample(n-1, dst))
+	require.Equal(t, data[(n-1)*sampleSize:], dst[0])
+
+	require.NoError(t, os.Truncate(path, sampleSize))
+	err = src.ReadSample(n-1, dst)
+	require.ErrorIs(t, err, engine.ErrIO)
+	require.Contains(t, err.Error(), "sample 15")
+	t.Log(err)
+
+	require.NoError(t, src.ReadSample(0, dst), "the pages still in the file stay readable")
+	require.Equal(t, data[:sampleSize], dst[0])
 }

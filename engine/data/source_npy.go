@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/internal/fileio"
 )
 
 // npyMagic starts every .npy file; the format version (major, minor) follows it.
@@ -538,7 +539,7 @@ func WriteNpy(path string, dtype DType, shape []int, data []byte) error {
 	hdr.WriteString(strings.Repeat(" ", hlen-len(dict)-1))
 	hdr.WriteByte('\n')
 
-	f, err := os.Create(path)
+	f, err := fileio.OpenWrite(path, os.O_CREATE|os.O_TRUNC, 0o666) // as os.Create, less the hang on a pipe
 	if err != nil {
 		return fmt.Errorf("%w: WriteNpy: %w", engine.ErrIO, err)
 	}

@@ -11,8 +11,10 @@ import (
 	"testing"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/internal/testutil"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // npyFileBytes builds a .npy file by hand: magic, version major.0, the header length in 2 (version 1)
@@ -410,4 +412,15 @@ for line in sys.stdin.read().splitlines():
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	require.Equal(t, len(lines), strings.Count(string(out), "ok "), "%s", out)
+}
+
+// WriteNpy to a named pipe that no process reads is refused at once instead of waiting for a reader.
+func TestWriteNpyToANamedPipeWithoutAReader(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "out.npy")
+	require.NoError(t, unix.Mkfifo(fifo, 0o600))
+	err := testutil.Within(t, testutil.FaultBound, "WriteNpy", func() error {
+		return WriteNpy(fifo, Uint8, []int{4}, make([]byte, 4))
+	})
+	require.ErrorIs(t, err, engine.ErrIO)
+	require.Contains(t, err.Error(), "named pipe that no process has open for reading")
 }

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/internal/fileio"
 )
 
 // jsonlSink writes every logged value as one JSON line: {"t": seconds since the monitor started,
@@ -67,13 +68,14 @@ func (m *Monitor) StreamJSONL(w io.Writer) (stop func() error, err error) {
 }
 
 // StreamJSONLFile streams to the file at path (see StreamJSONL), created with mode 0644 or truncated. A
-// symbolic link at path is refused (O_NOFOLLOW), never followed. The returned function stops the stream
-// and closes the file.
+// symbolic link at path is refused (O_NOFOLLOW), never followed. A named pipe is written to when a
+// process reads it, and refused at once when none does (the open would otherwise wait for one for ever).
+// The returned function stops the stream and closes the file.
 func (m *Monitor) StreamJSONLFile(path string) (stop func() error, err error) {
 	if path == "" {
 		return nil, fmt.Errorf("%w: empty path", engine.ErrInvalidArgument)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o644)
+	f, err := fileio.OpenWrite(path, os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("%w: opening %s for the JSONL stream: %v", engine.ErrIO, path, err)
 	}

@@ -19,11 +19,13 @@ import (
 
 	"github.com/ferry-ml/ferry/engine/data"
 	"github.com/ferry-ml/ferry/engine/internal/enginetest"
+	"github.com/ferry-ml/ferry/engine/internal/testutil"
 
 	"github.com/ferry-ml/ferry/engine"
 	"github.com/ferry-ml/ferry/engine/report"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // quietMonitor is a monitor with the samplers off.
@@ -409,4 +411,31 @@ func TestMonitorPipelineSampledAtReport(t *testing.T) {
 	require.Greater(t, float64(p["samples_per_second"].Last), 0.0, "%d batches were read", batches)
 	// A second report right away does not sample again over a few microseconds.
 	require.Equal(t, count, m.Report().PipelineMetrics["train"]["samples_per_second"].Count)
+}
+
+// A named pipe as the JSONL file: with no reader the open would wait for one for ever; it is refused at
+// once, and with a reader the stream is written to it.
+func TestMonitorJSONLFileNamedPipe(t *testing.T) {
+	m := quietMonitor(t, MonitorOptions{})
+	id, err := m.Metric("loss")
+	require.NoError(t, err)
+	fifo := filepath.Join(t.TempDir(), "metrics.fifo")
+	require.NoError(t, unix.Mkfifo(fifo, 0o600))
+	err = testutil.Within(t, testutil.FaultBound, "StreamJSONLFile", func() error {
+		_, err := m.StreamJSONLFile(fifo)
+		return err
+	})
+	require.ErrorIs(t, err, engine.ErrIO)
+	require.Contains(t, err.Error(), "named pipe that no process has open for reading")
+
+	r, err := os.OpenFile(fifo, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	require.NoError(t, err)
+	defer r.Close()
+	stop, err := m.StreamJSONLFile(fifo)
+	require.NoError(t, err)
+	require.NoError(t, m.Log(id, 2.5))
+	require.NoError(t, stop())
+	b, err := io.ReadAll(r)
+	require.NoError(t, err)
+	require.Contains(t, string(b), `"metric":"loss","value":2.5}`)
 }

@@ -3,13 +3,16 @@ package report
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/internal/fileio"
 )
 
 // ReportSchema names the JSON report's schema; it changes only when a field's meaning changes.
@@ -113,10 +116,20 @@ func (r *Report) MetricNames() []string { return sortedKeys(r.TrainingMetrics) }
 func (r *Report) WriteJSON(path string) error { return writeRendered(path, r.JSON) }
 
 // ReadReport reads the JSON report a monitor wrote (Report.WriteJSON) from path. A file that cannot be
-// read is an ErrIO error, one that is not JSON an ErrFormat error, and one of another schema an
-// ErrInvalidArgument error; each names the file.
+// read is an ErrIO error, one that is not JSON an ErrFormat error, and one of another schema or not a
+// regular file (a named pipe is refused at once, not waited on) an ErrInvalidArgument error; each names
+// the file.
 func ReadReport(path string) (*Report, error) {
-	b, err := os.ReadFile(path)
+	f, _, err := fileio.OpenRegular(path)
+	var notRegular *fileio.NotRegularError
+	if errors.As(err, &notRegular) {
+		return nil, fmt.Errorf("%w: reading the report: %v", engine.ErrInvalidArgument, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading the report %s: %v", engine.ErrIO, path, err)
+	}
+	b, err := io.ReadAll(f)
+	_ = f.Close()
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading the report %s: %v", engine.ErrIO, path, err)
 	}

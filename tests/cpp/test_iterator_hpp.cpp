@@ -1069,6 +1069,44 @@ TEST(Files, Tokens) {
               FERRY_ERR_INVALID_ARGUMENT);
 }
 
+// A C string ends at its first NUL: a std::string holding one would reach the library cut short ("a\0b"
+// as field "a", "x.npy\0junk" opening x.npy). Every string the header hands to the library refuses it.
+TEST(Files, ANulInAStringForTheLibraryThrows) {
+    const int64_t n = 4;
+    temp_dir dir("ferry-nul");
+    const bytes zeros(16, 0);
+    write_file(dir.file("x.npy"), npy_file("<i4", {n}, zeros));
+    write_file(dir.file("data.bin"), zeros);
+    const std::string npy = dir.file("x.npy"), data = dir.file("data.bin");
+    const std::string nul("a\0b", 3), junk("\0junk", 5);
+    const auto nul_refused = [](auto&& f) {
+        const ferry::error e = expect_error(f);
+        EXPECT_EQ(e.status(), FERRY_ERR_INVALID_ARGUMENT);
+        EXPECT_NE(e.message().find("contains a NUL character"), std::string::npos) << e.what();
+    };
+    nul_refused([&] { ferry::source::npy({{nul, npy}}); });
+    nul_refused([&] { ferry::source::npy({{"x", npy + junk}}); });
+    nul_refused([&] { ferry::source::records(data + junk, 4, 0, {ferry::field::of<uint8_t>("x", {4})}); });
+    nul_refused([&] { ferry::source::records(data, 4, 0, {ferry::field::of<uint8_t>(nul, {4})}); });
+    nul_refused([&] { ferry::source::cifar10(data + junk); });
+    nul_refused([&] { ferry::source::tokens(data + junk, 2); });
+    nul_refused([&] { ferry::source::ragged_tokens(data + junk, npy, 2); });
+    nul_refused([&] { ferry::source::ragged_tokens(data, npy + junk, 2); });
+    nul_refused([&] { ferry::source::ragged_tokens(data, npy, 2, FERRY_TOKENS_UINT16, nul); });
+    std::vector<uint8_t> mem(4);
+    nul_refused([&] { ferry::source::memory(n, {ferry::field::of<uint8_t>(nul)}, {mem.data()}); });
+    nul_refused([&] { ferry::transform::normalize(nul); });
+    nul_refused([&] { ferry::transform::shift_tokens("tokens", nul); });
+    nul_refused([&] { ferry::transform::pad_sequences("tokens", 0, false, "mask", nul); });
+    const auto quiet = [] { return ferry::monitor_options().no_gpu().no_pcie().no_system(); };
+    nul_refused([&] { ferry::monitor m(quiet().node(nul)); });
+    nul_refused([&] { ferry::monitor m(quiet().disk_paths({dir.file("") + junk})); });
+    ferry::monitor mon(quiet());
+    nul_refused([&] { (void)mon.metric(nul); });
+    nul_refused([&] { mon.write_report(dir.file("r.json") + junk); });
+    nul_refused([&] { mon.stream_jsonl(dir.file("m.jsonl") + junk); });
+}
+
 // ---------------------------------------------------------------------------------------------------
 // GPU
 // ---------------------------------------------------------------------------------------------------

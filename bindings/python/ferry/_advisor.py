@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple
 
 from . import _lib
-from ._errors import Status, _as_int, _check, _closed, _error, _invalid
+from ._errors import Status, _as_int, _as_int64, _check, _closed, _error, _invalid
 from ._handle import _Owner
 
 __all__ = ["AdvisorFit", "BatchSizeAdvisor", "torch_min_reduce"]
@@ -96,7 +96,7 @@ class BatchSizeAdvisor(_Owner):
         self._handle: Optional[Any] = None
         lib = _lib.lib()
         self._lib = lib
-        self._multiple = _as_int(multiple, "multiple")
+        self._multiple = _as_int64(multiple, "multiple")
         handle = _lib.ferry_advisor()
         _check(lib.ferry_advisor_create(self._multiple, byref(handle)))
         self._keep: List[Any] = []  # [c callback, state] of the reduce hook; held by the finalizer too

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import operator
+import os
 from typing import Dict, Optional, Type
 
 from . import _lib
@@ -241,6 +242,23 @@ def _invalid(message: str) -> InvalidArgumentError:
     return InvalidArgumentError(Status.INVALID_ARGUMENT, message, "FERRY_ERR_INVALID_ARGUMENT")
 
 
+def _c_string(text: object, what: str) -> bytes:
+    """``text`` as the bytes of a NUL-terminated C string: the one place where the binding encodes a string
+    for the library (paths, field and transform names, metric and pipeline names, addresses). A str is
+    UTF-8 (a lone surrogate, as os.fsdecode makes of an undecodable byte, goes back to that byte); bytes
+    and path-like objects are taken as os.fsencode gives them. A NUL inside would cut the C string short
+    ("a\\0b" would become "a", "x.npy\\0junk" would open x.npy), so it is refused with InvalidArgumentError."""
+    if isinstance(text, str):
+        raw = text.encode("utf-8", "surrogateescape")
+    elif isinstance(text, (bytes, os.PathLike)):
+        raw = os.fsencode(text)
+    else:
+        raise TypeError(f"{what} must be a str, bytes or path, not {type(text).__name__}")
+    if b"\0" in raw:
+        raise _invalid(f"{what} {text!r} contains a NUL character")
+    return raw
+
+
 def _as_int(value: object, what: str) -> int:
     if isinstance(value, bool):
         raise TypeError(f"{what} must be an int, not bool")
@@ -256,6 +274,29 @@ def _as_int32(value: object, what: str) -> int:
     if not -(2**31) <= v < 2**31:
         raise _invalid(f"{what} {v} does not fit int32_t")
     return v
+
+
+def _as_int64(value: object, what: str) -> int:
+    """Returns ``value`` as an int that fits int64_t; ctypes would silently wrap a larger one."""
+    v = _as_int(value, what)
+    if not -(2**63) <= v < 2**63:
+        raise _invalid(f"{what} {v} does not fit int64_t")
+    return v
+
+
+def _as_uint64(value: object, what: str) -> int:
+    """Returns ``value`` as an int that fits uint64_t (0 .. 2**64-1); ctypes would silently wrap another
+    one (2**64 + 5 would become 5)."""
+    v = _as_int(value, what)
+    if not 0 <= v < 2**64:
+        raise _invalid(f"{what} {v} does not fit uint64_t (0 .. 2**64-1)")
+    return v
+
+
+def _as_epoch(value: object) -> int:
+    """The one check of an epoch given to the library (set_epoch, restore, restore_elastic and the state
+    dicts that reach them): an int in 0 .. 2**64-1, the range of the C API's uint64_t epoch."""
+    return _as_uint64(value, "epoch")
 
 
 def _as_uint32(value: object, what: str) -> int:

@@ -21,8 +21,10 @@ from ._errors import (
     FerryIOError,
     InternalError,
     Status,
+    _as_epoch,
     _as_int,
     _as_int32,
+    _as_int64,
     _as_uint32,
     _check,
     _closed,
@@ -176,7 +178,7 @@ class IteratorSettings:
         _check(lib.ferry_iterator_options_init(byref(opts)))
         opts.flags = (_lib.FERRY_ITERATOR_F_SHUFFLE if self.shuffle else 0) | (
             _lib.FERRY_ITERATOR_F_DROP_LAST if self.drop_last else 0)
-        opts.batch_size = _as_int(batch_size, "batch_size")
+        opts.batch_size = _as_int64(batch_size, "batch_size")
         opts.seed = _as_int(self.seed, "seed") & (2**64 - 1)
         opts.workers = _as_int32(self.workers, "workers")
         opts.prefetch = _as_int32(self.prefetch, "prefetch")
@@ -194,10 +196,7 @@ class IteratorSettings:
             opts.transforms = ctypes.cast(array, ctypes.POINTER(_lib.Transform))
         opts.num_transforms = count
         opts.staging = _as_int32(staging_code(self.staging), "staging")
-        budget = 0 if self.pinned_budget is None else _as_int(self.pinned_budget, "pinned_budget")
-        if not -(2**63) <= budget < 2**63:
-            raise _invalid(f"pinned_budget {budget} does not fit int64_t")
-        opts.pinned_budget = budget
+        opts.pinned_budget = 0 if self.pinned_budget is None else _as_int64(self.pinned_budget, "pinned_budget")
         return opts, (array, names)
 
 
@@ -332,29 +331,22 @@ class Iterator(_Owner):
         A position taken under another world size is refused: use :meth:`restore_elastic`."""
         pos = _lib.IteratorPosition()
         pos.size = ctypes.sizeof(pos)
-        pos.epoch = _as_int(epoch, "epoch")
-        pos.batch = _as_int(batch, "batch")
-        pos.offset = _as_int(offset, "offset")
-        pos.world_size = _as_int(world_size, "world_size")
-        if pos.epoch != epoch or pos.batch != batch or pos.offset != offset:
-            raise _invalid(f"position ({epoch}, {batch}, {offset}) is out of range")
+        pos.epoch = _as_epoch(epoch)
+        pos.batch = _as_int64(batch, "batch")
+        pos.offset = _as_int64(offset, "offset")
+        pos.world_size = _as_int64(world_size, "world_size")
         _check(self._lib.ferry_iterator_restore(self._h(), byref(pos)))
 
     def restore_elastic(self, epoch: int, consumed: int) -> None:
         """Continues a job from its global position (``state()["epoch"]`` and ``["consumed"]``, from any
         rank) under this iterator's world size, which may differ from the one it was saved under: every
         remaining sample of the epoch comes once across the ranks (``ferry_iterator_restore_elastic``)."""
-        e, c = _as_int(epoch, "epoch"), _as_int(consumed, "consumed")
-        if e != epoch or c != consumed or e < 0:
-            raise _invalid(f"elastic position ({epoch}, {consumed}) is out of range")
+        e, c = _as_epoch(epoch), _as_int64(consumed, "consumed")
         _check(self._lib.ferry_iterator_restore_elastic(self._h(), e, c))
 
     def set_epoch(self, epoch: int) -> None:
         """Starts epoch ``epoch`` from its first batch (like DistributedSampler.set_epoch)."""
-        e = _as_int(epoch, "epoch")
-        if e < 0:
-            raise _invalid(f"epoch {e} is negative")
-        _check(self._lib.ferry_iterator_set_epoch(self._h(), e))
+        _check(self._lib.ferry_iterator_set_epoch(self._h(), _as_epoch(epoch)))
 
     def __repr__(self) -> str:
         if self._handle is None:

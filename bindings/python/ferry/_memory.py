@@ -14,7 +14,7 @@ from . import _lib
 from ._advisor import BatchSizeAdvisor
 from ._device import device_count
 from ._engine import CPU, Engine, MemorySnapshot, Pressure, _new_snapshot_struct
-from ._errors import Status, _as_int, _check, _closed, _error, _invalid
+from ._errors import Status, _as_int, _as_int32, _check, _closed, _error, _invalid
 
 __all__ = ["MemoryManager", "OptimizeResult"]
 
@@ -45,7 +45,7 @@ def _metric(metric: Union[str, int]) -> int:
             return _METRICS[metric.lower()]
         except KeyError:
             raise _invalid(f"unknown pressure metric {metric!r}; expected one of {sorted(set(_METRICS))}") from None
-    return _as_int(metric, "metric")
+    return _as_int32(metric, "metric")
 
 
 def _bytes_of_mb(mb: Optional[float], what: str) -> int:

@@ -14,7 +14,7 @@ from ctypes import POINTER, byref, c_char, c_double, c_uint32, c_uint64, c_void_
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 from . import _lib
-from ._errors import ClosedError, Status, _as_int32, _check, _closed, _error, _invalid
+from ._errors import ClosedError, Status, _as_int32, _c_string, _check, _closed, _error, _invalid
 from ._handle import _Owner
 
 __all__ = ["PerformanceMonitor"]
@@ -54,14 +54,6 @@ def _interval_us(seconds: Optional[float], what: str) -> int:
     if us >= 2**63:
         raise _invalid(f"{what} {seconds} s is too long")
     return us
-
-
-def _encode(text: Union[str, bytes, "os.PathLike[str]"], what: str) -> bytes:
-    """text as the NUL-terminated bytes a C string holds; a NUL inside would cut it short, so it is refused."""
-    raw = os.fsencode(text) if not isinstance(text, str) else text.encode("utf-8", "surrogateescape")
-    if b"\0" in raw:
-        raise _invalid(f"{what} {text!r} contains a NUL character")
-    return raw
 
 
 class _Buffer:
@@ -132,12 +124,12 @@ class PerformanceMonitor(_Owner):
         opts.local_rank = 0 if local_rank is None else _as_int32(local_rank, "local_rank")
         if isinstance(disk_paths, (str, bytes)) or isinstance(disk_paths, os.PathLike):
             disk_paths = (disk_paths,)
-        encoded = [_encode(p, "disk path") for p in disk_paths]
+        encoded = [_c_string(p, "disk path") for p in disk_paths]
         # The strings live in these locals until the call returns; the library copies them.
         paths = (ctypes.c_char_p * max(1, len(encoded)))(*encoded)
         opts.num_disk_paths = _as_int32(len(encoded), "len(disk_paths)")
         opts.disk_paths = ctypes.cast(paths, POINTER(ctypes.c_char_p)) if encoded else None
-        node_raw = None if node is None else _encode(node, "node")
+        node_raw = None if node is None else _c_string(node, "node")
         opts.node = node_raw
         handle = c_void_p()
         _check(lib.ferry_monitor_create(byref(opts), byref(handle)))
@@ -195,7 +187,7 @@ class PerformanceMonitor(_Owner):
         it = loader_or_iterator.iterator if isinstance(loader_or_iterator, Loader) else loader_or_iterator
         if not isinstance(it, Iterator):
             raise TypeError(f"attach takes a ferry.Loader or ferry.Iterator, not {type(loader_or_iterator).__name__}")
-        self._call(self._lib.ferry_monitor_attach_iterator, _encode(name, "pipeline name"), it._h())
+        self._call(self._lib.ferry_monitor_attach_iterator, _c_string(name, "pipeline name"), it._h())
 
     # --- logging --------------------------------------------------------------------------------------------
 
@@ -205,7 +197,7 @@ class PerformanceMonitor(_Owner):
         if not isinstance(name, str):
             raise TypeError(f"a metric name must be a str, not {type(name).__name__}")
         out = c_uint32()
-        self._call(self._lib.ferry_metric_id, _encode(name, "metric name"), byref(out))
+        self._call(self._lib.ferry_metric_id, _c_string(name, "metric name"), byref(out))
         return out.value
 
     def _find(self, name: str) -> int:
@@ -341,14 +333,14 @@ class PerformanceMonitor(_Owner):
         """Writes the report to ``path``: HTML with charts when it ends in ``.html`` or ``.htm``, else JSON.
         The file is created 0644 through a temporary file renamed over it; its directory must exist."""
         self.flush()
-        self._call(self._lib.ferry_monitor_write_report, _encode(path, "path"))
+        self._call(self._lib.ferry_monitor_write_report, _c_string(path, "path"))
 
     def stream_jsonl(self, path: Optional[Union[str, "os.PathLike[str]"]]) -> None:
         """Streams every value logged from now on to ``path`` as JSON lines (``{"t": seconds since the
         monitor started, "metric": name, "value": v}``), flushed every 100 ms; ``None`` stops the stream.
         Values still buffered in Python are handed over first, so they are not in the stream."""
         self.flush()
-        self._call(self._lib.ferry_monitor_stream_jsonl, None if path is None else _encode(path, "path"))
+        self._call(self._lib.ferry_monitor_stream_jsonl, None if path is None else _c_string(path, "path"))
 
     def report_html(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Writes the HTML report, with charts, to ``path`` (which must end in ``.html`` or ``.htm``)."""
@@ -364,7 +356,7 @@ class PerformanceMonitor(_Owner):
         Each scrape sees the values handed over so far (see the class comment). A monitor serves one
         endpoint; a second call raises InvalidArgumentError, a port in use FerryIOError."""
         bound = (c_char * 256)()
-        self._call(self._lib.ferry_monitor_serve_prometheus, None if addr is None else _encode(addr, "address"),
+        self._call(self._lib.ferry_monitor_serve_prometheus, None if addr is None else _c_string(addr, "address"),
                    bound, len(bound))
         return bound.value.decode("utf-8")
 

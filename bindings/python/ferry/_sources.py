@@ -21,7 +21,7 @@ from ctypes import byref, c_char_p, c_int32, c_int64, c_void_p
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from . import _lib
-from ._errors import _as_int, _check, _invalid
+from ._errors import _as_int, _as_int64, _c_string, _check, _invalid
 from ._handle import _Owner
 
 __all__ = [
@@ -126,7 +126,7 @@ def _shape(shape: Any, what: str) -> Tuple[int, ...]:
     if isinstance(shape, int) and not isinstance(shape, bool):
         shape = (shape,)
     try:
-        dims = tuple(_as_int(d, what + " shape entry") for d in shape)
+        dims = tuple(_as_int64(d, what + " shape entry") for d in shape)
     except TypeError:
         raise TypeError(f"{what}: shape must be an int or a sequence of ints, not {shape!r}") from None
     if len(dims) > _lib.FERRY_MAX_DIMS:
@@ -142,7 +142,7 @@ def _field_array(specs: Sequence[Tuple[str, str, Tuple[int, ...], int]]) -> Tupl
     arr = (_lib.FieldStruct * len(specs))()
     names = []
     for i, (name, dtype, shape, offset) in enumerate(specs):
-        b = name.encode("utf-8")
+        b = _c_string(name, "field name")
         names.append(b)
         f = arr[i]
         f.name = b
@@ -384,7 +384,7 @@ class ArraySource(Source):
 
 
 def _path(path: Any) -> bytes:
-    return os.fsencode(os.fspath(path))
+    return _c_string(os.fspath(path), "path")
 
 
 class RecordSource(Source):
@@ -407,12 +407,12 @@ class RecordSource(Source):
                 offset, dtype, shape = spec
             except (TypeError, ValueError):
                 raise TypeError(f"{what}: expected (offset, dtype, shape), got {spec!r}") from None
-            specs.append((name, dtype_name(dtype, what), _shape(shape, what), _as_int(offset, what + " offset")))
+            specs.append((name, dtype_name(dtype, what), _shape(shape, what), _as_int64(offset, what + " offset")))
         lib = _lib.lib()
         arr, names = _field_array(specs)
         handle = c_void_p()
-        _check(lib.ferry_source_records(_path(path), _as_int(record_size, "record_size"),
-                                        _as_int(header_size, "header_size"), arr, len(specs), byref(handle)))
+        _check(lib.ferry_source_records(_path(path), _as_int64(record_size, "record_size"),
+                                        _as_int64(header_size, "header_size"), arr, len(specs), byref(handle)))
         self.path = os.fspath(path)
         self._adopt(lib, handle)
 
@@ -438,7 +438,7 @@ class NpySource(Source):
         super().__init__()
         if not isinstance(paths, Mapping) or not paths:
             raise TypeError("NpySource takes a non-empty dict {field name: path}")
-        names = [str(n).encode("utf-8") for n in paths]
+        names = [_c_string(str(n), "field name") for n in paths]
         files = [_path(p) for p in paths.values()]
         lib = _lib.lib()
         handle = c_void_p()
@@ -485,7 +485,7 @@ class TokenSource(Source):
         opts = _lib.TokenOptions()
         _check(lib.ferry_token_options_init(byref(opts)))
         opts.format = fmt
-        opts.seq_len = _as_int(seq_len, "seq_len")
+        opts.seq_len = _as_int64(seq_len, "seq_len")
         opts.seed = _as_int(seed, "seed") & (2**64 - 1)
         opts.flags = (_lib.FERRY_TOKENS_F_RANDOM if random else 0) | (_lib.FERRY_TOKENS_F_WINDOW if window else 0)
         handle = c_void_p()
@@ -517,8 +517,8 @@ class RaggedTokenSource(Source):
         opts = _lib.RaggedOptions()
         _check(lib.ferry_ragged_options_init(byref(opts)))
         opts.format = fmt
-        opts.max_len = _as_int(max_len, "max_len")
-        name = field.encode("utf-8")
+        opts.max_len = _as_int64(max_len, "max_len")
+        name = _c_string(field, "field name")
         opts.field_name = name
         handle = c_void_p()
         _check(lib.ferry_source_ragged_tokens(_path(tokens_path), _path(offsets_path), byref(opts),
@@ -639,7 +639,7 @@ class CallbackSource(Source):
         lib = _lib.lib()
         arr, names = _field_array(specs)
         handle = c_void_p()
-        _check(lib.ferry_source_callback(_as_int(length, "length"), arr, len(specs), c_fn, None, byref(handle)))
+        _check(lib.ferry_source_callback(_as_int64(length, "length"), arr, len(specs), c_fn, None, byref(handle)))
         self._state = state
         self.fn = fn
         # The C callback must outlive the handle: the finalizer holds it until the handle is destroyed.

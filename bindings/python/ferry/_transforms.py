@@ -16,7 +16,7 @@ from ctypes import byref
 from typing import Any, List, Optional, Sequence, Tuple
 
 from . import _lib
-from ._errors import _as_int, _check, _invalid
+from ._errors import _as_int, _c_string, _check, _invalid
 from ._sources import DTYPES, dtype_name
 
 __all__ = ["Transform", "Normalize", "ShiftTokens", "PadSequences"]
@@ -32,7 +32,7 @@ def _name(value: Optional[str], what: str) -> Optional[bytes]:
         return None
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, not {type(value).__name__}")
-    return value.encode("utf-8")
+    return _c_string(value, what)
 
 
 def _values(value: Any, what: str) -> Optional[Tuple[float, ...]]:
@@ -66,7 +66,7 @@ class Transform:
         are appended to ``keep``, which must stay alive while the struct is in use."""
         if not isinstance(field, str):
             raise TypeError(f"a transform's field name must be a str, not {type(field).__name__}")
-        name = field.encode("utf-8")
+        name = _c_string(field, "a transform's field name")
         keep.append(name)
         t = _lib.Transform()
         _check(_lib.lib().ferry_transform_init(byref(t), self._kind, name))

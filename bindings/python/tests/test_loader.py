@@ -15,7 +15,7 @@ import ferry
 from ferry import _dataloader
 
 from conftest import PACKAGE_ROOT
-from loader_helpers import TIMEOUT_MS, fresh_rng, rows
+from loader_helpers import TIMEOUT_MS, fresh_rng, rows, write_npy
 
 
 def _pos(state):
@@ -106,6 +106,59 @@ def test_set_epoch_and_epoch_property():
         assert _epoch(b) == seq[1]
         with pytest.raises(ferry.InvalidArgumentError):
             b.set_epoch(-1)
+
+
+@pytest.mark.parametrize("epoch", [-1, 2**64, 2**64 + 5, -(2**64) + 5])
+def test_an_epoch_out_of_range_is_refused_the_same_way_everywhere(epoch):
+    # ctypes wraps an int that does not fit uint64_t: set_epoch(2**64 + 5) gave epoch 5 while
+    # load_state_dict refused the same value. Every way in refuses it with the same message.
+    rng, _ = fresh_rng()
+    arrays, _ = _dataset(rng, 20)
+    with _loader(arrays, 4) as loader:
+        it = loader._iterator
+        calls = {
+            "Loader.set_epoch": lambda e: loader.set_epoch(e),
+            "Iterator.set_epoch": lambda e: it.set_epoch(e),
+            "load_state_dict": lambda e: loader.load_state_dict({"epoch": e, "batch": 0}),
+            "load_state_dict elastic": lambda e: loader.load_state_dict(
+                {"epoch": e, "batch": 0, "consumed": 0, "world_size": 1}),
+            "restore": lambda e: it.restore(e),
+            "restore_elastic": lambda e: it.restore_elastic(e, 0),
+        }
+        for name, call in calls.items():
+            with pytest.raises(ferry.InvalidArgumentError, match=rf"epoch {epoch} does not fit uint64_t"):
+                call(epoch)
+            assert _pos(loader.state_dict()) == {"epoch": 0, "batch": 0}, name
+        # The largest epoch is taken by each of them alike.
+        for name, call in calls.items():
+            call(2**64 - 1)
+            assert loader.epoch == 2**64 - 1, name
+            loader.set_epoch(0)
+
+
+@pytest.mark.parametrize("what", ["batch_size", "record_size", "header_size", "field offset", "shape",
+                                  "seq_len", "max_len", "length", "multiple"])
+def test_ints_that_do_not_fit_their_c_type_are_refused_not_wrapped(tmp_path, what):
+    # ctypes silently wraps an int that does not fit the C type: batch_size=2**64 + 5 gave batches of 5.
+    big = 2**64 + 4
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes(64))
+    offsets = tmp_path / "offsets.npy"
+    write_npy(offsets, "<i8", (3,), array.array("q", [0, 2, 4]).tobytes())
+    records = {"x": (0, "uint8", (4,))}
+    make = {
+        "batch_size": lambda: _loader({"x": bytearray(40)}, big),
+        "record_size": lambda: ferry.RecordSource(path, big, fields=records),
+        "header_size": lambda: ferry.RecordSource(path, 4, header_size=big, fields=records),
+        "field offset": lambda: ferry.RecordSource(path, 4, fields={"x": (big, "uint8", (4,))}),
+        "shape": lambda: ferry.RecordSource(path, 4, fields={"x": (0, "uint8", (big,))}),
+        "seq_len": lambda: ferry.TokenSource(path, big),
+        "max_len": lambda: ferry.RaggedTokenSource(path, offsets, big),
+        "length": lambda: ferry.CallbackSource(lambda i, out: None, length=big, fields={"v": ("int32", 1)}),
+        "multiple": lambda: ferry.BatchSizeAdvisor(multiple=big),
+    }
+    with pytest.raises(ferry.InvalidArgumentError, match=f"{big} does not fit int64_t"):
+        make[what]()
 
 
 def test_state_dict_resume_is_bit_for_bit():
@@ -403,6 +456,55 @@ def test_interpreter_exit_with_live_loaders_and_callbacks():
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["100", "0000000001000000"]
     assert r.stderr == ""
+
+
+def test_mmap_array_truncated_during_the_epoch_raises_io_error(tmp_path):
+    # A numpy array over a file mapping (np.load(mmap_mode="r")) whose file shrinks mid-epoch: reading the
+    # vanished pages raises SIGBUS, which must become FerryIOError, as with the file sources, not kill the
+    # process. In a subprocess, so that a crash fails this test and nothing else.
+    pytest.importorskip("numpy")
+    path = tmp_path / "x.npy"
+    code = (
+        "import os, numpy as np, ferry\n"
+        f"path = {str(path)!r}\n"
+        "np.save(path, np.arange(256 * 1024, dtype=np.uint8).reshape(64, 4096))\n"
+        "mm = np.load(path, mmap_mode='r')\n"
+        "loader = ferry.Loader({'x': mm}, 1, device='cpu', output='numpy', prefetch=2, workers=1)\n"
+        "it = iter(loader)\n"
+        "assert next(it)['x'].shape == (1, 4096)\n"
+        "os.truncate(path, 4096)\n"
+        "try:\n"
+        "    for _ in it:\n"
+        "        pass\n"
+        "except ferry.FerryIOError as e:\n"
+        "    print('FerryIOError', e)\n"
+        "else:\n"
+        "    print('no error')\n"
+        "loader.close()\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(PACKAGE_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("FerryIOError"), r.stdout
+    assert "truncated" in r.stdout
+
+
+def test_a_batch_size_beyond_the_data_set_gives_one_batch_of_it():
+    # The ring was sized by batch_size: 20 samples of 1 MiB with batch_size=16_777_216 asked for 16 TiB
+    # and raised OutOfMemoryError; torch gives one batch of 20. With ranks, one batch of the rank's share.
+    rng, _ = fresh_rng()
+    n, size = 20, 1 << 20
+    data = bytearray(rng.randbytes(n * size))
+    arrays = {"data": (data, "uint8", (n, size)), "idx": array.array("q", range(n))}
+    with _loader(arrays, 16_777_216, shuffle=True, prefetch=2) as loader:
+        assert len(loader) == 1
+        for _ in range(2):
+            (got,) = _epoch(loader)
+            assert sorted(got[0]) == list(range(n))
+            assert got[1] == rows(bytes(data), size, got[0])
+    with _loader(arrays, 16_777_216, rank=1, world_size=3) as loader:
+        assert [len(idx) for idx, _ in _epoch(loader)] == [7]
 
 
 def test_iterator_low_level():

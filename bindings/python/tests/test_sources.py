@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import array
 import gc
+import os
 import struct
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -14,6 +17,7 @@ import pytest
 import ferry
 from ferry import _sources
 
+from conftest import PACKAGE_ROOT
 from loader_helpers import TIMEOUT_MS, fresh_rng, read_epoch, rows, write_npy
 
 
@@ -377,6 +381,94 @@ def _fill_reference(key, i, nbytes):
         out += hashlib.sha256(b"%d:%d:%d" % (key, i, c)).digest()
         c += 1
     return out[:nbytes]
+
+
+
+@pytest.mark.parametrize("what", [
+    "npy field", "npy path", "records path", "records field", "cifar10 path", "tokens path",
+    "ragged tokens path", "ragged offsets path", "ragged field", "array field", "callback field",
+    "transform field", "ShiftTokens x", "PadSequences mask", "report path", "jsonl path", "pipeline name",
+])
+def test_a_nul_in_a_string_for_c_is_refused(tmp_path, what):
+    # A C string ends at its first NUL: {"a\0b": p} became field "a" and "x.npy\0junk" opened x.npy.
+    # Every string the binding hands to the library is refused when it holds one.
+    write_npy(tmp_path / "x.npy", "<i4", (4,), struct.pack("<4i", 1, 2, 3, 4))
+    write_npy(tmp_path / "offsets.npy", "<i8", (3,), struct.pack("<3q", 0, 2, 4))
+    (tmp_path / "data.bin").write_bytes(bytes(64))
+    npy, data, offsets = str(tmp_path / "x.npy"), str(tmp_path / "data.bin"), str(tmp_path / "offsets.npy")
+    rec = {"x": (0, "uint8", (4,))}
+
+    def loader(**kw):
+        arrays = {"x": bytearray(40), "tokens": (bytearray(80), "uint8", (40, 2))}
+        return ferry.Loader(arrays, 4, device="cpu", output="dlpack", **kw)
+
+    def monitor(fn):
+        with ferry.PerformanceMonitor(gpu_interval=None, system_interval=None) as mon:
+            fn(mon)
+
+    make = {
+        "npy field": lambda: ferry.NpySource({"a\0b": npy}),
+        "npy path": lambda: ferry.NpySource({"x": npy + "\0junk"}),
+        "records path": lambda: ferry.RecordSource(data + "\0junk", 4, fields=rec),
+        "records field": lambda: ferry.RecordSource(data, 4, fields={"a\0b": (0, "uint8", (4,))}),
+        "cifar10 path": lambda: ferry.CIFAR10Source(data + "\0junk"),
+        "tokens path": lambda: ferry.TokenSource(data + "\0junk", 4),
+        "ragged tokens path": lambda: ferry.RaggedTokenSource(data + "\0junk", offsets, 4),
+        "ragged offsets path": lambda: ferry.RaggedTokenSource(data, offsets + "\0junk", 4),
+        "ragged field": lambda: ferry.RaggedTokenSource(data, offsets, 4, field="a\0b"),
+        "array field": lambda: ferry.ArraySource({"a\0b": bytearray(8)}),
+        "callback field": lambda: ferry.CallbackSource(lambda i, out: None, length=4, fields={"a\0b": ("int32", 1)}),
+        "transform field": lambda: loader(transforms={"x\0junk": ferry.Normalize(dtype="float32")}),
+        "ShiftTokens x": lambda: loader(transforms={"tokens": ferry.ShiftTokens(x="a\0b")}),
+        "PadSequences mask": lambda: loader(transforms={"tokens": ferry.PadSequences(mask="m\0junk")}),
+        "report path": lambda: monitor(lambda mon: mon.write_report(str(tmp_path / "r.json\0junk"))),
+        "jsonl path": lambda: monitor(lambda mon: mon.stream_jsonl(str(tmp_path / "m.jsonl\0junk"))),
+        "pipeline name": lambda: monitor(lambda mon: mon.attach("train\0junk", loader())),
+    }
+    with pytest.raises(ferry.InvalidArgumentError, match="contains a NUL character"):
+        make[what]()
+
+
+def test_file_sources_refuse_a_named_pipe_at_once(tmp_path):
+    # Opening a FIFO for reading blocks until a writer comes; every file source must refuse it at once
+    # (InvalidArgumentError, "not a regular file") instead. In a subprocess with a time limit, so that a
+    # hang fails this test and does not hang the run; so does a monitor's JSONL stream to a pipe no one reads.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    offsets = tmp_path / "offsets.npy"
+    write_npy(offsets, "<i8", (3,), struct.pack("<3q", 0, 2, 4))
+    tokens = tmp_path / "tokens.bin"
+    tokens.write_bytes(bytes(16))
+    code = (
+        "import ferry\n"
+        f"fifo, offsets, tokens = {str(fifo)!r}, {str(offsets)!r}, {str(tokens)!r}\n"
+        "tries = [\n"
+        "    lambda: ferry.NpySource({'x': fifo}),\n"
+        "    lambda: ferry.RecordSource(fifo, 4, fields={'x': (0, 'uint8', (4,))}),\n"
+        "    lambda: ferry.CIFAR10Source(fifo),\n"
+        "    lambda: ferry.TokenSource(fifo, 4),\n"
+        "    lambda: ferry.RaggedTokenSource(fifo, offsets, 4),\n"
+        "    lambda: ferry.RaggedTokenSource(tokens, fifo, 4),\n"
+        "]\n"
+        "for fn in tries:\n"
+        "    try:\n"
+        "        fn()\n"
+        "    except ferry.InvalidArgumentError as e:\n"
+        "        print('refused', 'not a regular file' in str(e), flush=True)\n"
+        "with ferry.PerformanceMonitor(gpu_interval=None, system_interval=None) as mon:\n"
+        "    try:\n"
+        "        mon.stream_jsonl(fifo)\n"
+        "    except ferry.FerryIOError as e:\n"
+        "        print('refused', 'no process has open for reading' in str(e), flush=True)\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(PACKAGE_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"opening a named pipe hung; output so far: {e.stdout!r}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:-1] == ["refused True"] * 7, r.stdout
 
 
 @pytest.mark.parametrize("use_numpy", [False, True])
