@@ -14,7 +14,7 @@ from . import _lib
 from ._device import device_count
 from ._dlpack import DLPackField
 from ._engine import CPU, Engine
-from ._errors import _as_int, _as_int32, _check, _closed, _invalid
+from ._errors import _as_epoch, _as_int, _as_int32, _check, _closed, _invalid
 from ._iterator import _DEFAULTS, Batch, Iterator, IteratorSettings
 from ._sources import ArraySource, Source
 from ._transforms import Transform
@@ -88,7 +88,9 @@ def _check_state(state: Any) -> Dict[str, Optional[int]]:
     out: Dict[str, Optional[int]] = {}
     for k in _STATE_KEYS:
         v = state.get(k)
-        if v is not None:
+        if v is not None and k == "epoch":
+            v = _as_epoch(v, "state['epoch'], the epoch")
+        elif v is not None:
             v = _as_int(v, f"state[{k!r}]")
             if v < 0:
                 raise _invalid(f"state[{k!r}] is {v}; it must be >= 0")

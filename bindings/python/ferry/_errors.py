@@ -293,10 +293,11 @@ def _as_uint64(value: object, what: str) -> int:
     return v
 
 
-def _as_epoch(value: object) -> int:
+def _as_epoch(value: object, what: str = "epoch") -> int:
     """The one check of an epoch given to the library (set_epoch, restore, restore_elastic and the state
-    dicts that reach them): an int in 0 .. 2**64-1, the range of the C API's uint64_t epoch."""
-    return _as_uint64(value, "epoch")
+    dicts that reach them): an int in 0 .. 2**64-1, the range of the C API's uint64_t epoch. ``what``
+    names it in the error."""
+    return _as_uint64(value, what)
 
 
 def _as_uint32(value: object, what: str) -> int:

@@ -206,7 +206,7 @@ class PerformanceMonitor(_Owner):
         if not isinstance(name, str):
             raise TypeError(f"a metric name must be a str, not {type(name).__name__}")
         out = c_uint32()
-        self._call(self._lib.ferry_metric_find, _encode(name, "metric name"), byref(out))
+        self._call(self._lib.ferry_metric_find, _c_string(name, "metric name"), byref(out))
         return out.value
 
     def _buffer(self, name: str) -> _Buffer:
