@@ -1,0 +1,116 @@
+"""Python's realities around the loader: a CallbackSource written Dataset style, re-entering a loader from
+its own callback, a loader collected on one of its own worker threads, Ctrl-C during a blocked ``next()``,
+and ``os.fork()`` after a loader exists.
+
+Everything that could hang runs in a child process under a hard time limit, so that a regression fails
+the test instead of hanging the run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import ferry
+
+from loader_helpers import TIMEOUT_MS, fresh_rng, read_epoch
+
+PACKAGE_ROOT = Path(ferry.__file__).resolve().parents[1]
+
+
+def run_child(code: str, timeout: float = 60, **kw):
+    """Runs code in a fresh interpreter with this package importable; a child that outlives timeout is
+    killed and fails the test (it hung)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONFAULTHANDLER"] = "1"
+    try:
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
+                              text=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the child hung (killed after {timeout} s); its output:\n{exc.stdout}\n{exc.stderr}")
+
+
+def values(batches, name="x"):
+    """[(indices, [int64 values of the field, first element of each sample])] of read_epoch's batches."""
+    out = []
+    for indices, fields in batches:
+        data = fields[name]
+        per = len(data) // len(indices)
+        out.append((indices, [struct.unpack_from("<q", data, k * per)[0] for k in range(len(indices))]))
+    return out
+
+
+# --- a CallbackSource written Dataset style ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", ["return_dict", "return_value", "return_tuple", "rebind"])
+@pytest.mark.parametrize("use_numpy", [True, False])
+def test_callback_source_dataset_style_values_are_copied_in(style, use_numpy):
+    """A function that returns its sample, or binds out[name] = value, gets its values into the batch
+    (before: zeros, or stale samples of earlier use of the ring)."""
+    np = pytest.importorskip("numpy") if use_numpy else None
+    rng, seed = fresh_rng()
+    n, bs = 16, 4
+    salt = rng.randrange(1 << 20)
+    two = style in ("return_tuple", "return_dict")
+
+    def sample(i):
+        x = struct.pack("<2q", i + salt, -i)
+        return np.frombuffer(x, dtype=np.int64).copy() if np is not None else memoryview(bytearray(x)).cast("q")
+
+    def label(i):
+        return np.int32(i * 7) if np is not None else memoryview(bytearray(struct.pack("<i", i * 7))).cast("i", [])
+
+    def fn(i, out):
+        if style == "return_dict":
+            return {"x": sample(i), "y": label(i)}
+        if style == "return_tuple":
+            return sample(i), label(i)
+        if style == "return_value":
+            return sample(i)
+        out["x"] = sample(i)
+        return None
+
+    fields = {"x": ("int64", 2)}
+    if two:
+        fields["y"] = ("int32", ())
+    src = ferry.CallbackSource(fn, length=n, fields=fields, numpy=use_numpy)
+    with ferry.Engine(ferry.CPU, sample_interval_ms=0) as eng, \
+            ferry.Iterator(eng, src, bs, shuffle=True, seed=seed, workers=2, timeout_ms=TIMEOUT_MS) as it:
+        for _ in range(2):  # the second epoch reuses the ring: stale samples would show there
+            batches = read_epoch(it)
+            assert sorted(i for ind, _ in batches for i in ind) == list(range(n))
+            for indices, fields_ in batches:
+                assert fields_["x"] == b"".join(struct.pack("<2q", i + salt, -i) for i in indices), (seed, style)
+                if two:
+                    assert fields_["y"] == b"".join(struct.pack("<i", i * 7) for i in indices)
+    src.close()
+
+
+@pytest.mark.parametrize("use_numpy", [True, False])
+@pytest.mark.parametrize("bad, match", [
+    (lambda i, out: {"x": b"\0" * 8, "y": 1}, r"field 'x': fn gave (shape|8 bytes)"),
+    (lambda i, out: {"nope": 1}, r"fn returned a dict with keys \['nope'\]"),
+    (lambda i, out: "a string", r"fn returned a str"),
+    (lambda i, out: out.pop("x"), r"fn (changed the keys of out|returned a)"),
+])
+def test_callback_source_refuses_what_it_cannot_use(use_numpy, bad, match):
+    """A returned value of the wrong size, or of a kind that cannot be a sample, fails the batch with the
+    reason, instead of a batch of zeros."""
+    if use_numpy:
+        pytest.importorskip("numpy")
+    src = ferry.CallbackSource(bad, length=4, fields={"x": ("int64", 2), "y": ("uint8", ())}, numpy=use_numpy)
+    with ferry.Loader(src, 4, device="cpu", output="dlpack", workers=1, timeout_ms=TIMEOUT_MS) as loader:
+        with pytest.raises(ferry.FerryIOError, match=match) as info:
+            loader.iterator.next()
+        assert isinstance(info.value.__cause__, (TypeError, ValueError))
+    src.close()
