@@ -163,31 +163,48 @@ func ferry_iterator_field(h C.uintptr_t, index C.int32_t, out *C.ferry_field) C.
 
 //export ferry_iterator_next
 func ferry_iterator_next(h C.uintptr_t, stream C.uintptr_t, out *C.uintptr_t) C.ferry_status {
-	return call("ferry_iterator_next", func() error {
-		it, err := iterators.get(uint64(h))
-		if err != nil {
-			return err
+	return call("ferry_iterator_next", func() error { return iteratorNext(h, stream, 0, out) })
+}
+
+//export ferry_iterator_next_wait
+func ferry_iterator_next_wait(h C.uintptr_t, stream C.uintptr_t, waitMs C.uint32_t, out *C.uintptr_t) C.ferry_status {
+	return call("ferry_iterator_next_wait", func() error {
+		if waitMs == 0 {
+			return fmt.Errorf("%w: wait_ms is 0; it must be at least 1 (ferry_iterator_next waits without slices)", engine.ErrInvalidArgument)
 		}
-		if out == nil {
-			return errNull("batch")
-		}
-		*out = 0
-		consumer := data.Stream(stream)
-		b, err := it.Next(context.Background(), consumer)
-		if errors.Is(err, io.EOF) {
-			return fmt.Errorf("%w of %d", errEndOfEpoch, it.State().Epoch-1)
-		}
-		if err != nil {
-			return err
-		}
-		bh, err := addBatch(b, consumer)
-		if err != nil {
-			_ = b.Release(consumer)
-			return err
-		}
-		*out = C.uintptr_t(bh)
-		return nil
+		return iteratorNext(h, stream, time.Duration(waitMs)*time.Millisecond, out)
 	})
+}
+
+// iteratorNext is ferry_iterator_next, waiting at most wait (0: the iterator's timeout) in this call; no
+// batch within wait writes a NULL batch and returns nil.
+func iteratorNext(h C.uintptr_t, stream C.uintptr_t, wait time.Duration, out *C.uintptr_t) error {
+	it, err := iterators.get(uint64(h))
+	if err != nil {
+		return err
+	}
+	if out == nil {
+		return errNull("batch")
+	}
+	*out = 0
+	consumer := data.Stream(stream)
+	b, err := it.NextWithin(context.Background(), consumer, wait)
+	if errors.Is(err, data.ErrNotReady) {
+		return nil
+	}
+	if errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w of %d", errEndOfEpoch, it.State().Epoch-1)
+	}
+	if err != nil {
+		return err
+	}
+	bh, err := addBatch(b, consumer)
+	if err != nil {
+		_ = b.Release(consumer)
+		return err
+	}
+	*out = C.uintptr_t(bh)
+	return nil
 }
 
 //export ferry_iterator_len

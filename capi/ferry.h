@@ -621,6 +621,17 @@ FERRY_API ferry_status ferry_iterator_create(ferry_engine engine, ferry_source s
 FERRY_API ferry_status ferry_iterator_next(ferry_iterator iterator, void* consumer_stream, ferry_batch* batch);
 
 /**
+ * ferry_iterator_next that waits at most wait_ms (>= 1) in this call, for a caller that must react to
+ * something between waits (a binding that checks for Ctrl-C, an event loop). When no batch came within
+ * wait_ms it returns FERRY_OK with *batch NULL and changes nothing: call it again. Consecutive such calls
+ * continue one wait, so that timeout_ms bounds the whole wait and its FERRY_ERR_TIMEOUT is the one
+ * ferry_iterator_next would have returned; a call of ferry_iterator_next, _restore or _set_epoch in between
+ * starts a new wait. Everything else is as ferry_iterator_next. Call from one thread at a time.
+ */
+FERRY_API ferry_status ferry_iterator_next_wait(ferry_iterator iterator, void* consumer_stream, uint32_t wait_ms,
+                                                ferry_batch* batch);
+
+/**
  * Writes the staging strategy the iterator uses (ferry_staging) and, into why (why_len bytes, always
  * NUL-terminated; why may be NULL), the reason it was picked: e.g. why it fell back to gather.
  */

@@ -211,6 +211,9 @@ def _destroy_iterator(lib: ctypes.CDLL, handle: c_void_p, engine: Engine, source
     return lib.ferry_iterator_destroy(handle)
 
 
+# The longest one call into the library waits in Iterator.next before Python checks for signals.
+_WAIT_SLICE_MS = 100
+
 _SAMPLE_RE = re.compile(r"for sample (\d+)")
 
 
@@ -298,7 +301,14 @@ class Iterator(_Owner):
         with the Python exception as ``__cause__``); the iterator stays usable.
         """
         out = c_void_p()
-        status = self._lib.ferry_iterator_next(self._h(), c_void_p(int(stream)) if stream else None, byref(out))
+        h, consumer, lib = self._h(), c_void_p(int(stream)) if stream else None, self._lib
+        # The library waits in slices, so that Python runs its signal handlers in between: Ctrl-C raises
+        # KeyboardInterrupt here within a slice, and the batch stays the next one. The slices continue
+        # one wait: timeout_ms bounds it as a whole.
+        while True:
+            status = lib.ferry_iterator_next_wait(h, consumer, _WAIT_SLICE_MS, byref(out))
+            if status or out.value:
+                break
         if status == _lib.FERRY_END_OF_EPOCH:
             return None
         if status:

@@ -544,6 +544,7 @@ _SIGNATURES = [
     ("ferry_iterator_create", ferry_status,
      [ferry_engine, ferry_source, POINTER(IteratorOptions), POINTER(ferry_iterator)]),
     ("ferry_iterator_next", ferry_status, [ferry_iterator, c_void_p, POINTER(ferry_batch)]),
+    ("ferry_iterator_next_wait", ferry_status, [ferry_iterator, c_void_p, c_uint32, POINTER(ferry_batch)]),
     ("ferry_iterator_len", ferry_status, [ferry_iterator, POINTER(c_int64)]),
     ("ferry_iterator_state", ferry_status, [ferry_iterator, POINTER(IteratorPosition)]),
     ("ferry_iterator_restore", ferry_status, [ferry_iterator, POINTER(IteratorPosition)]),

@@ -114,3 +114,74 @@ def test_callback_source_refuses_what_it_cannot_use(use_numpy, bad, match):
             loader.iterator.next()
         assert isinstance(info.value.__cause__, (TypeError, ValueError))
     src.close()
+
+
+# --- Ctrl-C during a blocked next() ------------------------------------------------------------------------
+
+
+def start_child(code: str) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONFAULTHANDLER"] = "1"
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_ctrl_c_interrupts_a_blocked_next_and_the_loader_stays_usable():
+    """SIGINT while next() waits for a slow source raises KeyboardInterrupt at once (before: only when the
+    library call returned, up to timeout_ms later); the batch stays the next one and the loader closes."""
+    child = start_child("""
+        import threading, ferry
+        go = threading.Event()
+        def fn(i, out):
+            go.wait(60)  # a slow source: nothing comes until the parent's SIGINT was handled
+            out["x"][()] = i
+        src = ferry.CallbackSource(fn, length=8, fields={"x": ("int64", ())}, numpy=False)
+        loader = ferry.Loader(src, 4, device="cpu", output="dlpack", workers=2)  # the default 5-minute timeout
+        it = loader.iterator
+        print("waiting", flush=True)
+        try:
+            it.next()
+            print("no interrupt", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        go.set()
+        b = it.next()
+        print("batch", b.indices(), flush=True)
+        b.release()
+        loader.close()
+        src.close()
+        print("closed", flush=True)
+    """)
+    try:
+        assert child.stdout.readline().strip() == "waiting"
+        time.sleep(0.5)  # the child is inside next() by now (it would be just as well before it)
+        sent = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        line = child.stdout.readline().strip()
+        elapsed = time.monotonic() - sent
+        assert line == "interrupted", (line, child.stderr.read() if line == "" else "")
+        assert elapsed < 5, f"KeyboardInterrupt came {elapsed:.1f} s after SIGINT"  # slices are 100 ms
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert out.split("\n")[:2] == ["batch [0, 1, 2, 3]", "closed"], (out, err)
+    assert child.returncode == 0, err
+
+
+def test_next_wait_slices_keep_the_timeout_and_its_hint():
+    """Waiting in slices does not stretch the iterator's timeout, and its error still names held batches."""
+    src = ferry.ArraySource({"x": bytearray(64)})
+    with ferry.Loader(src, 4, device="cpu", output="dlpack", prefetch=2, timeout_ms=400) as loader:
+        it = loader.iterator
+        held = [it.next(), it.next()]
+        start = time.monotonic()
+        with pytest.raises(ferry.FerryTimeoutError, match=r"within 400ms: the caller holds 2 unreleased batches"):
+            it.next()
+        assert time.monotonic() - start < 30
+        for b in held:
+            b.release()
+        assert it.next().indices() == [8, 9, 10, 11]
+    src.close()
