@@ -109,6 +109,9 @@ func ferry_iterator_create(eh C.uintptr_t, sh C.uintptr_t, opts *C.ferry_iterato
 			names[i] = C.CString(f.Name)
 		}
 		iteratorNames.Store(h, names)
+		if src.callback != 0 {
+			iteratorCallbacks.Store(h, src.callback)
+		}
 		*out = C.uintptr_t(h)
 		return nil
 	})
@@ -187,6 +190,9 @@ func iteratorNext(h C.uintptr_t, stream C.uintptr_t, wait time.Duration, out *C.
 		return errNull("batch")
 	}
 	*out = 0
+	if err := checkNotOwnCallback(h); err != nil {
+		return err
+	}
 	consumer := data.Stream(stream)
 	b, err := it.NextWithin(context.Background(), consumer, wait)
 	if errors.Is(err, data.ErrNotReady) {
@@ -237,6 +243,9 @@ func ferry_iterator_state(h C.uintptr_t, st *C.ferry_iterator_position) C.ferry_
 		if err != nil {
 			return err
 		}
+		if err := checkNotOwnCallback(h); err != nil {
+			return err
+		}
 		if err := checkPosition(st); err != nil {
 			return err
 		}
@@ -261,6 +270,9 @@ func ferry_iterator_restore(h C.uintptr_t, st *C.ferry_iterator_position) C.ferr
 		if err != nil {
 			return err
 		}
+		if err := checkNotOwnCallback(h); err != nil {
+			return err
+		}
 		if err := checkPosition(st); err != nil {
 			return err
 		}
@@ -283,6 +295,9 @@ func ferry_iterator_restore_elastic(h C.uintptr_t, epoch C.uint64_t, consumed C.
 		if err != nil {
 			return err
 		}
+		if err := checkNotOwnCallback(h); err != nil {
+			return err
+		}
 		if consumed < 0 || int64(consumed) > int64(it.Len()) {
 			return fmt.Errorf("%w: consumed %d is outside 0..%d (the source's samples)", engine.ErrInvalidArgument, int64(consumed), it.Len())
 		}
@@ -295,6 +310,9 @@ func ferry_iterator_set_epoch(h C.uintptr_t, epoch C.uint64_t) C.ferry_status {
 	return call("ferry_iterator_set_epoch", func() error {
 		it, err := iterators.get(uint64(h))
 		if err != nil {
+			return err
+		}
+		if err := checkNotOwnCallback(h); err != nil {
 			return err
 		}
 		return it.SetEpoch(uint64(epoch))
@@ -311,17 +329,22 @@ func ferry_iterator_destroy(h C.uintptr_t) C.ferry_status {
 		if err != nil {
 			return err
 		}
-		err = it.Close()
-		if v, ok := iteratorNames.LoadAndDelete(uint64(h)); ok {
-			for _, p := range v.([]*C.char) {
-				C.free(unsafe.Pointer(p))
+		iteratorCallbacks.Delete(uint64(h))
+		// From inside a sample callback (Python's garbage collector finalizing a loader on one of its own
+		// workers), Close would join the worker that runs the caller: it is deferred instead.
+		return closeOrDefer(func() error {
+			err := it.Close()
+			if v, ok := iteratorNames.LoadAndDelete(uint64(h)); ok {
+				for _, p := range v.([]*C.char) {
+					C.free(unsafe.Pointer(p))
+				}
 			}
-		}
-		iterators.release(idx)
-		if errors.Is(err, engine.ErrClosed) {
-			return nil // its engine was destroyed first, which closed it
-		}
-		return err
+			iterators.release(idx)
+			if errors.Is(err, engine.ErrClosed) {
+				return nil // its engine was destroyed first, which closed it
+			}
+			return err
+		})
 	})
 }
 

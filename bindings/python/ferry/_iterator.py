@@ -29,7 +29,7 @@ from ._errors import (
     _error,
     _invalid,
 )
-from ._handle import _Owner
+from ._handle import _in_callback, _Owner
 from ._sources import Source, _format_exception
 from ._transforms import STAGING_NAMES, Transform, staging_code, transform_array
 
@@ -274,8 +274,18 @@ class Iterator(_Owner):
         self._len = n.value
 
     def close(self) -> None:
-        """Stops prefetching and frees the ring. Idempotent."""
+        """Stops prefetching and frees the ring. Idempotent. Raises InvalidArgumentError when called from
+        inside the iterator's own CallbackSource function, which runs on a worker that the close would
+        wait for."""
+        self._refuse_in_own_callback("close()")
         super().close()
+
+    def _refuse_in_own_callback(self, what: str) -> None:
+        state = getattr(getattr(self, "source", None), "_state", None)
+        if self._handle is not None and state is not None and _in_callback(state):
+            raise _invalid(f"{what} was called from inside the sample function of the loader's own "
+                           "CallbackSource, on the worker it would wait for; call it from the thread that "
+                           "iterates (the function must only fill its sample)")
 
     @property
     def staging(self) -> Tuple[str, str]:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 
 from . import _lib
 from ._errors import _as_int, _check, _invalid
-from ._handle import _Owner
+from ._handle import _InCallback, _Owner
 
 __all__ = [
     "Source",
@@ -551,6 +551,7 @@ class _CallbackState:
         self.fn = fn
         self.lock = threading.Lock()
         self.errors: Dict[int, BaseException] = {}
+        self.running = _InCallback(self)
         self.makers = []
         for name, dt, shape, _ in specs:
             nbytes = dtype_size(dt) * math.prod(shape)
@@ -570,10 +571,11 @@ class _CallbackState:
     def __call__(self, user: Any, index: int, dst: Any, dst_bytes: Any, num_fields: int) -> int:
         # Runs on ferry's worker threads; ctypes takes the GIL. Nothing may propagate into C.
         try:
-            views = [(name, make(dst[k])) for k, (name, make) in enumerate(self.makers)]
-            out = dict(views)
-            result = self.fn(index, out)
-            self.collect(views, out, result)
+            with self.running:
+                views = [(name, make(dst[k])) for k, (name, make) in enumerate(self.makers)]
+                out = dict(views)
+                result = self.fn(index, out)
+                self.collect(views, out, result)
             return 0
         except BaseException as exc:  # noqa: BLE001 - every exception becomes a failed sample
             try:

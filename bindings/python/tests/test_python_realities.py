@@ -185,3 +185,83 @@ def test_next_wait_slices_keep_the_timeout_and_its_hint():
             b.release()
         assert it.next().indices() == [8, 9, 10, 11]
     src.close()
+
+
+# --- re-entering a loader from its own callback ----------------------------------------------------------
+
+
+def test_callback_that_reenters_its_loader_gets_a_clear_error_at_once():
+    """A sample function that closes its loader, or asks for its position, gets InvalidArgumentError at
+    once (before: close() deadlocked, and state_dict() made next() time out with no hint)."""
+    result = run_child("""
+        import ferry, threading
+        seen = {}
+        lock = threading.Lock()
+        def fn(i, out):
+            out["x"][()] = i
+            if i != 5:
+                return
+            for name, call in [("close", lambda: loader.close()), ("state_dict", lambda: loader.state_dict()),
+                               ("set_epoch", lambda: loader.set_epoch(3)), ("next", lambda: loader.iterator.next())]:
+                try:
+                    call()
+                    seen[name] = "no error"
+                except ferry.InvalidArgumentError as e:
+                    seen[name] = str(e)
+        src = ferry.CallbackSource(fn, length=16, fields={"x": ("int64", ())}, numpy=False)
+        loader = ferry.Loader(src, 4, device="cpu", output="numpy", workers=2, timeout_ms=20000)
+        got = [int(v) for b in loader for v in b["x"]]
+        assert got == list(range(16)), got
+        assert not loader.closed
+        print(loader.state_dict()["epoch"])
+        loader.close()
+        src.close()
+        for name in ("close", "state_dict", "set_epoch", "next"):
+            print(name, seen[name])
+    """, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "1"
+    for line in lines[1:]:
+        assert "called from inside" in line and "own" in line and "callback" in line.lower(), line
+    assert [line.split()[0] for line in lines[1:]] == ["close", "state_dict", "set_epoch", "next"]
+
+
+# --- a loader collected on one of its own workers ---------------------------------------------------------
+
+
+def test_loader_collected_on_its_own_worker_thread_is_destroyed_without_a_hang():
+    """The cyclic garbage collector finalizing a loader (dropped without close(), in a reference cycle) on
+    one of the loader's own workers, inside the sample function: the destroy is deferred instead of
+    joining the worker it runs on (before: it never returned, and interpreter exit blocked for ever). The
+    iterator is really destroyed, and the source goes on serving new loaders."""
+    result = run_child("""
+        import gc, threading, ferry
+        from ferry import _handle, _lib
+        gc.disable()  # the only collection is the one in the sample function
+        ready, collected = threading.Event(), threading.Event()
+        def fn(i, out):
+            out["x"][()] = i
+            if i == 6 and not collected.is_set() and ready.wait(30):
+                gc.collect()  # finalizes the unreachable loader, on this worker of its own
+                collected.set()
+        src = ferry.CallbackSource(fn, length=32, fields={"x": ("int64", ())}, numpy=False)
+        def make():
+            loader = ferry.Loader(src, 4, device="cpu", output="numpy", workers=2, prefetch=2, timeout_ms=20000)
+            cycle = {"loader": loader}
+            cycle["self"] = cycle  # reachable only through a cycle once make() returns
+            return loader.iterator._handle.value, loader.iterator._finalizer
+        handle, finalizer = make()
+        ready.set()
+        assert collected.wait(30), "the sample function's collection did not return"
+        t = _handle._deferred_thread
+        if t is not None:
+            t.join(30)
+        assert not finalizer.alive
+        assert _lib.lib().ferry_iterator_len(handle, None) == 2  # FERRY_ERR_INVALID_HANDLE: it is gone
+        with ferry.Loader(src, 8, device="cpu", output="numpy", timeout_ms=20000) as again:
+            assert [int(v) for b in again for v in b["x"]] == list(range(32))
+        print("ok", flush=True)
+    """, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
