@@ -72,6 +72,13 @@ int32_t ferry_capi_call_sample(uintptr_t fn, uintptr_t user, uint64_t source, in
 /* The id of the callback source whose function the calling thread runs (the innermost), or 0. */
 uint64_t ferry_capi_running_source(void);
 
+/* ---- fork.c: a child forked after the library loaded ---------------------------------------------- */
+
+/* Non-zero in a child forked after the library loaded, where nothing may enter Go. */
+int ferry_capi_forked(void);
+/* Records and returns the FERRY_ERR_UNSUPPORTED of a C entry point called in such a child. */
+ferry_status ferry_capi_fail_forked(const char* fn);
+
 /* ---- tensor.c: DLPack tensors -------------------------------------------------------------------- */
 
 /* A DLPack tensor over ferry memory, holding one reference on batch; its deleter drops the reference

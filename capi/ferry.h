@@ -25,6 +25,17 @@
  *  - Loading the library touches no GPU library. The first call that needs the GPU loads libcuda.so.1
  *    (and libnvidia-ml.so.1 for NVML figures). Without them, GPU calls return FERRY_ERR_NO_DEVICE and
  *    everything else keeps working.
+ *  - A sample callback (ferry_sample_fn) runs on an iterator's worker. From inside it, the calls that
+ *    would wait for that worker (ferry_iterator_next, _next_wait, _state, _restore, _restore_elastic,
+ *    _set_epoch on an iterator over the callback's own source) return FERRY_ERR_INVALID_ARGUMENT at once,
+ *    and a destroy (of an iterator, engine or source) returns FERRY_OK at once and completes on another
+ *    thread once the callback has returned: the handle is invalid from the call on, and the callback's
+ *    fn and user must stay valid until then (destroy a callback source from outside its callbacks to know
+ *    when it is done).
+ *  - The library's runtime does not survive fork(). A child forked after the library was loaded must not
+ *    call it: the entry points written in C (ferry_memory_check, ferry_metric_log) return
+ *    FERRY_ERR_UNSUPPORTED there and a DLPack tensor's deleter only frees the tensor, but the others would
+ *    hang. Fork before loading the library, or exec (posix_spawn, multiprocessing's spawn).
  *
  * The header compiles as C99 and as C++.
  */

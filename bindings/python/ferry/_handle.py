@@ -7,6 +7,7 @@ import threading
 import weakref
 from typing import Any, Callable, Deque, List, Optional, Tuple
 
+from . import _lib
 from ._errors import _check, _closed
 
 # --- callbacks, and destroys that must not run inside one ------------------------------------------------
@@ -68,6 +69,8 @@ def _destroy_or_defer(destroy: Callable[..., Optional[int]], *args: Any) -> Opti
     and returns None: a destroy there could wait for the very callback that runs it (a loader finalized by
     the garbage collector on one of its own workers). The deferred destroys run in order, and the thread
     is not a daemon, so that interpreter exit waits for them (they finish once the callbacks return)."""
+    if _lib.forked():
+        return None  # a forked child: the handle belongs to the parent's runtime, which is gone here
     if not _in_callback():
         return destroy(*args)
     global _deferred_thread

@@ -265,3 +265,77 @@ def test_loader_collected_on_its_own_worker_thread_is_destroyed_without_a_hang()
     """, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+# --- os.fork() after a loader exists -------------------------------------------------------------------------
+
+
+FORK_MODES = ["iterate", "new_loader", "close_monitor", "close_loader", "free_tensor", "atexit"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork")
+@pytest.mark.parametrize("mode", FORK_MODES)
+def test_fork_after_a_loader_exists_gives_a_clear_error_and_exit_does_not_hang(mode):
+    """A child forked after ferry loaded (torch DataLoader workers are, by default) gets UnsupportedError
+    naming fork and the spawn start method from any call, and closing objects, freeing a batch's tensor and
+    exiting through atexit do nothing, instead of hanging for ever in the runtime that did not survive."""
+    result = run_child(f"""
+        import gc, os, sys, time, warnings
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() in a process with threads
+        import numpy as np
+        import ferry
+        mode = {mode!r}
+        src = ferry.ArraySource({{"x": np.arange(64, dtype=np.int64)}})
+        loader = ferry.Loader(src, 8, device="cpu", output="numpy", timeout_ms=20000)
+        it = iter(loader)
+        held = next(it)["x"]  # a tensor over the loader's ring, held across the fork
+        mon = ferry.PerformanceMonitor()
+        mon.log_metric("loss", 1.0)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                if mode == "iterate":
+                    next(it)
+                    code = 3
+                elif mode == "new_loader":
+                    ferry.Loader({{"x": np.zeros(8)}}, 4, device="cpu")
+                    code = 3
+                elif mode == "close_monitor":
+                    mon.close()
+                elif mode == "close_loader":
+                    loader.close()
+                    src.close()
+                elif mode == "free_tensor":
+                    del held
+                    gc.collect()
+            except ferry.UnsupportedError as e:
+                ok = "after fork" in str(e) and "spawn" in str(e)
+                print("refused" if ok else "wrong message: " + str(e), flush=True)
+            if mode == "atexit":
+                sys.exit(0)  # finalizers of the loader, the monitor and the tensor run at exit
+            os._exit(code)
+        deadline = time.monotonic() + 30
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                print("child hung", flush=True)
+                sys.exit(1)
+            time.sleep(0.05)
+        print("child exit", os.waitstatus_to_exitcode(status), flush=True)
+        # The parent is untouched: its loader goes on, and its objects close.
+        assert next(it)["x"].tolist() == list(range(8, 16))
+        del held
+        loader.close()
+        src.close()
+        mon.close()
+        print("parent ok", flush=True)
+    """, timeout=90)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    lines = result.stdout.splitlines()
+    want = (["refused"] if mode in ("iterate", "new_loader") else []) + ["child exit 0", "parent ok"]
+    assert lines == want, (result.stdout, result.stderr)
