@@ -75,12 +75,12 @@ func (q *closeQueue) run() {
 	}
 }
 
-// closeOrDefer runs close now, or, from inside a sample callback, queues it and returns nil: the handle
-// is already invalid, and the object is closed on another goroutine once the callback returns.
-func closeOrDefer(close func() error) error {
+// closeOrDefer runs closeFn now, or, from inside a sample callback, queues it and returns nil: the
+// handle is already invalid, and the object is closed on another goroutine once the callback returns.
+func closeOrDefer(closeFn func() error) error {
 	if !inSampleCallback() {
-		return close()
+		return closeFn()
 	}
-	deferredCloses.add(func() { _ = close() })
+	deferredCloses.add(func() { _ = closeFn() })
 	return nil
 }
