@@ -63,6 +63,22 @@ void ferry_capi_slot_publish(uint32_t slot, const ferry_memory_snapshot* snap);
 void ferry_capi_slot_open(uint32_t slot, uint64_t handle);
 void ferry_capi_slot_close(uint32_t slot);
 
+/* ---- callback.c: sample callbacks ---------------------------------------------------------------- */
+
+/* Calls fn(user, index, dst, dst_bytes, n), marking the calling thread as running a callback of source
+   (a callback source's id, never 0) until it returns. */
+int32_t ferry_capi_call_sample(uintptr_t fn, uintptr_t user, uint64_t source, int64_t index, void* const* dst,
+                               const int64_t* dst_bytes, int32_t n);
+/* The id of the callback source whose function the calling thread runs (the innermost), or 0. */
+uint64_t ferry_capi_running_source(void);
+
+/* ---- fork.c: a child forked after the library loaded ---------------------------------------------- */
+
+/* Non-zero in a child forked after the library loaded, where nothing may enter Go. */
+int ferry_capi_forked(void);
+/* Records and returns the FERRY_ERR_UNSUPPORTED of a C entry point called in such a child. */
+ferry_status ferry_capi_fail_forked(const char* fn);
+
 /* ---- tensor.c: DLPack tensors -------------------------------------------------------------------- */
 
 /* A DLPack tensor over ferry memory, holding one reference on batch; its deleter drops the reference

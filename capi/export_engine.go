@@ -83,9 +83,13 @@ func ferry_engine_destroy(h C.uintptr_t) C.ferry_status {
 			return err
 		}
 		C.ferry_capi_slot_close(C.uint32_t(slot))
-		err = eng.Close()
-		engines.release(slot)
-		return err
+		// From inside a sample callback, closing the engine would close its iterators, joining the worker
+		// that runs the caller: it is deferred instead.
+		return closeOrDefer(func() error {
+			err := eng.Close()
+			engines.release(slot)
+			return err
+		})
 	})
 }
 

@@ -109,6 +109,9 @@ func ferry_iterator_create(eh C.uintptr_t, sh C.uintptr_t, opts *C.ferry_iterato
 			names[i] = C.CString(f.Name)
 		}
 		iteratorNames.Store(h, names)
+		if src.callback != 0 {
+			iteratorCallbacks.Store(h, src.callback)
+		}
 		*out = C.uintptr_t(h)
 		return nil
 	})
@@ -163,31 +166,51 @@ func ferry_iterator_field(h C.uintptr_t, index C.int32_t, out *C.ferry_field) C.
 
 //export ferry_iterator_next
 func ferry_iterator_next(h C.uintptr_t, stream C.uintptr_t, out *C.uintptr_t) C.ferry_status {
-	return call("ferry_iterator_next", func() error {
-		it, err := iterators.get(uint64(h))
-		if err != nil {
-			return err
+	return call("ferry_iterator_next", func() error { return iteratorNext(h, stream, 0, out) })
+}
+
+//export ferry_iterator_next_wait
+func ferry_iterator_next_wait(h C.uintptr_t, stream C.uintptr_t, waitMs C.uint32_t, out *C.uintptr_t) C.ferry_status {
+	return call("ferry_iterator_next_wait", func() error {
+		if waitMs == 0 {
+			return fmt.Errorf("%w: wait_ms is 0; it must be at least 1 (ferry_iterator_next waits without slices)", engine.ErrInvalidArgument)
 		}
-		if out == nil {
-			return errNull("batch")
-		}
-		*out = 0
-		consumer := data.Stream(stream)
-		b, err := it.Next(context.Background(), consumer)
-		if errors.Is(err, io.EOF) {
-			return fmt.Errorf("%w of %d", errEndOfEpoch, it.State().Epoch-1)
-		}
-		if err != nil {
-			return err
-		}
-		bh, err := addBatch(b, consumer)
-		if err != nil {
-			_ = b.Release(consumer)
-			return err
-		}
-		*out = C.uintptr_t(bh)
-		return nil
+		return iteratorNext(h, stream, time.Duration(waitMs)*time.Millisecond, out)
 	})
+}
+
+// iteratorNext is ferry_iterator_next, waiting at most wait (0: the iterator's timeout) in this call; no
+// batch within wait writes a NULL batch and returns nil.
+func iteratorNext(h C.uintptr_t, stream C.uintptr_t, wait time.Duration, out *C.uintptr_t) error {
+	it, err := iterators.get(uint64(h))
+	if err != nil {
+		return err
+	}
+	if out == nil {
+		return errNull("batch")
+	}
+	*out = 0
+	if err := checkNotOwnCallback(h); err != nil {
+		return err
+	}
+	consumer := data.Stream(stream)
+	b, err := it.NextWithin(context.Background(), consumer, wait)
+	if errors.Is(err, data.ErrNotReady) {
+		return nil
+	}
+	if errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w of %d", errEndOfEpoch, it.State().Epoch-1)
+	}
+	if err != nil {
+		return err
+	}
+	bh, err := addBatch(b, consumer)
+	if err != nil {
+		_ = b.Release(consumer)
+		return err
+	}
+	*out = C.uintptr_t(bh)
+	return nil
 }
 
 //export ferry_iterator_len
@@ -220,6 +243,9 @@ func ferry_iterator_state(h C.uintptr_t, st *C.ferry_iterator_position) C.ferry_
 		if err != nil {
 			return err
 		}
+		if err := checkNotOwnCallback(h); err != nil {
+			return err
+		}
 		if err := checkPosition(st); err != nil {
 			return err
 		}
@@ -244,6 +270,9 @@ func ferry_iterator_restore(h C.uintptr_t, st *C.ferry_iterator_position) C.ferr
 		if err != nil {
 			return err
 		}
+		if err := checkNotOwnCallback(h); err != nil {
+			return err
+		}
 		if err := checkPosition(st); err != nil {
 			return err
 		}
@@ -266,6 +295,9 @@ func ferry_iterator_restore_elastic(h C.uintptr_t, epoch C.uint64_t, consumed C.
 		if err != nil {
 			return err
 		}
+		if err := checkNotOwnCallback(h); err != nil {
+			return err
+		}
 		if consumed < 0 || int64(consumed) > int64(it.Len()) {
 			return fmt.Errorf("%w: consumed %d is outside 0..%d (the source's samples)", engine.ErrInvalidArgument, int64(consumed), it.Len())
 		}
@@ -278,6 +310,9 @@ func ferry_iterator_set_epoch(h C.uintptr_t, epoch C.uint64_t) C.ferry_status {
 	return call("ferry_iterator_set_epoch", func() error {
 		it, err := iterators.get(uint64(h))
 		if err != nil {
+			return err
+		}
+		if err := checkNotOwnCallback(h); err != nil {
 			return err
 		}
 		return it.SetEpoch(uint64(epoch))
@@ -294,17 +329,22 @@ func ferry_iterator_destroy(h C.uintptr_t) C.ferry_status {
 		if err != nil {
 			return err
 		}
-		err = it.Close()
-		if v, ok := iteratorNames.LoadAndDelete(uint64(h)); ok {
-			for _, p := range v.([]*C.char) {
-				C.free(unsafe.Pointer(p))
+		iteratorCallbacks.Delete(uint64(h))
+		// From inside a sample callback (Python's garbage collector finalizing a loader on one of its own
+		// workers), Close would join the worker that runs the caller: it is deferred instead.
+		return closeOrDefer(func() error {
+			err := it.Close()
+			if v, ok := iteratorNames.LoadAndDelete(uint64(h)); ok {
+				for _, p := range v.([]*C.char) {
+					C.free(unsafe.Pointer(p))
+				}
 			}
-		}
-		iterators.release(idx)
-		if errors.Is(err, engine.ErrClosed) {
-			return nil // its engine was destroyed first, which closed it
-		}
-		return err
+			iterators.release(idx)
+			if errors.Is(err, engine.ErrClosed) {
+				return nil // its engine was destroyed first, which closed it
+			}
+			return err
+		})
 	})
 }
 

@@ -1,16 +1,7 @@
 package main
 
-/*
-#include <stdlib.h>
-#include "exports.h"
-
-// Calls a ferry_sample_fn: Go cannot call a C function pointer directly. The function and the caller's
-// user pointer travel through Go as integers (never as Go pointers, which the garbage collector checks).
-static inline int32_t ferry_capi_call_sample(uintptr_t fn, uintptr_t user, int64_t index, void* const* dst,
-                                             const int64_t* dst_bytes, int32_t n) {
-	return ((ferry_sample_fn)fn)((void*)user, index, dst, dst_bytes, n);
-}
-*/
+// #include <stdlib.h>
+// #include "exports.h"
 import "C"
 
 import (
@@ -29,9 +20,10 @@ const maxSources = 4096
 // sourceEntry is what a source handle refers to: the source, the record offsets it was given, and C
 // copies of its field names for ferry_source_field, freed with it.
 type sourceEntry struct {
-	src     ferrydata.Source
-	offsets []int
-	names   []*C.char
+	src      ferrydata.Source
+	offsets  []int
+	names    []*C.char
+	callback uint64 // the callback id of a ferry_source_callback source; else 0
 }
 
 var sources = newRegistry[*sourceEntry](kindSource, "ferry_source", maxSources)
@@ -70,7 +62,11 @@ func fieldsFromC(fields *C.ferry_field, n C.int32_t) ([]ferrydata.Field, []int, 
 
 // addSource registers a new source and writes its handle; it closes the source when that fails.
 func addSource(src ferrydata.Source, offsets []int, out *C.uintptr_t) error {
-	e := &sourceEntry{src: src, offsets: offsets}
+	return addSourceEntry(&sourceEntry{src: src, offsets: offsets}, out)
+}
+
+func addSourceEntry(e *sourceEntry, out *C.uintptr_t) error {
+	src := e.src
 	for _, f := range src.Fields() {
 		e.names = append(e.names, C.CString(f.Name))
 	}
@@ -337,6 +333,7 @@ func ferry_source_callback(n C.int64_t, fields *C.ferry_field, nfields C.int32_t
 		for i, f := range fs {
 			sizes[i] = C.int64_t(f.Bytes())
 		}
+		id := callbackIDs.Add(1)
 		src, err := ferrydata.NewFuncSource(int(n), fs, func(i int, dst [][]byte) error {
 			// The buffers are the iterator's staging memory, never Go memory, so passing their addresses
 			// in a Go array is allowed; C writes through them only during the call.
@@ -344,7 +341,7 @@ func ferry_source_callback(n C.int64_t, fields *C.ferry_field, nfields C.int32_t
 			for k := range dst {
 				ptrs[k] = unsafe.Pointer(unsafe.SliceData(dst[k]))
 			}
-			r := C.ferry_capi_call_sample(fn, user, C.int64_t(i), &ptrs[0], &sizes[0], C.int32_t(len(dst)))
+			r := C.ferry_capi_call_sample(fn, user, C.uint64_t(id), C.int64_t(i), &ptrs[0], &sizes[0], C.int32_t(len(dst)))
 			if r != 0 {
 				return fmt.Errorf("%w: the sample callback returned %d for sample %d", engine.ErrIO, int32(r), i)
 			}
@@ -353,7 +350,7 @@ func ferry_source_callback(n C.int64_t, fields *C.ferry_field, nfields C.int32_t
 		if err != nil {
 			return err
 		}
-		return addSource(src, nil, out)
+		return addSourceEntry(&sourceEntry{src: src, callback: id}, out)
 	})
 }
 
@@ -424,8 +421,11 @@ func ferry_source_destroy(h C.uintptr_t) C.ferry_status {
 		if err != nil {
 			return err
 		}
-		err = e.close()
-		sources.release(idx)
-		return err
+		// From inside a sample callback, closing a callback source would wait for that very call.
+		return closeOrDefer(func() error {
+			err := e.close()
+			sources.release(idx)
+			return err
+		})
 	})
 }

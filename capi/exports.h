@@ -26,6 +26,7 @@
 #define ferry_source_destroy ferry_source_destroy_header_decl
 #define ferry_iterator_create ferry_iterator_create_header_decl
 #define ferry_iterator_next ferry_iterator_next_header_decl
+#define ferry_iterator_next_wait ferry_iterator_next_wait_header_decl
 #define ferry_iterator_len ferry_iterator_len_header_decl
 #define ferry_iterator_state ferry_iterator_state_header_decl
 #define ferry_iterator_restore ferry_iterator_restore_header_decl
@@ -100,6 +101,7 @@
 #undef ferry_source_destroy
 #undef ferry_iterator_create
 #undef ferry_iterator_next
+#undef ferry_iterator_next_wait
 #undef ferry_iterator_len
 #undef ferry_iterator_state
 #undef ferry_iterator_restore

@@ -25,6 +25,17 @@
  *  - Loading the library touches no GPU library. The first call that needs the GPU loads libcuda.so.1
  *    (and libnvidia-ml.so.1 for NVML figures). Without them, GPU calls return FERRY_ERR_NO_DEVICE and
  *    everything else keeps working.
+ *  - A sample callback (ferry_sample_fn) runs on an iterator's worker. From inside it, the calls that
+ *    would wait for that worker (ferry_iterator_next, _next_wait, _state, _restore, _restore_elastic,
+ *    _set_epoch on an iterator over the callback's own source) return FERRY_ERR_INVALID_ARGUMENT at once,
+ *    and a destroy (of an iterator, engine or source) returns FERRY_OK at once and completes on another
+ *    thread once the callback has returned: the handle is invalid from the call on, and the callback's
+ *    fn and user must stay valid until then (destroy a callback source from outside its callbacks to know
+ *    when it is done).
+ *  - The library's runtime does not survive fork(). A child forked after the library was loaded must not
+ *    call it: the entry points written in C (ferry_memory_check, ferry_metric_log) return
+ *    FERRY_ERR_UNSUPPORTED there and a DLPack tensor's deleter only frees the tensor, but the others would
+ *    hang. Fork before loading the library, or exec (posix_spawn, multiprocessing's spawn).
  *
  * The header compiles as C99 and as C++.
  */
@@ -620,6 +631,17 @@ FERRY_API ferry_status ferry_iterator_create(ferry_engine engine, ferry_source s
  * the iterator stays usable. Waits at most timeout_ms (FERRY_ERR_TIMEOUT). Call from one thread at a time.
  */
 FERRY_API ferry_status ferry_iterator_next(ferry_iterator iterator, void* consumer_stream, ferry_batch* batch);
+
+/**
+ * ferry_iterator_next that waits at most wait_ms (>= 1) in this call, for a caller that must react to
+ * something between waits (a binding that checks for Ctrl-C, an event loop). When no batch came within
+ * wait_ms it returns FERRY_OK with *batch NULL and changes nothing: call it again. Consecutive such calls
+ * continue one wait, so that timeout_ms bounds the whole wait and its FERRY_ERR_TIMEOUT is the one
+ * ferry_iterator_next would have returned; a call of ferry_iterator_next, _restore or _set_epoch in between
+ * starts a new wait. Everything else is as ferry_iterator_next. Call from one thread at a time.
+ */
+FERRY_API ferry_status ferry_iterator_next_wait(ferry_iterator iterator, void* consumer_stream, uint32_t wait_ms,
+                                                ferry_batch* batch);
 
 /**
  * Writes the staging strategy the iterator uses (ferry_staging) and, into why (why_len bytes, always

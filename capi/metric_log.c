@@ -173,6 +173,9 @@ extern void ferryMonitorFull(uint64_t handle);
 
 ferry_status ferry_metric_log(ferry_monitor monitor, uint32_t metric, double value) {
     uint64_t h = (uint64_t)(uintptr_t)monitor;
+    if (ferry_capi_forked()) {
+        return ferry_capi_fail_forked("ferry_metric_log");
+    }
     uint32_t index = ferry_capi_handle_index(h);
     if (ferry_capi_handle_kind(h) != FERRY_CAPI_KIND_MONITOR || index >= FERRY_CAPI_MAX_MONITORS) {
         return ferry_capi_fail(FERRY_ERR_INVALID_HANDLE,

@@ -47,6 +47,9 @@ ferry_status ferry_memory_check(ferry_engine engine, ferry_memory_snapshot* out)
     if (h == 0) {
         return ferry_capi_fail(FERRY_ERR_INVALID_HANDLE, "ferry_memory_check: engine is NULL");
     }
+    if (ferry_capi_forked()) {
+        return ferry_capi_fail_forked("ferry_memory_check");
+    }
     uint32_t index = ferry_capi_handle_index(h);
     if (ferry_capi_handle_kind(h) != FERRY_CAPI_KIND_ENGINE || index >= FERRY_MAX_ENGINES) {
         return ferry_capi_fail(FERRY_ERR_INVALID_HANDLE, "ferry_memory_check: not an engine handle");

@@ -21,7 +21,9 @@ static void tensor_deleter(DLManagedTensorVersioned* self) {
         return;
     }
     ferry_tensor* t = (ferry_tensor*)self;
-    ferryTensorDeleted(t->batch);
+    if (!ferry_capi_forked()) { /* a forked child cannot enter Go: the batch is the parent's */
+        ferryTensorDeleted(t->batch);
+    }
     free(t);
 }
 

@@ -75,6 +75,43 @@ func TestFaultUnreleasedBatches(t *testing.T) {
 	requireUsable(t)
 }
 
+// TestFaultUnreleasedBatchesNextWait: ferry_iterator_next_wait gives FERRY_OK and a NULL batch for each
+// slice that found nothing, and the slices together time out as ferry_iterator_next does, with its hint.
+func TestFaultUnreleasedBatchesNextWait(t *testing.T) {
+	r := newRand(t)
+	e := newCPUEngine(t, 0)
+	src := newMemorySource(t, r, 80, standardSpecs)
+	o := iterOptions(t, 8)
+	o.Prefetch = 2
+	o.TimeoutMS = 200
+	it := newIterator(t, e, src.h, o)
+	first, second := next(t, it), next(t, it)
+	start := time.Now()
+	empty := 0
+	for {
+		var b batchHandle = 0x5a5a
+		s, msg := call(t, func() int32 { return ferryIteratorNextWait(it, 0, 20, &b) })
+		require.Zero(t, b, "a call that gives no batch writes a NULL batch")
+		if s == ferryOK {
+			empty++
+			require.Less(t, time.Since(start), faultBound, "the slices must not stretch timeout_ms")
+			continue
+		}
+		require.Equal(t, ferryErrTimeout, s, msg)
+		require.Contains(t, msg, "batch 2 of epoch 0 was not ready within 200ms")
+		require.Contains(t, msg, "holds 2 unreleased batches")
+		break
+	}
+	require.GreaterOrEqual(t, empty, 2)
+	releaseBatch(t, first)
+	third := next(t, it)
+	info, _ := checkBatch(t, third, standardSpecs, src.ref, cpuDevice, hostRead)
+	require.Equal(t, int64(2), info.Index, "the empty slices took nothing")
+	releaseBatch(t, second)
+	releaseBatch(t, third)
+	requireUsable(t)
+}
+
 // TestFaultDestroyWakesNext destroys an iterator while another thread waits in ferry_iterator_next for a
 // ring the caller holds: the destroy returns at once, and the waiting call returns FERRY_ERR_CLOSED.
 func TestFaultDestroyWakesNext(t *testing.T) {

@@ -425,6 +425,7 @@ var (
 	ferryIteratorOptionsInit    func(opts *iteratorOptions) int32
 	ferryIteratorCreate         func(engine engineHandle, source sourceHandle, opts *iteratorOptions, it *iteratorHandle) int32
 	ferryIteratorNext           func(it iteratorHandle, stream uintptr, batch *batchHandle) int32
+	ferryIteratorNextWait       func(it iteratorHandle, stream uintptr, waitMS uint32, batch *batchHandle) int32
 	ferryIteratorLen            func(it iteratorHandle, batches *int64) int32
 	ferryIteratorState          func(it iteratorHandle, state *iteratorPosition) int32
 	ferryIteratorRestore        func(it iteratorHandle, state *iteratorPosition) int32
@@ -510,6 +511,7 @@ var boundFunctions = []struct {
 	{"ferry_iterator_options_init", &ferryIteratorOptionsInit},
 	{"ferry_iterator_create", &ferryIteratorCreate},
 	{"ferry_iterator_next", &ferryIteratorNext},
+	{"ferry_iterator_next_wait", &ferryIteratorNextWait},
 	{"ferry_iterator_len", &ferryIteratorLen},
 	{"ferry_iterator_state", &ferryIteratorState},
 	{"ferry_iterator_restore", &ferryIteratorRestore},

@@ -602,6 +602,14 @@ func iteratorCalls() []handleCase {
 			}
 			return s
 		}},
+		{"ferry_iterator_next_wait", func(h uintptr) int32 {
+			var b batchHandle
+			s := ferryIteratorNextWait(iteratorHandle(h), 0, 1000, &b)
+			if b != 0 {
+				ferryBatchRelease(b, 0)
+			}
+			return s
+		}},
 		{"ferry_iterator_len", func(h uintptr) int32 { var n int64; return ferryIteratorLen(iteratorHandle(h), &n) }},
 		{"ferry_iterator_state", func(h uintptr) int32 {
 			p := iteratorPosition{Size: 24}

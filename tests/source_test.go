@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/ebitengine/purego"
@@ -688,7 +689,8 @@ type callbackSource struct {
 	seed  uint64
 	fail  map[int64]int32 // sample → the non-zero value the callback returns for it
 	calls atomic.Int64
-	bad   atomic.Value // string: a problem the callback saw
+	hook  atomic.Pointer[func(index int64)] // called first for each sample, on the worker's thread
+	bad   atomic.Value                      // string: a problem the callback saw
 }
 
 var callbacks struct {
@@ -718,6 +720,9 @@ func sampleCallback() uintptr {
 				return -100
 			}
 			cs.calls.Add(1)
+			if hook := cs.hook.Load(); hook != nil {
+				(*hook)(index)
+			}
 			if int(n) != len(cs.specs) || dst == nil || dstBytes == nil {
 				cs.bad.Store(fmt.Sprintf("sample %d: num_fields %d", index, n))
 				return -101
@@ -809,4 +814,73 @@ func TestSourceQueriesInvalid(t *testing.T) {
 	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferrySourceLen(src.h, nil) }, "NULL")
 	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferrySourceNumFields(src.h, nil) }, "NULL")
 	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferrySourceField(src.h, 0, nil) }, "NULL")
+}
+
+// TestSourceCallbackReentry calls back into ferry from inside the sample callback, on the iterator's own
+// worker: the calls that would wait for that worker (next, state, restore, set_epoch) fail at once with a
+// message that says why, and destroying the iterator (as Python's garbage collector does when it
+// finalizes a loader on one of its workers) returns at once and closes it once the callback has returned,
+// instead of joining the worker it runs on for ever.
+func TestSourceCallbackReentry(t *testing.T) {
+	r := newRand(t)
+	const n, batch, trigger = 64, 8, 40
+	h, cs := newCallbackSource(t, n, standardSpecs, r.Uint64(), nil)
+	o := iterOptions(t, batch)
+	o.Prefetch = 2
+	o.TimeoutMS = 20000
+	it := newIterator(t, newCPUEngine(t, 0), h, o)
+	type result struct {
+		status int32
+		msg    string
+	}
+	results := make(chan map[string]result, 1)
+	hook := func(index int64) {
+		if index != trigger {
+			return
+		}
+		got := map[string]result{}
+		var b batchHandle
+		var pos iteratorPosition
+		pos.Size = uint32(unsafe.Sizeof(pos))
+		for name, f := range map[string]func() int32{
+			"next":      func() int32 { return ferryIteratorNext(it, 0, &b) },
+			"next_wait": func() int32 { return ferryIteratorNextWait(it, 0, 10, &b) },
+			"state":     func() int32 { return ferryIteratorState(it, &pos) },
+			"restore":   func() int32 { return ferryIteratorRestore(it, &pos) },
+			"set_epoch": func() int32 { return ferryIteratorSetEpoch(it, 1) },
+		} {
+			s := f()
+			got[name] = result{s, lastError(t)}
+		}
+		s := ferryIteratorDestroy(it)
+		got["destroy"] = result{s, lastError(t)}
+		results <- got
+	}
+	cs.hook.Store(&hook)
+	start := time.Now()
+	var status int32
+	for k := 0; ; k++ {
+		var b batchHandle
+		status = ferryIteratorNext(it, 0, &b)
+		if status != ferryOK {
+			break
+		}
+		// The destroy may come between the next and this release, which then finds the batch gone.
+		require.Contains(t, []int32{ferryOK, ferryErrInvalidHandle}, ferryBatchRelease(b, 0))
+		require.Less(t, k, n/batch, "the iterator must be gone by the batch of sample %d", trigger)
+	}
+	require.Contains(t, []int32{ferryErrInvalidHandle, ferryErrClosed}, status, "next after the destroy")
+	var got map[string]result
+	select {
+	case got = <-results:
+	case <-time.After(faultBound):
+		t.Fatalf("the callback did not return within %v", faultBound)
+	}
+	require.Less(t, time.Since(start), faultBound)
+	for _, name := range []string{"next", "next_wait", "state", "restore", "set_epoch"} {
+		require.Equal(t, ferryErrInvalidArgument, got[name].status, name)
+		require.Contains(t, got[name].msg, "inside the sample callback of this iterator's own source", name)
+	}
+	require.Equal(t, ferryOK, got["destroy"].status, got["destroy"].msg)
+	requireUsable(t)
 }

@@ -2,6 +2,7 @@ package data
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync/atomic"
@@ -90,8 +91,26 @@ func (b *Batch) Release(consumer Stream) error {
 // one. Next waits at most the Timeout option (when every batch of the ring is held, the error says so),
 // and returns early when ctx is done or Close is called (ErrClosed).
 func (it *Iterator) Next(ctx context.Context, consumer Stream) (*Batch, error) {
+	return it.next(ctx, consumer, 0)
+}
+
+// ErrNotReady is returned by NextWithin when no batch came within its wait; it is not a failure.
+var ErrNotReady = errors.New("no batch yet")
+
+// NextWithin is Next that waits at most wait in this call, for a caller that must react to something
+// between waits (Python checks for Ctrl-C): when no batch came within wait, it returns ErrNotReady and
+// changes nothing, and the next NextWithin continues the same wait, so that the Timeout option bounds the
+// whole wait across the calls and its error (with the hint about held batches) is the same as Next's. A
+// call of Next, Restore or SetEpoch in between starts a new wait. wait <= 0 is Next.
+func (it *Iterator) NextWithin(ctx context.Context, consumer Stream, wait time.Duration) (*Batch, error) {
+	return it.next(ctx, consumer, max(wait, 0))
+}
+
+func (it *Iterator) next(ctx context.Context, consumer Stream, wait time.Duration) (*Batch, error) {
 	it.mu.Lock()
 	defer it.mu.Unlock()
+	began := it.waitBegan // the start of a wait that NextWithin calls continue
+	it.waitBegan = time.Time{}
 	if it.closed.Load() {
 		return nil, fmt.Errorf("%w: iterator", engine.ErrClosed)
 	}
@@ -104,13 +123,25 @@ func (it *Iterator) Next(ctx context.Context, consumer Stream) (*Batch, error) {
 	case <-s.ready: // prefetched: the common case, with no timer and no stall
 	default:
 		start := time.Now()
-		timer := time.NewTimer(it.opts.Timeout)
+		if wait == 0 || began.IsZero() {
+			began = start
+		}
+		d, slice := it.opts.Timeout-start.Sub(began), false
+		if wait > 0 && wait < d {
+			d, slice = wait, true
+		}
+		timer := time.NewTimer(max(d, 0))
 		defer timer.Stop()
 		select {
 		case <-s.ready:
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w: waiting for batch %d of epoch %d: %v", engine.ErrTimeout, it.pos.Batch, it.pos.Epoch, ctx.Err())
 		case <-timer.C:
+			if slice {
+				it.stallNs.Add(uint64(time.Since(start)))
+				it.waitBegan = began
+				return nil, ErrNotReady
+			}
 			return nil, fmt.Errorf("%w: batch %d of epoch %d was not ready within %v%s", engine.ErrTimeout, it.pos.Batch, it.pos.Epoch,
 				it.opts.Timeout, it.heldHint(s))
 		case <-it.closing:

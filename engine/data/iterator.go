@@ -90,13 +90,15 @@ type Iterator struct {
 	ragged        Ragged
 	raggedField   int
 
-	mu       sync.Mutex // Next, Restore, Close
-	pos      IteratorState
-	seq      uint64 // the pipeline sequence number Next takes next
-	run      *pipeline
-	closed   atomic.Bool
-	closing  chan struct{} // closed by Close before it waits for it.mu: wakes a Next that waits for data
-	failures atomic.Uint64
+	mu  sync.Mutex // Next, Restore, Close
+	pos IteratorState
+	seq uint64 // the pipeline sequence number Next takes next
+	// waitBegan is when the wait for the next batch began, while NextWithin calls continue it; else zero.
+	waitBegan time.Time
+	run       *pipeline
+	closed    atomic.Bool
+	closing   chan struct{} // closed by Close before it waits for it.mu: wakes a Next that waits for data
+	failures  atomic.Uint64
 
 	batches, samples, bytes, stallNs atomic.Uint64
 }

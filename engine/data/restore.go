@@ -2,6 +2,7 @@ package data
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/ferry-ml/ferry/engine"
 )
@@ -47,6 +48,7 @@ func (it *Iterator) Restore(st IteratorState) error {
 	}
 	it.sampler = smp
 	it.pos = st
+	it.waitBegan = time.Time{}
 	from := st
 	if st.Batch == smp.BatchesIn(st.Epoch) {
 		// The end of an epoch: Next returns io.EOF first, as it would have, then the next epoch.

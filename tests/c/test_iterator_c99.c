@@ -562,6 +562,45 @@ static void test_callback(ferry_engine e) {
     CHECK_STATUS(ferry_source_destroy(s), FERRY_OK);
 }
 
+/* ferry_iterator_next_wait: a NULL batch while none is ready (the ring held), the batch once one is. */
+static void test_next_wait(ferry_engine e) {
+    ferry_source s = memory_source();
+    ferry_iterator it = make_iterator(e, s, 6, 0, 0, 2, 0);
+    ferry_batch b0 = NULL, b1 = NULL, b = NULL;
+    int64_t idx[6];
+    int tries = 0;
+
+    CHECK_STATUS(ferry_iterator_next_wait(it, NULL, 10, NULL), FERRY_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(ferry_iterator_next_wait(it, NULL, 0, &b), FERRY_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(ferry_iterator_next_wait(NULL, NULL, 10, &b), FERRY_ERR_INVALID_HANDLE);
+    do { /* the first batch may still be on its way */
+        CHECK_STATUS(ferry_iterator_next_wait(it, NULL, 50, &b0), FERRY_OK);
+    } while (b0 == NULL && ++tries < 400);
+    CHECK(b0 != NULL && check_batch(b0, NULL, NULL));
+    CHECK_STATUS(ferry_iterator_next(it, NULL, &b1), FERRY_OK);
+    /* Both slots of the ring are held: nothing can come, and each slice says so without an error. */
+    b = (ferry_batch)(uintptr_t)1;
+    CHECK_STATUS(ferry_iterator_next_wait(it, NULL, 20, &b), FERRY_OK);
+    CHECK(b == NULL);
+    CHECK_STATUS(ferry_iterator_next_wait(it, NULL, 20, &b), FERRY_OK);
+    CHECK(b == NULL);
+    CHECK_STATUS(ferry_batch_release(b0, NULL), FERRY_OK);
+    tries = 0;
+    do {
+        CHECK_STATUS(ferry_iterator_next_wait(it, NULL, 50, &b), FERRY_OK);
+    } while (b == NULL && ++tries < 400);
+    CHECK(b != NULL);
+    if (b != NULL) {
+        CHECK_STATUS(ferry_batch_indices(b, idx, 6), FERRY_OK);
+        CHECK(idx[0] == 12 && idx[5] == 17); /* the third batch: nothing was skipped by the empty slices */
+        CHECK_STATUS(ferry_batch_release(b, NULL), FERRY_OK);
+    }
+    CHECK_STATUS(ferry_batch_release(b1, NULL), FERRY_OK);
+    CHECK_STATUS(ferry_iterator_destroy(it), FERRY_OK);
+    CHECK_STATUS(ferry_iterator_next_wait(it, NULL, 10, &b), FERRY_ERR_INVALID_HANDLE);
+    CHECK_STATUS(ferry_source_destroy(s), FERRY_OK);
+}
+
 /* Bad iterator input: options, handles, and use after destroy. */
 static void test_bad_iterator_input(ferry_engine e) {
     ferry_source s = memory_source();
@@ -657,6 +696,7 @@ int main(void) {
     test_batch_handles(e);
     test_state_restore(e);
     test_callback(e);
+    test_next_wait(e);
     test_bad_iterator_input(e);
     CHECK_STATUS(ferry_engine_destroy(e), FERRY_OK);
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from . import _lib
 from ._errors import Status, _as_int, _as_int64, _check, _closed, _error, _invalid
-from ._handle import _Owner
+from ._handle import _InCallback, _Owner
 
 __all__ = ["AdvisorFit", "BatchSizeAdvisor", "torch_min_reduce"]
 
@@ -62,7 +62,9 @@ class _ReduceState:
 
     def __call__(self, user: Any, value: Any) -> int:
         try:
-            out = _as_int(self.fn(int(value[0])), "the reduce function's result")
+            with _InCallback(self):
+                result = self.fn(int(value[0]))
+            out = _as_int(result, "the reduce function's result")
             if not -(2**63) <= out < 2**63:
                 raise ValueError(f"the reduce function returned {out}, which does not fit int64_t")
             value[0] = out

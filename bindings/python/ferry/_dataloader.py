@@ -207,6 +207,8 @@ class Loader:
     def close(self) -> None:
         """Destroys the iterator, the engine, and a source the loader built. Idempotent. Tensors of the
         loader's batches still held afterwards point to freed memory: free them first."""
+        if self._iterator is not None:
+            self._iterator._refuse_in_own_callback("Loader.close()")
         it, self._iterator = self._iterator, None
         eng, self._engine = self._engine, None
         src, self._owned_source = self._owned_source, None

@@ -31,7 +31,7 @@ from ._errors import (
     _error,
     _invalid,
 )
-from ._handle import _Owner
+from ._handle import _in_callback, _Owner
 from ._sources import Source, _format_exception
 from ._transforms import STAGING_NAMES, Transform, staging_code, transform_array
 
@@ -210,6 +210,9 @@ def _destroy_iterator(lib: ctypes.CDLL, handle: c_void_p, engine: Engine, source
     return lib.ferry_iterator_destroy(handle)
 
 
+# The longest one call into the library waits in Iterator.next before Python checks for signals.
+_WAIT_SLICE_MS = 100
+
 _SAMPLE_RE = re.compile(r"for sample (\d+)")
 
 
@@ -270,8 +273,18 @@ class Iterator(_Owner):
         self._len = n.value
 
     def close(self) -> None:
-        """Stops prefetching and frees the ring. Idempotent."""
+        """Stops prefetching and frees the ring. Idempotent. Raises InvalidArgumentError when called from
+        inside the iterator's own CallbackSource function, which runs on a worker that the close would
+        wait for."""
+        self._refuse_in_own_callback("close()")
         super().close()
+
+    def _refuse_in_own_callback(self, what: str) -> None:
+        state = getattr(getattr(self, "source", None), "_state", None)
+        if self._handle is not None and state is not None and _in_callback(state):
+            raise _invalid(f"{what} was called from inside the sample function of the loader's own "
+                           "CallbackSource, on the worker it would wait for; call it from the thread that "
+                           "iterates (the function must only fill its sample)")
 
     @property
     def staging(self) -> Tuple[str, str]:
@@ -297,7 +310,14 @@ class Iterator(_Owner):
         with the Python exception as ``__cause__``); the iterator stays usable.
         """
         out = c_void_p()
-        status = self._lib.ferry_iterator_next(self._h(), c_void_p(int(stream)) if stream else None, byref(out))
+        h, consumer, lib = self._h(), c_void_p(int(stream)) if stream else None, self._lib
+        # The library waits in slices, so that Python runs its signal handlers in between: Ctrl-C raises
+        # KeyboardInterrupt here within a slice, and the batch stays the next one. The slices continue
+        # one wait: timeout_ms bounds it as a whole.
+        while True:
+            status = lib.ferry_iterator_next_wait(h, consumer, _WAIT_SLICE_MS, byref(out))
+            if status or out.value:
+                break
         if status == _lib.FERRY_END_OF_EPOCH:
             return None
         if status:

@@ -544,6 +544,7 @@ _SIGNATURES = [
     ("ferry_iterator_create", ferry_status,
      [ferry_engine, ferry_source, POINTER(IteratorOptions), POINTER(ferry_iterator)]),
     ("ferry_iterator_next", ferry_status, [ferry_iterator, c_void_p, POINTER(ferry_batch)]),
+    ("ferry_iterator_next_wait", ferry_status, [ferry_iterator, c_void_p, c_uint32, POINTER(ferry_batch)]),
     ("ferry_iterator_len", ferry_status, [ferry_iterator, POINTER(c_int64)]),
     ("ferry_iterator_state", ferry_status, [ferry_iterator, POINTER(IteratorPosition)]),
     ("ferry_iterator_restore", ferry_status, [ferry_iterator, POINTER(IteratorPosition)]),
@@ -676,14 +677,74 @@ def lib() -> ctypes.CDLL:
     Raises:
         LibraryNotFoundError: (an ImportError) naming every place that was tried.
     """
-    global _cdll
+    global _cdll, _loaded_pid
     cdll = _cdll
     if cdll is None:
         with _lock:
             if _cdll is None:
                 _cdll = _load()
+                _loaded_pid = os.getpid()
             cdll = _cdll
+    elif _loaded_pid != os.getpid() and not _forked:
+        _after_fork_in_child()  # a fork that bypassed os.register_at_fork (e.g. one made in C)
     return cdll
+
+
+# --- fork -------------------------------------------------------------------------------------------------
+
+#: The message of the error that every ferry call raises in a process forked after the library loaded.
+FORK_MESSAGE = ("ferry objects cannot be used after fork(): the library's Go runtime does not survive it, so "
+                "this process (forked after ferry was loaded) cannot call ferry; use the spawn start method "
+                "(multiprocessing.set_start_method('spawn'), or torch DataLoader(multiprocessing_context="
+                "'spawn')), or create ferry objects only after the fork")
+
+# Calls that stay callable after fork: they never enter Go (a status string, the thread's last error).
+_SAFE_AFTER_FORK = frozenset({"ferry_status_string", "ferry_last_error"})
+# Exit paths (destroys, releases, stops): no-ops after fork, so that closing objects, finalizers and
+# interpreter exit do not try to reach the runtime that is gone. The parent's objects are the parent's.
+_NOOP_AFTER_FORK = frozenset(name for name in SYMBOLS if name.endswith("_destroy")) | {
+    "ferry_batch_release", "ferry_monitor_stop", "ferry_memory_remove_callback"}
+
+_loaded_pid: Optional[int] = None
+_forked = False
+
+
+def forked() -> bool:
+    """True in a process forked after the library was loaded: ferry calls raise there, exit paths do
+    nothing."""
+    return _forked
+
+
+def _refuse_after_fork(name: str):  # type: ignore[no-untyped-def]
+    def refuse(*args: object) -> int:
+        from ._errors import Status, UnsupportedError
+
+        raise UnsupportedError(Status.UNSUPPORTED, f"{name}: {FORK_MESSAGE}", "FERRY_ERR_UNSUPPORTED")
+
+    return refuse
+
+
+def _noop_after_fork(*args: object) -> int:
+    return 0  # FERRY_OK
+
+
+def _after_fork_in_child() -> None:
+    """Runs in the child of a fork: when the library was loaded before it, every ferry call of this
+    process raises UnsupportedError (FORK_MESSAGE) and every exit path does nothing. The bindings call
+    the library through the loaded CDLL's attributes, so replacing those covers every object."""
+    global _forked
+    cdll = _cdll
+    if cdll is None or _forked:
+        return
+    _forked = True
+    for name in SYMBOLS:
+        if name in _SAFE_AFTER_FORK:
+            continue
+        setattr(cdll, name, _noop_after_fork if name in _NOOP_AFTER_FORK else _refuse_after_fork(name))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def library_path() -> str:

@@ -15,6 +15,7 @@ from ._advisor import BatchSizeAdvisor
 from ._device import device_count
 from ._engine import CPU, Engine, MemorySnapshot, Pressure, _new_snapshot_struct
 from ._errors import Status, _as_int, _as_int32, _check, _closed, _error, _invalid
+from ._handle import _InCallback
 
 __all__ = ["MemoryManager", "OptimizeResult"]
 
@@ -124,10 +125,11 @@ class _PressureCallback:
 
     def __call__(self, user: Any, level: int) -> int:
         try:
-            if self.pass_level:
-                self.fn(_level(level))
-            else:
-                self.fn()
+            with _InCallback(self):  # ferry objects the garbage collector finalizes here are destroyed later
+                if self.pass_level:
+                    self.fn(_level(level))
+                else:
+                    self.fn()
             return 0
         except BaseException as exc:  # noqa: BLE001 - nothing may propagate into C
             try:

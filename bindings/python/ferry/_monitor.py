@@ -142,7 +142,7 @@ class PerformanceMonitor(_Owner):
         """Hands the buffered values over, then destroys the monitor: its samplers and Prometheus endpoint
         stop. Idempotent and thread-safe; the monitor cannot be used afterwards."""
         try:
-            if self._handle is not None:
+            if self._handle is not None and not _lib.forked():
                 self.flush()
         except ClosedError:
             pass  # another thread closed it meanwhile

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 
 from . import _lib
 from ._errors import _as_int, _as_int64, _c_string, _check, _invalid
-from ._handle import _Owner
+from ._handle import _InCallback, _Owner
 
 __all__ = [
     "Source",
@@ -551,6 +551,7 @@ class _CallbackState:
         self.fn = fn
         self.lock = threading.Lock()
         self.errors: Dict[int, BaseException] = {}
+        self.running = _InCallback(self)
         self.makers = []
         for name, dt, shape, _ in specs:
             nbytes = dtype_size(dt) * math.prod(shape)
@@ -570,8 +571,11 @@ class _CallbackState:
     def __call__(self, user: Any, index: int, dst: Any, dst_bytes: Any, num_fields: int) -> int:
         # Runs on ferry's worker threads; ctypes takes the GIL. Nothing may propagate into C.
         try:
-            out = {name: make(dst[k]) for k, (name, make) in enumerate(self.makers)}
-            self.fn(index, out)
+            with self.running:
+                views = [(name, make(dst[k])) for k, (name, make) in enumerate(self.makers)]
+                out = dict(views)
+                result = self.fn(index, out)
+                self.collect(views, out, result)
             return 0
         except BaseException as exc:  # noqa: BLE001 - every exception becomes a failed sample
             try:
@@ -579,6 +583,63 @@ class _CallbackState:
             except BaseException:  # pragma: no cover - the record itself must not raise into C
                 pass
             return 1
+
+
+    def collect(self, views: List[Tuple[str, Any]], out: Dict[str, Any], result: Any) -> None:
+        """Makes what fn gave count: a value it returned (Dataset style: a dict by field name, a tuple in
+        field order, or, for a one-field source, the value itself) or bound to a key of ``out`` instead of
+        writing into the view is copied into the staging memory; a value that cannot be is refused."""
+        names = [name for name, _ in views]
+        given: Dict[str, Any] = {}
+        if result is not None and result is not out:
+            if isinstance(result, Mapping):
+                unknown = [k for k in result if k not in out]
+                missing = [n for n in names if n not in result]
+                if unknown or missing:
+                    raise TypeError(f"fn returned a dict with keys {list(result)}; the source's fields are {names}")
+                given = dict(result)
+            elif len(names) > 1 and isinstance(result, (tuple, list)) and len(result) == len(names):
+                given = dict(zip(names, result))
+            elif len(names) == 1:
+                given = {names[0]: result}
+            else:
+                raise TypeError(f"fn returned a {type(result).__name__}; return None after writing into out, or a "
+                                f"dict {{field: value}} (or a tuple in field order) of the fields {names}")
+        if set(out) != set(names):
+            raise TypeError(f"fn changed the keys of out to {list(out)}; the source's fields are {names}")
+        for name, view in views:
+            value = out[name]
+            if value is not view:  # rebound (out[name] = value) instead of written into (out[name][...] = value)
+                if name in given and given[name] is not value:
+                    raise TypeError(f"field {name!r}: fn both rebound out[{name!r}] and returned a value for it")
+                given[name] = value
+        for name, view in views:
+            if name in given and given[name] is not view:
+                _copy_into(view, given[name], name)
+
+
+def _copy_into(view: Any, value: Any, name: str) -> None:
+    """Copies value into a staging view (a numpy array or a memoryview), checking its size."""
+    if isinstance(view, memoryview):
+        if view.ndim == 0 and isinstance(value, (int, float, bool)):
+            view[()] = value
+            return
+        try:
+            src = memoryview(value).cast("B")
+        except TypeError:
+            raise TypeError(f"field {name!r}: fn gave a {type(value).__name__}, which is not a buffer; write into "
+                            f"out[{name!r}] instead") from None
+        dst = view.cast("B")
+        if src.nbytes != dst.nbytes:
+            raise ValueError(f"field {name!r}: fn gave {src.nbytes} bytes; the field holds {dst.nbytes}")
+        dst[:] = src
+        return
+    np = _numpy()
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf" or (arr.shape != view.shape and arr.size != 1):
+        raise ValueError(f"field {name!r}: fn gave shape {arr.shape} of {arr.dtype}; the field is {view.shape} "
+                         f"of {view.dtype}")
+    view[...] = arr
 
 
 def _numpy_maker(frombuffer: Any, np_dt: Any, shape: Tuple[int, ...], nbytes: int) -> Callable[[int], Any]:
@@ -608,7 +669,10 @@ class CallbackSource(Source):
     importable (``numpy=False`` forces memoryviews), else a memoryview cast to the shape. bfloat16
     fields are viewed as their raw uint16 words (numpy has no bfloat16), and so are float16 fields in a
     memoryview (which has no float16 format). Write the sample into the views (``out["x"][...]
-    = value``); keep no reference to them after returning, the memory is reused.
+    = value``); keep no reference to them after returning, the memory is reused. Written Dataset style,
+    ``fn`` may instead return the sample (a dict by field name, a tuple in field order, or the value of a
+    one-field source) or bind ``out[name] = value``: the values are copied in (one copy more), and one of
+    another size raises.
 
     ``fn`` runs on ferry's worker threads, several at once (each takes the GIL), so it must be
     thread-safe. An exception inside it fails the sample's batch: the loader raises
