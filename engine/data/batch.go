@@ -177,9 +177,19 @@ func (it *Iterator) heldHint(s *slot) string {
 }
 
 func (it *Iterator) release(s *slot, consumer Stream) error {
+	it.ringMu.Lock()
 	if !s.held.CompareAndSwap(true, false) {
-		return fmt.Errorf("%w: the batch's slot is not held (released twice, or the iterator was closed)", engine.ErrInvalidArgument)
+		it.ringMu.Unlock()
+		return fmt.Errorf("%w: the batch's slot is not held (released twice)", engine.ErrInvalidArgument)
 	}
+	if s.orphan {
+		// Held at Close: the ring is gone, and this was the last use of the slot's memory.
+		s.orphan = false
+		it.ringMu.Unlock()
+		it.freeOrphan(s, consumer)
+		return nil
+	}
+	defer it.ringMu.Unlock()
 	var err error
 	if it.e.GPU() && !it.closed.Load() {
 		if err = it.e.Context().EventRecord(s.released, consumer); err == nil {

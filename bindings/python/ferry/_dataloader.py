@@ -176,7 +176,7 @@ class Loader:
 
     def close(self) -> None:
         """Destroys the iterator, the engine, and a source the loader built. Idempotent. Tensors of the
-        loader's batches still held afterwards point to freed memory: free them first."""
+        loader's batches still held stay valid: their memory is freed when the last of them is."""
         it, self._iterator = self._iterator, None
         eng, self._engine = self._engine, None
         src, self._owned_source = self._owned_source, None

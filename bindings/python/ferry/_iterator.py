@@ -228,8 +228,9 @@ class Iterator(_Owner):
     ``pinned_budget`` is the most source memory, in bytes, the iterator may register with the driver for
     ``"dma"`` and ``"mapped"`` (None or 0: a quarter of RAM; negative: none).
 
-    Ownership: the iterator owns its handle; :meth:`close` destroys it (release every batch first; the
-    tensors of batches still held then point to freed memory). It keeps its engine and source alive.
+    Ownership: the iterator owns its handle; :meth:`close` destroys it. Batches still held can then no
+    longer be used (their calls raise), but the fields and tensors handed out stay valid: the memory of each
+    batch is freed when the last of them is. It keeps its engine and source alive.
     Call :meth:`next`, :meth:`restore` and :meth:`set_epoch` from one thread at a time.
     """
 

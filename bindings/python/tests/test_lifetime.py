@@ -1,0 +1,100 @@
+"""Memory handed out stays valid while anything points at it: tensors of a Loader's or an Iterator's
+batches outlive the loader's close (its iterator and engine), and are freed when dropped. Each scenario
+runs in a subprocess, so that a regression shows as a crash (a failed test), not a dead test runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import PACKAGE_ROOT
+
+
+def _run(code: str, timeout: int = 120) -> str:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(PACKAGE_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, f"exit {r.returncode} (-11 or 139: a segfault)\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def test_numpy_batch_read_after_loader_closed():
+    pytest.importorskip("numpy")
+    out = _run("""
+        import gc
+        import numpy as np
+        import ferry
+        x = np.arange(100, dtype=np.float32)
+        with ferry.Loader({"x": x}, 10, device="cpu", output="numpy") as l:
+            for b in l:
+                break
+        print(float(b["x"].sum()))
+        # Many loaders closed with a batch kept, then read and dropped in another order.
+        kept = []
+        for i in range(20):
+            with ferry.Loader({"x": x + i}, 10, device="cpu", output="numpy", prefetch=2) as l:
+                it = iter(l)
+                kept.append((i, next(it), next(it)))
+        for i, a, c in reversed(kept):
+            assert a["x"].tolist() == (x[:10] + i).tolist(), (i, a["x"])
+            assert c["x"].tolist() == (x[10:20] + i).tolist(), (i, c["x"])
+        del kept, a, c
+        gc.collect()
+        print("ok")
+    """)
+    assert out.split() == ["45.0", "ok"]
+
+
+def test_torch_batch_read_after_loader_closed():
+    pytest.importorskip("torch")
+    out = _run("""
+        import torch
+        import ferry
+        x = torch.arange(100, dtype=torch.float32)
+        with ferry.Loader({"x": x.numpy()}, 10, device="cpu", output="torch") as l:
+            for b in l:
+                break
+        print(float(b["x"].sum()))
+    """)
+    assert out.split() == ["45.0"]
+
+
+def test_dlpack_fields_and_batches_outlive_iterator_and_engine():
+    # The low-level objects: a DLPack field never exported, a batch never released, and a field exported
+    # to numpy, all kept past the iterator's and the engine's close.
+    pytest.importorskip("numpy")
+    out = _run("""
+        import numpy as np
+        import ferry
+        data = bytearray(range(200))
+        engine = ferry.Engine(ferry.CPU, sample_interval_ms=0)
+        src = ferry.ArraySource({"v": (data, "uint8", (50, 4))})
+        it = ferry.Iterator(engine, src, 5, prefetch=3)
+        b1 = it.next()
+        f1 = b1.field("v")
+        b2 = it.next()
+        a2 = np.from_dlpack(b2.field("v"))
+        b2.release()
+        it.close()
+        engine.close()
+        assert f1.to_bytes() == bytes(data[:20]), f1.to_bytes()
+        assert a2.tobytes() == bytes(data[20:40]), a2.tobytes()
+        try:
+            b1.indices()
+        except ferry.FerryError as e:
+            print(type(e).__name__)
+        f1.close()
+        del a2
+        try:
+            b1.release()
+        except ferry.FerryError as e:
+            print(type(e).__name__)
+        src.close()
+        print("ok")
+    """)
+    assert out.split()[-1] == "ok"
