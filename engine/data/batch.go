@@ -161,7 +161,7 @@ func (it *Iterator) Next(ctx context.Context, consumer Stream) (*Batch, error) {
 }
 
 // heldHint explains a Next that timed out waiting for slot s while the caller holds it: the iterator cannot
-// refill a slot until its batch is released.
+// refill a slot until its batch is released, and a batch stays held while any tensor taken from it lives.
 func (it *Iterator) heldHint(s *slot) string {
 	if !s.held.Load() {
 		return ""
@@ -172,8 +172,15 @@ func (it *Iterator) heldHint(s *slot) string {
 			held++
 		}
 	}
-	return fmt.Sprintf(": the caller holds %d unreleased batches of the %d in flight (Prefetch), and the next one "+
-		"needs a held batch's buffers; release batches when done with them", held, len(it.slots))
+	noun, verb := "batches", "are"
+	if held == 1 {
+		noun, verb = "batch", "is"
+	}
+	return fmt.Sprintf(": the caller holds %d unreleased %s of the %d in flight (Prefetch), and the next batch needs "+
+		"the ring slot of one of them: %d %s %s still held by the caller and must be released first (release batches "+
+		"when done with them; a batch stays held until it is released and every tensor taken from it is freed, so "+
+		"drop every reference to their tensors)",
+		held, noun, len(it.slots), held, noun, verb)
 }
 
 func (it *Iterator) release(s *slot, consumer Stream) error {

@@ -235,10 +235,24 @@ class Loader:
             yield self._take(batch)
 
     def _take(self, batch: Batch) -> Dict[str, Any]:
-        """Converts every field of the batch, then drops the handle's reference."""
+        """Converts every field of the batch, then drops the handle's reference. When a conversion fails,
+        nothing of the batch stays referenced (by the exception's traceback either): the fields taken are
+        closed and the tensors made are dropped, so the failed batch's slot goes back to the ring."""
         convert = self._convert
+        out: Dict[str, Any] = {}
+        field: Optional[DLPackField] = None
         try:
-            return {name: convert(batch.field(i)) for i, name in enumerate(batch._names)}
+            for i, name in enumerate(batch._names):
+                field = batch.field(i)
+                out[name] = convert(field)
+                field = None
+            return out
+        except BaseException:
+            if field is not None and not field.exported:
+                field.close()
+            field = None
+            out.clear()
+            raise
         finally:
             batch.release()
 

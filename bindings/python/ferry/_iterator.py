@@ -19,6 +19,7 @@ from ._dlpack import DLPackField, _field_from_batch
 from ._engine import Engine
 from ._errors import (
     FerryIOError,
+    FerryTimeoutError,
     InternalError,
     Status,
     _as_int,
@@ -213,6 +214,13 @@ def _destroy_iterator(lib: ctypes.CDLL, handle: c_void_p, engine: Engine, source
 
 _SAMPLE_RE = re.compile(r"for sample (\d+)")
 
+# The library's timeout message when the caller holds the batch the ring needs next says this; Python
+# adds where such references hide.
+_HELD_MARK = "still held by the caller"
+_HELD_HINT = (". In Python a batch is held while anything references it or a tensor taken from it: the loop "
+              "variable of an earlier or interrupted loop (`del batch`), a list of batches, an exception's traceback "
+              "(`del err`); drop those references, or pass copy=True to keep copies of the data instead")
+
 
 class Iterator(_Owner):
     """A prefetching iterator over a source on an engine's device (``ferry_iterator_*``).
@@ -306,6 +314,9 @@ class Iterator(_Owner):
             err = _error(status)
             if isinstance(err, FerryIOError):
                 self._explain(err)
+            elif isinstance(err, FerryTimeoutError) and _HELD_MARK in err.message:
+                err.message += _HELD_HINT
+                err.strerror = err.message
             raise err
         return Batch(self, out, int(stream) if stream else None)
 

@@ -98,3 +98,82 @@ def test_dlpack_fields_and_batches_outlive_iterator_and_engine():
         print("ok")
     """)
     assert out.split()[-1] == "ok"
+
+
+# --- batches still held: the timeout says so, and the loader's own error paths hold none ---------------
+
+
+def _flaky_source(fail_at):
+    """A callback source whose sample ``fail_at`` fails once (a flaky read), then reads."""
+    import ferry
+
+    failed = []
+
+    def fn(i, out):
+        if i == fail_at and not failed:
+            failed.append(i)
+            raise ValueError(f"flaky read of sample {i}")
+        out["v"][0] = i
+
+    return ferry.CallbackSource(fn, length=40, fields={"v": ("int32", 1)}, numpy=False)
+
+
+def _first_index(batch):
+    import struct
+
+    return struct.unpack_from("<i", batch["v"].to_bytes())[0]
+
+
+def test_retry_after_io_error_says_which_batches_are_held():
+    # The issue's loop: a FerryIOError, retried, while the loop variable still holds the batch before it.
+    # With prefetch=2 the next batch needs that batch's slot: the wait times out and says why.
+    import ferry
+
+    src = _flaky_source(fail_at=12)  # batch 3 of 4 samples
+    with ferry.Loader(src, 4, device="cpu", output="dlpack", prefetch=2, workers=1, timeout_ms=300) as loader:
+        batch = None
+        with pytest.raises(ferry.FerryIOError, match="flaky read"):
+            for batch in loader:  # noqa: B007 - the loop variable is the point
+                pass
+        assert batch is not None and _first_index(batch) == 8, "the loop variable holds batch 2"
+        with pytest.raises(ferry.FerryTimeoutError) as info:
+            for _ in loader:
+                pass
+        msg = str(info.value)
+        for words in ("1 batch is still held by the caller and must be released",
+                      "every tensor taken from it is freed", "`del batch`", "copy=True"):
+            assert words in msg, msg
+        del info
+        del batch
+        rest = [_first_index(b) for b in loader]
+        assert rest == list(range(16, 40, 4)), "dropping the held batch lets the loader go on"
+    src.close()
+
+
+def test_failed_conversion_holds_no_batch():
+    # A conversion that fails part-way through a batch (here the second field): the exception, kept by the
+    # caller, must not keep the failed batch's slot, or the ring would stall on its next turn.
+    import ferry
+
+    data = bytearray(range(160))
+    calls = []
+
+    with ferry.Loader({"a": (data, "uint8", (40, 4)), "b": (bytearray(data), "uint8", (40, 4))}, 4, device="cpu",
+                      output="dlpack", prefetch=2, workers=1, timeout_ms=2000) as loader:
+        convert = loader._convert
+
+        def failing(field):
+            calls.append(field.name)
+            if len(calls) == 2:
+                raise RuntimeError("conversion failed")
+            return convert(field)
+
+        loader._convert = failing
+        with pytest.raises(RuntimeError) as info:
+            for _ in loader:
+                pass
+        kept = info.value  # the traceback stays alive with it
+        loader._convert = convert
+        got = [b["a"].to_bytes()[0] for b in loader]
+        assert got == [16 * k for k in range(1, 10)], got
+        assert kept.__traceback__ is not None
