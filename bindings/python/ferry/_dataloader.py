@@ -14,7 +14,7 @@ from . import _lib
 from ._device import device_count
 from ._dlpack import DLPackField
 from ._engine import CPU, Engine
-from ._errors import _as_int, _as_int32, _check, _closed, _invalid
+from ._errors import LimitError, _as_int, _as_int32, _check, _closed, _invalid
 from ._iterator import _DEFAULTS, Batch, Iterator, IteratorSettings
 from ._sources import ArraySource, Source
 from ._transforms import Transform
@@ -68,6 +68,20 @@ def _numpy_converter(from_dlpack: Any, copy: bool) -> Any:
     return convert
 
 
+def _loader_engine(device: int) -> Engine:
+    """A loader's own engine; when the process has as many engines as the library allows, the error says
+    that each loader owns one and how to share one instead."""
+    try:
+        return Engine(device, sample_interval_ms=0)
+    except LimitError as err:
+        err.message += (". Each ferry.Loader owns an engine unless it is given one: close the loaders you are "
+                        "done with (loader.close(), or a with block), or share one engine per device among them: "
+                        "engine = ferry.Engine(device); ferry.Loader(source, batch_size, engine=engine), closing the "
+                        "engine after its loaders")
+        err.strerror = err.message
+        raise
+
+
 class Loader:
     """Batches for a training loop: ``for batch in Loader(source, 256, shuffle=True): ...``.
 
@@ -100,8 +114,14 @@ class Loader:
     loop continues from there, bit for bit. A loop left early (``break``) is continued by the next one
     from where it stopped; :meth:`set_epoch` starts an epoch from its beginning.
 
-    Ownership: the loader owns its engine and iterator (and a source it built from a dict);
-    :meth:`close` (or leaving a ``with`` block) destroys them; garbage collection does as a backstop.
+    ``engine``: a :class:`~ferry.Engine` to build the loader's iterator on, shared with other loaders (its
+    device is the loader's; ``device`` may be left out). Without one each loader opens an engine of its own,
+    and a process may have at most ``FERRY_MAX_ENGINES`` (256) engines alive: many loaders at once need a
+    shared engine. The loaders of a shared engine share its pools and its memory figures.
+
+    Ownership: the loader owns its iterator, its engine unless one was given (a given engine is the
+    caller's to close, after its loaders), and a source it built from a dict; :meth:`close` (or leaving a
+    ``with`` block) destroys them; garbage collection does as a backstop.
     """
 
     def __init__(self, source: Union[Source, Mapping[str, Any]], batch_size: int, shuffle: bool = _DEFAULTS.shuffle,
@@ -110,21 +130,30 @@ class Loader:
                  world_size: Optional[int] = _DEFAULTS.world_size, timeout_ms: int = _DEFAULTS.timeout_ms,
                  copy: bool = False, output: Optional[str] = None,
                  transforms: Optional[Mapping[str, Transform]] = _DEFAULTS.transforms, staging: Any = _DEFAULTS.staging,
-                 pinned_budget: Optional[int] = _DEFAULTS.pinned_budget) -> None:
+                 pinned_budget: Optional[int] = _DEFAULTS.pinned_budget, engine: Optional[Engine] = None) -> None:
         settings = IteratorSettings.of(locals())
         self._iterator: Optional[Iterator] = None
         self._owned_source: Optional[Source] = None
-        self._engine: Optional[Engine] = None
+        self._engine: Optional[Engine] = None  # owned: closed with the loader
         if isinstance(source, Mapping):
             source = self._owned_source = ArraySource(source)
         elif not isinstance(source, Source):
             raise TypeError(f"Loader takes a ferry source or a dict of arrays, not {type(source).__name__}")
         try:
-            self.device = dev = _parse_device(device)
+            if engine is not None:
+                if not isinstance(engine, Engine):
+                    raise TypeError(f"engine must be a ferry.Engine, not {type(engine).__name__}")
+                dev = engine.device
+                if device is not None and _parse_device(device) != dev:
+                    raise _invalid(f"device {device!r} differs from the engine's device {dev}")
+                self.device = dev
+            else:
+                self.device = dev = _parse_device(device)
             self.copy = bool(copy)
             self._setup_output(output)
-            self._engine = Engine(dev, sample_interval_ms=0)
-            self._iterator = Iterator(self._engine, source, batch_size, **settings.as_dict())
+            if engine is None:
+                engine = self._engine = _loader_engine(dev)
+            self._iterator = Iterator(engine, source, batch_size, **settings.as_dict())
         except BaseException:
             self.close()
             raise

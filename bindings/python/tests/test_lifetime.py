@@ -177,3 +177,53 @@ def test_failed_conversion_holds_no_batch():
         got = [b["a"].to_bytes()[0] for b in loader]
         assert got == [16 * k for k in range(1, 10)], got
         assert kept.__traceback__ is not None
+
+
+# --- many loaders ------------------------------------------------------------------------------------
+
+
+def test_many_loaders_share_an_engine_or_say_how():
+    # Each Loader owns an engine by default, and a process may have FERRY_MAX_ENGINES (256) of them: the
+    # 257th live loader fails with a message that says why and how to share one; with engine= 300 loaders
+    # on one CPU engine work.
+    out = _run("""
+        import ferry
+        data = {"v": (bytearray(range(40)), "uint8", (10, 4))}
+        loaders = []
+        try:
+            for i in range(300):
+                loaders.append(ferry.Loader(data, 5, device="cpu", output="dlpack", workers=1, prefetch=2))
+        except ferry.LimitError as e:
+            print(len(loaders))
+            print(e.message)
+        for l in loaders:
+            l.close()
+        with ferry.Engine(ferry.CPU, sample_interval_ms=0) as engine:
+            shared = [ferry.Loader(data, 5, output="dlpack", workers=1, prefetch=2, engine=engine) for _ in range(300)]
+            assert all(l.device == ferry.CPU for l in shared)
+            firsts = [next(iter(l))["v"].to_bytes()[:4] for l in shared]
+            assert firsts == [bytes(range(4))] * 300, firsts[:3]
+            for l in shared:
+                l.close()
+            assert engine.memory_check() is not None, "closing its loaders leaves a given engine open"
+        print("shared ok")
+    """)
+    lines = out.splitlines()
+    assert lines[0] == "256", out
+    for words in ("256 ferry_engines are alive", "Each ferry.Loader owns an engine", "engine=engine",
+                  "close the loaders you are done with"):
+        assert words in lines[1], lines[1]
+    assert lines[-1] == "shared ok"
+
+
+def test_loader_engine_argument():
+    import ferry
+
+    with ferry.Engine(ferry.CPU, sample_interval_ms=0) as engine:
+        with pytest.raises(TypeError, match="ferry.Engine"):
+            ferry.Loader({"v": bytearray(8)}, 2, engine="cpu")
+        with pytest.raises(ferry.InvalidArgumentError, match="differs from the engine's device"):
+            ferry.Loader({"v": bytearray(8)}, 2, device=0, engine=engine)
+        with ferry.Loader({"v": bytearray(8)}, 2, device="cpu", output="dlpack", engine=engine) as loader:
+            assert loader.iterator.engine is engine
+        assert not engine.closed, "a given engine is the caller's"
