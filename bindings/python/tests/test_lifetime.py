@@ -227,3 +227,29 @@ def test_loader_engine_argument():
         with ferry.Loader({"v": bytearray(8)}, 2, device="cpu", output="dlpack", engine=engine) as loader:
             assert loader.iterator.engine is engine
         assert not engine.closed, "a given engine is the caller's"
+
+
+def test_callback_error_chain_keeps_no_staging_views():
+    # The exception of a failed sample function reaches the caller as the FerryIOError's __cause__; its
+    # frames held the views of ferry's staging memory (out), which is reused and freed with the loader.
+    # No exception of the chain may keep a traceback, also one the function's own handler chained.
+    import ferry
+
+    def fn(i, out):
+        out["v"][0] = i
+        if i == 6:
+            try:
+                raise KeyError("inner")
+            except KeyError as inner:
+                raise ValueError("outer") from inner
+
+    src = ferry.CallbackSource(fn, length=20, fields={"v": ("int32", 1)}, numpy=False)
+    with ferry.Loader(src, 4, device="cpu", output="dlpack", workers=1, prefetch=2, timeout_ms=5000) as loader:
+        with pytest.raises(ferry.FerryIOError) as info:
+            for _ in loader:
+                pass
+    cause = info.value.__cause__
+    assert isinstance(cause, ValueError) and isinstance(cause.__cause__, KeyError)
+    for e in (cause, cause.__cause__, cause.__context__):
+        assert e.__traceback__ is None, f"{e!r} keeps frames that reference staging memory"
+    src.close()
