@@ -206,8 +206,10 @@ FERRY_API ferry_status ferry_engine_options_init(ferry_engine_options* opts);
 FERRY_API ferry_status ferry_engine_create(const ferry_engine_options* opts, ferry_engine* engine);
 
 /**
- * Stops the engine's sampler, releases its context and invalidates the handle. NULL is a no-op. After
- * this returns, any call with the handle returns FERRY_ERR_INVALID_HANDLE.
+ * Stops the engine's sampler, destroys its iterators, releases its context and invalidates the handle.
+ * NULL is a no-op. After this returns, any call with the handle returns FERRY_ERR_INVALID_HANDLE. Memory
+ * that tensors or batch handles still point to stays valid: the engine's pools and context are freed when
+ * the last of them is released (its deleter, or ferry_batch_release). This call does not wait for that.
  */
 FERRY_API ferry_status ferry_engine_destroy(ferry_engine engine);
 
@@ -716,7 +718,10 @@ FERRY_API ferry_status ferry_iterator_set_epoch(ferry_iterator iterator, uint64_
 
 /**
  * Stops prefetching, waits (bounded by timeout_ms) for copies in flight, and returns the ring to the
- * engine's pools. Release every batch first: batches still held become invalid. NULL is a no-op.
+ * engine's pools. Batches still held can no longer be used with the ferry_batch_* calls (they return
+ * FERRY_ERR_INVALID_HANDLE; ferry_batch_release still drops the handle's reference), but the memory of
+ * their tensors stays valid: each batch's memory is freed when its handle is released and the deleter of
+ * every tensor handed out has run. NULL is a no-op.
  */
 FERRY_API ferry_status ferry_iterator_destroy(ferry_iterator iterator);
 

@@ -55,6 +55,11 @@ type Engine struct {
 	closed atomic.Bool
 	stop   chan struct{}
 	done   chan struct{}
+
+	holdMu   sync.Mutex
+	holds    int  // Hold minus Unhold: objects whose memory may still be in use (batches a consumer holds)
+	closing  bool // Close ran: the last Unhold finishes it
+	torndown bool // the pools and the context are gone
 }
 
 type config struct {
@@ -248,7 +253,10 @@ func (e *Engine) OnSnapshot(fn func(*MemorySnapshot)) {
 	}
 }
 
-// Close stops the sampler and releases the device context. It returns ErrClosed when called again.
+// Close stops the sampler, closes what was built on the engine (iterators), and frees the pools and the
+// device context. When something still holds the engine (Hold: batches a consumer keeps past its
+// iterator's Close), the pools and the context are freed by the last Unhold instead; Close does not wait.
+// It returns ErrClosed when called again.
 func (e *Engine) Close() error {
 	if !e.closed.CompareAndSwap(false, true) {
 		return fmt.Errorf("%w: engine on device %d was already closed", ErrClosed, e.device)
@@ -270,17 +278,82 @@ func (e *Engine) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	errs = append(errs, e.hostPool.close())
-	if e.gpu {
-		errs = append(errs, e.devPool.close())
-	}
-	errs = append(errs, e.closeAttached()...)
 	// Wait for any publish in flight, then drop the listener so none runs after Close.
 	e.mu.Lock()
 	e.listener = nil
 	e.mu.Unlock()
+	// Memory handed out stays valid while anything points at it: when an object built on the engine still
+	// holds it (an iterator whose batches a consumer keeps, e.g. as DLPack tensors), the pools and the
+	// context go with the last Unhold instead of now. Close does not wait for that.
+	e.holdMu.Lock()
+	e.closing = true
+	held := e.holds
+	e.holdMu.Unlock()
+	if held > 0 {
+		e.log.Debug().Int("holds", held).Msg("engine closed; its memory is freed when the batches still held are released")
+		return errors.Join(errs...)
+	}
+	return errors.Join(append(errs, e.teardown())...)
+}
+
+// teardown frees the pools, the attached values and the context: the second half of Close, run once
+// nothing holds the engine.
+func (e *Engine) teardown() error {
+	e.holdMu.Lock()
+	if e.torndown {
+		e.holdMu.Unlock()
+		return nil
+	}
+	e.torndown = true
+	e.holdMu.Unlock()
+	errs := []error{e.hostPool.close()}
+	if e.gpu {
+		errs = append(errs, e.devPool.close())
+	}
+	errs = append(errs, e.closeAttached()...)
 	errs = append(errs, e.releaseContext())
 	return errors.Join(errs...)
+}
+
+// Hold keeps the engine's pools, attached values and context alive past Close until the matching
+// Unhold. An object built on the engine holds it while memory it handed out may still be in use (an
+// iterator holds it until every batch is released, also after the iterator was closed). Hold fails with
+// ErrClosed once Close was called. Safe for concurrent use.
+func (e *Engine) Hold() error {
+	e.holdMu.Lock()
+	defer e.holdMu.Unlock()
+	if e.closing || e.closed.Load() {
+		return fmt.Errorf("%w: engine on device %d", ErrClosed, e.device)
+	}
+	e.holds++
+	return nil
+}
+
+// Holds is the number of holds not yet dropped (Hold): after Close, non-zero while batches still held
+// keep the engine's memory.
+func (e *Engine) Holds() int {
+	e.holdMu.Lock()
+	defer e.holdMu.Unlock()
+	return e.holds
+}
+
+// Unhold drops a hold taken by Hold. The last one after Close frees what Close left (the pools and the
+// context), on the calling goroutine; its errors are logged, there being no caller to return them to.
+func (e *Engine) Unhold() {
+	e.holdMu.Lock()
+	if e.holds <= 0 {
+		e.holdMu.Unlock()
+		e.log.Error().Msg("engine Unhold without a Hold")
+		return
+	}
+	e.holds--
+	last := e.holds == 0 && e.closing
+	e.holdMu.Unlock()
+	if last {
+		if err := e.teardown(); err != nil {
+			e.log.Warn().Err(err).Msg("freeing the engine's memory after its last batch was released")
+		}
+	}
 }
 
 func (e *Engine) releaseContext() error {

@@ -141,7 +141,10 @@ func (p *HostPool) Alloc(n int) (*HostBuffer, error) {
 	}
 	class := sizeClass(n)
 	ptr, ok, closed := p.cache.take(class)
-	if closed {
+	if closed || p.e.closed.Load() { // a closed engine's pools may live on for the batches still held
+		if ok {
+			p.cache.put(ptr, class)
+		}
 		return nil, fmt.Errorf("%w: host pool of the engine on device %d", ErrClosed, p.e.device)
 	}
 	if !ok {
@@ -232,7 +235,10 @@ func (p *DevicePool) Alloc(n int) (*DeviceBuffer, error) {
 	}
 	class := sizeClass(n)
 	ptr, ok, closed := p.cache.take(class)
-	if closed {
+	if closed || p.e.closed.Load() { // a closed engine's pools may live on for the batches still held
+		if ok {
+			p.cache.put(ptr, class)
+		}
 		return nil, fmt.Errorf("%w: device pool of the engine on device %d", ErrClosed, p.e.device)
 	}
 	if !ok {

@@ -165,8 +165,28 @@ const (
 	capiFuzzKindBatch    = 0x42
 )
 
-// capiFuzzTensor is a tensor handed out and not yet deleted.
-type capiFuzzTensor struct{ p *dlManagedTensor }
+// capiFuzzTensor is a tensor handed out and not yet deleted, with a copy of its bytes when it is in host
+// memory: a live tensor's memory neither changes (its slot is not refilled) nor goes away (destroying its
+// iterator or engine does not unmap it) until its deleter runs.
+type capiFuzzTensor struct {
+	p    *dlManagedTensor
+	want []byte
+}
+
+// bytes is the tensor's memory now (nil when it has none in host memory).
+func (tn capiFuzzTensor) bytes() []byte {
+	if tn.want == nil {
+		return nil
+	}
+	return unsafe.Slice((*byte)(tn.p.DLTensor.Data), len(tn.want))
+}
+
+// delete checks that the tensor's memory is intact, then calls its deleter.
+func (p *capiFuzzProgram) delete(tn capiFuzzTensor) {
+	p.t.Helper()
+	require.Equal(p.t, tn.want, tn.bytes(), "a live tensor's memory changed (after its iterator or engine was destroyed?)")
+	purego.SyscallN(tn.p.Deleter, uintptr(unsafe.Pointer(tn.p)))
+}
 
 // capiFuzzProgram is the state of one program: what it made and has not destroyed, the handles it
 // destroyed (stale from then on), and whether an engine, iterator or batch runs on the CPU, where a
@@ -632,16 +652,18 @@ func (p *capiFuzzProgram) step() {
 				require.GreaterOrEqual(p.t, d, int64(0))
 				n *= d
 			}
+			tn := capiFuzzTensor{p: tensor}
 			if n > 0 && dl.DeviceType == kDLCPU {
 				b := unsafe.Slice((*byte)(dl.Data), n*int64(dl.DType.Bits)/8)
 				_ = b[0] + b[len(b)-1] // the memory is there
+				tn.want = append([]byte(nil), b...)
 			}
-			p.tensors = append(p.tensors, capiFuzzTensor{tensor})
+			p.tensors = append(p.tensors, tn)
 		}
 	case 28:
 		if len(p.tensors) > 0 {
 			i := int(r.u8()) % len(p.tensors)
-			purego.SyscallN(p.tensors[i].p.Deleter, uintptr(unsafe.Pointer(p.tensors[i].p)))
+			p.delete(p.tensors[i])
 			p.tensors = append(p.tensors[:i], p.tensors[i+1:]...)
 		}
 	case 29:
@@ -717,14 +739,21 @@ func (p *capiFuzzProgram) step() {
 	}
 }
 
-// finish gives back what the program still holds, in the order a careful caller would, and checks that
-// every destroy of a handle it made succeeds (or finds it already gone: a made-up handle may have named
-// it) and that a handle destroyed twice is refused.
+// finish gives back what the program still holds, in the order a careful caller would, or (as the input
+// picks) with the tensors deleted last, after their iterators and engines were destroyed, and checks
+// that every destroy of a handle it made succeeds (or finds it already gone: a made-up handle may have
+// named it), that a handle destroyed twice is refused, and that the tensors' memory stayed intact.
 func (p *capiFuzzProgram) finish() {
-	for _, tn := range p.tensors {
-		purego.SyscallN(tn.p.Deleter, uintptr(unsafe.Pointer(tn.p)))
+	tensorsLast := p.r.u8()%2 == 1
+	deleteTensors := func() {
+		for _, tn := range p.tensors {
+			p.delete(tn)
+		}
+		p.tensors = nil
 	}
-	p.tensors = nil
+	if !tensorsLast {
+		deleteTensors()
+	}
 	gone := func(what string, s int32) {
 		p.t.Helper()
 		if s != ferryOK && s != ferryErrInvalidHandle && s != ferryErrClosed {
@@ -749,6 +778,7 @@ func (p *capiFuzzProgram) finish() {
 	for _, h := range p.engines {
 		require.Equal(p.t, ferryErrInvalidHandle, ferryEngineDestroy(engineHandle(h)), "an engine destroyed twice")
 	}
+	deleteTensors()
 	p.batches, p.iterators, p.monitors, p.sources, p.engines = nil, nil, nil, nil, nil
 }
 

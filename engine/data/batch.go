@@ -192,7 +192,7 @@ func (it *Iterator) next(ctx context.Context, consumer Stream, wait time.Duratio
 }
 
 // heldHint explains a Next that timed out waiting for slot s while the caller holds it: the iterator cannot
-// refill a slot until its batch is released.
+// refill a slot until its batch is released, and a batch stays held while any tensor taken from it lives.
 func (it *Iterator) heldHint(s *slot) string {
 	if !s.held.Load() {
 		return ""
@@ -203,14 +203,31 @@ func (it *Iterator) heldHint(s *slot) string {
 			held++
 		}
 	}
-	return fmt.Sprintf(": the caller holds %d unreleased batches of the %d in flight (Prefetch), and the next one "+
-		"needs a held batch's buffers; release batches when done with them", held, len(it.slots))
+	noun, verb := "batches", "are"
+	if held == 1 {
+		noun, verb = "batch", "is"
+	}
+	return fmt.Sprintf(": the caller holds %d unreleased %s of the %d in flight (Prefetch), and the next batch needs "+
+		"the ring slot of one of them: %d %s %s still held by the caller and must be released first (release batches "+
+		"when done with them; a batch stays held until it is released and every tensor taken from it is freed, so "+
+		"drop every reference to their tensors)",
+		held, noun, len(it.slots), held, noun, verb)
 }
 
 func (it *Iterator) release(s *slot, consumer Stream) error {
+	it.ringMu.Lock()
 	if !s.held.CompareAndSwap(true, false) {
-		return fmt.Errorf("%w: the batch's slot is not held (released twice, or the iterator was closed)", engine.ErrInvalidArgument)
+		it.ringMu.Unlock()
+		return fmt.Errorf("%w: the batch's slot is not held (released twice)", engine.ErrInvalidArgument)
 	}
+	if s.orphan {
+		// Held at Close: the ring is gone, and this was the last use of the slot's memory.
+		s.orphan = false
+		it.ringMu.Unlock()
+		it.freeOrphan(s, consumer)
+		return nil
+	}
+	defer it.ringMu.Unlock()
 	var err error
 	if it.e.GPU() && !it.closed.Load() {
 		if err = it.e.Context().EventRecord(s.released, consumer); err == nil {

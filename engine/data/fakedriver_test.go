@@ -29,5 +29,6 @@ func TestFakeDriverIteratorsChild(t *testing.T) {
 	t.Run("planar transforms", func(t *testing.T) { planarChecks(t, e) })
 	t.Run("dma", func(t *testing.T) { dmaChecks(t, e) })
 	require.NoError(t, e.Close())
+	t.Run("batches held past close", func(t *testing.T) { heldPastCloseChecks(t, 0) })
 	t.Log("fake driver iterator checks passed")
 }

@@ -90,9 +90,15 @@ type Iterator struct {
 	ragged        Ragged
 	raggedField   int
 
-	mu  sync.Mutex // Next, Restore, Close
-	pos IteratorState
-	seq uint64 // the pipeline sequence number Next takes next
+	mu sync.Mutex // Next, Restore, Close
+	// ringMu orders a batch's release against Close freeing the ring; orphans counts the slots whose
+	// batches were held at Close (their memory is freed when the last reference goes), and holding is
+	// whether the iterator holds its engine (engine.Hold), from NewIterator until its last slot is freed.
+	ringMu  sync.Mutex
+	orphans int
+	holding bool
+	pos     IteratorState
+	seq     uint64 // the pipeline sequence number Next takes next
 	// waitBegan is when the wait for the next batch began, while NextWithin calls continue it; else zero.
 	waitBegan time.Time
 	run       *pipeline
@@ -163,6 +169,10 @@ func NewIterator(e *engine.Engine, src Source, opts IteratorOptions) (*Iterator,
 	if err := it.planFields(opts.Transforms); err != nil {
 		return nil, err
 	}
+	if err := e.Hold(); err != nil {
+		return nil, err
+	}
+	it.holding = true
 	it.chooseStaging()
 	if err := it.allocate(); err != nil {
 		it.free()
@@ -256,32 +266,23 @@ func batchBytes(f Field, rows int) (int, error) {
 }
 
 // free returns everything allocate took and the source memory's registrations. The pipeline must be
-// stopped.
+// stopped. A slot whose batch the caller still holds (a DLPack tensor over it may be alive) keeps its
+// memory, and the engine stays held, until that batch's release (see release): memory handed out stays
+// valid while anything points at it.
 func (it *Iterator) free() {
 	e := it.e
+	it.ringMu.Lock()
 	for _, s := range it.slots {
-		for _, bufs := range [][]*engine.HostBuffer{s.host, s.hostOut, {s.meta}} {
-			for _, h := range bufs {
-				if h != nil {
-					e.HostPool().Free(h)
-				}
-			}
+		if s.held.Load() {
+			s.orphan = true
+			it.orphans++
+			continue
 		}
-		for _, bufs := range [][]*engine.DeviceBuffer{s.devIn, s.dev} {
-			for _, d := range bufs {
-				if d != nil {
-					e.DevicePool().Free(d)
-				}
-			}
-		}
-		if s.copied != 0 {
-			_ = e.Context().EventDestroy(s.copied)
-		}
-		if s.released != 0 {
-			_ = e.Context().EventDestroy(s.released)
-		}
+		it.freeSlot(s)
 	}
 	it.slots = nil
+	done := it.orphans == 0
+	it.ringMu.Unlock()
 	if it.stream != 0 {
 		_ = e.Context().StreamDestroy(it.stream)
 		it.stream = 0
@@ -295,6 +296,78 @@ func (it *Iterator) free() {
 		}
 	}
 	it.regions = nil
+	if done {
+		it.unhold()
+	}
+}
+
+// freeSlot returns one slot's buffers and events to the engine.
+func (it *Iterator) freeSlot(s *slot) {
+	e := it.e
+	for _, bufs := range [][]*engine.HostBuffer{s.host, s.hostOut, {s.meta}} {
+		for _, h := range bufs {
+			if h != nil {
+				e.HostPool().Free(h)
+			}
+		}
+	}
+	for _, bufs := range [][]*engine.DeviceBuffer{s.devIn, s.dev} {
+		for _, d := range bufs {
+			if d != nil {
+				e.DevicePool().Free(d)
+			}
+		}
+	}
+	if s.copied != 0 {
+		_ = e.Context().EventDestroy(s.copied)
+		s.copied = 0
+	}
+	if s.released != 0 {
+		_ = e.Context().EventDestroy(s.released)
+		s.released = 0
+	}
+}
+
+// freeOrphan frees the memory of a slot whose batch was held at Close, now that its last reference is
+// gone. On a GPU the consumer's work queued on consumer may still read the memory: it is freed once an
+// event recorded there completes, waited for on a goroutine of its own (the caller, a DLPack deleter,
+// does not block). The last orphan gives the engine's hold back.
+func (it *Iterator) freeOrphan(s *slot, consumer Stream) {
+	finish := func() {
+		it.ringMu.Lock()
+		it.freeSlot(s)
+		it.orphans--
+		done := it.orphans == 0
+		it.ringMu.Unlock()
+		if done {
+			it.unhold()
+		}
+	}
+	if !it.e.GPU() || s.released == 0 {
+		finish()
+		return
+	}
+	if err := it.e.Context().EventRecord(s.released, consumer); err != nil {
+		finish() // no ordering to wait for (an invalid stream): as Release documents
+		return
+	}
+	go func() {
+		if err := it.poll(func() error { return it.e.Context().EventQuery(s.released) }, nil, "the consumer's work on a released batch"); err != nil {
+			it.e.Logger().Warn().Err(err).Msg("freeing a batch released after its iterator was closed")
+		}
+		finish()
+	}()
+}
+
+// unhold gives back the engine hold NewIterator took, once.
+func (it *Iterator) unhold() {
+	it.ringMu.Lock()
+	h := it.holding
+	it.holding = false
+	it.ringMu.Unlock()
+	if h {
+		it.e.Unhold()
+	}
 }
 
 // WorldSize is the number of ranks the iterator's samples are sharded among.
@@ -348,7 +421,9 @@ func (it *Iterator) Closed() bool { return it.closed.Load() }
 // Close stops the pipeline, waits (bounded) for copies in flight, and returns the ring to the engine's
 // pools. A Next waiting for data returns ErrClosed; gather workers finish the sample they read and stop.
 // When the copies do not complete within the Timeout option, Close frees the ring all the same and returns
-// ErrTimeout. Batches still held become invalid: release them first. A second Close returns ErrClosed.
+// ErrTimeout. Batches still held stay readable (a DLPack tensor over one stays valid) but can no longer be
+// used with the iterator; each one's memory is freed at its Release, and the engine's pools and context
+// stay until the last such Release (engine.Hold). A second Close returns ErrClosed.
 func (it *Iterator) Close() error {
 	if !it.closed.CompareAndSwap(false, true) {
 		return fmt.Errorf("%w: iterator was already closed", engine.ErrClosed)
@@ -357,9 +432,6 @@ func (it *Iterator) Close() error {
 	it.mu.Lock()
 	defer it.mu.Unlock()
 	err := it.stop()
-	for _, s := range it.slots {
-		s.held.Store(false)
-	}
 	it.free()
 	it.e.Disown(it)
 	return err

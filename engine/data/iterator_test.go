@@ -377,7 +377,82 @@ func TestEngineCloseClosesIterators(t *testing.T) {
 	require.NoError(t, e.Close())
 	_, err = it.Next(context.Background(), 0)
 	require.ErrorIs(t, err, engine.ErrClosed)
-	require.Error(t, b.Release(0), "the iterator is gone")
+	require.True(t, b.IteratorClosed())
+	require.Equal(t, 1, e.Holds(), "the held batch keeps the engine's memory")
+	require.NoError(t, b.Release(0), "a batch held across the close is released (and its memory freed)")
+	require.Equal(t, 0, e.Holds())
+	require.ErrorIs(t, b.Release(0), engine.ErrInvalidArgument, "a second release")
 	_, err = NewIterator(e, src, IteratorOptions{BatchSize: 5})
 	require.ErrorIs(t, err, engine.ErrClosed)
+}
+
+func TestBatchHeldPastCloseCPU(t *testing.T) { heldPastCloseChecks(t, engine.CPU) }
+
+func TestBatchHeldPastCloseGPU(t *testing.T) {
+	testutil.RequireGPU(t)
+	heldPastCloseChecks(t, 0)
+}
+
+// heldPastCloseChecks: batches held across their iterator's Close and their engine's Close stay readable
+// (a DLPack tensor over them must not see its memory unmapped); their releases free the ring and then the
+// engine's pools and context, in either order, and Close does not wait for them.
+func heldPastCloseChecks(t *testing.T, device int) {
+	for _, closeEngine := range []bool{false, true} {
+		t.Run(fmt.Sprintf("engine closed %v", closeEngine), func(t *testing.T) {
+			e, err := engine.Open(device, engine.WithSampleInterval(0))
+			require.NoError(t, err)
+			src, data := randomSource(t, 50)
+			it, err := NewIterator(e, src, IteratorOptions{BatchSize: 5, Prefetch: 3, Timeout: 30 * time.Second})
+			require.NoError(t, err)
+			var held []*Batch
+			for range 2 {
+				b, err := it.Next(context.Background(), 0)
+				require.NoError(t, err)
+				held = append(held, b)
+			}
+			want := [][][]byte{}
+			for _, b := range held {
+				want = append(want, expected(it.SourceFields(), data, b.Indices))
+			}
+			require.NoError(t, it.Close())
+			if closeEngine {
+				require.NoError(t, e.Close())
+			}
+			require.Equal(t, 1, e.Holds(), "the iterator holds the engine while batches are out")
+			for i, b := range held {
+				require.Equal(t, want[i], batchContents(t, e, b), "batch %d after the close", i)
+			}
+			pinned := e.Accounting().Figures().Pinned
+			require.NoError(t, held[0].Release(0))
+			require.Equal(t, want[1], batchContents(t, e, held[1]), "the other batch is untouched")
+			require.NoError(t, held[1].Release(0))
+			require.ErrorIs(t, held[1].Release(0), engine.ErrInvalidArgument)
+			// On a GPU the last slot is freed once the consumer's stream passes the release.
+			deadline := time.Now().Add(30 * time.Second)
+			for e.Holds() != 0 && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			require.Equal(t, 0, e.Holds(), "the last release gives the engine back")
+			if device != engine.CPU {
+				if closeEngine {
+					require.Zero(t, e.Accounting().Figures().Pinned, "the engine's pinned memory went with the last release")
+				} else {
+					require.Equal(t, pinned, e.Accounting().Figures().Pinned, "the ring went back to the live engine's pool")
+				}
+			}
+			if !closeEngine {
+				// The engine is intact: a new iterator works on it.
+				it2, err := NewIterator(e, src, IteratorOptions{BatchSize: 5})
+				require.NoError(t, err)
+				b, err := it2.Next(context.Background(), 0)
+				require.NoError(t, err)
+				require.Equal(t, expected(it2.SourceFields(), data, b.Indices), batchContents(t, e, b))
+				require.NoError(t, b.Release(0))
+				require.NoError(t, it2.Close())
+				require.NoError(t, e.Close())
+			}
+			_, err = NewIterator(e, src, IteratorOptions{BatchSize: 5})
+			require.ErrorIs(t, err, engine.ErrClosed)
+		})
+	}
 }

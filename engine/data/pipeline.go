@@ -31,7 +31,8 @@ type slot struct {
 	mustWaitRels bool       // released was recorded since the last refill: the next copy waits for it
 
 	free, filled, ready chan struct{}
-	held                atomic.Bool
+	held                atomic.Bool // a batch over the slot is out (changes under Iterator.ringMu)
+	orphan              bool        // held at Close: the release frees the slot's memory (under ringMu)
 
 	// Set by the producer before the workers start, read by all after.
 	epoch     uint64

@@ -1,6 +1,6 @@
 //go:build soak
 
-package engine
+package data
 
 // The soak: many iterator lifetimes and one long pipeline, on the CPU engine and on the stand-in driver
 // (in a child process, so that its page-locked and device pools are exercised), with the process's
@@ -352,16 +352,23 @@ func soakCycle(t *testing.T, e *engine.Engine, i int) (handles int) {
 		require.NoError(t, b2.Release(0))
 		require.NoError(t, b.Release(0))
 	case 2:
-		// Close with a batch still held: Close reclaims its slot, and a late Release says so.
+		// Close with a batch still held: the batch stays readable until its late Release frees it.
 		require.NoError(t, b.Release(0))
 		held := soakNext(t, it)
 		require.Equal(t, 1, held.Index)
 		require.NoError(t, it.Close())
 		closed = true
 		require.True(t, held.IteratorClosed())
+		requireSoakBatch(t, e, held, fields, data, transformed, seed)
+		require.NoError(t, held.Release(0))
 		err := held.Release(0)
 		require.ErrorIs(t, err, engine.ErrInvalidArgument)
-		require.Contains(t, err.Error(), "not held")
+		require.Contains(t, err.Error(), "already released")
+		// On a GPU the slot is freed once the release's event completes, off the releasing goroutine.
+		for deadline := time.Now().Add(30 * time.Second); e.Holds() != 0 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+		require.Zero(t, e.Holds(), "the held slot was freed")
 	case 3:
 		// A restore mid-epoch restarts the pipeline at another position.
 		require.NoError(t, b.Release(0))

@@ -14,7 +14,7 @@ from . import _lib
 from ._device import device_count
 from ._dlpack import DLPackField
 from ._engine import CPU, Engine
-from ._errors import _as_epoch, _as_int, _as_int32, _check, _closed, _invalid
+from ._errors import LimitError, _as_epoch, _as_int, _as_int32, _check, _closed, _invalid
 from ._iterator import _DEFAULTS, Batch, Iterator, IteratorSettings
 from ._sources import ArraySource, Source
 from ._transforms import Transform
@@ -98,6 +98,20 @@ def _check_state(state: Any) -> Dict[str, Optional[int]]:
     return out
 
 
+def _loader_engine(device: int) -> Engine:
+    """A loader's own engine; when the process has as many engines as the library allows, the error says
+    that each loader owns one and how to share one instead."""
+    try:
+        return Engine(device, sample_interval_ms=0)
+    except LimitError as err:
+        err.message += (". Each ferry.Loader owns an engine unless it is given one: close the loaders you are "
+                        "done with (loader.close(), or a with block), or share one engine per device among them: "
+                        "engine = ferry.Engine(device); ferry.Loader(source, batch_size, engine=engine), closing the "
+                        "engine after its loaders")
+        err.strerror = err.message
+        raise
+
+
 class Loader:
     """Batches for a training loop: ``for batch in Loader(source, 256, shuffle=True): ...``.
 
@@ -130,8 +144,14 @@ class Loader:
     loop continues from there, bit for bit. A loop left early (``break``) is continued by the next one
     from where it stopped; :meth:`set_epoch` starts an epoch from its beginning.
 
-    Ownership: the loader owns its engine and iterator (and a source it built from a dict);
-    :meth:`close` (or leaving a ``with`` block) destroys them; garbage collection does as a backstop.
+    ``engine``: a :class:`~ferry.Engine` to build the loader's iterator on, shared with other loaders (its
+    device is the loader's; ``device`` may be left out). Without one each loader opens an engine of its own,
+    and a process may have at most ``FERRY_MAX_ENGINES`` (256) engines alive: many loaders at once need a
+    shared engine. The loaders of a shared engine share its pools and its memory figures.
+
+    Ownership: the loader owns its iterator, its engine unless one was given (a given engine is the
+    caller's to close, after its loaders), and a source it built from a dict; :meth:`close` (or leaving a
+    ``with`` block) destroys them; garbage collection does as a backstop.
     """
 
     def __init__(self, source: Union[Source, Mapping[str, Any]], batch_size: int, shuffle: bool = _DEFAULTS.shuffle,
@@ -140,21 +160,30 @@ class Loader:
                  world_size: Optional[int] = _DEFAULTS.world_size, timeout_ms: int = _DEFAULTS.timeout_ms,
                  copy: bool = False, output: Optional[str] = None,
                  transforms: Optional[Mapping[str, Transform]] = _DEFAULTS.transforms, staging: Any = _DEFAULTS.staging,
-                 pinned_budget: Optional[int] = _DEFAULTS.pinned_budget) -> None:
+                 pinned_budget: Optional[int] = _DEFAULTS.pinned_budget, engine: Optional[Engine] = None) -> None:
         settings = IteratorSettings.of(locals())
         self._iterator: Optional[Iterator] = None
         self._owned_source: Optional[Source] = None
-        self._engine: Optional[Engine] = None
+        self._engine: Optional[Engine] = None  # owned: closed with the loader
         if isinstance(source, Mapping):
             source = self._owned_source = ArraySource(source)
         elif not isinstance(source, Source):
             raise TypeError(f"Loader takes a ferry source or a dict of arrays, not {type(source).__name__}")
         try:
-            self.device = dev = _parse_device(device)
+            if engine is not None:
+                if not isinstance(engine, Engine):
+                    raise TypeError(f"engine must be a ferry.Engine, not {type(engine).__name__}")
+                dev = engine.device
+                if device is not None and _parse_device(device) != dev:
+                    raise _invalid(f"device {device!r} differs from the engine's device {dev}")
+                self.device = dev
+            else:
+                self.device = dev = _parse_device(device)
             self.copy = bool(copy)
             self._setup_output(output)
-            self._engine = Engine(dev, sample_interval_ms=0)
-            self._iterator = Iterator(self._engine, source, batch_size, **settings.as_dict())
+            if engine is None:
+                engine = self._engine = _loader_engine(dev)
+            self._iterator = Iterator(engine, source, batch_size, **settings.as_dict())
         except BaseException:
             self.close()
             raise
@@ -206,7 +235,7 @@ class Loader:
 
     def close(self) -> None:
         """Destroys the iterator, the engine, and a source the loader built. Idempotent. Tensors of the
-        loader's batches still held afterwards point to freed memory: free them first."""
+        loader's batches still held stay valid: their memory is freed when the last of them is."""
         if self._iterator is not None:
             self._iterator._refuse_in_own_callback("Loader.close()")
         it, self._iterator = self._iterator, None
@@ -267,10 +296,24 @@ class Loader:
             yield self._take(batch)
 
     def _take(self, batch: Batch) -> Dict[str, Any]:
-        """Converts every field of the batch, then drops the handle's reference."""
+        """Converts every field of the batch, then drops the handle's reference. When a conversion fails,
+        nothing of the batch stays referenced (by the exception's traceback either): the fields taken are
+        closed and the tensors made are dropped, so the failed batch's slot goes back to the ring."""
         convert = self._convert
+        out: Dict[str, Any] = {}
+        field: Optional[DLPackField] = None
         try:
-            return {name: convert(batch.field(i)) for i, name in enumerate(batch._names)}
+            for i, name in enumerate(batch._names):
+                field = batch.field(i)
+                out[name] = convert(field)
+                field = None
+            return out
+        except BaseException:
+            if field is not None and not field.exported:
+                field.close()
+            field = None
+            out.clear()
+            raise
         finally:
             batch.release()
 

@@ -19,6 +19,7 @@ from ._dlpack import DLPackField, _field_from_batch
 from ._engine import Engine
 from ._errors import (
     FerryIOError,
+    FerryTimeoutError,
     InternalError,
     Status,
     _as_epoch,
@@ -215,6 +216,13 @@ _WAIT_SLICE_MS = 100
 
 _SAMPLE_RE = re.compile(r"for sample (\d+)")
 
+# The library's timeout message when the caller holds the batch the ring needs next says this; Python
+# adds where such references hide.
+_HELD_MARK = "still held by the caller"
+_HELD_HINT = (". In Python a batch is held while anything references it or a tensor taken from it: the loop "
+              "variable of an earlier or interrupted loop (`del batch`), a list of batches, an exception's traceback "
+              "(`del err`); drop those references, or pass copy=True to keep copies of the data instead")
+
 
 class Iterator(_Owner):
     """A prefetching iterator over a source on an engine's device (``ferry_iterator_*``).
@@ -230,8 +238,9 @@ class Iterator(_Owner):
     ``pinned_budget`` is the most source memory, in bytes, the iterator may register with the driver for
     ``"dma"`` and ``"mapped"`` (None or 0: a quarter of RAM; negative: none).
 
-    Ownership: the iterator owns its handle; :meth:`close` destroys it (release every batch first; the
-    tensors of batches still held then point to freed memory). It keeps its engine and source alive.
+    Ownership: the iterator owns its handle; :meth:`close` destroys it. Batches still held can then no
+    longer be used (their calls raise), but the fields and tensors handed out stay valid: the memory of each
+    batch is freed when the last of them is. It keeps its engine and source alive.
     Call :meth:`next`, :meth:`restore` and :meth:`set_epoch` from one thread at a time.
     """
 
@@ -324,6 +333,9 @@ class Iterator(_Owner):
             err = _error(status)
             if isinstance(err, FerryIOError):
                 self._explain(err)
+            elif isinstance(err, FerryTimeoutError) and _HELD_MARK in err.message:
+                err.message += _HELD_HINT
+                err.strerror = err.message
             raise err
         return Batch(self, out, int(stream) if stream else None)
 

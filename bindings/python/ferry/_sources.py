@@ -562,7 +562,16 @@ class _CallbackState:
                 self.makers.append((name, _memoryview_maker(_MEMORYVIEW_FORMATS[dt], shape, nbytes)))
 
     def record(self, index: int, exc: BaseException) -> None:
-        exc.__traceback__ = None  # the frames hold views of ferry's staging memory
+        # The frames hold views of ferry's staging memory, which is reused and freed with the iterator:
+        # no traceback of the exception or of those chained to it (a handler's own error) may keep them.
+        chain, seen = [exc], set()
+        while chain:
+            e = chain.pop()
+            if e is None or id(e) in seen:
+                continue
+            seen.add(id(e))
+            e.__traceback__ = None
+            chain += [e.__cause__, e.__context__]
         with self.lock:
             if len(self.errors) >= self._MAX_ERRORS:
                 self.errors.pop(next(iter(self.errors)))
