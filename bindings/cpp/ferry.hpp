@@ -1693,6 +1693,35 @@ public:
         return std::optional<batch>(std::in_place, b);
     }
 
+    /** What next_wait found (see next_wait). */
+    enum class wait_result { batch, end_of_epoch, not_yet };
+
+    /**
+     * next() that waits at most `wait` in this call, for a loop that must react to something between
+     * waits (a stop flag, an event loop): not_yet when no batch came within it, with nothing changed (call
+     * again: consecutive calls continue one wait, bounded by the timeout option as next() is);
+     * end_of_epoch once at the end of each epoch; batch with the batch in out. Throws as next() does, and
+     * FERRY_ERR_INVALID_ARGUMENT for a wait under 1 ms or over uint32_t milliseconds.
+     */
+    wait_result next_wait(std::optional<batch>& out, std::chrono::milliseconds wait, void* stream = nullptr) {
+        const auto ms = wait.count();
+        if (ms < 1 || static_cast<unsigned long long>(ms) > std::numeric_limits<uint32_t>::max()) {
+            throw error(FERRY_ERR_INVALID_ARGUMENT, "wait " + std::to_string(ms) + " ms is outside 1 .. 2^32-1 ms");
+        }
+        out.reset();
+        ferry_batch b = nullptr;
+        const ferry_status st = ferry_iterator_next_wait(h_, stream, static_cast<uint32_t>(ms), &b);
+        if (st == FERRY_END_OF_EPOCH) {
+            return wait_result::end_of_epoch;
+        }
+        check(st);
+        if (b == nullptr) {
+            return wait_result::not_yet;
+        }
+        out.emplace(b);
+        return wait_result::batch;
+    }
+
     /** The rest of the current epoch as a range of batches for stream. */
     epoch_range epoch(void* stream = nullptr) noexcept { return epoch_range(this, stream); }
 
@@ -2010,6 +2039,17 @@ public:
     ferry::metric metric(const std::string& name) const {
         uint32_t id = 0;
         check(ferry_metric_id(h_, c_string(name, "metric name"), &id));
+        return ferry::metric(h_, id);
+    }
+
+    /**
+     * The metric called name, which must exist already (logged from any thread or binding, or made by a
+     * sampler): unlike metric(), it never creates one. Throws FERRY_ERR_INVALID_ARGUMENT, naming it, when
+     * there is none.
+     */
+    ferry::metric find_metric(const std::string& name) const {
+        uint32_t id = 0;
+        check(ferry_metric_find(h_, c_string(name, "metric name"), &id));
         return ferry::metric(h_, id);
     }
 

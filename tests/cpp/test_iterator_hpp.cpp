@@ -28,6 +28,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -452,6 +453,47 @@ TEST(Iterator, NextEndsEachEpochOnce) {
     EXPECT_EQ(b->epoch(), 3u);
     const std::vector<int64_t> want{0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
     EXPECT_EQ(b->indices(), want);
+}
+
+TEST(Iterator, NextWaitReturnsBetweenWaits) {
+    const dataset d = random_dataset(8, fresh_seed());
+    // Sample 4 is slow: the first call for the second batch returns with no batch, the next ones take it.
+    std::atomic<bool> slow{true};
+    ferry::source src = ferry::source::callback(d.n, d.fields, [&](int64_t i, ferry::sample_buffers& buf) {
+        if (i == 4) {
+            while (slow.load()) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            }
+        }
+        for (int32_t k = 0; k < buf.size(); k++) {
+            std::memcpy(buf.data(k), d.sample(static_cast<std::size_t>(k), i), static_cast<std::size_t>(buf.bytes(k)));
+        }
+    });
+    struct release_on_exit {
+        std::atomic<bool>& flag;
+        ~release_on_exit() { flag = false; }  // a failed assertion must not leave a worker waiting
+    };
+    const ferry::engine eng(FERRY_DEVICE_CPU);
+    ferry::iterator it(eng, src, sequential(4).timeout(std::chrono::seconds(30)));
+    const release_on_exit guard{slow};
+    std::optional<ferry::batch> b;
+    ASSERT_EQ(it.next_wait(b, std::chrono::seconds(20)), ferry::iterator::wait_result::batch);
+    ASSERT_TRUE(b);
+    EXPECT_EQ(b->indices(), (std::vector<int64_t>{0, 1, 2, 3}));
+    b.reset();
+    EXPECT_EQ(it.next_wait(b, std::chrono::milliseconds(20)), ferry::iterator::wait_result::not_yet);
+    EXPECT_FALSE(b);
+    slow = false;
+    ferry::iterator::wait_result r = ferry::iterator::wait_result::not_yet;
+    for (int i = 0; i < 1000 && r == ferry::iterator::wait_result::not_yet; i++) {
+        r = it.next_wait(b, std::chrono::milliseconds(20));
+    }
+    ASSERT_EQ(r, ferry::iterator::wait_result::batch);
+    EXPECT_EQ(b->indices(), (std::vector<int64_t>{4, 5, 6, 7}));
+    b.reset();
+    EXPECT_EQ(it.next_wait(b, std::chrono::seconds(20)), ferry::iterator::wait_result::end_of_epoch);
+    EXPECT_EQ(expect_error([&] { it.next_wait(b, std::chrono::milliseconds(0)); }).status(),
+              FERRY_ERR_INVALID_ARGUMENT);
 }
 
 TEST(Iterator, ShortLastBatchAndDropLast) {

@@ -173,6 +173,20 @@ TEST(Monitor, LogAndSummary) {
     EXPECT_EQ(s.nonfinite, 2u);
 }
 
+TEST(Monitor, FindMetricNeverCreates) {
+    ferry::monitor mon(quiet());
+    const ferry::metric loss = mon.metric("loss");
+    EXPECT_EQ(mon.find_metric("loss").id(), loss.id());
+    const ferry::error e = expect_error([&] { (void)mon.find_metric("losss"); });
+    EXPECT_EQ(e.status(), FERRY_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(e.what()).find("losss"), std::string::npos) << e.what();
+    // The failed look-up made no metric: the name is still unknown, and the report has none by it.
+    EXPECT_EQ(expect_error([&] { (void)mon.find_metric("losss"); }).status(), FERRY_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(mon.report_json().find("\"losss\""), std::string::npos);
+    EXPECT_EQ(expect_error([&] { (void)mon.find_metric(std::string("a\0b", 3)); }).status(),
+              FERRY_ERR_INVALID_ARGUMENT);
+}
+
 TEST(Monitor, LogFromThreads) {
     const uint64_t seed = fresh_seed();
     SCOPED_TRACE("seed " + std::to_string(seed));
