@@ -30,19 +30,29 @@ func DefaultLogger() zerolog.Logger {
 		}
 	}
 	var w io.Writer = os.Stderr
-	if strings.EqualFold(strings.TrimSpace(os.Getenv("FERRY_LOG_FORMAT")), "console") {
+	format := os.Getenv("FERRY_LOG_FORMAT")
+	switch strings.ToLower(strings.TrimSpace(format)) {
+	case "console":
 		w = zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.RFC3339Nano, NoColor: true}
+	case "", "json":
+	default:
+		warnOnce(w, "FERRY_LOG_FORMAT", format, "unknown log format, using json; the formats are json and console")
 	}
 	log := zerolog.New(w).Level(level).With().Timestamp().Str("lib", "ferry").Logger()
 	if bad {
-		if _, warned := badLogLevels.LoadOrStore(env+"="+name, true); !warned { // once: every engine and monitor makes one
-			warn := zerolog.New(w).With().Timestamp().Str("lib", "ferry").Logger()
-			warn.Warn().Str(env, name).
-				Msg("unknown log level, using warn; the levels are trace, debug, info, warn, error, fatal, panic and disabled")
-		}
+		warnOnce(w, env, name, "unknown log level, using warn; the levels are trace, debug, info, warn, error, fatal, panic and disabled")
 	}
 	return log
 }
 
-// badLogLevels holds the log level names already seen, so that an unknown one is reported once.
-var badLogLevels sync.Map
+// warnOnce logs msg with the variable env and its value to w, the first time this process sees that
+// value (every engine and monitor makes a logger).
+func warnOnce(w io.Writer, env, value, msg string) {
+	if _, warned := badLogSettings.LoadOrStore(env+"="+value, true); !warned {
+		warn := zerolog.New(w).With().Timestamp().Str("lib", "ferry").Logger()
+		warn.Warn().Str(env, value).Msg(msg)
+	}
+}
+
+// badLogSettings holds the unknown log settings already reported, so that each is reported once.
+var badLogSettings sync.Map

@@ -47,3 +47,28 @@ func TestDefaultLoggerWarnsOnceOfAnUnknownLevel(t *testing.T) {
 		require.Contains(t, string(out), s)
 	}
 }
+
+// TestDefaultLoggerWarnsOnceOfAnUnknownFormat: an unknown FERRY_LOG_FORMAT fell back to JSON silently; it
+// is now named on standard error once, with the accepted formats, and JSON is used.
+func TestDefaultLoggerWarnsOnceOfAnUnknownFormat(t *testing.T) {
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	saved := os.Stderr
+	os.Stderr = w
+	t.Setenv("FERRY_LOG", "")
+	t.Setenv("FERRY_LOG_LEVEL", "")
+	t.Setenv("FERRY_LOG_FORMAT", "yaml-please")
+	for range 3 {
+		DefaultLogger()
+	}
+	t.Setenv("FERRY_LOG_FORMAT", "JSON")
+	DefaultLogger()
+	os.Stderr = saved
+	require.NoError(t, w.Close())
+	out, err := io.ReadAll(r)
+	require.NoError(t, err)
+	require.Equal(t, 1, strings.Count(string(out), "\n"), "one line: %s", out)
+	for _, s := range []string{`"FERRY_LOG_FORMAT":"yaml-please"`, "unknown log format", "json and console"} {
+		require.Contains(t, string(out), s)
+	}
+}

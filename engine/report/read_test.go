@@ -1,6 +1,7 @@
 package report_test
 
 import (
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -28,4 +29,20 @@ func TestReadReportRefusesWhatIsNotAFile(t *testing.T) {
 	}
 	_, err := report.MergeReportFiles(fifo)
 	require.ErrorIs(t, err, engine.ErrInvalidArgument)
+}
+
+// A report file larger than half the memory available is refused before it is read, instead of the
+// runtime failing to allocate it (the file here is sparse: it takes no disk space).
+func TestReadReportRefusesAFileTooLargeToRead(t *testing.T) {
+	_, avail, err := engine.HostMemory()
+	require.NoError(t, err)
+	p := filepath.Join(t.TempDir(), "huge.json")
+	f, err := os.Create(p)
+	require.NoError(t, err)
+	require.NoError(t, f.Truncate(int64(avail/2)+1<<20))
+	require.NoError(t, f.Close())
+	_, err = report.ReadReport(p)
+	require.ErrorIs(t, err, engine.ErrLimit)
+	require.Contains(t, err.Error(), p)
+	require.Contains(t, err.Error(), "memory available")
 }

@@ -120,13 +120,19 @@ func (r *Report) WriteJSON(path string) error { return writeRendered(path, r.JSO
 // regular file (a named pipe is refused at once, not waited on) an ErrInvalidArgument error; each names
 // the file.
 func ReadReport(path string) (*Report, error) {
-	f, _, err := fileio.OpenRegular(path)
+	f, fi, err := fileio.OpenRegular(path)
 	var notRegular *fileio.NotRegularError
 	if errors.As(err, &notRegular) {
 		return nil, fmt.Errorf("%w: reading the report: %v", engine.ErrInvalidArgument, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading the report %s: %v", engine.ErrIO, path, err)
+	}
+	// The file is read whole and decoded: refuse one that cannot fit, rather than fail inside the runtime.
+	if _, avail, err := engine.HostMemory(); err == nil && uint64(fi.Size()) > avail/2 {
+		_ = f.Close()
+		return nil, fmt.Errorf("%w: the report %s is %d bytes, more than half the %d bytes of memory available to read it",
+			engine.ErrLimit, path, fi.Size(), avail)
 	}
 	b, err := io.ReadAll(f)
 	_ = f.Close()
