@@ -208,30 +208,26 @@ func ferry_monitor_stop(h C.uintptr_t) C.ferry_status {
 
 //export ferry_metric_id
 func ferry_metric_id(h C.uintptr_t, name *C.char, id *C.uint32_t) C.ferry_status {
-	return call("ferry_metric_id", func() error {
-		e, err := monitors.get(uint64(h))
-		if err != nil {
-			return err
+	return metricByName("ferry_metric_id", h, name, id, func(e *monitorEntry, n string) (monitor.MetricID, error) {
+		mid, err := e.m.Metric(n)
+		if err == nil {
+			C.ferry_capi_monitor_set_metrics(C.uint32_t(e.slot), C.uint32_t(e.m.NumMetrics()))
 		}
-		if name == nil {
-			return errNull("name")
-		}
-		if id == nil {
-			return errNull("id")
-		}
-		mid, err := e.m.Metric(C.GoString(name))
-		if err != nil {
-			return err
-		}
-		C.ferry_capi_monitor_set_metrics(C.uint32_t(e.slot), C.uint32_t(e.m.NumMetrics()))
-		*id = C.uint32_t(mid)
-		return nil
+		return mid, err
 	})
 }
 
 //export ferry_metric_find
 func ferry_metric_find(h C.uintptr_t, name *C.char, id *C.uint32_t) C.ferry_status {
-	return call("ferry_metric_find", func() error {
+	return metricByName("ferry_metric_find", h, name, id, func(e *monitorEntry, n string) (monitor.MetricID, error) {
+		return e.m.LookupMetric(n)
+	})
+}
+
+// metricByName checks the arguments of a metric look-up by name, runs it, and writes the ID.
+func metricByName(fn string, h C.uintptr_t, name *C.char, id *C.uint32_t,
+	lookup func(e *monitorEntry, name string) (monitor.MetricID, error)) C.ferry_status {
+	return call(fn, func() error {
 		e, err := monitors.get(uint64(h))
 		if err != nil {
 			return err
@@ -242,7 +238,7 @@ func ferry_metric_find(h C.uintptr_t, name *C.char, id *C.uint32_t) C.ferry_stat
 		if id == nil {
 			return errNull("id")
 		}
-		mid, err := e.m.LookupMetric(C.GoString(name))
+		mid, err := lookup(e, C.GoString(name))
 		if err != nil {
 			return err
 		}

@@ -2,29 +2,10 @@ package monitor
 
 import (
 	"math"
-	"math/big"
 	"testing"
-)
 
-// exactStats returns the mean and population standard deviation of vs in rational arithmetic.
-func exactStats(vs []float64) (mean, std float64) {
-	n := new(big.Rat).SetInt64(int64(len(vs)))
-	sum := new(big.Rat)
-	for _, v := range vs {
-		sum.Add(sum, new(big.Rat).SetFloat64(v))
-	}
-	mu := new(big.Rat).Quo(sum, n)
-	m2 := new(big.Rat)
-	for _, v := range vs {
-		d := new(big.Rat).Sub(new(big.Rat).SetFloat64(v), mu)
-		m2.Add(m2, d.Mul(d, d))
-	}
-	m2.Quo(m2, n)
-	mean, _ = mu.Float64()
-	f := new(big.Float).SetPrec(200).SetRat(m2)
-	std, _ = f.Sqrt(f).Float64()
-	return mean, std
-}
+	"github.com/ferry-ml/ferry/engine/internal/testutil"
+)
 
 // closeTo reports whether got is within k units in the last place of want.
 func closeTo(got, want float64, k float64) bool {
@@ -57,7 +38,7 @@ func TestSummaryExactOnAdversarialValues(t *testing.T) {
 	}
 	m := quietMonitor(t, MonitorOptions{})
 	for name, vs := range seqs {
-		wantMean, wantStd := exactStats(vs)
+		wantMean, wantStd := testutil.ExactMeanStd(vs)
 		ids := map[string]MetricID{}
 		for _, path := range []string{"log", "many", "at"} {
 			id, err := m.Metric("x." + path + "." + sanitize(name))
@@ -137,7 +118,7 @@ func TestSeriesMergeExactOnAdversarialValues(t *testing.T) {
 		}
 		i := 0
 		for _, p := range pts {
-			want, _ := exactStats(vs[i : i+int(p.Count)])
+			want, _ := testutil.ExactMeanStd(vs[i : i+int(p.Count)])
 			// A point's mean is one float merged from others: each merge rounds once, at the scale of
 			// its values (exact to the last place where the mean is of their size, not where it cancels).
 			scale := math.Max(math.Abs(p.Min), math.Abs(p.Max))

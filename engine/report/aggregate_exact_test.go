@@ -2,36 +2,17 @@ package report_test
 
 import (
 	"math"
-	"math/big"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/ferry-ml/ferry/engine/internal/testutil"
 
 	"github.com/ferry-ml/ferry/engine"
 	"github.com/ferry-ml/ferry/engine/report"
 
 	"github.com/stretchr/testify/require"
 )
-
-// ratStats is the mean and population std of xs in rational arithmetic.
-func ratStats(xs []float64) (mean, std float64) {
-	n := new(big.Rat).SetInt64(int64(len(xs)))
-	sum := new(big.Rat)
-	for _, x := range xs {
-		sum.Add(sum, new(big.Rat).SetFloat64(x))
-	}
-	mu := new(big.Rat).Quo(sum, n)
-	m2 := new(big.Rat)
-	for _, x := range xs {
-		d := new(big.Rat).Sub(new(big.Rat).SetFloat64(x), mu)
-		m2.Add(m2, d.Mul(d, d))
-	}
-	m2.Quo(m2, n)
-	mean, _ = mu.Float64()
-	f := new(big.Float).SetPrec(200).SetRat(m2)
-	std, _ = f.Sqrt(f).Float64()
-	return mean, std
-}
 
 // TestMergeAggregateExactOnAdversarialValues: the merged mean and pooled deviation against rational
 // arithmetic over all ranks' values, where the weighted sum Σ nᵢ·meanᵢ rounded away the fractions of
@@ -58,7 +39,7 @@ func TestMergeAggregateExactOnAdversarialValues(t *testing.T) {
 		m, err := report.MergeReports(reps)
 		require.NoError(t, err)
 		agg := m.Aggregate.Training["loss"]
-		mean, std := ratStats(all)
+		mean, std := testutil.ExactMeanStd(all)
 		require.Equal(t, uint64(len(all)), agg.Count, name)
 		// Each rank's mean and deviation is rounded to float64 before the merge: a few roundings allowed.
 		require.InDelta(t, mean, float64(agg.Mean), 4*math.Abs(mean)*0x1p-52+1e-12*std, "%s: mean", name)

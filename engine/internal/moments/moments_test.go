@@ -3,31 +3,11 @@ package moments
 import (
 	"fmt"
 	"math"
-	"math/big"
 	"math/rand/v2"
 	"testing"
-)
 
-// exact returns the mean and the population standard deviation of vs in exact rational arithmetic,
-// rounded to float64 (the deviation through a 200-bit square root).
-func exact(vs []float64) (mean, std float64) {
-	n := new(big.Rat).SetInt64(int64(len(vs)))
-	sum := new(big.Rat)
-	for _, v := range vs {
-		sum.Add(sum, new(big.Rat).SetFloat64(v))
-	}
-	mu := new(big.Rat).Quo(sum, n)
-	m2 := new(big.Rat)
-	for _, v := range vs {
-		d := new(big.Rat).Sub(new(big.Rat).SetFloat64(v), mu)
-		m2.Add(m2, d.Mul(d, d))
-	}
-	m2.Quo(m2, n)
-	mean, _ = mu.Float64()
-	f := new(big.Float).SetPrec(200).SetRat(m2)
-	std, _ = f.Sqrt(f).Float64()
-	return mean, std
-}
+	"github.com/ferry-ml/ferry/engine/internal/testutil"
+)
 
 // ulps is the distance between a and b in units of the last place of b (0 for equal values).
 func ulps(a, b float64) float64 {
@@ -77,7 +57,7 @@ func seq(n int, f func(int) float64) []float64 {
 
 func check(t *testing.T, name string, gotMean, gotStd float64, vs []float64) {
 	t.Helper()
-	mean, std := exact(vs)
+	mean, std := testutil.ExactMeanStd(vs)
 	if u := ulps(gotMean, mean); u > 1 {
 		t.Errorf("%s: mean %v, exact %v (%.3g ulps)", name, gotMean, mean, u)
 	}
@@ -116,7 +96,7 @@ func TestAccSummariesAgainstExactArithmetic(t *testing.T) {
 				all.AddSummary(a.N, a.Mean(), a.Std())
 			}
 			// The pieces' summaries are rounded to float64: allow for that rounding, relative to the spread.
-			mean, std := exact(vs)
+			mean, std := testutil.ExactMeanStd(vs)
 			tol := 4 * math.Abs(mean) * 0x1p-52
 			if d := math.Abs(all.Mean() - mean); d > tol+std*1e-15 && ulps(all.Mean(), mean) > 1 {
 				t.Errorf("%s in %d pieces: mean %v, exact %v", name, pieces, all.Mean(), mean)
@@ -141,7 +121,7 @@ func TestMeanSince(t *testing.T) {
 			for _, v := range vs[at:] {
 				a.Add(v)
 			}
-			mean, _ := exact(vs[at:])
+			mean, _ := testutil.ExactMeanStd(vs[at:])
 			if got := a.MeanSince(m); ulps(got, mean) > 1 {
 				t.Errorf("%s after %d: mean since %v, exact %v", name, at, got, mean)
 			}

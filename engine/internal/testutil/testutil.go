@@ -7,6 +7,7 @@ import (
 	"bufio"
 	_ "embed"
 	"errors"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -179,4 +180,26 @@ func RunOnFakeDriver(t testing.TB, name string, nvml bool, env ...string) string
 		nvmlLib = buildFakeNVML(t)
 	}
 	return RunIsolated(t, name, append([]string{"FERRY_CUDA_LIBRARY=" + buildFakeDriver(t), "FERRY_NVML_LIBRARY=" + nvmlLib}, env...)...)
+}
+
+// ExactMeanStd returns the mean and the population standard deviation of vs computed in exact rational
+// arithmetic and rounded to float64 (the deviation through a 200-bit square root): the reference that
+// the streaming statistics are checked against.
+func ExactMeanStd(vs []float64) (mean, std float64) {
+	n := new(big.Rat).SetInt64(int64(len(vs)))
+	sum := new(big.Rat)
+	for _, v := range vs {
+		sum.Add(sum, new(big.Rat).SetFloat64(v))
+	}
+	mu := new(big.Rat).Quo(sum, n)
+	m2 := new(big.Rat)
+	for _, v := range vs {
+		d := new(big.Rat).Sub(new(big.Rat).SetFloat64(v), mu)
+		m2.Add(m2, d.Mul(d, d))
+	}
+	m2.Quo(m2, n)
+	mean, _ = mu.Float64()
+	f := new(big.Float).SetPrec(200).SetRat(m2)
+	std, _ = f.Sqrt(f).Float64()
+	return mean, std
 }
