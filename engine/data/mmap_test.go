@@ -2,6 +2,7 @@ package data
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -194,19 +195,27 @@ func TestMappedFileTruncatedWhileOpen(t *testing.T) {
 	}})
 	require.NoError(t, err)
 	defer src.Close()
+	err = requireTruncationIsAnError(t, src, path, data, recSize, n)
+	require.Contains(t, err.Error(), "truncated")
+}
 
+// requireTruncationIsAnError reads the last of src's n samples (one field of size bytes, data in the file
+// at path), truncates the file to its first sample, and requires the read of the last to fail with an
+// ErrIO error naming the sample, while the first stays readable. It returns that error.
+func requireTruncationIsAnError(t *testing.T, src Source, path string, data []byte, size, n int) error {
+	t.Helper()
 	dst := srcDst(src.Fields())
 	require.NoError(t, src.ReadSample(n-1, dst))
-	require.Equal(t, data[(n-1)*recSize:], dst[0])
+	require.Equal(t, data[(n-1)*size:], dst[0])
 
-	require.NoError(t, os.Truncate(path, recSize))
-	err = src.ReadSample(n-1, dst)
+	require.NoError(t, os.Truncate(path, int64(size)))
+	err := src.ReadSample(n-1, dst)
 	require.ErrorIs(t, err, engine.ErrIO)
-	require.Contains(t, err.Error(), "truncated")
-	require.Contains(t, err.Error(), "sample 15")
+	require.Contains(t, err.Error(), fmt.Sprintf("sample %d", n-1))
 
 	require.NoError(t, src.ReadSample(0, dst), "the pages still in the file stay readable")
-	require.Equal(t, data[:recSize], dst[0])
+	require.Equal(t, data[:size], dst[0])
+	return err
 }
 
 // A named pipe given as a source's file must be refused at once: opening a FIFO for reading blocks until
