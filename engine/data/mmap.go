@@ -138,6 +138,23 @@ func recoverFault(err *error, old bool, src fmt.Stringer, i int) {
 	}
 }
 
+// read checks a read of sample i of src (n samples of fields into dst), then runs copySample under the
+// guard and the fault guard: a closed source gives an ErrClosed error, and a fault on mapped memory (a
+// file truncated or changed while open) an ErrIO error naming the sample, never a crash. Every source's
+// ReadSample goes through it.
+func (g *closeGuard) read(src fmt.Stringer, n int, fields []Field, i int, dst [][]byte, copySample func()) (err error) {
+	if err := checkRead(src, n, fields, i, dst); err != nil {
+		return err
+	}
+	if !g.enter() {
+		return errClosedSource(src, i)
+	}
+	defer g.exit()
+	defer recoverFault(&err, guardFaults(), src, i)
+	copySample()
+	return nil
+}
+
 // cloneFields copies fields deeply, so that a caller changing its slices later changes nothing here.
 func cloneFields(fields []Field) []Field {
 	out := make([]Field, len(fields))

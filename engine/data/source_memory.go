@@ -56,20 +56,13 @@ func (s *MemorySource) Fields() []Field { return s.fields }
 // ReadSample copies sample i into dst, one slice per field. It is safe for concurrent use. The caller's
 // memory may be a file mapping (numpy's mmap_mode): a read of pages the file lost by being truncated
 // returns an ErrIO error instead of killing the process with SIGBUS.
-func (s *MemorySource) ReadSample(i int, dst [][]byte) (err error) {
-	if err := checkRead(s, s.n, s.fields, i, dst); err != nil {
-		return err
-	}
-	if !s.guard.enter() {
-		return errClosedSource(s, i)
-	}
-	defer s.guard.exit()
-	defer recoverFault(&err, guardFaults(), s, i)
-	for k := range s.fields {
-		b := len(dst[k])
-		copy(dst[k], s.data[k][i*b:(i+1)*b])
-	}
-	return nil
+func (s *MemorySource) ReadSample(i int, dst [][]byte) error {
+	return s.guard.read(s, s.n, s.fields, i, dst, func() {
+		for k := range s.fields {
+			b := len(dst[k])
+			copy(dst[k], s.data[k][i*b:(i+1)*b])
+		}
+	})
 }
 
 // Region is the caller's buffer of field f, all samples back to back; it is nil when f is out of range or

@@ -117,21 +117,14 @@ func (s *NpySource) Fields() []Field { return s.fields }
 
 // ReadSample copies sample i of every file into dst. It is safe for concurrent use. A file truncated
 // while mapped gives an ErrIO error rather than a crash.
-func (s *NpySource) ReadSample(i int, dst [][]byte) (err error) {
-	if err := checkRead(s, s.n, s.fields, i, dst); err != nil {
-		return err
-	}
-	if !s.guard.enter() {
-		return errClosedSource(s, i)
-	}
-	defer s.guard.exit()
-	defer recoverFault(&err, guardFaults(), s, i)
-	for k, f := range s.files {
-		b := len(dst[k])
-		start := f.off + i*b
-		copy(dst[k], f.mf.data[start:start+b])
-	}
-	return nil
+func (s *NpySource) ReadSample(i int, dst [][]byte) error {
+	return s.guard.read(s, s.n, s.fields, i, dst, func() {
+		for k, f := range s.files {
+			b := len(dst[k])
+			start := f.off + i*b
+			copy(dst[k], f.mf.data[start:start+b])
+		}
+	})
 }
 
 // Region is the data part of field f's file mapping, after the .npy header: every sample's field f back

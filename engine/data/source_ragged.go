@@ -159,19 +159,12 @@ func (s *RaggedTokenSource) SampleLen(i int) int {
 
 // ReadSample copies sample i's first SampleLen(i) tokens into the field and zeros the rest. It is safe
 // for concurrent use. A file truncated while mapped gives an ErrIO error rather than a crash.
-func (s *RaggedTokenSource) ReadSample(i int, dst [][]byte) (err error) {
-	if err := checkRead(s, s.Len(), s.fields, i, dst); err != nil {
-		return err
-	}
-	if !s.guard.enter() {
-		return errClosedSource(s, i)
-	}
-	defer s.guard.exit()
-	defer recoverFault(&err, guardFaults(), s, i)
-	start := int(s.offs[i]) * s.tsize
-	n := copy(dst[0], s.tokens[start:start+s.SampleLen(i)*s.tsize])
-	clear(dst[0][n:])
-	return nil
+func (s *RaggedTokenSource) ReadSample(i int, dst [][]byte) error {
+	return s.guard.read(s, s.Len(), s.fields, i, dst, func() {
+		start := int(s.offs[i]) * s.tsize
+		n := copy(dst[0], s.tokens[start:start+s.SampleLen(i)*s.tsize])
+		clear(dst[0][n:])
+	})
 }
 
 // Region is the token file's mapping. It is nil when f is not 0 or the source is closed.

@@ -141,21 +141,14 @@ func (s *RecordSource) Spec() RecordSpec {
 
 // ReadSample copies the fields of record i into dst. It is safe for concurrent use. A file truncated
 // while mapped gives an ErrIO error rather than a crash.
-func (s *RecordSource) ReadSample(i int, dst [][]byte) (err error) {
-	if err := checkRead(s, s.n, s.fields, i, dst); err != nil {
-		return err
-	}
-	if !s.guard.enter() {
-		return errClosedSource(s, i)
-	}
-	defer s.guard.exit()
-	defer recoverFault(&err, guardFaults(), s, i)
-	base := s.spec.HeaderSize + i*s.spec.RecordSize
-	for k, off := range s.offsets {
-		start := base + off
-		copy(dst[k], s.mf.data[start:start+len(dst[k])])
-	}
-	return nil
+func (s *RecordSource) ReadSample(i int, dst [][]byte) error {
+	return s.guard.read(s, s.n, s.fields, i, dst, func() {
+		base := s.spec.HeaderSize + i*s.spec.RecordSize
+		for k, off := range s.offsets {
+			start := base + off
+			copy(dst[k], s.mf.data[start:start+len(dst[k])])
+		}
+	})
 }
 
 // Region is the whole file's mapping, header included; every field shares it. It is nil when f is out of

@@ -218,22 +218,15 @@ func windowRandom(seed, i uint64) uint64 {
 // ReadSample copies tokens [o, o+SeqLen) into x and [o+1, o+SeqLen+1) into y, where o is WindowStart(i);
 // in window mode it copies [o, o+SeqLen+1) into tokens. It is safe for concurrent use. A file truncated
 // while mapped gives an ErrIO error rather than a crash.
-func (s *TokenSource) ReadSample(i int, dst [][]byte) (err error) {
-	if err := checkRead(s, s.n, s.fields, i, dst); err != nil {
-		return err
-	}
-	if !s.guard.enter() {
-		return errClosedSource(s, i)
-	}
-	defer s.guard.exit()
-	defer recoverFault(&err, guardFaults(), s, i)
-	start := s.offset(i) * s.tsize
-	b := len(dst[0])
-	copy(dst[0], s.tokens[start:start+b])
-	if !s.cfg.Window {
-		copy(dst[1], s.tokens[start+s.tsize:start+s.tsize+b])
-	}
-	return nil
+func (s *TokenSource) ReadSample(i int, dst [][]byte) error {
+	return s.guard.read(s, s.n, s.fields, i, dst, func() {
+		start := s.offset(i) * s.tsize
+		b := len(dst[0])
+		copy(dst[0], s.tokens[start:start+b])
+		if !s.cfg.Window {
+			copy(dst[1], s.tokens[start+s.tsize:start+s.tsize+b])
+		}
+	})
 }
 
 // Region is the token part of the file's mapping (past an llm.c header), shared by every field. It is nil
