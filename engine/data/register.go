@@ -34,13 +34,13 @@ type registrations struct {
 
 type registrationsKey struct{}
 
-// registrationsOf returns the engine's registrations.
-func registrationsOf(e *engine.Engine) *registrations {
+// registrationsOf returns the engine's registrations (an ErrClosed error once the engine is closing).
+func registrationsOf(e *engine.Engine) (*registrations, error) {
 	v, err := e.Attach(registrationsKey{}, func() (any, error) { return &registrations{ctx: e.Context()}, nil })
 	if err != nil {
-		return &registrations{ctx: e.Context()} // a closed engine: registering fails at the driver
+		return nil, err
 	}
-	return v.(*registrations)
+	return v.(*registrations), nil
 }
 
 // pageRange is the page-aligned range [base, end) that holds mem.

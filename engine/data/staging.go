@@ -170,8 +170,11 @@ func (it *Iterator) chooseStaging() {
 		why(fmt.Sprintf("the source's %d bytes exceed the pinned budget of %d bytes", total, max(budget, 0)))
 		return
 	}
-	rs := registrationsOf(e)
-	regs, err := rs.register(regions)
+	rs, err := registrationsOf(e)
+	var regs []*registration
+	if err == nil {
+		regs, err = rs.register(regions)
+	}
 	if err != nil {
 		why(fmt.Sprintf("registering the source's memory failed: %v", err))
 		return
