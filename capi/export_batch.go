@@ -219,6 +219,24 @@ func ferry_batch_wait(h C.uintptr_t, stream C.uintptr_t) C.ferry_status {
 	})
 }
 
+//export ferry_tensor_wait
+func ferry_tensor_wait(tensor *C.DLManagedTensorVersioned, stream C.uintptr_t) C.ferry_status {
+	return call("ferry_tensor_wait", func() error {
+		if tensor == nil {
+			return errNull("tensor")
+		}
+		var h C.uint64_t
+		if C.ferry_capi_tensor_batch(tensor, &h) == 0 {
+			return fmt.Errorf("%w: the tensor was not made by ferry_batch_field", engine.ErrInvalidArgument)
+		}
+		e, err := batches.get(uint64(h))
+		if err != nil {
+			return err
+		}
+		return e.b.Wait(data.Stream(stream))
+	})
+}
+
 //export ferry_batch_release
 func ferry_batch_release(h C.uintptr_t, stream C.uintptr_t) C.ferry_status {
 	return call("ferry_batch_release", func() error {

@@ -609,7 +609,9 @@ typedef struct ferry_iterator_options {
     const ferry_transform* transforms; /**< num_transforms transforms (copied at create), or NULL */
     int32_t num_transforms;
     int32_t staging;       /**< ferry_staging; FERRY_STAGING_AUTO picks the fastest that applies */
-    int64_t pinned_budget; /**< bytes of source memory it may register; 0: a quarter of RAM; < 0: none */
+    /** Bytes the iterator may take beyond its ring, counted separately for the source memory it registers
+        and for the slots the ring grows by when the caller holds batches; 0: a quarter of RAM; < 0: none */
+    int64_t pinned_budget;
 } ferry_iterator_options;
 
 /** Sets opts->size and the defaults. */
@@ -630,7 +632,10 @@ FERRY_API ferry_status ferry_iterator_create(ferry_engine engine, ferry_source s
  * cuStreamWaitEvent, so the host never waits for the copy. On the CPU engine it is ignored. Returns
  * FERRY_END_OF_EPOCH (with *batch NULL) once at the end of each epoch; the call after it returns the next
  * epoch's first batch, already prefetched. A sample the source cannot read fails its batch with that error;
- * the iterator stays usable. Waits at most timeout_ms (FERRY_ERR_TIMEOUT). Call from one thread at a time.
+ * the iterator stays usable. When the caller holds the batch (or a tensor of it) whose ring slot the next
+ * batch needs, the ring grows by a slot instead of waiting, within pinned_budget; beyond it the call returns
+ * FERRY_ERR_LIMIT at once, naming the budget and the batches held, and the batch stays the next one.
+ * Waits at most timeout_ms (FERRY_ERR_TIMEOUT). Call from one thread at a time.
  */
 FERRY_API ferry_status ferry_iterator_next(ferry_iterator iterator, void* consumer_stream, ferry_batch* batch);
 
@@ -757,6 +762,15 @@ FERRY_API ferry_status ferry_batch_field_by_name(ferry_batch batch, const char* 
  * the one given to ferry_iterator_next.
  */
 FERRY_API ferry_status ferry_batch_wait(ferry_batch batch, void* stream);
+
+/**
+ * Makes stream wait for the copy of the batch that tensor (a DLPack tensor from ferry_batch_field) belongs
+ * to: what a consumer on another stream than the one given to ferry_iterator_next needs before it reads the
+ * tensor. Valid for as long as the tensor is alive (until its deleter runs), also after ferry_batch_release
+ * and after the iterator was destroyed: the tensor keeps its batch. Returns FERRY_ERR_INVALID_ARGUMENT for
+ * a tensor that ferry did not make. Does nothing on the CPU engine. Any thread.
+ */
+FERRY_API ferry_status ferry_tensor_wait(DLManagedTensorVersioned* tensor, void* stream);
 
 /**
  * Gives the batch back. stream (NULL: the stream given to ferry_iterator_next) is the stream whose work

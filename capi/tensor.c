@@ -27,6 +27,14 @@ static void tensor_deleter(DLManagedTensorVersioned* self) {
     free(t);
 }
 
+int ferry_capi_tensor_batch(const DLManagedTensorVersioned* tensor, uint64_t* batch) {
+    if (tensor == NULL || tensor->deleter != tensor_deleter || tensor->manager_ctx != (const void*)tensor) {
+        return 0;
+    }
+    *batch = ((const ferry_tensor*)tensor)->batch;
+    return 1;
+}
+
 DLManagedTensorVersioned* ferry_capi_tensor_new(uint64_t batch, uint64_t data, int32_t device_type, int32_t device_id,
                                                 int32_t ndim, const int64_t* shape, uint8_t code, uint8_t bits) {
     if (ndim < 0 || ndim > FERRY_MAX_DIMS + 1) {

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"math/rand/v2"
 	"os"
 	"sync"
 	"testing"
@@ -49,43 +50,64 @@ func setSwitch(t *testing.T, name, value string) {
 	})
 }
 
-// TestFaultUnreleasedBatches holds every batch of the ring: ferry_iterator_next returns
-// FERRY_ERR_TIMEOUT after timeout_ms with a message that says why, and releasing a batch lets it go on.
+// TestFaultUnreleasedBatches holds every batch of a ring that may not grow (a negative pinned budget):
+// ferry_iterator_next returns FERRY_ERR_LIMIT at once with a message that says why, takes nothing, and
+// releasing a batch lets it go on.
 func TestFaultUnreleasedBatches(t *testing.T) {
 	r := newRand(t)
 	e := newCPUEngine(t, 0)
 	src := newMemorySource(t, r, 80, standardSpecs)
 	o := iterOptions(t, 8)
 	o.Prefetch = 2
-	o.TimeoutMS = 100
+	o.PinnedBudget = -1
 	it := newIterator(t, e, src.h, o)
 	first, second := next(t, it), next(t, it)
 	var b batchHandle = 0x5a5a
 	start := time.Now()
-	requireStatus(t, ferryErrTimeout, func() int32 { return ferryIteratorNext(it, 0, &b) },
-		"batch 2 of epoch 0 was not ready within 100ms", "holds 2 unreleased batches", "release")
+	requireStatus(t, ferryErrLimit, func() int32 { return ferryIteratorNext(it, 0, &b) },
+		"batch 2 of epoch 0", "2 batches of the ring are still held by the caller", "pinned budget", "release batches")
 	require.Zero(t, b, "a failed ferry_iterator_next writes a NULL batch")
 	require.Less(t, time.Since(start), faultBound)
 	releaseBatch(t, first)
 	third := next(t, it)
 	info, _ := checkBatch(t, third, standardSpecs, src.ref, cpuDevice, hostRead)
-	require.Equal(t, int64(2), info.Index, "the timed-out call took nothing")
+	require.Equal(t, int64(2), info.Index, "the refused call took nothing")
 	releaseBatch(t, second)
 	releaseBatch(t, third)
 	requireUsable(t)
 }
 
+// gatedSource is a callback source whose samples from `from` on wait until the returned function is called
+// (a slow read: remote storage, a decoder), so that a ferry_iterator_next waits for data.
+func gatedSource(t *testing.T, r *rand.Rand, n, from int64) (sourceHandle, *callbackSource, func()) {
+	t.Helper()
+	h, cs := newCallbackSource(t, n, standardSpecs, r.Uint64(), nil)
+	gate := make(chan struct{})
+	hook := func(index int64) {
+		if index >= from {
+			<-gate
+		}
+	}
+	cs.hook.Store(&hook)
+	var once sync.Once
+	open := func() { once.Do(func() { close(gate) }) }
+	t.Cleanup(open)
+	return h, cs, open
+}
+
 // TestFaultUnreleasedBatchesNextWait: ferry_iterator_next_wait gives FERRY_OK and a NULL batch for each
-// slice that found nothing, and the slices together time out as ferry_iterator_next does, with its hint.
+// slice that found nothing, and the slices together time out as ferry_iterator_next does.
 func TestFaultUnreleasedBatchesNextWait(t *testing.T) {
 	r := newRand(t)
 	e := newCPUEngine(t, 0)
-	src := newMemorySource(t, r, 80, standardSpecs)
+	src, cs, open := gatedSource(t, r, 80, 16)
 	o := iterOptions(t, 8)
 	o.Prefetch = 2
+	o.Workers = 1
 	o.TimeoutMS = 200
-	it := newIterator(t, e, src.h, o)
-	first, second := next(t, it), next(t, it)
+	it := newIterator(t, e, src, o)
+	releaseBatch(t, next(t, it))
+	releaseBatch(t, next(t, it))
 	start := time.Now()
 	empty := 0
 	for {
@@ -99,29 +121,39 @@ func TestFaultUnreleasedBatchesNextWait(t *testing.T) {
 		}
 		require.Equal(t, ferryErrTimeout, s, msg)
 		require.Contains(t, msg, "batch 2 of epoch 0 was not ready within 200ms")
-		require.Contains(t, msg, "holds 2 unreleased batches")
 		break
 	}
 	require.GreaterOrEqual(t, empty, 2)
-	releaseBatch(t, first)
+	require.GreaterOrEqual(t, time.Since(start), 200*time.Millisecond)
+	open()
 	third := next(t, it)
-	info, _ := checkBatch(t, third, standardSpecs, src.ref, cpuDevice, hostRead)
+	info := batchInfo(t, third)
 	require.Equal(t, int64(2), info.Index, "the empty slices took nothing")
-	releaseBatch(t, second)
+	idx := batchIndices(t, third, info.NumSamples)
+	tensor := batchField(t, third, 0)
+	size := requireTensor(t, tensor, standardSpecs[0], info.NumSamples, cpuDevice)
+	var want []byte
+	for _, i := range idx {
+		want = append(want, cs.ref(0, i)...)
+	}
+	require.Equal(t, want, tensorBytes(tensor, size))
+	deleteTensor(t, tensor)
 	releaseBatch(t, third)
 	requireUsable(t)
 }
 
 // TestFaultDestroyWakesNext destroys an iterator while another thread waits in ferry_iterator_next for a
-// ring the caller holds: the destroy returns at once, and the waiting call returns FERRY_ERR_CLOSED.
+// slow source, with batches held: the destroy returns once the samples being read finish, and the waiting
+// call returns FERRY_ERR_CLOSED at once.
 func TestFaultDestroyWakesNext(t *testing.T) {
 	r := newRand(t)
 	e := newCPUEngine(t, 0)
-	src := newMemorySource(t, r, 80, standardSpecs)
+	src, _, open := gatedSource(t, r, 80, 16)
 	o := iterOptions(t, 8)
 	o.Prefetch = 2 // and the default timeout: minutes
+	o.Workers = 1
 	var it iteratorHandle
-	requireOK(t, func() int32 { return ferryIteratorCreate(e, src.h, &o, &it) })
+	requireOK(t, func() int32 { return ferryIteratorCreate(e, src, &o, &it) })
 	held := []batchHandle{next(t, it), next(t, it)}
 	type result struct {
 		status int32
@@ -133,21 +165,22 @@ func TestFaultDestroyWakesNext(t *testing.T) {
 		s, msg := call(t, func() int32 { return ferryIteratorNext(it, 0, &b) })
 		waiting <- result{s, msg}
 	}()
-	time.Sleep(50 * time.Millisecond) // let the call block on the ring
+	time.Sleep(50 * time.Millisecond) // let the call grow the ring and block on the slow read
 	destroyed := make(chan int32, 1)
 	go func() { destroyed <- ferryIteratorDestroy(it) }()
-	select {
-	case s := <-destroyed:
-		require.Equal(t, statusString(t, ferryOK), statusString(t, s))
-	case <-time.After(faultBound):
-		t.Fatalf("ferry_iterator_destroy did not return within %v while ferry_iterator_next waited", faultBound)
-	}
 	select {
 	case got := <-waiting:
 		require.Equal(t, statusString(t, ferryErrClosed), statusString(t, got.status), "last error: %q", got.msg)
 		require.Contains(t, got.msg, "iterator")
 	case <-time.After(faultBound):
-		t.Fatalf("ferry_iterator_next did not return within %v after the destroy", faultBound)
+		t.Fatalf("ferry_iterator_next did not return within %v after the destroy began", faultBound)
+	}
+	open() // the sample being read finishes, and the destroy returns
+	select {
+	case s := <-destroyed:
+		require.Equal(t, statusString(t, ferryOK), statusString(t, s))
+	case <-time.After(faultBound):
+		t.Fatalf("ferry_iterator_destroy did not return within %v", faultBound)
 	}
 	for _, b := range held {
 		requireStatus(t, ferryErrInvalidHandle, func() int32 { return ferryBatchRelease(b, 0) }, "destroyed iterator")

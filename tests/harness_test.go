@@ -443,6 +443,7 @@ var (
 	ferryBatchFieldByName       func(b batchHandle, name *byte, tensor **dlManagedTensor) int32
 	ferryBatchWait              func(b batchHandle, stream uintptr) int32
 	ferryBatchRelease           func(b batchHandle, stream uintptr) int32
+	ferryTensorWait             func(tensor *dlManagedTensor, stream uintptr) int32
 
 	ferryPressureOptionsInit  func(opts *pressureOptions) int32
 	ferryEngineSetPressure    func(engine engineHandle, opts *pressureOptions) int32
@@ -528,6 +529,7 @@ var boundFunctions = []struct {
 	{"ferry_batch_field", &ferryBatchField},
 	{"ferry_batch_field_by_name", &ferryBatchFieldByName},
 	{"ferry_batch_wait", &ferryBatchWait},
+	{"ferry_tensor_wait", &ferryTensorWait},
 	{"ferry_batch_release", &ferryBatchRelease},
 	{"ferry_pressure_options_init", &ferryPressureOptionsInit},
 	{"ferry_engine_set_pressure", &ferryEngineSetPressure},

@@ -337,14 +337,15 @@ func TestIteratorSetEpoch(t *testing.T) {
 }
 
 // TestBatchRefcount checks that a tensor keeps its batch: readable after ferry_batch_release, and its ring
-// slot is not refilled until its deleter runs, so the ring stalls (FERRY_ERR_TIMEOUT) and then goes on.
+// slot is not refilled until its deleter runs. With no pinned budget to grow by, a ring whose every slot is
+// held refuses the next batch at once (FERRY_ERR_LIMIT), and goes on when a tensor is deleted.
 func TestBatchRefcount(t *testing.T) {
 	r := newRand(t)
 	src := newMemorySource(t, r, 64, standardSpecs)
 	e := newCPUEngine(t, 0)
 	o := iterOptions(t, 4)
 	o.Prefetch = 2
-	o.TimeoutMS = 400
+	o.PinnedBudget = -1
 	it := newIterator(t, e, src.h, o)
 
 	type kept struct {
@@ -369,12 +370,13 @@ func TestBatchRefcount(t *testing.T) {
 	}
 	// Both slots of the ring are held by tensors: the next batch cannot be gathered.
 	var b batchHandle
-	requireStatus(t, ferryErrTimeout, func() int32 { return ferryIteratorNext(it, 0, &b) }, "batch 2")
+	requireStatus(t, ferryErrLimit, func() int32 { return ferryIteratorNext(it, 0, &b) }, "batch 2",
+		"2 batches of the ring are still held by the caller", "pinned budget")
 	require.Zero(t, b)
 	for _, k := range keep {
 		require.Equal(t, k.want, tensorBytes(k.tensor, k.size), "a tensor changed after ferry_batch_release")
 	}
-	require.Equal(t, iteratorPosition{Size: 24, Epoch: 0, Batch: 2}, iteratorState(t, it), "a timeout does not advance")
+	require.Equal(t, iteratorPosition{Size: 24, Epoch: 0, Batch: 2}, iteratorState(t, it), "a refusal does not advance")
 
 	// Deleting the first batch's tensor frees its slot: batch 2 comes, then stalls again on the second.
 	deleteTensor(t, keep[0].tensor)
@@ -383,7 +385,7 @@ func TestBatchRefcount(t *testing.T) {
 	require.Equal(t, int64(2), info.Index)
 	require.Equal(t, keep[1].want, tensorBytes(keep[1].tensor, keep[1].size))
 	releaseBatch(t, b)
-	requireStatus(t, ferryErrTimeout, func() int32 { return ferryIteratorNext(it, 0, &b) }, "batch 3")
+	requireStatus(t, ferryErrLimit, func() int32 { return ferryIteratorNext(it, 0, &b) }, "batch 3")
 	deleteTensor(t, keep[1].tensor)
 	for i := int64(3); i < 16; i++ {
 		b = next(t, it)
@@ -414,6 +416,68 @@ func TestBatchRefcount(t *testing.T) {
 		releaseBatch(t, b)
 	}
 	requireEndOfEpoch(t, it)
+}
+
+// TestHeldBatchesGrowTheRing keeps a tensor of every batch of an epoch from a ring of two: each batch comes
+// at once (the ring grows within the default pinned budget), and every tensor keeps its contents until its
+// deleter runs; the next epoch runs on the slots given back.
+func TestHeldBatchesGrowTheRing(t *testing.T) {
+	r := newRand(t)
+	src := newMemorySource(t, r, 64, standardSpecs)
+	e := newCPUEngine(t, 0)
+	o := iterOptions(t, 4)
+	o.Prefetch = 2
+	it := newIterator(t, e, src.h, o)
+	type kept struct {
+		tensor *dlManagedTensor
+		want   []byte
+		size   int
+	}
+	var keep []kept
+	for i := int64(0); i < 16; i++ {
+		b := next(t, it)
+		info := batchInfo(t, b)
+		require.Equal(t, i, info.Index)
+		idx := batchIndices(t, b, info.NumSamples)
+		tensor := batchField(t, b, 0)
+		size := requireTensor(t, tensor, standardSpecs[0], info.NumSamples, cpuDevice)
+		keep = append(keep, kept{tensor, expected(src.ref, 0, idx), size})
+		releaseBatch(t, b)
+	}
+	requireEndOfEpoch(t, it)
+	for i, k := range keep {
+		require.Equal(t, k.want, tensorBytes(k.tensor, k.size), "held batch %d changed", i)
+		deleteTensor(t, k.tensor)
+	}
+	runEpoch(t, it, 1, standardSpecs, src.ref, cpuDevice, hostRead)
+}
+
+// TestTensorWait: ferry_tensor_wait orders a stream for as long as the tensor lives (after
+// ferry_batch_release, and after the iterator is destroyed: the tensor keeps its batch), and refuses NULL and
+// tensors that ferry did not make.
+func TestTensorWait(t *testing.T) {
+	r := newRand(t)
+	src := newMemorySource(t, r, 64, standardSpecs)
+	e := newCPUEngine(t, 0)
+	o := iterOptions(t, 4)
+	var it iteratorHandle
+	requireOK(t, func() int32 { return ferryIteratorCreate(e, src.h, &o, &it) })
+	b := next(t, it)
+	info := batchInfo(t, b)
+	want := expected(src.ref, 0, batchIndices(t, b, info.NumSamples))
+	tensor := batchField(t, b, 0)
+	size := requireTensor(t, tensor, standardSpecs[0], info.NumSamples, cpuDevice)
+	requireOK(t, func() int32 { return ferryTensorWait(tensor, 0) })
+	releaseBatch(t, b)
+	requireOK(t, func() int32 { return ferryTensorWait(tensor, 0) })
+	requireOK(t, func() int32 { return ferryIteratorDestroy(it) })
+	requireOK(t, func() int32 { return ferryTensorWait(tensor, 0) })
+	require.Equal(t, want, tensorBytes(tensor, size))
+	deleteTensor(t, tensor)
+	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryTensorWait(nil, 0) }, "NULL")
+	var foreign dlManagedTensor // no ferry deleter
+	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryTensorWait(&foreign, 0) }, "not made by ferry")
+	requireUsable(t)
 }
 
 // TestIteratorCreateInvalid covers every way to get ferry_iterator_create wrong.

@@ -997,15 +997,15 @@ private:
 /**
  * An owned DLPack 1.0 tensor (DLManagedTensorVersioned), as ferry::batch::field hands it out: a view of
  * one field of a batch, with no copy, in device memory (kDLCUDA) or, on the CPU engine, in host memory
- * (kDLCPU). While the tensor is alive the batch's memory is not reused, so the iterator's ring has one
- * slot less: destroy tensors promptly, or the iterator stalls (and next() eventually throws
- * FERRY_ERR_TIMEOUT). The memory belongs to the iterator: destroy the tensor before the iterator.
+ * (kDLCPU). While the tensor is alive the batch's memory is not reused: the iterator's ring grows by a
+ * slot when it needs the slot of a batch still held, within the pinned budget, beyond which next() throws
+ * FERRY_ERR_LIMIT. The tensor keeps its memory valid while it lives, also after the iterator is destroyed.
  *
  * Move-only. The noexcept destructor calls the DLPack deleter once; it may run on any thread. release()
  * hands ownership to another DLPack consumer, e.g. at::fromDLPack(t.release()).
  *
  * On a GPU, the data is ready for work queued on the stream given to ferry::iterator::next() (or to
- * ferry::batch::wait()); reading it from the host needs that stream synchronized first.
+ * ferry::batch::wait() or wait()); reading it from the host needs that stream synchronized first.
  */
 class tensor {
 public:
@@ -1084,6 +1084,12 @@ public:
         }
         return t_->dl_tensor;
     }
+
+    /**
+     * Makes stream wait for the copy of the tensor's batch (ferry_tensor_wait), for work on a stream other
+     * than the one given to next(); works while the tensor lives, after its batch was released too.
+     */
+    void wait(void* stream) const { check(ferry_tensor_wait(t_, stream)); }
 
     /** The managed tensor, still owned by this object; nullptr when empty. */
     DLManagedTensorVersioned* get() const noexcept { return t_; }
@@ -1681,7 +1687,8 @@ public:
      * the next epoch's first batch). stream will use the batch; see the class comment. Throws ferry::error:
      * FERRY_ERR_IO (or the source's error) when a sample of the batch could not be read, after which the
      * iterator goes on with the following batch; FERRY_ERR_TIMEOUT when no batch was ready within the
-     * timeout (e.g. every slot is held by live batches or tensors), after which the position is unchanged.
+     * timeout; FERRY_ERR_LIMIT when the caller holds more batches than the ring may grow by (the pinned
+     * budget). After either the position is unchanged.
      */
     std::optional<batch> next(void* stream = nullptr) {
         ferry_batch b = nullptr;

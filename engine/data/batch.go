@@ -47,13 +47,11 @@ func (b *Batch) Field(name string) *BatchField {
 }
 
 // Wait makes stream wait for the batch's copy too, for consumers that use the batch on a stream other
-// than the one given to Next. It does nothing on the CPU engine.
+// than the one given to Next. It does nothing on the CPU engine. It works until Release, also after the
+// iterator's Close: the slot, and its event, live until the batch is released.
 func (b *Batch) Wait(stream Stream) error {
 	if b.released.Load() {
 		return fmt.Errorf("%w: batch %d of epoch %d was released", engine.ErrInvalidArgument, b.Index, b.Epoch)
-	}
-	if b.it.closed.Load() {
-		return fmt.Errorf("%w: the batch's iterator", engine.ErrClosed)
 	}
 	if !b.OnGPU {
 		return nil
@@ -88,8 +86,10 @@ func (b *Batch) Release(consumer Stream) error {
 // prefetched. A batch whose samples could not be read returns the source's error; the iterator stays
 // usable and the call after returns the following batch. When consumer cannot wait for the batch (a
 // stream that is invalid or was destroyed), Next returns the driver's error and the batch stays the next
-// one. Next waits at most the Timeout option (when every batch of the ring is held, the error says so),
-// and returns early when ctx is done or Close is called (ErrClosed).
+// one. When the caller holds the batch whose slot the next batch needs, the ring grows by a slot instead of
+// waiting for it, within the PinnedBudget option; beyond the budget Next returns an ErrLimit error at once,
+// naming the budget and the batches held. Next waits at most the Timeout option, and returns early when
+// ctx is done or Close is called (ErrClosed).
 func (it *Iterator) Next(ctx context.Context, consumer Stream) (*Batch, error) {
 	return it.next(ctx, consumer, 0)
 }
@@ -100,7 +100,7 @@ var ErrNotReady = errors.New("no batch yet")
 // NextWithin is Next that waits at most wait in this call, for a caller that must react to something
 // between waits (Python checks for Ctrl-C): when no batch came within wait, it returns ErrNotReady and
 // changes nothing, and the next NextWithin continues the same wait, so that the Timeout option bounds the
-// whole wait across the calls and its error (with the hint about held batches) is the same as Next's. A
+// whole wait across the calls and its error is the same as Next's. A
 // call of Next, Restore or SetEpoch in between starts a new wait. wait <= 0 is Next.
 func (it *Iterator) NextWithin(ctx context.Context, consumer Stream, wait time.Duration) (*Batch, error) {
 	return it.next(ctx, consumer, max(wait, 0))
@@ -118,10 +118,15 @@ func (it *Iterator) next(ctx context.Context, consumer Stream, wait time.Duratio
 		it.pos = IteratorState{Epoch: it.pos.Epoch + 1, Offset: it.sampler.Offset(it.pos.Epoch + 1)}
 		return nil, io.EOF
 	}
-	s := it.slots[it.seq%uint64(len(it.slots))]
+	l := it.ring.lane(it.seq)
 	select {
-	case <-s.ready: // prefetched: the common case, with no timer and no stall
+	case <-l.ready: // prefetched: the common case, with no timer and no stall
 	default:
+		// The caller may hold the slot this batch needs: then the ring grows instead of waiting for a
+		// release that may never come.
+		if err := it.ring.grow(l); err != nil {
+			return nil, fmt.Errorf("batch %d of epoch %d: %w", it.pos.Batch, it.pos.Epoch, err)
+		}
 		start := time.Now()
 		if wait == 0 || began.IsZero() {
 			began = start
@@ -133,7 +138,7 @@ func (it *Iterator) next(ctx context.Context, consumer Stream, wait time.Duratio
 		timer := time.NewTimer(max(d, 0))
 		defer timer.Stop()
 		select {
-		case <-s.ready:
+		case <-l.ready:
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w: waiting for batch %d of epoch %d: %v", engine.ErrTimeout, it.pos.Batch, it.pos.Epoch, ctx.Err())
 		case <-timer.C:
@@ -142,17 +147,18 @@ func (it *Iterator) next(ctx context.Context, consumer Stream, wait time.Duratio
 				it.waitBegan = began
 				return nil, ErrNotReady
 			}
-			return nil, fmt.Errorf("%w: batch %d of epoch %d was not ready within %v%s", engine.ErrTimeout, it.pos.Batch, it.pos.Epoch,
-				it.opts.Timeout, it.heldHint(s))
+			return nil, fmt.Errorf("%w: batch %d of epoch %d was not ready within %v", engine.ErrTimeout, it.pos.Batch, it.pos.Epoch,
+				it.opts.Timeout)
 		case <-it.closing:
 			return nil, fmt.Errorf("%w: iterator (closed while Next waited for batch %d of epoch %d)", engine.ErrClosed, it.pos.Batch, it.pos.Epoch)
 		}
 		it.stallNs.Add(uint64(time.Since(start)))
 	}
+	s := l.s
 	if s.err == nil && it.e.GPU() {
 		if err := it.e.Context().StreamWaitEvent(consumer, s.copied); err != nil {
 			// A bad consumer stream loses nothing: the batch stays next, for a call with a valid stream.
-			signal(s.ready)
+			signal(l.ready)
 			return nil, fmt.Errorf("batch %d of epoch %d: making consumer stream %#x wait for its copy: %w",
 				it.pos.Batch, it.pos.Epoch, uintptr(consumer), err)
 		}
@@ -162,7 +168,7 @@ func (it *Iterator) next(ctx context.Context, consumer Stream, wait time.Duratio
 	if s.err != nil {
 		it.failures.Add(1)
 		err := s.err
-		signal(s.free)
+		signal(l.free)
 		return nil, err
 	}
 	b := &Batch{Epoch: s.epoch, Index: s.batch, Indices: s.indices, OnGPU: it.e.GPU(), it: it, s: s}
@@ -191,54 +197,4 @@ func (it *Iterator) next(ctx context.Context, consumer Stream, wait time.Duratio
 	return b, nil
 }
 
-// heldHint explains a Next that timed out waiting for slot s while the caller holds it: the iterator cannot
-// refill a slot until its batch is released, and a batch stays held while any tensor taken from it lives.
-func (it *Iterator) heldHint(s *slot) string {
-	if !s.held.Load() {
-		return ""
-	}
-	held := 0
-	for _, x := range it.slots {
-		if x.held.Load() {
-			held++
-		}
-	}
-	noun, verb := "batches", "are"
-	if held == 1 {
-		noun, verb = "batch", "is"
-	}
-	return fmt.Sprintf(": the caller holds %d unreleased %s of the %d in flight (Prefetch), and the next batch needs "+
-		"the ring slot of one of them: %d %s %s still held by the caller and must be released first (release batches "+
-		"when done with them; a batch stays held until it is released and every tensor taken from it is freed, so "+
-		"drop every reference to their tensors)",
-		held, noun, len(it.slots), held, noun, verb)
-}
-
-func (it *Iterator) release(s *slot, consumer Stream) error {
-	it.ringMu.Lock()
-	if !s.held.CompareAndSwap(true, false) {
-		it.ringMu.Unlock()
-		return fmt.Errorf("%w: the batch's slot is not held (released twice)", engine.ErrInvalidArgument)
-	}
-	if s.orphan {
-		// Held at Close: the ring is gone, and this was the last use of the slot's memory.
-		s.orphan = false
-		it.ringMu.Unlock()
-		it.freeOrphan(s, consumer)
-		return nil
-	}
-	defer it.ringMu.Unlock()
-	var err error
-	if it.e.GPU() && !it.closed.Load() {
-		if err = it.e.Context().EventRecord(s.released, consumer); err == nil {
-			s.mustWaitRels = true
-		} else {
-			// The slot goes back all the same (a caller cannot retry a release): its next copy is not
-			// ordered after the consumer's work.
-			err = fmt.Errorf("the release could not be ordered on the stream, so the batch's memory may be refilled "+
-				"before work queued there completes: %w", err)
-		}
-	}
-	signal(s.free)
-	return err
-}
+func (it *Iterator) release(s *slot, consumer Stream) error { return it.ring.release(s, consumer) }

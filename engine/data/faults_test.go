@@ -144,49 +144,149 @@ func faultChecks(t *testing.T, e *engine.Engine) {
 		}
 	})
 
-	t.Run("an unreleased ring times Next out with a clear message", func(t *testing.T) {
+	t.Run("a held ring grows instead of waiting, and keeps every batch of an epoch", func(t *testing.T) {
 		base := memoryBase(t, e)
 		src, data := randomSource(t, 100)
-		it, err := NewIterator(e, src, IteratorOptions{BatchSize: 10, Prefetch: 2, Timeout: 100 * time.Millisecond,
-			Staging: StagingGather})
+		// A 5-minute Timeout: a Next that waited for a held slot would hang the test.
+		it, err := NewIterator(e, src, IteratorOptions{BatchSize: 10, Prefetch: 2, Shuffle: true, Seed: 7, Staging: StagingGather})
 		require.NoError(t, err)
-		a, err := it.Next(context.Background(), 0)
+		var held []*Batch
+		for i := range it.BatchesPerEpoch() {
+			b, err := nextWithin(t, it, 0)
+			require.NoError(t, err, "batch %d with %d held", i, len(held))
+			require.Equal(t, i, b.Index)
+			held = append(held, b)
+		}
+		_, err = nextWithin(t, it, 0)
+		require.ErrorIs(t, err, io.EOF)
+		seen := map[int]bool{}
+		for _, b := range held {
+			// Every batch kept its own memory: none was refilled while held.
+			require.Equal(t, expected(it.fields, data, b.Indices), batchContents(t, e, b), "batch %d", b.Index)
+			for _, i := range b.Indices {
+				seen[i] = true
+			}
+		}
+		require.Len(t, seen, 100, "the held batches are the whole epoch")
+		it.ring.mu.Lock()
+		require.Len(t, it.ring.all, 10, "the ring grew by a slot per batch held beyond its two")
+		it.ring.mu.Unlock()
+		for _, b := range held {
+			require.NoError(t, b.Release(0))
+		}
+		// The next epoch runs on the slots given back: no more growth.
+		for range it.BatchesPerEpoch() {
+			b, err := nextWithin(t, it, 0)
+			require.NoError(t, err)
+			require.Equal(t, expected(it.fields, data, b.Indices), batchContents(t, e, b))
+			require.NoError(t, b.Release(0))
+		}
+		it.ring.mu.Lock()
+		require.Len(t, it.ring.all, 10)
+		it.ring.mu.Unlock()
+		require.NoError(t, it.Close())
+		requireMemoryBack(t, e, base)
+	})
+
+	t.Run("beyond the pinned budget Next fails at once, names the budget, and takes nothing", func(t *testing.T) {
+		base := memoryBase(t, e)
+		src, data := randomSource(t, 100)
+		// A budget of one slot: two in the ring, one grown, then the limit.
+		probe, err := NewIterator(e, src, IteratorOptions{BatchSize: 10, Prefetch: 2, Staging: StagingGather})
 		require.NoError(t, err)
-		b, err := it.Next(context.Background(), 0)
+		slotBytes := probe.ring.slotBytes
+		require.NoError(t, probe.Close())
+		it, err := NewIterator(e, src, IteratorOptions{BatchSize: 10, Prefetch: 2, Staging: StagingGather, PinnedBudget: slotBytes})
 		require.NoError(t, err)
+		var held []*Batch
+		for range 3 {
+			b, err := nextWithin(t, it, 0)
+			require.NoError(t, err)
+			held = append(held, b)
+		}
 		start := time.Now()
 		c, err := nextWithin(t, it, 0)
 		require.Nil(t, c)
-		require.ErrorIs(t, err, engine.ErrTimeout)
-		require.GreaterOrEqual(t, time.Since(start), 100*time.Millisecond, "Next waits for the Timeout")
-		for _, w := range []string{"batch 2 of epoch 0 was not ready within 100ms", "holds 2 unreleased batches of the 2",
-			"release batches", "2 batches are still held by the caller and must be released",
-			"every tensor taken from it is freed"} {
+		require.ErrorIs(t, err, engine.ErrLimit)
+		require.Less(t, time.Since(start), testutil.FaultBound, "the refusal does not wait")
+		for _, w := range []string{"batch 3 of epoch 0", "3 batches of the ring are still held by the caller",
+			fmt.Sprintf("another ring slot of %d bytes", slotBytes), fmt.Sprintf("pinned budget (%d bytes beyond its 2 slots)", slotBytes),
+			"release batches", "every tensor taken from it is freed"} {
 			require.Contains(t, err.Error(), w)
 		}
-		require.Equal(t, IteratorState{Batch: 2}, it.State(), "a timed-out Next takes nothing")
+		require.Equal(t, IteratorState{Batch: 3}, it.State(), "a refused Next takes nothing")
 
-		require.NoError(t, a.Release(0))
-		c, err = it.Next(context.Background(), 0)
-		require.NoError(t, err, "releasing a batch lets the iterator go on")
-		require.Equal(t, 2, c.Index)
+		// Batch 0's slot left its lane when the ring grew for batch 2: released, it becomes a spare, which
+		// serves batch 3 (whose lane holds batch 1).
+		require.NoError(t, held[0].Release(0))
+		c, err = nextWithin(t, it, 0)
+		require.NoError(t, err, "a released batch lets the iterator go on")
+		require.Equal(t, 3, c.Index)
 		require.Equal(t, expected(it.fields, data, c.Indices), batchContents(t, e, c))
-		require.NoError(t, b.Release(0))
-		require.NoError(t, c.Release(0))
-		for i := 3; i < 10; i++ {
-			d, err := it.Next(context.Background(), 0)
+		for _, b := range []*Batch{held[1], held[2], c} {
+			require.NoError(t, b.Release(0))
+		}
+		for range it.BatchesPerEpoch() - 4 {
+			b, err := nextWithin(t, it, 0)
 			require.NoError(t, err)
-			require.Equal(t, i, d.Index)
-			require.NoError(t, d.Release(0))
+			require.Equal(t, expected(it.fields, data, b.Indices), batchContents(t, e, b))
+			require.NoError(t, b.Release(0))
+		}
+		require.NoError(t, it.Close())
+
+		// A negative budget never grows: the refusal comes with the ring's own slots held.
+		it, err = NewIterator(e, src, IteratorOptions{BatchSize: 10, Prefetch: 2, Staging: StagingGather, PinnedBudget: -1})
+		require.NoError(t, err)
+		held = held[:0]
+		for range 2 {
+			b, err := nextWithin(t, it, 0)
+			require.NoError(t, err)
+			held = append(held, b)
+		}
+		_, err = nextWithin(t, it, 0)
+		require.ErrorIs(t, err, engine.ErrLimit)
+		require.Contains(t, err.Error(), "2 batches of the ring are still held by the caller")
+		for _, b := range held {
+			require.NoError(t, b.Release(0))
 		}
 		require.NoError(t, it.Close())
 		requireMemoryBack(t, e, base)
 	})
 
-	t.Run("Close wakes a Next that waits for a held ring", func(t *testing.T) {
+	t.Run("Close frees grown slots, and those held at Close at their release", func(t *testing.T) {
 		base := memoryBase(t, e)
 		src, _ := randomSource(t, 100)
-		it, err := NewIterator(e, src, IteratorOptions{BatchSize: 10, Prefetch: 2, Staging: StagingGather}) // 5 min Timeout
+		it, err := NewIterator(e, src, IteratorOptions{BatchSize: 10, Prefetch: 2, Staging: StagingGather})
+		require.NoError(t, err)
+		var held []*Batch
+		for range 6 {
+			b, err := nextWithin(t, it, 0)
+			require.NoError(t, err)
+			held = append(held, b)
+		}
+		require.NoError(t, held[4].Release(0)) // a grown slot, spare at Close
+		require.NoError(t, it.Close())
+		for i, b := range held {
+			if i != 4 {
+				require.NoError(t, b.Release(0), "a batch held across its iterator's Close")
+			}
+		}
+		require.Eventually(t, func() bool { return e.Holds() == 0 }, testutil.FaultBound, time.Millisecond, "the held slots were freed")
+		requireMemoryBack(t, e, base)
+		requireIteratorWorks(t, e)
+	})
+
+	t.Run("Close wakes a Next that waits for a slow source, with batches held", func(t *testing.T) {
+		base := memoryBase(t, e)
+		var slow atomic.Bool
+		gate := make(chan struct{})
+		src, _ := faultSource(t, 100, func(int) error {
+			if slow.Load() {
+				<-gate
+			}
+			return nil
+		})
+		it, err := NewIterator(e, src, IteratorOptions{BatchSize: 10, Prefetch: 2, Workers: 1, Staging: StagingGather}) // 5 min Timeout
 		require.NoError(t, err)
 		var held []*Batch
 		for range 2 {
@@ -194,16 +294,20 @@ func faultChecks(t *testing.T, e *engine.Engine) {
 			require.NoError(t, err)
 			held = append(held, b)
 		}
+		slow.Store(true)
 		waiting := make(chan error, 1)
 		go func() {
 			_, err := it.Next(context.Background(), 0)
 			waiting <- err
 		}()
-		time.Sleep(50 * time.Millisecond) // let Next block on the ring
-		require.NoError(t, testutil.Within(t, testutil.FaultBound, "Close with a Next waiting", it.Close))
+		time.Sleep(50 * time.Millisecond) // let Next grow the ring and block on the slow read
+		closed := make(chan error, 1)
+		go func() { closed <- it.Close() }()
 		err = testutil.Within(t, testutil.FaultBound, "the waiting Next", func() error { return <-waiting })
 		require.ErrorIs(t, err, engine.ErrClosed)
 		require.Contains(t, err.Error(), "iterator")
+		close(gate) // the sample being read finishes, and Close returns
+		require.NoError(t, testutil.Within(t, testutil.FaultBound, "Close with a Next waiting", func() error { return <-closed }))
 		// The held batches stayed valid through the Close; their releases free them (on a GPU once the
 		// release's event completes, off the releasing goroutine).
 		for _, b := range held {

@@ -35,15 +35,19 @@ type IteratorOptions struct {
 	// WORLD_SIZE from the environment when they are set (torchrun sets them), else a single rank.
 	Rank, WorldSize int
 	Workers         int           // gather goroutines; default min(GOMAXPROCS, 16)
-	Prefetch        int           // batches in flight (the ring depth), >= 2; default 4
+	// Prefetch is the number of batches in flight (the ring depth), >= 2; default 4. When the caller
+	// holds the batch of the slot Next needs, the ring grows by a slot instead of waiting (see PinnedBudget).
+	Prefetch int
 	Timeout         time.Duration // the longest one Next waits for data; default 5 min
 	// Transforms lays fields out on the device right after the copy (on the host on the CPU engine), by
 	// source field name: Normalize, ShiftTokens, PadSequences. The batch's fields are their outputs.
 	Transforms map[string]Transform
 	// Staging picks how samples cross to the device; StagingAuto picks the fastest that applies.
 	Staging Staging
-	// PinnedBudget is the most source memory (bytes) the iterator registers with the driver for
-	// StagingMapped or StagingDMA; 0 means a quarter of physical memory, negative never registers.
+	// PinnedBudget bounds what the iterator page-locks beyond its ring of Prefetch batches: the source
+	// memory it registers with the driver for StagingMapped or StagingDMA, and, separately, the slots the
+	// ring grows by (host and device memory) when the caller keeps batches. 0 means a quarter of physical
+	// memory; negative means neither: no registration, and Next fails at once when every slot is held.
 	PinnedBudget int64
 }
 
@@ -77,7 +81,7 @@ type Iterator struct {
 	nbatch     atomic.Int64
 	opts       IteratorOptions
 	stream     cuda.Stream
-	slots      []*slot
+	ring       *ring
 
 	staging       Staging
 	stagingWhy    string
@@ -90,14 +94,8 @@ type Iterator struct {
 	ragged        Ragged
 	raggedField   int
 
-	mu sync.Mutex // Next, Restore, Close
-	// ringMu orders a batch's release against Close freeing the ring; orphans counts the slots whose
-	// batches were held at Close (their memory is freed when the last reference goes), and holding is
-	// whether the iterator holds its engine (engine.Hold), from NewIterator until its last slot is freed.
-	ringMu  sync.Mutex
-	orphans int
-	holding bool
-	pos     IteratorState
+	mu        sync.Mutex // Next, Restore, Close
+	pos       IteratorState
 	seq     uint64 // the pipeline sequence number Next takes next
 	// waitBegan is when the wait for the next batch began, while NextWithin calls continue it; else zero.
 	waitBegan time.Time
@@ -172,7 +170,9 @@ func NewIterator(e *engine.Engine, src Source, opts IteratorOptions) (*Iterator,
 	if err := e.Hold(); err != nil {
 		return nil, err
 	}
-	it.holding = true
+	// The ring holds the engine until its last slot is freed (a batch held at Close keeps it).
+	it.ring = &ring{e: e, timeout: opts.Timeout, newSlot: it.newSlot, budget: growthBudget(opts.PinnedBudget),
+		holding: true}
 	it.chooseStaging()
 	if err := it.allocate(); err != nil {
 		it.free()
@@ -188,73 +188,92 @@ func NewIterator(e *engine.Engine, src Source, opts IteratorOptions) (*Iterator,
 
 // allocate takes the ring's buffers, events and stream.
 func (it *Iterator) allocate() error {
-	e := it.e
-	if e.GPU() {
-		s, err := e.Context().StreamCreate()
+	if it.e.GPU() {
+		s, err := it.e.Context().StreamCreate()
 		if err != nil {
 			return err
 		}
 		it.stream = s
 	}
-	b := it.rows
-	for i := 0; i < it.opts.Prefetch; i++ {
-		s := &slot{id: i, free: make(chan struct{}, 1), filled: make(chan struct{}, 1), ready: make(chan struct{}, 1),
-			aligned: make([]bool, len(it.fields))}
-		it.slots = append(it.slots, s)
-		s.free <- struct{}{}
-		s.host = make([]*engine.HostBuffer, len(it.fields))
-		s.devIn = make([]*engine.DeviceBuffer, len(it.fields))
-		s.hostOut = make([]*engine.HostBuffer, len(it.outs))
-		s.dev = make([]*engine.DeviceBuffer, len(it.outs))
-		for f, p := range it.plans {
-			n, err := batchBytes(p.in, b)
+	for range it.opts.Prefetch {
+		s, err := it.newSlot()
+		if err != nil {
+			if s != nil {
+				it.ring.freeSlot(s)
+			}
+			return err
+		}
+		it.ring.slotBytes = s.bytes()
+		it.ring.addLane(s)
+	}
+	return nil
+}
+
+// newSlot allocates one slot of the ring: its buffers for the largest batch, and its events.
+func (it *Iterator) newSlot() (*slot, error) {
+	e, b := it.e, it.rows
+	s := &slot{aligned: make([]bool, len(it.fields)), host: make([]*engine.HostBuffer, len(it.fields)),
+		devIn: make([]*engine.DeviceBuffer, len(it.fields)), hostOut: make([]*engine.HostBuffer, len(it.outs)),
+		dev: make([]*engine.DeviceBuffer, len(it.outs))}
+	for f, p := range it.plans {
+		n, err := batchBytes(p.in, b)
+		if err != nil {
+			return s, err
+		}
+		if it.needsHostStaging() {
+			if s.host[f], err = e.HostPool().Alloc(n); err != nil {
+				return s, err
+			}
+		}
+		if e.GPU() && p.t != nil && !it.hostXform && it.staging != StagingMapped {
+			if s.devIn[f], err = e.DevicePool().Alloc(n); err != nil {
+				return s, err
+			}
+		}
+		for _, g := range p.outs {
+			m, err := batchBytes(it.outs[g], b)
 			if err != nil {
-				return err
+				return s, err
 			}
-			if it.needsHostStaging() {
-				if s.host[f], err = e.HostPool().Alloc(n); err != nil {
-					return err
+			if p.t != nil && it.hostXform {
+				if s.hostOut[g], err = e.HostPool().Alloc(m); err != nil {
+					return s, err
 				}
 			}
-			if e.GPU() && p.t != nil && !it.hostXform && it.staging != StagingMapped {
-				if s.devIn[f], err = e.DevicePool().Alloc(n); err != nil {
-					return err
+			if e.GPU() {
+				if s.dev[g], err = e.DevicePool().Alloc(m); err != nil {
+					return s, err
 				}
-			}
-			for _, g := range p.outs {
-				m, err := batchBytes(it.outs[g], b)
-				if err != nil {
-					return err
-				}
-				if p.t != nil && it.hostXform {
-					if s.hostOut[g], err = e.HostPool().Alloc(m); err != nil {
-						return err
-					}
-				}
-				if e.GPU() {
-					if s.dev[g], err = e.DevicePool().Alloc(m); err != nil {
-						return err
-					}
-				}
-			}
-		}
-		if it.needsMeta() {
-			var err error
-			if s.meta, err = e.HostPool().Alloc(it.metaLayout.size); err != nil {
-				return err
-			}
-		}
-		if e.GPU() {
-			var err error
-			if s.copied, err = e.Context().EventCreate(); err != nil {
-				return err
-			}
-			if s.released, err = e.Context().EventCreate(); err != nil {
-				return err
 			}
 		}
 	}
-	return nil
+	var err error
+	if it.needsMeta() {
+		if s.meta, err = e.HostPool().Alloc(it.metaLayout.size); err != nil {
+			return s, err
+		}
+	}
+	if e.GPU() {
+		if s.copied, err = e.Context().EventCreate(); err != nil {
+			return s, err
+		}
+		if s.released, err = e.Context().EventCreate(); err != nil {
+			return s, err
+		}
+	}
+	if testHookNewSlot != nil {
+		testHookNewSlot(it, s)
+	}
+	return s, nil
+}
+
+// growthBudget is how much memory a ring may grow by when the caller keeps its batches: the pinned
+// budget (0: the default, a quarter of physical memory; negative: none).
+func growthBudget(pinned int64) int64 {
+	if pinned == 0 {
+		return defaultPinnedBudget()
+	}
+	return pinned
 }
 
 // batchBytes is the size of rows samples of field f, an ErrOutOfMemory error when that overflows.
@@ -267,22 +286,11 @@ func batchBytes(f Field, rows int) (int, error) {
 
 // free returns everything allocate took and the source memory's registrations. The pipeline must be
 // stopped. A slot whose batch the caller still holds (a DLPack tensor over it may be alive) keeps its
-// memory, and the engine stays held, until that batch's release (see release): memory handed out stays
-// valid while anything points at it.
+// memory, and the engine stays held, until that batch's release (see ring.release): memory handed out
+// stays valid while anything points at it.
 func (it *Iterator) free() {
 	e := it.e
-	it.ringMu.Lock()
-	for _, s := range it.slots {
-		if s.held.Load() {
-			s.orphan = true
-			it.orphans++
-			continue
-		}
-		it.freeSlot(s)
-	}
-	it.slots = nil
-	done := it.orphans == 0
-	it.ringMu.Unlock()
+	done := it.ring.close()
 	if it.stream != 0 {
 		_ = e.Context().StreamDestroy(it.stream)
 		it.stream = 0
@@ -297,76 +305,7 @@ func (it *Iterator) free() {
 	}
 	it.regions = nil
 	if done {
-		it.unhold()
-	}
-}
-
-// freeSlot returns one slot's buffers and events to the engine.
-func (it *Iterator) freeSlot(s *slot) {
-	e := it.e
-	for _, bufs := range [][]*engine.HostBuffer{s.host, s.hostOut, {s.meta}} {
-		for _, h := range bufs {
-			if h != nil {
-				e.HostPool().Free(h)
-			}
-		}
-	}
-	for _, bufs := range [][]*engine.DeviceBuffer{s.devIn, s.dev} {
-		for _, d := range bufs {
-			if d != nil {
-				e.DevicePool().Free(d)
-			}
-		}
-	}
-	if s.copied != 0 {
-		_ = e.Context().EventDestroy(s.copied)
-		s.copied = 0
-	}
-	if s.released != 0 {
-		_ = e.Context().EventDestroy(s.released)
-		s.released = 0
-	}
-}
-
-// freeOrphan frees the memory of a slot whose batch was held at Close, now that its last reference is
-// gone. On a GPU the consumer's work queued on consumer may still read the memory: it is freed once an
-// event recorded there completes, waited for on a goroutine of its own (the caller, a DLPack deleter,
-// does not block). The last orphan gives the engine's hold back.
-func (it *Iterator) freeOrphan(s *slot, consumer Stream) {
-	finish := func() {
-		it.ringMu.Lock()
-		it.freeSlot(s)
-		it.orphans--
-		done := it.orphans == 0
-		it.ringMu.Unlock()
-		if done {
-			it.unhold()
-		}
-	}
-	if !it.e.GPU() || s.released == 0 {
-		finish()
-		return
-	}
-	if err := it.e.Context().EventRecord(s.released, consumer); err != nil {
-		finish() // no ordering to wait for (an invalid stream): as Release documents
-		return
-	}
-	go func() {
-		if err := it.poll(func() error { return it.e.Context().EventQuery(s.released) }, nil, "the consumer's work on a released batch"); err != nil {
-			it.e.Logger().Warn().Err(err).Msg("freeing a batch released after its iterator was closed")
-		}
-		finish()
-	}()
-}
-
-// unhold gives back the engine hold NewIterator took, once.
-func (it *Iterator) unhold() {
-	it.ringMu.Lock()
-	h := it.holding
-	it.holding = false
-	it.ringMu.Unlock()
-	if h {
-		it.e.Unhold()
+		it.ring.unhold()
 	}
 }
 
@@ -395,8 +334,8 @@ func (it *Iterator) Options() IteratorOptions { return it.opts }
 // QueueDepth is the number of batches prefetched and ready for Next.
 func (it *Iterator) QueueDepth() int {
 	n := 0
-	for _, s := range it.slots {
-		n += len(s.ready)
+	for _, l := range it.ring.lanes {
+		n += len(l.ready)
 	}
 	return n
 }

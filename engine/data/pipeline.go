@@ -13,10 +13,9 @@ import (
 	"github.com/ferry-ml/ferry/engine/internal/cuda"
 )
 
-// slot is one buffer set of the ring. Batch q of the pipeline's sequence uses slot q % depth; the free,
-// filled and ready channels (capacity 1, written without blocking) pass it from stage to stage.
+// slot is one buffer set of the ring (see ring and lane) and the batch it holds.
 type slot struct {
-	id      int
+	lane    *lane                  // the lane the slot is in; nil once it left it (ring.grow), under ring.mu
 	host    []*engine.HostBuffer   // per source field: host staging (StagingGather); else nil
 	hostOut []*engine.HostBuffer   // per batch field made on the host by a transform; else nil
 	devIn   []*engine.DeviceBuffer // per source field that a kernel transforms after a DMA; else nil
@@ -30,9 +29,8 @@ type slot struct {
 	released     cuda.Event // recorded on the consumer's stream at release
 	mustWaitRels bool       // released was recorded since the last refill: the next copy waits for it
 
-	free, filled, ready chan struct{}
-	held                atomic.Bool // a batch over the slot is out (changes under Iterator.ringMu)
-	orphan              bool        // held at Close: the release frees the slot's memory (under ringMu)
+	held   atomic.Bool // a batch over the slot is out (changes under ring.mu)
+	orphan bool        // held at Close: the release frees the slot's memory (under ring.mu)
 
 	// Set by the producer before the workers start, read by all after.
 	epoch     uint64
@@ -68,6 +66,7 @@ func (s *slot) fail(err error) {
 
 // task is a range of rows of one slot for a worker to fill.
 type task struct {
+	l          *lane
 	s          *slot
 	start, end int
 }
@@ -128,18 +127,19 @@ func (it *Iterator) produce(p *pipeline, tasks chan<- task, pos IteratorState, s
 		defer it.lockContext()()
 	}
 	for q := seq; ; q++ {
-		s := it.slots[q%uint64(len(it.slots))]
+		l := it.ring.lane(q)
 		select {
-		case <-s.free:
+		case <-l.free:
 		case <-p.stop:
 			return
 		}
+		s := l.s
 		s.epoch, s.batch = pos.Epoch, pos.Batch
 		s.err, s.errOnce = nil, sync.Once{}
 		s.failed.Store(false)
 		if err := it.waitCopied(p, s); err != nil {
 			if errors.Is(err, errStopped) {
-				signal(s.free)
+				signal(l.free)
 				return
 			}
 			s.fail(err)
@@ -159,19 +159,19 @@ func (it *Iterator) produce(p *pipeline, tasks chan<- task, pos IteratorState, s
 					s.fail(err)
 				}
 			}
-			signal(s.ready)
+			signal(l.ready)
 			continue
 		}
 		chunk := max(1, (rows+2*it.opts.Workers-1)/(2*it.opts.Workers))
 		n := (rows + chunk - 1) / chunk
 		if n == 0 || s.failed.Load() {
-			signal(s.filled)
+			signal(l.filled)
 			continue
 		}
 		s.remaining.Store(int32(n))
 		for start := 0; start < rows; start += chunk {
 			select {
-			case tasks <- task{s: s, start: start, end: min(rows, start+chunk)}:
+			case tasks <- task{l: l, s: s, start: start, end: min(rows, start+chunk)}:
 			case <-p.stop:
 				return
 			}
@@ -198,6 +198,9 @@ func (it *Iterator) lockContext() (unlock func()) {
 // poison the ring's device buffers there).
 var testHookStart func(*Iterator)
 
+// testHookNewSlot, when set by a test, runs on each slot allocated, initial or grown.
+var testHookNewSlot func(*Iterator, *slot)
+
 // errStopped is returned by waits that a pipeline stop interrupted.
 var errStopped = errors.New("pipeline stopped")
 
@@ -210,11 +213,16 @@ func (it *Iterator) waitCopied(p *pipeline, s *slot) error {
 	return it.poll(func() error { return it.e.Context().EventQuery(s.copied) }, p.stop, "a host-to-device copy")
 }
 
-// poll calls query until it returns anything but cuda.ErrNotReady, sleeping between calls from 20 µs
-// up to 1 ms. It gives up with ErrTimeout, naming what it waited for, after the Timeout option, and
-// with errStopped when stop is closed (nil: never).
+// poll is the function poll with the Timeout option.
 func (it *Iterator) poll(query func() error, stop <-chan struct{}, what string) error {
-	deadline := time.Now().Add(it.opts.Timeout)
+	return poll(it.opts.Timeout, query, stop, what)
+}
+
+// poll calls query until it returns anything but cuda.ErrNotReady, sleeping between calls from 20 µs
+// up to 1 ms. It gives up with ErrTimeout, naming what it waited for, after timeout, and with
+// errStopped when stop is closed (nil: never).
+func poll(timeout time.Duration, query func() error, stop <-chan struct{}, what string) error {
+	deadline := time.Now().Add(timeout)
 	sleep := 20 * time.Microsecond
 	for {
 		err := query()
@@ -222,7 +230,7 @@ func (it *Iterator) poll(query func() error, stop <-chan struct{}, what string) 
 			return err
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%w: %s did not complete within %v", engine.ErrTimeout, what, it.opts.Timeout)
+			return fmt.Errorf("%w: %s did not complete within %v", engine.ErrTimeout, what, timeout)
 		}
 		select {
 		case <-stop:
@@ -275,7 +283,7 @@ func (it *Iterator) work(p *pipeline, tasks <-chan task) {
 			}
 		}
 		if s.remaining.Add(-1) == 0 {
-			signal(s.filled)
+			signal(t.l.filled)
 		}
 	}
 }
@@ -288,18 +296,19 @@ func (it *Iterator) copyLoop(p *pipeline, seq uint64) {
 		defer it.lockContext()()
 	}
 	for q := seq; ; q++ {
-		s := it.slots[q%uint64(len(it.slots))]
+		l := it.ring.lane(q)
 		select {
-		case <-s.filled:
+		case <-l.filled:
 		case <-p.stop:
 			return
 		}
+		s := l.s
 		if it.e.GPU() && s.err == nil {
 			if err := it.copyToDevice(s); err != nil {
 				s.fail(err)
 			}
 		}
-		signal(s.ready)
+		signal(l.ready)
 	}
 }
 
@@ -317,11 +326,11 @@ func (it *Iterator) stop() error {
 	if it.e.GPU() {
 		err = it.waitStream()
 	}
-	for _, s := range it.slots {
-		drain(s.filled)
-		drain(s.ready)
-		if !s.held.Load() {
-			signal(s.free)
+	for _, l := range it.ring.lanes {
+		drain(l.filled)
+		drain(l.ready)
+		if !l.s.held.Load() {
+			signal(l.free)
 		}
 	}
 	return err

@@ -416,24 +416,28 @@ func transformSource(t testing.TB, n int) (*MemorySource, [][]byte) {
 		Field{Name: "label", DType: Int64})
 }
 
-// poisonRing fills the ring's device buffers with 0xFF before each pipeline starts, so that a kernel
-// that skips an element shows.
+// poisonRing fills the ring's device buffers with 0xFF before each pipeline starts, and those of each
+// slot the ring grows by, so that a kernel that skips an element shows.
 func poisonRing(t *testing.T) {
-	testHookStart = func(it *Iterator) {
+	poison := func(it *Iterator, s *slot) {
 		if !it.e.GPU() {
 			return
 		}
-		for _, s := range it.slots {
-			for _, bufs := range [][]*engine.DeviceBuffer{s.dev, s.devIn} {
-				for _, d := range bufs {
-					if d != nil {
-						require.NoError(t, it.e.Context().MemsetD8(d.Ptr(), 0xFF, d.Len()))
-					}
+		for _, bufs := range [][]*engine.DeviceBuffer{s.dev, s.devIn} {
+			for _, d := range bufs {
+				if d != nil {
+					require.NoError(t, it.e.Context().MemsetD8(d.Ptr(), 0xFF, d.Len()))
 				}
 			}
 		}
 	}
-	t.Cleanup(func() { testHookStart = nil })
+	testHookStart = func(it *Iterator) {
+		for _, l := range it.ring.lanes {
+			poison(it, l.s)
+		}
+	}
+	testHookNewSlot = poison
+	t.Cleanup(func() { testHookStart, testHookNewSlot = nil, nil })
 }
 
 // transformChecks runs on any engine: batches with transforms equal the element-by-element reference,

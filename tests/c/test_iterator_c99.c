@@ -103,6 +103,19 @@ static ferry_iterator make_iterator(ferry_engine e, ferry_source s, int64_t batc
     return it;
 }
 
+/* An iterator in order, batches of 6, whose ring of prefetch slots may not grow (no pinned budget). */
+static ferry_iterator make_fixed_ring(ferry_engine e, ferry_source s, int32_t prefetch) {
+    ferry_iterator_options o;
+    ferry_iterator it = NULL;
+    CHECK_STATUS(ferry_iterator_options_init(&o), FERRY_OK);
+    o.batch_size = 6;
+    o.prefetch = prefetch;
+    o.timeout_ms = 20000;
+    o.pinned_budget = -1;
+    CHECK_STATUS(ferry_iterator_create(e, s, &o, &it), FERRY_OK);
+    return it;
+}
+
 /*
  * Checks one DLPack tensor of field k against the data at indices: the versioned header, device, shape,
  * dtype, compact layout, and every byte. Calls the deleter. Returns 1 when it all matches.
@@ -298,10 +311,11 @@ static void test_epochs(ferry_engine e) {
     CHECK_STATUS(ferry_source_destroy(s), FERRY_OK);
 }
 
-/* The batch handle's lifetime, and a tensor that outlives its batch and holds the ring. */
+/* The batch handle's lifetime, and a tensor that outlives its batch and holds its slot of a ring that may
+   not grow. */
 static void test_batch_handles(ferry_engine e) {
     ferry_source s = memory_source();
-    ferry_iterator it = make_iterator(e, s, 6, 0, 0, 2, 250);
+    ferry_iterator it = make_fixed_ring(e, s, 2);
     ferry_batch b0 = NULL, b1 = NULL, b2 = NULL;
     DLManagedTensorVersioned* kept = NULL;
     DLManagedTensorVersioned* t = NULL;
@@ -343,11 +357,14 @@ static void test_batch_handles(ferry_engine e) {
     CHECK_STATUS(ferry_iterator_next(it, NULL, &b1), FERRY_OK);
     CHECK(check_batch(b1, NULL, NULL));
     CHECK_STATUS(ferry_batch_release(b1, NULL), FERRY_OK);
-    /* Batch 2 needs batch 0's slot, which the tensor still holds: the wait times out. */
+    /* Batch 2 needs batch 0's slot, which the tensor still holds, and the ring may not grow: refused at once. */
     start = now_ns();
-    CHECK_STATUS(ferry_iterator_next(it, NULL, &b2), FERRY_ERR_TIMEOUT);
-    CHECK(now_ns() - start >= 200000000u);
+    CHECK_STATUS(ferry_iterator_next(it, NULL, &b2), FERRY_ERR_LIMIT);
+    CHECK(now_ns() - start < 5000000000u);
     CHECK(b2 == NULL);
+    /* The tensor's batch was released: ordering another stream on it needs the tensor alone. */
+    CHECK_STATUS(ferry_tensor_wait(kept, NULL), FERRY_OK);
+    CHECK_STATUS(ferry_tensor_wait(NULL, NULL), FERRY_ERR_INVALID_ARGUMENT);
     memset(&pos, 0, sizeof(pos));
     pos.size = sizeof(pos);
     CHECK_STATUS(ferry_iterator_state(it, &pos), FERRY_OK);
@@ -562,14 +579,36 @@ static void test_callback(ferry_engine e) {
     CHECK_STATUS(ferry_source_destroy(s), FERRY_OK);
 }
 
-/* ferry_iterator_next_wait: a NULL batch while none is ready (the ring held), the batch once one is. */
+/* A callback source whose samples from 12 on wait until `open` is set: a slow read. */
+static int gate_open;
+
+static int32_t gated_sample(void* user, int64_t index, void* const* dst, const int64_t* dst_bytes, int32_t num_fields) {
+    while (index >= 12 && !__atomic_load_n(&gate_open, __ATOMIC_ACQUIRE)) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+    return fill_sample(user, index, dst, dst_bytes, num_fields);
+}
+
+/* ferry_iterator_next_wait: a NULL batch while none is ready (a slow source), the batch once one is; and a
+   ring whose every slot is held, which may not grow, refuses at once instead of waiting. */
 static void test_next_wait(ferry_engine e) {
-    ferry_source s = memory_source();
-    ferry_iterator it = make_iterator(e, s, 6, 0, 0, 2, 0);
+    ferry_field f[NFIELDS];
+    callback_user u;
+    ferry_source s = NULL;
+    ferry_source mem = memory_source();
+    ferry_iterator it, fixed;
     ferry_batch b0 = NULL, b1 = NULL, b = NULL;
     int64_t idx[6];
     int tries = 0;
 
+    make_fields(f);
+    u.bad = -1;
+    u.wrong_args = 0;
+    u.magic = 0x600d;
+    __atomic_store_n(&gate_open, 0, __ATOMIC_RELEASE);
+    CHECK_STATUS(ferry_source_callback(NSAMPLES, f, NFIELDS, gated_sample, &u, &s), FERRY_OK);
+    it = make_iterator(e, s, 6, 0, 0, 2, 0);
     CHECK_STATUS(ferry_iterator_next_wait(it, NULL, 10, NULL), FERRY_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(ferry_iterator_next_wait(it, NULL, 0, &b), FERRY_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(ferry_iterator_next_wait(NULL, NULL, 10, &b), FERRY_ERR_INVALID_HANDLE);
@@ -578,24 +617,46 @@ static void test_next_wait(ferry_engine e) {
     } while (b0 == NULL && ++tries < 400);
     CHECK(b0 != NULL && check_batch(b0, NULL, NULL));
     CHECK_STATUS(ferry_iterator_next(it, NULL, &b1), FERRY_OK);
-    /* Both slots of the ring are held: nothing can come, and each slice says so without an error. */
+    CHECK(check_batch(b1, NULL, NULL));
+    /* The third batch's samples are still being read: each slice says so without an error. */
     b = (ferry_batch)(uintptr_t)1;
     CHECK_STATUS(ferry_iterator_next_wait(it, NULL, 20, &b), FERRY_OK);
     CHECK(b == NULL);
     CHECK_STATUS(ferry_iterator_next_wait(it, NULL, 20, &b), FERRY_OK);
     CHECK(b == NULL);
-    CHECK_STATUS(ferry_batch_release(b0, NULL), FERRY_OK);
+    __atomic_store_n(&gate_open, 1, __ATOMIC_RELEASE);
     tries = 0;
     do {
         CHECK_STATUS(ferry_iterator_next_wait(it, NULL, 50, &b), FERRY_OK);
     } while (b == NULL && ++tries < 400);
     CHECK(b != NULL);
     if (b != NULL) {
+        CHECK(check_batch(b, NULL, NULL));
         CHECK_STATUS(ferry_batch_indices(b, idx, 6), FERRY_OK);
         CHECK(idx[0] == 12 && idx[5] == 17); /* the third batch: nothing was skipped by the empty slices */
         CHECK_STATUS(ferry_batch_release(b, NULL), FERRY_OK);
     }
+    CHECK_STATUS(ferry_batch_release(b0, NULL), FERRY_OK);
     CHECK_STATUS(ferry_batch_release(b1, NULL), FERRY_OK);
+    CHECK(u.wrong_args == 0);
+
+    fixed = make_fixed_ring(e, mem, 2);
+    CHECK_STATUS(ferry_iterator_next(fixed, NULL, &b0), FERRY_OK);
+    CHECK_STATUS(ferry_iterator_next(fixed, NULL, &b1), FERRY_OK);
+    b = (ferry_batch)(uintptr_t)1;
+    CHECK_STATUS(ferry_iterator_next_wait(fixed, NULL, 20, &b), FERRY_ERR_LIMIT);
+    CHECK(b == NULL);
+    CHECK_STATUS(ferry_batch_release(b0, NULL), FERRY_OK);
+    CHECK_STATUS(ferry_iterator_next_wait(fixed, NULL, 5000, &b), FERRY_OK);
+    CHECK(b != NULL);
+    if (b != NULL) {
+        CHECK_STATUS(ferry_batch_indices(b, idx, 6), FERRY_OK);
+        CHECK(idx[0] == 12 && idx[5] == 17); /* the refusal took nothing */
+        CHECK_STATUS(ferry_batch_release(b, NULL), FERRY_OK);
+    }
+    CHECK_STATUS(ferry_batch_release(b1, NULL), FERRY_OK);
+    CHECK_STATUS(ferry_iterator_destroy(fixed), FERRY_OK);
+    CHECK_STATUS(ferry_source_destroy(mem), FERRY_OK);
     CHECK_STATUS(ferry_iterator_destroy(it), FERRY_OK);
     CHECK_STATUS(ferry_iterator_next_wait(it, NULL, 10, &b), FERRY_ERR_INVALID_HANDLE);
     CHECK_STATUS(ferry_source_destroy(s), FERRY_OK);

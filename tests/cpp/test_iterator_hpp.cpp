@@ -544,7 +544,8 @@ TEST(Iterator, TensorOutlivesItsBatch) {
     const dataset d = random_dataset(40, fresh_seed());
     const ferry::engine eng(FERRY_DEVICE_CPU);
     const ferry::source src = ferry::source::memory(d.n, d.fields, d.pointers());
-    ferry::iterator it(eng, src, sequential(4).prefetch(2).timeout(300ms));
+    // No pinned budget: the ring may not grow, so the slot a tensor holds shows as a refusal.
+    ferry::iterator it(eng, src, sequential(4).prefetch(2).pinned_budget(-1));
 
     ferry::tensor kept;
     std::vector<int64_t> kept_indices;
@@ -568,11 +569,10 @@ TEST(Iterator, TensorOutlivesItsBatch) {
         EXPECT_EQ(b1->index(), 1);
         EXPECT_TRUE(batch_matches(*b1, d));
     }
-    // Batch 2 needs batch 0's slot: the ring stalls until the tensor goes.
-    const auto t0 = std::chrono::steady_clock::now();
+    // Batch 2 needs batch 0's slot, which the tensor holds: refused at once until the tensor goes.
     const auto e = expect_error([&] { (void)it.next(); });
-    EXPECT_EQ(e.status(), FERRY_ERR_TIMEOUT) << e.what();
-    EXPECT_GE(std::chrono::steady_clock::now() - t0, 250ms);
+    EXPECT_EQ(e.status(), FERRY_ERR_LIMIT) << e.what();
+    EXPECT_NE(std::string(e.what()).find("still held by the caller"), std::string::npos) << e.what();
     EXPECT_EQ(it.state(), (ferry::position{0, 2}));
     check_kept(); // the held memory was not overwritten
     kept.reset();
@@ -580,6 +580,22 @@ TEST(Iterator, TensorOutlivesItsBatch) {
     ASSERT_TRUE(b2);
     EXPECT_EQ(b2->index(), 2);
     EXPECT_TRUE(batch_matches(*b2, d));
+}
+
+TEST(Iterator, KeptBatchesGrowTheRing) {
+    const dataset d = random_dataset(40, fresh_seed());
+    const ferry::engine eng(FERRY_DEVICE_CPU);
+    const ferry::source src = ferry::source::memory(d.n, d.fields, d.pointers());
+    ferry::iterator it(eng, src, sequential(4).prefetch(2));
+    std::vector<ferry::batch> kept;
+    for (ferry::batch& b : it.epoch()) {
+        kept.push_back(std::move(b)); // every batch of the epoch, from a ring of two
+    }
+    ASSERT_EQ(kept.size(), 10u);
+    for (std::size_t k = 0; k < kept.size(); k++) {
+        EXPECT_EQ(kept[k].index(), static_cast<int64_t>(k));
+        EXPECT_TRUE(batch_matches(kept[k], d)) << "batch " << k << " changed while held";
+    }
 }
 
 TEST(Iterator, MoveSemantics) {
@@ -590,8 +606,8 @@ TEST(Iterator, MoveSemantics) {
     EXPECT_FALSE(s0);
     EXPECT_EQ(expect_error([&] { (void)s0.fields(); }).status(), FERRY_ERR_INVALID_HANDLE);
 
-    // Three slots and a short timeout: a batch that was not released shows up as FERRY_ERR_TIMEOUT.
-    ferry::iterator i0(eng, src, sequential(8).prefetch(3).timeout(2000ms));
+    // Three slots, which may not grow: a batch that was not released shows up as FERRY_ERR_LIMIT.
+    ferry::iterator i0(eng, src, sequential(8).prefetch(3).pinned_budget(-1));
     auto b0 = i0.next();
     ASSERT_TRUE(b0);
     ferry::iterator it = std::move(i0); // mid-epoch: the moved-to iterator continues
@@ -607,7 +623,7 @@ TEST(Iterator, MoveSemantics) {
     EXPECT_EQ(held.index(), 0);
     EXPECT_TRUE(batch_matches(held, d));
 
-    // Move assignment releases the batch held before, or the ring would stall after three batches.
+    // Move assignment releases the batch held before (else the ring would grow by a slot per batch).
     for (int64_t k = 1; k < 8; k++) {
         auto nb = it.next();
         ASSERT_TRUE(nb) << k;
@@ -1259,7 +1275,9 @@ TEST(FakeGpu, TensorOutlivesItsBatchAndRestore) {
     const dataset d = random_dataset(64, fresh_seed());
     const ferry::engine eng(0);
     const ferry::source src = ferry::source::memory(d.n, d.fields, d.pointers());
-    ferry::iterator it(eng, src, ferry::iterator_options().batch_size(8).shuffle().seed(11).prefetch(2).timeout(200ms));
+    // No pinned budget: the ring may not grow, so a tensor held shows as a refusal.
+    ferry::iterator it(eng, src,
+                       ferry::iterator_options().batch_size(8).shuffle().seed(11).prefetch(2).pinned_budget(-1));
     ferry::tensor kept;
     std::vector<int64_t> kept_idx;
     {
@@ -1269,7 +1287,8 @@ TEST(FakeGpu, TensorOutlivesItsBatchAndRestore) {
         kept_idx = b->indices();
     }
     { ASSERT_TRUE(it.next()); }
-    EXPECT_EQ(expect_error([&] { (void)it.next(); }).status(), FERRY_ERR_TIMEOUT);
+    EXPECT_EQ(expect_error([&] { (void)it.next(); }).status(), FERRY_ERR_LIMIT);
+    kept.wait(nullptr);  // the tensor alone orders a stream on its batch's copy
     for (std::size_t r = 0; r < kept_idx.size(); r++) {
         EXPECT_EQ(std::memcmp(kept.data<uint8_t>() + r * 8, d.sample(1, kept_idx[r]), 8), 0);
     }

@@ -133,11 +133,11 @@ class Loader:
     ``pinned_budget`` are those of :class:`Iterator`.
 
     Zero copy: the tensors are views of ferry's ring of ``prefetch`` batches, whose slots are reused in
-    turn; a slot is refilled only when every tensor of its batch has been freed. So a batch must be let
-    go within ``prefetch`` batches: holding the tensors of ``prefetch`` batches (or keeping one batch
-    while ``prefetch`` more are fetched) stalls the loader, and the fetch then fails with
-    :class:`~ferry.FerryTimeoutError` after ``timeout_ms``. To keep tensors longer, pass ``copy=True``:
-    each field is cloned and its slot given back at once (a copy per batch). With torch on a GPU, batches are
+    turn; a slot is refilled only when every tensor of its batch has been freed. Batches may be kept
+    (``batches = list(loader)``): when the next batch needs the slot of a batch still held, the ring grows by
+    a slot, within ``pinned_budget`` (a quarter of RAM by default); beyond it the fetch raises
+    :class:`~ferry.LimitError` at once. Slots given back are reused, so a loop that keeps batches for a while
+    grows the ring once. ``copy=True`` clones each field and gives its slot back at once (a copy per batch). With torch on a GPU, batches are
     ordered on ``torch.cuda.current_stream(device)`` at the time each batch is fetched.
 
     Resume: :meth:`state_dict` / :meth:`load_state_dict` give and take ``{"epoch", "batch"}``; the next

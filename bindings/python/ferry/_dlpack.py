@@ -125,12 +125,12 @@ class DLPackField:
     reference. A field never exported gives its reference back when it is closed or garbage-collected.
     """
 
-    __slots__ = ("name", "shape", "dtype", "device", "data_ptr", "nbytes", "_addr", "_finalizer", "_batch",
-                 "_stream", "__weakref__")
+    __slots__ = ("name", "shape", "dtype", "device", "data_ptr", "nbytes", "_addr", "_finalizer", "_stream",
+                 "__weakref__")
 
-    def __init__(self, addr: int, name: str, batch: Any = None, stream: Optional[int] = None) -> None:
-        """Takes ownership of the ferry tensor at ``addr``. ``batch`` is the :class:`~ferry.Batch` it came
-        from (for ``ferry_batch_wait``) and ``stream`` the stream given to ``ferry_iterator_next``."""
+    def __init__(self, addr: int, name: str, stream: Optional[int] = None) -> None:
+        """Takes ownership of the ferry tensor at ``addr``; ``stream`` is the stream its batch was ordered
+        on (the one given to ``ferry_iterator_next``)."""
         self._addr = addr
         self._finalizer = weakref.finalize(self, _delete_versioned, addr)
         t = ctypes.cast(addr, _VersionedPtr).contents.dl_tensor
@@ -143,7 +143,6 @@ class DLPackField:
         for d in self.shape:
             n *= d
         self.nbytes = n
-        self._batch = batch
         self._stream = stream
 
     # --- the DLPack protocol ----------------------------------------------------------------------------
@@ -158,7 +157,8 @@ class DLPackField:
         ``stream``: the consumer's CUDA stream (DLPack's convention: None or 1 is the legacy default
         stream, 2 the per-thread default stream, -1 asks for no synchronization). When it differs from
         the stream the batch was fetched for, that stream is made to wait for the batch's copy
-        (``ferry_batch_wait``), which needs the batch not yet released. Ignored for CPU tensors.
+        (``ferry_tensor_wait``: the field keeps its batch, so this works after the batch was released and
+        after the loader moved on or closed). Ignored for CPU tensors.
 
         ``max_version``: the highest DLPack version the consumer understands; below (1, 0), or None,
         gives the legacy ``dltensor`` capsule (slower: see the module's notes).
@@ -177,17 +177,13 @@ class DLPackField:
             raise BufferError(f"batch field {self.name!r}: copy=True is not supported; ferry hands out its "
                               "batch memory without a copy (copy the consumer's tensor instead)")
         if self.device[0] == _lib.kDLCUDA and stream != -1:
-            if _stream_value(stream) != _stream_value(self._stream):
-                batch = self._batch
+            consumer = _stream_value(stream)
+            if consumer != _stream_value(self._stream):
                 try:
-                    if batch is None:
-                        raise BufferError("the field has no batch to order the stream with")
-                    batch.wait(int(stream or 0))
-                except BufferError:
-                    raise
+                    _check(_lib.lib().ferry_tensor_wait(self._addr, consumer or None))
                 except Exception as exc:
                     raise BufferError(f"batch field {self.name!r}: cannot make stream {stream} wait for the "
-                                      f"batch (release the batch after exporting its fields): {exc}") from exc
+                                      f"batch's copy: {exc}") from exc
         legacy = max_version is None or tuple(max_version)[0] < 1
         addr = self._addr
         if legacy:
@@ -197,7 +193,6 @@ class DLPackField:
         # The capsule owns the tensor now.
         self._addr = 0
         self._finalizer.detach()
-        self._batch = None
         return capsule
 
     # --- without a consumer -------------------------------------------------------------------------------
@@ -225,7 +220,6 @@ class DLPackField:
     def close(self) -> None:
         """Gives the tensor's reference back unless it was exported. Idempotent."""
         self._addr = 0
-        self._batch = None
         if self._finalizer.alive:
             self._finalizer()
 
@@ -259,8 +253,8 @@ def _legacy_capsule(addr: int) -> Any:
         raise
 
 
-def _field_from_batch(lib: ctypes.CDLL, handle: c_void_p, index: int, name: str, batch: Any,
+def _field_from_batch(lib: ctypes.CDLL, handle: c_void_p, index: int, name: str,
                       stream: Optional[int]) -> DLPackField:
     out = _VersionedPtr()
     _check(lib.ferry_batch_field(handle, index, ctypes.byref(out)))
-    return DLPackField(ctypes.cast(out, c_void_p).value or 0, name, batch, stream)
+    return DLPackField(ctypes.cast(out, c_void_p).value or 0, name, stream)

@@ -19,8 +19,8 @@ from ._dlpack import DLPackField, _field_from_batch
 from ._engine import Engine
 from ._errors import (
     FerryIOError,
-    FerryTimeoutError,
     InternalError,
+    LimitError,
     Status,
     _as_epoch,
     _as_int,
@@ -105,7 +105,7 @@ class Batch:
             index = _as_int32(key, "field index")
             if not 0 <= index < len(self._names):
                 raise IndexError(f"field index {index}; the batch has {len(self._names)} fields")
-        return _field_from_batch(self._lib, self._h(), index, self._names[index], self, self._stream)
+        return _field_from_batch(self._lib, self._h(), index, self._names[index], self._stream)
 
     def fields(self) -> Dict[str, DLPackField]:
         """Every field, by name."""
@@ -216,8 +216,8 @@ _WAIT_SLICE_MS = 100
 
 _SAMPLE_RE = re.compile(r"for sample (\d+)")
 
-# The library's timeout message when the caller holds the batch the ring needs next says this; Python
-# adds where such references hide.
+# The library's refusal when the caller holds every batch of the ring and it may not grow further says this;
+# Python adds where such references hide.
 _HELD_MARK = "still held by the caller"
 _HELD_HINT = (". In Python a batch is held while anything references it or a tensor taken from it: the loop "
               "variable of an earlier or interrupted loop (`del batch`), a list of batches, an exception's traceback "
@@ -235,8 +235,13 @@ class Iterator(_Owner):
     :class:`~ferry.ShiftTokens`, :class:`~ferry.PadSequences`); the batch's fields are then the transforms'
     outputs (:attr:`field_names`). ``staging`` is how samples cross to the device: ``"auto"`` (the fastest
     that applies), ``"gather"``, ``"dma"`` or ``"mapped"``; :attr:`staging` tells what was picked and why.
-    ``pinned_budget`` is the most source memory, in bytes, the iterator may register with the driver for
-    ``"dma"`` and ``"mapped"`` (None or 0: a quarter of RAM; negative: none).
+    ``pinned_budget`` bounds, in bytes, what the iterator page-locks beyond its ring: the source memory it
+    registers with the driver for ``"dma"`` and ``"mapped"``, and, separately, the slots the ring grows by when
+    the caller keeps batches (None or 0: a quarter of RAM each; negative: none).
+
+    Batches may be kept: when the caller holds the batch whose ring slot the next one needs, the ring grows by
+    a slot instead of waiting; beyond ``pinned_budget``, :meth:`next` raises :class:`~ferry.LimitError` at
+    once, naming the budget and the batches held.
 
     Ownership: the iterator owns its handle; :meth:`close` destroys it. Batches still held can then no
     longer be used (their calls raise), but the fields and tensors handed out stay valid: the memory of each
@@ -316,7 +321,9 @@ class Iterator(_Owner):
         ``stream`` is the CUDA stream (an int, e.g. ``torch.cuda.current_stream().cuda_stream``) that will
         use the batch; ferry makes it wait for the batch's copy, so the host never waits. Ignored on the
         CPU. A sample the source cannot read raises (:class:`~ferry.FerryIOError` for a failed callback,
-        with the Python exception as ``__cause__``); the iterator stays usable.
+        with the Python exception as ``__cause__``); the iterator stays usable. Holding more batches than
+        ``pinned_budget`` lets the ring grow by raises :class:`~ferry.LimitError` at once, and the batch
+        stays the next one.
         """
         out = c_void_p()
         h, consumer, lib = self._h(), c_void_p(int(stream)) if stream else None, self._lib
@@ -333,7 +340,7 @@ class Iterator(_Owner):
             err = _error(status)
             if isinstance(err, FerryIOError):
                 self._explain(err)
-            elif isinstance(err, FerryTimeoutError) and _HELD_MARK in err.message:
+            elif isinstance(err, LimitError) and _HELD_MARK in err.message:
                 err.message += _HELD_HINT
                 err.strerror = err.message
             raise err

@@ -567,6 +567,7 @@ _SIGNATURES = [
      [ferry_batch, c_char_p, POINTER(POINTER(DLManagedTensorVersioned))]),
     ("ferry_batch_wait", ferry_status, [ferry_batch, c_void_p]),
     ("ferry_batch_release", ferry_status, [ferry_batch, c_void_p]),
+    ("ferry_tensor_wait", ferry_status, [c_void_p, c_void_p]),
     # memory pressure
     ("ferry_pressure_options_init", ferry_status, [POINTER(PressureOptions)]),
     ("ferry_engine_set_pressure", ferry_status, [ferry_engine, POINTER(PressureOptions)]),

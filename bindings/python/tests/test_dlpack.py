@@ -178,17 +178,25 @@ def test_consumed_versioned_capsule(ring):
         t.contents.deleter(t)
 
 
-def test_held_field_holds_the_slot(ring):
-    it, _ = ring
-    b = _next(it)
-    keep = b.field("data")
-    b.release()
-    _next(it).release()
-    with pytest.raises(ferry.FerryTimeoutError):
-        _next(it)  # the ring's other slot is still held by `keep`
-    keep.close()
-    keep.close()
-    _next(it).release()
+def test_held_field_holds_the_slot():
+    rng, _ = fresh_rng()
+    src, _ = _source(rng)
+    # No pinned budget: the ring cannot grow, so a slot that a field keeps shows as a refusal.
+    with ferry.Engine(ferry.CPU, sample_interval_ms=0) as engine, \
+            ferry.Iterator(engine, src, 4, prefetch=2, pinned_budget=-1) as it:
+        b = _next(it)
+        keep = b.field("data")
+        b.release()
+        other = _next(it)
+        with pytest.raises(ferry.LimitError, match="2 batches of the ring are still held by the caller"):
+            _next(it)  # one slot is held by `keep`, the other by `other`
+        other.release()
+        with pytest.raises(ferry.LimitError, match="1 batch of the ring is still held by the caller"):
+            _next(it)  # `keep` still holds the slot the next batch needs
+        keep.close()
+        keep.close()
+        _next(it).release()
+    src.close()
 
 
 def test_refused_requests(ring):

@@ -100,7 +100,8 @@ def test_dlpack_fields_and_batches_outlive_iterator_and_engine():
     assert out.split()[-1] == "ok"
 
 
-# --- batches still held: the timeout says so, and the loader's own error paths hold none ---------------
+# --- batches still held: the ring grows, the refusal beyond the budget says so, and the loader's own ------
+# --- error paths hold none ---------------------------------------------------------------------------------
 
 
 def _flaky_source(fail_at):
@@ -124,29 +125,34 @@ def _first_index(batch):
     return struct.unpack_from("<i", batch["v"].to_bytes())[0]
 
 
-def test_retry_after_io_error_says_which_batches_are_held():
+@pytest.mark.parametrize("budget", [None, -1])
+def test_retry_after_io_error_with_the_batch_before_it_held(budget):
     # The loop: a FerryIOError, retried, while the loop variable still holds the batch before it.
-    # With prefetch=2 the next batch needs that batch's slot: the wait times out and says why.
+    # With prefetch=2 the next batch needs that batch's slot: the ring grows by a slot; with no budget to grow
+    # by, the refusal comes at once and says where Python keeps such references.
     import ferry
 
     src = _flaky_source(fail_at=12)  # batch 3 of 4 samples
-    with ferry.Loader(src, 4, device="cpu", output="dlpack", prefetch=2, workers=1, timeout_ms=300) as loader:
+    with ferry.Loader(src, 4, device="cpu", output="dlpack", prefetch=2, workers=1, pinned_budget=budget) as loader:
         batch = None
         with pytest.raises(ferry.FerryIOError, match="flaky read"):
             for batch in loader:  # noqa: B007 - the loop variable is the point
                 pass
         assert batch is not None and _first_index(batch) == 8, "the loop variable holds batch 2"
-        with pytest.raises(ferry.FerryTimeoutError) as info:
-            for _ in loader:
-                pass
-        msg = str(info.value)
-        for words in ("1 batch is still held by the caller and must be released",
-                      "every tensor taken from it is freed", "`del batch`", "copy=True"):
-            assert words in msg, msg
-        del info
-        del batch
-        rest = [_first_index(b) for b in loader]
-        assert rest == list(range(16, 40, 4)), "dropping the held batch lets the loader go on"
+        if budget is None:
+            rest = [_first_index(b) for b in loader]
+        else:
+            with pytest.raises(ferry.LimitError) as info:
+                for _ in loader:
+                    pass
+            msg = str(info.value)
+            for words in ("1 batch of the ring is still held by the caller", "every tensor taken from it is freed",
+                          "`del batch`", "copy=True"):
+                assert words in msg, msg
+            del info
+            del batch
+            rest = [_first_index(b) for b in loader]
+        assert rest == list(range(16, 40, 4)), "the loader goes on after the failed batch"
     src.close()
 
 
@@ -159,7 +165,8 @@ def test_failed_conversion_holds_no_batch():
     calls = []
 
     with ferry.Loader({"a": (data, "uint8", (40, 4)), "b": (bytearray(data), "uint8", (40, 4))}, 4, device="cpu",
-                      output="dlpack", prefetch=2, workers=1, timeout_ms=2000) as loader:
+                      output="dlpack", prefetch=2, workers=1, pinned_budget=-1) as loader:
+        # No pinned budget: a slot the exception kept would make the ring refuse at once.
         convert = loader._convert
 
         def failing(field):

@@ -8,6 +8,7 @@ import gc
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -285,25 +286,46 @@ def test_ranks_from_the_environment_at_process_start():
     assert r.stdout.split() == ["2"]  # 40 samples / 4 ranks = 10 per rank: 2 batches of 5
 
 
-def test_holding_prefetch_batches_stalls_and_dropping_them_unblocks():
+def test_holding_batches_grows_the_ring():
     rng, _ = fresh_rng()
     arrays, data = _dataset(rng, 100, 8)
-    with _loader(arrays, 5, prefetch=2, timeout_ms=300) as loader:
+    with _loader(arrays, 5, prefetch=2) as loader:  # the default 5-minute timeout: a wait would hang
+        start = time.monotonic()
+        kept = list(loader)  # every batch of the epoch held at once, from a ring of two
+        assert time.monotonic() - start < 30
+        assert len(kept) == 20
+        for b in kept:  # none was refilled while held
+            idx = array.array("q", b["idx"].to_bytes()).tolist()
+            assert b["data"].to_bytes() == rows(data, 8, idx)
+        assert sorted(i for b in kept for i in array.array("q", b["idx"].to_bytes())) == list(range(100))
+        del kept, b
+        assert len(list(loader)) == 20  # the next epoch, on the slots given back
+
+
+def test_holding_beyond_the_budget_fails_at_once_and_dropping_unblocks():
+    rng, _ = fresh_rng()
+    arrays, data = _dataset(rng, 100, 8)
+    with _loader(arrays, 5, prefetch=2, pinned_budget=-1) as loader:
         it = iter(loader)
-        held = [next(it), next(it)]  # the whole ring
-        with pytest.raises(ferry.FerryTimeoutError):
+        held = [next(it), next(it)]  # the whole ring, which may not grow
+        start = time.monotonic()
+        with pytest.raises(ferry.LimitError, match="2 batches of the ring are still held by the caller") as info:
             next(it)
+        assert time.monotonic() - start < 30
+        assert "`del batch`" in str(info.value)  # where Python references hide
+        del info
         it = iter(loader)  # the failed generator is finished; the loader itself is fine
         del held
         gc.collect()
         got = [array.array("q", b["idx"].to_bytes()).tolist() for b in it]
-        assert got[0] == [10, 11, 12, 13, 14] and len(got) == 18  # batches 2..19: the failed next was retried
+        assert got[0] == [10, 11, 12, 13, 14] and len(got) == 18  # batches 2..19: the refused next was retried
 
 
 def test_no_slot_leaks_when_tensors_are_dropped():
     rng, _ = fresh_rng()
     arrays, data = _dataset(rng, 64, 4)
-    with _loader(arrays, 4, prefetch=2, timeout_ms=3000) as loader:
+    # No pinned budget: a slot that did not come back would make the ring refuse at once.
+    with _loader(arrays, 4, prefetch=2, pinned_budget=-1) as loader:
         count = 0
         for _ in range(2):
             for b in loader:  # each batch is dropped when the next replaces it
