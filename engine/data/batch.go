@@ -20,21 +20,30 @@ type BatchField struct {
 	Device engine.DevicePtr // the batch on the device; 0 on the CPU engine
 }
 
-// Batch is one batch handed out by Next. It stays valid until Release; its memory is then reused.
+// Batch is one batch handed out by an Iterator's Next or a Feed's Push. It stays valid until Release; its
+// memory is then reused.
 type Batch struct {
 	Epoch   uint64
 	Index   int   // the batch's number within its epoch
-	Indices []int // the source's sample indices, in batch order
+	Indices []int // the source's sample indices, in batch order; nil for a Feed's batch
 	Fields  []BatchField
 	OnGPU   bool
 
-	it       *Iterator
+	owner    batchOwner
 	s        *slot
+	size     int
 	released atomic.Bool
 }
 
+// batchOwner is what hands batches out: an Iterator or a Feed.
+type batchOwner interface {
+	engine() *engine.Engine
+	isClosed() bool
+	release(s *slot, consumer Stream) error
+}
+
 // Size is the number of samples in the batch.
-func (b *Batch) Size() int { return len(b.Indices) }
+func (b *Batch) Size() int { return b.size }
 
 // Field returns the named field, or nil.
 func (b *Batch) Field(name string) *BatchField {
@@ -56,14 +65,14 @@ func (b *Batch) Wait(stream Stream) error {
 	if !b.OnGPU {
 		return nil
 	}
-	return b.it.e.Context().StreamWaitEvent(stream, b.s.copied)
+	return b.owner.engine().Context().StreamWaitEvent(stream, b.s.copied)
 }
 
-// IteratorClosed reports whether the batch's iterator was closed, which made the batch invalid.
-func (b *Batch) IteratorClosed() bool { return b.it.closed.Load() }
+// IteratorClosed reports whether the batch's iterator (or feed) was closed, which made the batch invalid.
+func (b *Batch) IteratorClosed() bool { return b.owner.isClosed() }
 
 // Device is the CUDA ordinal of the batch's device memory, or CPU.
-func (b *Batch) Device() int { return b.it.e.Device() }
+func (b *Batch) Device() int { return b.owner.engine().Device() }
 
 // Release hands the batch's memory back for refilling. On a GPU it records an event on consumer, the
 // stream whose work used the batch, and the slot is refilled only after that event: the host never waits.
@@ -74,7 +83,7 @@ func (b *Batch) Release(consumer Stream) error {
 	if !b.released.CompareAndSwap(false, true) {
 		return fmt.Errorf("%w: batch %d of epoch %d was already released", engine.ErrInvalidArgument, b.Index, b.Epoch)
 	}
-	if err := b.it.release(b.s, consumer); err != nil {
+	if err := b.owner.release(b.s, consumer); err != nil {
 		return fmt.Errorf("releasing batch %d of epoch %d on stream %#x: %w", b.Index, b.Epoch, uintptr(consumer), err)
 	}
 	return nil
@@ -171,7 +180,7 @@ func (it *Iterator) next(ctx context.Context, consumer Stream, wait time.Duratio
 		signal(l.free)
 		return nil, err
 	}
-	b := &Batch{Epoch: s.epoch, Index: s.batch, Indices: s.indices, OnGPU: it.e.GPU(), it: it, s: s}
+	b := &Batch{Epoch: s.epoch, Index: s.batch, Indices: s.indices, OnGPU: it.e.GPU(), owner: it, s: s, size: len(s.indices)}
 	b.Fields = make([]BatchField, len(it.outs))
 	for g, o := range it.outs {
 		shape := it.batchShape(s, g)
@@ -198,3 +207,7 @@ func (it *Iterator) next(ctx context.Context, consumer Stream, wait time.Duratio
 }
 
 func (it *Iterator) release(s *slot, consumer Stream) error { return it.ring.release(s, consumer) }
+
+func (it *Iterator) engine() *engine.Engine { return it.e }
+
+func (it *Iterator) isClosed() bool { return it.closed.Load() }
