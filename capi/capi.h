@@ -30,6 +30,7 @@
 #define FERRY_CAPI_KIND_ADVISOR 0x41u  /* 'A' */
 #define FERRY_CAPI_KIND_BATCH 0x42u    /* 'B' */
 #define FERRY_CAPI_KIND_ENGINE 0x45u   /* 'E' */
+#define FERRY_CAPI_KIND_FEED 0x46u     /* 'F' */
 #define FERRY_CAPI_KIND_ITERATOR 0x49u /* 'I' */
 #define FERRY_CAPI_KIND_MONITOR 0x4Du  /* 'M' */
 #define FERRY_CAPI_KIND_SOURCE 0x53u   /* 'S' */
@@ -124,6 +125,8 @@ int ferry_capi_monitor_take(uint32_t slot, ferry_capi_mentry* out, int cap);
 #define FERRY_CAPI_V1_ITERATOR_POSITION 24u
 #define FERRY_CAPI_V2_ITERATOR_POSITION 48u
 #define FERRY_CAPI_V1_BATCH_PROPERTIES 32u
+#define FERRY_CAPI_V1_PIPELINE_STATS 40u
+#define FERRY_CAPI_V1_FEED_OPTIONS 40u
 #define FERRY_CAPI_V1_PRESSURE_OPTIONS 40u
 #define FERRY_CAPI_V1_OPTIMIZE_RESULT 40u
 #define FERRY_CAPI_V1_ADVISOR_FIT 56u

@@ -110,6 +110,9 @@ func ferry_batch_indices(h C.uintptr_t, indices *C.int64_t, capacity C.int64_t) 
 			return errNull("indices")
 		}
 		n := e.b.Size()
+		if e.b.Indices == nil {
+			return fmt.Errorf("%w: ferry_batch %#x was staged by a feed, whose batches have no source indices", engine.ErrUnsupported, uint64(h))
+		}
 		if int64(capacity) < int64(n) {
 			return fmt.Errorf("%w: capacity %d is less than the batch's %d samples", engine.ErrInvalidArgument, int64(capacity), n)
 		}
@@ -178,6 +181,30 @@ func ferry_batch_field(h C.uintptr_t, index C.int32_t, out **C.DLManagedTensorVe
 			return fmt.Errorf("%w: field index %d; the batch has %d fields", engine.ErrInvalidArgument, int32(index), len(e.b.Fields))
 		}
 		return exportField(h, e, &e.b.Fields[index], out)
+	})
+}
+
+//export ferry_batch_field_name
+func ferry_batch_field_name(h C.uintptr_t, index C.int32_t, name *C.char, n C.uint32_t) C.ferry_status {
+	return call("ferry_batch_field_name", func() error {
+		e, err := lookupBatch(h)
+		if err != nil {
+			return err
+		}
+		if name == nil {
+			return errNull("name")
+		}
+		if index < 0 || int(index) >= len(e.b.Fields) {
+			return fmt.Errorf("%w: field index %d; the batch has %d fields", engine.ErrInvalidArgument, int32(index), len(e.b.Fields))
+		}
+		s := e.b.Fields[index].Name
+		if len(s)+1 > int(n) {
+			return fmt.Errorf("%w: field %d's name needs %d bytes with its NUL; the buffer has %d", engine.ErrLimit, int32(index), len(s)+1, uint32(n))
+		}
+		dst := unsafe.Slice((*byte)(unsafe.Pointer(name)), len(s)+1)
+		copy(dst, s)
+		dst[len(s)] = 0
+		return nil
 	})
 }
 

@@ -348,6 +348,17 @@ func ferry_iterator_destroy(h C.uintptr_t) C.ferry_status {
 	})
 }
 
+//export ferry_iterator_stats
+func ferry_iterator_stats(h C.uintptr_t, out *C.ferry_pipeline_stats) C.ferry_status {
+	return call("ferry_iterator_stats", func() error {
+		it, err := iterators.get(uint64(h))
+		if err != nil {
+			return err
+		}
+		return writeStats(out, it.Stats())
+	})
+}
+
 //export ferry_iterator_staging
 func ferry_iterator_staging(h C.uintptr_t, staging *C.int32_t, why *C.char, whyLen C.uint32_t) C.ferry_status {
 	return call("ferry_iterator_staging", func() error {

@@ -435,3 +435,21 @@ func ferry_monitor_attach_iterator(h C.uintptr_t, name *C.char, ih C.uintptr_t) 
 		return e.m.AttachIterator(C.GoString(name), it)
 	})
 }
+
+//export ferry_monitor_attach_feed
+func ferry_monitor_attach_feed(h C.uintptr_t, name *C.char, fh C.uintptr_t) C.ferry_status {
+	return call("ferry_monitor_attach_feed", func() error {
+		e, err := monitors.get(uint64(h))
+		if err != nil {
+			return err
+		}
+		f, err := feeds.get(uint64(fh))
+		if err != nil {
+			return err
+		}
+		if name == nil {
+			return errNull("name")
+		}
+		return e.m.AttachIterator(C.GoString(name), f)
+	})
+}

@@ -52,11 +52,19 @@
 #define ferry_monitor_stream_jsonl ferry_monitor_stream_jsonl_header_decl
 #define ferry_monitor_serve_prometheus ferry_monitor_serve_prometheus_header_decl
 #define ferry_monitor_attach_iterator ferry_monitor_attach_iterator_header_decl
+#define ferry_iterator_stats ferry_iterator_stats_header_decl
+#define ferry_feed_create ferry_feed_create_header_decl
+#define ferry_feed_push ferry_feed_push_header_decl
+#define ferry_feed_add_stall ferry_feed_add_stall_header_decl
+#define ferry_feed_stats ferry_feed_stats_header_decl
+#define ferry_feed_destroy ferry_feed_destroy_header_decl
+#define ferry_monitor_attach_feed ferry_monitor_attach_feed_header_decl
 #define ferry_batch_info ferry_batch_info_header_decl
 #define ferry_batch_indices ferry_batch_indices_header_decl
 #define ferry_batch_field ferry_batch_field_header_decl
 #define ferry_batch_field_by_name ferry_batch_field_by_name_header_decl
 #define ferry_batch_wait ferry_batch_wait_header_decl
+#define ferry_batch_field_name ferry_batch_field_name_header_decl
 #define ferry_tensor_wait ferry_tensor_wait_header_decl
 #define ferry_batch_release ferry_batch_release_header_decl
 #define ferry_engine_set_pressure ferry_engine_set_pressure_header_decl
@@ -128,11 +136,19 @@
 #undef ferry_monitor_stream_jsonl
 #undef ferry_monitor_serve_prometheus
 #undef ferry_monitor_attach_iterator
+#undef ferry_iterator_stats
+#undef ferry_feed_create
+#undef ferry_feed_push
+#undef ferry_feed_add_stall
+#undef ferry_feed_stats
+#undef ferry_feed_destroy
+#undef ferry_monitor_attach_feed
 #undef ferry_batch_info
 #undef ferry_batch_indices
 #undef ferry_batch_field
 #undef ferry_batch_field_by_name
 #undef ferry_batch_wait
+#undef ferry_batch_field_name
 #undef ferry_tensor_wait
 #undef ferry_batch_release
 

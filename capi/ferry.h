@@ -730,6 +730,84 @@ FERRY_API ferry_status ferry_iterator_set_epoch(ferry_iterator iterator, uint64_
  */
 FERRY_API ferry_status ferry_iterator_destroy(ferry_iterator iterator);
 
+/** What a pipeline (an iterator or a feed) delivered so far. */
+typedef struct ferry_pipeline_stats {
+    uint32_t size;     /**< set by the caller: sizeof(ferry_pipeline_stats) */
+    uint32_t reserved;
+    uint64_t batches;  /**< batches handed out */
+    uint64_t samples;  /**< samples in them */
+    uint64_t bytes;    /**< bytes of input data in them: what crossed to the device on a GPU */
+    uint64_t stall_ns; /**< time the consumer waited for data: the input-bound share of a training loop */
+} ferry_pipeline_stats;
+
+/** Writes what the iterator delivered so far. Any thread. */
+FERRY_API ferry_status ferry_iterator_stats(ferry_iterator iterator, ferry_pipeline_stats* stats);
+
+/* ---- feeds: batches the caller already has, staged onto the device ------------------------------------ */
+
+/**
+ * A feed stages batches that the caller already has in host memory (those a Python DataLoader's worker
+ * processes made, say) onto the engine's device: ferry_feed_push copies the tensors into a page-locked
+ * staging slot (several threads for a large batch), issues the host-to-device copy and the layout
+ * transforms on the feed's own stream, and returns a ferry_batch, used as an iterator's. Slots are sized to
+ * the largest batch seen and grow when a batch is larger; when the caller holds every slot, the feed adds
+ * one, within pinned_budget. On the CPU engine the batch stays in host memory.
+ */
+typedef struct ferry_feed_s* ferry_feed;
+
+/** Options for ferry_feed_create(). Fill with ferry_feed_options_init() first. */
+typedef struct ferry_feed_options {
+    uint32_t size;       /**< set by ferry_feed_options_init */
+    int32_t slots;       /**< staging slots to start with (batches queued and held); 0 picks 6 */
+    int32_t workers;     /**< threads that copy a large batch; 0 picks min(cores, 8) */
+    uint32_t timeout_ms; /**< the longest a push waits for a slot's previous copy; 0 picks 300000 (5 min) */
+    const ferry_transform* transforms; /**< by tensor name (the transform's field), copied at create, or NULL;
+                                            Normalize flips and pad_sequences need an iterator and are refused */
+    int32_t num_transforms;
+    int32_t reserved;
+    int64_t pinned_budget; /**< the most memory (page-locked and device) the slots hold; 0: a quarter of RAM;
+                                < 0: no bound on the memory, but never more than `slots` slots */
+} ferry_feed_options;
+
+/** Sets opts->size and the defaults. */
+FERRY_API ferry_status ferry_feed_options_init(ferry_feed_options* opts);
+
+/** Creates a feed on the engine's device. It allocates its staging at the first push. */
+FERRY_API ferry_status ferry_feed_create(ferry_engine engine, const ferry_feed_options* opts, ferry_feed* feed);
+
+/** One tensor of a batch given to ferry_feed_push: dense, row-major host memory. */
+typedef struct ferry_host_tensor {
+    const char* name;                  /**< what a transform is keyed by; not NULL or empty */
+    int32_t dtype;                     /**< ferry_dtype */
+    int32_t ndim;                      /**< 1..FERRY_MAX_DIMS + 1: the batch, then a sample's shape */
+    int64_t shape[FERRY_MAX_DIMS + 1]; /**< the first ndim entries; shape[0] is the same for every tensor */
+    const void* data;                  /**< the tensor's first byte; read during the call only */
+    int64_t bytes;                     /**< the tensor's size: the product of shape times the dtype's size */
+} ferry_host_tensor;
+
+/**
+ * Stages one batch of num_tensors tensors and writes its handle to *batch: the copy out of the caller's
+ * memory is done when the call returns (the memory may be reused then), and on a GPU the device work is
+ * queued on the feed's stream; make the consuming stream wait for it with ferry_batch_wait (the batch's
+ * fields are the tensors, or their transforms' outputs, in order). Memory that faults while read (a file
+ * mapping truncated under the caller) returns FERRY_ERR_IO; more than pinned_budget returns FERRY_ERR_LIMIT
+ * at once. Call from one thread at a time.
+ */
+FERRY_API ferry_status ferry_feed_push(ferry_feed feed, const ferry_host_tensor* tensors, int32_t num_tensors,
+                                       ferry_batch* batch);
+
+/** Adds stall_ns to the time a consumer waited for the feed's batches (its stats, and a monitor's). */
+FERRY_API ferry_status ferry_feed_add_stall(ferry_feed feed, uint64_t stall_ns);
+
+/** Writes what the feed staged so far, and the stall its consumer reported. Any thread. */
+FERRY_API ferry_status ferry_feed_stats(ferry_feed feed, ferry_pipeline_stats* stats);
+
+/**
+ * Waits (bounded by timeout_ms) for copies in flight and frees the staging slots. Batches still held stay
+ * valid, as an iterator's do at its destroy. NULL is a no-op.
+ */
+FERRY_API ferry_status ferry_feed_destroy(ferry_feed feed);
+
 /** Facts about a batch. */
 typedef struct ferry_batch_properties {
     uint32_t size; /**< set by the caller: sizeof(ferry_batch_properties) */
@@ -752,6 +830,12 @@ FERRY_API ferry_status ferry_batch_indices(ferry_batch batch, int64_t* indices, 
  * called. The caller owns *tensor and must call (*tensor)->deleter(*tensor) exactly once, from any thread.
  */
 FERRY_API ferry_status ferry_batch_field(ferry_batch batch, int32_t index, DLManagedTensorVersioned** tensor);
+
+/**
+ * Writes the name of the batch's field `index` (a tensor's name, or its transform's output) to name, NUL
+ * terminated: at most len bytes, FERRY_ERR_LIMIT when it does not fit (the message gives the length needed).
+ */
+FERRY_API ferry_status ferry_batch_field_name(ferry_batch batch, int32_t index, char* name, uint32_t len);
 
 /** As ferry_batch_field, by field name. */
 FERRY_API ferry_status ferry_batch_field_by_name(ferry_batch batch, const char* name,
@@ -1033,6 +1117,9 @@ FERRY_API ferry_status ferry_monitor_serve_prometheus(ferry_monitor monitor, con
  * queue depth, data stall %. The iterator must outlive the monitor or be destroyed first (then dropped).
  */
 FERRY_API ferry_status ferry_monitor_attach_iterator(ferry_monitor monitor, const char* name, ferry_iterator iterator);
+
+/** As ferry_monitor_attach_iterator, for a feed. */
+FERRY_API ferry_status ferry_monitor_attach_feed(ferry_monitor monitor, const char* name, ferry_feed feed);
 
 /** Stops the samplers and the endpoint and destroys the monitor. NULL is a no-op. */
 FERRY_API ferry_status ferry_monitor_destroy(ferry_monitor monitor);

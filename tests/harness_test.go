@@ -444,6 +444,16 @@ var (
 	ferryBatchWait              func(b batchHandle, stream uintptr) int32
 	ferryBatchRelease           func(b batchHandle, stream uintptr) int32
 	ferryTensorWait             func(tensor *dlManagedTensor, stream uintptr) int32
+	ferryIteratorStats          func(it iteratorHandle, stats *pipelineStats) int32
+	ferryBatchFieldName         func(b batchHandle, index int32, name *byte, n uint32) int32
+
+	ferryFeedOptionsInit func(opts *feedOptions) int32
+	ferryFeedCreate      func(e engineHandle, opts *feedOptions, feed *feedHandle) int32
+	ferryFeedPush        func(f feedHandle, tensors *hostTensor, n int32, batch *batchHandle) int32
+	ferryFeedAddStall    func(f feedHandle, ns uint64) int32
+	ferryFeedStats       func(f feedHandle, stats *pipelineStats) int32
+	ferryFeedDestroy     func(f feedHandle) int32
+	ferryMonitorAttachFeed func(m monitorHandle, name *byte, f feedHandle) int32
 
 	ferryPressureOptionsInit  func(opts *pressureOptions) int32
 	ferryEngineSetPressure    func(engine engineHandle, opts *pressureOptions) int32
@@ -530,6 +540,15 @@ var boundFunctions = []struct {
 	{"ferry_batch_field_by_name", &ferryBatchFieldByName},
 	{"ferry_batch_wait", &ferryBatchWait},
 	{"ferry_tensor_wait", &ferryTensorWait},
+	{"ferry_iterator_stats", &ferryIteratorStats},
+	{"ferry_batch_field_name", &ferryBatchFieldName},
+	{"ferry_feed_options_init", &ferryFeedOptionsInit},
+	{"ferry_feed_create", &ferryFeedCreate},
+	{"ferry_feed_push", &ferryFeedPush},
+	{"ferry_feed_add_stall", &ferryFeedAddStall},
+	{"ferry_feed_stats", &ferryFeedStats},
+	{"ferry_feed_destroy", &ferryFeedDestroy},
+	{"ferry_monitor_attach_feed", &ferryMonitorAttachFeed},
 	{"ferry_batch_release", &ferryBatchRelease},
 	{"ferry_pressure_options_init", &ferryPressureOptionsInit},
 	{"ferry_engine_set_pressure", &ferryEngineSetPressure},

@@ -34,7 +34,7 @@ type FeedOptions struct {
 type FeedTensor struct {
 	Name  string // what a transform is keyed by
 	DType DType
-	Shape []int  // [batch, ...]: every tensor of one batch has the same first dimension
+	Shape []int  // [rows, ...]: the batch's size is the first tensor's rows
 	Data  []byte // the tensor's bytes, exactly
 }
 
@@ -179,44 +179,35 @@ func (f *Feed) plan(t *FeedTensor) (feedPlan, error) {
 	return fp, nil
 }
 
-// check validates a batch given to Push and returns its number of rows.
-func checkFeedTensors(tensors []FeedTensor) (int, error) {
+// checkFeedTensors validates a batch given to Push.
+func checkFeedTensors(tensors []FeedTensor) error {
 	if len(tensors) == 0 || len(tensors) > maxFeedTensors {
-		return 0, fmt.Errorf("%w: a batch of %d tensors (1..%d)", engine.ErrInvalidArgument, len(tensors), maxFeedTensors)
+		return fmt.Errorf("%w: a batch of %d tensors (1..%d)", engine.ErrInvalidArgument, len(tensors), maxFeedTensors)
 	}
-	rows := -1
 	for k := range tensors {
 		t := &tensors[k]
 		if t.Name == "" {
-			return 0, fmt.Errorf("%w: tensor %d has no name", engine.ErrInvalidArgument, k)
+			return fmt.Errorf("%w: tensor %d has no name", engine.ErrInvalidArgument, k)
 		}
 		if len(t.Shape) == 0 {
-			return 0, fmt.Errorf("%w: tensor %q has no dimensions; its first is the batch", engine.ErrInvalidArgument, t.Name)
+			return fmt.Errorf("%w: tensor %q has no dimensions; its first is the batch", engine.ErrInvalidArgument, t.Name)
 		}
 		if !t.DType.Valid() {
-			return 0, fmt.Errorf("%w: tensor %q has an unknown dtype %d", engine.ErrInvalidArgument, t.Name, int(t.DType))
+			return fmt.Errorf("%w: tensor %q has an unknown dtype %d", engine.ErrInvalidArgument, t.Name, int(t.DType))
 		}
 		n := t.DType.Size()
 		for _, d := range t.Shape {
 			if d < 0 || (d > 0 && n > (1<<62)/d) {
-				return 0, fmt.Errorf("%w: tensor %q has shape %v", engine.ErrInvalidArgument, t.Name, t.Shape)
+				return fmt.Errorf("%w: tensor %q has shape %v", engine.ErrInvalidArgument, t.Name, t.Shape)
 			}
 			n *= d
 		}
 		if n != len(t.Data) {
-			return 0, fmt.Errorf("%w: tensor %q of %v %v is %d bytes; %d were given", engine.ErrInvalidArgument, t.Name,
+			return fmt.Errorf("%w: tensor %q of %v %v is %d bytes; %d were given", engine.ErrInvalidArgument, t.Name,
 				t.DType, t.Shape, n, len(t.Data))
 		}
-		if rows >= 0 && t.Shape[0] != rows {
-			return 0, fmt.Errorf("%w: tensor %q has %d rows and tensor %q %d; a batch's tensors share their first dimension",
-				engine.ErrInvalidArgument, t.Name, t.Shape[0], tensors[0].Name, rows)
-		}
-		rows = t.Shape[0]
 	}
-	if rows == 0 {
-		return 0, fmt.Errorf("%w: the batch has no rows", engine.ErrInvalidArgument)
-	}
-	return rows, nil
+	return nil
 }
 
 // Push stages one batch and returns it, held by the caller until Release: the copy into staging is done
@@ -230,11 +221,11 @@ func (f *Feed) Push(tensors []FeedTensor) (*Batch, error) {
 	if f.closed.Load() {
 		return nil, fmt.Errorf("%w: feed", engine.ErrClosed)
 	}
-	rows, err := checkFeedTensors(tensors)
-	if err != nil {
+	if err := checkFeedTensors(tensors); err != nil {
 		return nil, err
 	}
 	plans := make([]feedPlan, len(tensors))
+	var err error
 	var outs []Field
 	for k := range tensors {
 		if plans[k], err = f.plan(&tensors[k]); err != nil {
@@ -242,19 +233,21 @@ func (f *Feed) Push(tensors []FeedTensor) (*Batch, error) {
 		}
 		outs = append(outs, plans[k].outs...)
 	}
-	s, err := f.take(tensors, plans, outs, rows)
+	s, err := f.take(tensors, plans, outs)
 	if err != nil {
 		return nil, err
 	}
-	if err := f.stage(s, tensors, plans, outs, rows); err != nil {
+	if err := f.stage(s, tensors, plans, outs); err != nil {
 		f.putBack(s)
 		return nil, err
 	}
+	rows := tensors[0].Shape[0]
 	b := &Batch{Index: f.seq, OnGPU: f.e.GPU(), owner: f, s: s, size: rows, Fields: make([]BatchField, len(outs))}
 	staged := 0
 	g := 0
 	for k, t := range tensors {
 		staged += len(t.Data)
+		rows := t.Shape[0]
 		for range plans[k].outs {
 			o := outs[g]
 			shape := append([]int{rows}, o.Shape...)
@@ -281,7 +274,7 @@ func (f *Feed) Push(tensors []FeedTensor) (*Batch, error) {
 
 // take returns a free slot whose buffers fit the batch: a spare, resized where too small, or a new one,
 // within the budget.
-func (f *Feed) take(tensors []FeedTensor, plans []feedPlan, outs []Field, rows int) (*slot, error) {
+func (f *Feed) take(tensors []FeedTensor, plans []feedPlan, outs []Field) (*slot, error) {
 	r := f.ring
 	r.mu.Lock()
 	var s *slot
@@ -318,7 +311,7 @@ func (f *Feed) take(tensors []FeedTensor, plans []feedPlan, outs []Field, rows i
 			}
 		}
 		for range plans[k].outs {
-			m := rows * outs[g].Bytes()
+			m := t.Shape[0] * outs[g].Bytes()
 			if p.t != nil && f.hostXform {
 				if err := need(&s.hostOut, g, m); err != nil {
 					f.putBack(s)
@@ -393,6 +386,7 @@ func (f *Feed) fitHost(bufs *[]*engine.HostBuffer, i, n int) error {
 		*bufs = append(*bufs, nil)
 	}
 	old := (*bufs)[i]
+	n = max(n, 1)
 	if old != nil && old.Len() >= n {
 		return nil
 	}
@@ -403,7 +397,7 @@ func (f *Feed) fitHost(bufs *[]*engine.HostBuffer, i, n int) error {
 	if err := f.grow(n - have); err != nil {
 		return err
 	}
-	b, err := f.e.HostPool().Alloc(n)
+	b, err := f.e.HostPool().Alloc(max(n, 1))
 	if err != nil {
 		_ = f.grow(have - n)
 		return err
@@ -421,6 +415,7 @@ func (f *Feed) fitDevice(bufs *[]*engine.DeviceBuffer, i, n int) error {
 		*bufs = append(*bufs, nil)
 	}
 	old := (*bufs)[i]
+	n = max(n, 1)
 	if old != nil && old.Len() >= n {
 		return nil
 	}
@@ -431,7 +426,7 @@ func (f *Feed) fitDevice(bufs *[]*engine.DeviceBuffer, i, n int) error {
 	if err := f.grow(n - have); err != nil {
 		return err
 	}
-	b, err := f.e.DevicePool().Alloc(n)
+	b, err := f.e.DevicePool().Alloc(max(n, 1))
 	if err != nil {
 		_ = f.grow(have - n)
 		return err
@@ -444,7 +439,7 @@ func (f *Feed) fitDevice(bufs *[]*engine.DeviceBuffer, i, n int) error {
 }
 
 // stage copies the batch into slot s and issues its device work.
-func (f *Feed) stage(s *slot, tensors []FeedTensor, plans []feedPlan, outs []Field, rows int) error {
+func (f *Feed) stage(s *slot, tensors []FeedTensor, plans []feedPlan, outs []Field) error {
 	if f.e.GPU() && s.copied != 0 {
 		// The slot's previous copy must be done before its staging is overwritten (it usually long is).
 		if err := poll(f.opts.Timeout, func() error { return f.e.Context().EventQuery(s.copied) }, nil,
@@ -456,7 +451,7 @@ func (f *Feed) stage(s *slot, tensors []FeedTensor, plans []feedPlan, outs []Fie
 		return err
 	}
 	if f.hostXform {
-		f.transformOnHost(s, tensors, plans, outs, rows)
+		f.transformOnHost(s, tensors, plans, outs)
 	}
 	if !f.e.GPU() {
 		return nil
@@ -464,7 +459,7 @@ func (f *Feed) stage(s *slot, tensors []FeedTensor, plans []feedPlan, outs []Fie
 	if testHookFeedIssue != nil {
 		testHookFeedIssue(f, s)
 	}
-	return f.issue(s, tensors, plans, outs, rows)
+	return f.issue(s, tensors, plans, outs)
 }
 
 // testHookFeedIssue, when set by a test, runs before each batch's device work (tests poison outputs there).
@@ -541,7 +536,7 @@ func guardedCopy(dst, src []byte) (err error) {
 }
 
 // transformOnHost lays transformed tensors out in the slot's host outputs, sample by sample.
-func (f *Feed) transformOnHost(s *slot, tensors []FeedTensor, plans []feedPlan, outs []Field, rows int) {
+func (f *Feed) transformOnHost(s *slot, tensors []FeedTensor, plans []feedPlan, outs []Field) {
 	g := 0
 	for k := range tensors {
 		p := plans[k].p
@@ -552,7 +547,7 @@ func (f *Feed) transformOnHost(s *slot, tensors []FeedTensor, plans []feedPlan, 
 		in := s.host[k].Bytes()
 		ib := p.in.Bytes()
 		out := make([][]byte, len(plans[k].outs))
-		for r := range rows {
+		for r := range tensors[k].Shape[0] {
 			for j := range out {
 				ob := outs[g+j].Bytes()
 				out[j] = s.hostOut[g+j].Bytes()[r*ob : (r+1)*ob]
@@ -565,7 +560,7 @@ func (f *Feed) transformOnHost(s *slot, tensors []FeedTensor, plans []feedPlan, 
 
 // issue queues the slot's device work on the feed's stream from a locked thread: the wait for the
 // consumer's release of the slot's last batch, the copies, the layout kernels and the slot's event.
-func (f *Feed) issue(s *slot, tensors []FeedTensor, plans []feedPlan, outs []Field, rows int) error {
+func (f *Feed) issue(s *slot, tensors []FeedTensor, plans []feedPlan, outs []Field) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	ctx := f.e.Context()
@@ -581,7 +576,9 @@ func (f *Feed) issue(s *slot, tensors []FeedTensor, plans []feedPlan, outs []Fie
 	g := 0
 	for k, t := range tensors {
 		p := plans[k].p
+		rows := t.Shape[0]
 		switch {
+		case len(t.Data) == 0:
 		case p.t == nil:
 			if err := ctx.MemcpyHtoDAsync(s.dev[g].Ptr(), s.host[k].Pointer(), len(t.Data), f.stream); err != nil {
 				return err
