@@ -447,12 +447,12 @@ var (
 	ferryIteratorStats          func(it iteratorHandle, stats *pipelineStats) int32
 	ferryBatchFieldName         func(b batchHandle, index int32, name *byte, n uint32) int32
 
-	ferryFeedOptionsInit func(opts *feedOptions) int32
-	ferryFeedCreate      func(e engineHandle, opts *feedOptions, feed *feedHandle) int32
-	ferryFeedPush        func(f feedHandle, tensors *hostTensor, n int32, batch *batchHandle) int32
-	ferryFeedAddStall    func(f feedHandle, ns uint64) int32
-	ferryFeedStats       func(f feedHandle, stats *pipelineStats) int32
-	ferryFeedDestroy     func(f feedHandle) int32
+	ferryFeedOptionsInit   func(opts *feedOptions) int32
+	ferryFeedCreate        func(e engineHandle, opts *feedOptions, feed *feedHandle) int32
+	ferryFeedPush          func(f feedHandle, tensors *hostTensor, n int32, batch *batchHandle) int32
+	ferryFeedAddStall      func(f feedHandle, ns uint64) int32
+	ferryFeedStats         func(f feedHandle, stats *pipelineStats) int32
+	ferryFeedDestroy       func(f feedHandle) int32
 	ferryMonitorAttachFeed func(m monitorHandle, name *byte, f feedHandle) int32
 
 	ferryPressureOptionsInit  func(opts *pressureOptions) int32

@@ -34,11 +34,11 @@ type IteratorOptions struct {
 	// Rank and WorldSize shard the data as torch's DistributedSampler does. WorldSize 0 reads RANK and
 	// WORLD_SIZE from the environment when they are set (torchrun sets them), else a single rank.
 	Rank, WorldSize int
-	Workers         int           // gather goroutines; default min(GOMAXPROCS, 16)
+	Workers         int // gather goroutines; default min(GOMAXPROCS, 16)
 	// Prefetch is the number of batches in flight (the ring depth), >= 2; default 4. When the caller
 	// holds the batch of the slot Next needs, the ring grows by a slot instead of waiting (see PinnedBudget).
 	Prefetch int
-	Timeout         time.Duration // the longest one Next waits for data; default 5 min
+	Timeout  time.Duration // the longest one Next waits for data; default 5 min
 	// Transforms lays fields out on the device right after the copy (on the host on the CPU engine), by
 	// source field name: Normalize, ShiftTokens, PadSequences. The batch's fields are their outputs.
 	Transforms map[string]Transform
@@ -94,9 +94,9 @@ type Iterator struct {
 	ragged        Ragged
 	raggedField   int
 
-	mu        sync.Mutex // Next, Restore, Close
-	pos       IteratorState
-	seq     uint64 // the pipeline sequence number Next takes next
+	mu  sync.Mutex // Next, Restore, Close
+	pos IteratorState
+	seq uint64 // the pipeline sequence number Next takes next
 	// waitBegan is when the wait for the next batch began, while NextWithin calls continue it; else zero.
 	waitBegan time.Time
 	run       *pipeline
