@@ -208,6 +208,24 @@ func ferry_batch_field_name(h C.uintptr_t, index C.int32_t, name *C.char, n C.ui
 	})
 }
 
+//export ferry_batch_field_origin
+func ferry_batch_field_origin(h C.uintptr_t, index C.int32_t, origin *C.int32_t) C.ferry_status {
+	return call("ferry_batch_field_origin", func() error {
+		e, err := lookupBatch(h)
+		if err != nil {
+			return err
+		}
+		if origin == nil {
+			return errNull("origin")
+		}
+		if index < 0 || int(index) >= len(e.b.Fields) {
+			return fmt.Errorf("%w: field index %d; the batch has %d fields", engine.ErrInvalidArgument, int32(index), len(e.b.Fields))
+		}
+		*origin = C.int32_t(e.b.Fields[index].From)
+		return nil
+	})
+}
+
 //export ferry_batch_field_by_name
 func ferry_batch_field_by_name(h C.uintptr_t, name *C.char, out **C.DLManagedTensorVersioned) C.ferry_status {
 	return call("ferry_batch_field_by_name", func() error {

@@ -65,6 +65,7 @@
 #define ferry_batch_field_by_name ferry_batch_field_by_name_header_decl
 #define ferry_batch_wait ferry_batch_wait_header_decl
 #define ferry_batch_field_name ferry_batch_field_name_header_decl
+#define ferry_batch_field_origin ferry_batch_field_origin_header_decl
 #define ferry_tensor_wait ferry_tensor_wait_header_decl
 #define ferry_batch_release ferry_batch_release_header_decl
 #define ferry_engine_set_pressure ferry_engine_set_pressure_header_decl
@@ -149,6 +150,7 @@
 #undef ferry_batch_field_by_name
 #undef ferry_batch_wait
 #undef ferry_batch_field_name
+#undef ferry_batch_field_origin
 #undef ferry_tensor_wait
 #undef ferry_batch_release
 

@@ -837,6 +837,12 @@ FERRY_API ferry_status ferry_batch_field(ferry_batch batch, int32_t index, DLMan
  */
 FERRY_API ferry_status ferry_batch_field_name(ferry_batch batch, int32_t index, char* name, uint32_t len);
 
+/**
+ * Writes which input the batch's field `index` comes from: the tensor's position in ferry_feed_push, or the
+ * source field's index for an iterator's batch. A transform with several outputs gives them the same one.
+ */
+FERRY_API ferry_status ferry_batch_field_origin(ferry_batch batch, int32_t index, int32_t* origin);
+
 /** As ferry_batch_field, by field name. */
 FERRY_API ferry_status ferry_batch_field_by_name(ferry_batch batch, const char* name,
                                                  DLManagedTensorVersioned** tensor);

@@ -124,6 +124,12 @@ func TestFeed(t *testing.T) {
 			requireOK(t, func() int32 { return ferryBatchFieldName(b, int32(k), &buf[0], 16) })
 			require.Equal(t, name+"\x00", string(buf[:len(name)+1]))
 		}
+		for k, want := range []int32{0, 1, 1} { // pixels from tensor 0; x and y from tensor 1
+			var o int32 = -1
+			requireOK(t, func() int32 { return ferryBatchFieldOrigin(b, int32(k), &o) })
+			require.Equal(t, want, o)
+		}
+		requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryBatchFieldOrigin(b, 0, nil) }, "NULL")
 		small := make([]byte, 3)
 		requireStatus(t, ferryErrLimit, func() int32 { return ferryBatchFieldName(b, 0, &small[0], 3) }, "needs 7 bytes")
 		requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryBatchFieldName(b, 3, &small[0], 3) }, "index 3")

@@ -446,6 +446,7 @@ var (
 	ferryTensorWait             func(tensor *dlManagedTensor, stream uintptr) int32
 	ferryIteratorStats          func(it iteratorHandle, stats *pipelineStats) int32
 	ferryBatchFieldName         func(b batchHandle, index int32, name *byte, n uint32) int32
+	ferryBatchFieldOrigin       func(b batchHandle, index int32, origin *int32) int32
 
 	ferryFeedOptionsInit   func(opts *feedOptions) int32
 	ferryFeedCreate        func(e engineHandle, opts *feedOptions, feed *feedHandle) int32
@@ -542,6 +543,7 @@ var boundFunctions = []struct {
 	{"ferry_tensor_wait", &ferryTensorWait},
 	{"ferry_iterator_stats", &ferryIteratorStats},
 	{"ferry_batch_field_name", &ferryBatchFieldName},
+	{"ferry_batch_field_origin", &ferryBatchFieldOrigin},
 	{"ferry_feed_options_init", &ferryFeedOptionsInit},
 	{"ferry_feed_create", &ferryFeedCreate},
 	{"ferry_feed_push", &ferryFeedPush},

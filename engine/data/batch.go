@@ -14,6 +14,7 @@ import (
 // BatchField is one field of a batch: Size samples of the source's field, laid out [Size, shape...].
 type BatchField struct {
 	Field
+	From   int              // the source field (an Iterator's) or the pushed tensor (a Feed's) it comes from
 	Shape  []int            // [batch size, per-sample shape...]
 	Bytes  int              // bytes of this field in this batch
 	Host   []byte           // the staging buffer (page-locked on a GPU); on the CPU engine, the batch itself
@@ -188,7 +189,7 @@ func (it *Iterator) next(ctx context.Context, consumer Stream, wait time.Duratio
 		for _, d := range shape {
 			n *= d
 		}
-		bf := BatchField{Field: o, Shape: shape, Bytes: n}
+		bf := BatchField{Field: o, From: it.outSrc[g], Shape: shape, Bytes: n}
 		if h := s.hostOut[g]; h != nil {
 			bf.Host = h.Bytes()[:n]
 		} else if f := it.outSrc[g]; it.plans[f].t == nil && s.host[f] != nil {

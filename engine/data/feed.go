@@ -251,7 +251,7 @@ func (f *Feed) Push(tensors []FeedTensor) (*Batch, error) {
 		for range plans[k].outs {
 			o := outs[g]
 			shape := append([]int{rows}, o.Shape...)
-			bf := BatchField{Field: o, Shape: shape, Bytes: rows * o.Bytes()}
+			bf := BatchField{Field: o, From: k, Shape: shape, Bytes: rows * o.Bytes()}
 			if plans[k].p.t != nil && f.hostXform {
 				bf.Host = s.hostOut[g].Bytes()[:bf.Bytes]
 			} else if plans[k].p.t == nil {

@@ -12,7 +12,7 @@ subclasses, one per library status.
 from . import _errors, _sources
 from ._advisor import AdvisorFit, BatchSizeAdvisor, torch_min_reduce
 from ._autobatch import AutoBatch
-from ._dataloader import Loader, OptimizedDataLoader, PrefetchLoader
+from ._dataloader import DatasetLoader, Loader, OptimizedDataLoader, PrefetchLoader
 from ._device import DeviceInfo, SystemInfo, device_count, device_info, devices, system_info, version
 from ._dlpack import DLPackField
 from ._engine import CPU, Engine, MemorySnapshot, Pressure
@@ -34,6 +34,7 @@ from ._errors import (
     UnsupportedError,
     status_name,
 )
+from ._feed import Feed, FeedLoader
 from ._iterator import Batch, Iterator
 from ._lib import LibraryNotFoundError, library_path
 from ._memory import MemoryManager, OptimizeResult
@@ -84,6 +85,9 @@ __all__ = [
     "Loader",
     "OptimizedDataLoader",
     "PrefetchLoader",
+    "DatasetLoader",
+    "Feed",
+    "FeedLoader",
     # layout transforms
     "Transform",
     "Normalize",

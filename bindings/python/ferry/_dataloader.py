@@ -6,6 +6,7 @@ each batch as a dict of tensors, and the seed's façades :class:`OptimizedDataLo
 from __future__ import annotations
 
 import re
+import sys
 from ctypes import byref
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 from typing import Iterator as TypingIterator
@@ -19,7 +20,7 @@ from ._iterator import _DEFAULTS, Batch, Iterator, IteratorSettings
 from ._sources import ArraySource, Source
 from ._transforms import Transform
 
-__all__ = ["Loader", "OptimizedDataLoader", "PrefetchLoader"]
+__all__ = ["Loader", "OptimizedDataLoader", "DatasetLoader", "PrefetchLoader"]
 
 
 def _parse_device(device: Any) -> int:
@@ -66,6 +67,48 @@ def _numpy_converter(from_dlpack: Any, copy: bool) -> Any:
         return a.copy() if copy else a
 
     return convert
+
+
+def _setup_output(output: Optional[str], device: int, copy: bool) -> Tuple[str, Any, Any]:
+    """The output of a loader on ``device``: its name (None or "auto" picks torch when importable, else numpy
+    on the CPU, else the DLPack fields), the conversion of each :class:`~ferry.DLPackField` (a clone per
+    field with ``copy``), and the function that gives torch's current stream on a GPU (else None)."""
+    on_gpu = device != CPU
+    torch = np = None
+    if output is None or output == "auto":
+        torch = _import("torch")
+        if torch is not None:
+            output = "torch"
+        else:
+            np = None if on_gpu else _import("numpy")
+            output = "numpy" if np is not None else "dlpack"
+    elif output == "torch":
+        torch = _import("torch")
+        if torch is None:
+            raise ImportError("Loader(output='torch') needs torch")
+    elif output == "numpy":
+        if on_gpu:
+            raise _invalid("Loader(output='numpy') works on the CPU only (numpy arrays live in host memory)")
+        np = _import("numpy")
+        if np is None:
+            raise ImportError("Loader(output='numpy') needs numpy")
+    elif output != "dlpack":
+        raise _invalid(f"output {output!r} is not one of {_OUTPUTS}")
+    stream_fn = None
+    if output == "torch":
+        from_dlpack = torch.from_dlpack
+        convert = (lambda f: from_dlpack(f).clone()) if copy else from_dlpack
+        if on_gpu:
+            current_stream = torch.cuda.current_stream
+            dev = torch.device("cuda", device)
+            stream_fn = lambda: current_stream(dev).cuda_stream  # noqa: E731
+    elif output == "numpy":
+        convert = _numpy_converter(np.from_dlpack, copy)
+    else:
+        if copy and on_gpu:
+            raise _invalid("Loader(copy=True) on a GPU needs torch")
+        convert = (lambda f: f.to_memoryview()) if copy else (lambda f: f)
+    return output, convert, stream_fn
 
 
 #: The keys of a state dict (Iterator.state, Loader.state_dict); "epoch" and "batch" are required.
@@ -137,8 +180,8 @@ class Loader:
     (``batches = list(loader)``): when the next batch needs the slot of a batch still held, the ring grows by
     a slot, within ``pinned_budget`` (a quarter of RAM by default); beyond it the fetch raises
     :class:`~ferry.LimitError` at once. Slots given back are reused, so a loop that keeps batches for a while
-    grows the ring once. ``copy=True`` clones each field and gives its slot back at once (a copy per batch). With torch on a GPU, batches are
-    ordered on ``torch.cuda.current_stream(device)`` at the time each batch is fetched.
+    grows the ring once. ``copy=True`` clones each field and gives its slot back at once (a copy per batch).
+    With torch on a GPU, batches are ordered on ``torch.cuda.current_stream(device)`` at the time each batch is fetched.
 
     Resume: :meth:`state_dict` / :meth:`load_state_dict` give and take ``{"epoch", "batch"}``; the next
     loop continues from there, bit for bit. A loop left early (``break``) is continued by the next one
@@ -180,7 +223,8 @@ class Loader:
             else:
                 self.device = dev = _parse_device(device)
             self.copy = bool(copy)
-            self._setup_output(output)
+            self.output, self._convert, self._stream_fn = _setup_output(output, dev,
+                                                                        self.copy)
             if engine is None:
                 engine = self._engine = _loader_engine(dev)
             self._iterator = Iterator(engine, source, batch_size, **settings.as_dict())
@@ -191,45 +235,6 @@ class Loader:
         self.batch_size = self._iterator.batch_size
         # What PrefetchLoader reuses of this loader besides batch_size and copy.
         self._settings = dict(settings.as_dict(), output=self.output)
-
-    def _setup_output(self, output: Optional[str]) -> None:
-        on_gpu = self.device != CPU
-        torch = np = None
-        if output is None or output == "auto":
-            torch = _import("torch")
-            if torch is not None:
-                output = "torch"
-            else:
-                np = None if on_gpu else _import("numpy")
-                output = "numpy" if np is not None else "dlpack"
-        elif output == "torch":
-            torch = _import("torch")
-            if torch is None:
-                raise ImportError("Loader(output='torch') needs torch")
-        elif output == "numpy":
-            if on_gpu:
-                raise _invalid("Loader(output='numpy') works on the CPU only (numpy arrays live in host memory)")
-            np = _import("numpy")
-            if np is None:
-                raise ImportError("Loader(output='numpy') needs numpy")
-        elif output != "dlpack":
-            raise _invalid(f"output {output!r} is not one of {_OUTPUTS}")
-        self.output = output
-        self._stream_fn = None
-        copy = self.copy
-        if output == "torch":
-            from_dlpack = torch.from_dlpack
-            self._convert = (lambda f: from_dlpack(f).clone()) if copy else from_dlpack
-            if on_gpu:
-                current_stream = torch.cuda.current_stream
-                dev = torch.device("cuda", self.device)
-                self._stream_fn = lambda: current_stream(dev).cuda_stream
-        elif output == "numpy":
-            self._convert = _numpy_converter(np.from_dlpack, copy)
-        else:
-            if copy and on_gpu:
-                raise _invalid("Loader(copy=True) on a GPU needs torch")
-            self._convert = (lambda f: f.to_memoryview()) if copy else (lambda f: f)
 
     # --- lifetime -----------------------------------------------------------------------------------------
 
@@ -357,14 +362,30 @@ class Loader:
                 f"output={self.output}>")
 
 
-class OptimizedDataLoader(Loader):
-    """A :class:`Loader` with torch DataLoader's argument names (the seed's façade).
+def _torch_dataset(obj: Any) -> bool:
+    """Whether obj is a torch Dataset (map-style or iterable); torch is not imported to find out."""
+    data = sys.modules.get("torch.utils.data")
+    return data is not None and isinstance(obj, data.Dataset)
 
-    ``dataset_or_arrays`` is a dict of arrays or a ferry source. ``num_workers`` becomes ``workers`` (0:
-    ferry picks), ``prefetch_factor`` becomes ``prefetch`` (at least 2). ``pin_memory`` is accepted and
-    needs nothing: ferry always stages through page-locked memory on a GPU. Other keywords go to
-    :class:`Loader`.
+
+class OptimizedDataLoader(Loader):
+    """The seed's loader name, for what the seed gave it and for ferry's own inputs.
+
+    Given a torch ``Dataset`` (map-style or iterable), it is a :class:`DatasetLoader`: the torch ``DataLoader``
+    with the seed's settings (``num_workers``, ``prefetch_factor=2``, ``persistent_workers=True``; pinning is
+    ferry's job), behind a :class:`~ferry.PrefetchLoader` that stages its batches onto the device;
+    :meth:`DatasetLoader.create_loader` and :meth:`DatasetLoader.get_prefetch_loader` return the two.
+
+    Given a dict of arrays or a ferry source, it is a :class:`Loader` with DataLoader's argument names:
+    ``num_workers`` becomes ``workers`` (0: ferry picks), ``prefetch_factor`` becomes ``prefetch`` (at least
+    2); ``pin_memory`` needs nothing (ferry always stages through page-locked memory on a GPU). Other
+    keywords go to :class:`Loader`.
     """
+
+    def __new__(cls, dataset_or_arrays: Any = None, *args: Any, **kw: Any) -> Any:
+        if cls is OptimizedDataLoader and _torch_dataset(dataset_or_arrays):
+            return DatasetLoader(dataset_or_arrays, *args, **kw)
+        return super().__new__(cls)
 
     def __init__(self, dataset_or_arrays: Union[Source, Mapping[str, Any]], batch_size: int = 32,
                  shuffle: bool = _DEFAULTS.shuffle, num_workers: int = 0, pin_memory: bool = True,
@@ -375,13 +396,98 @@ class OptimizedDataLoader(Loader):
                          workers=num_workers, prefetch=max(2, prefetch), **kw)
 
 
-class PrefetchLoader(Loader):
-    """A :class:`Loader` that delivers to ``device`` (the seed's façade).
+class DatasetLoader:
+    """A torch ``Dataset`` through ferry: the seed's ``OptimizedDataLoader(dataset, batch_size,
+    num_workers=4)``. :meth:`create_loader` builds the torch ``DataLoader`` (once) with ``num_workers``
+    worker processes, ``prefetch_factor`` and ``persistent_workers`` (when there are workers), without
+    ``pin_memory`` (ferry copies each batch into its own page-locked ring); :meth:`get_prefetch_loader`
+    returns the :class:`~ferry.PrefetchLoader` over it, on ``device`` with ``transforms``. Iterating this
+    object iterates that prefetch loader. ``dataloader_kwargs`` (``collate_fn``, ``sampler``,
+    ``worker_init_fn``, ...) go to the DataLoader."""
 
-    ``loader_or_source`` is a ferry source, a dict of arrays, or another :class:`Loader`, whose source and
-    settings are reused (the other loader keeps its own position and stays open). Keywords go to
-    :class:`Loader`.
+    def __init__(self, dataset: Any, batch_size: int = 32, shuffle: bool = False, num_workers: int = 4,
+                 pin_memory: bool = True, prefetch_factor: Optional[int] = 2, drop_last: bool = False,
+                 persistent_workers: bool = True, device: Any = None,
+                 transforms: Optional[Mapping[Any, Transform]] = None, prefetch: int = 2,
+                 pinned_budget: Optional[int] = None, output: Optional[str] = None,
+                 **dataloader_kwargs: Any) -> None:
+        del pin_memory  # ferry's ring is page-locked; a pinned copy in the DataLoader would be a second one
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.device = device
+        self._dl_kwargs: Dict[str, Any] = dict(dataloader_kwargs, batch_size=batch_size, drop_last=drop_last,
+                                               num_workers=num_workers)
+        if "sampler" not in dataloader_kwargs and "batch_sampler" not in dataloader_kwargs:
+            self._dl_kwargs["shuffle"] = shuffle
+        if num_workers > 0:
+            self._dl_kwargs["prefetch_factor"] = prefetch_factor
+            self._dl_kwargs["persistent_workers"] = persistent_workers
+        self._prefetch_kwargs: Dict[str, Any] = dict(transforms=transforms, prefetch=prefetch,
+                                                     pinned_budget=pinned_budget, output=output)
+        self._loader: Any = None
+        self._prefetcher: Any = None
+
+    def create_loader(self) -> Any:
+        """The torch ``DataLoader`` over the dataset (built at the first call)."""
+        if self._loader is None:
+            from torch.utils.data import DataLoader
+
+            self._loader = DataLoader(self.dataset, **self._dl_kwargs)
+        return self._loader
+
+    def get_prefetch_loader(self, device: Any = None) -> Any:
+        """The :class:`~ferry.PrefetchLoader` over :meth:`create_loader`, on ``device`` (None: the one given
+        at construction), built at the first call."""
+        if self._prefetcher is None:
+            from ._feed import FeedLoader
+
+            self._prefetcher = FeedLoader(self.create_loader(), device=device if device is not None else self.device,
+                                          **self._prefetch_kwargs)
+        return self._prefetcher
+
+    def __iter__(self) -> Any:
+        return iter(self.get_prefetch_loader())
+
+    def __len__(self) -> int:
+        return len(self.create_loader())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forwards to the DataLoader's sampler (a DistributedSampler)."""
+        self.get_prefetch_loader().set_epoch(epoch)
+
+    def close(self) -> None:
+        """Closes the prefetch loader; the DataLoader's workers end with it. Idempotent."""
+        p, self._prefetcher = self._prefetcher, None
+        if p is not None:
+            p.close()
+
+    def __enter__(self) -> "DatasetLoader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PrefetchLoader(Loader):
+    """Batches on ``device`` (the seed's façade), for any input.
+
+    Given any iterable of CPU batches — a torch ``DataLoader`` with worker processes, a generator, a list — it
+    is a :class:`~ferry.FeedLoader`: ferry stages each batch (a tensor or array, or a nested tuple, list or
+    dict of them) onto the device on a background thread, ``prefetch`` batches ahead, with ``transforms`` by
+    key or position, and hands it out in the same structure.
+
+    Given a ferry source, a dict of arrays, or another :class:`Loader` (whose source and settings are reused;
+    the other loader keeps its own position and stays open), it is a :class:`Loader` that reads the source
+    itself. Keywords go to :class:`Loader`.
     """
+
+    def __new__(cls, loader_or_source: Any = None, *args: Any, **kw: Any) -> Any:
+        if (cls is PrefetchLoader and not isinstance(loader_or_source, (Loader, Source, Mapping))
+                and hasattr(loader_or_source, "__iter__")):
+            from ._feed import FeedLoader
+
+            return FeedLoader(loader_or_source, *args, **kw)
+        return super().__new__(cls)
 
     def __init__(self, loader_or_source: Union[Loader, Source, Mapping[str, Any]], device: Any = None,
                  **kw: Any) -> None:

@@ -156,6 +156,8 @@ ferry_batch = c_void_p
 ferry_advisor = c_void_p
 # ferry_monitor is an opaque ID too.
 ferry_monitor = c_void_p
+# ferry_feed is an opaque ID too.
+ferry_feed = c_void_p
 
 
 # --- structs, field by field as in ferry.h ------------------------------------------------------------
@@ -322,6 +324,47 @@ class IteratorOptions(Structure):
         ("num_transforms", c_int32),
         ("staging", c_int32),
         ("pinned_budget", c_int64),
+    ]
+
+
+class PipelineStats(Structure):
+    """ctypes mirror of ``ferry_pipeline_stats`` (40 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("reserved", c_uint32),
+        ("batches", c_uint64),
+        ("samples", c_uint64),
+        ("bytes", c_uint64),
+        ("stall_ns", c_uint64),
+    ]
+
+
+class FeedOptions(Structure):
+    """ctypes mirror of ``ferry_feed_options`` (40 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("slots", c_int32),
+        ("workers", c_int32),
+        ("timeout_ms", c_uint32),
+        ("transforms", POINTER(Transform)),
+        ("num_transforms", c_int32),
+        ("reserved", c_int32),
+        ("pinned_budget", c_int64),
+    ]
+
+
+class HostTensor(Structure):
+    """ctypes mirror of ``ferry_host_tensor`` (104 bytes)."""
+
+    _fields_ = [
+        ("name", c_char_p),
+        ("dtype", c_int32),
+        ("ndim", c_int32),
+        ("shape", c_int64 * (FERRY_MAX_DIMS + 1)),
+        ("data", c_void_p),
+        ("bytes", c_int64),
     ]
 
 
@@ -551,6 +594,14 @@ _SIGNATURES = [
     ("ferry_iterator_set_epoch", ferry_status, [ferry_iterator, c_uint64]),
     ("ferry_iterator_restore_elastic", ferry_status, [ferry_iterator, c_uint64, c_int64]),
     ("ferry_iterator_destroy", ferry_status, [ferry_iterator]),
+    ("ferry_iterator_stats", ferry_status, [ferry_iterator, POINTER(PipelineStats)]),
+    # feeds
+    ("ferry_feed_options_init", ferry_status, [POINTER(FeedOptions)]),
+    ("ferry_feed_create", ferry_status, [ferry_engine, POINTER(FeedOptions), POINTER(ferry_feed)]),
+    ("ferry_feed_push", ferry_status, [ferry_feed, POINTER(HostTensor), c_int32, POINTER(ferry_batch)]),
+    ("ferry_feed_add_stall", ferry_status, [ferry_feed, c_uint64]),
+    ("ferry_feed_stats", ferry_status, [ferry_feed, POINTER(PipelineStats)]),
+    ("ferry_feed_destroy", ferry_status, [ferry_feed]),
     ("ferry_iterator_staging", ferry_status, [ferry_iterator, POINTER(c_int32), POINTER(c_char), c_uint32]),
     ("ferry_iterator_num_fields", ferry_status, [ferry_iterator, POINTER(c_int32)]),
     ("ferry_iterator_field", ferry_status, [ferry_iterator, c_int32, POINTER(FieldStruct)]),
@@ -566,6 +617,8 @@ _SIGNATURES = [
     ("ferry_batch_field_by_name", ferry_status,
      [ferry_batch, c_char_p, POINTER(POINTER(DLManagedTensorVersioned))]),
     ("ferry_batch_wait", ferry_status, [ferry_batch, c_void_p]),
+    ("ferry_batch_field_name", ferry_status, [ferry_batch, c_int32, POINTER(c_char), c_uint32]),
+    ("ferry_batch_field_origin", ferry_status, [ferry_batch, c_int32, POINTER(c_int32)]),
     ("ferry_batch_release", ferry_status, [ferry_batch, c_void_p]),
     ("ferry_tensor_wait", ferry_status, [c_void_p, c_void_p]),
     # memory pressure
@@ -600,6 +653,7 @@ _SIGNATURES = [
     ("ferry_monitor_stream_jsonl", ferry_status, [ferry_monitor, c_char_p]),
     ("ferry_monitor_serve_prometheus", ferry_status, [ferry_monitor, c_char_p, POINTER(c_char), c_uint32]),
     ("ferry_monitor_attach_iterator", ferry_status, [ferry_monitor, c_char_p, ferry_iterator]),
+    ("ferry_monitor_attach_feed", ferry_status, [ferry_monitor, c_char_p, ferry_feed]),
     ("ferry_monitor_destroy", ferry_status, [ferry_monitor]),
 ]
 

@@ -178,15 +178,26 @@ class PerformanceMonitor(_Owner):
         self._call(self._lib.ferry_monitor_stop)
 
     def attach(self, name: str, loader_or_iterator: Any) -> None:
-        """Reports an iterator (a :class:`~ferry.Loader`'s, or a :class:`~ferry.Iterator`) under
+        """Reports an iterator (a :class:`~ferry.Loader`'s, or a :class:`~ferry.Iterator`) or a feed (a
+        :class:`~ferry.PrefetchLoader` over an iterable's, or a :class:`~ferry.Feed`) under
         ``pipeline/<name>/...``: batches/s, samples/s, host-to-device bytes/s, queue depth and data stall %,
         sampled every ``system_interval`` while the samplers run. A closed iterator is dropped."""
-        from ._dataloader import Loader
+        from ._dataloader import DatasetLoader, Loader
+        from ._feed import Feed, FeedLoader
         from ._iterator import Iterator
 
-        it = loader_or_iterator.iterator if isinstance(loader_or_iterator, Loader) else loader_or_iterator
+        obj = loader_or_iterator
+        if isinstance(obj, DatasetLoader):
+            obj = obj.get_prefetch_loader()
+        if isinstance(obj, FeedLoader):
+            obj = obj.feed
+        if isinstance(obj, Feed):
+            self._call(self._lib.ferry_monitor_attach_feed, _c_string(name, "pipeline name"), obj._h())
+            return
+        it = obj.iterator if isinstance(obj, Loader) else obj
         if not isinstance(it, Iterator):
-            raise TypeError(f"attach takes a ferry.Loader or ferry.Iterator, not {type(loader_or_iterator).__name__}")
+            raise TypeError("attach takes a ferry.Loader, Iterator or PrefetchLoader, not "
+                            f"{type(loader_or_iterator).__name__}")
         self._call(self._lib.ferry_monitor_attach_iterator, _c_string(name, "pipeline name"), it._h())
 
     # --- logging --------------------------------------------------------------------------------------------
