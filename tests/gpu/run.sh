@@ -5,7 +5,8 @@
 #   FERRY_REQUIRE_GPU=1 build/gpu/run.sh [tests|bench|train|all]
 #
 # Results go to $OUT (default: ./out next to this script): tests.log, bench.log, bench_c.json,
-# bench_python.json, bench_loader.json, bench_autobatch.json, bench_layout.json, info.json, nvidia-smi.txt;
+# bench_python.json, bench_loader.json, bench_autobatch.json, bench_layout.json, bench_pipeline.json, info.json,
+# nvidia-smi.txt;
 # train mode: train.log, train_{ferry,torch}_results.json, train_ferry.html and .json (the monitor's report), train_cpp.log
 # and train_cpp.html. The last lines printed are a summary table.
 #
@@ -100,6 +101,7 @@ if [ "$mode" = bench ] || [ "$mode" = all ]; then
     step "bench: loader vs torch" "$log" python3 "$here/python/benchmarks/bench_loader.py" --json "$out/bench_loader.json"
     step "bench: AutoBatch vs exhaustive search and Lightning" "$log" python3 "$here/python/benchmarks/bench_autobatch.py" --model resnet50 --headroom 0.02 --headroom 0.05 --json "$out/bench_autobatch.json"
     step "bench: layout kernel vs torch" "$log" python3 "$here/python/benchmarks/bench_layout.py" --json "$out/bench_layout.json"
+    step "bench: PyTorch pipelines through ferry" "$log" python3 "$here/python/benchmarks/bench_pipeline.py" --json "$out/bench_pipeline.json"
     for p in engine data monitor; do
         step "bench: Go ($p)" "$log" "$here/tests/$p.test" -test.run '^$' -test.bench . -test.benchtime 2s
     done
