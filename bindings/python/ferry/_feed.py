@@ -14,6 +14,7 @@ import ctypes
 import queue
 import threading
 import time
+import weakref
 from ctypes import byref, c_void_p
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -201,10 +202,12 @@ _END = ("end",)
 
 class _Run:
     """One pass over the iterable: a daemon thread takes batches from its iterator, stages each through the
-    feed and queues it (at most ``prefetch`` ahead); an exception from the iterable is queued in its place."""
+    feed and queues it (at most ``prefetch`` ahead); an exception from the iterable is queued in its place.
+    The thread holds its loader weakly: a loader dropped without close() is collected, and its pass ends."""
 
     def __init__(self, loader: "FeedLoader", iterator: Any, prefetch: int) -> None:
-        self.loader = loader
+        self._loader = weakref.ref(loader)
+        self._lib = loader._lib
         self.iterator = iterator
         self.queue: "queue.Queue[Tuple[Any, ...]]" = queue.Queue(maxsize=prefetch)
         self.stop = threading.Event()
@@ -223,13 +226,16 @@ class _Run:
                 if not self._put(("error", exc)):
                     return
                 continue
+            loader = self._loader()
+            if loader is None:
+                return
             try:
-                item = self.loader._stage(batch)
+                item = loader._stage(batch)
             except BaseException as exc:
                 item = ("error", exc)
-            del batch
+            del batch, loader
             if not self._put(item):
-                _release_item(self.loader, item)
+                self._release(item)
                 return
 
     def _put(self, item: Tuple[Any, ...]) -> bool:
@@ -241,6 +247,11 @@ class _Run:
                 continue
         return False
 
+    def _release(self, item: Tuple[Any, ...]) -> None:
+        """Gives a staged batch that no one will take back (a handle of a destroyed feed is refused, harmlessly)."""
+        if item[0] == "batch" and item[2] is not None:
+            self._lib.ferry_batch_release(item[2], None)
+
     def end(self) -> None:
         """Stops the pass: the thread ends after the batch it is taking, and queued batches are released."""
         self.stop.set()
@@ -249,12 +260,7 @@ class _Run:
                 item = self.queue.get_nowait()
             except queue.Empty:
                 break
-            _release_item(self.loader, item)
-
-
-def _release_item(loader: "FeedLoader", item: Tuple[Any, ...]) -> None:
-    if item[0] == "batch" and loader._feed is not None:
-        loader._lib.ferry_batch_release(item[2], None)
+            self._release(item)
 
 
 class _FeedIterator:

@@ -318,3 +318,15 @@ def test_dlpack_output_and_refusals():
         ferry.PrefetchLoader([], device="cpu", prefetch=0)
     with pytest.raises(ferry.UnsupportedError, match="flip"):
         ferry.PrefetchLoader([], device="cpu", transforms={0: ferry.Normalize(flip=0.5)})
+
+
+def test_a_loader_dropped_without_close_ends_its_pass():
+    rng = _rng()
+    loader = ferry.PrefetchLoader(_endless(rng), device="cpu", output="numpy", prefetch=2)
+    it = iter(loader)
+    next(it)
+    run = loader._run
+    del it, loader
+    gc.collect()
+    run.thread.join(5)
+    assert not run.thread.is_alive(), "the producer of a collected loader stopped"
