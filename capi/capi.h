@@ -84,6 +84,8 @@ ferry_status ferry_capi_fail_forked(const char* fn);
 
 /* A DLPack tensor over ferry memory, holding one reference on batch; its deleter drops the reference
    (through the Go export ferryTensorDeleted) and frees the tensor. NULL when out of memory. */
+/* Calls the deleter of a tensor made by ferry_capi_tensor_new. */
+void ferry_capi_tensor_delete(DLManagedTensorVersioned* tensor);
 /* Writes the batch a tensor made by ferry_capi_tensor_new holds and returns 1; 0 for any other tensor. */
 int ferry_capi_tensor_batch(const DLManagedTensorVersioned* tensor, uint64_t* batch);
 DLManagedTensorVersioned* ferry_capi_tensor_new(uint64_t batch, uint64_t data, int32_t device_type, int32_t device_id,

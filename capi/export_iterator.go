@@ -179,6 +179,54 @@ func ferry_iterator_next_wait(h C.uintptr_t, stream C.uintptr_t, waitMs C.uint32
 	})
 }
 
+//export ferry_iterator_next_tensors
+func ferry_iterator_next_tensors(h C.uintptr_t, stream C.uintptr_t, waitMs C.uint32_t, tensors **C.DLManagedTensorVersioned,
+	capacity C.int32_t, info *C.ferry_batch_properties) C.ferry_status {
+	return call("ferry_iterator_next_tensors", func() error {
+		it, err := iterators.get(uint64(h))
+		if err != nil {
+			return err
+		}
+		if info == nil {
+			return errNull("info")
+		}
+		if err := checkSize("ferry_batch_properties", info.size, C.FERRY_CAPI_V1_BATCH_PROPERTIES); err != nil {
+			return err
+		}
+		info.num_fields = 0
+		if tensors == nil {
+			return errNull("tensors")
+		}
+		n := len(it.Fields())
+		if int(capacity) < n {
+			return fmt.Errorf("%w: capacity %d is less than the batch's %d fields", engine.ErrInvalidArgument, int32(capacity), n)
+		}
+		var bh C.uintptr_t
+		if err := iteratorNext(h, stream, time.Duration(waitMs)*time.Millisecond, &bh); err != nil || bh == 0 {
+			return err
+		}
+		e, err := batches.get(uint64(bh))
+		if err != nil {
+			return err
+		}
+		out := unsafe.Slice(tensors, n)
+		for i := range n {
+			if err := exportField(bh, e, &e.b.Fields[i], &out[i]); err != nil {
+				for _, t := range out[:i] {
+					C.ferry_capi_tensor_delete(t)
+				}
+				_ = ferry_batch_release(bh, 0)
+				return err
+			}
+		}
+		*info = C.ferry_batch_properties{size: info.size, num_fields: C.int32_t(n), epoch: C.uint64_t(e.b.Epoch),
+			index: C.int64_t(e.b.Index), num_samples: C.int64_t(e.b.Size())}
+		// The tensors hold the batch now; the handle's own reference goes.
+		e.dropped.Store(true)
+		return unref(uint64(bh), e)
+	})
+}
+
 // iteratorNext is ferry_iterator_next, waiting at most wait (0: the iterator's timeout) in this call; no
 // batch within wait writes a NULL batch and returns nil.
 func iteratorNext(h C.uintptr_t, stream C.uintptr_t, wait time.Duration, out *C.uintptr_t) error {

@@ -53,6 +53,7 @@
 #define ferry_monitor_serve_prometheus ferry_monitor_serve_prometheus_header_decl
 #define ferry_monitor_attach_iterator ferry_monitor_attach_iterator_header_decl
 #define ferry_iterator_stats ferry_iterator_stats_header_decl
+#define ferry_iterator_next_tensors ferry_iterator_next_tensors_header_decl
 #define ferry_feed_create ferry_feed_create_header_decl
 #define ferry_feed_push ferry_feed_push_header_decl
 #define ferry_feed_add_stall ferry_feed_add_stall_header_decl
@@ -138,6 +139,7 @@
 #undef ferry_monitor_serve_prometheus
 #undef ferry_monitor_attach_iterator
 #undef ferry_iterator_stats
+#undef ferry_iterator_next_tensors
 #undef ferry_feed_create
 #undef ferry_feed_push
 #undef ferry_feed_add_stall

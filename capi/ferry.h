@@ -817,6 +817,18 @@ typedef struct ferry_batch_properties {
     int64_t num_samples; /**< the batch size (the last batch may be short) */
 } ferry_batch_properties;
 
+/**
+ * ferry_iterator_next_wait that hands every field of the batch out at once, for a binding that spends one
+ * call per batch: tensors[k] gets field k as a DLPack tensor (as ferry_batch_field), info the batch's
+ * properties, and no batch handle is kept (the tensors hold the batch; each deleter drops its reference, the
+ * last one on the stream given here). wait_ms 0 waits as ferry_iterator_next; when no batch came within
+ * wait_ms >= 1 it returns FERRY_OK with info->num_fields 0. capacity must be at least the batch's field count
+ * (ferry_iterator_num_fields). Call from one thread at a time.
+ */
+FERRY_API ferry_status ferry_iterator_next_tensors(ferry_iterator iterator, void* consumer_stream, uint32_t wait_ms,
+                                                   DLManagedTensorVersioned** tensors, int32_t capacity,
+                                                   ferry_batch_properties* info);
+
 /** Fills *info. */
 FERRY_API ferry_status ferry_batch_info(ferry_batch batch, ferry_batch_properties* info);
 

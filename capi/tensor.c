@@ -27,6 +27,8 @@ static void tensor_deleter(DLManagedTensorVersioned* self) {
     free(t);
 }
 
+void ferry_capi_tensor_delete(DLManagedTensorVersioned* tensor) { tensor_deleter(tensor); }
+
 int ferry_capi_tensor_batch(const DLManagedTensorVersioned* tensor, uint64_t* batch) {
     if (tensor == NULL || tensor->deleter != tensor_deleter || tensor->manager_ctx != (const void*)tensor) {
         return 0;

@@ -225,3 +225,43 @@ func TestIteratorStats(t *testing.T) {
 	require.Equal(t, uint64(24), st.Samples)
 	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryIteratorStats(it, nil) }, "NULL")
 }
+
+// TestIteratorNextTensors: one call hands out every field of the batch; the tensors hold the batch (a ring
+// that may not grow goes on once they are deleted), the epoch ends with FERRY_END_OF_EPOCH, and bad
+// arguments are refused without taking a batch.
+func TestIteratorNextTensors(t *testing.T) {
+	r := newRand(t)
+	src := newMemorySource(t, r, 64, standardSpecs)
+	e := newCPUEngine(t, 0)
+	o := iterOptions(t, 8)
+	o.Prefetch = 2
+	o.PinnedBudget = -1
+	it := newIterator(t, e, src.h, o)
+	n := len(standardSpecs)
+	tensors := make([]*dlManagedTensor, n)
+	var info batchProperties
+	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryIteratorNextTensors(it, 0, 0, &tensors[0], int32(n), &info) }, "size")
+	info.Size = uint32(unsafe.Sizeof(info))
+	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryIteratorNextTensors(it, 0, 0, &tensors[0], int32(n-1), &info) }, "capacity")
+	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryIteratorNextTensors(it, 0, 0, nil, int32(n), &info) }, "NULL")
+	for epoch := range 2 {
+		for i := int64(0); i < 8; i++ {
+			requireOK(t, func() int32 { return ferryIteratorNextTensors(it, 0, 0, &tensors[0], int32(n), &info) })
+			require.Equal(t, int32(n), info.NumFields)
+			require.Equal(t, i, info.Index, "nothing was skipped by the refused calls")
+			require.Equal(t, uint64(epoch), info.Epoch)
+			idx := make([]int64, 8)
+			for k := range idx {
+				idx[k] = i*8 + int64(k)
+			}
+			for k, tensor := range tensors {
+				size := requireTensor(t, tensor, standardSpecs[k], info.NumSamples, cpuDevice)
+				require.Equal(t, expected(src.ref, k, idx), tensorBytes(tensor, size))
+				deleteTensor(t, tensor) // the last deleter gives the slot back: the fixed ring goes on
+			}
+		}
+		requireStatus(t, ferryEndOfEpoch, func() int32 { return ferryIteratorNextTensors(it, 0, 5, &tensors[0], int32(n), &info) })
+		require.Zero(t, info.NumFields)
+	}
+	requireUsable(t)
+}

@@ -445,6 +445,7 @@ var (
 	ferryBatchRelease           func(b batchHandle, stream uintptr) int32
 	ferryTensorWait             func(tensor *dlManagedTensor, stream uintptr) int32
 	ferryIteratorStats          func(it iteratorHandle, stats *pipelineStats) int32
+	ferryIteratorNextTensors    func(it iteratorHandle, stream uintptr, waitMS uint32, tensors **dlManagedTensor, capacity int32, info *batchProperties) int32
 	ferryBatchFieldName         func(b batchHandle, index int32, name *byte, n uint32) int32
 	ferryBatchFieldOrigin       func(b batchHandle, index int32, origin *int32) int32
 
@@ -542,6 +543,7 @@ var boundFunctions = []struct {
 	{"ferry_batch_wait", &ferryBatchWait},
 	{"ferry_tensor_wait", &ferryTensorWait},
 	{"ferry_iterator_stats", &ferryIteratorStats},
+	{"ferry_iterator_next_tensors", &ferryIteratorNextTensors},
 	{"ferry_batch_field_name", &ferryBatchFieldName},
 	{"ferry_batch_field_origin", &ferryBatchFieldOrigin},
 	{"ferry_feed_options_init", &ferryFeedOptionsInit},

@@ -13,7 +13,7 @@ from typing import Iterator as TypingIterator
 
 from . import _lib
 from ._device import device_count
-from ._dlpack import DLPackField
+from ._dlpack import DLPackField, _Export
 from ._engine import CPU, Engine
 from ._errors import LimitError, _as_epoch, _as_int, _as_int32, _check, _closed, _invalid
 from ._iterator import _DEFAULTS, Batch, Iterator, IteratorSettings
@@ -292,6 +292,16 @@ class Loader:
     def __iter__(self) -> TypingIterator[Dict[str, Any]]:
         it = self._it()
         stream_fn = self._stream_fn
+        if self.output == "torch" and not self.copy:
+            # One library call per batch hands every field out; each goes to torch without a Batch object.
+            names = it.field_names
+            dev = (_lib.kDLCUDA, self.device) if self.device != CPU else (_lib.kDLCPU, 0)
+            while True:
+                stream = stream_fn() if stream_fn is not None else None
+                addrs = it._next_tensors(stream)
+                if addrs is None:
+                    return
+                yield self._take_tensors(names, addrs, stream, dev)
         while True:
             batch = it.next(stream_fn() if stream_fn is not None else None)
             if batch is None:
@@ -299,6 +309,19 @@ class Loader:
             # Yielded straight from the call: a suspended generator (a loop left with break and kept)
             # then holds no reference to the batch's tensors.
             yield self._take(batch)
+
+    def _take_tensors(self, names: Any, addrs: Any, stream: Optional[int], dev: Tuple[int, int]) -> Dict[str, Any]:
+        """Converts the fields of :meth:`Iterator._next_tensors`. When a conversion fails, the tensors not yet
+        converted are deleted at once (not with the exception's frames), so the batch goes back to the ring."""
+        exports = [_Export(a, stream, dev) for a in addrs]
+        convert = self._convert
+        try:
+            return {name: convert(e) for name, e in zip(names, exports)}
+        except BaseException:
+            for e in exports:
+                e.__del__()
+            exports.clear()
+            raise
 
     def _take(self, batch: Batch) -> Dict[str, Any]:
         """Converts every field of the batch, then drops the handle's reference. When a conversion fails,

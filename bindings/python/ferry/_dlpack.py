@@ -235,6 +235,44 @@ class DLPackField:
         return f"<ferry.DLPackField {self.name!r} {self.dtype}{list(self.shape)} on {dev}:{self.device[1]}{state}>"
 
 
+class _Export:
+    """One field of a batch on its way to a consumer's ``from_dlpack`` in a loader's loop: the lean
+    counterpart of :class:`DLPackField` (no shape read, no finalizer object), for the per-batch path. It owns
+    the ferry tensor at ``addr`` until ``__dlpack__`` hands it over; dropped unexported, it deletes it."""
+
+    __slots__ = ("addr", "stream", "device")
+
+    def __init__(self, addr: int, stream: Optional[int], device: Tuple[int, int]) -> None:
+        self.addr = addr
+        self.stream = stream
+        self.device = device
+
+    def __dlpack_device__(self) -> Tuple[int, int]:
+        return self.device
+
+    def __dlpack__(self, stream: Optional[int] = None, max_version: Optional[Tuple[int, int]] = None,
+                   dl_device: Optional[Tuple[int, int]] = None, copy: Optional[bool] = None) -> Any:
+        addr = self.addr
+        if addr == 0:
+            raise BufferError("the batch field was already exported")
+        if (dl_device is not None and tuple(dl_device) != self.device) or copy:
+            raise BufferError("ferry hands out its batch memory on its own device, without a copy")
+        if self.device[0] == _lib.kDLCUDA and stream != -1:
+            consumer = _stream_value(stream)
+            if consumer != _stream_value(self.stream):
+                _check(_lib.lib().ferry_tensor_wait(addr, consumer or None))
+        self.addr = 0
+        if max_version is None or tuple(max_version)[0] < 1:
+            return _legacy_capsule(addr)
+        return _capsule_new(addr, _VERSIONED_NAME, _CAPSULE_DESTRUCTOR_ADDR)
+
+    def __del__(self) -> None:
+        addr = self.addr
+        if addr:
+            self.addr = 0
+            _delete_versioned(addr)
+
+
 def _legacy_capsule(addr: int) -> Any:
     """Wraps the ferry tensor at ``addr`` in a pre-1.0 ``DLManagedTensor`` capsule named ``dltensor``."""
     src = ctypes.cast(addr, _VersionedPtr).contents

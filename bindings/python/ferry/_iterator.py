@@ -285,6 +285,9 @@ class Iterator(_Owner):
         n = c_int64()
         _check(lib.ferry_iterator_len(handle, byref(n)))
         self._len = n.value
+        self._tensor_buf = (c_void_p * max(len(names_out), 1))()
+        self._tensor_info = _lib.BatchProperties()
+        self._tensor_info.size = ctypes.sizeof(self._tensor_info)
 
     def close(self) -> None:
         """Stops prefetching and frees the ring. Idempotent. Raises InvalidArgumentError when called from
@@ -337,14 +340,37 @@ class Iterator(_Owner):
         if status == _lib.FERRY_END_OF_EPOCH:
             return None
         if status:
-            err = _error(status)
-            if isinstance(err, FerryIOError):
-                self._explain(err)
-            elif isinstance(err, LimitError) and _HELD_MARK in err.message:
-                err.message += _HELD_HINT
-                err.strerror = err.message
-            raise err
+            self._raise(status)
         return Batch(self, out, int(stream) if stream else None)
+
+    def _next_tensors(self, stream: Optional[int]) -> Optional[List[int]]:
+        """The next batch's fields as ferry DLPack tensor addresses, in one library call per batch
+        (``ferry_iterator_next_tensors``): the caller owns the tensors, which hold the batch. None at the end
+        of an epoch. Errors as :meth:`next`."""
+        lib, h = self._lib, self._h()
+        consumer = c_void_p(int(stream)) if stream else None
+        buf, info = self._tensor_buf, self._tensor_info
+        ref = byref(info)
+        while True:
+            status = lib.ferry_iterator_next_tensors(h, consumer, _WAIT_SLICE_MS, buf, len(buf), ref)
+            if status or info.num_fields:
+                break
+        if status == _lib.FERRY_END_OF_EPOCH:
+            return None
+        if status:
+            self._raise(status)
+        return buf[:info.num_fields]
+
+    def _raise(self, status: int) -> None:
+        """Raises the error of a failed next, with what Python adds: the sample function's exception, and
+        where held batches hide."""
+        err = _error(status)
+        if isinstance(err, FerryIOError):
+            self._explain(err)
+        elif isinstance(err, LimitError) and _HELD_MARK in err.message:
+            err.message += _HELD_HINT
+            err.strerror = err.message
+        raise err
 
     def _explain(self, err: FerryIOError) -> None:
         m = _SAMPLE_RE.search(err.message)

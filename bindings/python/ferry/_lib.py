@@ -595,6 +595,8 @@ _SIGNATURES = [
     ("ferry_iterator_restore_elastic", ferry_status, [ferry_iterator, c_uint64, c_int64]),
     ("ferry_iterator_destroy", ferry_status, [ferry_iterator]),
     ("ferry_iterator_stats", ferry_status, [ferry_iterator, POINTER(PipelineStats)]),
+    ("ferry_iterator_next_tensors", ferry_status,
+     [ferry_iterator, c_void_p, c_uint32, POINTER(c_void_p), c_int32, POINTER(BatchProperties)]),
     # feeds
     ("ferry_feed_options_init", ferry_status, [POINTER(FeedOptions)]),
     ("ferry_feed_create", ferry_status, [ferry_engine, POINTER(FeedOptions), POINTER(ferry_feed)]),
