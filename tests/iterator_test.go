@@ -336,6 +336,24 @@ func TestIteratorSetEpoch(t *testing.T) {
 	}
 }
 
+// kept is a tensor of field 0 kept past its batch, and the bytes it must hold.
+type kept struct {
+	tensor *dlManagedTensor
+	want   []byte
+	size   int
+}
+
+// keepField checks that b is batch index of its epoch and takes its field 0's tensor, with the reference.
+func keepField(t *testing.T, b batchHandle, src *memSource, index int64) kept {
+	t.Helper()
+	info := batchInfo(t, b)
+	require.Equal(t, index, info.Index)
+	idx := batchIndices(t, b, info.NumSamples)
+	tensor := batchField(t, b, 0)
+	size := requireTensor(t, tensor, standardSpecs[0], info.NumSamples, cpuDevice)
+	return kept{tensor, expected(src.ref, 0, idx), size}
+}
+
 // TestBatchRefcount checks that a tensor keeps its batch: readable after ferry_batch_release, and its ring
 // slot is not refilled until its deleter runs. With no pinned budget to grow by, a ring whose every slot is
 // held refuses the next batch at once (FERRY_ERR_LIMIT), and goes on when a tensor is deleted.
@@ -348,20 +366,10 @@ func TestBatchRefcount(t *testing.T) {
 	o.PinnedBudget = -1
 	it := newIterator(t, e, src.h, o)
 
-	type kept struct {
-		tensor *dlManagedTensor
-		want   []byte
-		size   int
-	}
 	var keep []kept
 	for i := int64(0); i < 2; i++ {
 		b := next(t, it)
-		info := batchInfo(t, b)
-		require.Equal(t, i, info.Index)
-		idx := batchIndices(t, b, info.NumSamples)
-		tensor := batchField(t, b, 0)
-		size := requireTensor(t, tensor, standardSpecs[0], info.NumSamples, cpuDevice)
-		keep = append(keep, kept{tensor, expected(src.ref, 0, idx), size})
+		keep = append(keep, keepField(t, b, src, i))
 		releaseBatch(t, b)
 		// The handle is gone; the tensor is not.
 		p := batchProperties{Size: 32}
@@ -428,20 +436,10 @@ func TestHeldBatchesGrowTheRing(t *testing.T) {
 	o := iterOptions(t, 4)
 	o.Prefetch = 2
 	it := newIterator(t, e, src.h, o)
-	type kept struct {
-		tensor *dlManagedTensor
-		want   []byte
-		size   int
-	}
 	var keep []kept
 	for i := int64(0); i < 16; i++ {
 		b := next(t, it)
-		info := batchInfo(t, b)
-		require.Equal(t, i, info.Index)
-		idx := batchIndices(t, b, info.NumSamples)
-		tensor := batchField(t, b, 0)
-		size := requireTensor(t, tensor, standardSpecs[0], info.NumSamples, cpuDevice)
-		keep = append(keep, kept{tensor, expected(src.ref, 0, idx), size})
+		keep = append(keep, keepField(t, b, src, i))
 		releaseBatch(t, b)
 	}
 	requireEndOfEpoch(t, it)

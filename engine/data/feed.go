@@ -382,57 +382,42 @@ func (f *Feed) grow(delta int) error {
 
 // fitHost makes (*bufs)[i] a host buffer of at least n bytes.
 func (f *Feed) fitHost(bufs *[]*engine.HostBuffer, i, n int) error {
-	for len(*bufs) <= i {
-		*bufs = append(*bufs, nil)
-	}
-	old := (*bufs)[i]
-	n = max(n, 1)
-	if old != nil && old.Len() >= n {
-		return nil
-	}
-	have := 0
-	if old != nil {
-		have = old.Len()
-	}
-	if err := f.grow(n - have); err != nil {
-		return err
-	}
-	b, err := f.e.HostPool().Alloc(max(n, 1))
-	if err != nil {
-		_ = f.grow(have - n)
-		return err
-	}
-	if old != nil {
-		f.e.HostPool().Free(old)
-	}
-	(*bufs)[i] = b
-	return nil
+	return fitBuffer(f, bufs, i, n, f.e.HostPool().Alloc, f.e.HostPool().Free)
 }
 
 // fitDevice makes (*bufs)[i] a device buffer of at least n bytes.
 func (f *Feed) fitDevice(bufs *[]*engine.DeviceBuffer, i, n int) error {
+	return fitBuffer(f, bufs, i, n, f.e.DevicePool().Alloc, f.e.DevicePool().Free)
+}
+
+// fitBuffer makes (*bufs)[i] a buffer of at least n bytes (one, for an empty tensor): kept when large
+// enough, else replaced by a larger one within the feed's budget.
+func fitBuffer[B interface {
+	comparable
+	Len() int
+}](f *Feed, bufs *[]B, i, n int, alloc func(int) (B, error), free func(B)) error {
+	var none B
 	for len(*bufs) <= i {
-		*bufs = append(*bufs, nil)
+		*bufs = append(*bufs, none)
 	}
-	old := (*bufs)[i]
 	n = max(n, 1)
-	if old != nil && old.Len() >= n {
-		return nil
-	}
+	old := (*bufs)[i]
 	have := 0
-	if old != nil {
-		have = old.Len()
+	if old != none {
+		if have = old.Len(); have >= n {
+			return nil
+		}
 	}
 	if err := f.grow(n - have); err != nil {
 		return err
 	}
-	b, err := f.e.DevicePool().Alloc(max(n, 1))
+	b, err := alloc(n)
 	if err != nil {
 		_ = f.grow(have - n)
 		return err
 	}
-	if old != nil {
-		f.e.DevicePool().Free(old)
+	if old != none {
+		free(old)
 	}
 	(*bufs)[i] = b
 	return nil
