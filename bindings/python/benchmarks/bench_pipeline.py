@@ -142,7 +142,7 @@ def bench_imagefolder(args: argparse.Namespace) -> List[Dict[str, Any]]:
 
         def ferry_pipe(dl: Any) -> Any:
             norm = ferry.Normalize(MEAN, STD, input_layout="CHW", dtype="bfloat16")
-            return ferry.PrefetchLoader(dl, device=0, prefetch=2, transforms={0: norm})
+            return ferry.PrefetchLoader(dl, device=0, prefetch=args.ferry_prefetch, transforms={0: norm})
 
         configs = [
             ("(a) seed PrefetchLoader, pin_memory, float workers", float_tf, True, SeedPrefetchLoader),
@@ -170,7 +170,7 @@ def bench_imagefolder(args: argparse.Namespace) -> List[Dict[str, Any]]:
             wall = time.perf_counter() - t0
             cpu = _cpu_seconds(workers) - cpu0
             rows.append({"name": name, "images_per_s": n / wall, "data_stall_percent": 100 * stall / wall,
-                         "cpu_s_per_1000_images": 1000 * cpu / n if workers else None,
+                         "cpu_s_per_1000_images": 1000 * cpu / n if workers else None, "workers_seen": len(workers),
                          "note": f"{args.images} JPEGs of {kb:.0f} KB, {args.workers} workers, batch {args.batch}"})
             print(rows[-1], flush=True)
             close = getattr(pipe, "close", None)
@@ -286,11 +286,14 @@ def bench_tokens(args: argparse.Namespace) -> List[Dict[str, Any]]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=6000)
+    p.add_argument("--images", type=int, default=24000)
     p.add_argument("--workers", type=int, default=16)
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--warmup", type=int, default=4)
-    p.add_argument("--steps", type=int, default=16)
+    # The warm-up outlasts what the DataLoader prefetched (workers x prefetch_factor batches, and all of them
+    # pinned ahead by its pin-memory thread), so that the timed steps see the pipelines' steady state.
+    p.add_argument("--warmup", type=int, default=40)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--ferry-prefetch", type=int, default=4)
     p.add_argument("--token-mb", type=int, default=256)
     p.add_argument("--token-batches", type=int, default=2000)
     p.add_argument("--tmpdir", default=None)
