@@ -19,7 +19,7 @@ from ctypes import byref, c_void_p
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from . import _lib
-from ._dlpack import _field_from_batch
+from ._dlpack import _Export, _field_from_batch, _VersionedPtr
 from ._engine import CPU, Engine
 from ._errors import _as_int, _as_int32, _as_uint32, _check, _closed, _invalid
 from ._handle import _Owner
@@ -398,18 +398,29 @@ class FeedLoader:
         lib = self._lib
         stream = self._stream_fn() if self._stream_fn is not None else None
         consumer = c_void_p(stream) if stream else None
+        lean = self.output == "torch"
+        dev = (_lib.kDLCUDA, self.device) if self.device != CPU else (_lib.kDLCPU, 0)
+        ptr = _VersionedPtr()
+        convert = self._convert
+
+        def field(k: int, name: str) -> Any:
+            if not lean:
+                return convert(_field_from_batch(lib, handle, k, name, stream))
+            _check(lib.ferry_batch_field(handle, k, byref(ptr)))
+            return convert(_Export(ctypes.cast(ptr, c_void_p).value or 0, stream, dev))
+
         try:
             _check(lib.ferry_batch_wait(handle, consumer))
             values: List[Any] = []
             k = 0
             for outs in self._output_names(handle, leaves):
                 if len(outs) == 1:
-                    values.append(self._convert(_field_from_batch(lib, handle, k, outs[0], stream)))
+                    values.append(field(k, outs[0]))
                     k += 1
                     continue
                 got = {}
                 for out in outs:
-                    got[out] = self._convert(_field_from_batch(lib, handle, k, out, stream))
+                    got[out] = field(k, out)
                     k += 1
                 values.append(got)
             return _rebuild(skeleton, values)
