@@ -1807,6 +1807,122 @@ inline epoch_cursor& epoch_cursor::operator++() {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Feeds: batches the caller already has, staged onto the device
+// ---------------------------------------------------------------------------------------------------
+
+/** One tensor of a batch for feed::push: dense, row-major host memory, read during the call only. */
+struct host_tensor {
+    std::string name;                      /**< what a transform is keyed by */
+    ferry_dtype dtype = FERRY_DTYPE_UINT8; /**< the element type */
+    std::vector<int64_t> shape;            /**< [rows, per-row shape...], at most FERRY_MAX_DIMS + 1 entries */
+    const void* data = nullptr;            /**< the first byte */
+    int64_t bytes = 0;                     /**< the product of shape times the element size */
+};
+
+/**
+ * Stages batches the program already has in host memory onto the engine's device (ferry_feed_*): push()
+ * copies the tensors into ferry's page-locked staging, queues the copy and the layout transforms on the
+ * feed's own stream and returns the batch, used as an iterator's (batch::wait orders the consuming stream
+ * on it). Slots grow to the largest batch seen, and in number when the program holds them all, within
+ * pinned_budget. Move-only; push() from one thread at a time.
+ */
+class feed {
+public:
+    /** An empty feed. */
+    feed() noexcept = default;
+
+    /**
+     * Creates a feed on eng's device: transforms by tensor name, `slots` staging slots to start with (0: 6),
+     * pinned_budget the most memory its slots hold (0: a quarter of RAM; negative: no more than `slots`).
+     */
+    explicit feed(const engine& eng, const std::vector<transform>& transforms = {}, int32_t slots = 0,
+                  int64_t pinned_budget = 0) {
+        std::vector<ferry_transform> ct;
+        ct.reserve(transforms.size());
+        for (const transform& t : transforms) {
+            ct.push_back(t.to_c());
+        }
+        ferry_feed_options o;
+        check(ferry_feed_options_init(&o));
+        o.slots = slots;
+        o.pinned_budget = pinned_budget;
+        o.transforms = ct.empty() ? nullptr : ct.data();
+        o.num_transforms = static_cast<int32_t>(ct.size());
+        check(ferry_feed_create(eng.get(), &o, &h_));
+    }
+
+    feed(const feed&) = delete;
+    feed& operator=(const feed&) = delete;
+
+    /** Takes other's feed; other becomes empty. */
+    feed(feed&& other) noexcept : h_(std::exchange(other.h_, nullptr)) {}
+
+    /** Destroys the feed held now, then takes other's; other becomes empty. */
+    feed& operator=(feed&& other) noexcept {
+        if (this != &other) {
+            reset();
+            h_ = std::exchange(other.h_, nullptr);
+        }
+        return *this;
+    }
+
+    /** Destroys the feed, if any (batches still held stay valid). Never throws. */
+    ~feed() noexcept { reset(); }
+
+    /**
+     * Stages one batch and returns it. Throws ferry::error: FERRY_ERR_INVALID_ARGUMENT for a bad tensor,
+     * FERRY_ERR_IO when its memory faults while read, FERRY_ERR_LIMIT beyond the pinned budget.
+     */
+    batch push(const std::vector<host_tensor>& tensors) {
+        std::vector<ferry_host_tensor> ct(tensors.size());
+        for (std::size_t k = 0; k < tensors.size(); k++) {
+            const host_tensor& t = tensors[k];
+            if (t.shape.empty() || t.shape.size() > FERRY_MAX_DIMS + 1) {
+                throw error(FERRY_ERR_INVALID_ARGUMENT, "tensor " + t.name + " has " + std::to_string(t.shape.size()) +
+                                                            " dimensions; it must have 1.." +
+                                                            std::to_string(FERRY_MAX_DIMS + 1));
+            }
+            ferry_host_tensor& c = ct[k];
+            c.name = c_string(t.name, "a tensor name");
+            c.dtype = t.dtype;
+            c.ndim = static_cast<int32_t>(t.shape.size());
+            for (std::size_t d = 0; d < t.shape.size(); d++) {
+                c.shape[d] = t.shape[d];
+            }
+            c.data = t.data;
+            c.bytes = t.bytes;
+        }
+        ferry_batch b = nullptr;
+        check(ferry_feed_push(h_, ct.empty() ? nullptr : ct.data(), static_cast<int32_t>(ct.size()), &b));
+        return batch(b);
+    }
+
+    /** What the feed staged so far (ferry_feed_stats). */
+    ferry_pipeline_stats stats() const {
+        ferry_pipeline_stats st{};
+        st.size = sizeof(st);
+        check(ferry_feed_stats(h_, &st));
+        return st;
+    }
+
+    /** The C handle, still owned by this object. */
+    ferry_feed get() const noexcept { return h_; }
+
+    /** True when a feed is held. */
+    explicit operator bool() const noexcept { return h_ != nullptr; }
+
+    /** Destroys the feed, if any. Never throws. */
+    void reset() noexcept {
+        if (h_ != nullptr) {
+            (void)ferry_feed_destroy(std::exchange(h_, nullptr));
+        }
+    }
+
+private:
+    ferry_feed h_ = nullptr;
+};
+
+// ---------------------------------------------------------------------------------------------------
 // Performance monitor
 // ---------------------------------------------------------------------------------------------------
 

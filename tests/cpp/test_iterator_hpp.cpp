@@ -598,6 +598,46 @@ TEST(Iterator, KeptBatchesGrowTheRing) {
     }
 }
 
+TEST(Feed, PushesBatchesOfChangingShapesAndKeepsThem) {
+    const ferry::engine eng(FERRY_DEVICE_CPU);
+    ferry::feed f(eng, {ferry::transform::shift_tokens("tokens")}, 2);
+    std::mt19937_64 rng(fresh_seed());
+    std::vector<ferry::batch> kept;
+    std::vector<ferry::tensor> kept_x;
+    std::vector<std::vector<uint16_t>> sources;
+    for (int k = 0; k < 8; k++) {
+        const int64_t rows = 1 + static_cast<int64_t>(rng() % 9), n = 2 + static_cast<int64_t>(rng() % 30);
+        std::vector<uint16_t> tok(static_cast<std::size_t>(rows * (n + 1)));
+        for (uint16_t& v : tok) {
+            v = static_cast<uint16_t>(rng());
+        }
+        ferry::host_tensor t{"tokens", FERRY_DTYPE_UINT16, {rows, n + 1}, tok.data(),
+                             static_cast<int64_t>(tok.size() * sizeof(uint16_t))};
+        ferry::batch b = f.push({t});
+        EXPECT_EQ(b.size(), rows);
+        EXPECT_EQ(b.num_fields(), 2); // x and y
+        const ferry::tensor x = b.field(0), y = b.field(1);
+        EXPECT_EQ(x.shape(), (std::vector<int64_t>{rows, n}));
+        for (int64_t r = 0; r < rows; r++) {
+            for (int64_t j = 0; j < n; j++) {
+                ASSERT_EQ(x.data<int64_t>()[r * n + j], tok[static_cast<std::size_t>(r * (n + 1) + j)]);
+                ASSERT_EQ(y.data<int64_t>()[r * n + j], tok[static_cast<std::size_t>(r * (n + 1) + j + 1)]);
+            }
+        }
+        kept_x.push_back(b.field(0));
+        kept.push_back(std::move(b)); // every batch held: the feed adds slots
+        sources.push_back(std::move(tok));
+    }
+    EXPECT_EQ(f.stats().batches, 8u);
+    const ferry::host_tensor bad{"tokens", FERRY_DTYPE_UINT16, {2, 3}, sources[0].data(), 5};
+    EXPECT_EQ(expect_error([&] { (void)f.push({bad}); }).status(), FERRY_ERR_INVALID_ARGUMENT);
+    f.reset(); // the tensors of batches held stay valid
+    kept.clear();
+    for (std::size_t k = 0; k < kept_x.size(); k++) {
+        EXPECT_EQ(kept_x[k].data<int64_t>()[0], sources[k][0]);
+    }
+}
+
 TEST(Iterator, MoveSemantics) {
     const dataset d = random_dataset(64, fresh_seed());
     const ferry::engine eng(FERRY_DEVICE_CPU);
