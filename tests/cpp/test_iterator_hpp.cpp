@@ -611,7 +611,10 @@ TEST(Feed, PushesBatchesOfChangingShapesAndKeepsThem) {
         for (uint16_t& v : tok) {
             v = static_cast<uint16_t>(rng());
         }
-        ferry::host_tensor t{"tokens", FERRY_DTYPE_UINT16, {rows, n + 1}, tok.data(),
+        ferry::host_tensor t{"tokens",
+                             FERRY_DTYPE_UINT16,
+                             {rows, n + 1},
+                             tok.data(),
                              static_cast<int64_t>(tok.size() * sizeof(uint16_t))};
         ferry::batch b = f.push({t});
         EXPECT_EQ(b.size(), rows);
