@@ -345,6 +345,10 @@ class Loader:
         finally:
             batch.release()
 
+    def stats(self) -> Dict[str, float]:
+        """``{"batches", "samples", "bytes", "stall_s"}`` delivered so far; see :meth:`Iterator.stats`."""
+        return self._it().stats()
+
     def set_epoch(self, epoch: int) -> None:
         """Starts epoch ``epoch`` from its first batch; the next loop yields it."""
         self._it().set_epoch(epoch)

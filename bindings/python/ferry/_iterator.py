@@ -380,6 +380,14 @@ class Iterator(_Owner):
             err.strerror = err.message
             err.__cause__ = cause
 
+    def stats(self) -> Dict[str, float]:
+        """``{"batches", "samples", "bytes", "stall_s"}`` delivered so far (``ferry_iterator_stats``): the stall
+        is the time :meth:`next` waited for data."""
+        st = _lib.PipelineStats()
+        st.size = ctypes.sizeof(st)
+        _check(self._lib.ferry_iterator_stats(self._h(), byref(st)))
+        return {"batches": st.batches, "samples": st.samples, "bytes": st.bytes, "stall_s": st.stall_ns / 1e9}
+
     def state(self) -> Dict[str, int]:
         """The position of the next batch: ``{"epoch": e, "batch": b, "offset": o, "consumed": c,
         "world_size": w}``. ``b`` may equal ``len(self)`` (the epoch's end comes next); ``offset`` is

@@ -563,3 +563,15 @@ def test_iterator_low_level():
             assert last.index == 5 and last.num_samples == 1
             last.release()
     src.close()
+
+
+def test_stats_count_what_the_loader_delivered():
+    rng, _ = fresh_rng()
+    arrays, _ = _dataset(rng, 50, 4)
+    with _loader(arrays, 8) as loader:
+        assert loader.stats()["batches"] == 0
+        assert sum(1 for _ in loader) == 7
+        st = loader.stats()
+        assert st["batches"] == 7 and st["samples"] == 50 and st["bytes"] > 0 and st["stall_s"] >= 0
+    with pytest.raises(ferry.ClosedError):
+        loader.stats()
