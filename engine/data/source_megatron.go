@@ -69,13 +69,13 @@ func NewMegatronSource(prefix string, cfg MegatronConfig) (*MegatronSource, erro
 	s := &MegatronSource{prefix: prefix, cfg: cfg}
 	idx, err := mapFile(prefix + ".idx")
 	if err != nil {
-		return nil, fmt.Errorf("Megatron source: %w", err)
+		return nil, fmt.Errorf("megatron source: %w", err)
 	}
 	s.idx = idx
 	bin, err := mapFile(prefix + ".bin")
 	if err != nil {
 		_ = idx.unmap()
-		return nil, fmt.Errorf("Megatron source: %w", err)
+		return nil, fmt.Errorf("megatron source: %w", err)
 	}
 	s.bin = bin
 	if err := s.parse(); err != nil {
@@ -87,7 +87,7 @@ func NewMegatronSource(prefix string, cfg MegatronConfig) (*MegatronSource, erro
 	if err := field.Validate(); err != nil {
 		_ = idx.unmap()
 		_ = bin.unmap()
-		return nil, fmt.Errorf("Megatron source %s: %w", prefix, err)
+		return nil, fmt.Errorf("megatron source %s: %w", prefix, err)
 	}
 	s.fields = []Field{field}
 	return s, nil
@@ -205,9 +205,13 @@ func (s *MegatronSource) SequenceLen(i int) int {
 }
 
 // seqLen and pointer read the index without the guard: the caller holds it, or the index is still open.
-func (s *MegatronSource) seqLen(i int) int { return int(int32(binary.LittleEndian.Uint32(s.lengths[4*i:]))) }
+func (s *MegatronSource) seqLen(i int) int {
+	return int(int32(binary.LittleEndian.Uint32(s.lengths[4*i:])))
+}
 
-func (s *MegatronSource) pointer(i int) int64 { return int64(binary.LittleEndian.Uint64(s.pointers[8*i:])) }
+func (s *MegatronSource) pointer(i int) int64 {
+	return int64(binary.LittleEndian.Uint64(s.pointers[8*i:]))
+}
 
 // RaggedField is 0, the only field.
 func (s *MegatronSource) RaggedField() int { return 0 }

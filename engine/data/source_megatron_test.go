@@ -3,6 +3,7 @@ package data
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"math/rand/v2"
 	"path/filepath"
@@ -118,7 +119,7 @@ func TestMegatronSourceThroughAnIterator(t *testing.T) {
 	seen := 0
 	for {
 		b, err := it.Next(context.Background(), 0)
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		require.NoError(t, err)
