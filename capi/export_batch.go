@@ -78,6 +78,22 @@ func ferryTensorDeleted(h C.uint64_t) {
 	_ = unref(uint64(h), e)
 }
 
+// checkBatchProperties checks a caller's ferry_batch_properties.
+func checkBatchProperties(info *C.ferry_batch_properties) error {
+	if info == nil {
+		return errNull("info")
+	}
+	return checkSize("ferry_batch_properties", info.size, C.FERRY_CAPI_V1_BATCH_PROPERTIES)
+}
+
+// writeBatchProperties fills a checked ferry_batch_properties with b's.
+func writeBatchProperties(info *C.ferry_batch_properties, b *data.Batch) {
+	*info = C.ferry_batch_properties{
+		size: info.size, num_fields: C.int32_t(len(b.Fields)), epoch: C.uint64_t(b.Epoch),
+		index: C.int64_t(b.Index), num_samples: C.int64_t(b.Size()),
+	}
+}
+
 //export ferry_batch_info
 func ferry_batch_info(h C.uintptr_t, info *C.ferry_batch_properties) C.ferry_status {
 	return call("ferry_batch_info", func() error {
@@ -85,16 +101,10 @@ func ferry_batch_info(h C.uintptr_t, info *C.ferry_batch_properties) C.ferry_sta
 		if err != nil {
 			return err
 		}
-		if info == nil {
-			return errNull("info")
-		}
-		if err := checkSize("ferry_batch_properties", info.size, C.FERRY_CAPI_V1_BATCH_PROPERTIES); err != nil {
+		if err := checkBatchProperties(info); err != nil {
 			return err
 		}
-		*info = C.ferry_batch_properties{
-			size: info.size, num_fields: C.int32_t(len(e.b.Fields)), epoch: C.uint64_t(e.b.Epoch),
-			index: C.int64_t(e.b.Index), num_samples: C.int64_t(e.b.Size()),
-		}
+		writeBatchProperties(info, e.b)
 		return nil
 	})
 }

@@ -187,10 +187,7 @@ func ferry_iterator_next_tensors(h C.uintptr_t, stream C.uintptr_t, waitMs C.uin
 		if err != nil {
 			return err
 		}
-		if info == nil {
-			return errNull("info")
-		}
-		if err := checkSize("ferry_batch_properties", info.size, C.FERRY_CAPI_V1_BATCH_PROPERTIES); err != nil {
+		if err := checkBatchProperties(info); err != nil {
 			return err
 		}
 		info.num_fields = 0
@@ -219,8 +216,7 @@ func ferry_iterator_next_tensors(h C.uintptr_t, stream C.uintptr_t, waitMs C.uin
 				return err
 			}
 		}
-		*info = C.ferry_batch_properties{size: info.size, num_fields: C.int32_t(n), epoch: C.uint64_t(e.b.Epoch),
-			index: C.int64_t(e.b.Index), num_samples: C.int64_t(e.b.Size())}
+		writeBatchProperties(info, e.b)
 		// The tensors hold the batch now; the handle's own reference goes.
 		e.dropped.Store(true)
 		return unref(uint64(bh), e)
