@@ -176,6 +176,14 @@ func exportField(h C.uintptr_t, e *batchEntry, f *data.BatchField, out **C.DLMan
 	return nil
 }
 
+// fieldAt is the batch's field index, or an ErrInvalidArgument error naming the range.
+func fieldAt(e *batchEntry, index C.int32_t) (*data.BatchField, error) {
+	if index < 0 || int(index) >= len(e.b.Fields) {
+		return nil, fmt.Errorf("%w: field index %d; the batch has %d fields", engine.ErrInvalidArgument, int32(index), len(e.b.Fields))
+	}
+	return &e.b.Fields[index], nil
+}
+
 //export ferry_batch_field
 func ferry_batch_field(h C.uintptr_t, index C.int32_t, out **C.DLManagedTensorVersioned) C.ferry_status {
 	return call("ferry_batch_field", func() error {
@@ -187,10 +195,11 @@ func ferry_batch_field(h C.uintptr_t, index C.int32_t, out **C.DLManagedTensorVe
 			return errNull("tensor")
 		}
 		*out = nil
-		if index < 0 || int(index) >= len(e.b.Fields) {
-			return fmt.Errorf("%w: field index %d; the batch has %d fields", engine.ErrInvalidArgument, int32(index), len(e.b.Fields))
+		f, err := fieldAt(e, index)
+		if err != nil {
+			return err
 		}
-		return exportField(h, e, &e.b.Fields[index], out)
+		return exportField(h, e, f, out)
 	})
 }
 
@@ -204,10 +213,11 @@ func ferry_batch_field_name(h C.uintptr_t, index C.int32_t, name *C.char, n C.ui
 		if name == nil {
 			return errNull("name")
 		}
-		if index < 0 || int(index) >= len(e.b.Fields) {
-			return fmt.Errorf("%w: field index %d; the batch has %d fields", engine.ErrInvalidArgument, int32(index), len(e.b.Fields))
+		f, err := fieldAt(e, index)
+		if err != nil {
+			return err
 		}
-		s := e.b.Fields[index].Name
+		s := f.Name
 		if len(s)+1 > int(n) {
 			return fmt.Errorf("%w: field %d's name needs %d bytes with its NUL; the buffer has %d", engine.ErrLimit, int32(index), len(s)+1, uint32(n))
 		}
@@ -228,10 +238,11 @@ func ferry_batch_field_origin(h C.uintptr_t, index C.int32_t, origin *C.int32_t)
 		if origin == nil {
 			return errNull("origin")
 		}
-		if index < 0 || int(index) >= len(e.b.Fields) {
-			return fmt.Errorf("%w: field index %d; the batch has %d fields", engine.ErrInvalidArgument, int32(index), len(e.b.Fields))
+		f, err := fieldAt(e, index)
+		if err != nil {
+			return err
 		}
-		*origin = C.int32_t(e.b.Fields[index].From)
+		*origin = C.int32_t(f.From)
 		return nil
 	})
 }

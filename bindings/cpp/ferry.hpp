@@ -1384,6 +1384,21 @@ private:
     std::string field_, x_, y_, mask_, lengths_;
 };
 
+namespace detail {
+/** The C structs of ts, for a create call; they point into ts, which must outlive the call. */
+inline std::vector<ferry_transform> c_transforms(const std::vector<transform>& ts) {
+    if (ts.size() > static_cast<std::size_t>(std::numeric_limits<int32_t>::max())) {
+        throw error(FERRY_ERR_INVALID_ARGUMENT, "too many transforms");
+    }
+    std::vector<ferry_transform> ct;
+    ct.reserve(ts.size());
+    for (const transform& t : ts) {
+        ct.push_back(t.to_c());
+    }
+    return ct;
+}
+} // namespace detail
+
 /** How an iterator stages samples (ferry_iterator_staging): the strategy and why it was picked. */
 struct staging_info {
     ferry_staging strategy = FERRY_STAGING_GATHER; /**< never FERRY_STAGING_AUTO */
@@ -1639,15 +1654,7 @@ public:
      * iterator. Throws ferry::error, e.g. FERRY_ERR_INVALID_ARGUMENT for bad options.
      */
     iterator(const engine& eng, const source& src, const iterator_options& opts) {
-        const std::vector<transform>& ts = opts.transforms();
-        if (ts.size() > static_cast<std::size_t>(std::numeric_limits<int32_t>::max())) {
-            throw error(FERRY_ERR_INVALID_ARGUMENT, "too many transforms");
-        }
-        std::vector<ferry_transform> ct;
-        ct.reserve(ts.size());
-        for (const transform& t : ts) {
-            ct.push_back(t.to_c());
-        }
+        const std::vector<ferry_transform> ct = detail::c_transforms(opts.transforms());
         ferry_iterator_options o = opts.c();
         o.transforms = ct.empty() ? nullptr : ct.data();
         o.num_transforms = static_cast<int32_t>(ct.size());
@@ -1837,11 +1844,7 @@ public:
      */
     explicit feed(const engine& eng, const std::vector<transform>& transforms = {}, int32_t slots = 0,
                   int64_t pinned_budget = 0) {
-        std::vector<ferry_transform> ct;
-        ct.reserve(transforms.size());
-        for (const transform& t : transforms) {
-            ct.push_back(t.to_c());
-        }
+        const std::vector<ferry_transform> ct = detail::c_transforms(transforms);
         ferry_feed_options o;
         check(ferry_feed_options_init(&o));
         o.slots = slots;

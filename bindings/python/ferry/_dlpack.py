@@ -176,20 +176,7 @@ class DLPackField:
         if copy:
             raise BufferError(f"batch field {self.name!r}: copy=True is not supported; ferry hands out its "
                               "batch memory without a copy (copy the consumer's tensor instead)")
-        if self.device[0] == _lib.kDLCUDA and stream != -1:
-            consumer = _stream_value(stream)
-            if consumer != _stream_value(self._stream):
-                try:
-                    _check(_lib.lib().ferry_tensor_wait(self._addr, consumer or None))
-                except Exception as exc:
-                    raise BufferError(f"batch field {self.name!r}: cannot make stream {stream} wait for the "
-                                      f"batch's copy: {exc}") from exc
-        legacy = max_version is None or tuple(max_version)[0] < 1
-        addr = self._addr
-        if legacy:
-            capsule = _legacy_capsule(addr)
-        else:
-            capsule = _capsule_new(addr, _VERSIONED_NAME, _CAPSULE_DESTRUCTOR_ADDR)
+        capsule = _hand_over(self._addr, self.device, self._stream, stream, max_version, f"batch field {self.name!r}")
         # The capsule owns the tensor now.
         self._addr = 0
         self._finalizer.detach()
@@ -257,20 +244,32 @@ class _Export:
             raise BufferError("the batch field was already exported")
         if (dl_device is not None and tuple(dl_device) != self.device) or copy:
             raise BufferError("ferry hands out its batch memory on its own device, without a copy")
-        if self.device[0] == _lib.kDLCUDA and stream != -1:
-            consumer = _stream_value(stream)
-            if consumer != _stream_value(self.stream):
-                _check(_lib.lib().ferry_tensor_wait(addr, consumer or None))
+        capsule = _hand_over(addr, self.device, self.stream, stream, max_version, "batch field")
         self.addr = 0
-        if max_version is None or tuple(max_version)[0] < 1:
-            return _legacy_capsule(addr)
-        return _capsule_new(addr, _VERSIONED_NAME, _CAPSULE_DESTRUCTOR_ADDR)
+        return capsule
 
     def __del__(self) -> None:
         addr = self.addr
         if addr:
             self.addr = 0
             _delete_versioned(addr)
+
+
+def _hand_over(addr: int, device: Tuple[int, int], fetched: Optional[int], stream: Optional[int],
+               max_version: Optional[Tuple[int, int]], what: str) -> Any:
+    """The capsule of the ferry tensor at ``addr`` for a consumer on ``stream``: on a GPU, a stream other than
+    the one the batch was fetched for is first made to wait for the batch's copy (``ferry_tensor_wait``: the
+    tensor keeps its batch); a consumer below DLPack 1.0 gets the legacy ``dltensor`` capsule."""
+    if device[0] == _lib.kDLCUDA and stream != -1:
+        consumer = _stream_value(stream)
+        if consumer != _stream_value(fetched):
+            try:
+                _check(_lib.lib().ferry_tensor_wait(addr, consumer or None))
+            except Exception as exc:
+                raise BufferError(f"{what}: cannot make stream {stream} wait for the batch's copy: {exc}") from exc
+    if max_version is None or tuple(max_version)[0] < 1:
+        return _legacy_capsule(addr)
+    return _capsule_new(addr, _VERSIONED_NAME, _CAPSULE_DESTRUCTOR_ADDR)
 
 
 def _legacy_capsule(addr: int) -> Any:
