@@ -269,3 +269,9 @@ func (s *MegatronSource) Close() error {
 func (s *MegatronSource) String() string {
 	return fmt.Sprintf("megatron(%s, %v, %d sequences, %d document boundaries, max %d)", s.prefix, s.dtype, s.nseq, s.ndoc, s.cfg.MaxLen)
 }
+
+// seqLen32 is sequence i's length as the index stores it, for the index builders; the caller holds the
+// guard or the source is open.
+func (s *MegatronSource) seqLen32(i int) int32 {
+	return int32(binary.LittleEndian.Uint32(s.lengths[4*i:]))
+}

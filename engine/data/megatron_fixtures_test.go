@@ -1,0 +1,168 @@
+package data
+
+import (
+	"compress/gzip"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// megatronFixture is one configuration built by megatron-core (testdata/megatron/generate.py).
+type megatronFixture struct {
+	Generator   string    `json:"generator"`
+	Prefixes    []string  `json:"prefixes"`
+	Weights     []float64 `json:"weights"`
+	SeqLen      int       `json:"seq_len"`
+	Seed        uint32    `json:"seed"`
+	Split       string    `json:"split"`
+	Which       int       `json:"which"`
+	Size        *int      `json:"size"`
+	EOD         int64     `json:"eod"`
+	EODMaskLoss bool      `json:"eod_mask_loss"`
+	ResetPos    bool      `json:"reset_position_ids"`
+	Len         int       `json:"len"`
+	Datasets    []struct {
+		NumSamples *int    `json:"num_samples"`
+		Len        int     `json:"len"`
+		Documents  []int64 `json:"document_index"`
+		Samples    []int64 `json:"sample_index"`
+		Shuffle    []int64 `json:"shuffle_index"`
+	} `json:"datasets"`
+	Blend *struct {
+		Dataset []int64 `json:"dataset_index"`
+		Sample  []int64 `json:"dataset_sample_index"`
+	} `json:"blend"`
+	Samples struct {
+		Positions   []int       `json:"positions"`
+		Tokens      [][]int64   `json:"tokens"`
+		Labels      [][]int64   `json:"labels"`
+		LossMask    [][]float64 `json:"loss_mask"`
+		PositionIDs [][]int64   `json:"position_ids"`
+	} `json:"samples"`
+}
+
+func megatronFixtures(t *testing.T) map[string]*megatronFixture {
+	t.Helper()
+	paths, err := filepath.Glob(filepath.Join("testdata", "megatron", "*.json.gz"))
+	require.NoError(t, err)
+	require.NotEmpty(t, paths)
+	out := map[string]*megatronFixture{}
+	for _, p := range paths {
+		f, err := os.Open(p)
+		require.NoError(t, err)
+		zr, err := gzip.NewReader(f)
+		require.NoError(t, err)
+		var fx megatronFixture
+		require.NoError(t, json.NewDecoder(zr).Decode(&fx))
+		require.NoError(t, f.Close())
+		out[strings.TrimSuffix(filepath.Base(p), ".json.gz")] = &fx
+	}
+	return out
+}
+
+func megatronFixturePrefix(name string) string { return filepath.Join("testdata", "megatron", name) }
+
+func asInt64[T int32 | int64 | int16](s []T) []int64 {
+	out := make([]int64, len(s))
+	for i, v := range s {
+		out[i] = int64(v)
+	}
+	return out
+}
+
+// TestMegatronIndexMatchesMegatronCore rebuilds, for every fixture, each GPTDataset's document, sample and
+// shuffle index and the blend's dataset and dataset-sample index, and requires them equal to
+// megatron-core's, element by element.
+func TestMegatronIndexMatchesMegatronCore(t *testing.T) {
+	for name, fx := range megatronFixtures(t) {
+		t.Run(name, func(t *testing.T) {
+			require.Len(t, fx.Datasets, len(fx.Prefixes))
+			var build []int
+			if fx.Weights != nil {
+				target, b, err := megatronBlendSizes(fx.Weights, *fx.Size)
+				require.NoError(t, err)
+				build = b
+				sum := 0
+				for _, v := range target {
+					sum += v
+				}
+				require.Equal(t, fx.Len, sum, "blend size")
+			}
+			for d, prefix := range fx.Prefixes {
+				src, err := NewMegatronSource(megatronFixturePrefix(prefix), MegatronConfig{MaxLen: 1})
+				require.NoError(t, err)
+				t.Cleanup(func() { _ = src.Close() })
+				beg, end, ok, err := megatronSplitRange(fx.Split, MegatronSplit(fx.Which), src.Len())
+				require.NoError(t, err)
+				require.True(t, ok)
+				n := 0
+				switch {
+				case build != nil:
+					n = build[d]
+				case fx.Size != nil:
+					n = *fx.Size
+				}
+				want := fx.Datasets[d]
+				if want.NumSamples != nil {
+					require.Equal(t, *want.NumSamples, n, "dataset %d's number of samples", d)
+				}
+				idx, err := buildMegatronGPTIndex(src.seqLen32, beg, end, megatronGPTParams{
+					seqLen: fx.SeqLen, seed: fx.Seed, which: MegatronSplit(fx.Which), numSamples: n,
+				})
+				require.NoError(t, err)
+				require.Equal(t, want.Len, idx.Len(), "dataset %d's length", d)
+				switch name {
+				case "epochs_separate_last":
+					require.True(t, idx.epochs > 1 && idx.separate, "%d epochs, separate %v", idx.epochs, idx.separate)
+				case "epochs_joint_last":
+					require.True(t, idx.epochs > 1 && !idx.separate, "%d epochs, separate %v", idx.epochs, idx.separate)
+				}
+				require.Equal(t, want.Documents, asInt64(idx.docs), "dataset %d's document index", d)
+				require.Equal(t, want.Samples, idx.samples, "dataset %d's sample index", d)
+				require.Equal(t, want.Shuffle, idx.shuffle, "dataset %d's shuffle index", d)
+			}
+			if fx.Blend != nil {
+				w, err := megatronNormalize(fx.Weights)
+				require.NoError(t, err)
+				ds, ss := megatronBlendIndex(w, fx.Len)
+				require.Equal(t, fx.Blend.Dataset, asInt64(ds), "blend dataset index")
+				require.Equal(t, fx.Blend.Sample, ss, "blend dataset-sample index")
+			}
+		})
+	}
+}
+
+// TestNumpyRandomState pins the generator to numpy: RandomState(seed).shuffle(arange(n)) and the draw
+// after it, as numpy printed them.
+func TestNumpyRandomState(t *testing.T) {
+	for _, c := range []struct {
+		seed  uint32
+		n     int
+		first []int32
+		dot   int64 // sum of i*a[i] mod 2^61-1
+		after uint32
+	}{
+		{0, 10, []int32{2, 8, 4, 9, 1, 6, 7, 3}, 185, 1879422756},
+		{1234, 37, []int32{8, 36, 14, 1, 4, 29, 20, 17}, 13034, 1360800782},
+		{4294967295, 1000, []int32{94, 405, 819, 632, 217, 169, 449, 275}, 249935792, 442012709},
+		{42, 70000, []int32{46730, 48393, 41416, 34506, 43725, 11615, 24656, 22411}, 85612547933264, 163248839},
+	} {
+		r := newNumpyRandomState(c.seed)
+		a := make([]int32, c.n)
+		for i := range a {
+			a[i] = int32(i)
+		}
+		npShuffle(r, a)
+		require.Equal(t, c.first, a[:8], "seed %d", c.seed)
+		var dot int64
+		for i, v := range a {
+			dot = (dot + int64(i)*int64(v)) % (1<<61 - 1)
+		}
+		require.Equal(t, c.dot, dot, "seed %d", c.seed)
+		require.Equal(t, c.after, r.uint32()&0x7fffffff, "seed %d: randint(2**31) after the shuffle", c.seed)
+	}
+}

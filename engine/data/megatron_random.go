@@ -1,0 +1,86 @@
+package data
+
+// numpyRandomState reproduces the draws of numpy.random.RandomState(seed) that Megatron's index builders
+// use: the MT19937 generator seeded by init_genrand (numpy's legacy seeding of an integer seed), and the
+// legacy shuffle of a 1-D array, a Fisher-Yates walk from the end whose bounded draws are masked rejection
+// samples (numpy's random_interval). Matching it bit for bit is what makes order="megatron" reproduce
+// megatron-core's document and shuffle indices.
+type numpyRandomState struct {
+	mt  [624]uint32
+	pos int
+}
+
+func newNumpyRandomState(seed uint32) *numpyRandomState {
+	r := &numpyRandomState{pos: 624}
+	r.mt[0] = seed
+	for i := 1; i < 624; i++ {
+		prev := r.mt[i-1]
+		r.mt[i] = 1812433253*(prev^(prev>>30)) + uint32(i)
+	}
+	return r
+}
+
+// generate refills the 624 words of state (the reference implementation's genrand step).
+func (r *numpyRandomState) generate() {
+	const upper, lower, matrixA = 0x80000000, 0x7fffffff, 0x9908b0df
+	mag := func(y uint32) uint32 { return (y & 1) * matrixA }
+	k := 0
+	for ; k < 624-397; k++ {
+		y := (r.mt[k] & upper) | (r.mt[k+1] & lower)
+		r.mt[k] = r.mt[k+397] ^ (y >> 1) ^ mag(y)
+	}
+	for ; k < 623; k++ {
+		y := (r.mt[k] & upper) | (r.mt[k+1] & lower)
+		r.mt[k] = r.mt[k+397-624] ^ (y >> 1) ^ mag(y)
+	}
+	y := (r.mt[623] & upper) | (r.mt[0] & lower)
+	r.mt[623] = r.mt[396] ^ (y >> 1) ^ mag(y)
+	r.pos = 0
+}
+
+func (r *numpyRandomState) uint32() uint32 {
+	if r.pos == 624 {
+		r.generate()
+	}
+	y := r.mt[r.pos]
+	r.pos++
+	y ^= y >> 11
+	y ^= (y << 7) & 0x9d2c5680
+	y ^= (y << 15) & 0xefc60000
+	return y ^ (y >> 18)
+}
+
+// interval is numpy's random_interval(max): a value in [0, max], drawn by masking a 32-bit (or, above
+// 2^32-1, a 64-bit: high word first) output to the smallest all-ones mask >= max and rejecting values
+// above max.
+func (r *numpyRandomState) interval(max uint64) uint64 {
+	if max == 0 {
+		return 0
+	}
+	mask := max
+	for s := uint(1); s <= 32; s <<= 1 {
+		mask |= mask >> s
+	}
+	if max <= 0xffffffff {
+		for {
+			if v := uint64(r.uint32()) & mask; v <= max {
+				return v
+			}
+		}
+	}
+	for {
+		hi := uint64(r.uint32())
+		if v := (hi<<32 | uint64(r.uint32())) & mask; v <= max {
+			return v
+		}
+	}
+}
+
+// npShuffle permutes s in place as RandomState.shuffle permutes a 1-D array: for i from len(s)-1 down to
+// 1, swap s[i] and s[interval(i)].
+func npShuffle[T any](r *numpyRandomState, s []T) {
+	for i := len(s) - 1; i >= 1; i-- {
+		j := r.interval(uint64(i))
+		s[i], s[j] = s[j], s[i]
+	}
+}
