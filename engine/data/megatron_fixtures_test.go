@@ -166,3 +166,50 @@ func TestNumpyRandomState(t *testing.T) {
 		require.Equal(t, c.after, r.uint32()&0x7fffffff, "seed %d: randint(2**31) after the shuffle", c.seed)
 	}
 }
+
+// readWindow reads sample i of src's one field as int64 tokens.
+func readWindow(t *testing.T, src Source, i int) []int64 {
+	t.Helper()
+	f := src.Fields()[0]
+	buf := make([]byte, f.Bytes())
+	require.NoError(t, src.ReadSample(i, [][]byte{buf}))
+	out := make([]int64, f.Elems())
+	for k := range out {
+		out[k] = readTokenOf(buf, f.DType, k)
+	}
+	return out
+}
+
+// TestGPTSourceMegatronMatchesMegatronCore reads the windows of every one-corpus fixture through a
+// Megatron-order GPTSource and requires megatron-core's tokens and labels; a second open maps the cache
+// and gives the same windows.
+func TestGPTSourceMegatronMatchesMegatronCore(t *testing.T) {
+	for name, fx := range megatronFixtures(t) {
+		if fx.Weights != nil {
+			continue
+		}
+		t.Run(name, func(t *testing.T) {
+			cache := t.TempDir()
+			n := 0
+			if fx.Size != nil {
+				n = *fx.Size
+			}
+			cfg := GPTConfig{SeqLen: fx.SeqLen, Order: GPTOrderMegatron, Seed: fx.Seed, Split: fx.Split,
+				Which: MegatronSplit(fx.Which), NumSamples: n, CacheDir: cache}
+			for _, cached := range []bool{false, true} {
+				src, err := NewGPTSource([]string{megatronFixturePrefix(fx.Prefixes[0])}, cfg)
+				require.NoError(t, err)
+				info := src.IndexInfo()
+				require.Equal(t, cached, info.Cached, "%+v", info)
+				require.Empty(t, info.CacheError)
+				require.Equal(t, fx.Len, src.Len())
+				for k, p := range fx.Samples.Positions {
+					w := readWindow(t, src, p)
+					require.Equal(t, fx.Samples.Tokens[k], w[:fx.SeqLen], "tokens of sample %d", p)
+					require.Equal(t, fx.Samples.Labels[k], w[1:], "labels of sample %d", p)
+				}
+				require.NoError(t, src.Close())
+			}
+		})
+	}
+}

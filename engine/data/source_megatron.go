@@ -3,6 +3,7 @@ package data
 import (
 	"encoding/binary"
 	"fmt"
+	"sort"
 
 	"github.com/ferry-ml/ferry/engine"
 )
@@ -32,21 +33,43 @@ type MegatronConfig struct {
 // sequence count), after a header with the magic, the version (1), the token type's code and both counts; a
 // multimodal index adds a mode (int8) per sequence. Sample i is sequence i; its one field has the token
 // type and shape [MaxLen], and the source implements Ragged (PadSequences lays a batch out to its longest).
-// Both files stay memory-mapped; every field of the index is checked at open, so that no read goes out of
-// bounds later.
+// Several prefixes make one corpus (NewMegatronCorpus): their sequences follow one another in the order
+// given. Every file stays memory-mapped; every field of every index is checked at open, so that no read
+// goes out of bounds later.
 type MegatronSource struct {
+	cfg    MegatronConfig
+	dtype  DType
+	files  []*megatronFile
+	nseq   int
+	ndoc   int
+	fields []Field
+	guard  closeGuard
+}
+
+// megatronFile is one prefix of a corpus: its two mappings and the index's arrays, sliced out of the
+// .idx mapping.
+type megatronFile struct {
 	prefix   string
-	cfg      MegatronConfig
-	dtype    DType
 	idx, bin *mappedFile
+	first    int // the corpus's index of its first sequence
 	nseq     int
 	ndoc     int
-	lengths  []byte // int32 per sequence, in the index's mapping
+	lengths  []byte // int32 per sequence
 	pointers []byte // int64 per sequence
 	docs     []byte // int64 per document boundary
 	modes    []byte // int8 per sequence, or nil
-	fields   []Field
-	guard    closeGuard
+	tokens   int64  // the sum of the lengths
+	// packed is true when the sequences lie back to back in index order from the .bin's first byte, as
+	// Megatron's builder writes them: token t of the file's stream is then at byte t*size.
+	packed bool
+}
+
+func (f *megatronFile) unmap() error {
+	err := f.bin.unmap()
+	if ierr := f.idx.unmap(); err == nil {
+		err = ierr
+	}
+	return err
 }
 
 var (
@@ -60,41 +83,73 @@ var (
 // negative length, boundaries that decrease or leave the sequence range) is an ErrFormat error naming the
 // file and the field.
 func NewMegatronSource(prefix string, cfg MegatronConfig) (*MegatronSource, error) {
+	return NewMegatronCorpus([]string{prefix}, cfg)
+}
+
+// NewMegatronCorpus opens several prefixes as one corpus, each checked as NewMegatronSource checks it. All
+// must hold the same token type.
+func NewMegatronCorpus(prefixes []string, cfg MegatronConfig) (*MegatronSource, error) {
+	if len(prefixes) == 0 {
+		return nil, fmt.Errorf("%w: Megatron source: no prefix given", engine.ErrInvalidArgument)
+	}
 	if cfg.MaxLen <= 0 {
-		return nil, fmt.Errorf("%w: Megatron source %s: maximum length %d must be positive", engine.ErrInvalidArgument, prefix, cfg.MaxLen)
+		return nil, fmt.Errorf("%w: Megatron source %s: maximum length %d must be positive", engine.ErrInvalidArgument, prefixes[0], cfg.MaxLen)
 	}
 	if cfg.FieldName == "" {
 		cfg.FieldName = "tokens"
 	}
-	s := &MegatronSource{prefix: prefix, cfg: cfg}
-	idx, err := mapFile(prefix + ".idx")
-	if err != nil {
-		return nil, fmt.Errorf("megatron source: %w", err)
-	}
-	s.idx = idx
-	bin, err := mapFile(prefix + ".bin")
-	if err != nil {
-		_ = idx.unmap()
-		return nil, fmt.Errorf("megatron source: %w", err)
-	}
-	s.bin = bin
-	if err := s.parse(); err != nil {
-		_ = idx.unmap()
-		_ = bin.unmap()
+	s := &MegatronSource{cfg: cfg}
+	fail := func(err error) (*MegatronSource, error) {
+		for _, f := range s.files {
+			_ = f.unmap()
+		}
 		return nil, err
+	}
+	for _, prefix := range prefixes {
+		f, err := openMegatronFile(prefix)
+		if err != nil {
+			return fail(err)
+		}
+		f.first = s.nseq
+		s.files = append(s.files, f)
+		if len(s.files) == 1 {
+			s.dtype = megatronDTypes[f.idx.data[17]]
+		} else if dt := megatronDTypes[f.idx.data[17]]; dt != s.dtype {
+			return fail(fmt.Errorf("%w: Megatron index %s holds %v tokens, but %s holds %v; one corpus has one token type",
+				engine.ErrFormat, f.idx.path, dt, s.files[0].idx.path, s.dtype))
+		}
+		s.nseq += f.nseq
+		s.ndoc += f.ndoc
 	}
 	field := Field{Name: cfg.FieldName, DType: s.dtype, Shape: []int{cfg.MaxLen}}
 	if err := field.Validate(); err != nil {
-		_ = idx.unmap()
-		_ = bin.unmap()
-		return nil, fmt.Errorf("megatron source %s: %w", prefix, err)
+		return fail(fmt.Errorf("megatron source %s: %w", prefixes[0], err))
 	}
 	s.fields = []Field{field}
 	return s, nil
 }
 
+// openMegatronFile maps one prefix and checks its index.
+func openMegatronFile(prefix string) (*megatronFile, error) {
+	idx, err := mapFile(prefix + ".idx")
+	if err != nil {
+		return nil, fmt.Errorf("megatron source: %w", err)
+	}
+	bin, err := mapFile(prefix + ".bin")
+	if err != nil {
+		_ = idx.unmap()
+		return nil, fmt.Errorf("megatron source: %w", err)
+	}
+	f := &megatronFile{prefix: prefix, idx: idx, bin: bin}
+	if err := f.parse(); err != nil {
+		_ = f.unmap()
+		return nil, err
+	}
+	return f, nil
+}
+
 // parse checks the index against the .bin and slices its arrays out of the mapping.
-func (s *MegatronSource) parse() error {
+func (s *megatronFile) parse() error {
 	data, path := s.idx.data, s.idx.path
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: Megatron index %s: %s", engine.ErrFormat, path, fmt.Sprintf(format, args...))
@@ -112,7 +167,6 @@ func (s *MegatronSource) parse() error {
 	if !ok {
 		return bad("dtype code %d is unknown (1 uint8, 2 int8, 3 int16, 4 int32, 5 int64, 6 float64, 7 float32, 8 uint16)", data[17])
 	}
-	s.dtype = dt
 	nseq, ndoc := binary.LittleEndian.Uint64(data[18:]), binary.LittleEndian.Uint64(data[26:])
 	rest := uint64(len(data) - megatronHeader)
 	if nseq > rest/12 || ndoc > (rest-12*nseq)/8 {
@@ -132,6 +186,8 @@ func (s *MegatronSource) parse() error {
 		return bad("%d bytes after the document boundaries; only a mode per sequence (%d bytes) may follow", len(body), nseq)
 	}
 	size, binLen := uint64(dt.Size()), uint64(len(s.bin.data))
+	s.packed = true
+	next := uint64(0)
 	for i := range s.nseq {
 		n := int32(binary.LittleEndian.Uint32(s.lengths[4*i:]))
 		p := int64(binary.LittleEndian.Uint64(s.pointers[8*i:]))
@@ -144,6 +200,9 @@ func (s *MegatronSource) parse() error {
 			return bad("sequence %d (pointer %d, %d tokens of %d bytes) runs past the end of %s (%d bytes)",
 				i, p, n, size, s.bin.path, binLen)
 		}
+		s.packed = s.packed && uint64(p) == next
+		next = uint64(p) + uint64(n)*size
+		s.tokens += int64(n)
 	}
 	prev := int64(0)
 	for d := range s.ndoc {
@@ -162,6 +221,13 @@ func (s *MegatronSource) parse() error {
 	return nil
 }
 
+// locate is the file that holds sequence i of the corpus and i's index within it.
+func (s *MegatronSource) locate(i int) (*megatronFile, int) {
+	k := sort.Search(len(s.files), func(k int) bool { return s.files[k].first > i }) - 1
+	f := s.files[k]
+	return f, i - f.first
+}
+
 // Len is the number of sequences.
 func (s *MegatronSource) Len() int { return s.nseq }
 
@@ -171,28 +237,40 @@ func (s *MegatronSource) Fields() []Field { return s.fields }
 // DType is the token type the index declares.
 func (s *MegatronSource) DType() DType { return s.dtype }
 
-// Documents is the number of document boundaries the index holds (one more than its documents when it
-// starts at 0, as Megatron's builder writes it).
+// Documents is the number of document boundaries the indexes hold (one more than a file's documents when
+// it starts at 0, as Megatron's builder writes it), over all files.
 func (s *MegatronSource) Documents() int { return s.ndoc }
 
-// DocumentBoundary is boundary d (0 <= d < Documents()): the first sequence of document d, and the end of
-// document d-1; -1 when d is out of range or the source is closed.
+// DocumentBoundary is boundary d (0 <= d < Documents()) as a sequence of the corpus: the first sequence
+// of a document, and the end of the one before. The boundaries of each file follow those of the file
+// before, shifted by its first sequence, so a file's end and the next file's start appear both. It is -1
+// when d is out of range or the source is closed.
 func (s *MegatronSource) DocumentBoundary(d int) int {
 	if d < 0 || d >= s.ndoc || !s.guard.enter() {
 		return -1
 	}
 	defer s.guard.exit()
-	return int(int64(binary.LittleEndian.Uint64(s.docs[8*d:])))
+	for _, f := range s.files {
+		if d < f.ndoc {
+			return f.first + int(int64(binary.LittleEndian.Uint64(f.docs[8*d:])))
+		}
+		d -= f.ndoc
+	}
+	return -1
 }
 
-// Mode is sequence i's mode in a multimodal index, and whether the index has modes (false too when i is
+// Mode is sequence i's mode in a multimodal index, and whether its index has modes (false too when i is
 // out of range or the source is closed).
 func (s *MegatronSource) Mode(i int) (int8, bool) {
-	if s.modes == nil || i < 0 || i >= s.nseq || !s.guard.enter() {
+	if i < 0 || i >= s.nseq || !s.guard.enter() {
 		return 0, false
 	}
 	defer s.guard.exit()
-	return int8(s.modes[i]), true
+	f, j := s.locate(i)
+	if f.modes == nil {
+		return 0, false
+	}
+	return int8(f.modes[j]), true
 }
 
 // SequenceLen is sequence i's full length in tokens; -1 when i is out of range or the source is closed.
@@ -201,16 +279,26 @@ func (s *MegatronSource) SequenceLen(i int) int {
 		return -1
 	}
 	defer s.guard.exit()
-	return s.seqLen(i)
+	return int(s.seqLen32(i))
 }
 
-// seqLen and pointer read the index without the guard: the caller holds it, or the index is still open.
-func (s *MegatronSource) seqLen(i int) int {
-	return int(int32(binary.LittleEndian.Uint32(s.lengths[4*i:])))
+// seqLen32 is sequence i's length as the index stores it; the caller holds the guard or the source is
+// open.
+func (s *MegatronSource) seqLen32(i int) int32 {
+	f, j := s.locate(i)
+	return int32(binary.LittleEndian.Uint32(f.lengths[4*j:]))
 }
 
-func (s *MegatronSource) pointer(i int) int64 {
-	return int64(binary.LittleEndian.Uint64(s.pointers[8*i:]))
+// tokensOf is the bytes of sequence i's tokens [off, off+n) in its .bin mapping (clipped to the sequence);
+// the caller holds the guard.
+func (s *MegatronSource) tokensOf(i int, off, n int64) []byte {
+	f, j := s.locate(i)
+	size := int64(s.dtype.Size())
+	l := int64(int32(binary.LittleEndian.Uint32(f.lengths[4*j:])))
+	off = min(max(off, 0), l)
+	n = min(max(n, 0), l-off)
+	p := int64(binary.LittleEndian.Uint64(f.pointers[8*j:])) + off*size
+	return f.bin.data[p : p+n*size]
 }
 
 // RaggedField is 0, the only field.
@@ -230,48 +318,49 @@ func (s *MegatronSource) SampleLen(i int) int {
 // for concurrent use. A file truncated while mapped gives an ErrIO error rather than a crash.
 func (s *MegatronSource) ReadSample(i int, dst [][]byte) error {
 	return s.guard.read(s, s.nseq, s.fields, i, dst, func() {
-		start := s.pointer(i)
-		n := copy(dst[0], s.bin.data[start:start+int64(min(s.seqLen(i), s.cfg.MaxLen)*s.dtype.Size())])
+		n := copy(dst[0], s.tokensOf(i, 0, int64(s.cfg.MaxLen)))
 		clear(dst[0][n:])
 	})
 }
 
-// Region is the .bin's mapping. It is nil when f is not 0 or the source is closed.
+// Region is the .bin's mapping of a one-file corpus. It is nil when f is not 0, the corpus has several
+// files (their sequences are not in one region; the iterator then gathers them on the host) or the source
+// is closed.
 func (s *MegatronSource) Region(f int) []byte {
-	if f != 0 || !s.guard.enter() {
+	if f != 0 || len(s.files) != 1 || !s.guard.enter() {
 		return nil
 	}
 	defer s.guard.exit()
-	return s.bin.data
+	return s.files[0].bin.data
 }
 
-// Offset is the byte offset in Region(0) where sequence i starts; -1 when f is not 0, i is out of range
-// or the source is closed.
+// Offset is the byte offset in Region(0) where sequence i starts; -1 when f is not 0, i is out of range,
+// the corpus has several files or the source is closed.
 func (s *MegatronSource) Offset(f, i int) int64 {
-	if f != 0 || i < 0 || i >= s.nseq || !s.guard.enter() {
+	if f != 0 || i < 0 || i >= s.nseq || len(s.files) != 1 || !s.guard.enter() {
 		return -1
 	}
 	defer s.guard.exit()
-	return s.pointer(i)
+	return int64(binary.LittleEndian.Uint64(s.files[0].pointers[8*i:]))
 }
 
-// Close unmaps both files once reads in flight have finished.
+// Close unmaps every file once reads in flight have finished.
 func (s *MegatronSource) Close() error {
 	return s.guard.close(s, func() error {
-		err := s.bin.unmap()
-		if ierr := s.idx.unmap(); err == nil {
-			err = ierr
+		var err error
+		for _, f := range s.files {
+			if ferr := f.unmap(); err == nil {
+				err = ferr
+			}
 		}
 		return err
 	})
 }
 
 func (s *MegatronSource) String() string {
-	return fmt.Sprintf("megatron(%s, %v, %d sequences, %d document boundaries, max %d)", s.prefix, s.dtype, s.nseq, s.ndoc, s.cfg.MaxLen)
-}
-
-// seqLen32 is sequence i's length as the index stores it, for the index builders; the caller holds the
-// guard or the source is open.
-func (s *MegatronSource) seqLen32(i int) int32 {
-	return int32(binary.LittleEndian.Uint32(s.lengths[4*i:]))
+	name := s.files[0].prefix
+	if len(s.files) > 1 {
+		name = fmt.Sprintf("%s and %d more", name, len(s.files)-1)
+	}
+	return fmt.Sprintf("megatron(%s, %v, %d sequences, %d document boundaries, max %d)", name, s.dtype, s.nseq, s.ndoc, s.cfg.MaxLen)
 }

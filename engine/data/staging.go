@@ -153,7 +153,7 @@ func (it *Iterator) chooseStaging() {
 	for f := range it.fields {
 		regions[f] = backed.Region(f)
 		if len(regions[f]) == 0 {
-			why(fmt.Sprintf("field %q has an empty region", it.fields[f].Name))
+			why(fmt.Sprintf("field %q does not lie in one region of the source's memory", it.fields[f].Name))
 			return
 		}
 		dup := false

@@ -77,6 +77,15 @@ func flipSample(prob float64, seed, epoch uint64, idx int) bool {
 	return float64(h>>11)/(1<<53) < prob
 }
 
+// readTokenOf reads token j of a little-endian sequence of token type dt: uint16, uint32 or int32 (sign
+// extended).
+func readTokenOf(src []byte, dt DType, j int) int64 {
+	if dt == Int32 {
+		return int64(int32(binary.LittleEndian.Uint32(src[4*j:])))
+	}
+	return readToken(src, dt.Size(), j)
+}
+
 // readToken reads token j of a little-endian uint16 or uint32 sequence.
 func readToken(src []byte, size, j int) int64 {
 	if size == 2 {
