@@ -38,9 +38,13 @@ typedef struct ferry_image_params {
 } ferry_image_params;
 
 /*
- * ferry_tokens_{u16,u32}: windows of seq+1 tokens to int64 inputs x = window[0:seq] and targets
- * y = window[1:seq+1]. With y == 0, the window is seq tokens and only x is written (widening).
+ * ferry_tokens_{u16,u32,i32}: windows of seq+1 tokens to int64 inputs x = window[0:seq] and targets
+ * y = window[1:seq+1]. With y == 0, the window is seq tokens and only x is written (widening). With mask,
+ * a float32 loss mask: 0 where flags has FERRY_TOKENS_MASK_EOD and x is eod, 1 elsewhere. With pos and
+ * without FERRY_TOKENS_RESET_POSITIONS, position ids 0..seq-1 (ferry_positions writes the reset ones).
  */
+#define FERRY_TOKENS_MASK_EOD 1u
+#define FERRY_TOKENS_RESET_POSITIONS 2u
 typedef struct ferry_tokens_params {
     uint64_t src;     /* sample b starts at src + offsets[b], or at src + b*stride*token_size */
     uint64_t offsets; /* uint64_t[batch] byte offsets, or 0 */
@@ -48,8 +52,23 @@ typedef struct ferry_tokens_params {
     uint64_t y;       /* int64_t[batch, seq], or 0 */
     uint32_t batch, seq;
     uint32_t stride;  /* tokens between samples when offsets is 0 */
-    uint32_t reserved;
+    uint32_t flags;   /* FERRY_TOKENS_* */
+    uint64_t mask;    /* float[batch, seq], or 0 */
+    uint64_t pos;     /* int64_t[batch, seq], or 0 */
+    int64_t eod;      /* the end-of-document token */
 } ferry_tokens_params;
+
+/*
+ * ferry_positions: position ids that restart after each end-of-document input token (Megatron's
+ * reset_position_ids): pos[b, j] = j - (i + 1) for the last i < j with x[b, i] == eod, else j. One block
+ * per sample (looping when the grid is smaller than the batch); x is the int64 inputs on the device.
+ */
+typedef struct ferry_positions_params {
+    uint64_t x;   /* int64_t[batch, seq] */
+    uint64_t pos; /* int64_t[batch, seq] */
+    int64_t eod;
+    uint32_t batch, seq;
+} ferry_positions_params;
 
 /* ferry_gather: copies batch samples of bytes each from src + offsets[b] to dst + b*bytes. */
 typedef struct ferry_gather_params {

@@ -138,7 +138,8 @@ func parseMegatronCache(data, key []byte, s *MegatronSource, beg, end, seqLen in
 	}
 	off = align8(off + int(h.KeyLen))
 	need := uint64(align8(int(min(h.Docs, 1<<40)*4))) + 8*(h.Samples+h.Shuffle)
-	if h.Docs > 1<<40 || h.Samples > 1<<40 || h.Shuffle > 1<<40 || h.Samples != 2*(h.Shuffle+1) || uint64(len(data)-off) != need {
+	if h.Docs > 1<<40 || h.Samples > 1<<40 || h.Shuffle > 1<<40 || h.Samples != 2*(h.Shuffle+1) || uint64(len(data)-off) != need ||
+		h.Epochs < 1 || h.Epochs > 1<<40 || h.Separate > 1 {
 		return nil, fmt.Errorf("its sizes do not match its header")
 	}
 	x = &megatronGPTIndex{epochs: int(h.Epochs), separate: h.Separate == 1}

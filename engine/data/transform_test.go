@@ -166,7 +166,7 @@ func TestNormalizeHostMatchesReference(t *testing.T) {
 func TestTokensAndPadHost(t *testing.T) {
 	src := []byte{1, 0, 2, 0, 0xff, 0xff, 4, 0}
 	x, y := make([]byte, 24), make([]byte, 24)
-	shiftTokensHost(x, y, src, 2, 3)
+	shiftTokensHost(x, y, src, Uint16, 3)
 	le := binary.LittleEndian
 	require.Equal(t, []uint64{1, 2, 65535}, []uint64{le.Uint64(x), le.Uint64(x[8:]), le.Uint64(x[16:])})
 	require.Equal(t, []uint64{2, 65535, 4}, []uint64{le.Uint64(y), le.Uint64(y[8:]), le.Uint64(y[16:])})
@@ -199,9 +199,9 @@ func TestTransformsRejectBadInput(t *testing.T) {
 		{Normalize{DType: Int8}, img, "outputs float32, float16 or bfloat16"},
 		{Normalize{Layout: 7}, img, "unknown layout"},
 		{Normalize{Flip: 1.5}, img, "outside [0, 1]"},
-		{ShiftTokens{}, Field{Name: "tokens", DType: Int32, Shape: []int{9}}, "uint16 or uint32 window"},
+		{ShiftTokens{}, Field{Name: "tokens", DType: Int64, Shape: []int{9}}, "uint16, uint32 or int32 window"},
 		{ShiftTokens{}, Field{Name: "tokens", DType: Uint16, Shape: []int{1}}, "SeqLen >= 1"},
-		{ShiftTokens{X: "a", Y: "a"}, tok, "both named"},
+		{ShiftTokens{X: "a", Y: "a"}, tok, "two outputs are named \"a\""},
 		{PadSequences{}, Field{Name: "tokens", DType: Uint8, Shape: []int{9}}, "uint16 or uint32 sequence"},
 		{PadSequences{Mask: "tokens"}, tok, "must differ"},
 	} {
@@ -276,13 +276,16 @@ func TestKernelParamsLayout(t *testing.T) {
 #include "params.h"
 #define F(s, f) printf(#s "." #f " %zu\n", offsetof(s, f))
 int main(void) {
-    printf("image %zu\ntokens %zu\ngather %zu\npad %zu\n", sizeof(ferry_image_params), sizeof(ferry_tokens_params),
-           sizeof(ferry_gather_params), sizeof(ferry_pad_params));
+    printf("image %zu\ntokens %zu\ngather %zu\npad %zu\npositions %zu\n", sizeof(ferry_image_params), sizeof(ferry_tokens_params),
+           sizeof(ferry_gather_params), sizeof(ferry_pad_params), sizeof(ferry_positions_params));
     F(ferry_image_params, src); F(ferry_image_params, offsets); F(ferry_image_params, flip); F(ferry_image_params, dst);
     F(ferry_image_params, batch); F(ferry_image_params, h); F(ferry_image_params, w); F(ferry_image_params, c);
     F(ferry_image_params, planar); F(ferry_image_params, rows); F(ferry_image_params, scale); F(ferry_image_params, bias);
     F(ferry_tokens_params, src); F(ferry_tokens_params, offsets); F(ferry_tokens_params, x); F(ferry_tokens_params, y);
     F(ferry_tokens_params, batch); F(ferry_tokens_params, seq); F(ferry_tokens_params, stride);
+    F(ferry_tokens_params, flags); F(ferry_tokens_params, mask); F(ferry_tokens_params, pos); F(ferry_tokens_params, eod);
+    F(ferry_positions_params, x); F(ferry_positions_params, pos); F(ferry_positions_params, eod);
+    F(ferry_positions_params, batch); F(ferry_positions_params, seq);
     F(ferry_gather_params, src); F(ferry_gather_params, offsets); F(ferry_gather_params, dst); F(ferry_gather_params, bytes);
     F(ferry_gather_params, batch); F(ferry_gather_params, vec);
     F(ferry_pad_params, src); F(ferry_pad_params, offsets); F(ferry_pad_params, lengths); F(ferry_pad_params, tokens);
@@ -304,6 +307,7 @@ int main(void) {
 	require.Equal(t, tokensParamsSize, c["tokens"])
 	require.Equal(t, gatherParamsSize, c["gather"])
 	require.Equal(t, padParamsSize, c["pad"])
+	require.Equal(t, positionsParamsSize, c["positions"])
 
 	// Pack distinct values and read each back at the C offset.
 	le := binary.LittleEndian
@@ -320,14 +324,23 @@ int main(void) {
 	require.Equal(t, float32(10), math.Float32frombits(le.Uint32(b[c["ferry_image_params.scale"]:])))
 	require.Equal(t, float32(17), math.Float32frombits(le.Uint32(b[c["ferry_image_params.bias"]+12:])))
 
-	tp := tokensParams{src: 1, offsets: 2, x: 3, y: 4, batch: 5, seq: 6, stride: 7}
+	tp := tokensParams{src: 1, offsets: 2, x: 3, y: 4, batch: 5, seq: 6, stride: 7, flags: 8, mask: 9, pos: 10, eod: -11}
 	b = tp.pack(nil)
 	require.Len(t, b, tokensParamsSize)
-	for name, want := range map[string]uint64{"src": 1, "offsets": 2, "x": 3, "y": 4} {
+	for name, want := range map[string]uint64{"src": 1, "offsets": 2, "x": 3, "y": 4, "mask": 9, "pos": 10, "eod": uint64(1<<64 - 11)} {
 		require.Equal(t, want, le.Uint64(b[c["ferry_tokens_params."+name]:]), name)
 	}
-	for name, want := range map[string]uint32{"batch": 5, "seq": 6, "stride": 7} {
+	for name, want := range map[string]uint32{"batch": 5, "seq": 6, "stride": 7, "flags": 8} {
 		require.Equal(t, want, le.Uint32(b[c["ferry_tokens_params."+name]:]), name)
+	}
+	qp := positionsParams{x: 1, pos: 2, eod: -3, batch: 4, seq: 5}
+	b = qp.pack(nil)
+	require.Len(t, b, positionsParamsSize)
+	for name, want := range map[string]uint64{"x": 1, "pos": 2, "eod": uint64(1<<64 - 3)} {
+		require.Equal(t, want, le.Uint64(b[c["ferry_positions_params."+name]:]), name)
+	}
+	for name, want := range map[string]uint32{"batch": 4, "seq": 5} {
+		require.Equal(t, want, le.Uint32(b[c["ferry_positions_params."+name]:]), name)
 	}
 
 	gp := gatherParams{src: 1, offsets: 2, dst: 3, bytes: 4, batch: 5, vec: 6}
@@ -569,7 +582,7 @@ func transformChecks(t *testing.T, e *engine.Engine, wantStaging func(Staging) S
 		}{
 			{map[string]Transform{"nope": ShiftTokens{}}, "does not have"},
 			{map[string]Transform{"image": nil}, "is nil"},
-			{map[string]Transform{"image": ShiftTokens{}}, "uint16 or uint32 window"},
+			{map[string]Transform{"image": ShiftTokens{}}, "uint16, uint32 or int32 window"},
 			{map[string]Transform{"window": ShiftTokens{X: "label"}}, "named \"label\""},
 			{map[string]Transform{"window": PadSequences{}}, "needs a source whose field"},
 			{map[string]Transform{"image": Normalize{Flip: 0.5}, "odd": Normalize{Flip: 0.2}}, "different probabilities"},
