@@ -276,7 +276,13 @@ func (it *Iterator) work(p *pipeline, tasks <-chan task) {
 				fb := it.fields[f].Bytes()
 				dst[f] = s.host[f].Bytes()[r*fb : (r+1)*fb]
 			}
-			if err := it.src.ReadSample(s.indices[r], dst); err != nil {
+			var err error
+			if ep, ok := it.src.(Epochal); ok {
+				err = ep.ReadSampleEpoch(s.epoch, s.indices[r], dst)
+			} else {
+				err = it.src.ReadSample(s.indices[r], dst)
+			}
+			if err != nil {
 				s.fail(fmt.Errorf("batch %d of epoch %d: %w", s.batch, s.epoch, err))
 			} else if it.hostXform {
 				it.transformRow(s, r, dst, scratch)

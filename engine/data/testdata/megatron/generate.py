@@ -58,6 +58,7 @@ def write_corpus(prefix, dtype, vocab, ndocs, mean_len, seed):
 CORPORA = {
     "corpus_u16": dict(dtype=numpy.uint16, vocab=50257, ndocs=500, mean_len=28, seed=1),
     "corpus_i32": dict(dtype=numpy.int32, vocab=100000, ndocs=240, mean_len=45, seed=2),
+    "corpus_u16b": dict(dtype=numpy.uint16, vocab=50257, ndocs=300, mean_len=60, seed=3),
 }
 
 # name: (prefixes, weights, seq_len, seed, split, split index, size, eod_mask_loss, reset_position_ids)
@@ -67,8 +68,8 @@ CONFIGS = {
     "epochs_joint_last": (["corpus_u16"], None, 8, 7, "100,0,0", 0, 6800, True, False),
     "valid_split": (["corpus_u16"], None, 16, 1234, "969,30,1", 1, 40, False, True),
     "long_seq_int32": (["corpus_i32"], None, 512, 99, "98,2,0", 0, 50, True, True),
-    "blend_two": (["corpus_u16", "corpus_i32"], [0.3, 0.7], 64, 1234, "98,2,0", 0, 400, True, True),
-    "blend_three": (["corpus_i32", "corpus_u16", "corpus_u16"], [2, 1, 1], 24, 5, "90,10,0", 0, 900, False, False),
+    "blend_two": (["corpus_u16", "corpus_u16b"], [0.3, 0.7], 64, 1234, "98,2,0", 0, 400, True, True),
+    "blend_three": (["corpus_u16b", "corpus_u16", "corpus_u16"], [2, 1, 1], 24, 5, "90,10,0", 0, 900, False, False),
 }
 
 
@@ -148,8 +149,10 @@ def main():
                 "loss_mask": [numpy.asarray(it["loss_mask"]).astype(float).tolist() for it in items],
                 "position_ids": [listed(it["position_ids"]) for it in items],
             }
-        with gzip.open(os.path.join(HERE, name + ".json.gz"), "wt") as f:
-            json.dump(fixture, f, separators=(",", ":"))
+        text = json.dumps(fixture, separators=(",", ":")).encode()
+        with open(os.path.join(HERE, name + ".json.gz"), "wb") as raw:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as f:  # byte-stable output
+                f.write(text)
         print(name, "windows", [d["len"] for d in fixture["datasets"]], "blend", fixture["len"])
 
 
