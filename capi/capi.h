@@ -122,6 +122,12 @@ int ferry_capi_monitor_take(uint32_t slot, ferry_capi_mentry* out, int cap);
 #define FERRY_CAPI_V1_TRANSFORM 120u
 /* ferry_transform with input_layout. */
 #define FERRY_CAPI_V2_TRANSFORM 128u
+/* ferry_transform with the GPT outputs of FERRY_TRANSFORM_SHIFT_TOKENS. */
+#define FERRY_CAPI_V3_TRANSFORM 160u
+#define FERRY_CAPI_V1_MEGATRON_OPTIONS 24u
+#define FERRY_CAPI_V1_GPT_OPTIONS 64u
+#define FERRY_CAPI_V1_GPT_INDEX_INFO 2072u
+#define FERRY_CAPI_V1_BLEND_OPTIONS 24u
 #define FERRY_CAPI_V1_MONITOR_OPTIONS 72u
 #define FERRY_CAPI_V1_METRIC_SUMMARY 112u
 #define FERRY_CAPI_V1_ITERATOR_POSITION 24u

@@ -73,7 +73,17 @@ func transformFromC(t *C.ferry_transform, i int) (string, data.Transform, error)
 		}
 		return field, n, nil
 	case C.FERRY_TRANSFORM_SHIFT_TOKENS:
-		return field, data.ShiftTokens{X: optName(t.x_name, "x"), Y: optName(t.y_name, "y")}, nil
+		st := data.ShiftTokens{X: optName(t.x_name, "x"), Y: optName(t.y_name, "y")}
+		if t.size >= C.FERRY_CAPI_V3_TRANSFORM {
+			if t.shift_flags&^(C.FERRY_SHIFT_F_MASK_EOD|C.FERRY_SHIFT_F_RESET_POSITIONS) != 0 {
+				return "", nil, fmt.Errorf("%w: transforms[%d].shift_flags %#x has unknown bits", engine.ErrInvalidArgument, i, uint32(t.shift_flags))
+			}
+			st.LossMask, st.PositionIDs = optName(t.loss_mask_name, ""), optName(t.position_ids_name, "")
+			st.EOD = int64(t.eod)
+			st.MaskEOD = t.shift_flags&C.FERRY_SHIFT_F_MASK_EOD != 0
+			st.ResetPositions = t.shift_flags&C.FERRY_SHIFT_F_RESET_POSITIONS != 0
+		}
+		return field, st, nil
 	case C.FERRY_TRANSFORM_PAD_SEQUENCES:
 		return field, data.PadSequences{PadValue: int64(t.pad_value), Fixed: t.fixed_length != 0,
 			Mask: optName(t.mask_name, "attention_mask"), Lengths: optName(t.lengths_name, "lengths")}, nil

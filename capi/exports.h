@@ -24,6 +24,11 @@
 #define ferry_source_num_fields ferry_source_num_fields_header_decl
 #define ferry_source_field ferry_source_field_header_decl
 #define ferry_source_destroy ferry_source_destroy_header_decl
+#define ferry_source_megatron ferry_source_megatron_header_decl
+#define ferry_source_gpt ferry_source_gpt_header_decl
+#define ferry_source_gpt_index_info ferry_source_gpt_index_info_header_decl
+#define ferry_source_blend ferry_source_blend_header_decl
+#define ferry_megatron_blend_sizes ferry_megatron_blend_sizes_header_decl
 #define ferry_iterator_create ferry_iterator_create_header_decl
 #define ferry_iterator_next ferry_iterator_next_header_decl
 #define ferry_iterator_next_wait ferry_iterator_next_wait_header_decl
@@ -110,6 +115,11 @@
 #undef ferry_source_num_fields
 #undef ferry_source_field
 #undef ferry_source_destroy
+#undef ferry_source_megatron
+#undef ferry_source_gpt
+#undef ferry_source_gpt_index_info
+#undef ferry_source_blend
+#undef ferry_megatron_blend_sizes
 #undef ferry_iterator_create
 #undef ferry_iterator_next
 #undef ferry_iterator_next_wait

@@ -480,6 +480,125 @@ FERRY_API ferry_status ferry_ragged_options_init(ferry_ragged_options* opts);
 FERRY_API ferry_status ferry_source_ragged_tokens(const char* tokens_path, const char* offsets_path,
                                                   const ferry_ragged_options* opts, ferry_source* source);
 
+/** Options for ferry_source_megatron(). Fill with ferry_megatron_options_init() first. */
+typedef struct ferry_megatron_options {
+    uint32_t size;          /**< set by ferry_megatron_options_init */
+    int32_t reserved;
+    int64_t max_len;        /**< the field's length; longer sequences are cut to their first max_len tokens; required */
+    const char* field_name; /**< the field's name, NUL-terminated, copied; NULL (the default) means "tokens" */
+} ferry_megatron_options;
+
+/** Sets opts->size and the defaults. */
+FERRY_API ferry_status ferry_megatron_options_init(ferry_megatron_options* opts);
+
+/**
+ * A Megatron indexed dataset (prefix.idx + prefix.bin, as Megatron-LM's preprocess_data.py and NeMo write
+ * them) whose samples are its sequences: one field, [max_len] of the index's token type, and variable
+ * length (FERRY_TRANSFORM_PAD_SEQUENCES lays a batch out). count prefixes make one corpus, their sequences
+ * one after another. Every field of every index is checked here: a malformed file is FERRY_ERR_FORMAT with
+ * a message naming the file and the field. The files stay memory-mapped until the source is destroyed.
+ */
+FERRY_API ferry_status ferry_source_megatron(const char* const* prefixes, int32_t count, const ferry_megatron_options* opts,
+                                             ferry_source* source);
+
+/** ferry_gpt_options.order. */
+typedef enum ferry_gpt_order {
+    /** windows in corpus order, window i of a file at token i*seq_len of its stream; no index to build;
+        shuffle with the iterator (FERRY_ITERATOR_F_SHUFFLE), which gives exact and elastic resume */
+    FERRY_GPT_ORDER_FERRY = 0,
+    /** megatron-core's GPTDataset order, sample for sample (seed, split, which, num_samples); the source
+        orders itself: iterate it without FERRY_ITERATOR_F_SHUFFLE */
+    FERRY_GPT_ORDER_MEGATRON = 1
+} ferry_gpt_order;
+
+/** ferry_gpt_options.which: Megatron's splits. */
+typedef enum ferry_megatron_split {
+    FERRY_SPLIT_TRAIN = 0,
+    FERRY_SPLIT_VALID = 1,
+    FERRY_SPLIT_TEST = 2
+} ferry_megatron_split;
+
+/** ferry_gpt_options.flags: build the Megatron-order index at every creation and write no cache. */
+#define FERRY_GPT_F_NO_CACHE 0x1u
+
+/** Options for ferry_source_gpt(). Fill with ferry_gpt_options_init() first. */
+typedef struct ferry_gpt_options {
+    uint32_t size;          /**< set by ferry_gpt_options_init */
+    int32_t order;          /**< ferry_gpt_order; default FERRY_GPT_ORDER_FERRY */
+    int64_t seq_len;        /**< inputs per sample; each window holds seq_len + 1 tokens; required */
+    const char* field_name; /**< NULL (the default) means "tokens" */
+    /* FERRY_GPT_ORDER_MEGATRON */
+    uint64_t seed;          /**< Megatron's random_seed, 0 .. 2^32-1 */
+    const char* split;      /**< Megatron's split string, e.g. "969,30,1"; NULL means "1" (all in train) */
+    int32_t which;          /**< ferry_megatron_split */
+    uint32_t flags;         /**< FERRY_GPT_F_* */
+    int64_t num_samples;    /**< samples asked for (train_iters x global batch); 0 builds one epoch */
+    const char* cache_dir;  /**< where built indices are kept; NULL means a "cache" directory beside the first prefix */
+} ferry_gpt_options;
+
+/** Sets opts->size and the defaults. */
+FERRY_API ferry_status ferry_gpt_options_init(ferry_gpt_options* opts);
+
+/**
+ * GPT samples over a Megatron corpus: windows of seq_len + 1 tokens packed across document boundaries as
+ * Megatron's GPTDataset packs them, one field of the corpus's token type (FERRY_TRANSFORM_SHIFT_TOKENS
+ * makes int64 x/y, the loss mask and the position ids on the device). FERRY_GPT_ORDER_MEGATRON reads one
+ * prefix; its indices are built here (or mapped from the cache, a file keyed by every file and parameter,
+ * so a second creation costs milliseconds).
+ */
+FERRY_API ferry_status ferry_source_gpt(const char* const* prefixes, int32_t count, const ferry_gpt_options* opts,
+                                        ferry_source* source);
+
+/** How a GPT source got its Megatron-order index (ferry_source_gpt_index_info). */
+typedef struct ferry_gpt_index_info {
+    uint32_t size;          /**< set by the caller to sizeof(ferry_gpt_index_info) */
+    int32_t cached;         /**< 1 when the index was mapped from the cache */
+    int64_t epochs;         /**< passes over the split the windows make */
+    double seconds;         /**< time to build or map the index */
+    char path[1024];        /**< the cache file read or written, NUL-terminated; empty when none */
+    char cache_error[1024]; /**< why the cache could not be used, if it could not; the source works without it */
+} ferry_gpt_index_info;
+
+/** Writes how a GPT source got its index (zeros for FERRY_GPT_ORDER_FERRY). Other sources: FERRY_ERR_INVALID_ARGUMENT. */
+FERRY_API ferry_status ferry_source_gpt_index_info(ferry_source source, ferry_gpt_index_info* info);
+
+/** ferry_blend_options.order. */
+typedef enum ferry_blend_order {
+    /** position p of epoch e is a pure function of (seed, e, p): exact shares per block of 128 positions,
+        each source in its own seeded order; resume needs no state */
+    FERRY_BLEND_ORDER_FERRY = 0,
+    /** megatron-core's BlendedDataset: the source furthest behind its weight, and its next sample */
+    FERRY_BLEND_ORDER_MEGATRON = 1
+} ferry_blend_order;
+
+/** Options for ferry_source_blend(). Fill with ferry_blend_options_init() first. */
+typedef struct ferry_blend_options {
+    uint32_t size;       /**< set by ferry_blend_options_init */
+    int32_t order;       /**< ferry_blend_order; default FERRY_BLEND_ORDER_FERRY */
+    int64_t num_samples; /**< the blend's size (an epoch); required */
+    uint64_t seed;       /**< keys FERRY_BLEND_ORDER_FERRY */
+} ferry_blend_options;
+
+/** Sets opts->size and the defaults. */
+FERRY_API ferry_status ferry_blend_options_init(ferry_blend_options* opts);
+
+/**
+ * Mixes count sources (equal fields) by weight (positive; normalized here). The blend refers to the
+ * sources and does not own them: destroy the blend and its iterators first. A source destroyed while the
+ * blend is in use makes its reads fail with FERRY_ERR_CLOSED, never a crash.
+ */
+FERRY_API ferry_status ferry_source_blend(const ferry_source* sources, const double* weights, int32_t count,
+                                          const ferry_blend_options* opts, ferry_source* source);
+
+/**
+ * The numbers Megatron's builder uses for a blend of size samples with these weights: per_source[k] (count
+ * entries) is the number of samples to build source k with (num_samples of ferry_source_gpt), and
+ * *blend_size the blend's size (num_samples of ferry_source_blend), so that FERRY_BLEND_ORDER_MEGATRON
+ * matches megatron-core sample for sample.
+ */
+FERRY_API ferry_status ferry_megatron_blend_sizes(const double* weights, int32_t count, int64_t size,
+                                                  int64_t* per_source, int64_t* blend_size);
+
 /**
  * Fills sample `index`: dst[k] is dst_bytes[k] bytes for field k. Returns 0, or non-zero to fail the
  * batch (the iterator reports FERRY_ERR_IO naming the sample). Called from ferry's worker threads, several
@@ -526,7 +645,8 @@ typedef enum ferry_transform_kind {
     /** u8 images [H, W, C] (C <= 4) to float, out = (x*scale - mean[c]) / std[c], CHW or HWC, optional
         random horizontal flip. Keeps the field's name. */
     FERRY_TRANSFORM_NORMALIZE = 1,
-    /** a uint16/uint32 window [SeqLen+1] to int64 x = window[:-1] and y = window[1:], each [SeqLen] */
+    /** a uint16/uint32/int32 window [SeqLen+1] to int64 x = window[:-1] and y = window[1:], each [SeqLen];
+        optionally a float32 loss mask and int64 position ids (loss_mask_name, position_ids_name) */
     FERRY_TRANSFORM_SHIFT_TOKENS = 2,
     /** a variable-length uint16/uint32 field (ferry_source_ragged_tokens) to int64 tokens [B, L] padded
         with pad_value, a bool attention mask [B, L] and int64 lengths [B]; L is the batch's longest */
@@ -570,7 +690,19 @@ typedef struct ferry_transform {
     int32_t input_layout; /**< ferry_image_layout of the u8 input: FERRY_LAYOUT_HWC ([H, W, C], as decoded;
                                the default) or FERRY_LAYOUT_CHW ([C, H, W] channel planes, as CIFAR stores them) */
     int32_t reserved2;
+    /* Appended in 0.1 after input_layout (FERRY_TRANSFORM_SHIFT_TOKENS): what Megatron's GPTDataset returns beside tokens and
+       labels, made on the device. A caller whose size stops before them gets neither output. */
+    const char* loss_mask_name;    /**< a float32 [SeqLen] loss mask output; NULL for none */
+    const char* position_ids_name; /**< an int64 [SeqLen] position-id output; NULL for none */
+    int64_t eod;                   /**< the end-of-document token, for the FERRY_SHIFT_F_* flags */
+    uint32_t shift_flags;          /**< FERRY_SHIFT_F_* */
+    int32_t reserved3;
 } ferry_transform;
+
+/** ferry_transform.shift_flags: the loss mask is 0 where the input token is eod (Megatron's eod_mask_loss). */
+#define FERRY_SHIFT_F_MASK_EOD 0x1u
+/** ferry_transform.shift_flags: position ids restart after each eod input (Megatron's reset_position_ids). */
+#define FERRY_SHIFT_F_RESET_POSITIONS 0x2u
 
 /**
  * Sets t->size, kind and field and the kind's defaults (ImageNet-free: no mean, std 1, HWC input, CHW

@@ -250,6 +250,52 @@ type transform struct {
 	LengthsName uintptr
 	InputLayout int32
 	Reserved2   int32
+	// Appended: the GPT outputs of SHIFT_TOKENS.
+	LossMaskName    uintptr
+	PositionIDsName uintptr
+	EOD             int64
+	ShiftFlags      uint32
+	Reserved3       int32
+}
+
+// megatronOptions mirrors ferry_megatron_options.
+type megatronOptions struct {
+	Size      uint32
+	Reserved  int32
+	MaxLen    int64
+	FieldName *byte
+}
+
+// gptOptions mirrors ferry_gpt_options.
+type gptOptions struct {
+	Size       uint32
+	Order      int32
+	SeqLen     int64
+	FieldName  *byte
+	Seed       uint64
+	Split      *byte
+	Which      int32
+	Flags      uint32
+	NumSamples int64
+	CacheDir   *byte
+}
+
+// gptIndexInfo mirrors ferry_gpt_index_info.
+type gptIndexInfo struct {
+	Size       uint32
+	Cached     int32
+	Epochs     int64
+	Seconds    float64
+	Path       [1024]byte
+	CacheError [1024]byte
+}
+
+// blendOptions mirrors ferry_blend_options.
+type blendOptions struct {
+	Size       uint32
+	Order      int32
+	NumSamples int64
+	Seed       uint64
 }
 
 // iteratorPosition mirrors ferry_iterator_position.
@@ -417,6 +463,14 @@ var (
 	ferrySourceTokens           func(path *byte, opts *tokenOptions, source *sourceHandle) int32
 	ferryRaggedOptionsInit      func(opts *raggedOptions) int32
 	ferrySourceRaggedTokens     func(tokensPath, offsetsPath *byte, opts *raggedOptions, source *sourceHandle) int32
+	ferryMegatronOptionsInit    func(opts *megatronOptions) int32
+	ferrySourceMegatron         func(prefixes **byte, count int32, opts *megatronOptions, source *sourceHandle) int32
+	ferryGPTOptionsInit         func(opts *gptOptions) int32
+	ferrySourceGPT              func(prefixes **byte, count int32, opts *gptOptions, source *sourceHandle) int32
+	ferrySourceGPTIndexInfo     func(source sourceHandle, info *gptIndexInfo) int32
+	ferryBlendOptionsInit       func(opts *blendOptions) int32
+	ferrySourceBlend            func(sources *sourceHandle, weights *float64, count int32, opts *blendOptions, source *sourceHandle) int32
+	ferryMegatronBlendSizes     func(weights *float64, count int32, size int64, perSource *int64, blendSize *int64) int32
 	ferrySourceCallback         func(n int64, fields *field, numFields int32, fn uintptr, user uintptr, source *sourceHandle) int32
 	ferrySourceLen              func(source sourceHandle, n *int64) int32
 	ferrySourceNumFields        func(source sourceHandle, n *int32) int32
@@ -516,6 +570,14 @@ var boundFunctions = []struct {
 	{"ferry_source_tokens", &ferrySourceTokens},
 	{"ferry_ragged_options_init", &ferryRaggedOptionsInit},
 	{"ferry_source_ragged_tokens", &ferrySourceRaggedTokens},
+	{"ferry_megatron_options_init", &ferryMegatronOptionsInit},
+	{"ferry_source_megatron", &ferrySourceMegatron},
+	{"ferry_gpt_options_init", &ferryGPTOptionsInit},
+	{"ferry_source_gpt", &ferrySourceGPT},
+	{"ferry_source_gpt_index_info", &ferrySourceGPTIndexInfo},
+	{"ferry_blend_options_init", &ferryBlendOptionsInit},
+	{"ferry_source_blend", &ferrySourceBlend},
+	{"ferry_megatron_blend_sizes", &ferryMegatronBlendSizes},
 	{"ferry_source_callback", &ferrySourceCallback},
 	{"ferry_source_len", &ferrySourceLen},
 	{"ferry_source_num_fields", &ferrySourceNumFields},

@@ -201,7 +201,11 @@ func TestTransformsRejectBadInput(t *testing.T) {
 		{Normalize{Flip: 1.5}, img, "outside [0, 1]"},
 		{ShiftTokens{}, Field{Name: "tokens", DType: Int64, Shape: []int{9}}, "uint16, uint32 or int32 window"},
 		{ShiftTokens{}, Field{Name: "tokens", DType: Uint16, Shape: []int{1}}, "SeqLen >= 1"},
-		{ShiftTokens{X: "a", Y: "a"}, tok, "two outputs are named \"a\""},
+		{ShiftTokens{X: "a", Y: "a"}, tok, "both named"},
+		{ShiftTokens{LossMask: "x"}, tok, "two outputs are named \"x\""},
+		{ShiftTokens{LossMask: "m", PositionIDs: "m"}, tok, "two outputs are named \"m\""},
+		{ShiftTokens{MaskEOD: true}, tok, "MaskEOD needs a LossMask"},
+		{ShiftTokens{ResetPositions: true, LossMask: "m"}, tok, "ResetPositions needs a PositionIDs"},
 		{PadSequences{}, Field{Name: "tokens", DType: Uint8, Shape: []int{9}}, "uint16 or uint32 sequence"},
 		{PadSequences{Mask: "tokens"}, tok, "must differ"},
 	} {

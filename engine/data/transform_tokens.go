@@ -62,6 +62,9 @@ func (s ShiftTokens) Outputs(in Field) ([]Field, error) {
 		return nil, fmt.Errorf("%w: ShiftTokens needs a uint16, uint32 or int32 window [SeqLen+1] with SeqLen >= 1; %q is %v %v", engine.ErrInvalidArgument, in.Name, in.DType, in.Shape)
 	}
 	x, y := s.names()
+	if x == y {
+		return nil, fmt.Errorf("%w: ShiftTokens: x and y are both named %q", engine.ErrInvalidArgument, x)
+	}
 	names := map[string]bool{x: true}
 	n := in.Shape[0] - 1
 	out := []Field{{Name: x, DType: Int64, Shape: []int{n}}}

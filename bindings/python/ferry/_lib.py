@@ -280,8 +280,60 @@ class RaggedOptions(Structure):
     ]
 
 
+class MegatronOptions(Structure):
+    """ctypes mirror of ``ferry_megatron_options`` (24 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("reserved", c_int32),
+        ("max_len", c_int64),
+        ("field_name", c_char_p),
+    ]
+
+
+class GPTOptions(Structure):
+    """ctypes mirror of ``ferry_gpt_options`` (64 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("order", c_int32),
+        ("seq_len", c_int64),
+        ("field_name", c_char_p),
+        ("seed", c_uint64),
+        ("split", c_char_p),
+        ("which", c_int32),
+        ("flags", c_uint32),
+        ("num_samples", c_int64),
+        ("cache_dir", c_char_p),
+    ]
+
+
+class GPTIndexInfo(Structure):
+    """ctypes mirror of ``ferry_gpt_index_info`` (2072 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("cached", c_int32),
+        ("epochs", c_int64),
+        ("seconds", c_double),
+        ("path", c_char * 1024),
+        ("cache_error", c_char * 1024),
+    ]
+
+
+class BlendOptions(Structure):
+    """ctypes mirror of ``ferry_blend_options`` (24 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("order", c_int32),
+        ("num_samples", c_int64),
+        ("seed", c_uint64),
+    ]
+
+
 class Transform(Structure):
-    """ctypes mirror of ``ferry_transform`` (128 bytes)."""
+    """ctypes mirror of ``ferry_transform`` (160 bytes)."""
 
     _fields_ = [
         ("size", c_uint32),
@@ -303,6 +355,11 @@ class Transform(Structure):
         ("lengths_name", c_char_p),
         ("input_layout", c_int32),
         ("reserved2", c_int32),
+        ("loss_mask_name", c_char_p),
+        ("position_ids_name", c_char_p),
+        ("eod", c_int64),
+        ("shift_flags", c_uint32),
+        ("reserved3", c_int32),
     ]
 
 
@@ -576,6 +633,17 @@ _SIGNATURES = [
     ("ferry_ragged_options_init", ferry_status, [POINTER(RaggedOptions)]),
     ("ferry_source_ragged_tokens", ferry_status,
      [c_char_p, c_char_p, POINTER(RaggedOptions), POINTER(ferry_source)]),
+    ("ferry_megatron_options_init", ferry_status, [POINTER(MegatronOptions)]),
+    ("ferry_source_megatron", ferry_status,
+     [POINTER(c_char_p), c_int32, POINTER(MegatronOptions), POINTER(ferry_source)]),
+    ("ferry_gpt_options_init", ferry_status, [POINTER(GPTOptions)]),
+    ("ferry_source_gpt", ferry_status, [POINTER(c_char_p), c_int32, POINTER(GPTOptions), POINTER(ferry_source)]),
+    ("ferry_source_gpt_index_info", ferry_status, [ferry_source, POINTER(GPTIndexInfo)]),
+    ("ferry_blend_options_init", ferry_status, [POINTER(BlendOptions)]),
+    ("ferry_source_blend", ferry_status,
+     [POINTER(ferry_source), POINTER(c_double), c_int32, POINTER(BlendOptions), POINTER(ferry_source)]),
+    ("ferry_megatron_blend_sizes", ferry_status,
+     [POINTER(c_double), c_int32, c_int64, POINTER(c_int64), POINTER(c_int64)]),
     ("ferry_source_callback", ferry_status,
      [c_int64, POINTER(FieldStruct), c_int32, SAMPLE_FN, c_void_p, POINTER(ferry_source)]),
     ("ferry_source_len", ferry_status, [ferry_source, POINTER(c_int64)]),

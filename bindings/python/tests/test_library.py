@@ -69,6 +69,11 @@ def test_constants_match_header(header):
         (_lib.MemorySnapshotStruct, 160),
         (_lib.TokenOptions, 32),
         (_lib.RaggedOptions, 24),
+        (_lib.MegatronOptions, 24),
+        (_lib.GPTOptions, 64),
+        (_lib.GPTIndexInfo, 2072),
+        (_lib.BlendOptions, 24),
+        (_lib.Transform, 160),
     ],
 )
 def test_struct_sizes(struct, size):
@@ -91,6 +96,11 @@ def _header_struct_fields(text: str, name: str):
         (_lib.MemorySnapshotStruct, "ferry_memory_snapshot"),
         (_lib.TokenOptions, "ferry_token_options"),
         (_lib.RaggedOptions, "ferry_ragged_options"),
+        (_lib.MegatronOptions, "ferry_megatron_options"),
+        (_lib.GPTOptions, "ferry_gpt_options"),
+        (_lib.GPTIndexInfo, "ferry_gpt_index_info"),
+        (_lib.BlendOptions, "ferry_blend_options"),
+        (_lib.Transform, "ferry_transform"),
     ],
 )
 def test_struct_fields_match_header(struct, cname):
