@@ -223,6 +223,10 @@ gpu-bundle: build
 	cp tests/exported_symbols.txt $(GPU)/tests/
 	@# The harness builds the stand-in driver from engine/internal/testutil/testdata (../engine/... from tests/).
 	mkdir -p $(GPU)/engine/internal/testutil && cp -r engine/internal/testutil/testdata $(GPU)/engine/internal/testutil/
+	@# The Megatron corpora and fixtures: data.test reads testdata/megatron from tests/, the harness
+	@# ../engine/data/testdata/megatron.
+	mkdir -p $(GPU)/tests/testdata $(GPU)/engine/data/testdata
+	cp -r engine/data/testdata/megatron $(GPU)/tests/testdata/ && cp -r engine/data/testdata/megatron $(GPU)/engine/data/testdata/
 	cmake -S . -B $(BUILD)/gpu-cmake -DCMAKE_BUILD_TYPE=Release -DFERRY_STATIC_CXX_RUNTIME=ON >/dev/null
 	cmake --build $(BUILD)/gpu-cmake -j2 --target $(GPU_CTESTS)
 	cd $(BUILD)/gpu-cmake && cp $(GPU_CTESTS) $(CURDIR)/$(GPU)/bin/
