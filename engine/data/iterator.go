@@ -122,6 +122,11 @@ func NewIterator(e *engine.Engine, src Source, opts IteratorOptions) (*Iterator,
 	if err := validateFields(fields); err != nil {
 		return nil, err
 	}
+	if o, ok := src.(SelfOrdered); ok && opts.Shuffle {
+		if why := o.OrdersItself(); why != "" {
+			return nil, fmt.Errorf("%w: %v orders its samples itself (%s); iterate it without Shuffle", engine.ErrInvalidArgument, src, why)
+		}
+	}
 	if opts.WorldSize == 0 && opts.Rank == 0 {
 		rank, world, ok, err := engine.RankFromEnv()
 		if err != nil {

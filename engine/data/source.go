@@ -37,3 +37,10 @@ type Ragged interface {
 	RaggedField() int
 	SampleLen(i int) int
 }
+
+// SelfOrdered is implemented by sources whose sample numbering is already the order to read them in (a
+// Megatron-order GPT source, a blend): OrdersItself says why, or is empty when this one does not; the
+// iterator then refuses Shuffle, which would undo that order.
+type SelfOrdered interface {
+	OrdersItself() string
+}

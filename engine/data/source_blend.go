@@ -77,8 +77,9 @@ type BlendSource struct {
 }
 
 var (
-	_ Source  = (*BlendSource)(nil)
-	_ Epochal = (*BlendSource)(nil)
+	_ Source      = (*BlendSource)(nil)
+	_ Epochal     = (*BlendSource)(nil)
+	_ SelfOrdered = (*BlendSource)(nil)
 )
 
 // NewBlendSource checks the parts (at least one, positive finite weights, equal fields, no empty source)
@@ -239,6 +240,11 @@ func blockOrder(seed, epoch, block uint64, n int) *Sampler {
 func sourceOrder(seed uint64, d int, n uint64) *Sampler {
 	s, _ := NewSampler(SamplerConfig{Len: int(n), BatchSize: 1, Shuffle: true, Seed: mix64(seed^0x13198a2e03707344) ^ mix64(uint64(d))})
 	return s
+}
+
+// OrdersItself says the blend's positions are its order: the mix holds over consecutive positions.
+func (s *BlendSource) OrdersItself() string {
+	return "a blend's mix holds over consecutive positions"
 }
 
 // Len is the blend's size.

@@ -108,6 +108,7 @@ type GPTSource struct {
 var (
 	_ Source       = (*GPTSource)(nil)
 	_ MemoryBacked = (*GPTSource)(nil)
+	_ SelfOrdered  = (*GPTSource)(nil)
 )
 
 // NewGPTSource opens prefixes (each prefix.idx and prefix.bin, checked as NewMegatronSource checks them)
@@ -234,6 +235,14 @@ func (s *GPTSource) Fields() []Field { return s.fields }
 
 // Order is the source's window order.
 func (s *GPTSource) Order() GPTOrder { return s.cfg.Order }
+
+// OrdersItself is non-empty in Megatron's order: the windows are numbered in megatron-core's order.
+func (s *GPTSource) OrdersItself() string {
+	if s.cfg.Order == GPTOrderMegatron {
+		return "its windows are in megatron-core's GPTDataset order"
+	}
+	return ""
+}
 
 // IndexInfo says how a Megatron-order source got its index (zero for GPTOrderFerry).
 func (s *GPTSource) IndexInfo() GPTIndexInfo { return s.info }

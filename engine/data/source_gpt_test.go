@@ -334,6 +334,29 @@ func TestGPTSourceGPU(t *testing.T) {
 	gptChecks(t, e)
 }
 
+// TestSelfOrderedSourcesRefuseShuffle: a Megatron-order GPT source and a blend keep their own order.
+func TestSelfOrderedSourcesRefuseShuffle(t *testing.T) {
+	e := enginetest.OpenCPU(t, engine.WithSampleInterval(0))
+	r := srcRand(t)
+	a, _ := gptCorpus(t, r, 8, 100, 40, 7)
+	m, err := NewGPTSource([]string{a}, GPTConfig{SeqLen: 8, Order: GPTOrderMegatron, NoCache: true})
+	require.NoError(t, err)
+	defer m.Close()
+	f, err := NewGPTSource([]string{a}, GPTConfig{SeqLen: 8})
+	require.NoError(t, err)
+	defer f.Close()
+	b, err := NewBlendSource([]BlendPart{{1, m}, {1, f}}, BlendConfig{Size: 50})
+	require.NoError(t, err)
+	for _, src := range []Source{m, b} {
+		_, err := NewIterator(e, src, IteratorOptions{BatchSize: 4, Shuffle: true})
+		require.ErrorIs(t, err, engine.ErrInvalidArgument)
+		require.Contains(t, err.Error(), "without Shuffle")
+	}
+	it, err := NewIterator(e, f, IteratorOptions{BatchSize: 4, Shuffle: true})
+	require.NoError(t, err)
+	require.NoError(t, it.Close())
+}
+
 // TestGPTSourceIteratorCPU reads a whole ferry-order epoch through the CPU iterator and finds every window
 // once.
 func TestGPTSourceIteratorCPU(t *testing.T) {

@@ -37,6 +37,7 @@ from ._errors import (
 from ._feed import Feed, FeedLoader
 from ._iterator import Batch, Iterator
 from ._lib import LibraryNotFoundError, library_path
+from ._megatron import BlendSource, GPTSource, MegatronSource, megatron_blend, megatron_blend_sizes
 from ._memory import MemoryManager, OptimizeResult
 from ._monitor import PerformanceMonitor
 from ._sources import (
@@ -93,6 +94,12 @@ __all__ = [
     "Normalize",
     "ShiftTokens",
     "PadSequences",
+    # Megatron corpora
+    "MegatronSource",
+    "GPTSource",
+    "BlendSource",
+    "megatron_blend",
+    "megatron_blend_sizes",
     # metrics
     "PerformanceMonitor",
 ] + _sources.__all__ + _errors.__all__

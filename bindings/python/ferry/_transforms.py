@@ -147,25 +147,53 @@ def _broadcast(values: Optional[Sequence[float]], n: int, neutral: float) -> Seq
 
 
 class ShiftTokens(Transform):
-    """A window of ``seq_len + 1`` uint16/uint32 tokens (``TokenSource(window=True)``) to the language-model
-    pair ``x`` (the first ``seq_len`` tokens) and ``y`` (the same shifted by one), both int64
-    ``[B, seq_len]``. The window's field is replaced by ``x`` then ``y``."""
+    """A window of ``seq_len + 1`` tokens (uint16, uint32 or int32: ``TokenSource(window=True)``,
+    :class:`~ferry.GPTSource`) to the language-model pair ``x`` (the first ``seq_len`` tokens) and ``y``
+    (the same shifted by one), both int64 ``[B, seq_len]``. The window's field is replaced by ``x``, ``y``
+    and the optional outputs, in that order.
+
+    What megatron-core's ``GPTDataset`` returns beside them, made on the device: ``loss_mask`` names a
+    float32 ``[B, seq_len]`` loss mask (1; 0 where the input token is ``eod`` when ``mask_eod``: Megatron's
+    ``eod_mask_loss``), ``position_ids`` an int64 ``[B, seq_len]`` of positions (restarting after each
+    ``eod`` input when ``reset_positions``: Megatron's ``reset_position_ids``). Each is made only when
+    named."""
 
     _kind = _lib.FERRY_TRANSFORM_SHIFT_TOKENS
 
-    def __init__(self, x: str = "x", y: str = "y") -> None:
+    def __init__(self, x: str = "x", y: str = "y", loss_mask: Optional[str] = None,
+                 position_ids: Optional[str] = None, eod: Optional[int] = None, mask_eod: bool = False,
+                 reset_positions: bool = False) -> None:
         self.x = x
         self.y = y
+        self.loss_mask = loss_mask
+        self.position_ids = position_ids
+        self.mask_eod = bool(mask_eod)
+        self.reset_positions = bool(reset_positions)
+        if (self.mask_eod or self.reset_positions) and eod is None:
+            raise _invalid("ShiftTokens: mask_eod and reset_positions need the eod token id")
+        self.eod = None if eod is None else _as_int(eod, "eod")
+        if self.eod is not None and not -(2**63) <= self.eod < 2**63:
+            raise _invalid(f"eod {self.eod} does not fit int64")
         self._x = _name(x, "ShiftTokens x")
         self._y = _name(y, "ShiftTokens y")
+        self._mask = _name(loss_mask, "ShiftTokens loss_mask")
+        self._pos = _name(position_ids, "ShiftTokens position_ids")
 
     def _fill(self, t: _lib.Transform, keep: List[bytes]) -> None:
         self._set_name(t, "x_name", self._x, keep)
         self._set_name(t, "y_name", self._y, keep)
-
+        self._set_name(t, "loss_mask_name", self._mask, keep)
+        self._set_name(t, "position_ids_name", self._pos, keep)
+        t.eod = 0 if self.eod is None else self.eod
+        t.shift_flags = ((_lib.FERRY_SHIFT_F_MASK_EOD if self.mask_eod else 0)
+                         | (_lib.FERRY_SHIFT_F_RESET_POSITIONS if self.reset_positions else 0))
 
     def __repr__(self) -> str:
-        return f"ferry.ShiftTokens(x={self.x!r}, y={self.y!r})"
+        extra = ""
+        if self.loss_mask is not None or self.position_ids is not None:
+            extra = (f", loss_mask={self.loss_mask!r}, position_ids={self.position_ids!r}, eod={self.eod!r}, "
+                     f"mask_eod={self.mask_eod}, reset_positions={self.reset_positions}")
+        return f"ferry.ShiftTokens(x={self.x!r}, y={self.y!r}{extra})"
 
 
 class PadSequences(Transform):

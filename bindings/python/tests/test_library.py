@@ -53,6 +53,16 @@ def test_constants_match_header(header):
         "FERRY_TOKENS_LLMC",
         "FERRY_TOKENS_F_RANDOM",
         "FERRY_TOKENS_F_WINDOW",
+        "FERRY_GPT_ORDER_FERRY",
+        "FERRY_GPT_ORDER_MEGATRON",
+        "FERRY_SPLIT_TRAIN",
+        "FERRY_SPLIT_VALID",
+        "FERRY_SPLIT_TEST",
+        "FERRY_GPT_F_NO_CACHE",
+        "FERRY_BLEND_ORDER_FERRY",
+        "FERRY_BLEND_ORDER_MEGATRON",
+        "FERRY_SHIFT_F_MASK_EOD",
+        "FERRY_SHIFT_F_RESET_POSITIONS",
     ):
         assert getattr(_lib, name) == header[name], name
     assert ferry.CPU == header["FERRY_DEVICE_CPU"]
