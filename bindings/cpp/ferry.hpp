@@ -801,6 +801,61 @@ inline int32_t sample_trampoline(void* user, int64_t index, void* const* dst, co
 } // namespace detail
 
 /**
+ * The options of ferry::source::gpt, set with chained calls:
+ *
+ *     ferry::gpt_options().order(FERRY_GPT_ORDER_MEGATRON).seed(1234).split("969,30,1").num_samples(n)
+ *
+ * Megatron's seed, split, which, num_samples and cache apply to FERRY_GPT_ORDER_MEGATRON only.
+ */
+class gpt_options {
+public:
+    gpt_options() { check(ferry_gpt_options_init(&o_)); }
+
+    /** FERRY_GPT_ORDER_FERRY (corpus order; shuffle with the iterator) or FERRY_GPT_ORDER_MEGATRON. */
+    gpt_options& order(ferry_gpt_order v) noexcept { o_.order = static_cast<int32_t>(v); return *this; }
+    /** Megatron's random_seed, 0 .. 2^32-1. */
+    gpt_options& seed(uint64_t v) noexcept { o_.seed = v; return *this; }
+    /** Megatron's split string, e.g. "969,30,1"; empty means "1" (every sequence in train). */
+    gpt_options& split(std::string v) { split_ = std::move(v); (void)c_string(split_, "split"); return *this; }
+    /** The split to read. */
+    gpt_options& which(ferry_megatron_split v) noexcept { o_.which = static_cast<int32_t>(v); return *this; }
+    /** Samples asked for (train_iters x global batch); 0 builds one epoch. */
+    gpt_options& num_samples(int64_t v) noexcept { o_.num_samples = v; return *this; }
+    /** Where built indices are kept; empty means a "cache" directory beside the first prefix. */
+    gpt_options& cache_dir(std::string v) { cache_ = std::move(v); (void)c_string(cache_, "cache_dir"); return *this; }
+    /** Build the index at every creation and write no cache. */
+    gpt_options& no_cache(bool v = true) noexcept {
+        o_.flags = v ? (o_.flags | FERRY_GPT_F_NO_CACHE) : (o_.flags & ~FERRY_GPT_F_NO_CACHE);
+        return *this;
+    }
+    /** The window field's name; "tokens" by default. */
+    gpt_options& field(std::string v) { field_ = std::move(v); (void)c_string(field_, "field name"); return *this; }
+
+    /** The C options with seq_len; its strings point into this object. */
+    ferry_gpt_options to_c(int64_t seq_len) const noexcept {
+        ferry_gpt_options o = o_;
+        o.seq_len = seq_len;
+        o.field_name = field_.empty() ? nullptr : field_.c_str();
+        o.split = split_.empty() ? nullptr : split_.c_str();
+        o.cache_dir = cache_.empty() ? nullptr : cache_.c_str();
+        return o;
+    }
+
+private:
+    ferry_gpt_options o_{};
+    std::string split_, cache_, field_;
+};
+
+/** How a GPT source got its Megatron-order index (ferry::source::gpt_index_info). */
+struct gpt_index_info {
+    bool cached = false;     /**< mapped from the cache */
+    int64_t epochs = 0;      /**< passes over the split */
+    double seconds = 0;      /**< time to build or map it */
+    std::string path;        /**< the cache file read or written; empty when none */
+    std::string cache_error; /**< why the cache could not be used, if it could not */
+};
+
+/**
  * An owned source of samples: caller memory, a file of fixed-size records, CIFAR-10, .npy files, a token
  * file, ragged token sequences, or a C++ function. Created by the static factories below.
  *
@@ -928,6 +983,80 @@ public:
     }
 
     /**
+     * A Megatron indexed dataset (prefix.idx + prefix.bin) whose samples are its sequences: one field,
+     * named field, of [max_len] of the index's token type, variable length (pad_sequences lays it out).
+     * Several prefixes make one corpus. Throws FERRY_ERR_FORMAT, naming the file and the field, for a
+     * malformed index.
+     */
+    static source megatron(const std::vector<std::string>& prefixes, int64_t max_len, const std::string& field = "tokens") {
+        const std::vector<const char*> ps = c_prefixes(prefixes);
+        ferry_megatron_options o;
+        check(ferry_megatron_options_init(&o));
+        o.max_len = max_len;
+        o.field_name = c_string(field, "field name");
+        source s;
+        check(ferry_source_megatron(ps.data(), static_cast<int32_t>(ps.size()), &o, &s.handle_));
+        return s;
+    }
+
+    /**
+     * GPT samples over a Megatron corpus: windows of seq_len + 1 tokens packed across documents as
+     * megatron-core's GPTDataset packs them, in ferry's order or megatron-core's (see gpt_options).
+     * transform::shift_tokens makes x, y, the loss mask and the position ids on the device.
+     */
+    static source gpt(const std::vector<std::string>& prefixes, int64_t seq_len, const gpt_options& opts = gpt_options()) {
+        const std::vector<const char*> ps = c_prefixes(prefixes);
+        const ferry_gpt_options o = opts.to_c(seq_len);
+        source s;
+        check(ferry_source_gpt(ps.data(), static_cast<int32_t>(ps.size()), &o, &s.handle_));
+        return s;
+    }
+
+    /**
+     * Sources mixed by weight: parts are (weight, source) pairs of sources with equal fields, which must
+     * outlive the blend and its iterators (a part destroyed first makes reads fail, never crash).
+     * FERRY_BLEND_ORDER_FERRY: a pure function of (seed, epoch, position); FERRY_BLEND_ORDER_MEGATRON:
+     * megatron-core's BlendedDataset (build the parts with megatron_blend_sizes()).
+     */
+    static source blend(const std::vector<std::pair<double, const source*>>& parts, int64_t num_samples,
+                        ferry_blend_order order = FERRY_BLEND_ORDER_FERRY, uint64_t seed = 0) {
+        if (parts.empty() || parts.size() > static_cast<std::size_t>(std::numeric_limits<int32_t>::max())) {
+            throw error(FERRY_ERR_INVALID_ARGUMENT, "a blend needs 1 or more sources");
+        }
+        std::vector<double> w;
+        std::vector<ferry_source> hs;
+        for (const auto& p : parts) {
+            if (p.second == nullptr) {
+                throw error(FERRY_ERR_INVALID_ARGUMENT, "a blend's source is null");
+            }
+            w.push_back(p.first);
+            hs.push_back(p.second->get());
+        }
+        ferry_blend_options o;
+        check(ferry_blend_options_init(&o));
+        o.order = static_cast<int32_t>(order);
+        o.num_samples = num_samples;
+        o.seed = seed;
+        source s;
+        check(ferry_source_blend(hs.data(), w.data(), static_cast<int32_t>(hs.size()), &o, &s.handle_));
+        return s;
+    }
+
+    /** How a GPT source got its Megatron-order index; throws FERRY_ERR_INVALID_ARGUMENT for other sources. */
+    ferry::gpt_index_info gpt_index_info() const {
+        ferry_gpt_index_info ci{};
+        ci.size = sizeof(ci);
+        check(ferry_source_gpt_index_info(handle_, &ci));
+        ferry::gpt_index_info out;
+        out.cached = ci.cached != 0;
+        out.epochs = ci.epochs;
+        out.seconds = ci.seconds;
+        out.path = std::string(ci.path, std::find(ci.path, ci.path + sizeof(ci.path), '\0'));
+        out.cache_error = std::string(ci.cache_error, std::find(ci.cache_error, ci.cache_error + sizeof(ci.cache_error), '\0'));
+        return out;
+    }
+
+    /**
      * A source of n samples that fn fills (custom decoding in C++). The function is moved into a heap
      * object owned by the returned source and handed to C as `user`; it lives until the source is
      * destroyed, and moving the source does not move it. See ferry::sample_fn for the threads that call
@@ -986,9 +1115,34 @@ public:
     }
 
 private:
+    static std::vector<const char*> c_prefixes(const std::vector<std::string>& prefixes) {
+        if (prefixes.empty() || prefixes.size() > static_cast<std::size_t>(std::numeric_limits<int32_t>::max())) {
+            throw error(FERRY_ERR_INVALID_ARGUMENT, "give one or more prefixes");
+        }
+        std::vector<const char*> out;
+        for (const auto& p : prefixes) {
+            out.push_back(c_string(p, "prefix"));
+        }
+        return out;
+    }
+
     ferry_source handle_ = nullptr;
     std::unique_ptr<detail::callback_state> callback_;
 };
+
+/**
+ * What Megatron's builder does with a blend of size samples: the number of samples to build each source
+ * with (gpt_options::num_samples) and the blend's own size (source::blend's num_samples).
+ */
+inline std::pair<std::vector<int64_t>, int64_t> megatron_blend_sizes(const std::vector<double>& weights, int64_t size) {
+    if (weights.empty() || weights.size() > static_cast<std::size_t>(std::numeric_limits<int32_t>::max())) {
+        throw error(FERRY_ERR_INVALID_ARGUMENT, "a blend needs 1 or more weights");
+    }
+    std::vector<int64_t> per(weights.size());
+    int64_t total = 0;
+    check(ferry_megatron_blend_sizes(weights.data(), static_cast<int32_t>(weights.size()), size, per.data(), &total));
+    return {per, total};
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Tensors and batches
@@ -1288,9 +1442,10 @@ public:
     }
 
     /**
-     * A window of seq_len + 1 uint16/uint32 tokens of field (ferry::source::tokens with window) to the
-     * language-model pair x (the first seq_len tokens) and y (shifted by one), both int64 [seq_len]. The
-     * field is replaced by x then y.
+     * A window of seq_len + 1 uint16/uint32/int32 tokens of field (ferry::source::tokens with window,
+     * ferry::source::gpt) to the language-model pair x (the first seq_len tokens) and y (shifted by one),
+     * both int64 [seq_len]. The field is replaced by x, y and the outputs loss_mask() and position_ids()
+     * add, in that order.
      */
     static transform shift_tokens(std::string field, std::string x = "x", std::string y = "y") {
         transform t(FERRY_TRANSFORM_SHIFT_TOKENS, std::move(field));
@@ -1316,6 +1471,30 @@ public:
         (void)c_string(t.mask_, "pad_sequences mask");
         (void)c_string(t.lengths_, "pad_sequences lengths");
         return t;
+    }
+
+    /** shift_tokens: also a float32 loss mask named name (Megatron's loss_mask; see eod()). */
+    transform& loss_mask(std::string name) {
+        loss_mask_ = std::move(name);
+        (void)c_string(loss_mask_, "shift_tokens loss_mask");
+        return *this;
+    }
+
+    /** shift_tokens: also int64 position ids named name (Megatron's position_ids; see eod()). */
+    transform& position_ids(std::string name) {
+        positions_ = std::move(name);
+        (void)c_string(positions_, "shift_tokens position_ids");
+        return *this;
+    }
+
+    /**
+     * shift_tokens: the end-of-document token; with mask_eod the loss mask is 0 where the input is eod
+     * (Megatron's eod_mask_loss), with reset_positions the position ids restart after it (reset_position_ids).
+     */
+    transform& eod(int64_t token, bool mask_eod, bool reset_positions) noexcept {
+        t_.eod = token;
+        t_.shift_flags = (mask_eod ? FERRY_SHIFT_F_MASK_EOD : 0u) | (reset_positions ? FERRY_SHIFT_F_RESET_POSITIONS : 0u);
+        return *this;
     }
 
     /** normalize: the factor x is multiplied by before mean and std apply; 0 means 1/255. */
@@ -1350,6 +1529,8 @@ public:
         if (t_.kind == FERRY_TRANSFORM_SHIFT_TOKENS) {
             t.x_name = x_.c_str();
             t.y_name = y_.c_str();
+            t.loss_mask_name = loss_mask_.empty() ? nullptr : loss_mask_.c_str();
+            t.position_ids_name = positions_.empty() ? nullptr : positions_.c_str();
         } else if (t_.kind == FERRY_TRANSFORM_PAD_SEQUENCES) {
             t.mask_name = mask_.c_str();
             t.lengths_name = lengths_.c_str();
@@ -1381,7 +1562,7 @@ private:
     }
 
     ferry_transform t_{};
-    std::string field_, x_, y_, mask_, lengths_;
+    std::string field_, x_, y_, mask_, lengths_, loss_mask_, positions_;
 };
 
 namespace detail {
