@@ -5,9 +5,12 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sync"
 	"unsafe"
 
 	"github.com/ferry-ml/ferry/engine"
@@ -149,34 +152,87 @@ func parseMegatronCache(data, key []byte, s *MegatronSource, beg, end, seqLen in
 	off += int(8 * h.Samples)
 	x.shuffle = unsafe.Slice((*int64)(unsafe.Pointer(&data[off])), h.Shuffle)
 	if err := x.check(s, beg, end, seqLen); err != nil {
-		return nil, err
+		return nil, firstError(err)
 	}
 	return x, nil
 }
 
 // check verifies that every value of the index is in range: documents in [beg, end), window starts in the
-// document index and within their document, shuffle entries naming windows.
+// document index and within their document, shuffle entries naming windows. The arrays are checked in
+// parallel chunks.
 func (x *megatronGPTIndex) check(s *MegatronSource, beg, end, seqLen int) error {
-	for k, d := range x.docs {
-		if int(d) < beg || int(d) >= end {
-			return fmt.Errorf("document index entry %d is %d, outside sequences [%d, %d)", k, d, beg, end)
-		}
-	}
 	n := int64(len(x.docs))
-	for k := 0; k < len(x.samples); k += 2 {
-		pos, off := x.samples[k], x.samples[k+1]
-		if pos < 0 || pos >= n || off < 0 || off > int64(s.seqLen32(int(x.docs[pos]))) {
-			return fmt.Errorf("sample index entry %d (%d, %d) is outside the document index", k/2, pos, off)
-		}
-		if k > 0 && (pos < x.samples[k-2] || (pos == x.samples[k-2] && off-x.samples[k-1] > int64(seqLen))) {
-			return fmt.Errorf("sample index entry %d (%d, %d) does not follow the one before", k/2, pos, off)
-		}
-	}
 	windows := int64(len(x.shuffle))
-	for k, w := range x.shuffle {
-		if w < 0 || w >= windows {
-			return fmt.Errorf("shuffle index entry %d is %d, outside [0, %d)", k, w, windows)
-		}
+	var jobs []func() error
+	chunk := 1 << 18
+	for lo := 0; lo < len(x.docs); lo += chunk {
+		docs := x.docs[lo:min(lo+chunk, len(x.docs))]
+		first := lo
+		jobs = append(jobs, func() error {
+			for k, d := range docs {
+				if int(d) < beg || int(d) >= end {
+					return fmt.Errorf("document index entry %d is %d, outside sequences [%d, %d)", first+k, d, beg, end)
+				}
+			}
+			return nil
+		})
 	}
-	return nil
+	for lo := 0; lo < len(x.samples); lo += 2 * chunk {
+		hi := min(lo+2*chunk, len(x.samples))
+		jobs = append(jobs, func() error {
+			for k := lo; k < hi; k += 2 {
+				pos, off := x.samples[k], x.samples[k+1]
+				if pos < 0 || pos >= n || off < 0 || off > int64(s.seqLen32(int(x.docs[pos]))) {
+					return fmt.Errorf("sample index entry %d (%d, %d) is outside the document index", k/2, pos, off)
+				}
+				if k > 0 && (pos < x.samples[k-2] || (pos == x.samples[k-2] && off-x.samples[k-1] > int64(seqLen))) {
+					return fmt.Errorf("sample index entry %d (%d, %d) does not follow the one before", k/2, pos, off)
+				}
+			}
+			return nil
+		})
+	}
+	for lo := 0; lo < len(x.shuffle); lo += chunk {
+		part := x.shuffle[lo:min(lo+chunk, len(x.shuffle))]
+		first := lo
+		jobs = append(jobs, func() error {
+			for k, w := range part {
+				if w < 0 || w >= windows {
+					return fmt.Errorf("shuffle index entry %d is %d, outside [0, %d)", first+k, w, windows)
+				}
+			}
+			return nil
+		})
+	}
+	return runParallel(jobs)
+}
+
+// firstError is the first error of a joined error (runParallel's), whose message alone names the problem.
+func firstError(err error) error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok && len(j.Unwrap()) > 0 {
+		return j.Unwrap()[0]
+	}
+	return err
+}
+
+// runParallel runs the jobs on up to GOMAXPROCS goroutines and returns their errors joined, in job order.
+func runParallel(jobs []func() error) error {
+	errs := make([]error, len(jobs))
+	next := make(chan int, len(jobs))
+	for i := range jobs {
+		next <- i
+	}
+	close(next)
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(jobs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				errs[i] = jobs[i]()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }

@@ -204,11 +204,16 @@ func buildMegatronGPTIndex(lengths func(i int) int32, beg, end int, p megatronGP
 		fill(docs)
 	}
 
-	samples, err := megatronSampleIndex(lengths, docs, seq, epochs*tokensPerEpoch)
-	if err != nil {
-		return nil, err
-	}
-	total := int64(len(samples)/2 - 1)
+	// The sample index needs no random draws and the shuffle index needs only the window count, so the
+	// two are built at once.
+	var samples []int64
+	var serr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		samples, serr = megatronSampleIndex(lengths, docs, seq, epochs*tokensPerEpoch)
+	}()
+	total := (epochs*tokensPerEpoch - 1) / seq
 	shuffle := make([]int64, total)
 	for k := range shuffle {
 		shuffle[k] = int64(k)
@@ -218,6 +223,10 @@ func buildMegatronGPTIndex(lengths func(i int) int32, beg, end int, p megatronGP
 		npShuffle(rs, shuffle[sansFinal:])
 	} else {
 		npShuffle(rs, shuffle)
+	}
+	<-done
+	if serr != nil {
+		return nil, serr
 	}
 	return &megatronGPTIndex{docs: docs, samples: samples, shuffle: shuffle, epochs: int(epochs), separate: separate}, nil
 }

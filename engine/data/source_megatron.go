@@ -185,24 +185,8 @@ func (s *megatronFile) parse() error {
 	default:
 		return bad("%d bytes after the document boundaries; only a mode per sequence (%d bytes) may follow", len(body), nseq)
 	}
-	size, binLen := uint64(dt.Size()), uint64(len(s.bin.data))
-	s.packed = true
-	next := uint64(0)
-	for i := range s.nseq {
-		n := int32(binary.LittleEndian.Uint32(s.lengths[4*i:]))
-		p := int64(binary.LittleEndian.Uint64(s.pointers[8*i:]))
-		switch {
-		case n < 0:
-			return bad("sequence %d has length %d", i, n)
-		case p < 0 || uint64(p)%size != 0:
-			return bad("sequence %d has pointer %d, not a multiple of the %d-byte token at or after 0", i, p, size)
-		case uint64(p) > binLen || uint64(n)*size > binLen-uint64(p):
-			return bad("sequence %d (pointer %d, %d tokens of %d bytes) runs past the end of %s (%d bytes)",
-				i, p, n, size, s.bin.path, binLen)
-		}
-		s.packed = s.packed && uint64(p) == next
-		next = uint64(p) + uint64(n)*size
-		s.tokens += int64(n)
+	if err := s.checkSequences(dt, bad); err != nil {
+		return err
 	}
 	prev := int64(0)
 	for d := range s.ndoc {
@@ -217,6 +201,58 @@ func (s *megatronFile) parse() error {
 	}
 	if s.nseq == 0 {
 		return bad("the index has no sequences")
+	}
+	return nil
+}
+
+// checkSequences checks every sequence's length and pointer against the .bin, in parallel chunks, and
+// finds the token count and whether the sequences lie back to back from byte 0.
+func (s *megatronFile) checkSequences(dt DType, bad func(string, ...any) error) error {
+	size, binLen := uint64(dt.Size()), uint64(len(s.bin.data))
+	const chunk = 1 << 18
+	type part struct {
+		tokens      int64
+		first, next uint64 // the chunk's first pointer, and the byte after its last sequence
+		packed      bool
+	}
+	parts := make([]part, (s.nseq+chunk-1)/chunk)
+	var jobs []func() error
+	for c := range parts {
+		jobs = append(jobs, func() error {
+			pt := &parts[c]
+			pt.packed = true
+			for i := c * chunk; i < min((c+1)*chunk, s.nseq); i++ {
+				n := int32(binary.LittleEndian.Uint32(s.lengths[4*i:]))
+				p := int64(binary.LittleEndian.Uint64(s.pointers[8*i:]))
+				switch {
+				case n < 0:
+					return bad("sequence %d has length %d", i, n)
+				case p < 0 || uint64(p)%size != 0:
+					return bad("sequence %d has pointer %d, not a multiple of the %d-byte token at or after 0", i, p, size)
+				case uint64(p) > binLen || uint64(n)*size > binLen-uint64(p):
+					return bad("sequence %d (pointer %d, %d tokens of %d bytes) runs past the end of %s (%d bytes)",
+						i, p, n, size, s.bin.path, binLen)
+				}
+				if i == c*chunk {
+					pt.first = uint64(p)
+				} else {
+					pt.packed = pt.packed && uint64(p) == pt.next
+				}
+				pt.next = uint64(p) + uint64(n)*size
+				pt.tokens += int64(n)
+			}
+			return nil
+		})
+	}
+	if err := runParallel(jobs); err != nil {
+		return firstError(err)
+	}
+	s.packed = true
+	next := uint64(0)
+	for _, pt := range parts {
+		s.packed = s.packed && pt.packed && pt.first == next
+		next = pt.next
+		s.tokens += pt.tokens
 	}
 	return nil
 }
