@@ -110,14 +110,16 @@ func int64Bytes(s []int64) []byte {
 }
 
 // readMegatronCache maps a cache file and returns its index, whose arrays live in the returned mapping,
-// after checking that it holds this key and that every value is in range for the corpus (beg..end of s),
-// so that a stale, truncated or foreign file is rebuilt rather than read out of bounds.
-func readMegatronCache(path string, key []byte, s *MegatronSource, beg, end int, seqLen int) (*megatronGPTIndex, *mappedFile, error) {
+// after checking that it holds this key and that its sizes agree with its header, so that a stale,
+// truncated or foreign file is rebuilt. Nothing else is read here: opening costs the same at any size, and
+// every value is checked where a window reads it (GPTSource.readMegatron), so that a damaged file gives an
+// error, never a read out of bounds.
+func readMegatronCache(path string, key []byte, s *MegatronSource) (*megatronGPTIndex, *mappedFile, error) {
 	mf, err := mapFile(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	x, err := parseMegatronCache(mf.data, key, s, beg, end, seqLen)
+	x, err := parseMegatronCache(mf.data, key, s)
 	if err != nil {
 		_ = mf.unmap()
 		return nil, nil, fmt.Errorf("%w: index cache %s: %w", engine.ErrFormat, path, err)
@@ -125,7 +127,7 @@ func readMegatronCache(path string, key []byte, s *MegatronSource, beg, end int,
 	return x, mf, nil
 }
 
-func parseMegatronCache(data, key []byte, s *MegatronSource, beg, end, seqLen int) (x *megatronGPTIndex, err error) {
+func parseMegatronCache(data, key []byte, s *MegatronSource) (x *megatronGPTIndex, err error) {
 	defer recoverFault(&err, guardFaults(), s, 0)
 	var h megatronCacheHeader
 	hsize := binary.Size(h)
@@ -151,60 +153,7 @@ func parseMegatronCache(data, key []byte, s *MegatronSource, beg, end, seqLen in
 	x.samples = unsafe.Slice((*int64)(unsafe.Pointer(&data[off])), h.Samples)
 	off += int(8 * h.Samples)
 	x.shuffle = unsafe.Slice((*int64)(unsafe.Pointer(&data[off])), h.Shuffle)
-	if err := x.check(s, beg, end, seqLen); err != nil {
-		return nil, firstError(err)
-	}
 	return x, nil
-}
-
-// check verifies that every value of the index is in range: documents in [beg, end), window starts in the
-// document index and within their document, shuffle entries naming windows. The arrays are checked in
-// parallel chunks.
-func (x *megatronGPTIndex) check(s *MegatronSource, beg, end, seqLen int) error {
-	n := int64(len(x.docs))
-	windows := int64(len(x.shuffle))
-	var jobs []func() error
-	chunk := 1 << 18
-	for lo := 0; lo < len(x.docs); lo += chunk {
-		docs := x.docs[lo:min(lo+chunk, len(x.docs))]
-		first := lo
-		jobs = append(jobs, func() error {
-			for k, d := range docs {
-				if int(d) < beg || int(d) >= end {
-					return fmt.Errorf("document index entry %d is %d, outside sequences [%d, %d)", first+k, d, beg, end)
-				}
-			}
-			return nil
-		})
-	}
-	for lo := 0; lo < len(x.samples); lo += 2 * chunk {
-		hi := min(lo+2*chunk, len(x.samples))
-		jobs = append(jobs, func() error {
-			for k := lo; k < hi; k += 2 {
-				pos, off := x.samples[k], x.samples[k+1]
-				if pos < 0 || pos >= n || off < 0 || off > int64(s.seqLen32(int(x.docs[pos]))) {
-					return fmt.Errorf("sample index entry %d (%d, %d) is outside the document index", k/2, pos, off)
-				}
-				if k > 0 && (pos < x.samples[k-2] || (pos == x.samples[k-2] && off-x.samples[k-1] > int64(seqLen))) {
-					return fmt.Errorf("sample index entry %d (%d, %d) does not follow the one before", k/2, pos, off)
-				}
-			}
-			return nil
-		})
-	}
-	for lo := 0; lo < len(x.shuffle); lo += chunk {
-		part := x.shuffle[lo:min(lo+chunk, len(x.shuffle))]
-		first := lo
-		jobs = append(jobs, func() error {
-			for k, w := range part {
-				if w < 0 || w >= windows {
-					return fmt.Errorf("shuffle index entry %d is %d, outside [0, %d)", first+k, w, windows)
-				}
-			}
-			return nil
-		})
-	}
-	return runParallel(jobs)
 }
 
 // firstError is the first error of a joined error (runParallel's), whose message alone names the problem.

@@ -3,10 +3,12 @@ package data
 import (
 	"compress/gzip"
 	"encoding/json"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -211,5 +213,90 @@ func TestGPTSourceMegatronMatchesMegatronCore(t *testing.T) {
 				require.NoError(t, src.Close())
 			}
 		})
+	}
+}
+
+// megatronSampleIndexWalk is helpers.cpp's build_sample_idx line for line (drop_last_partial_sequence,
+// add_extra_token_to_sequence): the reference for the parallel build.
+func megatronSampleIndexWalk(lengths func(i int) int32, docs []int32, seq, tokens int64) []int64 {
+	n := (tokens - 1) / seq
+	out := make([]int64, 0, 2*(n+1))
+	pos, offset := int64(0), int64(0)
+	out = append(out, pos, offset)
+	for k := int64(1); k <= n; k++ {
+		remaining := seq + 1
+		for remaining != 0 {
+			docLen := int64(lengths(int(docs[pos]))) - offset
+			remaining -= docLen
+			if remaining <= 0 {
+				offset += remaining + docLen - 1
+				remaining = 0
+			} else {
+				if pos == int64(len(docs))-1 {
+					offset = int64(lengths(int(docs[pos]))) - 1
+					break
+				}
+				pos++
+				offset = 0
+			}
+		}
+		out = append(out, pos, offset)
+	}
+	return out
+}
+
+// TestMegatronSampleIndexParallel compares the parallel sample index with build_sample_idx's walk on
+// random documents, empty ones among them, over chunk boundaries; and the pipelined shuffles with
+// RandomState's.
+func TestMegatronSampleIndexParallel(t *testing.T) {
+	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	for _, c := range []struct{ docs, maxLen, seq int }{{10, 5, 2}, {3000, 40, 7}, {200000, 9, 64}, {150000, 300, 1000}} {
+		lens := make([]int32, c.docs)
+		var total int64
+		for i := range lens {
+			if r.IntN(10) > 0 {
+				lens[i] = int32(r.IntN(c.maxLen + 1))
+			}
+			total += int64(lens[i])
+		}
+		if total <= int64(c.seq) {
+			continue
+		}
+		docs := make([]int32, 2*c.docs)
+		for i := range docs {
+			docs[i] = int32(r.IntN(c.docs))
+		}
+		var tokens int64
+		for _, d := range docs {
+			tokens += int64(lens[d])
+		}
+		lf := func(i int) int32 { return lens[i] }
+		want := megatronSampleIndexWalk(lf, docs, int64(c.seq), tokens)
+		pairs := make([]docLen, len(docs))
+		for k, d := range docs {
+			pairs[k] = docLen{d, lens[d]}
+		}
+		got := megatronSampleIndexParallel(pairs, int64(c.seq), tokens)
+		require.Equal(t, want, got, "%+v", c)
+	}
+	for _, n := range []int{0, 1, 2, 70000, 300001} {
+		a, b := make([]int32, n), make([]int64, n/3)
+		for i := range a {
+			a[i] = int32(i)
+		}
+		for i := range b {
+			b[i] = int64(i)
+		}
+		ra, rb := make([]int32, len(a)), make([]int64, len(b))
+		copy(ra, a)
+		copy(rb, b)
+		ref := newNumpyRandomState(99)
+		npShuffle(ref, ra)
+		npShuffle(ref, rb)
+		rs := newNumpyRandomState(99)
+		parallelShuffles(rs, newShuffleJob(a), newShuffleJob(b))
+		require.Equal(t, ra, a)
+		require.Equal(t, rb, b)
+		require.Equal(t, ref.uint32(), rs.uint32(), "the state after the shuffles")
 	}
 }

@@ -188,79 +188,44 @@ func buildMegatronGPTIndex(lengths func(i int) int32, beg, end int, p megatronGP
 		return nil, fmt.Errorf("%w: %d documents over %d epochs exceed Megatron's int32 document index", engine.ErrLimit, ndocs, epochs)
 	}
 
-	rs := newNumpyRandomState(p.seed)
-	docs := make([]int32, int64(ndocs)*epochs)
-	fill := func(d []int32) {
-		for k := range d {
-			d[k] = int32(beg + k%ndocs)
-		}
-		npShuffle(rs, d)
+	total := (epochs*tokensPerEpoch - 1) / seq
+	if total > math.MaxUint32 {
+		return nil, fmt.Errorf("%w: %d windows exceed the 2^32 a Megatron shuffle index is built for here", engine.ErrLimit, total)
 	}
+	// Each document travels with its length through the shuffle, so that the sample index reads the lengths
+	// in document-index order instead of gathering them at random.
+	pairs := make([]docLen, int64(ndocs)*epochs)
+	parallelFor(len(pairs), 1<<16, func(lo, hi int) {
+		for k := lo; k < hi; k++ {
+			d := beg + k%ndocs
+			pairs[k] = docLen{int32(d), lengths(d)}
+		}
+	})
+	shuffle := make([]int64, total)
+	parallelFor(len(shuffle), 1<<16, func(lo, hi int) {
+		for k := lo; k < hi; k++ {
+			shuffle[k] = int64(k)
+		}
+	})
+	// The random state shuffles, in this order: the document index (its first epochs, then a separate
+	// last epoch), then the shuffle index (its windows before the separate last epoch, then the rest).
+	var jobs []*shuffleJob
 	if separate {
 		first := int64(ndocs) * (epochs - 1)
-		fill(docs[:first])
-		fill(docs[first:])
+		jobs = append(jobs, newShuffleJob(pairs[:first]), newShuffleJob(pairs[first:]),
+			newShuffleJob(shuffle[:sansFinal]), newShuffleJob(shuffle[sansFinal:]))
 	} else {
-		fill(docs)
+		jobs = append(jobs, newShuffleJob(pairs), newShuffleJob(shuffle))
 	}
-
-	// The sample index needs no random draws and the shuffle index needs only the window count, so the
-	// two are built at once.
-	var samples []int64
-	var serr error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		samples, serr = megatronSampleIndex(lengths, docs, seq, epochs*tokensPerEpoch)
-	}()
-	total := (epochs*tokensPerEpoch - 1) / seq
-	shuffle := make([]int64, total)
-	for k := range shuffle {
-		shuffle[k] = int64(k)
-	}
-	if separate {
-		npShuffle(rs, shuffle[:sansFinal])
-		npShuffle(rs, shuffle[sansFinal:])
-	} else {
-		npShuffle(rs, shuffle)
-	}
-	<-done
-	if serr != nil {
-		return nil, serr
-	}
-	return &megatronGPTIndex{docs: docs, samples: samples, shuffle: shuffle, epochs: int(epochs), separate: separate}, nil
-}
-
-// megatronSampleIndex is helpers.cpp's build_sample_idx: walk the documents in document-index order and
-// cut a window every SeqLen tokens, each window reading one token more (its last target).
-func megatronSampleIndex(lengths func(i int) int32, docs []int32, seq, tokens int64) ([]int64, error) {
-	n := (tokens - 1) / seq
-	out := make([]int64, 0, 2*(n+1))
-	pos, offset := int64(0), int64(0)
-	out = append(out, pos, offset)
-	for k := int64(1); k <= n; k++ {
-		remaining := seq + 1
-		for remaining != 0 {
-			docLen := int64(lengths(int(docs[pos]))) - offset
-			remaining -= docLen
-			if remaining <= 0 {
-				offset += remaining + docLen - 1
-				remaining = 0
-			} else {
-				if pos == int64(len(docs))-1 {
-					if k != n {
-						return nil, fmt.Errorf("%w: the document index ran out at window %d of %d", engine.ErrFormat, k, n)
-					}
-					offset = int64(lengths(int(docs[pos]))) - 1
-					break
-				}
-				pos++
-				offset = 0
-			}
+	parallelShuffles(newNumpyRandomState(p.seed), jobs...)
+	docs := make([]int32, len(pairs))
+	parallelFor(len(pairs), 1<<16, func(lo, hi int) {
+		for k := lo; k < hi; k++ {
+			docs[k] = pairs[k].doc
 		}
-		out = append(out, pos, offset)
-	}
-	return out, nil
+	})
+	samples := megatronSampleIndexParallel(pairs, seq, epochs*tokensPerEpoch)
+	return &megatronGPTIndex{docs: docs, samples: samples, shuffle: shuffle, epochs: int(epochs), separate: separate}, nil
 }
 
 // megatronBlendSizes is the number of samples Megatron's builder asks of each dataset of a blend with

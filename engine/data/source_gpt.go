@@ -98,11 +98,12 @@ type GPTSource struct {
 	winFirst []int
 	cum      [][]int64 // per unpacked file: token offset of each sequence in its stream
 
-	// GPTOrderMegatron.
-	index *megatronGPTIndex
-	cache *mappedFile
-	info  GPTIndexInfo
-	guard closeGuard
+	// GPTOrderMegatron: the index, and the split's sequences [beg, end).
+	index    *megatronGPTIndex
+	beg, end int
+	cache    *mappedFile
+	info     GPTIndexInfo
+	guard    closeGuard
 }
 
 var (
@@ -199,9 +200,9 @@ func (s *GPTSource) openMegatron() error {
 			}
 			path = filepath.Join(dir, name)
 			if _, serr := os.Stat(path); serr == nil {
-				x, mf, rerr := readMegatronCache(path, key, s.corpus, beg, end, s.cfg.SeqLen)
+				x, mf, rerr := readMegatronCache(path, key, s.corpus)
 				if rerr == nil {
-					s.index, s.cache, s.n = x, mf, x.Len()
+					s.index, s.cache, s.n, s.beg, s.end = x, mf, x.Len(), beg, end
 					s.info = GPTIndexInfo{Cached: true, Path: path, Took: time.Since(start), Epochs: x.epochs}
 					return nil
 				}
@@ -215,7 +216,7 @@ func (s *GPTSource) openMegatron() error {
 	if err != nil {
 		return fmt.Errorf("GPT source %v: %w", s.corpus, err)
 	}
-	s.index, s.n = x, x.Len()
+	s.index, s.n, s.beg, s.end = x, x.Len(), beg, end
 	s.info.Epochs, s.info.Took = x.epochs, time.Since(start)
 	if path != "" {
 		if werr := writeMegatronCache(path, key, x); werr != nil {
@@ -247,17 +248,28 @@ func (s *GPTSource) OrdersItself() string {
 // IndexInfo says how a Megatron-order source got its index (zero for GPTOrderFerry).
 func (s *GPTSource) IndexInfo() GPTIndexInfo { return s.info }
 
-// ReadSample copies window i into the field. It is safe for concurrent use.
-func (s *GPTSource) ReadSample(i int, dst [][]byte) error {
-	return s.guard.read(s, s.n, s.fields, i, dst, func() {
-		var n int
-		if s.index != nil {
-			n = s.readMegatron(i, dst[0])
-		} else {
-			n = s.readFerry(i, dst[0])
+// ReadSample copies window i into the field. It is safe for concurrent use. A Megatron-order index whose
+// values are out of range (a damaged cache file) gives an ErrFormat error naming the file, never a read out
+// of bounds; a file truncated while mapped gives ErrIO.
+func (s *GPTSource) ReadSample(i int, dst [][]byte) (err error) {
+	if err := checkRead(s, s.n, s.fields, i, dst); err != nil {
+		return err
+	}
+	if !s.guard.enter() {
+		return errClosedSource(s, i)
+	}
+	defer s.guard.exit()
+	defer recoverFault(&err, guardFaults(), s, i)
+	var n int
+	if s.index != nil {
+		if n, err = s.readMegatron(i, dst[0]); err != nil {
+			return err
 		}
-		clear(dst[0][n:])
-	})
+	} else {
+		n = s.readFerry(i, dst[0])
+	}
+	clear(dst[0][n:])
+	return nil
 }
 
 // locateFerry is the file of window i and the token at which the window starts in the file's stream.
@@ -282,20 +294,43 @@ func (s *GPTSource) readFerry(i int, dst []byte) int {
 	return n
 }
 
-// readMegatron copies window i as GPTDataset's _query_document_sample_shuffle_indices assembles it.
-func (s *GPTSource) readMegatron(i int, dst []byte) int {
+// readMegatron copies window i as GPTDataset's _query_document_sample_shuffle_indices assembles it,
+// checking each index value it uses.
+func (s *GPTSource) readMegatron(i int, dst []byte) (int, error) {
 	x := s.index
 	w := x.shuffle[i]
+	ndocs := int64(len(x.docs))
+	bad := func(what string, args ...any) (int, error) {
+		where := "the built index"
+		if s.cache != nil {
+			where = "index cache " + s.cache.path
+		}
+		return 0, fmt.Errorf("%w: %v: window %d: %s holds %s (rebuild it: remove the file)", engine.ErrFormat, s, i, where, fmt.Sprintf(what, args...))
+	}
+	if w < 0 || w >= int64(len(x.shuffle)) {
+		return bad("shuffle entry %d", w)
+	}
 	db, ob := x.samples[2*w], x.samples[2*w+1]
 	de, oe := x.samples[2*w+2], x.samples[2*w+3]
-	if db == de {
-		return copy(dst, s.corpus.tokensOf(int(x.docs[db]), ob, oe-ob+1))
+	if db < 0 || de < db || de >= ndocs || ob < 0 || oe < 0 {
+		return bad("window bounds (%d, %d)..(%d, %d)", db, ob, de, oe)
 	}
-	n := copy(dst, s.corpus.tokensOf(int(x.docs[db]), ob, 1<<62))
-	for d := db + 1; d < de; d++ {
-		n += copy(dst[n:], s.corpus.tokensOf(int(x.docs[d]), 0, 1<<62))
+	n := 0
+	for d := db; d <= de && n < len(dst); d++ {
+		doc := int(x.docs[d])
+		if doc < s.beg || doc >= s.end {
+			return bad("document %d at position %d, outside the split's sequences [%d, %d)", doc, d, s.beg, s.end)
+		}
+		off, length := int64(0), int64(1<<62)
+		if d == db {
+			off = ob
+		}
+		if d == de {
+			length = oe + 1 - off
+		}
+		n += copy(dst[n:], s.corpus.tokensOf(doc, off, length))
 	}
-	return n + copy(dst[n:], s.corpus.tokensOf(int(x.docs[de]), 0, oe+1))
+	return n, nil
 }
 
 // Region is the .bin mapping of a one-file, back-to-back corpus in ferry order; nil otherwise (the

@@ -188,30 +188,45 @@ func TestGPTSourceCache(t *testing.T) {
 	require.NotEqual(t, want, gotOther)
 	require.NoError(t, o.Close())
 
-	for _, damage := range []func([]byte) []byte{
-		func(b []byte) []byte { return b[:len(b)-8] },                              // truncated
-		func(b []byte) []byte { b[len(b)-8] = 0xFF; b[len(b)-1] = 0x7F; return b }, // a shuffle entry out of range
-		func(b []byte) []byte { b[8+48+3] ^= 1; return b },                         // the key
-		func(b []byte) []byte { b[8+40+3] ^= 1; return b },                         // the separate-epoch flag
-		func(b []byte) []byte { copy(b, "NOTFERRY"); return b },                    // the magic
-	} {
+	damaged := func(damage func([]byte) []byte) {
 		data, err := os.ReadFile(info.Path)
 		require.NoError(t, err)
 		require.NoError(t, os.WriteFile(info.Path, damage(data), 0o644))
+	}
+	for _, damage := range []func([]byte) []byte{
+		func(b []byte) []byte { return b[:len(b)-8] },           // truncated
+		func(b []byte) []byte { b[8+48+3] ^= 1; return b },      // the key
+		func(b []byte) []byte { b[8+40+3] ^= 1; return b },      // the separate-epoch flag
+		func(b []byte) []byte { copy(b, "NOTFERRY"); return b }, // the magic
+	} {
+		damaged(damage)
 		s, got := open(cfg)
 		require.False(t, s.IndexInfo().Cached)
 		require.Contains(t, s.IndexInfo().CacheError, info.Path)
 		require.Equal(t, want, got)
 		require.NoError(t, s.Close())
 	}
+	// A value out of range in an otherwise whole file: the window that reads it fails, naming the file;
+	// the others read.
+	damaged(func(b []byte) []byte { b[len(b)-8] = 0xFF; b[len(b)-1] = 0x7F; return b }) // the last shuffle entry
+	s, err := NewGPTSource([]string{a}, cfg)
+	require.NoError(t, err)
+	require.True(t, s.IndexInfo().Cached)
+	f := s.Fields()[0]
+	err = s.ReadSample(s.Len()-1, [][]byte{make([]byte, f.Bytes())})
+	require.ErrorIs(t, err, engine.ErrFormat)
+	require.Contains(t, err.Error(), info.Path)
+	require.Equal(t, want[0], readWindow(t, s, 0))
+	require.NoError(t, s.Close())
+	require.NoError(t, os.Remove(info.Path))
 
 	nc := cfg
 	nc.NoCache, nc.CacheDir = true, filepath.Join(t.TempDir(), "never")
-	s, got := open(nc)
+	s, got = open(nc)
 	require.Equal(t, want, got)
 	require.Empty(t, s.IndexInfo().Path)
 	require.NoError(t, s.Close())
-	_, err := os.Stat(nc.CacheDir)
+	_, err = os.Stat(nc.CacheDir)
 	require.True(t, os.IsNotExist(err))
 }
 

@@ -1,0 +1,140 @@
+package data
+
+import (
+	"runtime"
+	"sort"
+	"sync"
+)
+
+// The Megatron-order build, made parallel without changing a single value.
+//
+// The shuffles. RandomState.shuffle's swap targets depend only on the random stream and the position, never
+// on the array: draw j for position i is interval(i). So one goroutine draws the targets of every shuffle
+// in stream order (the document index, then the shuffle index) while each shuffle's own goroutine applies
+// its swaps as the draws arrive; the shuffle index is then permuted alongside the document index. The
+// application loop, free of the generator, keeps many cache misses in flight.
+//
+// The sample index. build_sample_idx's walk cuts a window every SeqLen tokens of the documents laid end to
+// end in document-index order: window k >= 1 starts at token k*SeqLen of that stream, in the document
+// that holds it (the one whose tokens [cum[p], cum[p+1]) contain it, empty documents holding none), at
+// offset k*SeqLen - cum[p]; window 0 starts at (0, 0). With the prefix sums cum computed in parallel,
+// every window is found independently.
+
+// shuffleJob is one RandomState.shuffle of a slice, by swap targets drawn elsewhere.
+type shuffleJob struct {
+	n     int
+	draws chan []uint32
+	apply func(hi int, draws []uint32) // swaps positions hi, hi-1, ... with draws[0], draws[1], ...
+}
+
+const drawChunk = 1 << 16
+
+func newShuffleJob[T any](s []T) *shuffleJob {
+	return &shuffleJob{
+		n:     len(s),
+		draws: make(chan []uint32, (len(s)+drawChunk-1)/drawChunk+1),
+		apply: func(hi int, draws []uint32) {
+			for k, j := range draws {
+				i := hi - k
+				s[i], s[j] = s[j], s[i]
+			}
+		},
+	}
+}
+
+// parallelShuffles runs the shuffles as r.shuffle would run them one after another, and leaves r where
+// they would. Every shuffle has at most 2^32 elements (its draws fit 32 bits; the caller checks).
+func parallelShuffles(r *numpyRandomState, jobs ...*shuffleJob) {
+	var wg sync.WaitGroup
+	for _, j := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hi := j.n - 1
+			for d := range j.draws {
+				j.apply(hi, d)
+				hi -= len(d)
+			}
+		}()
+	}
+	for _, j := range jobs {
+		for hi := j.n - 1; hi >= 1; hi -= drawChunk {
+			lo := max(hi-drawChunk+1, 1)
+			d := make([]uint32, hi-lo+1)
+			for i := hi; i >= lo; i-- {
+				d[hi-i] = uint32(r.interval(uint64(i)))
+			}
+			j.draws <- d
+		}
+		close(j.draws)
+	}
+	wg.Wait()
+}
+
+// parallelFor runs fn over [0, n) in chunks on up to GOMAXPROCS goroutines.
+func parallelFor(n, chunk int, fn func(lo, hi int)) {
+	if n <= chunk {
+		fn(0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	next := make(chan int, (n+chunk-1)/chunk)
+	for lo := 0; lo < n; lo += chunk {
+		next <- lo
+	}
+	close(next)
+	for range min(runtime.GOMAXPROCS(0), (n+chunk-1)/chunk) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for lo := range next {
+				fn(lo, min(lo+chunk, n))
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// docLen is a document of the document index and its length.
+type docLen struct{ doc, n int32 }
+
+// megatronSampleIndexParallel is build_sample_idx for drop_last_partial_sequence (see above): windows of
+// seq+1 tokens every seq tokens over `tokens` tokens of the documents (with their lengths) in
+// document-index order.
+func megatronSampleIndexParallel(docs []docLen, seq, tokens int64) []int64 {
+	const chunk = 1 << 16
+	cum := make([]int64, len(docs)+1)
+	nchunks := (len(docs) + chunk - 1) / chunk
+	sums := make([]int64, nchunks+1)
+	parallelFor(len(docs), chunk, func(lo, hi int) {
+		var sum int64
+		for p := lo; p < hi; p++ {
+			sum += int64(docs[p].n)
+			cum[p+1] = sum
+		}
+		sums[lo/chunk+1] = sum
+	})
+	for c := 1; c <= nchunks; c++ {
+		sums[c] += sums[c-1]
+	}
+	parallelFor(len(docs), chunk, func(lo, hi int) {
+		base := sums[lo/chunk]
+		for p := lo; p < hi; p++ {
+			cum[p+1] += base
+		}
+	})
+	n := (tokens - 1) / seq
+	out := make([]int64, 2*(n+1))
+	parallelFor(int(n), chunk, func(lo, hi int) {
+		k := int64(lo + 1)
+		t := k * seq
+		p := sort.Search(len(cum), func(q int) bool { return cum[q] > t }) - 1
+		for ; k <= int64(hi); k, t = k+1, t+seq {
+			for cum[p+1] <= t {
+				p++
+			}
+			out[2*k], out[2*k+1] = int64(p), t-cum[p]
+		}
+	})
+	return out
+}
