@@ -484,7 +484,7 @@ FERRY_API ferry_status ferry_source_ragged_tokens(const char* tokens_path, const
 typedef struct ferry_megatron_options {
     uint32_t size;          /**< set by ferry_megatron_options_init */
     int32_t reserved;
-    int64_t max_len;        /**< the field's length; longer sequences are cut to their first max_len tokens; required */
+    int64_t max_len; /**< the field's length; longer sequences are cut to their first max_len tokens; required */
     const char* field_name; /**< the field's name, NUL-terminated, copied; NULL (the default) means "tokens" */
 } ferry_megatron_options;
 
@@ -498,8 +498,8 @@ FERRY_API ferry_status ferry_megatron_options_init(ferry_megatron_options* opts)
  * one after another. Every field of every index is checked here: a malformed file is FERRY_ERR_FORMAT with
  * a message naming the file and the field. The files stay memory-mapped until the source is destroyed.
  */
-FERRY_API ferry_status ferry_source_megatron(const char* const* prefixes, int32_t count, const ferry_megatron_options* opts,
-                                             ferry_source* source);
+FERRY_API ferry_status ferry_source_megatron(const char* const* prefixes, int32_t count,
+                                             const ferry_megatron_options* opts, ferry_source* source);
 
 /** ferry_gpt_options.order. */
 typedef enum ferry_gpt_order {
@@ -523,17 +523,17 @@ typedef enum ferry_megatron_split {
 
 /** Options for ferry_source_gpt(). Fill with ferry_gpt_options_init() first. */
 typedef struct ferry_gpt_options {
-    uint32_t size;          /**< set by ferry_gpt_options_init */
-    int32_t order;          /**< ferry_gpt_order; default FERRY_GPT_ORDER_FERRY */
-    int64_t seq_len;        /**< inputs per sample; each window holds seq_len + 1 tokens; required */
+    uint32_t size; /**< set by ferry_gpt_options_init */
+    int32_t order; /**< ferry_gpt_order; default FERRY_GPT_ORDER_FERRY */
+    int64_t seq_len; /**< inputs per sample; each window holds seq_len + 1 tokens; required */
     const char* field_name; /**< NULL (the default) means "tokens" */
     /* FERRY_GPT_ORDER_MEGATRON */
-    uint64_t seed;          /**< Megatron's random_seed, 0 .. 2^32-1 */
-    const char* split;      /**< Megatron's split string, e.g. "969,30,1"; NULL means "1" (all in train) */
-    int32_t which;          /**< ferry_megatron_split */
-    uint32_t flags;         /**< FERRY_GPT_F_* */
-    int64_t num_samples;    /**< samples asked for (train_iters x global batch); 0 builds one epoch */
-    const char* cache_dir;  /**< where built indices are kept; NULL means a "cache" directory beside the first prefix */
+    uint64_t seed; /**< Megatron's random_seed, 0 .. 2^32-1 */
+    const char* split; /**< Megatron's split string, e.g. "969,30,1"; NULL means "1" (all in train) */
+    int32_t which; /**< ferry_megatron_split */
+    uint32_t flags; /**< FERRY_GPT_F_* */
+    int64_t num_samples; /**< samples asked for (train_iters x global batch); 0 builds one epoch */
+    const char* cache_dir; /**< where built indices are kept; NULL means a "cache" directory beside the first prefix */
 } ferry_gpt_options;
 
 /** Sets opts->size and the defaults. */
@@ -551,11 +551,11 @@ FERRY_API ferry_status ferry_source_gpt(const char* const* prefixes, int32_t cou
 
 /** How a GPT source got its Megatron-order index (ferry_source_gpt_index_info). */
 typedef struct ferry_gpt_index_info {
-    uint32_t size;          /**< set by the caller to sizeof(ferry_gpt_index_info) */
-    int32_t cached;         /**< 1 when the index was mapped from the cache */
-    int64_t epochs;         /**< passes over the split the windows make */
-    double seconds;         /**< time to build or map the index */
-    char path[1024];        /**< the cache file read or written, NUL-terminated; empty when none */
+    uint32_t size; /**< set by the caller to sizeof(ferry_gpt_index_info) */
+    int32_t cached; /**< 1 when the index was mapped from the cache */
+    int64_t epochs; /**< passes over the split the windows make */
+    double seconds; /**< time to build or map the index */
+    char path[1024]; /**< the cache file read or written, NUL-terminated; empty when none */
     char cache_error[1024]; /**< why the cache could not be used, if it could not; the source works without it */
 } ferry_gpt_index_info;
 
@@ -573,10 +573,10 @@ typedef enum ferry_blend_order {
 
 /** Options for ferry_source_blend(). Fill with ferry_blend_options_init() first. */
 typedef struct ferry_blend_options {
-    uint32_t size;       /**< set by ferry_blend_options_init */
-    int32_t order;       /**< ferry_blend_order; default FERRY_BLEND_ORDER_FERRY */
+    uint32_t size; /**< set by ferry_blend_options_init */
+    int32_t order; /**< ferry_blend_order; default FERRY_BLEND_ORDER_FERRY */
     int64_t num_samples; /**< the blend's size (an epoch); required */
-    uint64_t seed;       /**< keys FERRY_BLEND_ORDER_FERRY */
+    uint64_t seed; /**< keys FERRY_BLEND_ORDER_FERRY */
 } ferry_blend_options;
 
 /** Sets opts->size and the defaults. */
@@ -656,7 +656,7 @@ typedef enum ferry_transform_kind {
 /** ferry_transform.layout of FERRY_TRANSFORM_NORMALIZE. */
 typedef enum ferry_image_layout {
     FERRY_LAYOUT_CHW = 0, /**< channels first: [C, H, W] per sample (torchvision models) */
-    FERRY_LAYOUT_HWC = 1  /**< channels last: [H, W, C] per sample */
+    FERRY_LAYOUT_HWC = 1 /**< channels last: [H, W, C] per sample */
 } ferry_image_layout;
 
 /**
@@ -666,36 +666,36 @@ typedef enum ferry_image_layout {
  * float rounding. Fill with ferry_transform_init(); set only the kind's fields.
  */
 typedef struct ferry_transform {
-    uint32_t size;      /**< set by ferry_transform_init */
-    int32_t kind;       /**< ferry_transform_kind */
-    const char* field;  /**< the source field it applies to (copied at iterator create) */
+    uint32_t size; /**< set by ferry_transform_init */
+    int32_t kind; /**< ferry_transform_kind */
+    const char* field; /**< the source field it applies to (copied at iterator create) */
     /* FERRY_TRANSFORM_NORMALIZE */
-    int32_t channels;   /**< how many mean/std values are given: 0 (none), 1 (every channel) or C */
-    int32_t layout;     /**< ferry_image_layout */
-    float mean[4];      /**< in units of x*scale: torchvision's ImageNet mean is 0.485, 0.456, 0.406 */
+    int32_t channels; /**< how many mean/std values are given: 0 (none), 1 (every channel) or C */
+    int32_t layout; /**< ferry_image_layout */
+    float mean[4]; /**< in units of x*scale: torchvision's ImageNet mean is 0.485, 0.456, 0.406 */
     float std[4];
-    float scale;        /**< 0 means 1/255 */
-    int32_t dtype;      /**< FERRY_DTYPE_FLOAT32 (or 0), FERRY_DTYPE_FLOAT16 or FERRY_DTYPE_BFLOAT16 */
-    double flip;        /**< probability of a horizontal flip, a pure function of (seed, epoch, sample) */
+    float scale; /**< 0 means 1/255 */
+    int32_t dtype; /**< FERRY_DTYPE_FLOAT32 (or 0), FERRY_DTYPE_FLOAT16 or FERRY_DTYPE_BFLOAT16 */
+    double flip; /**< probability of a horizontal flip, a pure function of (seed, epoch, sample) */
     /* FERRY_TRANSFORM_SHIFT_TOKENS */
     const char* x_name; /**< NULL means "x" */
     const char* y_name; /**< NULL means "y" */
     /* FERRY_TRANSFORM_PAD_SEQUENCES */
     int64_t pad_value;
-    int32_t fixed_length;      /**< nonzero pads to the field's full length instead of the batch's longest */
+    int32_t fixed_length; /**< nonzero pads to the field's full length instead of the batch's longest */
     int32_t reserved;
-    const char* mask_name;     /**< NULL means "attention_mask" */
-    const char* lengths_name;  /**< NULL means "lengths" */
+    const char* mask_name; /**< NULL means "attention_mask" */
+    const char* lengths_name; /**< NULL means "lengths" */
     /* Appended in 0.1 (FERRY_TRANSFORM_NORMALIZE); a caller whose size stops before it gets the default. */
     int32_t input_layout; /**< ferry_image_layout of the u8 input: FERRY_LAYOUT_HWC ([H, W, C], as decoded;
                                the default) or FERRY_LAYOUT_CHW ([C, H, W] channel planes, as CIFAR stores them) */
     int32_t reserved2;
     /* Appended in 0.1 after input_layout (FERRY_TRANSFORM_SHIFT_TOKENS): what Megatron's GPTDataset returns beside tokens and
        labels, made on the device. A caller whose size stops before them gets neither output. */
-    const char* loss_mask_name;    /**< a float32 [SeqLen] loss mask output; NULL for none */
+    const char* loss_mask_name; /**< a float32 [SeqLen] loss mask output; NULL for none */
     const char* position_ids_name; /**< an int64 [SeqLen] position-id output; NULL for none */
-    int64_t eod;                   /**< the end-of-document token, for the FERRY_SHIFT_F_* flags */
-    uint32_t shift_flags;          /**< FERRY_SHIFT_F_* */
+    int64_t eod; /**< the end-of-document token, for the FERRY_SHIFT_F_* flags */
+    uint32_t shift_flags; /**< FERRY_SHIFT_F_* */
     int32_t reserved3;
 } ferry_transform;
 
@@ -727,20 +727,20 @@ typedef enum ferry_staging {
 
 /** Options for ferry_iterator_create(). Fill with ferry_iterator_options_init() first. */
 typedef struct ferry_iterator_options {
-    uint32_t size;       /**< set by ferry_iterator_options_init */
-    uint32_t flags;      /**< FERRY_ITERATOR_F_* */
-    int64_t batch_size;  /**< samples per batch; required */
-    uint64_t seed;       /**< the shuffle's seed: the order is a pure function of (seed, epoch, position) */
-    int32_t workers;     /**< gather threads; 0 picks min(cores, 16) */
-    int32_t prefetch;    /**< batches in flight (the ring depth), 2..64; 0 picks 4 */
-    int32_t rank;        /**< this rank, as torch's DistributedSampler shards */
-    int32_t world_size;  /**< ranks; 0 reads RANK and WORLD_SIZE when set (torchrun), else 1 */
+    uint32_t size; /**< set by ferry_iterator_options_init */
+    uint32_t flags; /**< FERRY_ITERATOR_F_* */
+    int64_t batch_size; /**< samples per batch; required */
+    uint64_t seed; /**< the shuffle's seed: the order is a pure function of (seed, epoch, position) */
+    int32_t workers; /**< gather threads; 0 picks min(cores, 16) */
+    int32_t prefetch; /**< batches in flight (the ring depth), 2..64; 0 picks 4 */
+    int32_t rank; /**< this rank, as torch's DistributedSampler shards */
+    int32_t world_size; /**< ranks; 0 reads RANK and WORLD_SIZE when set (torchrun), else 1 */
     uint32_t timeout_ms; /**< the longest ferry_iterator_next waits; 0 picks 300000 (5 min) */
     uint32_t reserved;
     /* Appended in 0.1: layout transforms and staging. */
     const ferry_transform* transforms; /**< num_transforms transforms (copied at create), or NULL */
     int32_t num_transforms;
-    int32_t staging;       /**< ferry_staging; FERRY_STAGING_AUTO picks the fastest that applies */
+    int32_t staging; /**< ferry_staging; FERRY_STAGING_AUTO picks the fastest that applies */
     /** Bytes the iterator may take beyond its ring, counted separately for the source memory it registers
         and for the slots the ring grows by when the caller holds batches; 0: a quarter of RAM; < 0: none */
     int64_t pinned_budget;
@@ -820,8 +820,8 @@ typedef struct ferry_iterator_position {
     uint64_t epoch;
     int64_t batch; /**< 0 .. batches per epoch (the last value means: the epoch's end comes next) */
     /* Appended in 0.1: the job's global position, for an elastic resume. */
-    int64_t offset;     /**< where the epoch's sharding began in its global order; 0 unless resumed elastically */
-    int64_t consumed;   /**< samples of the epoch's global order all ranks have consumed: the same on every rank */
+    int64_t offset; /**< where the epoch's sharding began in its global order; 0 unless resumed elastically */
+    int64_t consumed; /**< samples of the epoch's global order all ranks have consumed: the same on every rank */
     int64_t world_size; /**< the world size the position was taken under */
 } ferry_iterator_position;
 
@@ -864,11 +864,11 @@ FERRY_API ferry_status ferry_iterator_destroy(ferry_iterator iterator);
 
 /** What a pipeline (an iterator or a feed) delivered so far. */
 typedef struct ferry_pipeline_stats {
-    uint32_t size;     /**< set by the caller: sizeof(ferry_pipeline_stats) */
+    uint32_t size; /**< set by the caller: sizeof(ferry_pipeline_stats) */
     uint32_t reserved;
-    uint64_t batches;  /**< batches handed out */
-    uint64_t samples;  /**< samples in them */
-    uint64_t bytes;    /**< bytes of input data in them: what crossed to the device on a GPU */
+    uint64_t batches; /**< batches handed out */
+    uint64_t samples; /**< samples in them */
+    uint64_t bytes; /**< bytes of input data in them: what crossed to the device on a GPU */
     uint64_t stall_ns; /**< time the consumer waited for data: the input-bound share of a training loop */
 } ferry_pipeline_stats;
 
@@ -889,9 +889,9 @@ typedef struct ferry_feed_s* ferry_feed;
 
 /** Options for ferry_feed_create(). Fill with ferry_feed_options_init() first. */
 typedef struct ferry_feed_options {
-    uint32_t size;       /**< set by ferry_feed_options_init */
-    int32_t slots;       /**< staging slots to start with (batches queued and held); 0 picks 6 */
-    int32_t workers;     /**< threads that copy a large batch; 0 picks min(cores, 8) */
+    uint32_t size; /**< set by ferry_feed_options_init */
+    int32_t slots; /**< staging slots to start with (batches queued and held); 0 picks 6 */
+    int32_t workers; /**< threads that copy a large batch; 0 picks min(cores, 8) */
     uint32_t timeout_ms; /**< the longest a push waits for a slot's previous copy; 0 picks 300000 (5 min) */
     const ferry_transform* transforms; /**< by tensor name (the transform's field), copied at create, or NULL;
                                             Normalize flips and pad_sequences need an iterator and are refused */
@@ -909,12 +909,12 @@ FERRY_API ferry_status ferry_feed_create(ferry_engine engine, const ferry_feed_o
 
 /** One tensor of a batch given to ferry_feed_push: dense, row-major host memory. */
 typedef struct ferry_host_tensor {
-    const char* name;                  /**< what a transform is keyed by; not NULL or empty */
-    int32_t dtype;                     /**< ferry_dtype */
-    int32_t ndim;                      /**< 1..FERRY_MAX_DIMS + 1: the batch, then a sample's shape */
+    const char* name; /**< what a transform is keyed by; not NULL or empty */
+    int32_t dtype; /**< ferry_dtype */
+    int32_t ndim; /**< 1..FERRY_MAX_DIMS + 1: the batch, then a sample's shape */
     int64_t shape[FERRY_MAX_DIMS + 1]; /**< the first ndim entries; shape[0] is the same for every tensor */
-    const void* data;                  /**< the tensor's first byte; read during the call only */
-    int64_t bytes;                     /**< the tensor's size: the product of shape times the dtype's size */
+    const void* data; /**< the tensor's first byte; read during the call only */
+    int64_t bytes; /**< the tensor's size: the product of shape times the dtype's size */
 } ferry_host_tensor;
 
 /**
@@ -945,7 +945,7 @@ typedef struct ferry_batch_properties {
     uint32_t size; /**< set by the caller: sizeof(ferry_batch_properties) */
     int32_t num_fields;
     uint64_t epoch;
-    int64_t index;       /**< the batch's number within its epoch */
+    int64_t index; /**< the batch's number within its epoch */
     int64_t num_samples; /**< the batch size (the last batch may be short) */
 } ferry_batch_properties;
 
@@ -1020,8 +1020,8 @@ FERRY_API ferry_status ferry_batch_release(ferry_batch batch, void* stream);
 
 /** What the pressure thresholds compare against. */
 typedef enum ferry_pressure_metric {
-    FERRY_PRESSURE_DEVICE_USED = 1,    /**< device used by every process (total - free); the default */
-    FERRY_PRESSURE_PROCESS_USED = 2,   /**< this process's device memory (NVML; falls back to device used) */
+    FERRY_PRESSURE_DEVICE_USED = 1, /**< device used by every process (total - free); the default */
+    FERRY_PRESSURE_PROCESS_USED = 2, /**< this process's device memory (NVML; falls back to device used) */
     FERRY_PRESSURE_ENGINE_RESERVED = 3 /**< the memory held by the engine's pools */
 } ferry_pressure_metric;
 
@@ -1031,11 +1031,11 @@ typedef enum ferry_pressure_metric {
  * critical must not be below warn. Fill with ferry_pressure_options_init() first.
  */
 typedef struct ferry_pressure_options {
-    uint32_t size;            /**< set by ferry_pressure_options_init */
-    int32_t metric;           /**< ferry_pressure_metric */
-    uint64_t warn_bytes;      /**< level WARN at or above this */
-    uint64_t critical_bytes;  /**< level CRITICAL at or above this */
-    double warn_fraction;     /**< of device total, 0..1; used when warn_bytes is 0 */
+    uint32_t size; /**< set by ferry_pressure_options_init */
+    int32_t metric; /**< ferry_pressure_metric */
+    uint64_t warn_bytes; /**< level WARN at or above this */
+    uint64_t critical_bytes; /**< level CRITICAL at or above this */
+    double warn_fraction; /**< of device total, 0..1; used when warn_bytes is 0 */
     double critical_fraction; /**< of device total, 0..1; used when critical_bytes is 0 */
 } ferry_pressure_options;
 
@@ -1067,13 +1067,13 @@ FERRY_API ferry_status ferry_memory_remove_callback(ferry_engine engine, uint64_
 
 /** What ferry_memory_optimize did. */
 typedef struct ferry_optimize_result {
-    uint32_t size;                  /**< set by the caller: sizeof(ferry_optimize_result) */
-    int32_t level_before;           /**< the pressure level before (live) */
-    int32_t level_after;            /**< the level after trimming and the callbacks (live) */
+    uint32_t size; /**< set by the caller: sizeof(ferry_optimize_result) */
+    int32_t level_before; /**< the pressure level before (live) */
+    int32_t level_after; /**< the level after trimming and the callbacks (live) */
     int32_t callbacks_called;
-    int32_t callbacks_failed;       /**< callbacks that returned non-zero */
+    int32_t callbacks_failed; /**< callbacks that returned non-zero */
     int32_t reserved;
-    uint64_t trimmed_bytes;         /**< memory the engine's pools gave back */
+    uint64_t trimmed_bytes; /**< memory the engine's pools gave back */
     int64_t recommended_batch_size; /**< from the engine's advisor (ferry_engine_set_advisor); 0 when none */
 } ferry_optimize_result;
 
@@ -1108,13 +1108,13 @@ FERRY_API ferry_status ferry_advisor_report_oom(ferry_advisor advisor, int64_t b
 
 /** The fitted model and its confidence. */
 typedef struct ferry_advisor_fit {
-    uint32_t size;              /**< set by the caller: sizeof(ferry_advisor_fit) */
-    int32_t observations;       /**< distinct batch sizes observed */
-    double fixed_bytes;         /**< the least-squares intercept */
-    double per_sample_bytes;    /**< the least-squares slope */
-    double r_squared;           /**< the fit's R^2 (1 with two observations) */
-    double max_residual_bytes;  /**< the largest observation above the line: the safety margin added */
-    int64_t oom_ceiling;        /**< the smallest batch size reported out of memory; 0 when none */
+    uint32_t size; /**< set by the caller: sizeof(ferry_advisor_fit) */
+    int32_t observations; /**< distinct batch sizes observed */
+    double fixed_bytes; /**< the least-squares intercept */
+    double per_sample_bytes; /**< the least-squares slope */
+    double r_squared; /**< the fit's R^2 (1 with two observations) */
+    double max_residual_bytes; /**< the largest observation above the line: the safety margin added */
+    int64_t oom_ceiling; /**< the smallest batch size reported out of memory; 0 when none */
     int64_t reserved;
 } ferry_advisor_fit;
 
@@ -1158,18 +1158,18 @@ typedef struct ferry_monitor_s* ferry_monitor;
 
 /** Options for ferry_monitor_create(). Fill with ferry_monitor_options_init() first. */
 typedef struct ferry_monitor_options {
-    uint32_t size;  /**< set by ferry_monitor_options_init */
+    uint32_t size; /**< set by ferry_monitor_options_init */
     uint32_t flags; /**< FERRY_MONITOR_F_* */
-    int64_t gpu_interval_us;    /**< NVML sampling of the GPUs; 0: 100 ms; at least 10 ms; < 0: off */
-    int64_t pcie_interval_us;   /**< PCIe throughput (each reading blocks ~20 ms); 0: 1 s; < 0: off */
+    int64_t gpu_interval_us; /**< NVML sampling of the GPUs; 0: 100 ms; at least 10 ms; < 0: off */
+    int64_t pcie_interval_us; /**< PCIe throughput (each reading blocks ~20 ms); 0: 1 s; < 0: off */
     int64_t system_interval_us; /**< host and pipeline sampling; 0: 1 s; < 0: off */
-    double sketch_accuracy;     /**< the quantiles' relative accuracy; 0: 0.005 */
-    int32_t series_points;      /**< points per metric time series; 0: 512 */
-    int32_t rank;               /**< labels; 0 and 0 read RANK and LOCAL_RANK when set */
+    double sketch_accuracy; /**< the quantiles' relative accuracy; 0: 0.005 */
+    int32_t series_points; /**< points per metric time series; 0: 512 */
+    int32_t rank; /**< labels; 0 and 0 read RANK and LOCAL_RANK when set */
     int32_t local_rank;
     int32_t num_disk_paths;
-    const char* node;                   /**< a label, or NULL */
-    const char* const* disk_paths;      /**< num_disk_paths paths whose disks are sampled, or NULL */
+    const char* node; /**< a label, or NULL */
+    const char* const* disk_paths; /**< num_disk_paths paths whose disks are sampled, or NULL */
 } ferry_monitor_options;
 
 /** Sets opts->size and the defaults. */
@@ -1221,7 +1221,7 @@ FERRY_API ferry_status ferry_metric_log_many_at(ferry_monitor monitor, uint32_t 
 typedef struct ferry_metric_summary {
     uint32_t size; /**< set by the caller: sizeof(ferry_metric_summary) */
     uint32_t reserved;
-    uint64_t count;     /**< finite values logged */
+    uint64_t count; /**< finite values logged */
     uint64_t nonfinite; /**< NaN and infinite values logged */
     double mean, min, max, std, last; /**< NaN when count is 0 */
     double p50, p90, p99, p999;

@@ -812,24 +812,48 @@ public:
     gpt_options() { check(ferry_gpt_options_init(&o_)); }
 
     /** FERRY_GPT_ORDER_FERRY (corpus order; shuffle with the iterator) or FERRY_GPT_ORDER_MEGATRON. */
-    gpt_options& order(ferry_gpt_order v) noexcept { o_.order = static_cast<int32_t>(v); return *this; }
+    gpt_options& order(ferry_gpt_order v) noexcept {
+        o_.order = static_cast<int32_t>(v);
+        return *this;
+    }
     /** Megatron's random_seed, 0 .. 2^32-1. */
-    gpt_options& seed(uint64_t v) noexcept { o_.seed = v; return *this; }
+    gpt_options& seed(uint64_t v) noexcept {
+        o_.seed = v;
+        return *this;
+    }
     /** Megatron's split string, e.g. "969,30,1"; empty means "1" (every sequence in train). */
-    gpt_options& split(std::string v) { split_ = std::move(v); (void)c_string(split_, "split"); return *this; }
+    gpt_options& split(std::string v) {
+        split_ = std::move(v);
+        (void)c_string(split_, "split");
+        return *this;
+    }
     /** The split to read. */
-    gpt_options& which(ferry_megatron_split v) noexcept { o_.which = static_cast<int32_t>(v); return *this; }
+    gpt_options& which(ferry_megatron_split v) noexcept {
+        o_.which = static_cast<int32_t>(v);
+        return *this;
+    }
     /** Samples asked for (train_iters x global batch); 0 builds one epoch. */
-    gpt_options& num_samples(int64_t v) noexcept { o_.num_samples = v; return *this; }
+    gpt_options& num_samples(int64_t v) noexcept {
+        o_.num_samples = v;
+        return *this;
+    }
     /** Where built indices are kept; empty means a "cache" directory beside the first prefix. */
-    gpt_options& cache_dir(std::string v) { cache_ = std::move(v); (void)c_string(cache_, "cache_dir"); return *this; }
+    gpt_options& cache_dir(std::string v) {
+        cache_ = std::move(v);
+        (void)c_string(cache_, "cache_dir");
+        return *this;
+    }
     /** Build the index at every creation and write no cache. */
     gpt_options& no_cache(bool v = true) noexcept {
         o_.flags = v ? (o_.flags | FERRY_GPT_F_NO_CACHE) : (o_.flags & ~FERRY_GPT_F_NO_CACHE);
         return *this;
     }
     /** The window field's name; "tokens" by default. */
-    gpt_options& field(std::string v) { field_ = std::move(v); (void)c_string(field_, "field name"); return *this; }
+    gpt_options& field(std::string v) {
+        field_ = std::move(v);
+        (void)c_string(field_, "field name");
+        return *this;
+    }
 
     /** The C options with seq_len; its strings point into this object. */
     ferry_gpt_options to_c(int64_t seq_len) const noexcept {
@@ -988,7 +1012,8 @@ public:
      * Several prefixes make one corpus. Throws FERRY_ERR_FORMAT, naming the file and the field, for a
      * malformed index.
      */
-    static source megatron(const std::vector<std::string>& prefixes, int64_t max_len, const std::string& field = "tokens") {
+    static source megatron(const std::vector<std::string>& prefixes, int64_t max_len,
+                           const std::string& field = "tokens") {
         const std::vector<const char*> ps = c_prefixes(prefixes);
         ferry_megatron_options o;
         check(ferry_megatron_options_init(&o));
@@ -1004,7 +1029,8 @@ public:
      * megatron-core's GPTDataset packs them, in ferry's order or megatron-core's (see gpt_options).
      * transform::shift_tokens makes x, y, the loss mask and the position ids on the device.
      */
-    static source gpt(const std::vector<std::string>& prefixes, int64_t seq_len, const gpt_options& opts = gpt_options()) {
+    static source gpt(const std::vector<std::string>& prefixes, int64_t seq_len,
+                      const gpt_options& opts = gpt_options()) {
         const std::vector<const char*> ps = c_prefixes(prefixes);
         const ferry_gpt_options o = opts.to_c(seq_len);
         source s;
@@ -1052,7 +1078,8 @@ public:
         out.epochs = ci.epochs;
         out.seconds = ci.seconds;
         out.path = std::string(ci.path, std::find(ci.path, ci.path + sizeof(ci.path), '\0'));
-        out.cache_error = std::string(ci.cache_error, std::find(ci.cache_error, ci.cache_error + sizeof(ci.cache_error), '\0'));
+        out.cache_error =
+            std::string(ci.cache_error, std::find(ci.cache_error, ci.cache_error + sizeof(ci.cache_error), '\0'));
         return out;
     }
 
@@ -1493,7 +1520,8 @@ public:
      */
     transform& eod(int64_t token, bool mask_eod, bool reset_positions) noexcept {
         t_.eod = token;
-        t_.shift_flags = (mask_eod ? FERRY_SHIFT_F_MASK_EOD : 0u) | (reset_positions ? FERRY_SHIFT_F_RESET_POSITIONS : 0u);
+        t_.shift_flags =
+            (mask_eod ? FERRY_SHIFT_F_MASK_EOD : 0u) | (reset_positions ? FERRY_SHIFT_F_RESET_POSITIONS : 0u);
         return *this;
     }
 

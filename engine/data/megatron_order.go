@@ -92,7 +92,7 @@ func megatronSplitRange(split string, which MegatronSplit, n int) (beg, end int,
 	}
 	w, err = megatronNormalize(w)
 	if err != nil {
-		return 0, 0, false, fmt.Errorf("Megatron split %q: %w", split, err)
+		return 0, 0, false, fmt.Errorf("megatron split %q: %w", split, err)
 	}
 	lo := 0.0
 	for i := range w[:which] {

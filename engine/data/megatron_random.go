@@ -50,27 +50,27 @@ func (r *numpyRandomState) uint32() uint32 {
 	return y ^ (y >> 18)
 }
 
-// interval is numpy's random_interval(max): a value in [0, max], drawn by masking a 32-bit (or, above
-// 2^32-1, a 64-bit: high word first) output to the smallest all-ones mask >= max and rejecting values
-// above max.
-func (r *numpyRandomState) interval(max uint64) uint64 {
-	if max == 0 {
+// interval is numpy's random_interval(limit): a value in [0, limit], drawn by masking a 32-bit (or, above
+// 2^32-1, a 64-bit: high word first) output to the smallest all-ones mask >= limit and rejecting values
+// above limit.
+func (r *numpyRandomState) interval(limit uint64) uint64 {
+	if limit == 0 {
 		return 0
 	}
-	mask := max
+	mask := limit
 	for s := uint(1); s <= 32; s <<= 1 {
 		mask |= mask >> s
 	}
-	if max <= 0xffffffff {
+	if limit <= 0xffffffff {
 		for {
-			if v := uint64(r.uint32()) & mask; v <= max {
+			if v := uint64(r.uint32()) & mask; v <= limit {
 				return v
 			}
 		}
 	}
 	for {
 		hi := uint64(r.uint32())
-		if v := (hi<<32 | uint64(r.uint32())) & mask; v <= max {
+		if v := (hi<<32 | uint64(r.uint32())) & mask; v <= limit {
 			return v
 		}
 	}

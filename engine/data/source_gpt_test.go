@@ -403,3 +403,80 @@ func TestGPTSourceIteratorCPU(t *testing.T) {
 	}
 	require.Len(t, seen, src.Len())
 }
+
+// TestGPTSourceResume checks ferry's order across a resume: exactly (State/Restore gives the batch that
+// would have come) and elastically (4 ranks, then 3 from the job's position: every window of the epoch
+// comes once, apart from DistributedSampler's padding), each window's tokens being its stream slice.
+func TestGPTSourceResume(t *testing.T) {
+	e := enginetest.OpenCPU(t, engine.WithSampleInterval(0))
+	r := srcRand(t)
+	a, stream := gptCorpus(t, r, 8, 400, 50, 7)
+	const seq = 16
+	src, err := NewGPTSource([]string{a}, GPTConfig{SeqLen: seq})
+	require.NoError(t, err)
+	defer src.Close()
+	open := func(rank, world int) *Iterator {
+		it, err := NewIterator(e, src, IteratorOptions{BatchSize: 8, Shuffle: true, Seed: 5, Rank: rank, WorldSize: world,
+			Transforms: map[string]Transform{"tokens": ShiftTokens{}}})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = it.Close() })
+		return it
+	}
+	next := func(it *Iterator) []int {
+		b, err := it.Next(context.Background(), 0)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		require.NoError(t, err)
+		x := int64s(b.Fields[0].Host)
+		for row, i := range b.Indices {
+			require.Equal(t, stream[i*seq:i*seq+seq], x[row*seq:(row+1)*seq], "window %d", i)
+		}
+		idx := append([]int(nil), b.Indices...)
+		require.NoError(t, b.Release(0))
+		return idx
+	}
+
+	one := open(0, 1)
+	for range 3 {
+		next(one)
+	}
+	st := one.State()
+	want := next(one)
+	again := open(0, 1)
+	require.NoError(t, again.Restore(st))
+	require.Equal(t, want, next(again))
+
+	before := []*Iterator{open(0, 4), open(1, 4), open(2, 4), open(3, 4)}
+	seen := map[int]int{}
+	for range 5 {
+		for _, it := range before {
+			for _, i := range next(it) {
+				seen[i]++
+			}
+		}
+	}
+	es := before[0].ElasticState()
+	after := []*Iterator{open(0, 3), open(1, 3), open(2, 3)}
+	for _, it := range after {
+		require.NoError(t, it.RestoreElastic(es))
+	}
+	for done := false; !done; {
+		done = true
+		for _, it := range after {
+			idx := next(it)
+			done = done && idx == nil
+			for _, i := range idx {
+				seen[i]++
+			}
+		}
+	}
+	remaining := src.Len() - es.Consumed
+	padding := (remaining+2)/3*3 - remaining
+	extra := 0
+	for i := 0; i < src.Len(); i++ {
+		require.GreaterOrEqual(t, seen[i], 1, "window %d never came", i)
+		extra += seen[i] - 1
+	}
+	require.Equal(t, padding, extra, "only the padding repeats a window")
+}

@@ -149,8 +149,8 @@ func openMegatronFile(prefix string) (*megatronFile, error) {
 }
 
 // parse checks the index against the .bin and slices its arrays out of the mapping.
-func (s *megatronFile) parse() error {
-	data, path := s.idx.data, s.idx.path
+func (f *megatronFile) parse() error {
+	data, path := f.idx.data, f.idx.path
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: Megatron index %s: %s", engine.ErrFormat, path, fmt.Sprintf(format, args...))
 	}
@@ -174,23 +174,23 @@ func (s *megatronFile) parse() error {
 			nseq, ndoc, rest)
 	}
 	body := data[megatronHeader:]
-	s.nseq, s.ndoc = int(nseq), int(ndoc)
-	s.lengths, body = body[:4*nseq], body[4*nseq:]
-	s.pointers, body = body[:8*nseq], body[8*nseq:]
-	s.docs, body = body[:8*ndoc], body[8*ndoc:]
+	f.nseq, f.ndoc = int(nseq), int(ndoc)
+	f.lengths, body = body[:4*nseq], body[4*nseq:]
+	f.pointers, body = body[:8*nseq], body[8*nseq:]
+	f.docs, body = body[:8*ndoc], body[8*ndoc:]
 	switch uint64(len(body)) {
 	case 0:
 	case nseq:
-		s.modes = body // a multimodal index: a mode per sequence
+		f.modes = body // a multimodal index: a mode per sequence
 	default:
 		return bad("%d bytes after the document boundaries; only a mode per sequence (%d bytes) may follow", len(body), nseq)
 	}
-	if err := s.checkSequences(dt, bad); err != nil {
+	if err := f.checkSequences(dt, bad); err != nil {
 		return err
 	}
 	prev := int64(0)
-	for d := range s.ndoc {
-		v := int64(binary.LittleEndian.Uint64(s.docs[8*d:]))
+	for d := range f.ndoc {
+		v := int64(binary.LittleEndian.Uint64(f.docs[8*d:]))
 		switch {
 		case v < 0 || v > int64(nseq):
 			return bad("document boundary %d is %d, outside the sequences 0..%d", d, v, nseq)
@@ -199,7 +199,7 @@ func (s *megatronFile) parse() error {
 		}
 		prev = v
 	}
-	if s.nseq == 0 {
+	if f.nseq == 0 {
 		return bad("the index has no sequences")
 	}
 	return nil
@@ -207,23 +207,23 @@ func (s *megatronFile) parse() error {
 
 // checkSequences checks every sequence's length and pointer against the .bin, in parallel chunks, and
 // finds the token count and whether the sequences lie back to back from byte 0.
-func (s *megatronFile) checkSequences(dt DType, bad func(string, ...any) error) error {
-	size, binLen := uint64(dt.Size()), uint64(len(s.bin.data))
+func (f *megatronFile) checkSequences(dt DType, bad func(string, ...any) error) error {
+	size, binLen := uint64(dt.Size()), uint64(len(f.bin.data))
 	const chunk = 1 << 18
 	type part struct {
 		tokens      int64
 		first, next uint64 // the chunk's first pointer, and the byte after its last sequence
 		packed      bool
 	}
-	parts := make([]part, (s.nseq+chunk-1)/chunk)
+	parts := make([]part, (f.nseq+chunk-1)/chunk)
 	var jobs []func() error
 	for c := range parts {
 		jobs = append(jobs, func() error {
 			pt := &parts[c]
 			pt.packed = true
-			for i := c * chunk; i < min((c+1)*chunk, s.nseq); i++ {
-				n := int32(binary.LittleEndian.Uint32(s.lengths[4*i:]))
-				p := int64(binary.LittleEndian.Uint64(s.pointers[8*i:]))
+			for i := c * chunk; i < min((c+1)*chunk, f.nseq); i++ {
+				n := int32(binary.LittleEndian.Uint32(f.lengths[4*i:]))
+				p := int64(binary.LittleEndian.Uint64(f.pointers[8*i:]))
 				switch {
 				case n < 0:
 					return bad("sequence %d has length %d", i, n)
@@ -231,7 +231,7 @@ func (s *megatronFile) checkSequences(dt DType, bad func(string, ...any) error) 
 					return bad("sequence %d has pointer %d, not a multiple of the %d-byte token at or after 0", i, p, size)
 				case uint64(p) > binLen || uint64(n)*size > binLen-uint64(p):
 					return bad("sequence %d (pointer %d, %d tokens of %d bytes) runs past the end of %s (%d bytes)",
-						i, p, n, size, s.bin.path, binLen)
+						i, p, n, size, f.bin.path, binLen)
 				}
 				if i == c*chunk {
 					pt.first = uint64(p)
@@ -247,12 +247,12 @@ func (s *megatronFile) checkSequences(dt DType, bad func(string, ...any) error) 
 	if err := runParallel(jobs); err != nil {
 		return firstError(err)
 	}
-	s.packed = true
+	f.packed = true
 	next := uint64(0)
 	for _, pt := range parts {
-		s.packed = s.packed && pt.packed && pt.first == next
+		f.packed = f.packed && pt.packed && pt.first == next
 		next = pt.next
-		s.tokens += pt.tokens
+		f.tokens += pt.tokens
 	}
 	return nil
 }

@@ -46,7 +46,9 @@ struct corpus {
         std::ofstream b(prefix + ".bin", std::ios::binary);
         b.write(reinterpret_cast<const char*>(bin.data()), static_cast<std::streamsize>(bin.size() * 2));
         std::ofstream x(prefix + ".idx", std::ios::binary);
-        auto put = [&](const void* p, std::size_t n) { x.write(static_cast<const char*>(p), static_cast<std::streamsize>(n)); };
+        auto put = [&](const void* p, std::size_t n) {
+            x.write(static_cast<const char*>(p), static_cast<std::streamsize>(n));
+        };
         put("MMIDIDX\0\0", 9);
         const uint64_t version = 1, nseq = lengths.size(), ndoc = lengths.size() + 1;
         const uint8_t code = 8; // uint16
@@ -93,7 +95,8 @@ TEST(Megatron, DocumentsAndErrors) {
     const ferry::engine eng(FERRY_DEVICE_CPU, std::chrono::milliseconds(0));
     const ferry::source m = ferry::source::gpt(
         {a.prefix}, 8, ferry::gpt_options().order(FERRY_GPT_ORDER_MEGATRON).seed(3).cache_dir(dir.file("cache")));
-    const ferry::error e = expect_error([&] { ferry::iterator it(eng, m, ferry::iterator_options().batch_size(4).shuffle()); });
+    const ferry::error e =
+        expect_error([&] { ferry::iterator it(eng, m, ferry::iterator_options().batch_size(4).shuffle()); });
     EXPECT_EQ(e.status(), FERRY_ERR_INVALID_ARGUMENT);
     EXPECT_NE(std::string(e.what()).find("without Shuffle"), std::string::npos) << e.what();
 }
@@ -155,7 +158,12 @@ TEST(Megatron, IndexCacheAndBlends) {
     EXPECT_EQ(per[1], 352); // ceil(ceil(500 * 0.7) * 1.005)
     EXPECT_EQ(size, 500);
     auto opts = [&](int64_t n) {
-        return ferry::gpt_options().order(FERRY_GPT_ORDER_MEGATRON).seed(1234).split("98,2,0").num_samples(n).cache_dir(dir.file("cache"));
+        return ferry::gpt_options()
+            .order(FERRY_GPT_ORDER_MEGATRON)
+            .seed(1234)
+            .split("98,2,0")
+            .num_samples(n)
+            .cache_dir(dir.file("cache"));
     };
     const ferry::source ga = ferry::source::gpt({a.prefix}, 16, opts(per[0]));
     const ferry::gpt_index_info first = ga.gpt_index_info();

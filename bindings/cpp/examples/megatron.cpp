@@ -39,7 +39,9 @@ std::string write_corpus(const std::filesystem::path& dir, uint16_t eod) {
     std::ofstream(prefix + ".bin", std::ios::binary)
         .write(reinterpret_cast<const char*>(tokens.data()), static_cast<std::streamsize>(tokens.size() * 2));
     std::ofstream idx(prefix + ".idx", std::ios::binary);
-    auto put = [&](const void* p, std::size_t n) { idx.write(static_cast<const char*>(p), static_cast<std::streamsize>(n)); };
+    auto put = [&](const void* p, std::size_t n) {
+        idx.write(static_cast<const char*>(p), static_cast<std::streamsize>(n));
+    };
     const uint64_t version = 1, nseq = lengths.size(), ndoc = lengths.size() + 1;
     const uint8_t uint16_code = 8;
     put("MMIDIDX\0\0", 9);
@@ -95,7 +97,8 @@ int main(int argc, char** argv) {
                 const ferry::tensor y = b->field("y");
                 for (int64_t j = 0; j + 1 < seq_len; j++) {
                     if (x.data<int64_t>()[j + 1] != y.data<int64_t>()[j]) {
-                        std::fprintf(stderr, "megatron: y is not x shifted by one at %lld\n", static_cast<long long>(j));
+                        std::fprintf(stderr, "megatron: y is not x shifted by one at %lld\n",
+                                     static_cast<long long>(j));
                         return 1;
                     }
                 }

@@ -102,6 +102,28 @@ def median_time(fn, repeats):
     return statistics.median(times)
 
 
+def startup_row(prefix: str, d: str, seq: int, repeats: int, have_mc: bool) -> dict:
+    """The start-up times of one corpus."""
+    row = {}
+    gpt = dict(order="megatron", seed=1234, split="100,0,0")
+    if have_mc:
+        def cold():
+            with tempfile.TemporaryDirectory(dir=d) as c:
+                megatron_build(prefix, seq, c)
+        row["megatron_core_cold_s"] = median_time(cold, repeats)
+        warm = os.path.join(d, "mc-cache")
+        megatron_build(prefix, seq, warm)
+        row["megatron_core_cached_s"] = median_time(lambda: megatron_build(prefix, seq, warm), repeats)
+    row["ferry_megatron_cold_s"] = median_time(
+        lambda: ferry.GPTSource(prefix, seq, cache=False, **gpt).close(), repeats)
+    cache = os.path.join(d, "ferry-cache")
+    ferry.GPTSource(prefix, seq, cache_dir=cache, **gpt).close()
+    row["ferry_megatron_cached_s"] = median_time(
+        lambda: ferry.GPTSource(prefix, seq, cache_dir=cache, **gpt).close(), repeats)
+    row["ferry_order_s"] = median_time(lambda: ferry.GPTSource(prefix, seq).close(), repeats)
+    return row
+
+
 def startup(args, results):
     try:
         import megatron.core  # noqa: F401
@@ -116,24 +138,7 @@ def startup(args, results):
             prefix = write_corpus(d, ntok, real=False)
             print(f"corpus of {ntok / 1e9:g} G tokens written in {time.perf_counter() - t0:.1f} s")
             row = {"tokens": ntok, "seq_len": args.startup_seq_len}
-            seq = args.startup_seq_len
-            if have_mc:
-                def cold():
-                    with tempfile.TemporaryDirectory(dir=d) as c:
-                        megatron_build(prefix, seq, c)
-                row["megatron_core_cold_s"] = median_time(cold, args.repeats)
-                warm_cache = os.path.join(d, "mc-cache")
-                megatron_build(prefix, seq, warm_cache)
-                row["megatron_core_cached_s"] = median_time(lambda: megatron_build(prefix, seq, warm_cache), args.repeats)
-            row["ferry_megatron_cold_s"] = median_time(
-                lambda: ferry.GPTSource(prefix, seq, order="megatron", seed=1234, split="100,0,0", cache=False).close(),
-                args.repeats)
-            cache = os.path.join(d, "ferry-cache")
-            ferry.GPTSource(prefix, seq, order="megatron", seed=1234, split="100,0,0", cache_dir=cache).close()
-            row["ferry_megatron_cached_s"] = median_time(
-                lambda: ferry.GPTSource(prefix, seq, order="megatron", seed=1234, split="100,0,0", cache_dir=cache).close(),
-                args.repeats)
-            row["ferry_order_s"] = median_time(lambda: ferry.GPTSource(prefix, seq).close(), args.repeats)
+            row.update(startup_row(prefix, d, args.startup_seq_len, args.repeats, have_mc))
             print(json.dumps(row))
             results.setdefault("startup", []).append(row)
 
@@ -185,7 +190,8 @@ def throughput(args, results):
                     n = 0
                     for _ in range(min(steps, len(dl) - 6)):
                         b = next(it)
-                        out = {k: b[k].to(dev, non_blocking=True) for k in ("tokens", "labels", "loss_mask", "position_ids")}
+                        keys = ("tokens", "labels", "loss_mask", "position_ids")
+                        out = {k: b[k].to(dev, non_blocking=True) for k in keys}
                         n += out["tokens"].shape[0] * seq
                     torch.cuda.synchronize()
                     row["megatron_core_dataloader_Mtok_s"] = n / (time.perf_counter() - t0) / 1e6

@@ -124,7 +124,8 @@ class GPTSource(Source):
         info.size = ctypes.sizeof(info)
         _check(self._lib.ferry_source_gpt_index_info(self._h(), byref(info)))
         return {"cached": bool(info.cached), "seconds": info.seconds, "epochs": info.epochs,
-                "path": info.path.decode("utf-8", "replace"), "cache_error": info.cache_error.decode("utf-8", "replace")}
+                "path": info.path.decode("utf-8", "replace"),
+                "cache_error": info.cache_error.decode("utf-8", "replace")}
 
 
 def _weights(weights: Sequence[Any]) -> Any:
