@@ -207,7 +207,8 @@ clean:
 GPU := $(BUILD)/gpu
 GPU_CTESTS := test_c99 header_cxx17 test_iterator_c99 test_memory_c99 test_monitor_c99 test_ferry_hpp \
 	test_iterator_hpp test_memory_hpp test_transform_hpp test_megatron_hpp test_monitor_hpp bench_memory bench_metric ferry_info ferry_iterate ferry_megatron
-gpu-bundle: build
+MEGATRON_CORE_VERSION := 0.19.2
+gpu-bundle: build $(PY_ENV)
 	rm -rf $(GPU) && mkdir -p $(GPU)/lib $(GPU)/include $(GPU)/bin $(GPU)/tests $(GPU)/python
 	cp -P $(LIBDIR)/libferry.so* $(GPU)/lib/
 	cp capi/ferry.h $(GPU)/include/
@@ -227,6 +228,10 @@ gpu-bundle: build
 	@# ../engine/data/testdata/megatron.
 	mkdir -p $(GPU)/tests/testdata $(GPU)/engine/data/testdata
 	cp -r engine/data/testdata/megatron $(GPU)/tests/testdata/ && cp -r engine/data/testdata/megatron $(GPU)/engine/data/testdata/
+	@# megatron-core for the GPU host (Python 3.12; numpy and torch are there): the fixture comparison and the
+	@# Megatron benchmarks install it from this wheel. Without network here, they report it missing.
+	mkdir -p $(GPU)/wheels && $(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		-d $(GPU)/wheels megatron-core==$(MEGATRON_CORE_VERSION) || echo "gpu-bundle: megatron-core wheel not downloaded"
 	cmake -S . -B $(BUILD)/gpu-cmake -DCMAKE_BUILD_TYPE=Release -DFERRY_STATIC_CXX_RUNTIME=ON >/dev/null
 	cmake --build $(BUILD)/gpu-cmake -j2 --target $(GPU_CTESTS)
 	cd $(BUILD)/gpu-cmake && cp $(GPU_CTESTS) $(CURDIR)/$(GPU)/bin/

@@ -5,7 +5,8 @@
 #   FERRY_REQUIRE_GPU=1 build/gpu/run.sh [tests|bench|train|all]
 #
 # Results go to $OUT (default: ./out next to this script): tests.log, bench.log, bench_c.json,
-# bench_python.json, bench_loader.json, bench_autobatch.json, bench_layout.json, bench_pipeline.json, info.json,
+# bench_python.json, bench_loader.json, bench_autobatch.json, bench_layout.json, bench_pipeline.json,
+# bench_megatron.json, megatron-fixtures/ (what megatron-core writes there), info.json,
 # nvidia-smi.txt;
 # train mode: train.log, train_{ferry,torch}_results.json, train_ferry.html and .json (the monitor's report), train_cpp.log
 # and train_cpp.html. The last lines printed are a summary table.
@@ -43,6 +44,13 @@ step() {
     fi
 }
 
+# megatron-core from the bundle's wheel, unless the host has it: for the fixture comparison and the
+# Megatron benchmarks.
+if ! python3 -c 'import megatron.core' 2>/dev/null && ls "$here"/wheels/megatron_core-*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-deps --no-index --target "$here/pydeps" "$here"/wheels/megatron_core-*.whl \
+        && export PYTHONPATH="$PYTHONPATH:$here/pydeps"
+fi
+
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 nvidia-smi --query-gpu=index,name,uuid,pci.bus_id,memory.total,driver_version,pcie.link.gen.max,pcie.link.width.max \
     --format=csv >>"$out/nvidia-smi.txt" 2>&1
@@ -77,6 +85,8 @@ if [ "$mode" = tests ] || [ "$mode" = all ]; then
     step "C++: example" "$log" "$here/bin/ferry_info"
     step "C++: iterator example" "$log" "$here/bin/ferry_iterate"
     step "python: pytest" "$log" python3 -m pytest -q -rs "$here/python/tests"
+    step "megatron-core writes the committed fixtures" "$log" sh -c "python3 '$here/tests/testdata/megatron/generate.py' \
+        --out '$out/megatron-fixtures' && python3 '$here/tests/testdata/megatron/compare.py' '$out/megatron-fixtures'"
     # The layout kernels under compute-sanitizer: every launch of the GPU transform and staging tests.
     if command -v compute-sanitizer >/dev/null; then
         step "compute-sanitizer memcheck: kernels" "$log" sh -c "cd '$here/tests' && compute-sanitizer --tool memcheck --target-processes application-only \
@@ -102,6 +112,8 @@ if [ "$mode" = bench ] || [ "$mode" = all ]; then
     step "bench: AutoBatch vs exhaustive search and Lightning" "$log" python3 "$here/python/benchmarks/bench_autobatch.py" --model resnet50 --headroom 0.02 --headroom 0.05 --json "$out/bench_autobatch.json"
     step "bench: layout kernel vs torch" "$log" python3 "$here/python/benchmarks/bench_layout.py" --json "$out/bench_layout.json"
     step "bench: PyTorch pipelines through ferry" "$log" python3 "$here/python/benchmarks/bench_pipeline.py" --json "$out/bench_pipeline.json"
+    step "bench: Megatron start-up and GPT windows vs megatron-core" "$log" python3 "$here/python/benchmarks/bench_megatron.py" \
+        --tokens 1e9 --tokens 1e10 --throughput --json "$out/bench_megatron.json"
     for p in engine data monitor; do
         step "bench: Go ($p)" "$log" "$here/tests/$p.test" -test.run '^$' -test.bench . -test.benchtime 2s
     done

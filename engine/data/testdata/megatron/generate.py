@@ -11,9 +11,11 @@ Needs torch (the CPU build is enough), numpy and megatron-core (whose wheel carr
 Run it from this directory:
 
     pip install torch numpy megatron-core
-    python generate.py
+    python generate.py            # rewrites the files here
+    python generate.py --out DIR  # writes them to DIR, e.g. to compare another megatron-core version
 """
 
+import argparse
 import gzip
 import json
 import os
@@ -78,6 +80,10 @@ def listed(a):
 
 
 def main():
+    parser = argparse.ArgumentParser(description="Regenerates the Megatron reference fixtures.")
+    parser.add_argument("--out", default=HERE, help="where to write them (default: this directory)")
+    out = parser.parse_args().out
+    os.makedirs(out, exist_ok=True)
     # Some megatron-core versions ask for the rank when they build a blend: one process, rank 0.
     if not torch.distributed.is_initialized():
         rendezvous = tempfile.NamedTemporaryFile(delete=False)
@@ -85,12 +91,12 @@ def main():
             "gloo", init_method="file://" + rendezvous.name, rank=0, world_size=1
         )
     for name, c in CORPORA.items():
-        write_corpus(os.path.join(HERE, name), c["dtype"], c["vocab"], c["ndocs"], c["mean_len"], c["seed"])
+        write_corpus(os.path.join(out, name), c["dtype"], c["vocab"], c["ndocs"], c["mean_len"], c["seed"])
     for name, (prefixes, weights, seq_len, seed, split, which, size, mask, reset) in CONFIGS.items():
         vocab = max(CORPORA[p]["vocab"] for p in prefixes)
         eod = CORPORA[prefixes[0]]["vocab"] - 1
         with tempfile.TemporaryDirectory() as cache:
-            blend = ([os.path.join(HERE, p) for p in prefixes], weights)
+            blend = ([os.path.join(out, p) for p in prefixes], weights)
             config = GPTDatasetConfig(
                 random_seed=seed,
                 sequence_length=seq_len,
@@ -150,7 +156,7 @@ def main():
                 "position_ids": [listed(it["position_ids"]) for it in items],
             }
         text = json.dumps(fixture, separators=(",", ":")).encode()
-        with open(os.path.join(HERE, name + ".json.gz"), "wb") as raw:
+        with open(os.path.join(out, name + ".json.gz"), "wb") as raw:
             with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as f:  # byte-stable output
                 f.write(text)
         print(name, "windows", [d["len"] for d in fixture["datasets"]], "blend", fixture["len"])
