@@ -30,6 +30,26 @@ func cPrefixes(prefixes **C.char, count C.int32_t) ([]string, error) {
 	return out, nil
 }
 
+// prefixSource checks what every prefix-reading source gets: the out parameter (cleared), the prefixes,
+// and the options struct (not NULL, its size at least v1).
+func prefixSource(out *C.uintptr_t, prefixes **C.char, count C.int32_t, optsNull bool, name string, size C.uint32_t, v1 uint32) ([]string, error) {
+	if out == nil {
+		return nil, errNull("source")
+	}
+	*out = 0
+	ps, err := cPrefixes(prefixes, count)
+	if err != nil {
+		return nil, err
+	}
+	if optsNull {
+		return nil, errNull("opts")
+	}
+	if err := checkSize(name, size, v1); err != nil {
+		return nil, err
+	}
+	return ps, nil
+}
+
 // optString is a caller's optional string: def when NULL, an error when empty.
 func optString(s *C.char, what, def string) (string, error) {
 	if s == nil {
@@ -56,18 +76,12 @@ func ferry_megatron_options_init(opts *C.ferry_megatron_options) C.ferry_status 
 //export ferry_source_megatron
 func ferry_source_megatron(prefixes **C.char, count C.int32_t, opts *C.ferry_megatron_options, out *C.uintptr_t) C.ferry_status {
 	return call("ferry_source_megatron", func() error {
-		if out == nil {
-			return errNull("source")
+		var size C.uint32_t
+		if opts != nil {
+			size = opts.size
 		}
-		*out = 0
-		ps, err := cPrefixes(prefixes, count)
+		ps, err := prefixSource(out, prefixes, count, opts == nil, "ferry_megatron_options", size, C.FERRY_CAPI_V1_MEGATRON_OPTIONS)
 		if err != nil {
-			return err
-		}
-		if opts == nil {
-			return errNull("opts")
-		}
-		if err := checkSize("ferry_megatron_options", opts.size, C.FERRY_CAPI_V1_MEGATRON_OPTIONS); err != nil {
 			return err
 		}
 		name, err := optString(opts.field_name, "ferry_megatron_options.field_name", "tokens")
@@ -96,18 +110,12 @@ func ferry_gpt_options_init(opts *C.ferry_gpt_options) C.ferry_status {
 //export ferry_source_gpt
 func ferry_source_gpt(prefixes **C.char, count C.int32_t, opts *C.ferry_gpt_options, out *C.uintptr_t) C.ferry_status {
 	return call("ferry_source_gpt", func() error {
-		if out == nil {
-			return errNull("source")
+		var size C.uint32_t
+		if opts != nil {
+			size = opts.size
 		}
-		*out = 0
-		ps, err := cPrefixes(prefixes, count)
+		ps, err := prefixSource(out, prefixes, count, opts == nil, "ferry_gpt_options", size, C.FERRY_CAPI_V1_GPT_OPTIONS)
 		if err != nil {
-			return err
-		}
-		if opts == nil {
-			return errNull("opts")
-		}
-		if err := checkSize("ferry_gpt_options", opts.size, C.FERRY_CAPI_V1_GPT_OPTIONS); err != nil {
 			return err
 		}
 		if opts.flags&^C.FERRY_GPT_F_NO_CACHE != 0 {
@@ -259,4 +267,3 @@ func ferry_megatron_blend_sizes(weights *C.double, count C.int32_t, size C.int64
 		return nil
 	})
 }
-
