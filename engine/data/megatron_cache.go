@@ -71,21 +71,12 @@ func align8(n int) int { return (n + 7) &^ 7 }
 
 // writeMegatronCache writes an index to path atomically (a temporary file renamed into place).
 func writeMegatronCache(path string, key []byte, x *megatronGPTIndex) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".ferryidx-*")
-	if err != nil {
-		return err
-	}
-	defer func() { _ = os.Remove(tmp.Name()) }()
 	h := megatronCacheHeader{Version: megatronCacheVersion, KeyLen: uint32(len(key)), Docs: uint64(len(x.docs)),
 		Samples: uint64(len(x.samples)), Shuffle: uint64(len(x.shuffle)), Epochs: uint64(x.epochs)}
 	if x.separate {
 		h.Separate = 1
 	}
-	buf := append([]byte{}, megatronCacheMagic[:]...)
-	buf, err = binary.Append(buf, binary.LittleEndian, h)
+	buf, err := binary.Append(append([]byte{}, megatronCacheMagic[:]...), binary.LittleEndian, h)
 	if err != nil {
 		return err
 	}
@@ -93,16 +84,7 @@ func writeMegatronCache(path string, key []byte, x *megatronGPTIndex) error {
 	buf = append(buf, make([]byte, align8(len(buf))-len(buf))...)
 	docs := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(x.docs))), 4*len(x.docs))
 	pad := make([]byte, align8(len(docs))-len(docs))
-	for _, part := range [][]byte{buf, docs, pad, int64Bytes(x.samples), int64Bytes(x.shuffle)} {
-		if _, err := tmp.Write(part); err != nil {
-			_ = tmp.Close()
-			return err
-		}
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return writeFileAtomic(path, buf, docs, pad, int64Bytes(x.samples), int64Bytes(x.shuffle))
 }
 
 func int64Bytes(s []int64) []byte {
