@@ -66,7 +66,7 @@ func indexShard(path string, keys wdsKeys) ([]wdsMember, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: WebDataset shard: %w", engine.ErrIO, err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("%w: WebDataset shard %s: %w", engine.ErrIO, path, err)
@@ -302,11 +302,11 @@ func loadShardIndex(path string, keys wdsKeys, dir string) (ms []wdsMember, cach
 			if b, rerr := os.ReadFile(file); rerr == nil {
 				st, serr := os.Stat(path)
 				if serr == nil {
-					if ms, derr := decodeWDSIndex(b, key, st.Size()); derr == nil {
+					ms, derr := decodeWDSIndex(b, key, st.Size())
+					if derr == nil {
 						return ms, true, nil, nil
-					} else {
-						cacheErr = fmt.Errorf("index cache %s: %w", file, derr)
 					}
+					cacheErr = fmt.Errorf("index cache %s: %w", file, derr)
 				}
 			}
 		}
