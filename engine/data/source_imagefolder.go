@@ -2,6 +2,7 @@ package data
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -122,15 +123,15 @@ func (s *ImageFolderSource) walkClass(dir string, label int32) error {
 	open := map[string]bool{} // the real paths of the folders being walked
 	var walk func(path string) error
 	walk = func(path string) error {
-		real, err := filepath.EvalSymlinks(path)
+		resolved, err := filepath.EvalSymlinks(path)
 		if err != nil {
 			return nil // os.walk skips what it cannot list
 		}
-		if open[real] {
+		if open[resolved] {
 			return nil
 		}
-		open[real] = true
-		defer delete(open, real)
+		open[resolved] = true
+		defer delete(open, resolved)
 		entries, err := os.ReadDir(path)
 		if err != nil {
 			return nil
@@ -243,7 +244,10 @@ func (s *ImageFolderSource) ReadSample(i int, dst [][]byte) error {
 	defer func() { _ = f.Close() }()
 	n, err := io.ReadFull(f, dst[0])
 	switch {
-	case err == nil:
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+	case err != nil:
+		return fmt.Errorf("%w: image folder sample %d (%s): %w", engine.ErrIO, i, path, err)
+	default:
 		var one [1]byte
 		if m, _ := f.Read(one[:]); m > 0 {
 			st, _ := f.Stat()
@@ -254,9 +258,6 @@ func (s *ImageFolderSource) ReadSample(i int, dst [][]byte) error {
 			return fmt.Errorf("%w: %s: the file is %d bytes, more than the largest served (%d; raise max bytes)",
 				engine.ErrLimit, path, size, s.cfg.MaxBytes)
 		}
-	case err == io.EOF || err == io.ErrUnexpectedEOF:
-	default:
-		return fmt.Errorf("%w: image folder sample %d (%s): %w", engine.ErrIO, i, path, err)
 	}
 	s.sizes[i].Store(int64(n))
 	clear(dst[0][n:])
