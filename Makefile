@@ -230,6 +230,8 @@ gpu-bundle: build $(PY_ENV)
 	cp -r engine/data/testdata/megatron $(GPU)/tests/testdata/ && cp -r engine/data/testdata/megatron $(GPU)/engine/data/testdata/
 	@# megatron-core for the GPU host (Python 3.12; numpy and torch are there): the fixture comparison and the
 	@# Megatron benchmarks install it from this wheel. Without network here, they report it missing.
+	@# TurboJPEG for the CPU decode path, when this machine has it and the GPU host does not (run.sh picks).
+	-cp -L $$(ldconfig -p | awk '/libturbojpeg\.so\.0 /{print $$NF; exit}') $(GPU)/lib/libturbojpeg.so.0 2>/dev/null
 	mkdir -p $(GPU)/wheels && $(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 		-d $(GPU)/wheels megatron-core==$(MEGATRON_CORE_VERSION) || echo "gpu-bundle: megatron-core wheel not downloaded"
 	cmake -S . -B $(BUILD)/gpu-cmake -DCMAKE_BUILD_TYPE=Release -DFERRY_STATIC_CXX_RUNTIME=ON >/dev/null

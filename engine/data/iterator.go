@@ -214,6 +214,11 @@ func (it *Iterator) allocate() error {
 	return nil
 }
 
+// workerInput reports whether field plan p's samples are read into the reading worker's own buffer
+// instead of the slot's staging: the input of a host-only transform (an encoded image, decoded and cropped
+// on the host) never crosses to the device, and can be as large as the largest file.
+func (it *Iterator) workerInput(p fieldPlan) bool { return p.t != nil && p.tr.hostOnly && it.hostXform }
+
 // newSlot allocates one slot of the ring: its buffers for the largest batch, and its events.
 func (it *Iterator) newSlot() (*slot, error) {
 	e, b := it.e, it.rows
@@ -225,7 +230,7 @@ func (it *Iterator) newSlot() (*slot, error) {
 		if err != nil {
 			return s, err
 		}
-		if it.needsHostStaging() {
+		if it.needsHostStaging() && !it.workerInput(p) {
 			if s.host[f], err = e.HostPool().Alloc(n); err != nil {
 				return s, err
 			}

@@ -256,6 +256,7 @@ func (it *Iterator) work(p *pipeline, tasks <-chan task) {
 	defer p.wg.Done()
 	dst := make([][]byte, len(it.fields))
 	scratch := make([][]byte, len(it.outs))
+	own := make([][]byte, len(it.fields)) // the worker's buffers of workerInput fields
 	for {
 		var t task
 		var ok bool
@@ -272,8 +273,15 @@ func (it *Iterator) work(p *pipeline, tasks <-chan task) {
 			if stopped(p) {
 				return // a stop discards the batch: Close waits for one sample per worker, not a whole task
 			}
-			for f := range it.fields {
+			for f, p := range it.plans {
 				fb := it.fields[f].Bytes()
+				if it.workerInput(p) {
+					if own[f] == nil {
+						own[f] = make([]byte, fb)
+					}
+					dst[f] = own[f]
+					continue
+				}
 				dst[f] = s.host[f].Bytes()[r*fb : (r+1)*fb]
 			}
 			var err error
@@ -282,10 +290,11 @@ func (it *Iterator) work(p *pipeline, tasks <-chan task) {
 			} else {
 				err = it.src.ReadSample(s.indices[r], dst)
 			}
+			if err == nil && it.hostXform {
+				err = it.transformRow(s, r, dst, scratch)
+			}
 			if err != nil {
 				s.fail(fmt.Errorf("batch %d of epoch %d: %w", s.batch, s.epoch, err))
-			} else if it.hostXform {
-				it.transformRow(s, r, dst, scratch)
 			}
 		}
 		if s.remaining.Add(-1) == 0 {

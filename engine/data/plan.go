@@ -215,8 +215,9 @@ func (it *Iterator) flipProb() float64 {
 }
 
 // transformRow runs the host transforms on row r, whose source fields the worker just read into in;
-// scratch is the worker's, at least as long as the batch's fields.
-func (it *Iterator) transformRow(s *slot, r int, in, scratch [][]byte) {
+// scratch is the worker's, at least as long as the batch's fields. An op that fails on the sample (an image
+// that does not decode) gives an error naming the sample.
+func (it *Iterator) transformRow(s *slot, r int, in, scratch [][]byte) error {
 	for f, p := range it.plans {
 		if p.op == nil {
 			continue
@@ -226,15 +227,32 @@ func (it *Iterator) transformRow(s *slot, r int, in, scratch [][]byte) {
 			n := it.rowBytes(s, g)
 			out[k] = s.hostOut[g].Bytes()[r*n : (r+1)*n]
 		}
-		a := rowArgs{width: s.width}
+		a := rowArgs{width: s.width, seed: it.opts.Seed, epoch: s.epoch, index: s.indices[r]}
 		if p.tr.flip > 0 {
 			a.flip = flipSample(p.tr.flip, it.opts.Seed, s.epoch, s.indices[r])
 		}
 		if p.ragged {
 			a.n = min(it.ragged.SampleLen(s.indices[r]), s.width)
 		}
+		if he, ok := p.op.(hostErrOp); ok {
+			if err := he.hostErr(out, in[f], a); err != nil {
+				return fmt.Errorf("%v on %s: %w", p.t, sampleName(it.src, s.indices[r]), err)
+			}
+			continue
+		}
 		p.op.host(out, in[f], a)
 	}
+	return nil
+}
+
+// sampleName is how errors name sample i: the source's name for it (a file, a shard member), or its index.
+func sampleName(src Source, i int) string {
+	if n, ok := src.(Named); ok {
+		if name := n.SampleName(i); name != "" {
+			return fmt.Sprintf("sample %d (%s)", i, name)
+		}
+	}
+	return fmt.Sprintf("sample %d", i)
 }
 
 // rowBytes is the size of one sample of batch field g in the slot's batch.

@@ -44,3 +44,9 @@ type Ragged interface {
 type SelfOrdered interface {
 	OrdersItself() string
 }
+
+// Named is implemented by sources whose samples have names worth giving in errors: a file, a shard
+// member. SampleName is empty for an index out of range.
+type Named interface {
+	SampleName(i int) string
+}

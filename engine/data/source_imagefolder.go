@@ -46,6 +46,7 @@ type ImageFolderSource struct {
 var (
 	_ Source = (*ImageFolderSource)(nil)
 	_ Ragged = (*ImageFolderSource)(nil)
+	_ Named  = (*ImageFolderSource)(nil)
 )
 
 // NewImageFolderSource lists root. A root without class folders, and (unless AllowEmpty) a class without
@@ -196,6 +197,9 @@ func (s *ImageFolderSource) Path(i int) string {
 	}
 	return s.paths[i]
 }
+
+// SampleName is sample i's file, for messages.
+func (s *ImageFolderSource) SampleName(i int) string { return s.Path(i) }
 
 // Label is sample i's class; -1 out of range.
 func (s *ImageFolderSource) Label(i int) int {

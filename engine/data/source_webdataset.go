@@ -51,6 +51,7 @@ type WebDatasetSource struct {
 var (
 	_ Source = (*WebDatasetSource)(nil)
 	_ Ragged = (*WebDatasetSource)(nil)
+	_ Named  = (*WebDatasetSource)(nil)
 )
 
 // NewWebDatasetSource expands the shard patterns (brace ranges like "train-{0000..0147}.tar" and lists
@@ -220,8 +221,8 @@ func (s *WebDatasetSource) CachedShards() int { return s.cached }
 // CacheNotes says why some indexes could not be read from or written to the cache.
 func (s *WebDatasetSource) CacheNotes() []string { return append([]string(nil), s.notes...) }
 
-// Name is sample i's place, "shard.tar:key.ext", for messages; empty when out of range.
-func (s *WebDatasetSource) Name(i int) string {
+// SampleName is sample i's place, "shard.tar:key.ext", for messages; empty when out of range.
+func (s *WebDatasetSource) SampleName(i int) string {
 	if i < 0 || i >= s.n {
 		return ""
 	}
@@ -261,7 +262,7 @@ func (s *WebDatasetSource) ReadSample(i int, dst [][]byte) error {
 	m := s.members[k][j]
 	if m.size > int64(s.cfg.MaxBytes) {
 		return fmt.Errorf("%w: %s: the image is %d bytes, more than the largest served (%d; raise max bytes)",
-			engine.ErrLimit, s.Name(i), m.size, s.cfg.MaxBytes)
+			engine.ErrLimit, s.SampleName(i), m.size, s.cfg.MaxBytes)
 	}
 	return s.guard.read(s, s.n, s.fields, i, dst, func() {
 		n := copy(dst[0], s.shards[k].data[m.offset:m.offset+m.size])

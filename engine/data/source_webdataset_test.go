@@ -182,7 +182,7 @@ func TestWebDatasetSource(t *testing.T) {
 	require.Zero(t, src.CachedShards())
 	require.Empty(t, src.CacheNotes())
 	require.Equal(t, []Field{{Name: "image", DType: Uint8, Shape: []int{4096}}, {Name: "label", DType: Int64}}, src.Fields())
-	require.Equal(t, filepath.Join(dir, "train-0001.tar")+":s1/00002.jpg", src.Name(40+2))
+	require.Equal(t, filepath.Join(dir, "train-0001.tar")+":s1/00002.jpg", src.SampleName(40+2))
 
 	e := enginetest.OpenCPU(t, engine.WithSampleInterval(0))
 	seen := map[int]int{}
@@ -240,7 +240,7 @@ func TestWebDatasetSource(t *testing.T) {
 		err := small.ReadSample(i, dst)
 		if n, _ := small.Label(i); small.SampleLen(i) == 16 && err != nil {
 			require.ErrorIs(t, err, engine.ErrLimit)
-			require.Contains(t, err.Error(), small.Name(i))
+			require.Contains(t, err.Error(), small.SampleName(i))
 			_ = n
 		}
 	}
@@ -272,7 +272,7 @@ func TestWebDatasetShardFromTar(t *testing.T) {
 	defer s.Close()
 	require.Equal(t, 3, s.Len())
 	for i := range 3 {
-		name := s.Name(i)
+		name := s.SampleName(i)
 		key := strings.TrimSuffix(strings.TrimPrefix(name[strings.Index(name, ":")+1:], "./"), ".jpg")
 		dst := [][]byte{make([]byte, 2048), make([]byte, 8)}
 		require.NoError(t, s.ReadSample(i, dst))

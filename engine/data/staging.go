@@ -84,6 +84,13 @@ func (it *Iterator) chooseStaging() {
 		it.kern, kernErr = kernelsOf(e)
 	}
 	it.hostXform = it.kern == nil
+	for _, p := range it.plans {
+		if p.t != nil && p.tr.hostOnly {
+			it.hostXform = true
+			it.stagingWhy = fmt.Sprintf("%v runs on the host", p.t)
+			return
+		}
+	}
 	why := func(s string) {
 		it.stagingWhy = s
 		if want != StagingAuto && want != StagingGather {

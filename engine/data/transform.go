@@ -34,6 +34,7 @@ type traits struct {
 	fullWidth    bool    // pads to the field's full length, not to the batch's longest sample
 	anyAlignment bool    // its kernel reads samples element by element: unaligned samples cost nothing
 	needsLengths bool    // needs each sample's length, which only an iterator has
+	hostOnly     bool    // runs on the host only (no kernel yet): a GPU iterator then lays out on the host
 }
 
 // op is a transform bound to one source field: its host reference and its kernel launch.
@@ -46,11 +47,20 @@ type op interface {
 	launch(k *kernelSet, e *engine.Engine, a launchArgs, buf []byte) ([]byte, error)
 }
 
+// hostErrOp is an op whose host form can fail on a sample (an image that does not decode): the iterator
+// calls hostErr instead of host and fails the batch with the error.
+type hostErrOp interface {
+	hostErr(out [][]byte, in []byte, r rowArgs) error
+}
+
 // rowArgs are one sample's inputs to a host transform beyond its bytes.
 type rowArgs struct {
 	flip  bool // flip the sample left-right
 	n     int  // a variable-length sample's length, at most width
 	width int  // the padded length of a variable-length field in this batch
+	// The iterator's seed, the epoch and the sample's index: what a random crop is a function of.
+	seed, epoch uint64
+	index       int
 }
 
 // launchArgs are a layout kernel's inputs beyond its plan.

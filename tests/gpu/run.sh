@@ -51,6 +51,11 @@ if ! python3 -c 'import megatron.core' 2>/dev/null && ls "$here"/wheels/megatron
         && export PYTHONPATH="$PYTHONPATH:$here/pydeps"
 fi
 
+# TurboJPEG for the CPU decode path: the host's, else the bundle's copy.
+if ! ldconfig -p 2>/dev/null | grep -q 'libturbojpeg\.so\.0' && [ -f "$here/lib/libturbojpeg.so.0" ]; then
+    export FERRY_TURBOJPEG_LIBRARY="$here/lib/libturbojpeg.so.0"
+fi
+
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 nvidia-smi --query-gpu=index,name,uuid,pci.bus_id,memory.total,driver_version,pcie.link.gen.max,pcie.link.width.max \
     --format=csv >>"$out/nvidia-smi.txt" 2>&1
