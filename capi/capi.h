@@ -124,6 +124,9 @@ int ferry_capi_monitor_take(uint32_t slot, ferry_capi_mentry* out, int cap);
 #define FERRY_CAPI_V2_TRANSFORM 128u
 /* ferry_transform with the GPT outputs of FERRY_TRANSFORM_SHIFT_TOKENS. */
 #define FERRY_CAPI_V3_TRANSFORM 160u
+/* ferry_transform with the crops. */
+#define FERRY_CAPI_V4_TRANSFORM 208u
+#define FERRY_CAPI_V1_IMAGE_SOURCE_OPTIONS 40u
 #define FERRY_CAPI_V1_MEGATRON_OPTIONS 24u
 #define FERRY_CAPI_V1_GPT_OPTIONS 64u
 #define FERRY_CAPI_V1_GPT_INDEX_INFO 2072u

@@ -23,7 +23,8 @@ func ferry_transform_init(t *C.ferry_transform, kind C.int32_t, field *C.char) C
 			return errNull("t")
 		}
 		switch kind {
-		case C.FERRY_TRANSFORM_NORMALIZE, C.FERRY_TRANSFORM_SHIFT_TOKENS, C.FERRY_TRANSFORM_PAD_SEQUENCES:
+		case C.FERRY_TRANSFORM_NORMALIZE, C.FERRY_TRANSFORM_SHIFT_TOKENS, C.FERRY_TRANSFORM_PAD_SEQUENCES,
+			C.FERRY_TRANSFORM_RANDOM_RESIZED_CROP, C.FERRY_TRANSFORM_CENTER_CROP:
 		default:
 			return fmt.Errorf("%w: unknown transform kind %d", engine.ErrInvalidArgument, int32(kind))
 		}
@@ -84,11 +85,37 @@ func transformFromC(t *C.ferry_transform, i int) (string, data.Transform, error)
 			st.ResetPositions = t.shift_flags&C.FERRY_SHIFT_F_RESET_POSITIONS != 0
 		}
 		return field, st, nil
+	case C.FERRY_TRANSFORM_RANDOM_RESIZED_CROP, C.FERRY_TRANSFORM_CENTER_CROP:
+		tr, err := cropFromC(t, i)
+		return field, tr, err
 	case C.FERRY_TRANSFORM_PAD_SEQUENCES:
 		return field, data.PadSequences{PadValue: int64(t.pad_value), Fixed: t.fixed_length != 0,
 			Mask: optName(t.mask_name, "attention_mask"), Lengths: optName(t.lengths_name, "lengths")}, nil
 	}
 	return "", nil, fmt.Errorf("%w: transforms[%d].kind %d is unknown", engine.ErrInvalidArgument, i, int32(t.kind))
+}
+
+// cropFromC converts a crop transform; its normalization is NORMALIZE's fields.
+func cropFromC(t *C.ferry_transform, i int) (data.Transform, error) {
+	if t.size < C.FERRY_CAPI_V4_TRANSFORM {
+		return nil, fmt.Errorf("%w: transforms[%d]: a crop needs the ferry_transform of this header (size %d, not %d)",
+			engine.ErrInvalidArgument, i, int(C.FERRY_CAPI_V4_TRANSFORM), uint32(t.size))
+	}
+	if t.channels < 0 || t.channels > 3 {
+		return nil, fmt.Errorf("%w: transforms[%d].channels is %d; a crop's image has 3 (give 0, 1 or 3 values)", engine.ErrInvalidArgument, i, int32(t.channels))
+	}
+	var mean, std []float32
+	for c := 0; c < int(t.channels); c++ {
+		mean = append(mean, float32(t.mean[c]))
+		std = append(std, float32(t.std[c]))
+	}
+	if t.kind == C.FERRY_TRANSFORM_CENTER_CROP {
+		return data.CenterCrop{Size: int(t.crop_size), ResizeTo: int(t.resize_to), Mean: mean, Std: std,
+			Layout: data.ImageLayout(t.layout), DType: data.DType(t.dtype), MaxPixels: int(t.max_pixels)}, nil
+	}
+	return data.RandomResizedCrop{Size: int(t.crop_size), Scale: [2]float64{float64(t.scale_min), float64(t.scale_max)},
+		Ratio: [2]float64{float64(t.ratio_min), float64(t.ratio_max)}, Flip: float64(t.flip), Mean: mean, Std: std,
+		Layout: data.ImageLayout(t.layout), DType: data.DType(t.dtype), MaxPixels: int(t.max_pixels)}, nil
 }
 
 // transformsFromC converts the iterator options' transform array.

@@ -24,6 +24,9 @@
 #define ferry_source_num_fields ferry_source_num_fields_header_decl
 #define ferry_source_field ferry_source_field_header_decl
 #define ferry_source_destroy ferry_source_destroy_header_decl
+#define ferry_source_image_folder ferry_source_image_folder_header_decl
+#define ferry_source_webdataset ferry_source_webdataset_header_decl
+#define ferry_source_sample_name ferry_source_sample_name_header_decl
 #define ferry_source_megatron ferry_source_megatron_header_decl
 #define ferry_source_gpt ferry_source_gpt_header_decl
 #define ferry_source_gpt_index_info ferry_source_gpt_index_info_header_decl
@@ -115,6 +118,9 @@
 #undef ferry_source_num_fields
 #undef ferry_source_field
 #undef ferry_source_destroy
+#undef ferry_source_image_folder
+#undef ferry_source_webdataset
+#undef ferry_source_sample_name
 #undef ferry_source_megatron
 #undef ferry_source_gpt
 #undef ferry_source_gpt_index_info

@@ -599,6 +599,51 @@ FERRY_API ferry_status ferry_source_blend(const ferry_source* sources, const dou
 FERRY_API ferry_status ferry_megatron_blend_sizes(const double* weights, int32_t count, int64_t size,
                                                   int64_t* per_source, int64_t* blend_size);
 
+/** ferry_image_source_options.flags: accept class folders without an image (torchvision's allow_empty). */
+#define FERRY_IMAGES_F_ALLOW_EMPTY 0x1u
+/** ferry_image_source_options.flags: index every WebDataset shard at every creation and write no cache. */
+#define FERRY_IMAGES_F_NO_CACHE 0x2u
+
+/** Options for ferry_source_image_folder() and ferry_source_webdataset(). Fill with ferry_image_source_options_init() first. */
+typedef struct ferry_image_source_options {
+    uint32_t size; /**< set by ferry_image_source_options_init */
+    uint32_t flags; /**< FERRY_IMAGES_F_* */
+    int64_t max_bytes; /**< the largest encoded image served (the image field's length); 0: 8 MiB */
+    const char*
+        image_keys; /**< WebDataset: the image member's extensions, ";"-separated, the first present taken; NULL: "jpg;jpeg;png;webp" */
+    const char* label_key; /**< WebDataset: an ASCII integer member; NULL: "cls"; "-": none */
+    const char*
+        cache_dir; /**< WebDataset: where shard indexes are kept; NULL: a "cache" directory beside the first shard */
+} ferry_image_source_options;
+
+/** Sets opts->size and the defaults. */
+FERRY_API ferry_status ferry_image_source_options_init(ferry_image_source_options* opts);
+
+/**
+ * A folder per class, as torchvision's ImageFolder reads it (class folders sorted into labels, files found
+ * by a sorted walk following links, its extensions in any case): sample i is torchvision's sample i for the
+ * same root. Fields "image" (the file's bytes, uint8 [max_bytes], variable length; decode and crop it with
+ * FERRY_TRANSFORM_RANDOM_RESIZED_CROP or FERRY_TRANSFORM_CENTER_CROP) and "label" (int64). Files are read
+ * when their samples are.
+ */
+FERRY_API ferry_status ferry_source_image_folder(const char* root, const ferry_image_source_options* opts,
+                                                 ferry_source* source);
+
+/**
+ * WebDataset tar shards (count patterns, brace ranges like "train-{0000..0147}.tar" expanded), with random
+ * access: members grouped into samples by key as the webdataset package groups them, each shard's member
+ * index built from its tar headers and cached. Fields "image" and, unless label_key is "-", "label", as for
+ * ferry_source_image_folder. A malformed or truncated shard is FERRY_ERR_FORMAT naming it.
+ */
+FERRY_API ferry_status ferry_source_webdataset(const char* const* shards, int32_t count,
+                                               const ferry_image_source_options* opts, ferry_source* source);
+
+/**
+ * Writes the name of sample index (a file, "shard.tar:key.jpg"), NUL-terminated and cut to len bytes, for a
+ * source that names its samples (image folders, WebDataset); an empty string for others.
+ */
+FERRY_API ferry_status ferry_source_sample_name(ferry_source source, int64_t index, char* name, uint32_t len);
+
 /**
  * Fills sample `index`: dst[k] is dst_bytes[k] bytes for field k. Returns 0, or non-zero to fail the
  * batch (the iterator reports FERRY_ERR_IO naming the sample). Called from ferry's worker threads, several
@@ -650,7 +695,15 @@ typedef enum ferry_transform_kind {
     FERRY_TRANSFORM_SHIFT_TOKENS = 2,
     /** a variable-length uint16/uint32 field (ferry_source_ragged_tokens) to int64 tokens [B, L] padded
         with pad_value, a bool attention mask [B, L] and int64 lengths [B]; L is the batch's longest */
-    FERRY_TRANSFORM_PAD_SEQUENCES = 3
+    FERRY_TRANSFORM_PAD_SEQUENCES = 3,
+    /** an encoded image (JPEG or PNG bytes: ferry_source_image_folder, ferry_source_webdataset) or a decoded
+        uint8 [H, W, 3] image to a random crop (torchvision's RandomResizedCrop: crop_size, scale_*, ratio_*)
+        resized bilinearly to [crop_size, crop_size], flipped with probability flip and normalized as
+        FERRY_TRANSFORM_NORMALIZE (mean, std, channels, layout, dtype). Runs on the host for now. */
+    FERRY_TRANSFORM_RANDOM_RESIZED_CROP = 4,
+    /** as FERRY_TRANSFORM_RANDOM_RESIZED_CROP, with torchvision's evaluation crop: the shorter side resized to
+        resize_to (0: crop_size * 256 / 224), then the central [crop_size, crop_size]; no flip */
+    FERRY_TRANSFORM_CENTER_CROP = 5
 } ferry_transform_kind;
 
 /** ferry_transform.layout of FERRY_TRANSFORM_NORMALIZE. */
@@ -697,6 +750,14 @@ typedef struct ferry_transform {
     int64_t eod; /**< the end-of-document token, for the FERRY_SHIFT_F_* flags */
     uint32_t shift_flags; /**< FERRY_SHIFT_F_* */
     int32_t reserved3;
+    /* Appended in 0.1 after the GPT outputs (FERRY_TRANSFORM_RANDOM_RESIZED_CROP, FERRY_TRANSFORM_CENTER_CROP). */
+    int32_t crop_size; /**< the output's side; required */
+    int32_t resize_to; /**< FERRY_TRANSFORM_CENTER_CROP: the shorter side before the crop; 0: crop_size * 256 / 224 */
+    double scale_min; /**< the crop's area fraction, drawn uniformly; 0 and 0: 0.08 and 1 */
+    double scale_max;
+    double ratio_min; /**< the crop's aspect ratio, drawn log-uniformly; 0 and 0: 3/4 and 4/3 */
+    double ratio_max;
+    int64_t max_pixels; /**< larger images are refused, naming them; 0: 64 Mpx */
 } ferry_transform;
 
 /** ferry_transform.shift_flags: the loss mask is 0 where the input token is eod (Megatron's eod_mask_loss). */

@@ -256,6 +256,24 @@ type transform struct {
 	EOD             int64
 	ShiftFlags      uint32
 	Reserved3       int32
+	// Appended: the crops.
+	CropSize  int32
+	ResizeTo  int32
+	ScaleMin  float64
+	ScaleMax  float64
+	RatioMin  float64
+	RatioMax  float64
+	MaxPixels int64
+}
+
+// imageSourceOptions mirrors ferry_image_source_options.
+type imageSourceOptions struct {
+	Size      uint32
+	Flags     uint32
+	MaxBytes  int64
+	ImageKeys *byte
+	LabelKey  *byte
+	CacheDir  *byte
 }
 
 // megatronOptions mirrors ferry_megatron_options.
@@ -463,6 +481,10 @@ var (
 	ferrySourceTokens           func(path *byte, opts *tokenOptions, source *sourceHandle) int32
 	ferryRaggedOptionsInit      func(opts *raggedOptions) int32
 	ferrySourceRaggedTokens     func(tokensPath, offsetsPath *byte, opts *raggedOptions, source *sourceHandle) int32
+	ferryImageSourceOptionsInit func(opts *imageSourceOptions) int32
+	ferrySourceImageFolder      func(root *byte, opts *imageSourceOptions, source *sourceHandle) int32
+	ferrySourceWebDataset       func(shards **byte, count int32, opts *imageSourceOptions, source *sourceHandle) int32
+	ferrySourceSampleName       func(source sourceHandle, index int64, name *byte, n uint32) int32
 	ferryMegatronOptionsInit    func(opts *megatronOptions) int32
 	ferrySourceMegatron         func(prefixes **byte, count int32, opts *megatronOptions, source *sourceHandle) int32
 	ferryGPTOptionsInit         func(opts *gptOptions) int32
@@ -570,6 +592,10 @@ var boundFunctions = []struct {
 	{"ferry_source_tokens", &ferrySourceTokens},
 	{"ferry_ragged_options_init", &ferryRaggedOptionsInit},
 	{"ferry_source_ragged_tokens", &ferrySourceRaggedTokens},
+	{"ferry_image_source_options_init", &ferryImageSourceOptionsInit},
+	{"ferry_source_image_folder", &ferrySourceImageFolder},
+	{"ferry_source_webdataset", &ferrySourceWebDataset},
+	{"ferry_source_sample_name", &ferrySourceSampleName},
 	{"ferry_megatron_options_init", &ferryMegatronOptionsInit},
 	{"ferry_source_megatron", &ferrySourceMegatron},
 	{"ferry_gpt_options_init", &ferryGPTOptionsInit},

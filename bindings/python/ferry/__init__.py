@@ -36,6 +36,7 @@ from ._errors import (
 )
 from ._feed import Feed, FeedLoader
 from ._iterator import Batch, Iterator
+from ._images import CenterCrop, ImageFolderSource, RandomResizedCrop, WebDatasetSource
 from ._lib import LibraryNotFoundError, library_path
 from ._megatron import BlendSource, GPTSource, MegatronSource, megatron_blend, megatron_blend_sizes
 from ._memory import MemoryManager, OptimizeResult
@@ -94,6 +95,11 @@ __all__ = [
     "Normalize",
     "ShiftTokens",
     "PadSequences",
+    # images as they are stored
+    "ImageFolderSource",
+    "WebDatasetSource",
+    "RandomResizedCrop",
+    "CenterCrop",
     # Megatron corpora
     "MegatronSource",
     "GPTSource",

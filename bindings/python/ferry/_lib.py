@@ -123,6 +123,10 @@ FERRY_ITERATOR_F_DROP_LAST = 0x2
 FERRY_TRANSFORM_NORMALIZE = 1
 FERRY_TRANSFORM_SHIFT_TOKENS = 2
 FERRY_TRANSFORM_PAD_SEQUENCES = 3
+FERRY_TRANSFORM_RANDOM_RESIZED_CROP = 4
+FERRY_TRANSFORM_CENTER_CROP = 5
+FERRY_IMAGES_F_ALLOW_EMPTY = 0x1
+FERRY_IMAGES_F_NO_CACHE = 0x2
 FERRY_LAYOUT_CHW = 0
 FERRY_LAYOUT_HWC = 1
 FERRY_STAGING_AUTO = 0
@@ -290,6 +294,19 @@ class RaggedOptions(Structure):
     ]
 
 
+class ImageSourceOptions(Structure):
+    """ctypes mirror of ``ferry_image_source_options`` (40 bytes)."""
+
+    _fields_ = [
+        ("size", c_uint32),
+        ("flags", c_uint32),
+        ("max_bytes", c_int64),
+        ("image_keys", c_char_p),
+        ("label_key", c_char_p),
+        ("cache_dir", c_char_p),
+    ]
+
+
 class MegatronOptions(Structure):
     """ctypes mirror of ``ferry_megatron_options`` (24 bytes)."""
 
@@ -343,7 +360,7 @@ class BlendOptions(Structure):
 
 
 class Transform(Structure):
-    """ctypes mirror of ``ferry_transform`` (160 bytes)."""
+    """ctypes mirror of ``ferry_transform`` (208 bytes)."""
 
     _fields_ = [
         ("size", c_uint32),
@@ -370,6 +387,13 @@ class Transform(Structure):
         ("eod", c_int64),
         ("shift_flags", c_uint32),
         ("reserved3", c_int32),
+        ("crop_size", c_int32),
+        ("resize_to", c_int32),
+        ("scale_min", c_double),
+        ("scale_max", c_double),
+        ("ratio_min", c_double),
+        ("ratio_max", c_double),
+        ("max_pixels", c_int64),
     ]
 
 
@@ -643,6 +667,11 @@ _SIGNATURES = [
     ("ferry_ragged_options_init", ferry_status, [POINTER(RaggedOptions)]),
     ("ferry_source_ragged_tokens", ferry_status,
      [c_char_p, c_char_p, POINTER(RaggedOptions), POINTER(ferry_source)]),
+    ("ferry_image_source_options_init", ferry_status, [POINTER(ImageSourceOptions)]),
+    ("ferry_source_image_folder", ferry_status, [c_char_p, POINTER(ImageSourceOptions), POINTER(ferry_source)]),
+    ("ferry_source_webdataset", ferry_status,
+     [POINTER(c_char_p), c_int32, POINTER(ImageSourceOptions), POINTER(ferry_source)]),
+    ("ferry_source_sample_name", ferry_status, [ferry_source, c_int64, c_char_p, c_uint32]),
     ("ferry_megatron_options_init", ferry_status, [POINTER(MegatronOptions)]),
     ("ferry_source_megatron", ferry_status,
      [POINTER(c_char_p), c_int32, POINTER(MegatronOptions), POINTER(ferry_source)]),

@@ -63,6 +63,8 @@ def test_constants_match_header(header):
         "FERRY_BLEND_ORDER_MEGATRON",
         "FERRY_SHIFT_F_MASK_EOD",
         "FERRY_SHIFT_F_RESET_POSITIONS",
+        "FERRY_IMAGES_F_ALLOW_EMPTY",
+        "FERRY_IMAGES_F_NO_CACHE",
     ):
         assert getattr(_lib, name) == header[name], name
     assert ferry.CPU == header["FERRY_DEVICE_CPU"]
@@ -83,7 +85,8 @@ def test_constants_match_header(header):
         (_lib.GPTOptions, 64),
         (_lib.GPTIndexInfo, 2072),
         (_lib.BlendOptions, 24),
-        (_lib.Transform, 160),
+        (_lib.ImageSourceOptions, 40),
+        (_lib.Transform, 208),
     ],
 )
 def test_struct_sizes(struct, size):
@@ -110,6 +113,7 @@ def _header_struct_fields(text: str, name: str):
         (_lib.GPTOptions, "ferry_gpt_options"),
         (_lib.GPTIndexInfo, "ferry_gpt_index_info"),
         (_lib.BlendOptions, "ferry_blend_options"),
+        (_lib.ImageSourceOptions, "ferry_image_source_options"),
         (_lib.Transform, "ferry_transform"),
     ],
 )

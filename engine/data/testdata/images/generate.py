@@ -1,0 +1,62 @@
+"""Regenerates the JPEG decode fixtures of this directory with Pillow, from photographs in scikit-image's
+data module: each source is cropped to 96 x 96 (odd sizes too), encoded with Pillow in several ways
+(qualities, chroma subsampling, progressive, grayscale, CMYK), and what Pillow decodes from each file,
+Image.open(f).convert("RGB"), is stored beside it as a PNG (lossless). The Go tests
+(engine/data/decode_test.go) decode each JPEG with ferry and compare with Pillow's pixels.
+
+    pip install pillow scikit-image numpy
+    python generate.py
+"""
+
+import io
+import os
+
+import numpy
+import PIL
+from PIL import Image
+from skimage import data
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# name: (photograph, top, left, height, width)
+CROPS = {
+    "astronaut": ("astronaut", 40, 180, 96, 96),
+    "coffee": ("coffee", 100, 200, 96, 96),
+    "chelsea": ("chelsea", 60, 120, 95, 101),
+    "rocket": ("rocket", 150, 200, 96, 64),
+}
+
+# variant: Pillow save options (mode is the image mode before saving)
+VARIANTS = {
+    "q90_420": dict(quality=90, subsampling=2),
+    "q75_444": dict(quality=75, subsampling=0),
+    "q95_422": dict(quality=95, subsampling=1),
+    "progressive": dict(quality=85, progressive=True),
+    "gray": dict(quality=90, mode="L"),
+    "cmyk": dict(quality=90, mode="CMYK"),
+}
+
+
+def main():
+    for name, (photo, top, left, h, w) in CROPS.items():
+        rgb = getattr(data, photo)()
+        if rgb.ndim == 2:
+            rgb = numpy.stack([rgb] * 3, axis=-1)
+        img = Image.fromarray(numpy.ascontiguousarray(rgb[top:top + h, left:left + w, :3]))
+        for variant, opts in VARIANTS.items():
+            opts = dict(opts)
+            mode = opts.pop("mode", "RGB")
+            buf = io.BytesIO()
+            img.convert(mode).save(buf, format="JPEG", **opts)
+            jpeg = buf.getvalue()
+            base = os.path.join(HERE, f"{name}_{variant}")
+            with open(base + ".jpg", "wb") as f:
+                f.write(jpeg)
+            ref = Image.open(io.BytesIO(jpeg)).convert("RGB")
+            ref.save(base + ".pillow.png", format="PNG")
+    with open(os.path.join(HERE, "PILLOW_VERSION"), "w") as f:
+        f.write(PIL.__version__ + "\n")
+
+
+if __name__ == "__main__":
+    main()
