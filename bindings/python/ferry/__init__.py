@@ -35,8 +35,8 @@ from ._errors import (
     status_name,
 )
 from ._feed import Feed, FeedLoader
-from ._iterator import Batch, Iterator
 from ._images import CenterCrop, ImageFolderSource, RandomResizedCrop, WebDatasetSource
+from ._iterator import Batch, Iterator
 from ._lib import LibraryNotFoundError, library_path
 from ._megatron import BlendSource, GPTSource, MegatronSource, megatron_blend, megatron_blend_sizes
 from ._memory import MemoryManager, OptimizeResult

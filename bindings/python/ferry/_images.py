@@ -76,7 +76,8 @@ class WebDatasetSource(_NamedSource):
             keep.append(_c_string(os.fspath(cache_dir), "cache_dir"))
             opts.cache_dir = keep[-1]
         handle = c_void_p()
-        _check(lib.ferry_source_webdataset((c_char_p * len(encoded))(*encoded), len(encoded), byref(opts), byref(handle)))
+        arr = (c_char_p * len(encoded))(*encoded)
+        _check(lib.ferry_source_webdataset(arr, len(encoded), byref(opts), byref(handle)))
         self.shards = paths
         self._adopt(lib, handle)
 
@@ -132,7 +133,8 @@ class RandomResizedCrop(_Crop):
 
     def __repr__(self) -> str:
         return (f"ferry.RandomResizedCrop({self.size}, scale={self.scale}, ratio={self.ratio}, flip={self.flip}, "
-                f"mean={self._norm.mean}, std={self._norm.std}, layout={self._norm.layout!r}, dtype={self._norm.dtype!r})")
+                f"mean={self._norm.mean}, std={self._norm.std}, layout={self._norm.layout!r}, "
+                f"dtype={self._norm.dtype!r})")
 
 
 class CenterCrop(_Crop):

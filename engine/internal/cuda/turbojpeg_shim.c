@@ -34,7 +34,8 @@ int ferry_tj_load(const char* path, char* err, size_t errlen) {
     for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
         void* p = dlsym(h, syms[i].name);
         if (p == NULL) {
-            snprintf(err, errlen, "symbol %s not found in %s (libjpeg-turbo 1.5 or later is needed)", syms[i].name, path);
+            snprintf(err, errlen, "symbol %s not found in %s (libjpeg-turbo 1.5 or later is needed)", syms[i].name,
+                     path);
             dlclose(h);
             memset(&tj, 0, sizeof tj);
             return FERRY_TJ_LOAD_SYMBOL_MISSING;
@@ -67,8 +68,8 @@ int ferry_tj_header(void* h, const unsigned char* buf, unsigned long size, int* 
     return 0;
 }
 
-int ferry_tj_decompress(void* h, const unsigned char* buf, unsigned long size, unsigned char* dst, int width,
-                        int pitch, int height, int format, int flags, char* err, size_t errlen) {
+int ferry_tj_decompress(void* h, const unsigned char* buf, unsigned long size, unsigned char* dst, int width, int pitch,
+                        int height, int format, int flags, char* err, size_t errlen) {
     if (tj.decompress2(h, buf, size, dst, width, pitch, height, format, flags) != 0) {
         reason(h, err, errlen);
         return -1;

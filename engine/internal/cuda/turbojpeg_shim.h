@@ -34,8 +34,8 @@ int ferry_tj_header(void* h, const unsigned char* buf, unsigned long size, int* 
                     int* colorspace, char* err, size_t errlen);
 
 /* tjDecompress2 into dst (height rows of pitch bytes). Returns 0, or -1 with the reason in err. */
-int ferry_tj_decompress(void* h, const unsigned char* buf, unsigned long size, unsigned char* dst, int width,
-                        int pitch, int height, int format, int flags, char* err, size_t errlen);
+int ferry_tj_decompress(void* h, const unsigned char* buf, unsigned long size, unsigned char* dst, int width, int pitch,
+                        int height, int format, int flags, char* err, size_t errlen);
 
 #pragma GCC visibility pop
 
