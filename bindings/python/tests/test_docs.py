@@ -75,6 +75,11 @@ def _check_needs(s: Snippet) -> None:
     torch = _torch()
     if s.lang == "python" and re.search(r"^import torch|^from torch", s.code, re.M) and torch is None:
         _unmet(f"{s} imports torch, which is not installed")
+    if s.lang == "python" and re.search(r"^from PIL|^import PIL", s.code, re.M):
+        try:
+            import PIL  # noqa: F401
+        except ImportError:
+            _unmet(f"{s} imports Pillow, which is not installed")
     if "torch" in s.needs and torch is None:
         _unmet(f"{s} needs libtorch (PyTorch's), which is not installed")
     if "gpu" in s.needs and ferry.device_count() == 0:
