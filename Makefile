@@ -206,7 +206,7 @@ clean:
 # through $ORIGIN/../lib. The Go binaries are stripped (-s -w): the bundle travels under a size limit.
 GPU := $(BUILD)/gpu
 GPU_CTESTS := test_c99 header_cxx17 test_iterator_c99 test_memory_c99 test_monitor_c99 test_ferry_hpp \
-	test_iterator_hpp test_memory_hpp test_transform_hpp test_megatron_hpp test_monitor_hpp bench_memory bench_metric ferry_info ferry_iterate ferry_megatron
+	test_iterator_hpp test_memory_hpp test_transform_hpp test_megatron_hpp test_images_hpp test_monitor_hpp bench_memory bench_metric ferry_info ferry_iterate ferry_megatron
 MEGATRON_CORE_VERSION := 0.19.2
 gpu-bundle: build $(PY_ENV)
 	rm -rf $(GPU) && mkdir -p $(GPU)/lib $(GPU)/include $(GPU)/bin $(GPU)/tests $(GPU)/python

@@ -1084,6 +1084,49 @@ public:
     }
 
     /**
+     * A folder per class, read as torchvision's ImageFolder reads it (the same labels and sample order):
+     * fields "image" (the file's encoded bytes, at most max_bytes; 0: 8 MiB) and "label" (int64). Decode and
+     * crop them with transform::random_resized_crop or transform::center_crop.
+     */
+    static source image_folder(const std::string& root, int64_t max_bytes = 0, bool allow_empty = false) {
+        ferry_image_source_options o;
+        check(ferry_image_source_options_init(&o));
+        o.max_bytes = max_bytes;
+        o.flags = allow_empty ? FERRY_IMAGES_F_ALLOW_EMPTY : 0u;
+        source s;
+        check(ferry_source_image_folder(c_string(root, "root"), &o, &s.handle_));
+        return s;
+    }
+
+    /**
+     * WebDataset tar shards (brace patterns expanded) with random access: fields "image" (the first present
+     * of image_keys, ";"-separated) and "label" (the integer member label_key; "-" for none). Shard indexes
+     * are cached in cache_dir (empty: a "cache" folder beside the first shard) unless no_cache.
+     */
+    static source webdataset(const std::vector<std::string>& shards,
+                             const std::string& image_keys = "jpg;jpeg;png;webp", const std::string& label_key = "cls",
+                             int64_t max_bytes = 0, const std::string& cache_dir = "", bool no_cache = false) {
+        const std::vector<const char*> ps = c_prefixes(shards);
+        ferry_image_source_options o;
+        check(ferry_image_source_options_init(&o));
+        o.max_bytes = max_bytes;
+        o.flags = no_cache ? FERRY_IMAGES_F_NO_CACHE : 0u;
+        o.image_keys = c_string(image_keys, "image keys");
+        o.label_key = c_string(label_key, "label key");
+        o.cache_dir = cache_dir.empty() ? nullptr : c_string(cache_dir, "cache dir");
+        source s;
+        check(ferry_source_webdataset(ps.data(), static_cast<int32_t>(ps.size()), &o, &s.handle_));
+        return s;
+    }
+
+    /** Sample index's name: its file, or "shard.tar:key.ext"; empty for sources without names. */
+    std::string sample_name(int64_t index) const {
+        std::vector<char> buf(4096);
+        check(ferry_source_sample_name(handle_, index, buf.data(), static_cast<uint32_t>(buf.size())));
+        return std::string(buf.data());
+    }
+
+    /**
      * A source of n samples that fn fills (custom decoding in C++). The function is moved into a heap
      * object owned by the returned source and handed to C as `user`; it lives until the source is
      * destroyed, and moving the source does not move it. See ferry::sample_fn for the threads that call
@@ -1500,6 +1543,43 @@ public:
         return t;
     }
 
+    /**
+     * An encoded image (image_folder, webdataset) or a decoded uint8 [H, W, 3] image of field to torchvision's
+     * RandomResizedCrop(size, scale, ratio), flipped with probability flip and normalized (mean, std as
+     * normalize's), [3, size, size] (or [size, size, 3]) of dtype. The box is a pure function of the
+     * iterator's seed, the epoch and the sample. Runs on the host for now.
+     */
+    static transform random_resized_crop(std::string field, int32_t size, std::vector<float> mean = {},
+                                         std::vector<float> std_dev = {}, double flip = 0.0,
+                                         std::pair<double, double> scale = {0.08, 1.0},
+                                         std::pair<double, double> ratio = {3.0 / 4, 4.0 / 3},
+                                         ferry_image_layout layout = FERRY_LAYOUT_CHW,
+                                         ferry_dtype dtype = FERRY_DTYPE_FLOAT32) {
+        transform t = crop(FERRY_TRANSFORM_RANDOM_RESIZED_CROP, std::move(field), size, mean, std_dev, layout, dtype);
+        t.t_.flip = flip;
+        t.t_.scale_min = scale.first;
+        t.t_.scale_max = scale.second;
+        t.t_.ratio_min = ratio.first;
+        t.t_.ratio_max = ratio.second;
+        return t;
+    }
+
+    /** torchvision's evaluation crop: the shorter side resized to resize_to (0: size * 256 / 224), the central
+        [size, size], normalized; as random_resized_crop otherwise. */
+    static transform center_crop(std::string field, int32_t size, int32_t resize_to = 0, std::vector<float> mean = {},
+                                 std::vector<float> std_dev = {}, ferry_image_layout layout = FERRY_LAYOUT_CHW,
+                                 ferry_dtype dtype = FERRY_DTYPE_FLOAT32) {
+        transform t = crop(FERRY_TRANSFORM_CENTER_CROP, std::move(field), size, mean, std_dev, layout, dtype);
+        t.t_.resize_to = resize_to;
+        return t;
+    }
+
+    /** random_resized_crop, center_crop: images of more pixels are refused, naming them (0: 64 Mpx). */
+    transform& max_pixels(int64_t n) noexcept {
+        t_.max_pixels = n;
+        return *this;
+    }
+
     /** shift_tokens: also a float32 loss mask named name (Megatron's loss_mask; see eod()). */
     transform& loss_mask(std::string name) {
         loss_mask_ = std::move(name);
@@ -1584,6 +1664,19 @@ public:
     }
 
 private:
+    static transform crop(ferry_transform_kind kind, std::string field, int32_t size, const std::vector<float>& mean,
+                          const std::vector<float>& std_dev, ferry_image_layout layout, ferry_dtype dtype) {
+        transform n = normalize(field, mean, std_dev, layout, dtype);
+        transform t(kind, std::move(field));
+        t.t_.channels = n.t_.channels;
+        std::copy(std::begin(n.t_.mean), std::end(n.t_.mean), std::begin(t.t_.mean));
+        std::copy(std::begin(n.t_.std), std::end(n.t_.std), std::begin(t.t_.std));
+        t.t_.layout = n.t_.layout;
+        t.t_.dtype = n.t_.dtype;
+        t.t_.crop_size = size;
+        return t;
+    }
+
     transform(ferry_transform_kind kind, std::string field) : field_(std::move(field)) {
         check(ferry_transform_init(&t_, static_cast<int32_t>(kind), c_string(field_, "a transform's field name")));
         t_.field = nullptr; // set by to_c(), from this object's copy of the name
