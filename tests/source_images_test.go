@@ -1,0 +1,117 @@
+package tests
+
+import (
+	"bytes"
+	"image"
+	"image/color"
+	"image/png"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+const (
+	transformRandomResizedCrop int32 = 4
+	transformCenterCrop        int32 = 5
+)
+
+// TestSourceImageFolder reads a folder of PNGs through the C ABI: torchvision's order and labels, the
+// samples' names, and CENTER_CROP of images whose shorter side is the crop's (an exact copy).
+func TestSourceImageFolder(t *testing.T) {
+	r := newRand(t)
+	root := t.TempDir()
+	type img struct {
+		rgb  []byte
+		w, h int
+	}
+	images := map[string]img{}
+	const side = 10
+	for k := range 7 {
+		w, h := side, side+r.IntN(9)
+		if k%2 == 1 {
+			w, h = h, w
+		}
+		m := image.NewNRGBA(image.Rect(0, 0, w, h))
+		var rgb []byte
+		for y := range h {
+			for x := range w {
+				c := color.NRGBA{uint8(r.Uint32()), uint8(r.Uint32()), uint8(r.Uint32()), 255}
+				m.SetNRGBA(x, y, c)
+				rgb = append(rgb, c.R, c.G, c.B)
+			}
+		}
+		var buf bytes.Buffer
+		require.NoError(t, png.Encode(&buf, m))
+		path := filepath.Join(root, []string{"x", "y"}[k%2], string(rune('a'+k))+".png")
+		require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
+		require.NoError(t, os.WriteFile(path, buf.Bytes(), 0o644))
+		images[path] = img{rgb, w, h}
+	}
+	c := newCmem(t, 1<<14)
+	var o imageSourceOptions
+	requireOK(t, func() int32 { return ferryImageSourceOptionsInit(&o) })
+	var src sourceHandle
+	requireOK(t, func() int32 { return ferrySourceImageFolder(c.cstring(root), &o, &src) })
+	destroyAtCleanup(t, src)
+	var n int64
+	requireOK(t, func() int32 { return ferrySourceLen(src, &n) })
+	require.Equal(t, int64(7), n)
+	name := make([]byte, 512)
+	requireOK(t, func() int32 { return ferrySourceSampleName(src, 0, &name[0], uint32(len(name))) })
+	first, ok := fixedString(name)
+	require.True(t, ok)
+	require.Equal(t, filepath.Join(root, "x", "a.png"), first, "class x, then its files sorted")
+
+	e := newCPUEngine(t, 0)
+	tr := newTransform(t, transformCenterCrop, "image")
+	tr.CropSize, tr.ResizeTo, tr.Layout = side, side, layoutHWC
+	it := newIterator(t, e, src, withTransforms(iterOptions(t, 3), c, tr))
+	checked := 0
+	for {
+		var b batchHandle
+		status := ferryIteratorNext(it, 0, &b)
+		if status == ferryEndOfEpoch {
+			break
+		}
+		require.Equal(t, ferryOK, status)
+		p := batchInfo(t, b)
+		idx := batchIndices(t, b, p.NumSamples)
+		tensor := batchFieldByName(t, b, "image")
+		px := readFloat32s(tensor, int(p.NumSamples)*side*side*3)
+		for row, i := range idx {
+			requireOK(t, func() int32 { return ferrySourceSampleName(src, i, &name[0], uint32(len(name))) })
+			path, _ := fixedString(name)
+			im := images[path]
+			// torchvision's CenterCrop offset: Python's round, half to even.
+			top, left := int(math.RoundToEven(float64(im.h-side)/2)), int(math.RoundToEven(float64(im.w-side)/2))
+			for y := range side {
+				for x := range side {
+					for ch := range 3 {
+						want := float32(im.rgb[((top+y)*im.w+left+x)*3+ch]) / 255
+						require.InDelta(t, want, px[((row*side+y)*side+x)*3+ch], 1e-6, "%s (%d, %d)", path, y, x)
+					}
+				}
+			}
+			checked++
+		}
+		deleteTensor(t, tensor)
+		releaseBatch(t, b)
+	}
+	require.Equal(t, 7, checked)
+
+	// A crop with the older, shorter ferry_transform is refused; so are unknown flags.
+	old := newTransform(t, transformRandomResizedCrop, "image")
+	old.Size = 160
+	old.CropSize = 8
+	var bad iteratorHandle
+	opts := withTransforms(iterOptions(t, 2), c, old)
+	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryIteratorCreate(e, src, &opts, &bad) }, "crop needs")
+	o.Flags = 0x80
+	var s2 sourceHandle
+	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferrySourceImageFolder(c.cstring(root), &o, &s2) }, "flags")
+	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferrySourceSampleName(src, 99, &name[0], 8) }, "out of range")
+	requireUsable(t)
+}
