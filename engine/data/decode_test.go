@@ -1,6 +1,7 @@
 package data
 
 import (
+	"errors"
 	"image/png"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/ferry-ml/ferry/engine"
 	"github.com/ferry-ml/ferry/engine/internal/cuda"
 )
 
@@ -50,4 +52,26 @@ func TestDecodeMatchesPillow(t *testing.T) {
 		require.LessOrEqual(t, worst, 1, p)
 		require.Less(t, mean, 0.05, p)
 	}
+}
+
+// FuzzDecodeImage decodes arbitrary bytes: a refusal is a typed error (never a crash), and a success
+// fills exactly the image's pixels.
+func FuzzDecodeImage(f *testing.F) {
+	paths, _ := filepath.Glob(filepath.Join("testdata", "images", "*_q90_420.jpg"))
+	for _, p := range paths[:min(2, len(paths))] {
+		b, err := os.ReadFile(p)
+		require.NoError(f, err)
+		f.Add(b)
+	}
+	f.Add([]byte("\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00\x00\x02\x00\x00\x00\x02\x08\x02\x00\x00\x00"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var d decodedImage
+		err := decodeImage(b, 1<<20, &d)
+		if err != nil {
+			require.True(t, errors.Is(err, engine.ErrFormat) || errors.Is(err, engine.ErrLimit) || errors.Is(err, engine.ErrNoDevice), "%v", err)
+			return
+		}
+		require.Equal(t, 3*d.w*d.h, len(d.pix))
+		require.LessOrEqual(t, d.w*d.h, 1<<20)
+	})
 }
