@@ -119,6 +119,8 @@ int ferry_capi_monitor_take(uint32_t slot, ferry_capi_mentry* out, int cap);
 #define FERRY_CAPI_V1_ITERATOR_OPTIONS 48u
 /* ferry_iterator_options with transforms, staging and pinned_budget. */
 #define FERRY_CAPI_V2_ITERATOR_OPTIONS 72u
+/* ferry_iterator_options with on_error. */
+#define FERRY_CAPI_V3_ITERATOR_OPTIONS 80u
 #define FERRY_CAPI_V1_TRANSFORM 120u
 /* ferry_transform with input_layout. */
 #define FERRY_CAPI_V2_TRANSFORM 128u
@@ -137,6 +139,8 @@ int ferry_capi_monitor_take(uint32_t slot, ferry_capi_mentry* out, int cap);
 #define FERRY_CAPI_V2_ITERATOR_POSITION 48u
 #define FERRY_CAPI_V1_BATCH_PROPERTIES 32u
 #define FERRY_CAPI_V1_PIPELINE_STATS 40u
+/* ferry_pipeline_stats with skipped. */
+#define FERRY_CAPI_V2_PIPELINE_STATS 48u
 #define FERRY_CAPI_V1_FEED_OPTIONS 40u
 #define FERRY_CAPI_V1_PRESSURE_OPTIONS 40u
 #define FERRY_CAPI_V1_OPTIMIZE_RESULT 40u

@@ -175,8 +175,12 @@ func writeStats(out *C.ferry_pipeline_stats, st data.IteratorStats) error {
 	if err := checkSize("ferry_pipeline_stats", out.size, C.FERRY_CAPI_V1_PIPELINE_STATS); err != nil {
 		return err
 	}
-	*out = C.ferry_pipeline_stats{size: out.size, batches: C.uint64_t(st.Batches), samples: C.uint64_t(st.Samples),
-		bytes: C.uint64_t(st.Bytes), stall_ns: C.uint64_t(st.Stall)}
+	// Only the fields the caller's size covers are written: an older caller's struct is shorter.
+	out.batches, out.samples = C.uint64_t(st.Batches), C.uint64_t(st.Samples)
+	out.bytes, out.stall_ns = C.uint64_t(st.Bytes), C.uint64_t(st.Stall)
+	if out.size >= C.FERRY_CAPI_V2_PIPELINE_STATS {
+		out.skipped = C.uint64_t(st.Skipped)
+	}
 	return nil
 }
 

@@ -82,10 +82,15 @@ func ferry_iterator_create(eh C.uintptr_t, sh C.uintptr_t, opts *C.ferry_iterato
 			}
 			staging, budget = data.Staging(opts.staging), int64(opts.pinned_budget)
 		}
+		var onError data.OnError
+		if opts.size >= C.FERRY_CAPI_V3_ITERATOR_OPTIONS {
+			onError = data.OnError(opts.on_error)
+		}
 		it, err := data.NewIterator(eng, src.src, data.IteratorOptions{
 			Transforms:   transforms,
 			Staging:      staging,
 			PinnedBudget: budget,
+			OnError:      onError,
 			BatchSize:    int(opts.batch_size),
 			Shuffle:      opts.flags&C.FERRY_ITERATOR_F_SHUFFLE != 0,
 			DropLast:     opts.flags&C.FERRY_ITERATOR_F_DROP_LAST != 0,

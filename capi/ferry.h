@@ -805,7 +805,19 @@ typedef struct ferry_iterator_options {
     /** Bytes the iterator may take beyond its ring, counted separately for the source memory it registers
         and for the slots the ring grows by when the caller holds batches; 0: a quarter of RAM; < 0: none */
     int64_t pinned_budget;
+    /* Appended in 0.1 after pinned_budget. */
+    int32_t on_error; /**< ferry_on_error: what a sample that fails to read or lay out does */
+    int32_t reserved2;
 } ferry_iterator_options;
+
+/** ferry_iterator_options.on_error. */
+typedef enum ferry_on_error {
+    /** the batch fails with an error naming the sample (its file, its shard member) */
+    FERRY_ON_ERROR_RAISE = 0,
+    /** the next readable sample takes its place (the batch's indices say which); the skips are counted
+        (ferry_pipeline_stats.skipped, the monitor's pipeline/NAME/samples_skipped) and logged */
+    FERRY_ON_ERROR_SKIP = 1
+} ferry_on_error;
 
 /** Sets opts->size and the defaults. */
 FERRY_API ferry_status ferry_iterator_options_init(ferry_iterator_options* opts);
@@ -931,6 +943,8 @@ typedef struct ferry_pipeline_stats {
     uint64_t samples; /**< samples in them */
     uint64_t bytes; /**< bytes of input data in them: what crossed to the device on a GPU */
     uint64_t stall_ns; /**< time the consumer waited for data: the input-bound share of a training loop */
+    /* Appended in 0.1 after stall_ns; a caller whose size stops before it does not get it. */
+    uint64_t skipped; /**< samples that failed and were replaced (FERRY_ON_ERROR_SKIP) */
 } ferry_pipeline_stats;
 
 /** Writes what the iterator delivered so far. Any thread. */

@@ -41,6 +41,7 @@ type pipelineStats struct {
 	Samples  uint64
 	Bytes    uint64
 	StallNs  uint64
+	Skipped  uint64
 }
 
 func TestFeedStructLayout(t *testing.T) {
@@ -57,7 +58,8 @@ func TestFeedStructLayout(t *testing.T) {
 		{"ferry_host_tensor.shape", unsafe.Offsetof(ht.Shape), 16},
 		{"ferry_host_tensor.data", unsafe.Offsetof(ht.Data), 88},
 		{"ferry_host_tensor.bytes", unsafe.Offsetof(ht.Bytes), 96},
-		{"sizeof(ferry_pipeline_stats)", unsafe.Sizeof(pipelineStats{}), 40},
+		{"sizeof(ferry_pipeline_stats)", unsafe.Sizeof(pipelineStats{}), 48},
+		{"ferry_pipeline_stats.skipped", unsafe.Offsetof(pipelineStats{}.Skipped), 40},
 	} {
 		require.Equal(t, c.want, c.got, c.name)
 	}

@@ -227,6 +227,9 @@ type iteratorOptions struct {
 	NumTransforms int32
 	Staging       int32
 	PinnedBudget  int64
+	// Appended: on_error.
+	OnError   int32
+	Reserved2 int32
 }
 
 // transform mirrors ferry_transform.

@@ -537,7 +537,7 @@ func TestNewOptionsInit(t *testing.T) {
 	g := newGuardBuf(unsafe.Sizeof(iteratorOptions{}))
 	requireOK(t, func() int32 { return ferryIteratorOptionsInit((*iteratorOptions)(g.ptr())) })
 	g.requireUntouchedFrom(t, unsafe.Sizeof(iteratorOptions{}))
-	require.Equal(t, iteratorOptions{Size: 72}, *(*iteratorOptions)(g.ptr()))
+	require.Equal(t, iteratorOptions{Size: 80}, *(*iteratorOptions)(g.ptr()))
 
 	g = newGuardBuf(unsafe.Sizeof(tokenOptions{}))
 	requireOK(t, func() int32 { return ferryTokenOptionsInit((*tokenOptions)(g.ptr())) })

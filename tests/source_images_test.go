@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 )
@@ -101,6 +102,27 @@ func TestSourceImageFolder(t *testing.T) {
 		releaseBatch(t, b)
 	}
 	require.Equal(t, 7, checked)
+
+	// A file that does not decode: FERRY_ON_ERROR_SKIP puts the next one in its place and counts it; a
+	// caller's older (40-byte) ferry_pipeline_stats gets nothing past its size.
+	require.NoError(t, os.WriteFile(filepath.Join(root, "x", "zz.png"), []byte("\x89PNG\r\n\x1a\nbroken"), 0o644))
+	var withBad sourceHandle
+	requireOK(t, func() int32 { return ferrySourceImageFolder(c.cstring(root), &o, &withBad) })
+	destroyAtCleanup(t, withBad)
+	skipOpts := withTransforms(iterOptions(t, 8), c, tr)
+	skipOpts.OnError = 1
+	skipIt := newIterator(t, e, withBad, skipOpts)
+	b := next(t, skipIt)
+	require.Equal(t, int64(8), batchInfo(t, b).NumSamples)
+	releaseBatch(t, b)
+	g := newGuardBuf(48)
+	old40 := (*pipelineStats)(g.ptr())
+	old40.Size = 40
+	requireOK(t, func() int32 { return ferryIteratorStats(skipIt, old40) })
+	g.requireUntouchedFrom(t, 40)
+	st := pipelineStats{Size: uint32(unsafe.Sizeof(pipelineStats{}))}
+	requireOK(t, func() int32 { return ferryIteratorStats(skipIt, &st) })
+	require.GreaterOrEqual(t, st.Skipped, uint64(1))
 
 	// A crop with the older, shorter ferry_transform is refused; so are unknown flags.
 	old := newTransform(t, transformRandomResizedCrop, "image")

@@ -1794,6 +1794,13 @@ public:
         return *this;
     }
 
+    /** What a sample that fails to read or lay out does: FERRY_ON_ERROR_RAISE (the default) fails its batch,
+        FERRY_ON_ERROR_SKIP puts the next readable sample in its place and counts it (stats().skipped). */
+    iterator_options& on_error(ferry_on_error policy) noexcept {
+        o_.on_error = static_cast<int32_t>(policy);
+        return *this;
+    }
+
     /** @name Getters */
     ///@{
     int64_t batch_size() const noexcept { return o_.batch_size; }

@@ -49,7 +49,23 @@ type IteratorOptions struct {
 	// ring grows by (host and device memory) when the caller keeps batches. 0 means a quarter of physical
 	// memory; negative means neither: no registration, and Next fails at once when every slot is held.
 	PinnedBudget int64
+	// OnError is what a sample that cannot be read or laid out (a corrupt image, a vanished file) does:
+	// OnErrorRaise (the default) fails its batch with an error naming it; OnErrorSkip puts the next
+	// readable sample in its place (the batch's Indices say which) and counts it in Stats.Skipped.
+	OnError OnError
 }
+
+// OnError is an iterator's policy for samples that fail.
+type OnError int
+
+// Sample error policies.
+const (
+	OnErrorRaise OnError = iota
+	OnErrorSkip
+)
+
+// skipTries bounds how many following samples OnErrorSkip tries in place of a failed one.
+const skipTries = 64
 
 // IteratorStats counts what the iterator delivered.
 type IteratorStats struct {
@@ -57,6 +73,7 @@ type IteratorStats struct {
 	Samples uint64        // samples in them
 	Bytes   uint64        // bytes of source data in them: what crossed to the device on a GPU
 	Stall   time.Duration // time Next spent waiting for data: the input-bound share of a training loop
+	Skipped uint64        // samples that failed and were replaced (OnErrorSkip)
 }
 
 // Iterator prefetches batches from a Source: a sampler picks the samples, gather workers (goroutines)
@@ -104,7 +121,7 @@ type Iterator struct {
 	closing   chan struct{} // closed by Close before it waits for it.mu: wakes a Next that waits for data
 	failures  atomic.Uint64
 
-	batches, samples, bytes, stallNs atomic.Uint64
+	batches, samples, bytes, stallNs, skipped atomic.Uint64
 }
 
 // NewIterator builds an iterator over src on the engine and starts prefetching. It allocates the ring
@@ -147,6 +164,9 @@ func NewIterator(e *engine.Engine, src Source, opts IteratorOptions) (*Iterator,
 	}
 	if opts.Prefetch < 2 || opts.Prefetch > 64 {
 		return nil, fmt.Errorf("%w: prefetch %d must be 2..64", engine.ErrInvalidArgument, opts.Prefetch)
+	}
+	if opts.OnError != OnErrorRaise && opts.OnError != OnErrorSkip {
+		return nil, fmt.Errorf("%w: unknown on-error policy %d (raise or skip)", engine.ErrInvalidArgument, int(opts.OnError))
 	}
 	if opts.Timeout < 0 {
 		return nil, fmt.Errorf("%w: timeout %v is negative", engine.ErrInvalidArgument, opts.Timeout)
@@ -354,9 +374,12 @@ func (it *Iterator) QueueDepth() int {
 func (it *Iterator) Stats() IteratorStats {
 	return IteratorStats{
 		Batches: it.batches.Load(), Samples: it.samples.Load(), Bytes: it.bytes.Load(),
-		Stall: time.Duration(it.stallNs.Load()),
+		Stall: time.Duration(it.stallNs.Load()), Skipped: it.skipped.Load(),
 	}
 }
+
+// Skipped is the number of samples that failed and were replaced (OnErrorSkip), as the monitor reads it.
+func (it *Iterator) Skipped() uint64 { return it.skipped.Load() }
 
 // Counters are the running totals of Stats, as the monitor reads a pipeline (monitor.Pipeline).
 func (it *Iterator) Counters() (batches, samples, bytes uint64, stall time.Duration) {

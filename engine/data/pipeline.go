@@ -284,14 +284,9 @@ func (it *Iterator) work(p *pipeline, tasks <-chan task) {
 				}
 				dst[f] = s.host[f].Bytes()[r*fb : (r+1)*fb]
 			}
-			var err error
-			if ep, ok := it.src.(Epochal); ok {
-				err = ep.ReadSampleEpoch(s.epoch, s.indices[r], dst)
-			} else {
-				err = it.src.ReadSample(s.indices[r], dst)
-			}
-			if err == nil && it.hostXform {
-				err = it.transformRow(s, r, dst, scratch)
+			err := it.readRow(s, r, dst, scratch)
+			if err != nil && it.opts.OnError == OnErrorSkip {
+				err = it.skipRow(s, r, dst, scratch, err)
 			}
 			if err != nil {
 				s.fail(fmt.Errorf("batch %d of epoch %d: %w", s.batch, s.epoch, err))
@@ -301,6 +296,39 @@ func (it *Iterator) work(p *pipeline, tasks <-chan task) {
 			signal(t.l.filled)
 		}
 	}
+}
+
+// readRow reads row r's sample into dst and, on the host path, lays it out.
+func (it *Iterator) readRow(s *slot, r int, dst, scratch [][]byte) error {
+	var err error
+	if ep, ok := it.src.(Epochal); ok {
+		err = ep.ReadSampleEpoch(s.epoch, s.indices[r], dst)
+	} else {
+		err = it.src.ReadSample(s.indices[r], dst)
+	}
+	if err == nil && it.hostXform {
+		err = it.transformRow(s, r, dst, scratch)
+	}
+	return err
+}
+
+// skipRow is OnErrorSkip: row r's sample failed with first; the following samples (in index order,
+// wrapping) are tried in its place until one reads, and the row's index becomes that sample's. Each
+// failure is counted and logged. It returns an error only when skipTries samples in a row fail.
+func (it *Iterator) skipRow(s *slot, r int, dst, scratch [][]byte, first error) error {
+	failed, n := s.indices[r], it.src.Len()
+	err := first
+	for k := 1; k <= skipTries && err != nil; k++ {
+		if count := it.skipped.Add(1); count <= 10 || count%1000 == 0 {
+			it.e.Logger().Warn().Err(err).Uint64("skipped", count).Msg("sample skipped")
+		}
+		s.indices[r] = (failed + k) % n
+		err = it.readRow(s, r, dst, scratch)
+	}
+	if err != nil {
+		return fmt.Errorf("%d samples from sample %d on failed (on-error skip gives up): %w", skipTries+1, failed, err)
+	}
+	return nil
 }
 
 // copyLoop takes filled slots in sequence order and, on a GPU, copies them to the device on the

@@ -257,6 +257,26 @@ func TestCropsThroughIterator(t *testing.T) {
 	_, err = it.Next(context.Background(), 0)
 	require.ErrorIs(t, err, engine.ErrFormat)
 	require.Contains(t, err.Error(), "zz-bad.png")
+
+	// With OnErrorSkip the next sample takes its place, and the skip is counted.
+	skip, err := NewIterator(e, src2, IteratorOptions{BatchSize: 13, OnError: OnErrorSkip,
+		Transforms: map[string]Transform{"image": RandomResizedCrop{Size: 8}}})
+	require.NoError(t, err)
+	defer skip.Close()
+	b, err := skip.Next(context.Background(), 0)
+	require.NoError(t, err)
+	badIndex := -1
+	for i := 0; i < src2.Len(); i++ {
+		if src2.Path(i) == bad {
+			badIndex = i
+		}
+	}
+	require.NotContains(t, b.Indices, badIndex)
+	require.Contains(t, b.Indices, (badIndex+1)%src2.Len(), "the next sample took its place")
+	require.GreaterOrEqual(t, skip.Stats().Skipped, uint64(1), "counted (prefetched epochs count theirs too)")
+	require.NoError(t, b.Release(0))
+	_, err = NewIterator(e, src2, IteratorOptions{BatchSize: 2, OnError: 7})
+	require.ErrorIs(t, err, engine.ErrInvalidArgument)
 }
 
 func float32s(b []byte) []float32 {

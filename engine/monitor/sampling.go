@@ -334,6 +334,9 @@ func (m *Monitor) samplePipelinesOlderThan(minAge time.Duration) {
 		m.logNamed(p+"h2d_bytes_per_second", t, float64(c.bytes-w.prev.bytes)/dt)
 		m.logNamed(p+"data_stall_percent", t, 100*(c.stall-w.prev.stall).Seconds()/dt)
 		m.logNamed(p+"queue_depth", t, float64(w.p.QueueDepth()))
+		if sk, ok := w.p.(interface{ Skipped() uint64 }); ok {
+			m.logNamed(p+"samples_skipped", t, float64(sk.Skipped()))
+		}
 		w.prev = c
 	}
 }

@@ -203,7 +203,8 @@ class Loader:
                  world_size: Optional[int] = _DEFAULTS.world_size, timeout_ms: int = _DEFAULTS.timeout_ms,
                  copy: bool = False, output: Optional[str] = None,
                  transforms: Optional[Mapping[str, Transform]] = _DEFAULTS.transforms, staging: Any = _DEFAULTS.staging,
-                 pinned_budget: Optional[int] = _DEFAULTS.pinned_budget, engine: Optional[Engine] = None) -> None:
+                 pinned_budget: Optional[int] = _DEFAULTS.pinned_budget, engine: Optional[Engine] = None,
+                 on_error: str = _DEFAULTS.on_error) -> None:
         settings = IteratorSettings.of(locals())
         self._iterator: Optional[Iterator] = None
         self._owned_source: Optional[Source] = None

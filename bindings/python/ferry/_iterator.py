@@ -160,6 +160,7 @@ class IteratorSettings:
     transforms: Optional[Mapping[str, Transform]] = None
     staging: Any = "auto"
     pinned_budget: Optional[int] = None
+    on_error: str = "raise"
 
     @classmethod
     def of(cls, arguments: Mapping[str, Any]) -> "IteratorSettings":
@@ -198,6 +199,10 @@ class IteratorSettings:
         opts.num_transforms = count
         opts.staging = _as_int32(staging_code(self.staging), "staging")
         opts.pinned_budget = 0 if self.pinned_budget is None else _as_int64(self.pinned_budget, "pinned_budget")
+        codes = {"raise": _lib.FERRY_ON_ERROR_RAISE, "skip": _lib.FERRY_ON_ERROR_SKIP}
+        if self.on_error not in codes:
+            raise _invalid(f"on_error {self.on_error!r} is not 'raise' or 'skip'")
+        opts.on_error = codes[self.on_error]
         return opts, (array, names)
 
 
@@ -239,6 +244,10 @@ class Iterator(_Owner):
     registers with the driver for ``"dma"`` and ``"mapped"``, and, separately, the slots the ring grows by when
     the caller keeps batches (None or 0: a quarter of RAM each; negative: none).
 
+    ``on_error``: what a sample that fails to read or lay out (a corrupt image, a vanished file) does:
+    ``"raise"`` fails its batch with an error naming it; ``"skip"`` puts the next readable sample in its
+    place (the batch's indices say which) and counts it (:meth:`stats`, the monitor).
+
     Batches may be kept: when the caller holds the batch whose ring slot the next one needs, the ring grows by
     a slot instead of waiting; beyond ``pinned_budget``, :meth:`next` raises :class:`~ferry.LimitError` at
     once, naming the budget and the batches held.
@@ -254,7 +263,7 @@ class Iterator(_Owner):
                  prefetch: int = _DEFAULTS.prefetch, rank: Optional[int] = _DEFAULTS.rank,
                  world_size: Optional[int] = _DEFAULTS.world_size, timeout_ms: int = _DEFAULTS.timeout_ms,
                  transforms: Optional[Mapping[str, Transform]] = _DEFAULTS.transforms, staging: Any = _DEFAULTS.staging,
-                 pinned_budget: Optional[int] = _DEFAULTS.pinned_budget) -> None:
+                 pinned_budget: Optional[int] = _DEFAULTS.pinned_budget, on_error: str = _DEFAULTS.on_error) -> None:
         settings = IteratorSettings.of(locals())
         self._handle: Optional[c_void_p] = None
         if not isinstance(source, Source):
@@ -381,12 +390,14 @@ class Iterator(_Owner):
             err.__cause__ = cause
 
     def stats(self) -> Dict[str, float]:
-        """``{"batches", "samples", "bytes", "stall_s"}`` delivered so far (``ferry_iterator_stats``): the stall
-        is the time :meth:`next` waited for data."""
+        """``{"batches", "samples", "bytes", "stall_s", "skipped"}`` delivered so far (``ferry_iterator_stats``):
+        the stall is the time :meth:`next` waited for data; ``skipped`` counts the samples that failed and
+        were replaced (``on_error="skip"``)."""
         st = _lib.PipelineStats()
         st.size = ctypes.sizeof(st)
         _check(self._lib.ferry_iterator_stats(self._h(), byref(st)))
-        return {"batches": st.batches, "samples": st.samples, "bytes": st.bytes, "stall_s": st.stall_ns / 1e9}
+        return {"batches": st.batches, "samples": st.samples, "bytes": st.bytes, "stall_s": st.stall_ns / 1e9,
+                "skipped": st.skipped}
 
     def state(self) -> Dict[str, int]:
         """The position of the next batch: ``{"epoch": e, "batch": b, "offset": o, "consumed": c,

@@ -125,6 +125,8 @@ FERRY_TRANSFORM_SHIFT_TOKENS = 2
 FERRY_TRANSFORM_PAD_SEQUENCES = 3
 FERRY_TRANSFORM_RANDOM_RESIZED_CROP = 4
 FERRY_TRANSFORM_CENTER_CROP = 5
+FERRY_ON_ERROR_RAISE = 0
+FERRY_ON_ERROR_SKIP = 1
 FERRY_IMAGES_F_ALLOW_EMPTY = 0x1
 FERRY_IMAGES_F_NO_CACHE = 0x2
 FERRY_LAYOUT_CHW = 0
@@ -398,7 +400,7 @@ class Transform(Structure):
 
 
 class IteratorOptions(Structure):
-    """ctypes mirror of ``ferry_iterator_options`` (72 bytes)."""
+    """ctypes mirror of ``ferry_iterator_options`` (80 bytes)."""
 
     _fields_ = [
         ("size", c_uint32),
@@ -415,11 +417,13 @@ class IteratorOptions(Structure):
         ("num_transforms", c_int32),
         ("staging", c_int32),
         ("pinned_budget", c_int64),
+        ("on_error", c_int32),
+        ("reserved2", c_int32),
     ]
 
 
 class PipelineStats(Structure):
-    """ctypes mirror of ``ferry_pipeline_stats`` (40 bytes)."""
+    """ctypes mirror of ``ferry_pipeline_stats`` (48 bytes)."""
 
     _fields_ = [
         ("size", c_uint32),
@@ -428,6 +432,7 @@ class PipelineStats(Structure):
         ("samples", c_uint64),
         ("bytes", c_uint64),
         ("stall_ns", c_uint64),
+        ("skipped", c_uint64),
     ]
 
 
