@@ -23,25 +23,13 @@ import tempfile
 import time
 from multiprocessing import Pool
 
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import ferry  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _jpegs import write_jpeg  # noqa: E402
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def _write_jpeg(job):
-    from PIL import Image
-
-    path, seed = job
-    rng = np.random.default_rng(seed)
-    w, h = int(rng.integers(400, 640)), int(rng.integers(300, 500))
-    small = rng.integers(0, 256, size=(h // 16, w // 16, 3), dtype=np.uint8)
-    img = Image.fromarray(small).resize((w, h), Image.BILINEAR)
-    noise = rng.integers(-12, 13, size=(h, w, 3))
-    Image.fromarray(np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)).save(path, quality=90)
-    return os.path.getsize(path)
 
 
 def cpu_seconds():
@@ -72,7 +60,7 @@ def main():
         for k in range(10):
             os.makedirs(os.path.join(d, f"c{k}"), exist_ok=True)
         with Pool(os.cpu_count()) as pool:
-            sizes = pool.map(_write_jpeg, jobs, chunksize=64)
+            sizes = pool.map(write_jpeg, jobs, chunksize=64)
         results["mean_jpeg_bytes"] = sum(sizes) / len(sizes)
         n = args.images * args.epochs
 

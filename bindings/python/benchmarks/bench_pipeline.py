@@ -38,24 +38,13 @@ import torch
 
 import ferry
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _jpegs import write_jpeg  # noqa: E402
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 # --- imagefolder ------------------------------------------------------------------------------------------
-
-
-def _write_jpeg(job: Any) -> int:
-    from PIL import Image
-
-    path, seed = job
-    rng = np.random.default_rng(seed)
-    w, h = int(rng.integers(400, 640)), int(rng.integers(300, 500))
-    small = rng.integers(0, 256, size=(h // 16, w // 16, 3), dtype=np.uint8)
-    img = Image.fromarray(small).resize((w, h), Image.BILINEAR)
-    noise = rng.integers(-12, 13, size=(h, w, 3))
-    arr = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
-    Image.fromarray(arr).save(path, quality=90)
-    return os.path.getsize(path)
 
 
 def write_imagefolder(root: str, n: int, classes: int = 10) -> float:
@@ -66,7 +55,7 @@ def write_imagefolder(root: str, n: int, classes: int = 10) -> float:
         os.makedirs(d, exist_ok=True)
         jobs.append((os.path.join(d, f"img{i:06d}.jpg"), i))
     with Pool(os.cpu_count()) as pool:
-        sizes = pool.map(_write_jpeg, jobs, chunksize=64)
+        sizes = pool.map(write_jpeg, jobs, chunksize=64)
     return sum(sizes) / len(sizes) / 1024
 
 
