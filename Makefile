@@ -228,7 +228,7 @@ gpu-bundle: build $(PY_ENV)
 	@# ../engine/data/testdata/megatron.
 	mkdir -p $(GPU)/tests/testdata $(GPU)/engine/data/testdata
 	cp -r engine/data/testdata/megatron $(GPU)/tests/testdata/ && cp -r engine/data/testdata/megatron $(GPU)/engine/data/testdata/
-	cp -r engine/data/testdata/images $(GPU)/tests/testdata/
+	cp -r engine/data/testdata/images $(GPU)/tests/testdata/ && cp -r engine/data/testdata/images $(GPU)/engine/data/testdata/
 	@# megatron-core for the GPU host (Python 3.12; numpy and torch are there): the fixture comparison and the
 	@# Megatron benchmarks install it from this wheel. Without network here, they report it missing.
 	@# TurboJPEG for the CPU decode path, when this machine has it and the GPU host does not (run.sh picks).

@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -20,16 +21,18 @@ import (
 
 // demoConfig is the built-in demonstration: a synthetic labelled image set, generated in memory.
 type demoConfig struct {
-	images   int
-	batch    int
-	epochs   int
-	workers  int
-	prefetch int
-	step     time.Duration // simulated training step per batch
-	cpu      bool
-	quiet    bool   // no progress bar
-	raw      bool   // no layout transform: the u8 images as they are
-	staging  string // auto, gather, dma or mapped
+	imagesArg string // --images: a count of synthetic images, or an image folder
+	folder    string // the folder, when --images names one
+	images    int
+	batch     int
+	epochs    int
+	workers   int
+	prefetch  int
+	step      time.Duration // simulated training step per batch
+	cpu       bool
+	quiet     bool   // no progress bar
+	raw       bool   // no layout transform: the u8 images as they are
+	staging   string // auto, gather, dma or mapped
 }
 
 // demoSampleBytes is one synthetic sample in memory: a 224×224×3 u8 image and an int64 label.
@@ -88,12 +91,26 @@ func runDemo(cmd *cobra.Command, cfg demoConfig) error {
 		device = 0
 		where = fmt.Sprintf("GPU 0 (%s)", r.Devices[0].Name)
 	}
-	fmt.Fprintf(w, "\ngenerating %d synthetic 224x224x3 images in memory...\n", cfg.images)
-	src, err := syntheticImages(cfg.images, 1)
-	if err != nil {
-		return err
+	var src data.Source
+	if cfg.folder != "" {
+		folder, err := data.NewImageFolderSource(cfg.folder, data.ImageFolderConfig{})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "\nreading %d images of %d classes from %s\n", folder.Len(), len(folder.Classes()), cfg.folder)
+		src = folder
+	} else {
+		fmt.Fprintf(w, "\ngenerating %d synthetic 224x224x3 images in memory...\n", cfg.images)
+		mem, err := syntheticImages(cfg.images, 1)
+		if err != nil {
+			return err
+		}
+		src = mem
 	}
 	defer func() { _ = src.Close() }()
+	if cfg.batch > src.Len() {
+		return fmt.Errorf("--batch must be 1..%d (the number of images), got %d", src.Len(), cfg.batch)
+	}
 
 	e, err := engine.Open(device)
 	if err != nil {
@@ -106,7 +123,13 @@ func runDemo(cmd *cobra.Command, cfg demoConfig) error {
 	}
 	var transforms map[string]data.Transform
 	layout := "u8 [224, 224, 3] as is"
-	if !cfg.raw {
+	switch {
+	case cfg.folder != "":
+		// torchvision's training transform: decode, RandomResizedCrop(224), flip, ImageNet normalization.
+		transforms = map[string]data.Transform{"image": data.RandomResizedCrop{Size: 224, Flip: 0.5,
+			Mean: []float32{0.485, 0.456, 0.406}, Std: []float32{0.229, 0.224, 0.225}, DType: data.Float16}}
+		layout = "JPEG/PNG -> decoded, RandomResizedCrop(224), flip 0.5, normalized float16 [3, 224, 224]"
+	case !cfg.raw:
 		// ImageNet normalization to float16 CHW with random flips, as a torchvision training pipeline does.
 		transforms = map[string]data.Transform{"image": data.Normalize{
 			Mean: []float32{0.485, 0.456, 0.406}, Std: []float32{0.229, 0.224, 0.225}, DType: data.Float16, Flip: 0.5}}
@@ -186,15 +209,25 @@ func newDemoCommand() *cobra.Command {
 		Short: "Prefetch a built-in synthetic image set (on the GPU when there is one, else on the CPU)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if n, err := strconv.Atoi(cfg.imagesArg); err == nil {
+				cfg.images = n
+			} else if st, serr := os.Stat(cfg.imagesArg); serr == nil && st.IsDir() {
+				cfg.folder = cfg.imagesArg
+			} else {
+				return fmt.Errorf("--images must be a count of synthetic images or an image folder (one folder per class), not %q", cfg.imagesArg)
+			}
 			switch {
-			case cfg.images < 1:
+			case cfg.folder == "" && cfg.images < 1:
 				return fmt.Errorf("--images must be at least 1, got %d", cfg.images)
-			case cfg.batch < 1 || cfg.batch > cfg.images:
-				return fmt.Errorf("--batch must be 1..%d (the number of images), got %d", cfg.images, cfg.batch)
+			case cfg.batch < 1 || (cfg.folder == "" && cfg.batch > cfg.images):
+				return fmt.Errorf("--batch must be 1..%d (the number of images), got %d", max(cfg.images, 1), cfg.batch)
 			case cfg.epochs < 1:
 				return fmt.Errorf("--epochs must be at least 1, got %d", cfg.epochs)
 			case cfg.step < 0:
 				return fmt.Errorf("--step must not be negative, got %v", cfg.step)
+			}
+			if cfg.folder != "" {
+				return runDemo(cmd, cfg)
 			}
 			if err := cfg.checkSize(); err != nil {
 				return err
@@ -203,7 +236,7 @@ func newDemoCommand() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.IntVar(&cfg.images, "images", 2048, "synthetic 224x224x3 images to generate")
+	f.StringVar(&cfg.imagesArg, "images", "2048", "synthetic 224x224x3 images to generate, or an image folder (a folder per class, JPEG/PNG) to read")
 	f.IntVar(&cfg.batch, "batch", 256, "batch size")
 	f.IntVar(&cfg.epochs, "epochs", 2, "epochs to run")
 	f.IntVar(&cfg.workers, "workers", 0, "gather workers (0: one per core, up to 16)")

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -80,8 +81,28 @@ func TestInfoTableAndDemo(t *testing.T) {
 	require.Regexp(t, `throughput +\d+ images/s`, out)
 	require.Contains(t, out, "data stall")
 
+	// An image folder: JPEGs decoded and cropped.
+	dir := t.TempDir()
+	for k, name := range []string{"astronaut_q90_420", "coffee_progressive", "chelsea_gray"} {
+		b, rerr := os.ReadFile(filepath.Join("..", "..", "engine", "data", "testdata", "images", name+".jpg"))
+		require.NoError(t, rerr)
+		cls := filepath.Join(dir, []string{"a", "b"}[k%2])
+		require.NoError(t, os.MkdirAll(cls, 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(cls, name+".jpg"), b, 0o644))
+	}
+	out, err = runCLI(t, "demo", "--images", dir, "--batch", "2", "--epochs", "2", "--quiet")
+	if err != nil && strings.Contains(err.Error(), "TurboJPEG") {
+		t.Logf("no TurboJPEG here: %v", err)
+	} else {
+		require.NoError(t, err)
+		require.Contains(t, out, "reading 3 images of 2 classes")
+		require.Contains(t, out, "RandomResizedCrop(224)")
+		require.Contains(t, out, "4 batches, 6 images")
+	}
+
 	for _, args := range [][]string{
 		{"demo", "--images", "0"}, {"demo", "--batch", "0"}, {"demo", "--images", "10", "--batch", "11"},
+		{"demo", "--images", "no/such/folder"}, {"demo", "--images", dir, "--batch", "4"},
 		{"demo", "--epochs", "0"}, {"demo", "--step", "-1s"},
 	} {
 		_, err = runCLI(t, args...)

@@ -158,7 +158,7 @@ func (it *Iterator) prepare(s *slot) {
 		}
 	}
 	for _, p := range it.plans {
-		if p.ragged && it.staging == StagingMapped {
+		if p.ragged && (it.staging == StagingMapped || it.workerInput(p)) { // the samples' own bytes
 			for _, i := range s.indices {
 				s.staged += it.ragged.SampleLen(i) * p.in.DType.Size()
 			}
