@@ -139,6 +139,11 @@ if [ "$mode" = train ] || [ "$mode" = all ]; then
         --max-batch "$batch" --loader ferry --report "$out/train_ferry.html" --json "$out/train_ferry_results.json"
     step "train: ResNet-18, torch DataLoader" "$log" python3 "$ex" --data "$data" --epochs "$epochs" --batch-size "$batch" \
         --loader torch --workers 8 --json "$out/train_torch_results.json"
+    inet="$here/python/examples/train_imagenet.py"
+    step "train: ResNet-50 on a JPEG folder, ferry loader" "$log" python3 "$inet" --write 12000 --classes 100 \
+        --model resnet50 --epochs 2 --batch-size 128 --workers 16 --loader ferry --json "$out/train_imagenet_ferry.json"
+    step "train: ResNet-50 on a JPEG folder, torch DataLoader" "$log" python3 "$inet" --write 12000 --classes 100 \
+        --model resnet50 --epochs 2 --batch-size 128 --workers 16 --loader torch --json "$out/train_imagenet_torch.json"
     torch_cmake=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null)
     step "train: C++ trainer, cmake configure" "$log" cmake -S "$here/cpp-examples" -B "$here/cpp-examples-build" \
         -DCMAKE_BUILD_TYPE=Release "-DCMAKE_PREFIX_PATH=$here/prefix;$torch_cmake"
