@@ -303,3 +303,40 @@ func FuzzWebDatasetIndex(f *testing.F) {
 		}
 	})
 }
+
+// TestWebDatasetAndImageFolderAgree: the same JPEGs as an image folder and as a shard (members in the
+// folder's sample order) give the same batches, crops and labels included.
+func TestWebDatasetAndImageFolderAgree(t *testing.T) {
+	paths, err := filepath.Glob(filepath.Join("testdata", "images", "*.jpg"))
+	require.NoError(t, err)
+	root := t.TempDir()
+	for k, p := range paths {
+		b, err := os.ReadFile(p)
+		require.NoError(t, err)
+		dir := filepath.Join(root, fmt.Sprintf("c%d", k%3))
+		require.NoError(t, os.MkdirAll(dir, 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(dir, filepath.Base(p)), b, 0o644))
+	}
+	folder, err := NewImageFolderSource(root, ImageFolderConfig{MaxBytes: 1 << 16})
+	require.NoError(t, err)
+	defer folder.Close()
+	var members []tarMember
+	for i := 0; i < folder.Len(); i++ {
+		b, err := os.ReadFile(folder.Path(i))
+		require.NoError(t, err)
+		key := fmt.Sprintf("s%04d", i)
+		members = append(members, tarMember{name: key + ".jpg", data: b}, tarMember{name: key + ".cls", data: []byte(fmt.Sprint(folder.Label(i)))})
+	}
+	shard := filepath.Join(t.TempDir(), "shard.tar")
+	writeShard(t, shard, members)
+	wds, err := NewWebDatasetSource([]string{shard}, WebDatasetConfig{MaxBytes: 1 << 16, NoCache: true})
+	require.NoError(t, err)
+	defer wds.Close()
+	e := enginetest.OpenCPU(t, engine.WithSampleInterval(0))
+	opts := IteratorOptions{BatchSize: 7, Shuffle: true, Seed: 3, Transforms: map[string]Transform{
+		"image": RandomResizedCrop{Size: 32, Flip: 0.5, Mean: []float32{0.5}, Std: []float32{0.25}, DType: BFloat16}}}
+	want := epochContents(t, e, folder, opts)
+	got := epochContents(t, e, wds, opts)
+	require.NotEmpty(t, want)
+	require.Equal(t, want, got)
+}
