@@ -696,7 +696,7 @@ typedef enum ferry_transform_kind {
     /** a variable-length uint16/uint32 field (ferry_source_ragged_tokens) to int64 tokens [B, L] padded
         with pad_value, a bool attention mask [B, L] and int64 lengths [B]; L is the batch's longest */
     FERRY_TRANSFORM_PAD_SEQUENCES = 3,
-    /** an encoded image (JPEG or PNG bytes: ferry_source_image_folder, ferry_source_webdataset) or a decoded
+    /** an encoded image (JPEG, PNG, WebP, BMP, TIFF or PPM/PGM bytes: ferry_source_image_folder, ferry_source_webdataset) or a decoded
         uint8 [H, W, 3] image to a random crop (torchvision's RandomResizedCrop: crop_size, scale_*, ratio_*)
         resized bilinearly to [crop_size, crop_size], flipped with probability flip and normalized as
         FERRY_TRANSFORM_NORMALIZE (mean, std, channels, layout, dtype). Runs on the host for now. */

@@ -128,7 +128,7 @@ func runDemo(cmd *cobra.Command, cfg demoConfig) error {
 		// torchvision's training transform: decode, RandomResizedCrop(224), flip, ImageNet normalization.
 		transforms = map[string]data.Transform{"image": data.RandomResizedCrop{Size: 224, Flip: 0.5,
 			Mean: []float32{0.485, 0.456, 0.406}, Std: []float32{0.229, 0.224, 0.225}, DType: data.Float16}}
-		layout = "JPEG/PNG -> decoded, RandomResizedCrop(224), flip 0.5, normalized float16 [3, 224, 224]"
+		layout = "encoded image -> decoded, RandomResizedCrop(224), flip 0.5, normalized float16 [3, 224, 224]"
 	case !cfg.raw:
 		// ImageNet normalization to float16 CHW with random flips, as a torchvision training pipeline does.
 		transforms = map[string]data.Transform{"image": data.Normalize{
@@ -236,7 +236,7 @@ func newDemoCommand() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.imagesArg, "images", "2048", "synthetic 224x224x3 images to generate, or an image folder (a folder per class, JPEG/PNG) to read")
+	f.StringVar(&cfg.imagesArg, "images", "2048", "synthetic 224x224x3 images to generate, or an image folder (a folder per class of JPEG, PNG, WebP, ... files) to read")
 	f.IntVar(&cfg.batch, "batch", 256, "batch size")
 	f.IntVar(&cfg.epochs, "epochs", 2, "epochs to run")
 	f.IntVar(&cfg.workers, "workers", 0, "gather workers (0: one per core, up to 16)")

@@ -7,6 +7,11 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"io"
+
+	"golang.org/x/image/bmp"
+	"golang.org/x/image/tiff"
+	"golang.org/x/image/webp"
 
 	"github.com/ferry-ml/ferry/engine"
 	"github.com/ferry-ml/ferry/engine/internal/cuda"
@@ -23,18 +28,28 @@ type decodedImage struct {
 }
 
 // errNotImage is wrapped by a decode of bytes that are no image ferry reads.
-var errNotImage = errors.New("not a JPEG or PNG image")
+var errNotImage = errors.New("not a JPEG, PNG, BMP, TIFF, WebP or binary PPM/PGM image")
 
 // decodeImage decodes a JPEG (TurboJPEG: the accurate IDCT and fancy upsampling, libjpeg's defaults, as
-// PIL decodes) or a PNG (image/png) to RGB as PIL's convert("RGB") makes it: gray replicated, alpha
-// dropped, a palette looked up, 16-bit samples cut to their high byte, CMYK converted as PIL converts it.
-// An image of more than maxPixels pixels, a truncated or corrupt file, and any other format are errors.
+// PIL decodes), a PNG (image/png), a BMP, TIFF or WebP (golang.org/x/image) or a binary PPM/PGM to RGB as
+// PIL's convert("RGB") makes it: gray replicated, alpha dropped, a palette looked up, 16-bit samples cut
+// to their high byte, CMYK converted as PIL converts it. The size is read from the header first: an image
+// of more than maxPixels pixels is refused before it is decoded. A truncated or corrupt file and any other
+// format are errors.
 func decodeImage(data []byte, maxPixels int, out *decodedImage) error {
 	switch {
 	case len(data) >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF:
 		return decodeJPEG(data, maxPixels, out)
 	case len(data) >= 8 && bytes.Equal(data[:8], []byte("\x89PNG\r\n\x1a\n")):
-		return decodePNG(data, maxPixels, out)
+		return decodeWith(data, maxPixels, out, "PNG", png.DecodeConfig, png.Decode)
+	case len(data) >= 2 && data[0] == 'B' && data[1] == 'M':
+		return decodeWith(data, maxPixels, out, "BMP", bmp.DecodeConfig, bmp.Decode)
+	case len(data) >= 4 && (string(data[:4]) == "II*\x00" || string(data[:4]) == "MM\x00*"):
+		return decodeWith(data, maxPixels, out, "TIFF", tiff.DecodeConfig, tiff.Decode)
+	case len(data) >= 12 && string(data[:4]) == "RIFF" && string(data[8:12]) == "WEBP":
+		return decodeWith(data, maxPixels, out, "WebP", webp.DecodeConfig, webp.Decode)
+	case len(data) >= 2 && data[0] == 'P' && (data[1] == '5' || data[1] == '6'):
+		return decodePNM(data, maxPixels, out)
 	}
 	return fmt.Errorf("%w: %w (it starts with % x)", engine.ErrFormat, errNotImage, data[:min(len(data), 8)])
 }
@@ -104,17 +119,47 @@ func jpegError(err error) error {
 	return fmt.Errorf("%w: %w", engine.ErrFormat, err)
 }
 
-func decodePNG(data []byte, maxPixels int, out *decodedImage) error {
-	cfg, err := png.DecodeConfig(bytes.NewReader(data))
+// decodeWith decodes a format through its image-package decoder, its header first.
+func decodeWith(data []byte, maxPixels int, out *decodedImage, format string,
+	config func(io.Reader) (image.Config, error), decode func(io.Reader) (image.Image, error)) (err error) {
+	defer func() {
+		if r := recover(); r != nil { // a decoder that panics on a hostile file is a format error, not a crash
+			err = fmt.Errorf("%w: decoding the %s: %v", engine.ErrFormat, format, r)
+		}
+	}()
+	cfg, err := config(bytes.NewReader(data))
 	if err != nil {
-		return fmt.Errorf("%w: reading the PNG header: %w", engine.ErrFormat, err)
+		return fmt.Errorf("%w: reading the %s header: %w", engine.ErrFormat, format, err)
 	}
 	if err := out.size(cfg.Width, cfg.Height, maxPixels); err != nil {
 		return err
 	}
-	img, err := png.Decode(bytes.NewReader(data))
+	img, err := decode(bytes.NewReader(data))
 	if err != nil {
-		return fmt.Errorf("%w: decoding the PNG: %w", engine.ErrFormat, err)
+		return fmt.Errorf("%w: decoding the %s: %w", engine.ErrFormat, format, err)
+	}
+	if b := img.Bounds(); b.Dx() != out.w || b.Dy() != out.h {
+		return fmt.Errorf("%w: the %s decodes to %d x %d pixels, its header says %d x %d", engine.ErrFormat, format, b.Dx(), b.Dy(), out.w, out.h)
+	}
+	toRGB(img, out)
+	return nil
+}
+
+// toRGB writes img into out's RGB pixels, as PIL's convert("RGB"). A 4:2:0 YCbCr image (a lossy WebP) is
+// converted as libwebp converts it, which Pillow decodes through: its "fancy" chroma upsampling and its
+// BT.601 integer transform.
+func toRGB(img image.Image, out *decodedImage) {
+	switch m := img.(type) {
+	case *image.YCbCr:
+		if m.SubsampleRatio == image.YCbCrSubsampleRatio420 {
+			webpFancyRGB(m.Y, m.Cb, m.Cr, m.YStride, m.CStride, out)
+			return
+		}
+	case *image.NYCbCrA:
+		if m.SubsampleRatio == image.YCbCrSubsampleRatio420 {
+			webpFancyRGB(m.Y, m.Cb, m.Cr, m.YStride, m.CStride, out)
+			return
+		}
 	}
 	b := img.Bounds()
 	p := 0
@@ -124,16 +169,24 @@ func decodePNG(data []byte, maxPixels int, out *decodedImage) error {
 	}
 	switch m := img.(type) {
 	case *image.Gray:
-		for _, v := range m.Pix {
-			put(v, v, v)
+		for y := range out.h {
+			for _, v := range m.Pix[y*m.Stride : y*m.Stride+out.w] {
+				put(v, v, v)
+			}
 		}
 	case *image.NRGBA:
-		for i := 0; i < len(m.Pix); i += 4 {
-			put(m.Pix[i], m.Pix[i+1], m.Pix[i+2])
+		for y := range out.h {
+			row := m.Pix[y*m.Stride : y*m.Stride+4*out.w]
+			for i := 0; i < len(row); i += 4 {
+				put(row[i], row[i+1], row[i+2])
+			}
 		}
-	case *image.RGBA: // an opaque RGB PNG
-		for i := 0; i < len(m.Pix); i += 4 {
-			put(m.Pix[i], m.Pix[i+1], m.Pix[i+2])
+	case *image.RGBA: // an opaque image
+		for y := range out.h {
+			row := m.Pix[y*m.Stride : y*m.Stride+4*out.w]
+			for i := 0; i < len(row); i += 4 {
+				put(row[i], row[i+1], row[i+2])
+			}
 		}
 	default:
 		for y := b.Min.Y; y < b.Max.Y; y++ {
@@ -146,12 +199,138 @@ func decodePNG(data []byte, maxPixels int, out *decodedImage) error {
 					put(v, v, v)
 				case color.NRGBA:
 					put(c.R, c.G, c.B)
-				default: // a palette entry, or RGBA64 of an opaque image
+				default: // a palette entry, YCbCr, or RGBA64 of an opaque image
 					n := color.NRGBAModel.Convert(c).(color.NRGBA)
 					put(n.R, n.G, n.B)
 				}
 			}
 		}
 	}
+}
+
+// decodePNM decodes a binary PGM (P5) or PPM (P6) of 8-bit samples: the header's magic, width, height and
+// maximum (at most 255), whitespace and comments between, one whitespace byte, then the samples.
+func decodePNM(data []byte, maxPixels int, out *decodedImage) error {
+	bad := func(what string) error { return fmt.Errorf("%w: PNM: %s", engine.ErrFormat, what) }
+	pos := 2
+	var nums [3]int
+	for k := range nums {
+		for pos < len(data) {
+			switch data[pos] {
+			case '#':
+				for pos < len(data) && data[pos] != '\n' {
+					pos++
+				}
+			case ' ', '\t', '\n', '\r':
+				pos++
+			default:
+				goto number
+			}
+		}
+	number:
+		start := pos
+		for pos < len(data) && data[pos] >= '0' && data[pos] <= '9' && pos-start < 9 {
+			nums[k] = nums[k]*10 + int(data[pos]-'0')
+			pos++
+		}
+		if pos == start {
+			return bad("the header is cut short or not decimal")
+		}
+	}
+	if pos >= len(data) {
+		return bad("no samples after the header")
+	}
+	pos++ // the one whitespace byte after the maximum
+	if nums[2] < 1 || nums[2] > 255 {
+		return bad(fmt.Sprintf("maximum %d: only 8-bit samples (1..255) are read", nums[2]))
+	}
+	if err := out.size(nums[0], nums[1], maxPixels); err != nil {
+		return err
+	}
+	channels := 1
+	if data[1] == '6' {
+		channels = 3
+	}
+	n := out.w * out.h * channels
+	if len(data)-pos < n {
+		return bad(fmt.Sprintf("%d bytes of samples, %d expected (truncated?)", len(data)-pos, n))
+	}
+	scale := func(v byte) byte { return byte((int(v)*255 + nums[2]/2) / nums[2]) }
+	src := data[pos : pos+n]
+	for i := range out.w * out.h {
+		if channels == 1 {
+			v := scale(src[i])
+			out.pix[3*i], out.pix[3*i+1], out.pix[3*i+2] = v, v, v
+		} else {
+			out.pix[3*i], out.pix[3*i+1], out.pix[3*i+2] = scale(src[3*i]), scale(src[3*i+1]), scale(src[3*i+2])
+		}
+	}
 	return nil
+}
+
+// webpFancyRGB is libwebp's fancy upsampler (EmitFancyRGB, UpsampleRgbLinePair) and YUV-to-RGB transform
+// (VP8YUVToR/G/B) over 4:2:0 planes: each pair of luma rows between two chroma rows takes the chroma
+// interpolated 9:3:3:1, the first row and an even height's last row the nearest chroma row.
+func webpFancyRGB(yp, up, vp []byte, ys, cs int, out *decodedImage) {
+	w, h := out.w, out.h
+	line := func(topY, botY []byte, tu, tv, cu, cv []byte, topDst, botDst []byte) {
+		put := func(dst []byte, x int, y, u, v int) {
+			dst[3*x], dst[3*x+1], dst[3*x+2] = webpYUVToRGB(y, u, v)
+		}
+		lastPair := (w - 1) >> 1
+		tlU, tlV, lU, lV := int(tu[0]), int(tv[0]), int(cu[0]), int(cv[0])
+		put(topDst, 0, int(topY[0]), (3*tlU+lU+2)>>2, (3*tlV+lV+2)>>2)
+		if botY != nil {
+			put(botDst, 0, int(botY[0]), (3*lU+tlU+2)>>2, (3*lV+tlV+2)>>2)
+		}
+		for x := 1; x <= lastPair; x++ {
+			tU, tV, u, v := int(tu[x]), int(tv[x]), int(cu[x]), int(cv[x])
+			avgU, avgV := tlU+tU+lU+u+8, tlV+tV+lV+v+8
+			d12U, d12V := (avgU+2*(tU+lU))>>3, (avgV+2*(tV+lV))>>3
+			d03U, d03V := (avgU+2*(tlU+u))>>3, (avgV+2*(tlV+v))>>3
+			put(topDst, 2*x-1, int(topY[2*x-1]), (d12U+tlU)>>1, (d12V+tlV)>>1)
+			put(topDst, 2*x, int(topY[2*x]), (d03U+tU)>>1, (d03V+tV)>>1)
+			if botY != nil {
+				put(botDst, 2*x-1, int(botY[2*x-1]), (d03U+lU)>>1, (d03V+lV)>>1)
+				put(botDst, 2*x, int(botY[2*x]), (d12U+u)>>1, (d12V+v)>>1)
+			}
+			tlU, tlV, lU, lV = tU, tV, u, v
+		}
+		if w&1 == 0 {
+			put(topDst, w-1, int(topY[w-1]), (3*tlU+lU+2)>>2, (3*tlV+lV+2)>>2)
+			if botY != nil {
+				put(botDst, w-1, int(botY[w-1]), (3*lU+tlU+2)>>2, (3*lV+tlV+2)>>2)
+			}
+		}
+	}
+	row := func(y int) []byte { return yp[y*ys : y*ys+w] }
+	crow := func(p []byte, c int) []byte { return p[c*cs:] }
+	dst := func(y int) []byte { return out.pix[3*w*y : 3*w*(y+1)] }
+	line(row(0), nil, crow(up, 0), crow(vp, 0), crow(up, 0), crow(vp, 0), dst(0), nil)
+	for y := 1; y+1 < h; y += 2 {
+		c := (y + 1) / 2
+		line(row(y), row(y+1), crow(up, c-1), crow(vp, c-1), crow(up, c), crow(vp, c), dst(y), dst(y+1))
+	}
+	if h > 1 && h&1 == 0 {
+		c := (h - 1) / 2
+		line(row(h-1), nil, crow(up, c), crow(vp, c), crow(up, c), crow(vp, c), dst(h-1), nil)
+	}
+}
+
+// webpYUVToRGB is libwebp's VP8YUVToR/G/B: BT.601 with 14-bit fixed-point coefficients.
+func webpYUVToRGB(y, u, v int) (byte, byte, byte) {
+	mult := func(a, coeff int) int { return (a * coeff) >> 8 }
+	clip := func(a int) byte {
+		if a&^((256<<6)-1) == 0 {
+			return byte(a >> 6)
+		}
+		if a < 0 {
+			return 0
+		}
+		return 255
+	}
+	r := clip(mult(y, 19077) + mult(v, 26149) - 14234)
+	g := clip(mult(y, 19077) - mult(u, 6419) - mult(v, 13320) + 8708)
+	b := clip(mult(y, 19077) + mult(u, 33050) - 17685)
+	return r, g, b
 }

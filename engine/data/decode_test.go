@@ -14,6 +14,37 @@ import (
 	"github.com/ferry-ml/ferry/engine/internal/cuda"
 )
 
+// comparePillow decodes path with ferry and compares it with what Pillow decoded from the same file
+// (path's .pillow.png): the largest and the mean absolute difference per channel.
+func comparePillow(t *testing.T, path string) (worst int, mean float64) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var d decodedImage
+	require.NoError(t, decodeImage(data, DefaultMaxPixels, &d), path)
+	f, err := os.Open(strings.TrimSuffix(path, filepath.Ext(path)) + ".pillow.png")
+	require.NoError(t, err)
+	ref, err := png.Decode(f)
+	require.NoError(t, f.Close())
+	require.NoError(t, err)
+	b := ref.Bounds()
+	require.Equal(t, [2]int{b.Dx(), b.Dy()}, [2]int{d.w, d.h}, path)
+	sum := 0
+	for y := range d.h {
+		for x := range d.w {
+			r, g, bl, _ := ref.At(x, y).RGBA()
+			for k, v := range []uint32{r >> 8, g >> 8, bl >> 8} {
+				diff := int(v) - int(d.pix[3*(y*d.w+x)+k])
+				worst = max(worst, diff, -diff)
+				sum += max(diff, -diff)
+			}
+		}
+	}
+	mean = float64(sum) / float64(3*d.w*d.h)
+	t.Logf("%s: largest difference %d, mean %.4f", filepath.Base(path), worst, mean)
+	return worst, mean
+}
+
 // TestDecodeMatchesPillow decodes every JPEG of testdata/images (photographs encoded by Pillow: qualities,
 // 4:2:0, 4:2:2 and 4:4:4 chroma, progressive, grayscale, CMYK) and compares with what Pillow decoded from
 // the same file, Image.open(f).convert("RGB"): every pixel within 1, and the mean difference under 0.05.
@@ -24,33 +55,22 @@ func TestDecodeMatchesPillow(t *testing.T) {
 	paths, err := filepath.Glob(filepath.Join("testdata", "images", "*.jpg"))
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, len(paths), 24)
-	var d decodedImage
 	for _, p := range paths {
-		data, err := os.ReadFile(p)
-		require.NoError(t, err)
-		require.NoError(t, decodeImage(data, DefaultMaxPixels, &d), p)
-		f, err := os.Open(strings.TrimSuffix(p, ".jpg") + ".pillow.png")
-		require.NoError(t, err)
-		ref, err := png.Decode(f)
-		require.NoError(t, f.Close())
-		require.NoError(t, err)
-		b := ref.Bounds()
-		require.Equal(t, [2]int{b.Dx(), b.Dy()}, [2]int{d.w, d.h}, p)
-		worst, sum := 0, 0
-		for y := range d.h {
-			for x := range d.w {
-				r, g, bl, _ := ref.At(x, y).RGBA()
-				for k, v := range []uint32{r >> 8, g >> 8, bl >> 8} {
-					diff := int(v) - int(d.pix[3*(y*d.w+x)+k])
-					worst = max(worst, diff, -diff)
-					sum += max(diff, -diff)
-				}
-			}
-		}
-		mean := float64(sum) / float64(3*d.w*d.h)
-		t.Logf("%s: largest difference %d, mean %.4f", filepath.Base(p), worst, mean)
+		worst, mean := comparePillow(t, p)
 		require.LessOrEqual(t, worst, 1, p)
 		require.Less(t, mean, 0.05, p)
+	}
+}
+
+// TestDecodeOtherFormatsMatchPillow: the other formats Pillow wrote (PNG with alpha and with a palette,
+// BMP, TIFF raw and LZW, WebP lossless and lossy, the latter also at odd sizes, PPM, PGM) decode exactly as
+// Pillow decodes them.
+func TestDecodeOtherFormatsMatchPillow(t *testing.T) {
+	for _, name := range []string{"astronaut_png_rgba.png", "astronaut_png_palette.png", "astronaut_bmp.bmp",
+		"astronaut_tiff_raw.tif", "astronaut_tiff_lzw.tif", "astronaut_webp_lossless.webp", "astronaut_webp_lossy.webp",
+		"chelsea_webp_lossy.webp", "astronaut_ppm.ppm", "astronaut_pgm.pgm"} {
+		worst, _ := comparePillow(t, filepath.Join("testdata", "images", name))
+		require.Zero(t, worst, name)
 	}
 }
 
@@ -64,6 +84,10 @@ func FuzzDecodeImage(f *testing.F) {
 		f.Add(b)
 	}
 	f.Add([]byte("\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00\x00\x02\x00\x00\x00\x02\x08\x02\x00\x00\x00"))
+	f.Add([]byte("P6 2 1 255\n\x01\x02\x03\x04\x05\x06"))
+	f.Add([]byte("BM"))
+	f.Add([]byte("RIFF\x00\x00\x00\x00WEBPVP8 "))
+	f.Add([]byte("II*\x00\x08\x00\x00\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var d decodedImage
 		err := decodeImage(b, 1<<20, &d)

@@ -19,7 +19,7 @@ import (
 // draw a pure function of (the iterator's seed, the epoch, the sample's index): the same on every rank
 // and after a resume. The flip is Normalize's.
 //
-// Its input is an encoded image (a JPEG or PNG: the image field of ImageFolderSource or
+// Its input is an encoded image (JPEG, PNG, WebP, BMP, TIFF, PPM/PGM: the image field of ImageFolderSource or
 // WebDatasetSource), decoded to RGB first, or an already decoded uint8 [H, W, 3] field. It runs on the
 // host for now: on a GPU engine the iterator lays batches out on the host and copies the outputs.
 type RandomResizedCrop struct {

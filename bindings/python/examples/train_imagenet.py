@@ -59,7 +59,7 @@ def write_folder(root: str, n: int, classes: int, seed: int = 0) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="a folder per class of JPEG/PNG files")
+    p.add_argument("--data", help="a folder per class of image files")
     p.add_argument("--write", type=int, default=0, help="write this many learnable stand-in JPEGs first")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--loader", choices=["ferry", "torch"], default="ferry")

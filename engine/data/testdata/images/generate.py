@@ -1,6 +1,8 @@
 """Regenerates the JPEG decode fixtures of this directory with Pillow, from photographs in scikit-image's
 data module: each source is cropped to 96 x 96 (odd sizes too), encoded with Pillow in several ways
-(qualities, chroma subsampling, progressive, grayscale, CMYK), and what Pillow decodes from each file,
+(qualities, chroma subsampling, progressive, grayscale, CMYK) and the astronaut also in the other formats
+ferry reads (PNG with alpha and with a palette, BMP, TIFF raw and LZW, WebP lossless and lossy, PPM, PGM),
+and what Pillow decodes from each file,
 Image.open(f).convert("RGB"), is stored beside it as a PNG (lossless). The Go tests
 (engine/data/decode_test.go) decode each JPEG with ferry and compare with Pillow's pixels.
 
@@ -24,6 +26,19 @@ CROPS = {
     "coffee": ("coffee", 100, 200, 96, 96),
     "chelsea": ("chelsea", 60, 120, 95, 101),
     "rocket": ("rocket", 150, 200, 96, 64),
+}
+
+# name: (format, mode, save options, file extension), for the astronaut crop
+OTHER_FORMATS = {
+    "png_rgba": ("PNG", "RGBA", {}, "png"),
+    "png_palette": ("PNG", "P", {}, "png"),
+    "bmp": ("BMP", "RGB", {}, "bmp"),
+    "tiff_raw": ("TIFF", "RGB", {}, "tif"),
+    "tiff_lzw": ("TIFF", "RGB", {"compression": "tiff_lzw"}, "tif"),
+    "webp_lossless": ("WEBP", "RGB", {"lossless": True}, "webp"),
+    "webp_lossy": ("WEBP", "RGB", {"quality": 90}, "webp"),
+    "ppm": ("PPM", "RGB", {}, "ppm"),
+    "pgm": ("PPM", "L", {}, "pgm"),
 }
 
 # variant: Pillow save options (mode is the image mode before saving)
@@ -54,6 +69,16 @@ def main():
                 f.write(jpeg)
             ref = Image.open(io.BytesIO(jpeg)).convert("RGB")
             ref.save(base + ".pillow.png", format="PNG")
+        others = OTHER_FORMATS if name == "astronaut" else {}
+        if name == "chelsea":  # odd sizes (95 x 101) through libwebp's chroma upsampling
+            others = {"webp_lossy": OTHER_FORMATS["webp_lossy"]}
+        for variant, (fmt, mode, opts, ext) in others.items():
+            buf = io.BytesIO()
+            img.convert(mode).save(buf, format=fmt, **opts)
+            base = os.path.join(HERE, f"{name}_{variant}")
+            with open(f"{base}.{ext}", "wb") as f:
+                f.write(buf.getvalue())
+            Image.open(io.BytesIO(buf.getvalue())).convert("RGB").save(base + ".pillow.png", format="PNG")
     with open(os.path.join(HERE, "PILLOW_VERSION"), "w") as f:
         f.write(PIL.__version__ + "\n")
 
