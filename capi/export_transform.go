@@ -104,6 +104,10 @@ func cropFromC(t *C.ferry_transform, i int) (data.Transform, error) {
 	if t.channels < 0 || t.channels > 3 {
 		return nil, fmt.Errorf("%w: transforms[%d].channels is %d; a crop's image has 3 (give 0, 1 or 3 values)", engine.ErrInvalidArgument, i, int32(t.channels))
 	}
+	if t.crop_flags&^C.FERRY_CROP_F_ANTIALIAS != 0 {
+		return nil, fmt.Errorf("%w: transforms[%d].crop_flags %#x has unknown bits", engine.ErrInvalidArgument, i, uint32(t.crop_flags))
+	}
+	aa := t.crop_flags&C.FERRY_CROP_F_ANTIALIAS != 0
 	var mean, std []float32
 	for c := 0; c < int(t.channels); c++ {
 		mean = append(mean, float32(t.mean[c]))
@@ -111,11 +115,11 @@ func cropFromC(t *C.ferry_transform, i int) (data.Transform, error) {
 	}
 	if t.kind == C.FERRY_TRANSFORM_CENTER_CROP {
 		return data.CenterCrop{Size: int(t.crop_size), ResizeTo: int(t.resize_to), Mean: mean, Std: std,
-			Layout: data.ImageLayout(t.layout), DType: data.DType(t.dtype), MaxPixels: int(t.max_pixels)}, nil
+			Layout: data.ImageLayout(t.layout), DType: data.DType(t.dtype), MaxPixels: int(t.max_pixels), Antialias: aa}, nil
 	}
 	return data.RandomResizedCrop{Size: int(t.crop_size), Scale: [2]float64{float64(t.scale_min), float64(t.scale_max)},
 		Ratio: [2]float64{float64(t.ratio_min), float64(t.ratio_max)}, Flip: float64(t.flip), Mean: mean, Std: std,
-		Layout: data.ImageLayout(t.layout), DType: data.DType(t.dtype), MaxPixels: int(t.max_pixels)}, nil
+		Layout: data.ImageLayout(t.layout), DType: data.DType(t.dtype), MaxPixels: int(t.max_pixels), Antialias: aa}, nil
 }
 
 // transformsFromC converts the iterator options' transform array.

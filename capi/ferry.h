@@ -749,7 +749,7 @@ typedef struct ferry_transform {
     const char* position_ids_name; /**< an int64 [SeqLen] position-id output; NULL for none */
     int64_t eod; /**< the end-of-document token, for the FERRY_SHIFT_F_* flags */
     uint32_t shift_flags; /**< FERRY_SHIFT_F_* */
-    int32_t reserved3;
+    uint32_t crop_flags; /**< FERRY_CROP_F_* (the crops; read with the crop fields below) */
     /* Appended in 0.1 after the GPT outputs (FERRY_TRANSFORM_RANDOM_RESIZED_CROP, FERRY_TRANSFORM_CENTER_CROP). */
     int32_t crop_size; /**< the output's side; required */
     int32_t resize_to; /**< FERRY_TRANSFORM_CENTER_CROP: the shorter side before the crop; 0: crop_size * 256 / 224 */
@@ -760,6 +760,9 @@ typedef struct ferry_transform {
     int64_t max_pixels; /**< larger images are refused, naming them; 0: 64 Mpx */
 } ferry_transform;
 
+/** ferry_transform.crop_flags: widen the bilinear filter by the downscale factor when the crop shrinks the
+    image (Pillow's resize, torchvision's antialias=True). */
+#define FERRY_CROP_F_ANTIALIAS 0x1u
 /** ferry_transform.shift_flags: the loss mask is 0 where the input token is eod (Megatron's eod_mask_loss). */
 #define FERRY_SHIFT_F_MASK_EOD 0x1u
 /** ferry_transform.shift_flags: position ids restart after each eod input (Megatron's reset_position_ids). */

@@ -258,7 +258,7 @@ type transform struct {
 	PositionIDsName uintptr
 	EOD             int64
 	ShiftFlags      uint32
-	Reserved3       int32
+	CropFlags       uint32
 	// Appended: the crops.
 	CropSize  int32
 	ResizeTo  int32

@@ -1574,6 +1574,13 @@ public:
         return t;
     }
 
+    /** random_resized_crop, center_crop: widen the bilinear filter by the downscale factor when the crop
+        shrinks the image (Pillow's resize, torchvision's antialias=True). */
+    transform& antialias(bool on = true) noexcept {
+        t_.crop_flags = on ? (t_.crop_flags | FERRY_CROP_F_ANTIALIAS) : (t_.crop_flags & ~FERRY_CROP_F_ANTIALIAS);
+        return *this;
+    }
+
     /** random_resized_crop, center_crop: images of more pixels are refused, naming them (0: 64 Mpx). */
     transform& max_pixels(int64_t n) noexcept {
         t_.max_pixels = n;

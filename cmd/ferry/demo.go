@@ -126,7 +126,7 @@ func runDemo(cmd *cobra.Command, cfg demoConfig) error {
 	switch {
 	case cfg.folder != "":
 		// torchvision's training transform: decode, RandomResizedCrop(224), flip, ImageNet normalization.
-		transforms = map[string]data.Transform{"image": data.RandomResizedCrop{Size: 224, Flip: 0.5,
+		transforms = map[string]data.Transform{"image": data.RandomResizedCrop{Size: 224, Flip: 0.5, Antialias: true,
 			Mean: []float32{0.485, 0.456, 0.406}, Std: []float32{0.229, 0.224, 0.225}, DType: data.Float16}}
 		layout = "encoded image -> decoded, RandomResizedCrop(224), flip 0.5, normalized float16 [3, 224, 224]"
 	case !cfg.raw:

@@ -34,6 +34,9 @@ type RandomResizedCrop struct {
 	DType  DType
 	// MaxPixels refuses larger images (DefaultMaxPixels when 0).
 	MaxPixels int
+	// Antialias widens the bilinear filter by the downscale factor (Pillow's resize, torchvision's
+	// antialias=True) when the box is larger than the output.
+	Antialias bool
 }
 
 // CenterCrop is the evaluation transform torchvision pairs with RandomResizedCrop: Resize(ResizeTo) (the
@@ -46,6 +49,8 @@ type CenterCrop struct {
 	Layout    ImageLayout
 	DType     DType
 	MaxPixels int
+	// Antialias is RandomResizedCrop's.
+	Antialias bool
 }
 
 // cropSpec is what both crops share.
@@ -59,11 +64,12 @@ type cropSpec struct {
 	flip      float64
 	norm      Normalize
 	maxPixels int
+	antialias bool
 }
 
 func (t RandomResizedCrop) spec() cropSpec {
 	s := cropSpec{name: "RandomResizedCrop", size: t.Size, random: true, scale: t.Scale, ratio: t.Ratio, flip: t.Flip,
-		norm: Normalize{Mean: t.Mean, Std: t.Std, Layout: t.Layout, DType: t.DType}, maxPixels: t.MaxPixels}
+		norm: Normalize{Mean: t.Mean, Std: t.Std, Layout: t.Layout, DType: t.DType}, maxPixels: t.MaxPixels, antialias: t.Antialias}
 	if s.scale == ([2]float64{}) {
 		s.scale = [2]float64{0.08, 1}
 	}
@@ -75,7 +81,7 @@ func (t RandomResizedCrop) spec() cropSpec {
 
 func (t CenterCrop) spec() cropSpec {
 	s := cropSpec{name: "CenterCrop", size: t.Size, resizeTo: t.ResizeTo, norm: Normalize{Mean: t.Mean, Std: t.Std, Layout: t.Layout, DType: t.DType},
-		maxPixels: t.MaxPixels}
+		maxPixels: t.MaxPixels, antialias: t.Antialias}
 	if s.resizeTo == 0 {
 		s.resizeTo = t.Size * 256 / 224
 	}
@@ -84,12 +90,12 @@ func (t CenterCrop) spec() cropSpec {
 
 func (t RandomResizedCrop) String() string {
 	s := t.spec()
-	return fmt.Sprintf("RandomResizedCrop(size=%d, scale=%v, ratio=%v, flip=%g, %v)", s.size, s.scale, s.ratio, s.flip, s.norm)
+	return fmt.Sprintf("RandomResizedCrop(size=%d, scale=%v, ratio=%v, flip=%g, antialias=%v, %v)", s.size, s.scale, s.ratio, s.flip, s.antialias, s.norm)
 }
 
 func (t CenterCrop) String() string {
 	s := t.spec()
-	return fmt.Sprintf("CenterCrop(size=%d, resize=%d, %v)", s.size, s.resizeTo, s.norm)
+	return fmt.Sprintf("CenterCrop(size=%d, resize=%d, antialias=%v, %v)", s.size, s.resizeTo, s.antialias, s.norm)
 }
 
 // Outputs implements Transform: the field keeps its name and becomes [3, Size, Size] (or [Size, Size, 3]).
@@ -189,7 +195,11 @@ func (o *cropOp) hostErr(outs [][]byte, in []byte, r rowArgs) error {
 	}
 	box := o.s.box(w, h, r)
 	flip := o.s.flip > 0 && flipSample(o.s.flip, r.seed, r.epoch, r.index)
-	resample(out, img, w, box, o.s.size, flip, o.scale, o.bias, o.out, o.s.norm.Layout)
+	if o.s.antialias && (box.dy > 1 || box.dx > 1) {
+		resampleAA(out, img, w, box, o.s.size, flip, o.scale, o.bias, o.out, o.s.norm.Layout)
+	} else {
+		resample(out, img, w, box, o.s.size, flip, o.scale, o.bias, o.out, o.s.norm.Layout)
+	}
 	return nil
 }
 
@@ -279,20 +289,11 @@ func resample(dst, img []byte, w int, b cropBox, size int, flip bool, scale, bia
 				bb := float32(r1[tx.i0*3+c]) + tx.f*(float32(r1[tx.i1*3+c])-float32(r1[tx.i0*3+c]))
 				v := a + ty.f*(bb-a)
 				v = float32(math.FMA(float64(v), float64(scale[c]), float64(bias[c])))
-				var at int
+				at := (oy*size+ox)*3 + c
 				if layout == LayoutCHW {
 					at = (c*size+oy)*size + ox
-				} else {
-					at = (oy*size+ox)*3 + c
 				}
-				switch out {
-				case Float32:
-					binary.LittleEndian.PutUint32(dst[at*osize:], math.Float32bits(v))
-				case Float16:
-					binary.LittleEndian.PutUint16(dst[at*osize:], float16.Fromfloat32(v).Bits())
-				case BFloat16:
-					binary.LittleEndian.PutUint16(dst[at*osize:], toBFloat16(v))
-				}
+				putOut(dst[at*osize:], v, out)
 			}
 		}
 	}
@@ -312,4 +313,100 @@ func tap(origin, step float64, k, lo, hi int) axisTap {
 	i0 := min(int(math.Floor(p)), hi)
 	i1 := min(i0+1, hi)
 	return axisTap{i0: i0, i1: i1, f: float32(p - float64(i0))}
+}
+
+// aaTaps are the antialiased filter taps of one axis: for output k, source rows start[k] .. start[k] +
+// len(weights[k]) - 1 with those (normalized) weights.
+type aaTaps struct {
+	start   []int
+	weights [][]float32
+}
+
+// antialiasTaps is the bilinear filter widened by the downscale factor, as Pillow's resample and torch's
+// antialiased bilinear interpolation compute it: output k's center origin + (k+0.5)*step, a triangle of
+// half-width max(step, 1) over the source positions within the clamp [lo, hi], normalized.
+func antialiasTaps(origin, step float64, n, lo, hi int) aaTaps {
+	support := max(step, 1)
+	ss := 1 / support
+	t := aaTaps{start: make([]int, n), weights: make([][]float32, n)}
+	for k := range n {
+		center := origin + (float64(k)+0.5)*step
+		xmin := max(int(center-support+0.5), lo)
+		xmax := min(int(center+support+0.5), hi+1)
+		if xmax <= xmin { // a window outside the clamp: the nearest edge
+			xmin = min(max(int(center), lo), hi)
+			xmax = xmin + 1
+		}
+		ws := make([]float64, xmax-xmin)
+		sum := 0.0
+		for x := range ws {
+			d := math.Abs((float64(x+xmin) - center + 0.5) * ss)
+			if d < 1 {
+				ws[x] = 1 - d
+			}
+			sum += ws[x]
+		}
+		t.start[k] = xmin
+		t.weights[k] = make([]float32, len(ws))
+		for x, v := range ws {
+			if sum > 0 {
+				t.weights[k][x] = float32(v / sum)
+			}
+		}
+	}
+	return t
+}
+
+// resampleAA is resample with the antialiased filter (see antialiasTaps): a horizontal pass over the
+// rows the output reads, then a vertical one, in float32.
+func resampleAA(dst, img []byte, w int, b cropBox, size int, flip bool, scale, bias [maxChannels]float32, out DType, layout ImageLayout) {
+	ys := antialiasTaps(b.y0, b.dy, size, b.ylo, b.yhi)
+	xs := antialiasTaps(b.x0, b.dx, size, b.xlo, b.xhi)
+	rows := b.yhi - b.ylo + 1
+	tmp := make([]float32, rows*size*3) // source row (from ylo), output column, channel
+	for r := range rows {
+		src := img[(b.ylo+r)*w*3:]
+		for ox := range size {
+			for c := range 3 {
+				var acc float32
+				for k, wgt := range xs.weights[ox] {
+					acc += wgt * float32(src[(xs.start[ox]+k)*3+c])
+				}
+				tmp[(r*size+ox)*3+c] = acc
+			}
+		}
+	}
+	osize := out.Size()
+	for oy := range size {
+		for ox := range size {
+			sx := ox
+			if flip {
+				sx = size - 1 - ox
+			}
+			for c := range 3 {
+				var v float32
+				for k, wgt := range ys.weights[oy] {
+					v += wgt * tmp[((ys.start[oy]+k-b.ylo)*size+sx)*3+c]
+				}
+				v = float32(math.FMA(float64(v), float64(scale[c]), float64(bias[c])))
+				at := (oy*size+ox)*3 + c
+				if layout == LayoutCHW {
+					at = (c*size+oy)*size + ox
+				}
+				putOut(dst[at*osize:], v, out)
+			}
+		}
+	}
+}
+
+// putOut stores v as out's type.
+func putOut(dst []byte, v float32, out DType) {
+	switch out {
+	case Float32:
+		binary.LittleEndian.PutUint32(dst, math.Float32bits(v))
+	case Float16:
+		binary.LittleEndian.PutUint16(dst, float16.Fromfloat32(v).Bits())
+	case BFloat16:
+		binary.LittleEndian.PutUint16(dst, toBFloat16(v))
+	}
 }

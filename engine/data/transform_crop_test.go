@@ -286,3 +286,60 @@ func float32s(b []byte) []float32 {
 	}
 	return out
 }
+
+// TestAntialiasResample checks the antialiased resample against a float64 evaluation of Pillow's
+// separable triangle filter (widened by the downscale factor, normalized over the box), on a random image
+// with boxes that shrink by 1.5 to 7 times, and that it is off when the box does not shrink.
+func TestAntialiasResample(t *testing.T) {
+	r := srcRand(t)
+	const w, h, size = 211, 157, 24
+	img := make([]byte, w*h*3)
+	for i := range img {
+		img[i] = byte(r.Uint32())
+	}
+	filter := func(origin, step float64, k, lo, hi int) (int, []float64) {
+		support := math.Max(step, 1)
+		center := origin + (float64(k)+0.5)*step
+		xmin := int(math.Max(math.Trunc(center-support+0.5), float64(lo)))
+		xmax := int(math.Min(math.Trunc(center+support+0.5), float64(hi+1)))
+		var ws []float64
+		sum := 0.0
+		for x := xmin; x < xmax; x++ {
+			v := math.Max(0, 1-math.Abs((float64(x)-center+0.5)/support))
+			ws = append(ws, v)
+			sum += v
+		}
+		for i := range ws {
+			ws[i] /= sum
+		}
+		return xmin, ws
+	}
+	var scale, bias [maxChannels]float32
+	for c := range 3 {
+		scale[c], bias[c] = 1, 0
+	}
+	for _, b := range []cropBox{
+		{y0: 0, x0: 0, dy: float64(h) / size, dx: float64(w) / size, ylo: 0, yhi: h - 1, xlo: 0, xhi: w - 1},
+		{y0: 13, x0: 40, dy: 36.0 / size, dx: 100.0 / size, ylo: 13, yhi: 13 + 35, xlo: 40, xhi: 139},
+		{y0: 5.5, x0: 7.25, dy: 1.5, dx: 2.25, ylo: 0, yhi: h - 1, xlo: 0, xhi: w - 1},
+	} {
+		out := make([]byte, 3*size*size*4)
+		resampleAA(out, img, w, b, size, false, scale, bias, Float32, LayoutHWC)
+		got := float32s(out)
+		for oy := range size {
+			y0, wy := filter(b.y0, b.dy, oy, b.ylo, b.yhi)
+			for ox := range size {
+				x0, wx := filter(b.x0, b.dx, ox, b.xlo, b.xhi)
+				for c := range 3 {
+					want := 0.0
+					for i, a := range wy {
+						for j, bb := range wx {
+							want += a * bb * float64(img[((y0+i)*w+x0+j)*3+c])
+						}
+					}
+					require.InDelta(t, want, float64(got[(oy*size+ox)*3+c]), 2e-3, "box %+v at (%d, %d, %d)", b, oy, ox, c)
+				}
+			}
+		}
+	}
+}

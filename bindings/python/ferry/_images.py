@@ -91,7 +91,8 @@ def _pair(value: Any, what: str) -> Tuple[float, float]:
 
 
 class _Crop(Transform):
-    def __init__(self, size: Any, mean: Any, std: Any, layout: Any, dtype: Any, max_pixels: Optional[int]) -> None:
+    def __init__(self, size: Any, mean: Any, std: Any, layout: Any, dtype: Any, max_pixels: Optional[int],
+                 antialias: bool) -> None:
         if isinstance(size, (tuple, list)):
             if len(size) != 2 or size[0] != size[1]:
                 raise _invalid(f"{type(self).__name__}: size {size!r}: only square crops (one side) are made")
@@ -99,10 +100,12 @@ class _Crop(Transform):
         self.size = _as_int(size, "size")
         self._norm = Normalize(mean, std, layout=layout, dtype=dtype)
         self.max_pixels = max_pixels
+        self.antialias = bool(antialias)
 
     def _fill(self, t: _lib.Transform, keep: List[bytes]) -> None:
         self._norm._fill(t, keep)
         t.crop_size = self.size
+        t.crop_flags = _lib.FERRY_CROP_F_ANTIALIAS if self.antialias else 0
         t.max_pixels = 0 if self.max_pixels is None else _as_int64(self.max_pixels, "max_pixels")
 
 
@@ -113,14 +116,16 @@ class RandomResizedCrop(_Crop):
     :class:`WebDatasetSource`) or a decoded uint8 ``[H, W, 3]`` image. The box follows torchvision's rule
     (10 draws, then the central crop), each draw a pure function of the loader's seed, the epoch and the
     sample's index; the resize is bilinear. Output ``[3, size, size]`` (``layout="HWC"``: ``[size, size, 3]``)
-    of ``dtype``. Images over ``max_pixels`` (64 Mpx) are refused by name. Decoding runs on the CPU for now."""
+    of ``dtype``. ``antialias`` (the default, as Pillow and torchvision resize) widens the filter by the
+    downscale factor when the box is larger than the output. Images over ``max_pixels`` (64 Mpx) are refused
+    by name. Decoding runs on the CPU for now."""
 
     _kind = _lib.FERRY_TRANSFORM_RANDOM_RESIZED_CROP
 
     def __init__(self, size: Any, scale: Any = (0.08, 1.0), ratio: Any = (3 / 4, 4 / 3), flip: float = 0.0,
                  mean: Any = None, std: Any = None, layout: Any = "CHW", dtype: Any = "float32",
-                 max_pixels: Optional[int] = None) -> None:
-        super().__init__(size, mean, std, layout, dtype, max_pixels)
+                 max_pixels: Optional[int] = None, antialias: bool = True) -> None:
+        super().__init__(size, mean, std, layout, dtype, max_pixels, antialias)
         self.scale = _pair(scale, "scale")
         self.ratio = _pair(ratio, "ratio")
         self.flip = float(flip)
@@ -145,8 +150,9 @@ class CenterCrop(_Crop):
     _kind = _lib.FERRY_TRANSFORM_CENTER_CROP
 
     def __init__(self, size: Any, resize: Optional[int] = None, mean: Any = None, std: Any = None,
-                 layout: Any = "CHW", dtype: Any = "float32", max_pixels: Optional[int] = None) -> None:
-        super().__init__(size, mean, std, layout, dtype, max_pixels)
+                 layout: Any = "CHW", dtype: Any = "float32", max_pixels: Optional[int] = None,
+                 antialias: bool = True) -> None:
+        super().__init__(size, mean, std, layout, dtype, max_pixels, antialias)
         self.resize = None if resize is None else _as_int(resize, "resize")
 
     def _fill(self, t: _lib.Transform, keep: List[bytes]) -> None:

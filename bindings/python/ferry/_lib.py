@@ -125,6 +125,7 @@ FERRY_TRANSFORM_SHIFT_TOKENS = 2
 FERRY_TRANSFORM_PAD_SEQUENCES = 3
 FERRY_TRANSFORM_RANDOM_RESIZED_CROP = 4
 FERRY_TRANSFORM_CENTER_CROP = 5
+FERRY_CROP_F_ANTIALIAS = 0x1
 FERRY_ON_ERROR_RAISE = 0
 FERRY_ON_ERROR_SKIP = 1
 FERRY_IMAGES_F_ALLOW_EMPTY = 0x1
@@ -388,7 +389,7 @@ class Transform(Structure):
         ("position_ids_name", c_char_p),
         ("eod", c_int64),
         ("shift_flags", c_uint32),
-        ("reserved3", c_int32),
+        ("crop_flags", c_uint32),
         ("crop_size", c_int32),
         ("resize_to", c_int32),
         ("scale_min", c_double),

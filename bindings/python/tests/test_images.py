@@ -157,3 +157,30 @@ def test_a_bad_file_names_itself(folder, engine):
     (empty / "loose.jpg").write_bytes(b"")
     with pytest.raises(ferry.FormatError, match="no class folder"):
         ferry.ImageFolderSource(empty)
+
+
+def test_center_crop_matches_torchvision_antialias(tmp_path, engine):
+    """CenterCrop(size, resize) with antialias equals torchvision's Resize(resize, antialias=True) then
+    CenterCrop(size) on the same pixels (float tensors), and without it Resize(antialias=False)."""
+    torch = pytest.importorskip("torch")
+    F = pytest.importorskip("torchvision.transforms.v2.functional")
+    rng = np.random.default_rng(3)
+    arrs = []
+    for k, (h, w) in enumerate([(97, 130), (140, 88), (64, 64)]):
+        arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        path = tmp_path / "root" / "c" / f"{k}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_png(arr))
+        arrs.append(arr)
+    src = ferry.ImageFolderSource(tmp_path / "root")
+    for antialias in (True, False):
+        crop = ferry.CenterCrop(24, resize=32, layout="HWC", antialias=antialias)
+        with ferry.Iterator(engine, src, 3, transforms={"image": crop}, timeout_ms=TIMEOUT_MS) as it:
+            (indices, fields), = read_epoch(it)
+        out = np.frombuffer(fields["image"], dtype=np.float32).reshape(3, 24, 24, 3)
+        for row, i in enumerate(indices):
+            x = torch.from_numpy(arrs[i].astype(np.float32)).permute(2, 0, 1)
+            want = F.center_crop(F.resize(x, 32, antialias=antialias), [24, 24]) / 255
+            np.testing.assert_allclose(out[row], want.permute(1, 2, 0).numpy(), atol=2e-5,
+                                       err_msg=f"image {i}, antialias={antialias}")
+    src.close()
