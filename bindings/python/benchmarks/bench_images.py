@@ -5,7 +5,8 @@ read for --epochs epochs by
   * torchvision: ImageFolder + DataLoader (--workers processes, PIL decode, RandomResizedCrop(224),
     RandomHorizontalFlip, ToTensor, Normalize; the batch stays on the CPU),
   * ferry: ImageFolderSource + Loader (--workers threads) with RandomResizedCrop(224, flip=0.5, mean, std),
-    on the CPU engine (decoding with TurboJPEG on the CPU),
+    on the CPU engine (decoding with TurboJPEG on the CPU), with antialias (as torchvision's PIL resize)
+    and without,
 and each reports images/s and the CPU seconds per 1000 images (the process and its children), so that a
 result can be read per core.
 
@@ -82,20 +83,22 @@ def main():
             print("torchvision", results["torchvision"], flush=True)
 
         src = ferry.ImageFolderSource(d)
-        crop = ferry.RandomResizedCrop(224, flip=0.5, mean=MEAN, std=STD)
-        with ferry.Engine(ferry.CPU, sample_interval_ms=0) as eng, \
-                ferry.Iterator(eng, src, args.batch, shuffle=True, seed=0, workers=args.workers,
-                               transforms={"image": crop}) as it:
-            def run_ferry():
-                seen = 0
-                for _ in range(args.epochs):
-                    while (b := it.next()) is not None:
-                        seen += len(b.indices())
-                        b.release()
-                return seen
+        for antialias in (True, False):
+            crop = ferry.RandomResizedCrop(224, flip=0.5, mean=MEAN, std=STD, antialias=antialias)
+            with ferry.Engine(ferry.CPU, sample_interval_ms=0) as eng, \
+                    ferry.Iterator(eng, src, args.batch, shuffle=True, seed=0, workers=args.workers,
+                                   transforms={"image": crop}) as it:
+                def run_ferry():
+                    seen = 0
+                    for _ in range(args.epochs):
+                        while (b := it.next()) is not None:
+                            seen += len(b.indices())
+                            b.release()
+                    return seen
 
-            results["ferry_cpu"] = timed(run_ferry, n)
-        print("ferry (CPU engine)", results["ferry_cpu"], flush=True)
+                key = "ferry_cpu" if antialias else "ferry_cpu_no_antialias"
+                results[key] = timed(run_ferry, n)
+            print(f"ferry (CPU engine, antialias={antialias})", results[key], flush=True)
         src.close()
     if args.json:
         with open(args.json, "w") as f:
