@@ -70,8 +70,11 @@ func newHTMLTestReport(t *testing.T) *report.Report {
 	}
 	g, err := m.Metric("grad_norm")
 	require.NoError(t, err)
+	// 300 values within 300 ns of one another, so that they make one series point whatever the machine's
+	// speed (logged with the wall clock they spread over two points on a loaded machine).
+	at0 := m.Origin() + 20e6 // 20 ms into the run
 	for i := 0; i < 300; i++ {
-		require.NoError(t, m.Log(g, 1+0.5*math.Sin(float64(i)/9)))
+		require.NoError(t, m.LogAt(g, at0+uint64(i), 1+0.5*math.Sin(float64(i)/9)))
 	}
 	r := m.Report()
 	r.Host = htmlTestHost
