@@ -73,6 +73,9 @@ func parallelShuffles(r *numpyRandomState, jobs ...*shuffleJob) {
 
 // parallelFor runs fn over [0, n) in chunks on up to GOMAXPROCS goroutines.
 func parallelFor(n, chunk int, fn func(lo, hi int)) {
+	if n <= 0 {
+		return
+	}
 	if n <= chunk {
 		fn(0, n)
 		return

@@ -5,12 +5,9 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
-	"sync"
 	"unsafe"
 
 	"github.com/ferry-ml/ferry/engine"
@@ -20,7 +17,8 @@ import (
 // every input of the build (the files, with their sizes and modification times, and every parameter), so
 // that a later start with the same inputs maps the file instead of building: milliseconds at any corpus
 // size. The file is the header (magic, version, key, counts) and the arrays in native little-endian
-// order, each 8-byte aligned; a file whose key, sizes or values do not fit is rebuilt, never trusted.
+// order, each 8-byte aligned; a file whose key or sizes do not fit is rebuilt, and its values are checked
+// where windows read them, never trusted.
 
 var megatronCacheMagic = [8]byte{'F', 'E', 'R', 'R', 'Y', 'I', 'D', 'X'}
 
@@ -136,34 +134,4 @@ func parseMegatronCache(data, key []byte, s *MegatronSource) (x *megatronGPTInde
 	off += int(8 * h.Samples)
 	x.shuffle = unsafe.Slice((*int64)(unsafe.Pointer(&data[off])), h.Shuffle)
 	return x, nil
-}
-
-// firstError is the first error of a joined error (runParallel's), whose message alone names the problem.
-func firstError(err error) error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok && len(j.Unwrap()) > 0 {
-		return j.Unwrap()[0]
-	}
-	return err
-}
-
-// runParallel runs the jobs on up to GOMAXPROCS goroutines and returns their errors joined, in job order.
-func runParallel(jobs []func() error) error {
-	errs := make([]error, len(jobs))
-	next := make(chan int, len(jobs))
-	for i := range jobs {
-		next <- i
-	}
-	close(next)
-	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), len(jobs)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				errs[i] = jobs[i]()
-			}
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
 }

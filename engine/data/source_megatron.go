@@ -216,36 +216,38 @@ func (f *megatronFile) checkSequences(dt DType, bad func(string, ...any) error) 
 		packed      bool
 	}
 	parts := make([]part, (f.nseq+chunk-1)/chunk)
-	var jobs []func() error
-	for c := range parts {
-		jobs = append(jobs, func() error {
-			pt := &parts[c]
-			pt.packed = true
-			for i := c * chunk; i < min((c+1)*chunk, f.nseq); i++ {
-				n := int32(binary.LittleEndian.Uint32(f.lengths[4*i:]))
-				p := int64(binary.LittleEndian.Uint64(f.pointers[8*i:]))
-				switch {
-				case n < 0:
-					return bad("sequence %d has length %d", i, n)
-				case p < 0 || uint64(p)%size != 0:
-					return bad("sequence %d has pointer %d, not a multiple of the %d-byte token at or after 0", i, p, size)
-				case uint64(p) > binLen || uint64(n)*size > binLen-uint64(p):
-					return bad("sequence %d (pointer %d, %d tokens of %d bytes) runs past the end of %s (%d bytes)",
-						i, p, n, size, f.bin.path, binLen)
-				}
-				if i == c*chunk {
-					pt.first = uint64(p)
-				} else {
-					pt.packed = pt.packed && uint64(p) == pt.next
-				}
-				pt.next = uint64(p) + uint64(n)*size
-				pt.tokens += int64(n)
+	errs := make([]error, len(parts))
+	parallelFor(f.nseq, chunk, func(lo, hi int) {
+		pt := &parts[lo/chunk]
+		pt.packed = true
+		for i := lo; i < hi; i++ {
+			n := int32(binary.LittleEndian.Uint32(f.lengths[4*i:]))
+			p := int64(binary.LittleEndian.Uint64(f.pointers[8*i:]))
+			switch {
+			case n < 0:
+				errs[lo/chunk] = bad("sequence %d has length %d", i, n)
+			case p < 0 || uint64(p)%size != 0:
+				errs[lo/chunk] = bad("sequence %d has pointer %d, not a multiple of the %d-byte token at or after 0", i, p, size)
+			case uint64(p) > binLen || uint64(n)*size > binLen-uint64(p):
+				errs[lo/chunk] = bad("sequence %d (pointer %d, %d tokens of %d bytes) runs past the end of %s (%d bytes)",
+					i, p, n, size, f.bin.path, binLen)
 			}
-			return nil
-		})
-	}
-	if err := runParallel(jobs); err != nil {
-		return firstError(err)
+			if errs[lo/chunk] != nil {
+				return
+			}
+			if i == lo {
+				pt.first = uint64(p)
+			} else {
+				pt.packed = pt.packed && uint64(p) == pt.next
+			}
+			pt.next = uint64(p) + uint64(n)*size
+			pt.tokens += int64(n)
+		}
+	})
+	for _, err := range errs { // the first bad sequence's
+		if err != nil {
+			return err
+		}
 	}
 	f.packed = true
 	next := uint64(0)
