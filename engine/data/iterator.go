@@ -87,6 +87,7 @@ type IteratorStats struct {
 type Iterator struct {
 	e          *engine.Engine
 	src        Source
+	epochal    Epochal // src, when its samples depend on the epoch; else nil
 	fields     []Field // the source's
 	outs       []Field // the batch's, after the transforms
 	outSrc     []int   // per batch field, the source field it comes from
@@ -184,7 +185,8 @@ func NewIterator(e *engine.Engine, src Source, opts IteratorOptions) (*Iterator,
 	if opts.Staging < StagingAuto || opts.Staging > StagingMapped {
 		return nil, fmt.Errorf("%w: unknown staging %v", engine.ErrInvalidArgument, opts.Staging)
 	}
-	it := &Iterator{e: e, src: src, fields: fields, sampler: sampler, base: sampler, opts: opts,
+	epochal, _ := src.(Epochal)
+	it := &Iterator{e: e, src: src, epochal: epochal, fields: fields, sampler: sampler, base: sampler, opts: opts,
 		closing: make(chan struct{})}
 	it.nbatch.Store(int64(sampler.BatchesPerEpoch()))
 	it.rows = sampler.MaxBatchLen()

@@ -301,8 +301,8 @@ func (it *Iterator) work(p *pipeline, tasks <-chan task) {
 // readRow reads row r's sample into dst and, on the host path, lays it out.
 func (it *Iterator) readRow(s *slot, r int, dst, scratch [][]byte) error {
 	var err error
-	if ep, ok := it.src.(Epochal); ok {
-		err = ep.ReadSampleEpoch(s.epoch, s.indices[r], dst)
+	if it.epochal != nil {
+		err = it.epochal.ReadSampleEpoch(s.epoch, s.indices[r], dst)
 	} else {
 		err = it.src.ReadSample(s.indices[r], dst)
 	}
