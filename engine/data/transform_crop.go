@@ -1,12 +1,9 @@
 package data
 
 import (
-	"encoding/binary"
 	"fmt"
 	"math"
 	"sync"
-
-	"github.com/x448/float16"
 
 	"github.com/ferry-ml/ferry/engine"
 )
@@ -396,17 +393,5 @@ func resampleAA(dst, img []byte, w int, b cropBox, size int, flip bool, scale, b
 				putOut(dst[at*osize:], v, out)
 			}
 		}
-	}
-}
-
-// putOut stores v as out's type.
-func putOut(dst []byte, v float32, out DType) {
-	switch out {
-	case Float32:
-		binary.LittleEndian.PutUint32(dst, math.Float32bits(v))
-	case Float16:
-		binary.LittleEndian.PutUint16(dst, float16.Fromfloat32(v).Bits())
-	case BFloat16:
-		binary.LittleEndian.PutUint16(dst, toBFloat16(v))
 	}
 }

@@ -267,6 +267,19 @@ func (p *imageParams) pack(b []byte) []byte {
 	return b
 }
 
+// putOut stores v as out's type (Float32, Float16 or BFloat16), little-endian, rounded to nearest even:
+// the host form of every image output.
+func putOut(dst []byte, v float32, out DType) {
+	switch out {
+	case Float32:
+		binary.LittleEndian.PutUint32(dst, math.Float32bits(v))
+	case Float16:
+		binary.LittleEndian.PutUint16(dst, float16.Fromfloat32(v).Bits())
+	case BFloat16:
+		binary.LittleEndian.PutUint16(dst, toBFloat16(v))
+	}
+}
+
 // toBFloat16 rounds f to bfloat16, to nearest with ties to even, as __float2bfloat16_rn does.
 func toBFloat16(f float32) uint16 {
 	b := math.Float32bits(f)
@@ -300,14 +313,7 @@ func newImageLUT(n Normalize, in Field) (*imageLUT, error) {
 		for x := 0; x < 256; x++ {
 			v := float32(math.FMA(float64(x), float64(scale[ch]), float64(bias[ch])))
 			e := &l.table[ch][x]
-			switch n.outType() {
-			case Float32:
-				binary.LittleEndian.PutUint32(e[:], math.Float32bits(v))
-			case Float16:
-				binary.LittleEndian.PutUint16(e[:], float16.Fromfloat32(v).Bits())
-			case BFloat16:
-				binary.LittleEndian.PutUint16(e[:], toBFloat16(v))
-			}
+			putOut(e[:], v, n.outType())
 		}
 	}
 	return l, nil
