@@ -195,20 +195,21 @@ var wdsCacheMagic = []byte("FERRYWDS")
 
 const wdsCacheVersion = 1
 
-// wdsCacheKey names a shard's index: its absolute path, size and modification time, and the keys.
-func wdsCacheKey(path string, keys wdsKeys) (key []byte, name string, err error) {
+// wdsCacheKey names a shard's index: its absolute path, size and modification time, and the keys; size
+// is the shard's.
+func wdsCacheKey(path string, keys wdsKeys) (key []byte, name string, size int64, err error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	st, err := os.Stat(path)
 	if err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	key = []byte(fmt.Sprintf("wds %d\n%s\n%d %d\n%s\n%s", wdsCacheVersion, abs, st.Size(), st.ModTime().UnixNano(),
 		strings.Join(keys.image, ";"), keys.label))
 	sum := sha256.Sum256(key)
-	return key, strings.TrimSuffix(filepath.Base(path), filepath.Ext(path)) + "-" + hex.EncodeToString(sum[:8]) + ".wdsidx", nil
+	return key, strings.TrimSuffix(filepath.Base(path), filepath.Ext(path)) + "-" + hex.EncodeToString(sum[:8]) + ".wdsidx", st.Size(), nil
 }
 
 func encodeWDSIndex(key []byte, ms []wdsMember) []byte {
@@ -296,18 +297,16 @@ func loadShardIndex(path string, keys wdsKeys, dir string) (ms []wdsMember, cach
 	var file string
 	if dir != "" {
 		var name string
-		key, name, cacheErr = wdsCacheKey(path, keys)
+		var size int64
+		key, name, size, cacheErr = wdsCacheKey(path, keys)
 		if cacheErr == nil {
 			file = filepath.Join(dir, name)
 			if b, rerr := os.ReadFile(file); rerr == nil {
-				st, serr := os.Stat(path)
-				if serr == nil {
-					ms, derr := decodeWDSIndex(b, key, st.Size())
-					if derr == nil {
-						return ms, true, nil, nil
-					}
-					cacheErr = fmt.Errorf("index cache %s: %w", file, derr)
+				ms, derr := decodeWDSIndex(b, key, size)
+				if derr == nil {
+					return ms, true, nil, nil
 				}
+				cacheErr = fmt.Errorf("index cache %s: %w", file, derr)
 			}
 		}
 	}
