@@ -92,14 +92,20 @@ func (s ShiftTokens) Outputs(in Field) ([]Field, error) {
 
 // tokensOp is ShiftTokens bound to a window field.
 type tokensOp struct {
-	dt         DType
-	seq        int // tokens per output row
-	kernel     string
-	mask, pos  bool
-	flags      uint32
-	eod        int64
-	posOut     int // the index of the position-id output
-	maskOutIdx int
+	dt        DType
+	seq       int // tokens per output row
+	kernel    string
+	mask, pos bool // the loss mask is output 2 when made; the position ids follow it
+	flags     uint32
+	eod       int64
+}
+
+// posOut is the index of the position-id output: after x, y and the loss mask when there is one.
+func (o *tokensOp) posOut() int {
+	if o.mask {
+		return 3
+	}
+	return 2
 }
 
 // tokenKernels are the ShiftTokens kernels (kernels/tokens.cu), by token type.
@@ -122,10 +128,7 @@ func (s ShiftTokens) bind(in Field, _ bool) (op, error) {
 		return nil, err
 	}
 	o := &tokensOp{dt: in.DType, seq: in.Shape[0] - 1, kernel: tokenKernels[in.DType], mask: s.LossMask != "",
-		pos: s.PositionIDs != "", eod: s.EOD, maskOutIdx: 2, posOut: 2}
-	if o.mask {
-		o.posOut = 3
-	}
+		pos: s.PositionIDs != "", eod: s.EOD}
 	if s.MaskEOD {
 		o.flags |= tokensMaskEOD
 	}
@@ -138,10 +141,10 @@ func (s ShiftTokens) bind(in Field, _ bool) (op, error) {
 func (o *tokensOp) host(out [][]byte, in []byte, _ rowArgs) {
 	shiftTokensHost(out[0], out[1], in, o.dt, o.seq)
 	if o.mask {
-		maskHost(out[o.maskOutIdx], in, o.dt, o.seq, o.eod, o.flags&tokensMaskEOD != 0)
+		maskHost(out[2], in, o.dt, o.seq, o.eod, o.flags&tokensMaskEOD != 0)
 	}
 	if o.pos {
-		positionsHost(out[o.posOut], in, o.dt, o.seq, o.eod, o.flags&tokensResetPositions != 0)
+		positionsHost(out[o.posOut()], in, o.dt, o.seq, o.eod, o.flags&tokensResetPositions != 0)
 	}
 }
 
@@ -149,10 +152,10 @@ func (o *tokensOp) launch(k *kernelSet, e *engine.Engine, a launchArgs, buf []by
 	tp := tokensParams{src: a.src, offsets: a.offsets, x: a.dst[0], y: a.dst[1], batch: uint32(a.batch), seq: uint32(o.seq),
 		stride: uint32(o.seq + 1), flags: o.flags, eod: o.eod}
 	if o.mask {
-		tp.mask = a.dst[o.maskOutIdx]
+		tp.mask = a.dst[2]
 	}
 	if o.pos {
-		tp.pos = a.dst[o.posOut]
+		tp.pos = a.dst[o.posOut()]
 	}
 	buf = tp.pack(buf)
 	if err := k.launch1D(e, o.kernel, uint64(a.batch)*uint64(o.seq), a.stream, buf); err != nil {
