@@ -245,6 +245,11 @@ func feedChecks(t *testing.T, e *engine.Engine) {
 		require.Contains(t, err.Error(), "flip in the pipeline")
 		_, err = NewFeed(e, FeedOptions{Transforms: map[string]Transform{"t": PadSequences{}}})
 		require.ErrorIs(t, err, engine.ErrUnsupported)
+		for _, crop := range []Transform{RandomResizedCrop{Size: 8}, CenterCrop{Size: 8}} {
+			_, err = NewFeed(e, FeedOptions{Transforms: map[string]Transform{"image": crop}})
+			require.ErrorIs(t, err, engine.ErrUnsupported)
+			require.Contains(t, err.Error(), "decodes and crops inside an iterator")
+		}
 		_, err = NewFeed(e, FeedOptions{Slots: -1})
 		require.ErrorIs(t, err, engine.ErrInvalidArgument)
 	})
