@@ -70,9 +70,10 @@ type BlendSource struct {
 	cum     []float64 // cumulative normalized weights; the last is exactly 1
 	cfg     BlendConfig
 	fields  []Field
-	perEp   []int64 // ferry: uses of each source per epoch
-	dataset []int16 // megatron: the source of each position
-	sample  []int64 // megatron: the source's sample at each position
+	perEp   []int64    // ferry: uses of each source per epoch
+	orders  []*Sampler // ferry: each source's seeded order, epoch after epoch of the source
+	dataset []int16    // megatron: the source of each position
+	sample  []int64    // megatron: the source's sample at each position
 	guard   closeGuard
 }
 
@@ -144,6 +145,7 @@ func NewBlendSource(parts []BlendPart, cfg BlendConfig) (*BlendSource, error) {
 	s.cum[len(s.cum)-1] = 1
 	for d := range parts {
 		s.perEp = append(s.perEp, s.share(d, int64(cfg.Size)))
+		s.orders = append(s.orders, sourceOrder(cfg.Seed, d, uint64(parts[d].Source.Len())))
 	}
 	return s, nil
 }
@@ -226,8 +228,7 @@ func (s *BlendSource) Pick(epoch uint64, i int) (source, sample int) {
 	}
 	use := uint64(epoch)*uint64(s.perEp[d]) + uint64(s.share(d, p0)) + uint64(q-prev)
 	n := uint64(s.parts[d].Source.Len())
-	order := sourceOrder(s.cfg.Seed, d, n)
-	return d, order.Index(use/n, int(use%n))
+	return d, s.orders[d].Index(use/n, int(use%n))
 }
 
 // blockOrder is the seeded shuffle of the positions of one block.
