@@ -2,7 +2,7 @@
 # Runs ferry's suites and benchmarks on a GPU host, from the bundle that `make gpu-bundle` builds (this
 # script is copied to its root). The host needs no Go: every binary is prebuilt.
 #
-#   FERRY_REQUIRE_GPU=1 build/gpu/run.sh [tests|bench|train|all]
+#   FERRY_REQUIRE_GPU=1 build/gpu/run.sh [tests|sanitize|bench|train|all]
 #
 # Results go to $OUT (default: ./out next to this script): tests.log, bench.log, bench_c.json,
 # bench_python.json, bench_loader.json, bench_autobatch.json, bench_layout.json, bench_pipeline.json,
@@ -92,6 +92,12 @@ if [ "$mode" = tests ] || [ "$mode" = all ]; then
     step "python: pytest" "$log" python3 -m pytest -q -rs "$here/python/tests"
     step "megatron-core writes the committed fixtures" "$log" sh -c "python3 '$here/tests/testdata/megatron/generate.py' \
         --out '$out/megatron-fixtures' && python3 '$here/tests/testdata/megatron/compare.py' '$out/megatron-fixtures'"
+fi
+
+# sanitize mode (also part of all): the GPU tests under compute-sanitizer.
+if [ "$mode" = sanitize ] || [ "$mode" = all ]; then
+    log="$out/sanitize.log"
+    : >"$log"
     # The layout kernels under compute-sanitizer: every launch of the GPU transform and staging tests.
     if command -v compute-sanitizer >/dev/null; then
         step "compute-sanitizer memcheck: kernels" "$log" sh -c "cd '$here/tests' && compute-sanitizer --tool memcheck --target-processes application-only \
