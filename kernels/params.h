@@ -95,4 +95,33 @@ typedef struct ferry_pad_params {
     uint32_t batch, maxlen;
 } ferry_pad_params;
 
+/*
+ * ferry_crop_{f32,f16,bf16}_{chw,hwc}: RandomResizedCrop and CenterCrop. Each sample is a decoded RGB image
+ * (u8 [h, w, 3], rows 3*w bytes apart) at src + offset; output pixel (oy, ox) resamples the box: row
+ * y0 + (oy + 0.5)*dy - 0.5 (clamped to [ylo, yhi]), column likewise (the column of size-1-ox when the sample
+ * flips), bilinear, or, with antialias and a box larger than the output, the bilinear filter widened by the
+ * scale factor. Then out = v * scale[ch] + bias[ch] in CHW or HWC order. The arithmetic follows the host
+ * reference (engine/data/transform_crop.go) operation for operation, so the two agree to the output's
+ * rounding. The grid is (blocks per sample, samples); blocks loop over samples beyond the grid.
+ */
+typedef struct ferry_crop_sample {
+    uint64_t offset; /* the image's first byte, from src */
+    uint32_t w, h;
+    double y0, x0, dy, dx;
+    int32_t ylo, yhi, xlo, xhi;
+    uint32_t flip; /* nonzero: flip left-right */
+    uint32_t reserved;
+} ferry_crop_sample;
+
+typedef struct ferry_crop_params {
+    uint64_t samples; /* ferry_crop_sample[batch], device memory */
+    uint64_t src;     /* the decoded images */
+    uint64_t dst;     /* [batch, 3, size, size] or [batch, size, size, 3] of the output type */
+    uint32_t batch, size;
+    uint32_t antialias;
+    uint32_t reserved;
+    float scale[FERRY_MAX_CHANNELS];
+    float bias[FERRY_MAX_CHANNELS];
+} ferry_crop_params;
+
 #endif

@@ -20,6 +20,12 @@ func (it *Iterator) copyToDevice(s *slot) error {
 	if rows == 0 {
 		return ctx.EventRecord(s.copied, it.stream)
 	}
+	if it.imageDevice {
+		// First: replacing a sample that fails here rewrites its row of the other fields' staging.
+		if err := it.decodeImages(s); err != nil {
+			return err
+		}
+	}
 	for f := range it.plans {
 		p := &it.plans[f]
 		fb := p.in.Bytes()
@@ -28,6 +34,11 @@ func (it *Iterator) copyToDevice(s *slot) error {
 			dst = s.dev[p.outs[0]]
 		}
 		switch {
+		case p.t != nil && p.tr.decodes && it.imageDevice:
+			if err := it.launchCrop(s, f); err != nil {
+				return err
+			}
+			continue
 		case p.t != nil && it.hostXform:
 			for _, g := range p.outs {
 				n := it.outs[g].DType.Size()

@@ -113,7 +113,7 @@ func NewFeed(e *engine.Engine, opts FeedOptions) (*Feed, error) {
 			return nil, fmt.Errorf("%w: %v for tensor %q flips, which draws per (seed, epoch, sample index) inside an "+
 				"iterator; flip in the pipeline that makes the batches", engine.ErrUnsupported, t, name)
 		}
-		if tr.hostOnly {
+		if tr.decodes {
 			return nil, fmt.Errorf("%w: %v for tensor %q decodes and crops inside an iterator (its boxes draw per "+
 				"(seed, epoch, sample index), its errors name the sample); crop in the pipeline that makes the batches, "+
 				"or read the files with ImageFolderSource or WebDatasetSource", engine.ErrUnsupported, t, name)

@@ -103,7 +103,9 @@ type Iterator struct {
 
 	staging       Staging
 	stagingWhy    string
-	hostXform     bool       // transforms run on the host (CPU engine, or the kernels did not load)
+	hostXform     bool // transforms run on the host (CPU engine, or the kernels did not load)
+	imageDevice   bool // crops decode into the slots' device arenas and run as kernels (image_device.go)
+	images        *imageDecoders
 	kern          *kernelSet // nil when the kernels are not used
 	backed        MemoryBacked
 	regions       []*registration // per source field, for StagingDMA and StagingMapped
@@ -237,9 +239,9 @@ func (it *Iterator) allocate() error {
 }
 
 // workerInput reports whether field plan p's samples are read into the reading worker's own buffer
-// instead of the slot's staging: the input of a host-only transform (an encoded image, decoded and cropped
-// on the host) never crosses to the device, and can be as large as the largest file.
-func (it *Iterator) workerInput(p fieldPlan) bool { return p.t != nil && p.tr.hostOnly && it.hostXform }
+// instead of the slot's staging: a crop's encoded images, decoded by the worker (on the host, or into the
+// slot's image arena) or handed to nvJPEG, never cross as they are, and can be as large as the largest file.
+func (it *Iterator) workerInput(p fieldPlan) bool { return p.t != nil && p.tr.decodes }
 
 // newSlot allocates one slot of the ring: its buffers for the largest batch, and its events.
 func (it *Iterator) newSlot() (*slot, error) {
@@ -257,7 +259,7 @@ func (it *Iterator) newSlot() (*slot, error) {
 				return s, err
 			}
 		}
-		if e.GPU() && p.t != nil && !it.hostXform && it.staging != StagingMapped {
+		if e.GPU() && p.t != nil && !it.hostXform && !p.tr.decodes && it.staging != StagingMapped {
 			if s.devIn[f], err = e.DevicePool().Alloc(n); err != nil {
 				return s, err
 			}
@@ -277,6 +279,11 @@ func (it *Iterator) newSlot() (*slot, error) {
 					return s, err
 				}
 			}
+		}
+	}
+	if it.imageDevice {
+		if err := it.newSlotImages(s); err != nil {
+			return s, err
 		}
 	}
 	var err error

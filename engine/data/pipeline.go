@@ -23,7 +23,8 @@ type slot struct {
 	// meta is the batch's metadata (see metaLayout), page-locked: the kernels read it in place across
 	// PCIe (under unified addressing its host address is its device address). nil when not needed.
 	meta   *engine.HostBuffer
-	params []byte // the copier's scratch for kernel parameters
+	params []byte        // the copier's scratch for kernel parameters
+	imgs   []*slotImages // per source field a crop decodes on the device (imageDevice); else nil
 
 	copied       cuda.Event // recorded on the iterator's stream after the batch's copies
 	released     cuda.Event // recorded on the consumer's stream at release
@@ -306,8 +307,11 @@ func (it *Iterator) readRow(s *slot, r int, dst, scratch [][]byte) error {
 	} else {
 		err = it.src.ReadSample(s.indices[r], dst)
 	}
-	if err == nil && it.hostXform {
+	switch {
+	case err == nil && it.hostXform:
 		err = it.transformRow(s, r, dst, scratch)
+	case err == nil && it.imageDevice:
+		err = it.stageImages(s, r, dst)
 	}
 	return err
 }

@@ -146,6 +146,11 @@ func (it *Iterator) batchShape(s *slot, g int) []int {
 // prepare sets the slot's per-batch figures and metadata once its indices are known.
 func (it *Iterator) prepare(s *slot) {
 	rows := len(s.indices)
+	if it.imageDevice {
+		if err := it.prepareImages(s); err != nil {
+			s.fail(err)
+		}
+	}
 	s.width, s.staged = 0, 0
 	if it.ragged != nil {
 		p := &it.plans[it.raggedField]

@@ -186,6 +186,9 @@ func (r *ring) freeSlot(s *slot) {
 			}
 		}
 	}
+	for _, si := range s.imgs {
+		si.free(e)
+	}
 	if s.copied != 0 {
 		_ = e.Context().EventDestroy(s.copied)
 		s.copied = 0

@@ -85,9 +85,16 @@ func (it *Iterator) chooseStaging() {
 	}
 	it.hostXform = it.kern == nil
 	for _, p := range it.plans {
-		if p.t != nil && p.tr.hostOnly {
-			it.hostXform = true
-			it.stagingWhy = fmt.Sprintf("%v runs on the host", p.t)
+		if p.t != nil && p.tr.decodes {
+			// Encoded images are read by the gather workers; their crops run as kernels when these load.
+			if it.kern == nil {
+				it.hostXform = true
+				it.stagingWhy = fmt.Sprintf("%v runs on the host: kernels unavailable: %v", p.t, kernErr)
+				return
+			}
+			it.imageDevice = true
+			it.images = imageDecodersOf(e)
+			it.stagingWhy = "images are decoded into device arenas: " + it.images.describe()
 			return
 		}
 	}

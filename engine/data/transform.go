@@ -34,7 +34,7 @@ type traits struct {
 	fullWidth    bool    // pads to the field's full length, not to the batch's longest sample
 	anyAlignment bool    // its kernel reads samples element by element: unaligned samples cost nothing
 	needsLengths bool    // needs each sample's length, which only an iterator has
-	hostOnly     bool    // runs on the host only (no kernel yet): a GPU iterator then lays out on the host
+	decodes      bool    // its input is encoded images, read into the worker's buffer (see image_device.go)
 }
 
 // op is a transform bound to one source field: its host reference and its kernel launch.

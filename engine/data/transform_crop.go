@@ -17,8 +17,10 @@ import (
 // and after a resume. The flip is Normalize's.
 //
 // Its input is an encoded image (JPEG, PNG, WebP, BMP, TIFF, PPM/PGM: the image field of ImageFolderSource or
-// WebDatasetSource), decoded to RGB first, or an already decoded uint8 [H, W, 3] field. It runs on the
-// host for now: on a GPU engine the iterator lays batches out on the host and copies the outputs.
+// WebDatasetSource), decoded to RGB first, or an already decoded uint8 [H, W, 3] field. On a GPU engine
+// the images are decoded into a device arena of the ring (JPEGs by nvJPEG, in batches; other formats and
+// JPEGs nvJPEG does not take on the gather workers) and one kernel crops, flips and normalizes them
+// (image_device.go); on the CPU engine, and where the kernels do not load, the host does it all.
 type RandomResizedCrop struct {
 	Size  int
 	Scale [2]float64 // {0.08, 1} when zero
@@ -134,8 +136,8 @@ func (s cropSpec) outputs(in Field) ([]Field, error) {
 	return outs, nil
 }
 
-func (t RandomResizedCrop) traits() traits { return traits{hostOnly: true} }
-func (t CenterCrop) traits() traits        { return traits{hostOnly: true} }
+func (t RandomResizedCrop) traits() traits { return traits{decodes: true} }
+func (t CenterCrop) traits() traits        { return traits{decodes: true} }
 
 func (t RandomResizedCrop) bind(in Field, ragged bool) (op, error) { return t.spec().bind(in, ragged) }
 func (t CenterCrop) bind(in Field, ragged bool) (op, error)        { return t.spec().bind(in, ragged) }
@@ -282,9 +284,10 @@ func resample(dst, img []byte, w int, b cropBox, size int, flip bool, scale, bia
 				tx = xs[size-1-ox]
 			}
 			for c := range 3 {
-				a := float32(r0[tx.i0*3+c]) + tx.f*(float32(r0[tx.i1*3+c])-float32(r0[tx.i0*3+c]))
-				bb := float32(r1[tx.i0*3+c]) + tx.f*(float32(r1[tx.i1*3+c])-float32(r1[tx.i0*3+c]))
-				v := a + ty.f*(bb-a)
+				// Each product rounded on its own (float32(...)): no fused multiply-add, as the kernel.
+				a := float32(r0[tx.i0*3+c]) + float32(tx.f*(float32(r0[tx.i1*3+c])-float32(r0[tx.i0*3+c])))
+				bb := float32(r1[tx.i0*3+c]) + float32(tx.f*(float32(r1[tx.i1*3+c])-float32(r1[tx.i0*3+c])))
+				v := a + float32(ty.f*(bb-a))
 				v = float32(math.FMA(float64(v), float64(scale[c]), float64(bias[c])))
 				at := (oy*size+ox)*3 + c
 				if layout == LayoutCHW {
@@ -367,7 +370,7 @@ func resampleAA(dst, img []byte, w int, b cropBox, size int, flip bool, scale, b
 			for c := range 3 {
 				var acc float32
 				for k, wgt := range xs.weights[ox] {
-					acc += wgt * float32(src[(xs.start[ox]+k)*3+c])
+					acc += float32(wgt * float32(src[(xs.start[ox]+k)*3+c]))
 				}
 				tmp[(r*size+ox)*3+c] = acc
 			}
@@ -383,7 +386,7 @@ func resampleAA(dst, img []byte, w int, b cropBox, size int, flip bool, scale, b
 			for c := range 3 {
 				var v float32
 				for k, wgt := range ys.weights[oy] {
-					v += wgt * tmp[((ys.start[oy]+k-b.ylo)*size+sx)*3+c]
+					v += float32(wgt * tmp[((ys.start[oy]+k-b.ylo)*size+sx)*3+c])
 				}
 				v = float32(math.FMA(float64(v), float64(scale[c]), float64(bias[c])))
 				at := (oy*size+ox)*3 + c

@@ -280,8 +280,14 @@ func TestKernelParamsLayout(t *testing.T) {
 #include "params.h"
 #define F(s, f) printf(#s "." #f " %zu\n", offsetof(s, f))
 int main(void) {
-    printf("image %zu\ntokens %zu\ngather %zu\npad %zu\npositions %zu\n", sizeof(ferry_image_params), sizeof(ferry_tokens_params),
-           sizeof(ferry_gather_params), sizeof(ferry_pad_params), sizeof(ferry_positions_params));
+    printf("image %zu\ntokens %zu\ngather %zu\npad %zu\npositions %zu\ncrop %zu\ncropsample %zu\n", sizeof(ferry_image_params), sizeof(ferry_tokens_params),
+           sizeof(ferry_gather_params), sizeof(ferry_pad_params), sizeof(ferry_positions_params), sizeof(ferry_crop_params),
+           sizeof(ferry_crop_sample));
+    F(ferry_crop_params, samples); F(ferry_crop_params, src); F(ferry_crop_params, dst); F(ferry_crop_params, batch);
+    F(ferry_crop_params, size); F(ferry_crop_params, antialias); F(ferry_crop_params, scale); F(ferry_crop_params, bias);
+    F(ferry_crop_sample, offset); F(ferry_crop_sample, w); F(ferry_crop_sample, h); F(ferry_crop_sample, y0);
+    F(ferry_crop_sample, x0); F(ferry_crop_sample, dy); F(ferry_crop_sample, dx); F(ferry_crop_sample, ylo);
+    F(ferry_crop_sample, yhi); F(ferry_crop_sample, xlo); F(ferry_crop_sample, xhi); F(ferry_crop_sample, flip);
     F(ferry_image_params, src); F(ferry_image_params, offsets); F(ferry_image_params, flip); F(ferry_image_params, dst);
     F(ferry_image_params, batch); F(ferry_image_params, h); F(ferry_image_params, w); F(ferry_image_params, c);
     F(ferry_image_params, planar); F(ferry_image_params, rows); F(ferry_image_params, scale); F(ferry_image_params, bias);
@@ -312,6 +318,30 @@ int main(void) {
 	require.Equal(t, gatherParamsSize, c["gather"])
 	require.Equal(t, padParamsSize, c["pad"])
 	require.Equal(t, positionsParamsSize, c["positions"])
+	require.Equal(t, cropParamsSize, c["crop"])
+	require.Equal(t, cropSampleSize, c["cropsample"])
+
+	crp := cropParams{samples: 1, src: 2, dst: 3, batch: 4, size: 5, antialias: 6, scale: [4]float32{7, 8, 9, 10}, bias: [4]float32{11, 12, 13, 14}}
+	cb := crp.pack(nil)
+	require.Len(t, cb, cropParamsSize)
+	for name, want := range map[string]uint64{"samples": 1, "src": 2, "dst": 3} {
+		require.Equal(t, want, binary.LittleEndian.Uint64(cb[c["ferry_crop_params."+name]:]), name)
+	}
+	for name, want := range map[string]uint32{"batch": 4, "size": 5, "antialias": 6} {
+		require.Equal(t, want, binary.LittleEndian.Uint32(cb[c["ferry_crop_params."+name]:]), name)
+	}
+	require.Equal(t, float32(7), math.Float32frombits(binary.LittleEndian.Uint32(cb[c["ferry_crop_params.scale"]:])))
+	require.Equal(t, float32(14), math.Float32frombits(binary.LittleEndian.Uint32(cb[c["ferry_crop_params.bias"]+12:])))
+	row := imgRow{devOff: 1, w: 2, h: 3, box: cropBox{y0: 4, x0: 5, dy: 6, dx: 7, ylo: 8, yhi: 9, xlo: 10, xhi: -11}, flip: true}
+	sb := make([]byte, cropSampleSize)
+	packCropSample(sb, &row)
+	require.Equal(t, uint64(1), binary.LittleEndian.Uint64(sb[c["ferry_crop_sample.offset"]:]))
+	for name, want := range map[string]uint32{"w": 2, "h": 3, "ylo": 8, "yhi": 9, "xlo": 10, "xhi": uint32(1<<32 - 11), "flip": 1} {
+		require.Equal(t, want, binary.LittleEndian.Uint32(sb[c["ferry_crop_sample."+name]:]), name)
+	}
+	for name, want := range map[string]float64{"y0": 4, "x0": 5, "dy": 6, "dx": 7} {
+		require.Equal(t, want, math.Float64frombits(binary.LittleEndian.Uint64(sb[c["ferry_crop_sample."+name]:])), name)
+	}
 
 	// Pack distinct values and read each back at the C offset.
 	le := binary.LittleEndian
