@@ -5,7 +5,7 @@
 #   FERRY_REQUIRE_GPU=1 build/gpu/run.sh [tests|sanitize|bench|train|all]
 #
 # Results go to $OUT (default: ./out next to this script): tests.log, bench.log, bench_c.json,
-# bench_python.json, bench_loader.json, bench_autobatch.json, bench_layout.json, bench_pipeline.json,
+# bench_python.json, bench_loader.json, bench_autobatch.json, bench_layout.json, bench_pipeline.json, bench_images.json,
 # bench_megatron.json, megatron-fixtures/ (what megatron-core writes there), info.json,
 # nvidia-smi.txt;
 # train mode: train.log, train_{ferry,torch}_results.json, train_ferry.html and .json (the monitor's report), train_cpp.log
@@ -123,6 +123,8 @@ if [ "$mode" = bench ] || [ "$mode" = all ]; then
     step "bench: AutoBatch vs exhaustive search and Lightning" "$log" python3 "$here/python/benchmarks/bench_autobatch.py" --model resnet50 --headroom 0.02 --headroom 0.05 --json "$out/bench_autobatch.json"
     step "bench: layout kernel vs torch" "$log" python3 "$here/python/benchmarks/bench_layout.py" --json "$out/bench_layout.json"
     step "bench: PyTorch pipelines through ferry" "$log" python3 "$here/python/benchmarks/bench_pipeline.py" --json "$out/bench_pipeline.json"
+    step "bench: JPEG folders and shards, decode + crop, vs torchvision" "$log" python3 "$here/python/benchmarks/bench_images.py" \
+        --images 3000 --workers 16 --gpu --json "$out/bench_images.json"
     step "bench: Megatron start-up and GPT windows vs megatron-core" "$log" python3 "$here/python/benchmarks/bench_megatron.py" \
         --tokens 1e9 --tokens 1e10 --throughput --json "$out/bench_megatron.json"
     for p in engine data monitor; do

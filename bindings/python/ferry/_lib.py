@@ -809,8 +809,37 @@ def _declare(cdll: ctypes.CDLL) -> None:
         fn.argtypes = argtypes
 
 
+def _nvjpeg_from_python() -> Optional[str]:
+    """The nvJPEG that Python has where the library path may not: the nvidia-nvjpeg wheel's copy, else the
+    CUDA toolkit's (CUDA_HOME or CUDA_PATH). None when neither is there."""
+    dirs = []
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("nvidia.nvjpeg")
+        if spec is not None and spec.submodule_search_locations:
+            dirs += [os.path.join(p, "lib") for p in spec.submodule_search_locations]
+    except (ImportError, ValueError):
+        pass
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            dirs.append(os.path.join(os.environ[var], "lib64"))
+    for d in dirs:
+        for major in (13, 12, 11):
+            path = os.path.join(d, f"libnvjpeg.so.{major}")
+            if os.path.exists(path):
+                return path
+    return None
+
+
 def _load() -> ctypes.CDLL:
     tried = []
+    # The engine reads its environment once, when the library loads: name nvJPEG first when Python has
+    # a copy and nothing else was asked for.
+    if not os.environ.get("FERRY_NVJPEG_LIBRARY"):
+        nvjpeg = _nvjpeg_from_python()
+        if nvjpeg is not None:
+            os.environ["FERRY_NVJPEG_LIBRARY"] = nvjpeg
     env = os.environ.get("FERRY_LIBRARY")
     for what, path in _candidates():
         if path is None:
