@@ -1547,7 +1547,8 @@ public:
      * An encoded image (image_folder, webdataset) or a decoded uint8 [H, W, 3] image of field to torchvision's
      * RandomResizedCrop(size, scale, ratio), flipped with probability flip and normalized (mean, std as
      * normalize's), [3, size, size] (or [size, size, 3]) of dtype. The box is a pure function of the
-     * iterator's seed, the epoch and the sample. On a GPU one kernel crops the batch from images decoded in device memory.
+     * iterator's seed, the epoch and the sample. On a GPU one kernel crops the batch from images decoded in
+     * device memory.
      */
     static transform random_resized_crop(std::string field, int32_t size, std::vector<float> mean = {},
                                          std::vector<float> std_dev = {}, double flip = 0.0,
