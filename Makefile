@@ -188,7 +188,7 @@ FUZZTIME ?= 1000000x
 # Each target as package:name.
 ENGINE_FUZZ := data:FuzzNpyHeader data:FuzzPyDict data:FuzzNpySource data:FuzzTokenLLMC data:FuzzTokenFlat \
 	data:FuzzRaggedOffsets data:FuzzParseDType data:FuzzFieldValidate data:FuzzParseOptionNames \
-	data:FuzzTransformOutputs data:FuzzMegatronIndex data:FuzzWebDatasetIndex data:FuzzDecodeImage monitor:FuzzMetricName report:FuzzReports
+	data:FuzzTransformOutputs data:FuzzMegatronIndex data:FuzzWebDatasetIndex data:FuzzDecodeImage data:FuzzJPEGHeader monitor:FuzzMetricName report:FuzzReports
 fuzz: lib
 	@for pt in $(ENGINE_FUZZ); do p=$${pt%%:*}; t=$${pt#*:}; echo "== $$t ($$p)"; \
 		$(GO) test -timeout 0 -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./engine/$$p/ || exit 1; done

@@ -99,3 +99,56 @@ func FuzzDecodeImage(f *testing.F) {
 		require.LessOrEqual(t, d.w*d.h, 1<<20)
 	})
 }
+
+// TestJPEGHeaderRoutes: the header parser sizes every JPEG fixture as TurboJPEG does, and sends to nvJPEG
+// exactly the baseline gray and YCbCr files of the subsamplings its hardware decoder takes.
+func TestJPEGHeaderRoutes(t *testing.T) {
+	paths, err := filepath.Glob(filepath.Join("testdata", "images", "*.jpg"))
+	require.NoError(t, err)
+	require.NotEmpty(t, paths)
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		require.NoError(t, err)
+		info, err := parseJPEGHeader(b)
+		require.NoError(t, err, p)
+		var d decodedImage
+		if decodeImage(b, DefaultMaxPixels, &d) == nil {
+			require.Equal(t, [2]int{d.w, d.h}, [2]int{info.w, info.h}, p)
+		}
+		base := filepath.Base(p)
+		want := !strings.Contains(base, "progressive") && !strings.Contains(base, "cmyk")
+		require.Equal(t, want, info.nvjpegFits(), "%s: %+v", p, info)
+	}
+	good, err := os.ReadFile(paths[0])
+	require.NoError(t, err)
+	for name, bad := range map[string][]byte{
+		"empty":       nil,
+		"no SOI":      []byte("\x00\x01\x02\x03"),
+		"cut":         good[:20],
+		"long length": append(append([]byte(nil), good[:4]...), 0xFF, 0xFF),
+		"EOI first":   []byte("\xFF\xD8\xFF\xD9"),
+	} {
+		_, err := parseJPEGHeader(bad)
+		require.ErrorIs(t, err, engine.ErrFormat, name)
+	}
+}
+
+func FuzzJPEGHeader(f *testing.F) {
+	paths, _ := filepath.Glob(filepath.Join("testdata", "images", "*.jpg"))
+	for _, p := range paths[:min(3, len(paths))] {
+		b, err := os.ReadFile(p)
+		require.NoError(f, err)
+		f.Add(b[:min(len(b), 2048)])
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		info, err := parseJPEGHeader(b)
+		if err != nil {
+			require.ErrorIs(t, err, engine.ErrFormat)
+			return
+		}
+		require.Positive(t, info.w)
+		require.Positive(t, info.h)
+		require.True(t, info.comps >= 1 && info.comps <= 4)
+		_ = info.nvjpegFits()
+	})
+}
