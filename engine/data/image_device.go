@@ -555,11 +555,5 @@ func (p *cropParams) pack(b []byte) []byte {
 	for _, v := range []uint32{p.batch, p.size, p.antialias, p.rs} {
 		b = le.AppendUint32(b, v)
 	}
-	for _, v := range p.scale {
-		b = le.AppendUint32(b, math.Float32bits(v))
-	}
-	for _, v := range p.bias {
-		b = le.AppendUint32(b, math.Float32bits(v))
-	}
-	return b
+	return appendCoefficients(b, p.scale, p.bias)
 }

@@ -258,11 +258,16 @@ func (p *imageParams) pack(b []byte) []byte {
 	for _, v := range []uint32{p.batch, p.h, p.w, p.c, p.planar, p.rows} {
 		b = le.AppendUint32(b, v)
 	}
-	for _, v := range p.scale {
-		b = le.AppendUint32(b, math.Float32bits(v))
+	return appendCoefficients(b, p.scale, p.bias)
+}
+
+// appendCoefficients appends a kernel parameter block's float scale[4] and bias[4].
+func appendCoefficients(b []byte, scale, bias [maxChannels]float32) []byte {
+	for _, v := range scale {
+		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(v))
 	}
-	for _, v := range p.bias {
-		b = le.AppendUint32(b, math.Float32bits(v))
+	for _, v := range bias {
+		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(v))
 	}
 	return b
 }

@@ -52,6 +52,16 @@ def timed(run, n_images):
     return {"img_s": n_images / wall, "cpu_s_per_1000": 1000 * cpu / n_images, "wall_s": wall}
 
 
+def drain(it, epochs):
+    """Takes every batch of the iterator's next epochs; returns the samples seen."""
+    seen = 0
+    for _ in range(epochs):
+        while (b := it.next()) is not None:
+            seen += len(b.indices())
+            b.release()
+    return seen
+
+
 def write_shards(d, shards, per_shard):
     """The tree's JPEGs as WebDataset shards: members <key>.jpg and <key>.cls, in file order."""
     import tarfile
@@ -129,11 +139,7 @@ def gpu_pipelines(d, args, results, n):
                 why = it.staging()[1]
 
                 def run_ferry():
-                    seen = 0
-                    for _ in range(args.epochs):
-                        while (b := it.next()) is not None:
-                            seen += len(b.indices())
-                            b.release()
+                    seen = drain(it, args.epochs)
                     torch.cuda.synchronize()
                     return seen
 
@@ -199,12 +205,7 @@ def main():
                     ferry.Iterator(eng, src, args.batch, shuffle=True, seed=0, workers=args.workers,
                                    transforms={"image": crop}) as it:
                 def run_ferry():
-                    seen = 0
-                    for _ in range(args.epochs):
-                        while (b := it.next()) is not None:
-                            seen += len(b.indices())
-                            b.release()
-                    return seen
+                    return drain(it, args.epochs)
 
                 key = "ferry_cpu" if antialias else "ferry_cpu_no_antialias"
                 results[key] = timed(run_ferry, n)
