@@ -101,7 +101,7 @@ if [ "$mode" = sanitize ] || [ "$mode" = all ]; then
     # The layout kernels under compute-sanitizer: every launch of the GPU transform and staging tests.
     if command -v compute-sanitizer >/dev/null; then
         step "compute-sanitizer memcheck: kernels" "$log" sh -c "cd '$here/tests' && compute-sanitizer --tool memcheck --target-processes application-only \
-            --error-exitcode 9 ./data.test -test.run 'TransformsGPU|GPTSourceGPU|CropKernelGPU|ImageFolderDecodeGPU' -test.count=1"
+            --error-exitcode 9 ./data.test -test.run 'TransformsGPU|GPTSourceGPU|CropKernelGPU' -test.count=1"
         # Every GPU test of the engine (pools, iterators, staging, samplers) under memcheck and racecheck.
         # API errors are not counted here: the staging code registers source memory writable first and,
         # on a read-only file mapping, gets CUDA_ERROR_INVALID_VALUE and registers it read-only, by design.
