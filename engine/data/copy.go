@@ -35,8 +35,10 @@ func (it *Iterator) copyToDevice(s *slot) error {
 		}
 		switch {
 		case p.t != nil && p.tr.decodes && it.imageDevice:
-			if err := it.launchCrop(s, f); err != nil {
-				return err
+			if !s.imgs[f].direct {
+				if err := it.launchCrop(s, f); err != nil {
+					return err
+				}
 			}
 			continue
 		case p.t != nil && it.hostXform:

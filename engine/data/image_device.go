@@ -84,6 +84,31 @@ func (d *imageDecoders) Close() error {
 	return errors.Join(d.hw.Close(), d.gpu.Close())
 }
 
+// imageOp is what the GPU image path needs of a transform that decodes: the crops, and DecodeImage,
+// whose images nvJPEG and the host write straight into the batch ("direct", no arena and no kernel).
+type imageOp interface {
+	maxPixels() int
+	// input is a decoded input's size, or ok false for encoded bytes.
+	input() (w, h int, ok bool)
+	// place sets the row's box and flip (the crops) or checks its size (DecodeImage).
+	place(row *imgRow, seed, epoch uint64, idx int) error
+	direct() bool
+}
+
+func (o *cropOp) maxPixels() int                                { return o.s.maxPixels }
+func (o *cropOp) input() (int, int, bool)                       { return o.w, o.h, !o.encoded }
+func (o *cropOp) direct() bool                                  { return false }
+func (o *decodeOp) maxPixels() int                              { return o.t.MaxPixels }
+func (o *decodeOp) input() (int, int, bool)                     { return 0, 0, false }
+func (o *decodeOp) direct() bool                                { return true }
+func (o *decodeOp) place(row *imgRow, _, _ uint64, _ int) error { return o.checkSize(row.w, row.h) }
+
+func (o *cropOp) place(row *imgRow, seed, epoch uint64, idx int) error {
+	row.box = o.s.box(row.w, row.h, rowArgs{seed: seed, epoch: epoch, index: idx})
+	row.flip = o.s.flip > 0 && flipSample(o.s.flip, seed, epoch, idx)
+	return nil
+}
+
 // imgRow is one sample of a batch on the GPU image path.
 type imgRow struct {
 	jpeg    bool   // decoded by nvJPEG from enc
@@ -108,6 +133,8 @@ type slotImages struct {
 	spill    *engine.DeviceBuffer // replacements of samples that failed after the layout (OnErrorSkip)
 	states   [2]*cuda.NVJPEGState // per backend: hardware, CUDA
 	forceOwn bool                 // the copier re-reads rows: decode on the host into each row's own buffer
+	direct   bool                 // DecodeImage: the images go straight into the batch
+	base     engine.DevicePtr     // where the rows' device offsets are from: the arena, or the batch
 }
 
 // cropSampleSize is sizeof(ferry_crop_sample) (kernels/params.h).
@@ -125,8 +152,11 @@ func (it *Iterator) newSlotImages(s *slot) error {
 		if p.t == nil || !p.tr.decodes {
 			continue
 		}
-		si := &slotImages{rows: make([]imgRow, it.rows)}
+		si := &slotImages{rows: make([]imgRow, it.rows), direct: p.op.(imageOp).direct()}
 		s.imgs[f] = si
+		if si.direct {
+			continue
+		}
 		var err error
 		if si.desc, err = it.e.HostPool().Alloc(it.rows * cropSampleSize); err != nil {
 			return err
@@ -199,7 +229,7 @@ func (it *Iterator) stageImages(s *slot, r int, in [][]byte) error {
 			continue
 		}
 		p := &it.plans[f]
-		o := p.op.(*cropOp)
+		o := p.op.(imageOp)
 		idx := s.indices[r]
 		row := &si.rows[r]
 		row.jpeg, row.hostOff = false, -1
@@ -208,7 +238,9 @@ func (it *Iterator) stageImages(s *slot, r int, in [][]byte) error {
 			data = data[:min(it.ragged.SampleLen(idx), len(data))]
 		}
 		var pix []byte
-		if o.encoded {
+		if w, h, decoded := o.input(); decoded {
+			pix, row.w, row.h = data[:3*w*h], w, h
+		} else {
 			ok, err := it.stageJPEG(o, row, data, si.forceOwn)
 			if err != nil {
 				return fmt.Errorf("%v on %s: %w", p.t, sampleName(it.src, idx), err)
@@ -216,13 +248,14 @@ func (it *Iterator) stageImages(s *slot, r int, in [][]byte) error {
 			if !ok {
 				d := decoderPool.Get().(*decodedImage)
 				defer decoderPool.Put(d)
-				if err := decodeImage(data, o.s.maxPixels, d); err != nil {
+				if err := decodeImage(data, o.maxPixels(), d); err != nil {
 					return fmt.Errorf("%v on %s: %w", p.t, sampleName(it.src, idx), err)
 				}
 				pix, row.w, row.h = d.pix, d.w, d.h
 			}
-		} else {
-			pix, row.w, row.h = data[:3*o.w*o.h], o.w, o.h
+		}
+		if err := o.place(row, it.opts.Seed, s.epoch, idx); err != nil {
+			return fmt.Errorf("%v on %s: %w", p.t, sampleName(it.src, idx), err)
 		}
 		if pix != nil {
 			n := len(pix)
@@ -234,16 +267,13 @@ func (it *Iterator) stageImages(s *slot, r int, in [][]byte) error {
 				row.dec = append(row.dec[:0], pix...)
 			}
 		}
-		rargs := rowArgs{seed: it.opts.Seed, epoch: s.epoch, index: idx}
-		row.box = o.s.box(row.w, row.h, rargs)
-		row.flip = o.s.flip > 0 && flipSample(o.s.flip, it.opts.Seed, s.epoch, idx)
 	}
 	return nil
 }
 
 // stageJPEG keeps data for nvJPEG when it is a JPEG nvJPEG decodes as the host does; it refuses a JPEG
 // whose header is broken or whose image is over the limit.
-func (it *Iterator) stageJPEG(o *cropOp, row *imgRow, data []byte, forceHost bool) (bool, error) {
+func (it *Iterator) stageJPEG(o imageOp, row *imgRow, data []byte, forceHost bool) (bool, error) {
 	if forceHost || !it.images.nvjpeg() || len(data) < 3 || data[0] != 0xFF || data[1] != 0xD8 {
 		return false, nil
 	}
@@ -251,8 +281,8 @@ func (it *Iterator) stageJPEG(o *cropOp, row *imgRow, data []byte, forceHost boo
 	if err != nil {
 		return false, err
 	}
-	if int64(info.w)*int64(info.h) > int64(o.s.maxPixels) {
-		return false, fmt.Errorf("%w: the image is %d x %d pixels, more than the %d allowed (max pixels)", engine.ErrLimit, info.w, info.h, o.s.maxPixels)
+	if int64(info.w)*int64(info.h) > int64(o.maxPixels()) {
+		return false, fmt.Errorf("%w: the image is %d x %d pixels, more than the %d allowed (max pixels)", engine.ErrLimit, info.w, info.h, o.maxPixels())
 	}
 	// A file that does not end in its end-of-image marker (truncated, or with trailing bytes) goes to the
 	// host decoder, which names what is wrong with it; nvJPEG may decode a truncated scan without a word.
@@ -281,32 +311,48 @@ func (it *Iterator) decodeImages(s *slot) error {
 func (it *Iterator) decodeField(s *slot, f int, si *slotImages) error {
 	ctx := it.e.Context()
 	rows := si.rows[:len(s.indices)]
-	// The host arena's images keep their offsets; the others follow.
-	hostBytes := 0
-	if si.host != nil {
-		hostBytes = min(int(si.hostUsed.Load()), si.host.Len())
-	}
-	end := alignArena(hostBytes)
-	for r := range rows {
-		if rows[r].hostOff >= 0 {
-			rows[r].devOff = rows[r].hostOff
-			continue
+	if it.plans[f].op.(imageOp).direct() {
+		// DecodeImage: every image goes to its row of the batch.
+		g := it.plans[f].outs[0]
+		si.base = s.dev[g].Ptr()
+		rb := it.outs[g].Bytes()
+		for r := range rows {
+			rows[r].devOff = r * rb
+			if rows[r].hostOff >= 0 {
+				src := unsafe.Add(si.host.Pointer(), rows[r].hostOff)
+				if err := ctx.MemcpyHtoDAsync(si.base+engine.DevicePtr(r*rb), src, rb, it.stream); err != nil {
+					return err
+				}
+			}
 		}
-		rows[r].devOff = end
-		end += alignArena(3 * rows[r].w * rows[r].h)
-	}
-	if err := it.ensureArena(si, end); err != nil {
-		return fmt.Errorf("the device image arena of field %q: %w", it.fields[f].Name, err)
-	}
-	base := si.dev.Ptr()
-	if hostBytes > 0 {
-		if err := ctx.MemcpyHtoDAsync(base, si.host.Pointer(), hostBytes, it.stream); err != nil {
-			return err
+	} else {
+		// The crops: the host arena's images keep their offsets in the device arena; the others follow.
+		hostBytes := 0
+		if si.host != nil {
+			hostBytes = min(int(si.hostUsed.Load()), si.host.Len())
+		}
+		end := alignArena(hostBytes)
+		for r := range rows {
+			if rows[r].hostOff >= 0 {
+				rows[r].devOff = rows[r].hostOff
+				continue
+			}
+			rows[r].devOff = end
+			end += alignArena(3 * rows[r].w * rows[r].h)
+		}
+		if err := it.ensureArena(si, end); err != nil {
+			return fmt.Errorf("the device image arena of field %q: %w", it.fields[f].Name, err)
+		}
+		si.base = si.dev.Ptr()
+		if hostBytes > 0 {
+			if err := ctx.MemcpyHtoDAsync(si.base, si.host.Pointer(), hostBytes, it.stream); err != nil {
+				return err
+			}
 		}
 	}
 	for r := range rows {
 		if !rows[r].jpeg && rows[r].hostOff < 0 {
-			if err := it.uploadOwn(&rows[r], base); err != nil {
+			if err := it.uploadOwn(&rows[r], si.base); err != nil {
 				return err
 			}
 		}
@@ -349,7 +395,7 @@ func (it *Iterator) nvjpegRows(s *slot, f int, si *slotImages, rows []imgRow) er
 	if len(pending) == 0 {
 		return nil
 	}
-	base := si.dev.Ptr()
+	base := si.base
 	var lastErr error
 	for b, dec := range []*cuda.NVJPEG{it.images.hw, it.images.gpu} {
 		if dec == nil || testHookRefuseNVJPEG {
@@ -393,17 +439,17 @@ func (it *Iterator) nvjpegRows(s *slot, f int, si *slotImages, rows []imgRow) er
 // replaced by the next sample that reads and decodes, which goes to the slot's spill buffer.
 func (it *Iterator) hostDecodeRow(s *slot, f int, si *slotImages, r int) error {
 	row := &si.rows[r]
-	o := it.plans[f].op.(*cropOp)
+	o := it.plans[f].op.(imageOp)
 	d := decoderPool.Get().(*decodedImage)
 	defer decoderPool.Put(d)
-	err := decodeImage(row.enc, o.s.maxPixels, d)
+	err := decodeImage(row.enc, o.maxPixels(), d)
 	if err == nil && (d.w != row.w || d.h != row.h) {
 		err = fmt.Errorf("%w: the JPEG decodes to %d x %d pixels, its header says %d x %d", engine.ErrFormat, d.w, d.h, row.w, row.h)
 	}
 	if err == nil {
 		row.jpeg = false
 		row.dec = append(row.dec[:0], d.pix...)
-		return it.uploadOwn(row, si.dev.Ptr())
+		return it.uploadOwn(row, si.base)
 	}
 	err = fmt.Errorf("%v on %s: %w", it.plans[f].t, sampleName(it.src, s.indices[r]), err)
 	if it.opts.OnError != OnErrorSkip {
@@ -454,6 +500,18 @@ func (it *Iterator) uploadSpills(s *slot) error {
 			continue
 		}
 		rows := si.rows[:len(s.indices)]
+		if si.direct {
+			// DecodeImage: a replacement has the batch's image size and goes to its row.
+			for r := range rows {
+				if rows[r].spilled {
+					rows[r].spilled = false
+					if err := it.uploadOwn(&rows[r], si.base); err != nil {
+						return err
+					}
+				}
+			}
+			continue
+		}
 		total := 0
 		for r := range rows {
 			if rows[r].spilled {
@@ -473,8 +531,8 @@ func (it *Iterator) uploadSpills(s *slot) error {
 				continue
 			}
 			rows[r].spilled = false
-			rows[r].devOff = int(si.spill.Ptr() + engine.DevicePtr(off) - si.dev.Ptr())
-			if err := it.uploadOwn(&rows[r], si.dev.Ptr()); err != nil {
+			rows[r].devOff = int(si.spill.Ptr() + engine.DevicePtr(off) - si.base)
+			if err := it.uploadOwn(&rows[r], si.base); err != nil {
 				return err
 			}
 			off += alignArena(len(rows[r].dec))
