@@ -128,6 +128,8 @@ int ferry_capi_monitor_take(uint32_t slot, ferry_capi_mentry* out, int cap);
 #define FERRY_CAPI_V3_TRANSFORM 160u
 /* ferry_transform with the crops. */
 #define FERRY_CAPI_V4_TRANSFORM 208u
+/* ferry_transform with DecodeImage's height and width. */
+#define FERRY_CAPI_V5_TRANSFORM 216u
 #define FERRY_CAPI_V1_IMAGE_SOURCE_OPTIONS 40u
 #define FERRY_CAPI_V1_MEGATRON_OPTIONS 24u
 #define FERRY_CAPI_V1_GPT_OPTIONS 64u

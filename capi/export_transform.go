@@ -24,7 +24,7 @@ func ferry_transform_init(t *C.ferry_transform, kind C.int32_t, field *C.char) C
 		}
 		switch kind {
 		case C.FERRY_TRANSFORM_NORMALIZE, C.FERRY_TRANSFORM_SHIFT_TOKENS, C.FERRY_TRANSFORM_PAD_SEQUENCES,
-			C.FERRY_TRANSFORM_RANDOM_RESIZED_CROP, C.FERRY_TRANSFORM_CENTER_CROP:
+			C.FERRY_TRANSFORM_RANDOM_RESIZED_CROP, C.FERRY_TRANSFORM_CENTER_CROP, C.FERRY_TRANSFORM_DECODE_IMAGE:
 		default:
 			return fmt.Errorf("%w: unknown transform kind %d", engine.ErrInvalidArgument, int32(kind))
 		}
@@ -88,6 +88,12 @@ func transformFromC(t *C.ferry_transform, i int) (string, data.Transform, error)
 	case C.FERRY_TRANSFORM_RANDOM_RESIZED_CROP, C.FERRY_TRANSFORM_CENTER_CROP:
 		tr, err := cropFromC(t, i)
 		return field, tr, err
+	case C.FERRY_TRANSFORM_DECODE_IMAGE:
+		if t.size < C.FERRY_CAPI_V5_TRANSFORM {
+			return "", nil, fmt.Errorf("%w: transforms[%d]: FERRY_TRANSFORM_DECODE_IMAGE needs the ferry_transform of this header (size %d, not %d)",
+				engine.ErrInvalidArgument, i, int(C.FERRY_CAPI_V5_TRANSFORM), uint32(t.size))
+		}
+		return field, data.DecodeImage{Height: int(t.height), Width: int(t.width), MaxPixels: int(t.max_pixels)}, nil
 	case C.FERRY_TRANSFORM_PAD_SEQUENCES:
 		return field, data.PadSequences{PadValue: int64(t.pad_value), Fixed: t.fixed_length != 0,
 			Mask: optName(t.mask_name, "attention_mask"), Lengths: optName(t.lengths_name, "lengths")}, nil

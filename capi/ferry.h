@@ -704,7 +704,11 @@ typedef enum ferry_transform_kind {
     FERRY_TRANSFORM_RANDOM_RESIZED_CROP = 4,
     /** as FERRY_TRANSFORM_RANDOM_RESIZED_CROP, with torchvision's evaluation crop: the shorter side resized to
         resize_to (0: crop_size * 256 / 224), then the central [crop_size, crop_size]; no flip */
-    FERRY_TRANSFORM_CENTER_CROP = 5
+    FERRY_TRANSFORM_CENTER_CROP = 5,
+    /** an encoded image to its pixels, uint8 [height, width, 3] (RGB as the crops decode it), for data sets
+        whose images all have one size; an image of another size fails its batch naming the file. On a GPU,
+        JPEGs are decoded by nvJPEG straight into the batch. Reads height, width and max_pixels. */
+    FERRY_TRANSFORM_DECODE_IMAGE = 6
 } ferry_transform_kind;
 
 /** ferry_transform.layout of FERRY_TRANSFORM_NORMALIZE. */
@@ -759,6 +763,9 @@ typedef struct ferry_transform {
     double ratio_min; /**< the crop's aspect ratio, drawn log-uniformly; 0 and 0: 3/4 and 4/3 */
     double ratio_max;
     int64_t max_pixels; /**< larger images are refused, naming them; 0: 64 Mpx */
+    /* Appended in 0.1 after the crops (FERRY_TRANSFORM_DECODE_IMAGE). */
+    int32_t height; /**< the images' height; required */
+    int32_t width; /**< the images' width; required */
 } ferry_transform;
 
 /** ferry_transform.crop_flags: widen the bilinear filter by the downscale factor when the crop shrinks the

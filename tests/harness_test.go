@@ -267,6 +267,9 @@ type transform struct {
 	RatioMin  float64
 	RatioMax  float64
 	MaxPixels int64
+	// Appended: DecodeImage.
+	Height int32
+	Width  int32
 }
 
 // imageSourceOptions mirrors ferry_image_source_options.

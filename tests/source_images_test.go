@@ -17,6 +17,7 @@ import (
 const (
 	transformRandomResizedCrop int32 = 4
 	transformCenterCrop        int32 = 5
+	transformDecodeImage       int32 = 6
 )
 
 // TestSourceImageFolder reads a folder of PNGs through the C ABI: torchvision's order and labels, the
@@ -135,5 +136,74 @@ func TestSourceImageFolder(t *testing.T) {
 	var s2 sourceHandle
 	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferrySourceImageFolder(c.cstring(root), &o, &s2) }, "flags")
 	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferrySourceSampleName(src, 99, &name[0], 8) }, "out of range")
+	requireUsable(t)
+}
+
+// TestDecodeImageThroughCABI: FERRY_TRANSFORM_DECODE_IMAGE gives each PNG's pixels as uint8 [H, W, 3]; an
+// image of another size fails its batch naming the file; a caller's older ferry_transform is refused.
+func TestDecodeImageThroughCABI(t *testing.T) {
+	r := newRand(t)
+	root := t.TempDir()
+	const w, h = 6, 5
+	want := map[string][]byte{}
+	for k := range 5 {
+		m := image.NewNRGBA(image.Rect(0, 0, w, h))
+		var rgb []byte
+		for y := range h {
+			for x := range w {
+				c := color.NRGBA{uint8(r.Uint32()), uint8(r.Uint32()), uint8(r.Uint32()), 255}
+				m.SetNRGBA(x, y, c)
+				rgb = append(rgb, c.R, c.G, c.B)
+			}
+		}
+		var buf bytes.Buffer
+		require.NoError(t, png.Encode(&buf, m))
+		path := filepath.Join(root, "a", string(rune('a'+k))+".png")
+		require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
+		require.NoError(t, os.WriteFile(path, buf.Bytes(), 0o644))
+		want[path] = rgb
+	}
+	c := newCmem(t, 1<<14)
+	var o imageSourceOptions
+	requireOK(t, func() int32 { return ferryImageSourceOptionsInit(&o) })
+	var src sourceHandle
+	requireOK(t, func() int32 { return ferrySourceImageFolder(c.cstring(root), &o, &src) })
+	destroyAtCleanup(t, src)
+	e := newCPUEngine(t, 0)
+	tr := newTransform(t, transformDecodeImage, "image")
+	tr.Height, tr.Width = h, w
+	it := newIterator(t, e, src, withTransforms(iterOptions(t, 5), c, tr))
+	b := next(t, it)
+	p := batchInfo(t, b)
+	require.Equal(t, int64(5), p.NumSamples)
+	idx := batchIndices(t, b, p.NumSamples)
+	tensor := batchFieldByName(t, b, "image")
+	got := tensorBytes(tensor, 5*h*w*3)
+	name := make([]byte, 512)
+	for row, i := range idx {
+		requireOK(t, func() int32 { return ferrySourceSampleName(src, i, &name[0], uint32(len(name))) })
+		path, _ := fixedString(name)
+		require.Equal(t, want[path], got[row*h*w*3:(row+1)*h*w*3], path)
+	}
+	deleteTensor(t, tensor)
+	releaseBatch(t, b)
+
+	// Another size fails the batch that holds it, naming the file.
+	tall := image.NewNRGBA(image.Rect(0, 0, w, h+1))
+	var buf bytes.Buffer
+	require.NoError(t, png.Encode(&buf, tall))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "a", "zz.png"), buf.Bytes(), 0o644))
+	var withTall sourceHandle
+	requireOK(t, func() int32 { return ferrySourceImageFolder(c.cstring(root), &o, &withTall) })
+	destroyAtCleanup(t, withTall)
+	tallIt := newIterator(t, e, withTall, withTransforms(iterOptions(t, 6), c, tr))
+	var bad batchHandle
+	requireStatus(t, ferryErrFormat, func() int32 { return ferryIteratorNext(tallIt, 0, &bad) }, "zz.png")
+
+	old := newTransform(t, transformDecodeImage, "image")
+	old.Size = 208
+	var refused iteratorHandle
+	opts := withTransforms(iterOptions(t, 2), c, old)
+	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryIteratorCreate(e, src, &opts, &refused) }, "DECODE_IMAGE needs")
 	requireUsable(t)
 }

@@ -1575,6 +1575,18 @@ public:
         return t;
     }
 
+    /**
+     * An encoded image of field to its pixels, uint8 [height, width, 3] RGB, for data sets whose images all
+     * have one size; an image of another size fails its batch naming the file. On a GPU, JPEGs are decoded by
+     * nvJPEG straight into the batch.
+     */
+    static transform decode_image(std::string field, int32_t height, int32_t width) {
+        transform t(FERRY_TRANSFORM_DECODE_IMAGE, std::move(field));
+        t.t_.height = height;
+        t.t_.width = width;
+        return t;
+    }
+
     /** random_resized_crop, center_crop: widen the bilinear filter by the downscale factor when the crop
         shrinks the image (Pillow's resize, torchvision's antialias=True). */
     transform& antialias(bool on = true) noexcept {
@@ -1582,7 +1594,8 @@ public:
         return *this;
     }
 
-    /** random_resized_crop, center_crop: images of more pixels are refused, naming them (0: 64 Mpx). */
+    /** random_resized_crop, center_crop, decode_image: images of more pixels are refused, naming them (0: 64
+        Mpx). */
     transform& max_pixels(int64_t n) noexcept {
         t_.max_pixels = n;
         return *this;

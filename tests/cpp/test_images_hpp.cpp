@@ -1,5 +1,5 @@
 // Tests of the C++ binding's image sources and crops (ferry::source::image_folder, sample_name,
-// transform::center_crop and random_resized_crop) on the CPU engine, over PNG files written here (stored,
+// transform::center_crop, random_resized_crop and decode_image) on the CPU engine, over PNG files written here (stored,
 // uncompressed deflate blocks) from fresh random pixels.
 
 #include "ferry.hpp"
@@ -147,4 +147,45 @@ TEST(Images, FolderAndCrops) {
     EXPECT_EQ(expect_error([&] { (void)ferry::source::image_folder(dir.file("missing")); }).status(), FERRY_ERR_IO);
 }
 
-}  // namespace
+TEST(Images, DecodeImage) {
+    const uint64_t seed = fresh_seed();
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    std::mt19937_64 rng(seed);
+    temp_dir dir("ferry-decode");
+    const int w = 7, h = 5;
+    std::map<std::string, std::vector<uint8_t>> images;
+    std::filesystem::create_directories(dir.file("a"));
+    for (int k = 0; k < 4; k++) {
+        std::vector<uint8_t> rgb(static_cast<std::size_t>(w * h * 3));
+        for (auto& v : rgb) {
+            v = static_cast<uint8_t>(rng());
+        }
+        const std::string path = dir.file("a/" + std::to_string(k) + ".png");
+        const std::vector<uint8_t> bytes = png(rgb, w, h);
+        std::ofstream(path, std::ios::binary)
+            .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+        images[path] = rgb;
+    }
+    const ferry::source src = ferry::source::image_folder(dir.file(""));
+    const ferry::engine eng(FERRY_DEVICE_CPU, std::chrono::milliseconds(0));
+    ferry::iterator it(eng, src,
+                       ferry::iterator_options().batch_size(4).add(ferry::transform::decode_image("image", h, w)));
+    auto b = it.next();
+    ASSERT_TRUE(b.has_value());
+    const ferry::tensor image = b->field("image");
+    ASSERT_EQ(image.shape(), (std::vector<int64_t>{4, h, w, 3}));
+    const uint8_t* px = image.data<uint8_t>();
+    const std::vector<int64_t> idx = b->indices();
+    for (std::size_t r = 0; r < idx.size(); r++) {
+        const std::vector<uint8_t>& want = images.at(src.sample_name(idx[r]));
+        EXPECT_EQ(std::memcmp(px + r * want.size(), want.data(), want.size()), 0) << src.sample_name(idx[r]);
+    }
+    EXPECT_EQ(expect_error([&] {
+                  ferry::iterator bad(
+                      eng, src,
+                      ferry::iterator_options().batch_size(2).add(ferry::transform::decode_image("image", 0, w)));
+              }).status(),
+              FERRY_ERR_INVALID_ARGUMENT);
+}
+
+} // namespace

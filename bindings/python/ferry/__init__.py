@@ -35,7 +35,7 @@ from ._errors import (
     status_name,
 )
 from ._feed import Feed, FeedLoader
-from ._images import CenterCrop, ImageFolderSource, RandomResizedCrop, WebDatasetSource
+from ._images import CenterCrop, DecodeImage, ImageFolderSource, RandomResizedCrop, WebDatasetSource
 from ._iterator import Batch, Iterator
 from ._lib import LibraryNotFoundError, library_path
 from ._megatron import BlendSource, GPTSource, MegatronSource, megatron_blend, megatron_blend_sizes
@@ -100,6 +100,7 @@ __all__ = [
     "WebDatasetSource",
     "RandomResizedCrop",
     "CenterCrop",
+    "DecodeImage",
     # Megatron corpora
     "MegatronSource",
     "GPTSource",

@@ -13,7 +13,7 @@ from ._errors import _as_int, _as_int64, _c_string, _check, _invalid
 from ._sources import Source
 from ._transforms import Normalize, Transform
 
-__all__ = ["ImageFolderSource", "WebDatasetSource", "RandomResizedCrop", "CenterCrop"]
+__all__ = ["ImageFolderSource", "WebDatasetSource", "RandomResizedCrop", "CenterCrop", "DecodeImage"]
 
 
 def _image_options(max_bytes: Optional[int], flags: int) -> _lib.ImageSourceOptions:
@@ -118,7 +118,8 @@ class RandomResizedCrop(_Crop):
     sample's index; the resize is bilinear. Output ``[3, size, size]`` (``layout="HWC"``: ``[size, size, 3]``)
     of ``dtype``. ``antialias`` (the default, as Pillow and torchvision resize) widens the filter by the
     downscale factor when the box is larger than the output. Images over ``max_pixels`` (64 Mpx) are refused
-    by name. Decoding runs on the CPU for now."""
+    by name. On a GPU the batch is cropped by one kernel from images decoded in device memory (JPEGs by
+    nvJPEG where it loads, the others by the loader's threads)."""
 
     _kind = _lib.FERRY_TRANSFORM_RANDOM_RESIZED_CROP
 
@@ -162,3 +163,24 @@ class CenterCrop(_Crop):
     def __repr__(self) -> str:
         return (f"ferry.CenterCrop({self.size}, resize={self.resize}, mean={self._norm.mean}, std={self._norm.std}, "
                 f"layout={self._norm.layout!r}, dtype={self._norm.dtype!r})")
+
+
+class DecodeImage(Transform):
+    """An encoded image (as :class:`RandomResizedCrop` reads) to its pixels, uint8 ``[height, width, 3]`` RGB,
+    for data sets whose images all have one size (pre-resized sets, CIFAR or MNIST as PNG files). An image
+    of another size fails its batch naming the file (or is skipped with ``on_error="skip"``). On a GPU,
+    JPEGs are decoded by nvJPEG straight into the batch, the other formats by the loader's threads."""
+
+    _kind = _lib.FERRY_TRANSFORM_DECODE_IMAGE
+
+    def __init__(self, height: int, width: int, max_pixels: Optional[int] = None) -> None:
+        self.height = _as_int(height, "height")
+        self.width = _as_int(width, "width")
+        self.max_pixels = max_pixels
+
+    def _fill(self, t: _lib.Transform, keep: List[bytes]) -> None:
+        t.height, t.width = self.height, self.width
+        t.max_pixels = 0 if self.max_pixels is None else _as_int64(self.max_pixels, "max_pixels")
+
+    def __repr__(self) -> str:
+        return f"ferry.DecodeImage({self.height}, {self.width})"

@@ -125,6 +125,7 @@ FERRY_TRANSFORM_SHIFT_TOKENS = 2
 FERRY_TRANSFORM_PAD_SEQUENCES = 3
 FERRY_TRANSFORM_RANDOM_RESIZED_CROP = 4
 FERRY_TRANSFORM_CENTER_CROP = 5
+FERRY_TRANSFORM_DECODE_IMAGE = 6
 FERRY_CROP_F_ANTIALIAS = 0x1
 FERRY_ON_ERROR_RAISE = 0
 FERRY_ON_ERROR_SKIP = 1
@@ -363,7 +364,7 @@ class BlendOptions(Structure):
 
 
 class Transform(Structure):
-    """ctypes mirror of ``ferry_transform`` (208 bytes)."""
+    """ctypes mirror of ``ferry_transform`` (216 bytes)."""
 
     _fields_ = [
         ("size", c_uint32),
@@ -397,6 +398,8 @@ class Transform(Structure):
         ("ratio_min", c_double),
         ("ratio_max", c_double),
         ("max_pixels", c_int64),
+        ("height", c_int32),
+        ("width", c_int32),
     ]
 
 

@@ -184,3 +184,33 @@ def test_center_crop_matches_torchvision_antialias(tmp_path, engine):
             np.testing.assert_allclose(out[row], want.permute(1, 2, 0).numpy(), atol=2e-5,
                                        err_msg=f"image {i}, antialias={antialias}")
     src.close()
+
+
+def test_decode_image_gives_the_pixels(tmp_path, engine):
+    """DecodeImage: each PNG's pixels, uint8 [H, W, 3]; another size fails naming the file."""
+    rng = np.random.default_rng(3)
+    arrays = {}
+    for k in range(6):
+        path = tmp_path / "d" / ["a", "b"][k % 2] / f"{k}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arr = rng.integers(0, 256, size=(7, 9, 3), dtype=np.uint8)
+        path.write_bytes(_png(arr))
+        arrays[str(path)] = arr
+    src = ferry.ImageFolderSource(tmp_path / "d")
+    with ferry.Iterator(engine, src, 6, transforms={"image": ferry.DecodeImage(7, 9)}) as it:
+        b = it.next()
+        images = np.from_dlpack(b.field("image"))
+        assert images.shape == (6, 7, 9, 3) and images.dtype == np.uint8
+        for row, i in enumerate(b.indices()):
+            np.testing.assert_array_equal(images[row], arrays[src.sample_name(i)])
+        b.release()
+    (tmp_path / "d" / "a" / "zz.png").write_bytes(_png(np.zeros((8, 9, 3), dtype=np.uint8)))
+    odd = ferry.ImageFolderSource(tmp_path / "d")
+    with ferry.Iterator(engine, odd, 7, transforms={"image": ferry.DecodeImage(7, 9)}) as it:
+        with pytest.raises(ferry.FormatError, match="zz.png"):
+            it.next()
+    with pytest.raises(ferry.InvalidArgumentError):
+        ferry.Iterator(engine, src, 2, transforms={"image": ferry.DecodeImage(0, 9)})
+    assert repr(ferry.DecodeImage(7, 9)) == "ferry.DecodeImage(7, 9)"
+    odd.close()
+    src.close()

@@ -86,7 +86,7 @@ def test_constants_match_header(header):
         (_lib.GPTIndexInfo, 2072),
         (_lib.BlendOptions, 24),
         (_lib.ImageSourceOptions, 40),
-        (_lib.Transform, 208),
+        (_lib.Transform, 216),
     ],
 )
 def test_struct_sizes(struct, size):
