@@ -50,9 +50,13 @@ func openCUDA(t *testing.T) *cudaDriver {
 }
 
 // read copies a kDLCUDA tensor's bytes to the host. The batch was handed out for the legacy default
-// stream, which cuMemcpyDtoH orders after the batch's copy.
+// stream, which cuMemcpyDtoH orders after the batch's copy. The context is made current on the calling
+// goroutine's thread: subtests run on goroutines of their own.
 func (d *cudaDriver) read(t testing.TB, tensor *dlManagedTensor, n int) []byte {
 	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	require.Zero(t, d.ctxSetCurrent(d.ctx), "cuCtxSetCurrent")
 	buf := make([]byte, n)
 	require.Zero(t, d.memcpyDtoH(unsafe.Pointer(&buf[0]), uint64(uintptr(tensor.DLTensor.Data)), uint64(n)), "cuMemcpyDtoH")
 	return buf

@@ -416,20 +416,20 @@ func TestTransformInit(t *testing.T) {
 	name := cname("image")
 	requireOK(t, func() int32 { return ferryTransformInit((*transform)(g.ptr()), transformNormalize, name) })
 	g.requireUntouchedFrom(t, unsafe.Sizeof(transform{}))
-	require.Equal(t, transform{Size: 208, Kind: transformNormalize, Field: uintptr(unsafe.Pointer(name)),
+	require.Equal(t, transform{Size: 216, Kind: transformNormalize, Field: uintptr(unsafe.Pointer(name)),
 		Layout: layoutCHW, DType: dtypeFloat32, InputLayout: layoutHWC}, *(*transform)(g.ptr()))
 
-	for _, kind := range []int32{transformShiftTokens, transformPadSequences} {
+	for _, kind := range []int32{transformShiftTokens, transformPadSequences, transformRandomResizedCrop, transformCenterCrop, transformDecodeImage} {
 		tr := transform{Channels: 9, XName: 1, Flip: 3}
 		requireOK(t, func() int32 { return ferryTransformInit(&tr, kind, name) })
-		require.Equal(t, uint32(208), tr.Size)
+		require.Equal(t, uint32(216), tr.Size)
 		require.Equal(t, kind, tr.Kind)
 		require.Zero(t, tr.Channels, "init resets every field")
 		require.Zero(t, tr.XName)
 		require.Zero(t, tr.Flip)
 	}
 
-	for _, kind := range []int32{0, 6, -1, 1 << 30} {
+	for _, kind := range []int32{0, 7, -1, 1 << 30} {
 		g := newGuardBuf(unsafe.Sizeof(transform{}))
 		requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryTransformInit((*transform)(g.ptr()), kind, name) }, "kind")
 		g.requireUntouchedFrom(t, 0)

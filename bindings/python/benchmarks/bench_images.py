@@ -127,7 +127,7 @@ def gpu_pipelines(d, args, results, n):
     print("torchvision decode_jpeg(cuda), no crop", results["torchvision_gpu_decode_only"], flush=True)
     results["torchvision_version"] = torchvision.__version__
 
-    shards = write_shards(d, os.path.join(d, "_shards"), 1000)
+    shards = write_shards(d, tempfile.mkdtemp(dir=args.dir), 1000)  # beside the tree, not a class of it
     for name, make in (("ferry_gpu_imagefolder", lambda: ferry.ImageFolderSource(d)),
                        ("ferry_gpu_webdataset", lambda: ferry.WebDatasetSource(shards))):
         for antialias in (False, True):
@@ -136,7 +136,7 @@ def gpu_pipelines(d, args, results, n):
             with ferry.Engine(0, sample_interval_ms=0) as eng, \
                     ferry.Iterator(eng, src, gb, shuffle=True, seed=0, workers=args.workers,
                                    transforms={"image": crop}) as it:
-                why = it.staging()[1]
+                why = it.staging[1]
 
                 def run_ferry():
                     seen = drain(it, args.epochs)

@@ -28,7 +28,7 @@ _get_name = ctypes.PYFUNCTYPE(c_char_p, ctypes.py_object)(("PyCapsule_GetName", 
 
 
 @pytest.mark.parametrize("struct, size", [
-    (_lib.FieldStruct, 88), (_lib.TokenOptions, 32), (_lib.IteratorOptions, 80), (_lib.Transform, 208),
+    (_lib.FieldStruct, 88), (_lib.TokenOptions, 32), (_lib.IteratorOptions, 80), (_lib.Transform, 216),
     (_lib.IteratorPosition, 48), (_lib.BatchProperties, 32), (_lib.DLTensor, 48),
     (_lib.DLManagedTensorVersioned, 80), (_lib.DLManagedTensor, 64),
 ])
