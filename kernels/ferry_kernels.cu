@@ -2,5 +2,6 @@
 #include "gather.cu"
 #include "image.cu"
 #include "crop.cu"
+#include "ycc.cu"
 #include "pad.cu"
 #include "tokens.cu"

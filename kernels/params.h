@@ -124,4 +124,27 @@ typedef struct ferry_crop_params {
     float bias[FERRY_MAX_CHANNELS];
 } ferry_crop_params;
 
+/*
+ * ferry_ycc_rgb: JPEGs that nvJPEG decoded to planar Y, Cb, Cr (the chroma planes at their subsampled size)
+ * to interleaved 8-bit RGB, as libjpeg makes it by default: "fancy" (triangle-filter) upsampling of 4:2:2
+ * and 4:2:0 chroma, the edges replicated, then its integer YCbCr-to-RGB tables; gray images (gray != 0,
+ * only Y) to R = G = B = Y. One image per grid row; blocks loop over images beyond the grid.
+ */
+typedef struct ferry_ycc_image {
+    uint64_t y, cb, cr; /* the planes' device addresses */
+    uint64_t dst;       /* u8 [h, w, 3] */
+    uint32_t w, h;
+    uint32_t cw, ch;    /* the chroma planes' size */
+    uint32_t y_pitch, c_pitch;
+    uint32_t hs, vs;    /* luma samples per chroma sample, across and down: 1 or 2 */
+    uint32_t gray;
+    uint32_t reserved;
+} ferry_ycc_image;
+
+typedef struct ferry_ycc_params {
+    uint64_t images; /* ferry_ycc_image[batch], device memory */
+    uint32_t batch;
+    uint32_t reserved;
+} ferry_ycc_params;
+
 #endif

@@ -120,21 +120,30 @@ type imgRow struct {
 	flip    bool
 	devOff  int  // the image's offset in the device arena
 	spilled bool // replaced after the layout: its image goes to the spill buffer
+	// A JPEG for nvJPEG: its luma samples per chroma sample (across, down), gray, and where nvJPEG writes
+	// its planes in the arena (the color kernel then writes the RGB image at devOff).
+	hs, vs         int
+	gray           bool
+	yOff, cOff     int
+	yPitch, cPitch int
+	cw, ch         int
 }
 
 // slotImages is one slot's state for one crop field.
 type slotImages struct {
-	rows     []imgRow
-	host     *engine.HostBuffer   // host-decoded images, page-locked; nil until one is needed
-	hostUsed atomic.Int64         // bytes the workers reserved in host (may exceed its size)
-	dev      *engine.DeviceBuffer // the batch's decoded images
-	desc     *engine.HostBuffer   // ferry_crop_sample[rows]
-	descDev  *engine.DeviceBuffer
-	spill    *engine.DeviceBuffer // replacements of samples that failed after the layout (OnErrorSkip)
-	states   [2]*cuda.NVJPEGState // per backend: hardware, CUDA
-	forceOwn bool                 // the copier re-reads rows: decode on the host into each row's own buffer
-	direct   bool                 // DecodeImage: the images go straight into the batch
-	base     engine.DevicePtr     // where the rows' device offsets are from: the arena, or the batch
+	rows       []imgRow
+	host       *engine.HostBuffer   // host-decoded images, page-locked; nil until one is needed
+	hostUsed   atomic.Int64         // bytes the workers reserved in host (may exceed its size)
+	dev        *engine.DeviceBuffer // the batch's decoded images
+	desc       *engine.HostBuffer   // ferry_crop_sample[rows]
+	descDev    *engine.DeviceBuffer
+	yccDesc    *engine.HostBuffer // ferry_ycc_image[rows]
+	yccDescDev *engine.DeviceBuffer
+	spill      *engine.DeviceBuffer // replacements of samples that failed after the layout (OnErrorSkip)
+	states     [2]*cuda.NVJPEGState // per backend: hardware, CUDA
+	forceOwn   bool                 // the copier re-reads rows: decode on the host into each row's own buffer
+	direct     bool                 // DecodeImage: the images go straight into the batch
+	base       engine.DevicePtr     // where the rows' device offsets are from: the arena, or the batch
 }
 
 // cropSampleSize is sizeof(ferry_crop_sample) (kernels/params.h).
@@ -154,10 +163,16 @@ func (it *Iterator) newSlotImages(s *slot) error {
 		}
 		si := &slotImages{rows: make([]imgRow, it.rows), direct: p.op.(imageOp).direct()}
 		s.imgs[f] = si
+		var err error
+		if si.yccDesc, err = it.e.HostPool().Alloc(it.rows * yccImageSize); err != nil {
+			return err
+		}
+		if si.yccDescDev, err = it.e.DevicePool().Alloc(it.rows * yccImageSize); err != nil {
+			return err
+		}
 		if si.direct {
 			continue
 		}
-		var err error
 		if si.desc, err = it.e.HostPool().Alloc(it.rows * cropSampleSize); err != nil {
 			return err
 		}
@@ -176,10 +191,12 @@ func (si *slotImages) free(e *engine.Engine) {
 	if si.host != nil {
 		e.HostPool().Free(si.host)
 	}
-	if si.desc != nil {
-		e.HostPool().Free(si.desc)
+	for _, h := range []*engine.HostBuffer{si.desc, si.yccDesc} {
+		if h != nil {
+			e.HostPool().Free(h)
+		}
 	}
-	for _, d := range []*engine.DeviceBuffer{si.dev, si.descDev, si.spill} {
+	for _, d := range []*engine.DeviceBuffer{si.dev, si.descDev, si.yccDescDev, si.spill} {
 		if d != nil {
 			e.DevicePool().Free(d)
 		}
@@ -290,6 +307,10 @@ func (it *Iterator) stageJPEG(o imageOp, row *imgRow, data []byte, forceHost boo
 		return false, nil
 	}
 	row.jpeg, row.w, row.h = true, info.w, info.h
+	row.hs, row.vs, row.gray = info.sampling[0][0], info.sampling[0][1], info.comps == 1
+	if row.gray {
+		row.hs, row.vs = 1, 1
+	}
 	row.enc = append(row.enc[:0], data...)
 	return true, nil
 }
@@ -312,10 +333,13 @@ func (it *Iterator) decodeField(s *slot, f int, si *slotImages) error {
 	ctx := it.e.Context()
 	rows := si.rows[:len(s.indices)]
 	if it.plans[f].op.(imageOp).direct() {
-		// DecodeImage: every image goes to its row of the batch.
+		// DecodeImage: every image goes to its row of the batch; the arena holds nvJPEG's planes only.
 		g := it.plans[f].outs[0]
 		si.base = s.dev[g].Ptr()
 		rb := it.outs[g].Bytes()
+		if err := it.ensureArena(si, layoutPlanes(rows, 0)); err != nil {
+			return fmt.Errorf("the device image arena of field %q: %w", it.fields[f].Name, err)
+		}
 		for r := range rows {
 			rows[r].devOff = r * rb
 			if rows[r].hostOff >= 0 {
@@ -340,7 +364,7 @@ func (it *Iterator) decodeField(s *slot, f int, si *slotImages) error {
 			rows[r].devOff = end
 			end += alignArena(3 * rows[r].w * rows[r].h)
 		}
-		if err := it.ensureArena(si, end); err != nil {
+		if err := it.ensureArena(si, layoutPlanes(rows, end)); err != nil {
 			return fmt.Errorf("the device image arena of field %q: %w", it.fields[f].Name, err)
 		}
 		si.base = si.dev.Ptr()
@@ -358,6 +382,28 @@ func (it *Iterator) decodeField(s *slot, f int, si *slotImages) error {
 		}
 	}
 	return it.nvjpegRows(s, f, si, rows)
+}
+
+// layoutPlanes places the planes nvJPEG decodes each JPEG row to, from offset end of the arena, and returns
+// the arena's size. Pitches and heights have room for planes rounded up to whole chroma samples.
+func layoutPlanes(rows []imgRow, end int) int {
+	end = alignArena(end)
+	for r := range rows {
+		row := &rows[r]
+		if !row.jpeg {
+			continue
+		}
+		yw, yh := (row.w+row.hs-1)/row.hs*row.hs, (row.h+row.vs-1)/row.vs*row.vs
+		row.cw, row.ch = yw/row.hs, yh/row.vs
+		row.yPitch, row.cPitch = alignArena(yw), alignArena(row.cw)
+		row.yOff = end
+		end += alignArena(row.yPitch * yh)
+		row.cOff = end
+		if !row.gray {
+			end += 2 * alignArena(row.cPitch*row.ch)
+		}
+	}
+	return max(end, imageArenaAlign)
 }
 
 // ensureArena grows the slot's device arena to n bytes; the slot's last batch has completed on the device.
@@ -410,14 +456,20 @@ func (it *Iterator) nvjpegRows(s *slot, f int, si *slotImages, rows []imgRow) er
 			si.states[b] = st
 		}
 		data := make([][]byte, len(pending))
-		dst := make([]engine.DevicePtr, len(pending))
-		pitch := make([]int, len(pending))
+		planes := make([][3]engine.DevicePtr, len(pending))
+		pitches := make([][3]int, len(pending))
+		arena := si.dev.Ptr()
 		for k, r := range pending {
-			data[k], dst[k], pitch[k] = rows[r].enc, base+engine.DevicePtr(rows[r].devOff), 3*rows[r].w
+			row := &rows[r]
+			cb := arena + engine.DevicePtr(row.cOff)
+			cr := cb + engine.DevicePtr(alignArena(row.cPitch*row.ch))
+			data[k] = row.enc
+			planes[k] = [3]engine.DevicePtr{arena + engine.DevicePtr(row.yOff), cb, cr}
+			pitches[k] = [3]int{row.yPitch, row.cPitch, row.cPitch}
 		}
-		err := si.states[b].DecodeBatched(data, dst, pitch, it.stream)
+		err := si.states[b].DecodeBatched(data, planes, pitches, cuda.NVJPEGOutputYUV, it.stream)
 		if err == nil {
-			return nil
+			return it.launchColor(si, rows, pending, planes, base)
 		}
 		lastErr = err
 		it.e.Logger().Debug().Err(err).Int("images", len(pending)).Bool("hardware", dec.Hardware).Msg("nvJPEG refused a batch")
@@ -563,6 +615,44 @@ func (it *Iterator) launchCrop(s *slot, f int) error {
 	perSample := uint32(min(64, (o.s.size*o.s.size+kernelBlock-1)/kernelBlock))
 	return it.kern.launchPerSample(it.e, cropKernels[imageKernel{o.out, o.s.norm.Layout}], perSample, len(rows), it.stream, s.params)
 }
+
+// launchColor runs the color kernel over the rows nvJPEG decoded to planes: each becomes RGB at its place.
+func (it *Iterator) launchColor(si *slotImages, rows []imgRow, pending []int, planes [][3]engine.DevicePtr, base engine.DevicePtr) error {
+	desc := si.yccDesc.Bytes()
+	le := binary.LittleEndian
+	for k, r := range pending {
+		row := &rows[r]
+		b := desc[k*yccImageSize:]
+		for i, v := range []uint64{uint64(planes[k][0]), uint64(planes[k][1]), uint64(planes[k][2]), uint64(base) + uint64(row.devOff)} {
+			le.PutUint64(b[8*i:], v)
+		}
+		gray := uint32(0)
+		if row.gray {
+			gray = 1
+		}
+		for i, v := range []uint32{uint32(row.w), uint32(row.h), uint32(row.cw), uint32(row.ch), uint32(row.yPitch),
+			uint32(row.cPitch), uint32(row.hs), uint32(row.vs), gray, 0} {
+			le.PutUint32(b[32+4*i:], v)
+		}
+	}
+	ctx := it.e.Context()
+	if err := ctx.MemcpyHtoDAsync(si.yccDescDev.Ptr(), si.yccDesc.Pointer(), len(pending)*yccImageSize, it.stream); err != nil {
+		return err
+	}
+	params := le.AppendUint64(nil, uint64(si.yccDescDev.Ptr()))
+	params = le.AppendUint32(params, uint32(len(pending)))
+	params = le.AppendUint32(params, 0)
+	return it.kern.launchPerSample(it.e, yccKernel, 64, len(pending), it.stream, params)
+}
+
+// yccKernel converts nvJPEG's planes to RGB as libjpeg does (kernels/ycc.cu).
+var yccKernel = kernel("ferry_ycc_rgb")
+
+// yccImageSize and yccParamsSize are sizeof(ferry_ycc_image) and sizeof(ferry_ycc_params) (kernels/params.h).
+const (
+	yccImageSize  = 72
+	yccParamsSize = 16
+)
 
 // testHookRefuseNVJPEG, when a test sets it, makes every batch go to the host decode as if nvJPEG had
 // refused it.

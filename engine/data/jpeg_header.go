@@ -103,7 +103,8 @@ func parseJPEGHeader(data []byte) (jpegInfo, error) {
 
 // nvjpegFits reports whether nvJPEG decodes the image as the CPU path does, in one batched call: a
 // baseline 8-bit frame, one interleaved scan of every component, gray or YCbCr (not RGB, CMYK or YCCK
-// as stored), and a chroma subsampling the hardware decoder takes (4:4:4, 4:2:2, 4:2:0, 4:4:0).
+// as stored), and a chroma subsampling that the hardware decoder takes and the color kernel upsamples as
+// libjpeg does (4:4:4, 4:2:2, 4:2:0).
 func (j jpegInfo) nvjpegFits() bool {
 	if j.sof != 0xC0 || j.precision != 8 || j.scanComps != j.comps {
 		return false
@@ -122,7 +123,7 @@ func (j jpegInfo) nvjpegFits() bool {
 			return false
 		}
 		switch j.sampling[0] {
-		case [2]int{1, 1}, [2]int{2, 1}, [2]int{2, 2}, [2]int{1, 2}:
+		case [2]int{1, 1}, [2]int{2, 1}, [2]int{2, 2}:
 			return true
 		}
 	}

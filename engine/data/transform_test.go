@@ -283,6 +283,11 @@ int main(void) {
     printf("image %zu\ntokens %zu\ngather %zu\npad %zu\npositions %zu\ncrop %zu\ncropsample %zu\n", sizeof(ferry_image_params), sizeof(ferry_tokens_params),
            sizeof(ferry_gather_params), sizeof(ferry_pad_params), sizeof(ferry_positions_params), sizeof(ferry_crop_params),
            sizeof(ferry_crop_sample));
+    printf("ycc %zu\nyccimage %zu\n", sizeof(ferry_ycc_params), sizeof(ferry_ycc_image));
+    F(ferry_ycc_image, y); F(ferry_ycc_image, cb); F(ferry_ycc_image, cr); F(ferry_ycc_image, dst);
+    F(ferry_ycc_image, w); F(ferry_ycc_image, h); F(ferry_ycc_image, cw); F(ferry_ycc_image, ch);
+    F(ferry_ycc_image, y_pitch); F(ferry_ycc_image, c_pitch); F(ferry_ycc_image, hs); F(ferry_ycc_image, vs);
+    F(ferry_ycc_image, gray); F(ferry_ycc_params, images); F(ferry_ycc_params, batch);
     F(ferry_crop_params, samples); F(ferry_crop_params, src); F(ferry_crop_params, dst); F(ferry_crop_params, batch);
     F(ferry_crop_params, size); F(ferry_crop_params, antialias); F(ferry_crop_params, scale); F(ferry_crop_params, bias);
     F(ferry_crop_sample, offset); F(ferry_crop_sample, w); F(ferry_crop_sample, h); F(ferry_crop_sample, y0);
@@ -320,6 +325,17 @@ int main(void) {
 	require.Equal(t, positionsParamsSize, c["positions"])
 	require.Equal(t, cropParamsSize, c["crop"])
 	require.Equal(t, cropSampleSize, c["cropsample"])
+	require.Equal(t, yccParamsSize, c["ycc"])
+	require.Equal(t, yccImageSize, c["yccimage"])
+	// launchColor's packing order: four addresses, then ten uint32s from w.
+	for k, name := range []string{"y", "cb", "cr", "dst"} {
+		require.Equal(t, 8*k, c["ferry_ycc_image."+name], name)
+	}
+	for k, name := range []string{"w", "h", "cw", "ch", "y_pitch", "c_pitch", "hs", "vs", "gray"} {
+		require.Equal(t, 32+4*k, c["ferry_ycc_image."+name], name)
+	}
+	require.Equal(t, 0, c["ferry_ycc_params.images"])
+	require.Equal(t, 8, c["ferry_ycc_params.batch"])
 
 	crp := cropParams{samples: 1, src: 2, dst: 3, batch: 4, size: 5, antialias: 6, scale: [4]float32{7, 8, 9, 10}, bias: [4]float32{11, 12, 13, 14}}
 	cb := crp.pack(nil)

@@ -185,15 +185,21 @@ func (s *NVJPEGState) Close() error {
 	return nvjpegCheck("nvjpegJpegStateDestroy", st)
 }
 
-// DecodeBatched decodes the JPEGs data[i] (host memory, read during the call) to interleaved 8-bit RGB at
-// the device addresses dst[i], rows pitch[i] bytes apart, on stream: nvjpegDecodeBatched. The device
-// writes are ordered on stream; the host does not wait for them.
-func (s *NVJPEGState) DecodeBatched(data [][]byte, dst []DevicePtr, pitch []int, stream Stream) error {
+// nvJPEG output formats.
+const (
+	NVJPEGOutputYUV  = int(C.FERRY_NVJPEG_OUTPUT_YUV)  // planar Y, Cb, Cr, the chroma planes at their own size
+	NVJPEGOutputRGBI = int(C.FERRY_NVJPEG_OUTPUT_RGBI) // interleaved RGB in plane 0
+)
+
+// DecodeBatched decodes the JPEGs data[i] (host memory, read during the call) in format (NVJPEGOutput*) to
+// the device addresses planes[i][c], rows pitches[i][c] bytes apart, on stream: nvjpegDecodeBatched. The
+// device writes are ordered on stream; the host does not wait for them.
+func (s *NVJPEGState) DecodeBatched(data [][]byte, planes [][3]DevicePtr, pitches [][3]int, format int, stream Stream) error {
 	n := len(data)
 	if n == 0 {
 		return nil
 	}
-	if len(dst) != n || len(pitch) != n {
+	if len(planes) != n || len(pitches) != n {
 		return errors.New("nvJPEG batch: data, destinations and pitches differ in length")
 	}
 	// The pointer arrays live in C memory; the images stay in Go memory, pinned for the call.
@@ -201,10 +207,10 @@ func (s *NVJPEGState) DecodeBatched(data [][]byte, dst []DevicePtr, pitch []int,
 	defer C.free(unsafe.Pointer(&ptrs[0]))
 	lens := (*[1 << 30]C.size_t)(C.malloc(C.size_t(n) * C.size_t(unsafe.Sizeof(C.size_t(0)))))[:n:n]
 	defer C.free(unsafe.Pointer(&lens[0]))
-	dsts := (*[1 << 30]C.uint64_t)(C.malloc(C.size_t(n) * 8))[:n:n]
+	dsts := (*[1 << 30]C.uint64_t)(C.malloc(C.size_t(3*n) * 8))[: 3*n : 3*n]
 	defer C.free(unsafe.Pointer(&dsts[0]))
-	pitches := (*[1 << 30]C.size_t)(C.malloc(C.size_t(n) * C.size_t(unsafe.Sizeof(C.size_t(0)))))[:n:n]
-	defer C.free(unsafe.Pointer(&pitches[0]))
+	steps := (*[1 << 30]C.size_t)(C.malloc(C.size_t(3*n) * C.size_t(unsafe.Sizeof(C.size_t(0)))))[: 3*n : 3*n]
+	defer C.free(unsafe.Pointer(&steps[0]))
 	var pin runtime.Pinner
 	defer pin.Unpin()
 	for i, d := range data {
@@ -214,11 +220,13 @@ func (s *NVJPEGState) DecodeBatched(data [][]byte, dst []DevicePtr, pitch []int,
 		pin.Pin(&d[0])
 		ptrs[i] = (*C.uchar)(unsafe.Pointer(&d[0]))
 		lens[i] = C.size_t(len(d))
-		dsts[i] = C.uint64_t(dst[i])
-		pitches[i] = C.size_t(pitch[i])
+		for c := range 3 {
+			dsts[3*i+c] = C.uint64_t(planes[i][c])
+			steps[3*i+c] = C.size_t(pitches[i][c])
+		}
 	}
 	st, err := s.n.ctx.current(func() C.int {
-		return C.ferry_nvjpeg_decode_batched(s.n.h, s.s, C.int(n), &ptrs[0], &lens[0], &dsts[0], &pitches[0],
+		return C.ferry_nvjpeg_decode_batched(s.n.h, s.s, C.int(n), &ptrs[0], &lens[0], &dsts[0], &steps[0], C.int(format),
 			C.uintptr_t(stream))
 	})
 	if err != nil {

@@ -77,15 +77,18 @@ int ferry_nvjpeg_state_create(void* handle, void** state) {
 int ferry_nvjpeg_state_destroy(void* state) { return nv.state_destroy ? nv.state_destroy(state) : 1; }
 
 int ferry_nvjpeg_decode_batched(void* handle, void* state, int n, const unsigned char* const* data,
-                                const size_t* lengths, const uint64_t* dst, const size_t* pitch, uintptr_t stream) {
+                                const size_t* lengths, const uint64_t* dst, const size_t* pitch, int format,
+                                uintptr_t stream) {
     if (nv.batched == NULL || n <= 0) return 2; /* NVJPEG_STATUS_INVALID_PARAMETER */
     ferry_nvjpeg_image* out = calloc((size_t)n, sizeof *out);
     if (out == NULL) return 5; /* NVJPEG_STATUS_ALLOCATOR_FAILURE */
     for (int i = 0; i < n; i++) {
-        out[i].channel[0] = (unsigned char*)(uintptr_t)dst[i];
-        out[i].pitch[0] = pitch[i];
+        for (int c = 0; c < 3; c++) {
+            out[i].channel[c] = (unsigned char*)(uintptr_t)dst[3 * i + c];
+            out[i].pitch[c] = pitch[3 * i + c];
+        }
     }
-    int st = nv.batched_init(handle, state, n, 1, FERRY_NVJPEG_OUTPUT_RGBI);
+    int st = nv.batched_init(handle, state, n, 1, format);
     if (st == 0) st = nv.batched(handle, state, data, lengths, out, (void*)stream);
     free(out);
     return st;

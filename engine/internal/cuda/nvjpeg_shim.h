@@ -17,6 +17,7 @@
 /* nvjpeg.h's values that ferry uses. */
 #define FERRY_NVJPEG_BACKEND_DEFAULT 0
 #define FERRY_NVJPEG_BACKEND_HARDWARE 3
+#define FERRY_NVJPEG_OUTPUT_YUV 1
 #define FERRY_NVJPEG_OUTPUT_RGBI 5
 
 /* Loads the library at path. Returns 0 or FERRY_NVJPEG_LOAD_*, with the reason in err. */
@@ -31,10 +32,12 @@ int ferry_nvjpeg_destroy(void* handle);
 int ferry_nvjpeg_state_create(void* handle, void** state);
 int ferry_nvjpeg_state_destroy(void* state);
 
-/* nvjpegDecodeBatchedInitialize then nvjpegDecodeBatched of n images to interleaved RGB: image i from data[i]
-   (lengths[i] bytes, host memory) to the device address dst[i], rows pitch[i] bytes apart, on stream. */
+/* nvjpegDecodeBatchedInitialize then nvjpegDecodeBatched of n images in output format (FERRY_NVJPEG_OUTPUT_*):
+   image i from data[i] (lengths[i] bytes, host memory) to the device addresses dst[3*i + c] (plane c; one plane
+   for interleaved RGB), rows pitch[3*i + c] bytes apart, on stream. */
 int ferry_nvjpeg_decode_batched(void* handle, void* state, int n, const unsigned char* const* data,
-                                const size_t* lengths, const uint64_t* dst, const size_t* pitch, uintptr_t stream);
+                                const size_t* lengths, const uint64_t* dst, const size_t* pitch, int format,
+                                uintptr_t stream);
 
 #pragma GCC visibility pop
 

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"unsafe"
 )
@@ -129,6 +130,39 @@ func DecodeJPEG(data, dst []byte, width, height, format int) error {
 		C.int(width), 0, C.int(height), C.int(format), flags, &buf[0], C.size_t(len(buf))) != 0 {
 		C.ferry_tj_destroy(h)
 		return fmt.Errorf("decoding the JPEG: %s", C.GoString(&buf[0]))
+	}
+	tjRelease(h)
+	return nil
+}
+
+// DecodeJPEGPlanes decodes data to its components' samples as stored, before upsampling and color
+// conversion: planes[c] for each component (one for gray, three for YCbCr), rows strides[c] bytes apart,
+// each plane of the size the header's sampling gives (TurboJPEG's tjPlaneWidth and tjPlaneHeight).
+func DecodeJPEGPlanes(data []byte, planes [][]byte, strides []int, width, height int) error {
+	if len(data) == 0 || len(planes) == 0 || len(planes) != len(strides) || len(planes) > 3 {
+		return errors.New("no JPEG data, or planes and strides that do not match")
+	}
+	h, err := tjHandle()
+	if err != nil {
+		return err
+	}
+	// The plane pointers live in C memory; the planes stay in Go memory, pinned for the call.
+	ptrs := (*[3]*C.uchar)(C.malloc(3 * C.size_t(unsafe.Sizeof(uintptr(0)))))
+	defer C.free(unsafe.Pointer(ptrs))
+	var cstrides [3]C.int
+	var pin runtime.Pinner
+	defer pin.Unpin()
+	for c := range planes {
+		pin.Pin(&planes[c][0])
+		ptrs[c] = (*C.uchar)(unsafe.Pointer(&planes[c][0]))
+		cstrides[c] = C.int(strides[c])
+	}
+	var buf [256]C.char
+	flags := C.int(C.FERRY_TJFLAG_ACCURATEDCT | C.FERRY_TJFLAG_STOPONWARNING)
+	if C.ferry_tj_decompress_planes(h, (*C.uchar)(unsafe.Pointer(&data[0])), C.ulong(len(data)), &ptrs[0], C.int(width),
+		&cstrides[0], C.int(height), flags, &buf[0], C.size_t(len(buf))) != 0 {
+		C.ferry_tj_destroy(h)
+		return fmt.Errorf("decoding the JPEG to planes: %s", C.GoString(&buf[0]))
 	}
 	tjRelease(h)
 	return nil

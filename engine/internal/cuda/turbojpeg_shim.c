@@ -10,6 +10,7 @@ static struct {
     int (*header3)(void*, const unsigned char*, unsigned long, int*, int*, int*, int*);
     int (*decompress2)(void*, const unsigned char*, unsigned long, unsigned char*, int, int, int, int, int);
     char* (*error_str2)(void*);
+    int (*to_planes)(void*, const unsigned char*, unsigned long, unsigned char**, int, int*, int, int);
 } tj;
 
 static void* handle;
@@ -30,6 +31,7 @@ int ferry_tj_load(const char* path, char* err, size_t errlen) {
         {offsetof(__typeof__(tj), header3), "tjDecompressHeader3"},
         {offsetof(__typeof__(tj), decompress2), "tjDecompress2"},
         {offsetof(__typeof__(tj), error_str2), "tjGetErrorStr2"},
+        {offsetof(__typeof__(tj), to_planes), "tjDecompressToYUVPlanes"},
     };
     for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
         void* p = dlsym(h, syms[i].name);
@@ -71,6 +73,15 @@ int ferry_tj_header(void* h, const unsigned char* buf, unsigned long size, int* 
 int ferry_tj_decompress(void* h, const unsigned char* buf, unsigned long size, unsigned char* dst, int width, int pitch,
                         int height, int format, int flags, char* err, size_t errlen) {
     if (tj.decompress2(h, buf, size, dst, width, pitch, height, format, flags) != 0) {
+        reason(h, err, errlen);
+        return -1;
+    }
+    return 0;
+}
+
+int ferry_tj_decompress_planes(void* h, const unsigned char* buf, unsigned long size, unsigned char** planes,
+                               int width, int* strides, int height, int flags, char* err, size_t errlen) {
+    if (tj.to_planes(h, buf, size, planes, width, strides, height, flags) != 0) {
         reason(h, err, errlen);
         return -1;
     }

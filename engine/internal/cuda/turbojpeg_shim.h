@@ -37,6 +37,11 @@ int ferry_tj_header(void* h, const unsigned char* buf, unsigned long size, int* 
 int ferry_tj_decompress(void* h, const unsigned char* buf, unsigned long size, unsigned char* dst, int width, int pitch,
                         int height, int format, int flags, char* err, size_t errlen);
 
+/* tjDecompressToYUVPlanes: the components' samples as decoded, before upsampling and color conversion, into
+   planes[c] (rows strides[c] bytes apart). Returns 0, or -1 with the reason in err. */
+int ferry_tj_decompress_planes(void* h, const unsigned char* buf, unsigned long size, unsigned char** planes,
+                               int width, int* strides, int height, int flags, char* err, size_t errlen);
+
 #pragma GCC visibility pop
 
 #endif
