@@ -79,8 +79,8 @@ int ferry_tj_decompress(void* h, const unsigned char* buf, unsigned long size, u
     return 0;
 }
 
-int ferry_tj_decompress_planes(void* h, const unsigned char* buf, unsigned long size, unsigned char** planes,
-                               int width, int* strides, int height, int flags, char* err, size_t errlen) {
+int ferry_tj_decompress_planes(void* h, const unsigned char* buf, unsigned long size, unsigned char** planes, int width,
+                               int* strides, int height, int flags, char* err, size_t errlen) {
     if (tj.to_planes(h, buf, size, planes, width, strides, height, flags) != 0) {
         reason(h, err, errlen);
         return -1;

@@ -39,8 +39,8 @@ int ferry_tj_decompress(void* h, const unsigned char* buf, unsigned long size, u
 
 /* tjDecompressToYUVPlanes: the components' samples as decoded, before upsampling and color conversion, into
    planes[c] (rows strides[c] bytes apart). Returns 0, or -1 with the reason in err. */
-int ferry_tj_decompress_planes(void* h, const unsigned char* buf, unsigned long size, unsigned char** planes,
-                               int width, int* strides, int height, int flags, char* err, size_t errlen);
+int ferry_tj_decompress_planes(void* h, const unsigned char* buf, unsigned long size, unsigned char** planes, int width,
+                               int* strides, int height, int flags, char* err, size_t errlen);
 
 #pragma GCC visibility pop
 
