@@ -79,7 +79,7 @@ test: build test-go test-harness test-python test-cpp test-install
 # The metric stream's order tests run 200 times in a row as well: the interleavings they force are
 # deterministic, and the repeats catch any that are not.
 test-go: $(PY_ENV)
-	PATH="$(PY_PATH)$$PATH" $(GO) test -race -count=1 -ldflags "$(GO_VERSION_X)" ./engine/... ./capi/... ./cmd/...
+	PATH="$(PY_PATH)$$PATH" FERRY_REQUIRE_S3=1 $(GO) test -race -count=1 -ldflags "$(GO_VERSION_X)" ./engine/... ./capi/... ./cmd/...
 	$(GO) test -race -count=200 -run 'TestMonitorJSONL' ./engine/monitor/
 
 test-harness: lib

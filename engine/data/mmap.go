@@ -1,6 +1,7 @@
 package data
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/ferry-ml/ferry/engine"
 	"github.com/ferry-ml/ferry/engine/internal/fileio"
+	"github.com/ferry-ml/ferry/engine/internal/objstore"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,8 +30,18 @@ type mappedFile struct {
 // file (a named pipe, a directory, a device) is an ErrInvalidArgument error, found without blocking on a
 // pipe that has no writer; a missing or unreadable file is an ErrIO error that also wraps the operating
 // system's error (errors.Is(err, fs.ErrNotExist)).
+//
+// An s3://bucket/key path is fetched into the local object cache first (objstore: the credential chain,
+// FERRY_S3_ENDPOINT, FERRY_CACHE_DIR), verified by size and ETag, and the cached copy is mapped.
 func mapFile(path string) (*mappedFile, error) {
-	f, st, err := fileio.OpenRegular(path)
+	local := path
+	if objstore.IsURL(path) {
+		var err error
+		if local, err = objstore.Local(context.Background(), path); err != nil {
+			return nil, fmt.Errorf("%w: %w", engine.ErrIO, err)
+		}
+	}
+	f, st, err := fileio.OpenRegular(local)
 	var notRegular *fileio.NotRegularError
 	if errors.As(err, &notRegular) {
 		return nil, fmt.Errorf("%w: %w", engine.ErrInvalidArgument, err)

@@ -1,0 +1,283 @@
+package objstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Cache is a folder of fetched objects with a byte limit, shared by the processes of a node: an object is
+// fetched once under a lock on its entry, so the ranks of a node that open it together download it once;
+// entries are keyed by bucket, key and ETag, so a changed object is fetched again; the least recently used
+// entries are removed beyond the limit (a removed entry stays readable to a process that has it mapped).
+type Cache struct {
+	Dir   string
+	Limit int64 // bytes; 0: no limit
+}
+
+// Stats count a process's fetches.
+var Stats struct {
+	Requests, BytesFetched, Hits, Misses atomic.Uint64
+}
+
+// DefaultCache is FERRY_CACHE_DIR (default $XDG_CACHE_HOME/ferry/objects, else ~/.cache/ferry/objects)
+// with the limit FERRY_CACHE_BYTES (default none).
+func DefaultCache() (*Cache, error) {
+	dir := os.Getenv("FERRY_CACHE_DIR")
+	if dir == "" {
+		base, err := os.UserCacheDir()
+		if err != nil {
+			return nil, fmt.Errorf("no cache folder for objects: set FERRY_CACHE_DIR (%w)", err)
+		}
+		dir = filepath.Join(base, "ferry", "objects")
+	}
+	c := &Cache{Dir: dir}
+	if s := os.Getenv("FERRY_CACHE_BYTES"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("FERRY_CACHE_BYTES=%q is not a byte count", s)
+		}
+		c.Limit = n
+	}
+	return c, nil
+}
+
+// partSize and parallel are how a fetch splits an object: ranged GETs of 16 MiB, 8 at a time.
+const (
+	partSize = 16 << 20
+	parallel = 8
+)
+
+// entry is the file name of an object's version: a hash of bucket, key and ETag, then the key's base name
+// (for people looking at the folder).
+func entry(obj Object, etag string) string {
+	h := sha256.Sum256([]byte(obj.Bucket + "\x00" + obj.Key + "\x00" + etag))
+	base := strings.Map(func(r rune) rune {
+		if r == '/' || r == 0 || r > 126 || r < 32 {
+			return '_'
+		}
+		return r
+	}, filepath.Base(obj.Key))
+	if len(base) > 64 {
+		base = base[len(base)-64:]
+	}
+	return hex.EncodeToString(h[:16]) + "-" + base
+}
+
+// Fetch returns the path of a local copy of obj, verified against the store's size and ETag: the cached
+// entry when it is there, else a download (ranged GETs, each only while the ETag matches) into a temporary
+// file renamed into place.
+func (c *Cache) Fetch(ctx context.Context, cl *Client, obj Object) (string, error) {
+	info, err := cl.Head(ctx, obj)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+		return "", fmt.Errorf("the object cache folder: %w", err)
+	}
+	path := filepath.Join(c.Dir, entry(obj, info.ETag))
+	if hit(path, info.Size) {
+		Stats.Hits.Add(1)
+		c.evict(path)
+		return path, nil
+	}
+	// One process of the node downloads; the others wait on the entry's lock and then find it.
+	unlock, err := lockFile(path + ".lock")
+	if err != nil {
+		return "", fmt.Errorf("locking the cache entry of %s: %w", obj, err)
+	}
+	defer unlock()
+	if hit(path, info.Size) {
+		Stats.Hits.Add(1)
+		return path, nil
+	}
+	Stats.Misses.Add(1)
+	if err := c.download(ctx, cl, obj, info, path); err != nil {
+		return "", err
+	}
+	c.evict(path)
+	return path, nil
+}
+
+// hit reports whether the entry is there with the object's size, and marks it used.
+func hit(path string, size int64) bool {
+	st, err := os.Stat(path)
+	if err != nil || st.Size() != size {
+		return false
+	}
+	now := time.Now()
+	_ = os.Chtimes(path, now, now)
+	return true
+}
+
+func lockFile(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return func() {
+		_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
+		_ = f.Close()
+	}, nil
+}
+
+func (c *Cache) download(ctx context.Context, cl *Client, obj Object, info Info, path string) error {
+	tmp, err := os.CreateTemp(c.Dir, ".fetch-*")
+	if err != nil {
+		return fmt.Errorf("the object cache folder: %w", err)
+	}
+	defer func() { _ = os.Remove(tmp.Name()) }() // gone once renamed
+	defer tmp.Close()
+	if err := unix.Fallocate(int(tmp.Fd()), 0, 0, info.Size); err != nil && info.Size > 0 {
+		if errors.Is(err, syscall.ENOSPC) {
+			return fmt.Errorf("the object cache folder %s has no room for %s (%d bytes): free space or set FERRY_CACHE_DIR or FERRY_CACHE_BYTES", c.Dir, obj, info.Size)
+		}
+		if !errors.Is(err, syscall.EOPNOTSUPP) {
+			return fmt.Errorf("the object cache folder: %w", err)
+		}
+	}
+	parts := make(chan int64)
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for range parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, partSize)
+			for off := range parts {
+				n := min(int64(partSize), info.Size-off)
+				err := cl.ReadRange(ctx, obj, info.ETag, off, buf[:n])
+				Stats.Requests.Add(1)
+				if err == nil {
+					Stats.BytesFetched.Add(uint64(n))
+					_, err = tmp.WriteAt(buf[:n], off)
+					if errors.Is(err, syscall.ENOSPC) {
+						err = fmt.Errorf("the object cache folder %s is full writing %s: %w", c.Dir, obj, err)
+					}
+				}
+				if err != nil {
+					once.Do(func() { first = err; cancel() })
+				}
+			}
+		}()
+	}
+feed:
+	for off := int64(0); off < info.Size; off += partSize {
+		select {
+		case parts <- off:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(parts)
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("fetching %s: %w", obj, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("writing %s to the object cache: %w", obj, err)
+	}
+	if st, err := tmp.Stat(); err != nil || st.Size() != info.Size {
+		return fmt.Errorf("fetching %s: the copy is not %d bytes", obj, info.Size)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("the object cache folder: %w", err)
+	}
+	return nil
+}
+
+// evict removes the least recently used entries beyond the limit, never keep.
+func (c *Cache) evict(keep string) {
+	if c.Limit <= 0 {
+		return
+	}
+	ents, err := os.ReadDir(c.Dir)
+	if err != nil {
+		return
+	}
+	type file struct {
+		path string
+		size int64
+		used time.Time
+	}
+	var files []file
+	var total int64
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") || strings.HasSuffix(e.Name(), ".lock") || !e.Type().IsRegular() {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			continue
+		}
+		files = append(files, file{filepath.Join(c.Dir, e.Name()), info.Size(), info.ModTime()})
+		total += info.Size()
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].used.Before(files[j].used) })
+	for _, f := range files {
+		if total <= c.Limit {
+			break
+		}
+		if f.path == keep {
+			continue
+		}
+		if err := os.Remove(f.path); err == nil || errors.Is(err, fs.ErrNotExist) {
+			total -= f.size
+			_ = os.Remove(f.path + ".lock")
+		}
+	}
+}
+
+var (
+	cacheOnce    sync.Once
+	defaultCache *Cache
+	cacheErr     error
+)
+
+// Local is the path of a verified local copy of the object url, through the process's client and the
+// default cache (fetched on first use, a hit after).
+func Local(ctx context.Context, url string) (string, error) {
+	obj, err := Parse(url)
+	if err != nil {
+		return "", err
+	}
+	cl, err := Default()
+	if err != nil {
+		return "", err
+	}
+	cacheOnce.Do(func() { defaultCache, cacheErr = DefaultCache() })
+	if cacheErr != nil {
+		return "", cacheErr
+	}
+	return defaultCache.Fetch(ctx, cl, obj)
+}

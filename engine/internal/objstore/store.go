@@ -1,0 +1,232 @@
+// Package objstore reads objects from S3-compatible stores (AWS S3, MinIO, Ceph RGW, and GCS or Azure
+// through S3 gateways) for the file sources: an s3://bucket/key path is fetched into a local cache once,
+// verified by size and ETag, and the source maps the cached file as it maps a local one.
+//
+// Credentials and the region come from the AWS SDK's standard chain (AWS_ACCESS_KEY_ID and friends, the
+// shared config and credentials files, AWS_PROFILE). FERRY_S3_ENDPOINT (or AWS_ENDPOINT_URL) points it at
+// another store, addressed path-style; TLS is verified unless the endpoint is plain http.
+package objstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/logging"
+)
+
+// Scheme is the prefix of an object path.
+const Scheme = "s3://"
+
+// IsURL reports whether path names an object (s3://bucket/key).
+func IsURL(path string) bool { return strings.HasPrefix(path, Scheme) }
+
+// Object is a parsed s3://bucket/key.
+type Object struct{ Bucket, Key string }
+
+func (o Object) String() string { return Scheme + o.Bucket + "/" + o.Key }
+
+// Parse splits s3://bucket/key; both parts must be non-empty.
+func Parse(url string) (Object, error) {
+	if !IsURL(url) {
+		return Object{}, fmt.Errorf("%q is not an s3:// URL", url)
+	}
+	bucket, key, ok := strings.Cut(strings.TrimPrefix(url, Scheme), "/")
+	if !ok || bucket == "" || key == "" {
+		return Object{}, fmt.Errorf("%q: an object URL is s3://bucket/key", url)
+	}
+	return Object{Bucket: bucket, Key: key}, nil
+}
+
+// Info is what a HEAD says of an object.
+type Info struct {
+	Size int64
+	ETag string
+}
+
+// Error is a request that failed: the object, the byte range (if any), the last HTTP status and why.
+type Error struct {
+	Object Object
+	Range  string // "bytes=a-b", or "" for the whole object or a HEAD
+	Status int    // the last HTTP status, 0 when none came (the store did not answer)
+	Err    error
+}
+
+func (e *Error) Error() string {
+	s := e.Object.String()
+	if e.Range != "" {
+		s += " (" + e.Range + ")"
+	}
+	if e.Status != 0 {
+		s += fmt.Sprintf(": HTTP %d", e.Status)
+	}
+	return s + ": " + e.Err.Error()
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// NotFound reports whether the object or its bucket does not exist.
+func (e *Error) NotFound() bool { return e.Status == http.StatusNotFound }
+
+// Denied reports whether the store refused the credentials or the access.
+func (e *Error) Denied() bool { return e.Status == http.StatusForbidden || e.Status == http.StatusUnauthorized }
+
+// Changed reports whether the object changed under a reader (its ETag no longer matches).
+func (e *Error) Changed() bool { return e.Status == http.StatusPreconditionFailed }
+
+// Options tune a Client; the zero value is the default.
+type Options struct {
+	Endpoint string        // overrides FERRY_S3_ENDPOINT and AWS_ENDPOINT_URL
+	Deadline time.Duration // the longest one request is retried for; default 2 minutes
+	Attempts int           // the most tries of one request; default 8
+}
+
+// Client is a store client with the standard credential chain. It is safe for concurrent use.
+type Client struct {
+	s3       *s3.Client
+	deadline time.Duration
+}
+
+var (
+	defaultOnce   sync.Once
+	defaultClient *Client
+	defaultErr    error
+)
+
+// Default is the process's client, made on first use from the environment.
+func Default() (*Client, error) {
+	defaultOnce.Do(func() { defaultClient, defaultErr = New(context.Background(), Options{}) })
+	return defaultClient, defaultErr
+}
+
+// New makes a client: the SDK's credential chain and region (us-east-1 when none is configured), the
+// endpoint override, path-style addressing with an endpoint, and retries with capped exponential backoff
+// and jitter.
+func New(ctx context.Context, o Options) (*Client, error) {
+	endpoint := o.Endpoint
+	if endpoint == "" {
+		endpoint = os.Getenv("FERRY_S3_ENDPOINT")
+	}
+	if endpoint == "" {
+		endpoint = os.Getenv("AWS_ENDPOINT_URL_S3")
+	}
+	if endpoint == "" {
+		endpoint = os.Getenv("AWS_ENDPOINT_URL")
+	}
+	attempts := o.Attempts
+	if attempts <= 0 {
+		attempts = 8
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, config.WithLogger(logging.Nop{}), config.WithRetryer(func() aws.Retryer {
+		return retry.NewStandard(func(so *retry.StandardOptions) {
+			so.MaxAttempts = attempts
+			so.MaxBackoff = 10 * time.Second // full jitter, doubling up to this
+		})
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("object store configuration: %w", err)
+	}
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
+	}
+	c := &Client{deadline: o.Deadline}
+	if c.deadline <= 0 {
+		c.deadline = 2 * time.Minute
+	}
+	c.s3 = s3.NewFromConfig(cfg, func(so *s3.Options) {
+		if endpoint != "" {
+			so.BaseEndpoint = aws.String(endpoint)
+			so.UsePathStyle = true
+		}
+	})
+	return c, nil
+}
+
+// wrap turns an SDK error into an *Error with the HTTP status of the last answer.
+func wrap(obj Object, rng string, err error) error {
+	e := &Error{Object: obj, Range: rng, Err: err}
+	var re interface{ HTTPStatusCode() int }
+	if errors.As(err, &re) {
+		e.Status = re.HTTPStatusCode()
+	}
+	var api smithy.APIError
+	if errors.As(err, &api) {
+		e.Err = fmt.Errorf("%s: %s", api.ErrorCode(), api.ErrorMessage())
+		if api.ErrorMessage() == "" {
+			e.Err = errors.New(api.ErrorCode())
+		}
+	}
+	return e
+}
+
+// Head returns the object's size and ETag.
+func (c *Client) Head(ctx context.Context, obj Object) (Info, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.deadline)
+	defer cancel()
+	out, err := c.s3.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &obj.Bucket, Key: &obj.Key})
+	if err != nil {
+		return Info{}, wrap(obj, "", err)
+	}
+	return Info{Size: aws.ToInt64(out.ContentLength), ETag: aws.ToString(out.ETag)}, nil
+}
+
+// ReadRange reads n bytes at off into dst[:n], only while the object's ETag is etag (else an error whose
+// Changed is true). A short body is an error, never short data.
+func (c *Client) ReadRange(ctx context.Context, obj Object, etag string, off int64, dst []byte) error {
+	if len(dst) == 0 {
+		return nil
+	}
+	rng := fmt.Sprintf("bytes=%d-%d", off, off+int64(len(dst))-1)
+	ctx, cancel := context.WithTimeout(ctx, c.deadline)
+	defer cancel()
+	in := &s3.GetObjectInput{Bucket: &obj.Bucket, Key: &obj.Key, Range: &rng}
+	if etag != "" {
+		in.IfMatch = &etag
+	}
+	out, err := c.s3.GetObject(ctx, in)
+	if err != nil {
+		return wrap(obj, rng, err)
+	}
+	defer out.Body.Close()
+	n := 0
+	for n < len(dst) {
+		m, err := out.Body.Read(dst[n:])
+		n += m
+		if err != nil {
+			if n == len(dst) {
+				break
+			}
+			return &Error{Object: obj, Range: rng, Err: fmt.Errorf("the body ended after %d of %d bytes: %w", n, len(dst), err)}
+		}
+	}
+	return nil
+}
+
+// CreateBucket makes a bucket (tests and tools; a training run only reads).
+func (c *Client) CreateBucket(ctx context.Context, bucket string) error {
+	_, err := c.s3.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: &bucket})
+	if err != nil {
+		return wrap(Object{Bucket: bucket}, "", err)
+	}
+	return nil
+}
+
+// Put writes an object (tests and tools; a training run only reads).
+func (c *Client) Put(ctx context.Context, obj Object, data []byte) error {
+	_, err := c.s3.PutObject(ctx, &s3.PutObjectInput{Bucket: &obj.Bucket, Key: &obj.Key, Body: bytes.NewReader(data)})
+	if err != nil {
+		return wrap(obj, "", err)
+	}
+	return nil
+}

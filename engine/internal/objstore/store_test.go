@@ -1,0 +1,119 @@
+package objstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ferry-ml/ferry/engine/internal/testutil"
+)
+
+func randomBytes(n int, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func TestParse(t *testing.T) {
+	o, err := Parse("s3://bucket/a/b.bin")
+	require.NoError(t, err)
+	require.Equal(t, Object{Bucket: "bucket", Key: "a/b.bin"}, o)
+	require.Equal(t, "s3://bucket/a/b.bin", o.String())
+	for _, bad := range []string{"s3://", "s3://bucket", "s3://bucket/", "s3:///key", "/local/path", "S3://b/k"} {
+		_, err := Parse(bad)
+		require.Error(t, err, bad)
+	}
+}
+
+// TestFetchFromServer: objects fetched from a real S3 server through the cache equal what was uploaded (a
+// multi-part object too), a second fetch reads nothing from the store, a changed object is fetched again,
+// and a missing key or bucket, a stale ETag and a store that is down each give an error naming the object.
+func TestFetchFromServer(t *testing.T) {
+	endpoint := testutil.StartS3(t)
+	ctx := context.Background()
+	cl, err := New(ctx, Options{})
+	require.NoError(t, err)
+	require.NoError(t, cl.CreateBucket(ctx, "data"))
+	big := randomBytes(2*partSize+12345, 1)
+	small := randomBytes(1000, 2)
+	require.NoError(t, cl.Put(ctx, Object{"data", "corpus/big.bin"}, big))
+	require.NoError(t, cl.Put(ctx, Object{"data", "small.bin"}, small))
+
+	cache := &Cache{Dir: t.TempDir()}
+	before := Stats.BytesFetched.Load()
+	path, err := cache.Fetch(ctx, cl, Object{"data", "corpus/big.bin"})
+	require.NoError(t, err)
+	got, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(big, got), "the fetched copy equals the object")
+	require.Equal(t, uint64(len(big)), Stats.BytesFetched.Load()-before)
+
+	hits := Stats.Hits.Load()
+	again, err := cache.Fetch(ctx, cl, Object{"data", "corpus/big.bin"})
+	require.NoError(t, err)
+	require.Equal(t, path, again)
+	require.Equal(t, hits+1, Stats.Hits.Load())
+	require.Equal(t, uint64(len(big)), Stats.BytesFetched.Load()-before, "a warm fetch reads nothing")
+
+	// A changed object has another ETag: another entry, with the new bytes.
+	changed := randomBytes(1000, 3)
+	require.NoError(t, cl.Put(ctx, Object{"data", "small.bin"}, small))
+	p1, err := cache.Fetch(ctx, cl, Object{"data", "small.bin"})
+	require.NoError(t, err)
+	info, err := cl.Head(ctx, Object{"data", "small.bin"})
+	require.NoError(t, err)
+	require.NoError(t, cl.Put(ctx, Object{"data", "small.bin"}, changed))
+	p2, err := cache.Fetch(ctx, cl, Object{"data", "small.bin"})
+	require.NoError(t, err)
+	require.NotEqual(t, p1, p2)
+	b2, err := os.ReadFile(p2)
+	require.NoError(t, err)
+	require.Equal(t, changed, b2)
+	// A read under the old ETag is refused: the object changed.
+	err = cl.ReadRange(ctx, Object{"data", "small.bin"}, info.ETag, 0, make([]byte, 10))
+	var e *Error
+	require.ErrorAs(t, err, &e)
+	require.True(t, e.Changed(), "%v", err)
+	require.Contains(t, err.Error(), "s3://data/small.bin (bytes=0-9)")
+
+	for _, obj := range []Object{{"data", "missing.bin"}, {"nobucket", "x"}} {
+		_, err := cache.Fetch(ctx, cl, obj)
+		require.ErrorAs(t, err, &e)
+		require.True(t, e.NotFound(), "%v", err)
+		require.Contains(t, err.Error(), obj.String())
+	}
+
+	// A limit keeps the folder under it, the entry just fetched first.
+	limited := &Cache{Dir: cache.Dir, Limit: int64(len(big)) + 100}
+	_, err = limited.Fetch(ctx, cl, Object{"data", "small.bin"})
+	require.NoError(t, err)
+	var total int64
+	ents, _ := os.ReadDir(cache.Dir)
+	for _, en := range ents {
+		if fi, err := en.Info(); err == nil && fi.Mode().IsRegular() && filepath.Ext(en.Name()) != ".lock" {
+			total += fi.Size()
+		}
+	}
+	require.LessOrEqual(t, total, limited.Limit)
+
+	// A store that does not answer: an error within the deadline, naming the object, no hang.
+	down, err := New(ctx, Options{Endpoint: "http://127.0.0.1:1", Deadline: 3 * time.Second, Attempts: 3})
+	require.NoError(t, err)
+	start := time.Now()
+	_, err = (&Cache{Dir: t.TempDir()}).Fetch(ctx, down, Object{"data", "small.bin"})
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "s3://data/small.bin")
+	require.Less(t, time.Since(start), 20*time.Second)
+	require.False(t, errors.Is(err, context.Canceled))
+	_ = endpoint
+}
