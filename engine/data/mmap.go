@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"path/filepath"
 	"runtime/debug"
 	"sync"
 
@@ -194,4 +195,15 @@ func wrapsSentinel(err error) bool {
 		}
 	}
 	return false
+}
+
+// indexCacheDir is where indices built over the data at path are cached by default: a "cache" folder
+// beside a local path; for an object (s3://), an "index" folder in the object cache.
+func indexCacheDir(path string) string {
+	if objstore.IsURL(path) {
+		if c, err := objstore.DefaultCache(); err == nil {
+			return filepath.Join(c.Dir, "index")
+		}
+	}
+	return filepath.Join(filepath.Dir(path), "cache")
 }

@@ -196,7 +196,7 @@ func (s *GPTSource) openMegatron() error {
 		if err == nil {
 			dir := s.cfg.CacheDir
 			if dir == "" {
-				dir = filepath.Join(filepath.Dir(s.corpus.files[0].prefix), "cache")
+				dir = indexCacheDir(s.corpus.files[0].prefix)
 			}
 			path = filepath.Join(dir, name)
 			if _, serr := os.Stat(path); serr == nil {

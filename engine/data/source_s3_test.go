@@ -32,7 +32,7 @@ func readAll(t *testing.T, src Source) [][]byte {
 	return out
 }
 
-// TestSourcesFromS3: token files, .npy arrays and fixed-size records uploaded to a real S3 server read the
+// TestSourcesFromS3: token files, .npy arrays, fixed-size records and a Megatron corpus uploaded to a real S3 server read the
 // same through s3:// paths as from the local files; a missing object is an I/O error naming it.
 func TestSourcesFromS3(t *testing.T) {
 	testutil.StartS3(t)
@@ -80,8 +80,40 @@ func TestSourcesFromS3(t *testing.T) {
 	defer rn.Close()
 	require.Equal(t, readAll(t, ln), readAll(t, rn))
 
+	// A Megatron corpus: the .idx and .bin of one prefix; and GPT windows over it, whose index cache goes
+	// to the object cache folder, not to a local path made of the URL.
+	for _, ext := range []string{".idx", ".bin"} {
+		b, err := os.ReadFile(filepath.Join("testdata", "megatron", "corpus_u16"+ext))
+		require.NoError(t, err)
+		require.NoError(t, cl.Put(ctx, objstore.Object{Bucket: "train", Key: "mega/corpus_u16" + ext}, b))
+	}
+	lm, err := NewMegatronSource(filepath.Join("testdata", "megatron", "corpus_u16"), MegatronConfig{MaxLen: 64})
+	require.NoError(t, err)
+	defer lm.Close()
+	rm, err := NewMegatronSource("s3://train/mega/corpus_u16", MegatronConfig{MaxLen: 64})
+	require.NoError(t, err)
+	defer rm.Close()
+	require.Equal(t, readAll(t, lm), readAll(t, rm))
+	gcfg := GPTConfig{SeqLen: 32, Order: GPTOrderMegatron, Seed: 1234, Split: "100,0,0", NumSamples: 50}
+	lg, err := NewGPTSource([]string{filepath.Join("testdata", "megatron", "corpus_u16")}, withCache(gcfg, t.TempDir()))
+	require.NoError(t, err)
+	defer lg.Close()
+	rg, err := NewGPTSource([]string{"s3://train/mega/corpus_u16"}, gcfg)
+	require.NoError(t, err)
+	defer rg.Close()
+	require.Equal(t, readAll(t, lg), readAll(t, rg))
+	wd, err := os.Getwd()
+	require.NoError(t, err)
+	_, err = os.Stat(filepath.Join(wd, "s3:"))
+	require.True(t, os.IsNotExist(err), "no local folder named after the URL")
+
 	_, err = NewTokenSource("s3://train/set/missing.bin", cfg)
 	require.ErrorIs(t, err, engine.ErrIO)
 	require.Contains(t, err.Error(), "s3://train/set/missing.bin")
 	require.Contains(t, err.Error(), "HTTP 404")
+}
+
+func withCache(c GPTConfig, dir string) GPTConfig {
+	c.CacheDir = dir
+	return c
 }

@@ -3,7 +3,6 @@ package data
 import (
 	"encoding/binary"
 	"fmt"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -97,7 +96,7 @@ func NewWebDatasetSource(patterns []string, cfg WebDatasetConfig) (*WebDatasetSo
 	if !cfg.NoCache {
 		dir = cfg.CacheDir
 		if dir == "" {
-			dir = filepath.Join(filepath.Dir(paths[0]), "cache")
+			dir = indexCacheDir(paths[0])
 		}
 	}
 	for _, p := range paths {
