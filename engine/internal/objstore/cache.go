@@ -151,7 +151,7 @@ func (c *Cache) download(ctx context.Context, cl *Client, obj Object, info Info,
 		return fmt.Errorf("the object cache folder: %w", err)
 	}
 	defer func() { _ = os.Remove(tmp.Name()) }() // gone once renamed
-	defer tmp.Close()
+	defer func() { _ = tmp.Close() }()
 	if err := unix.Fallocate(int(tmp.Fd()), 0, 0, info.Size); err != nil && info.Size > 0 {
 		if errors.Is(err, syscall.ENOSPC) {
 			return fmt.Errorf("the object cache folder %s has no room for %s (%d bytes): free space or set FERRY_CACHE_DIR or FERRY_CACHE_BYTES", c.Dir, obj, info.Size)

@@ -198,7 +198,7 @@ func (c *Client) ReadRange(ctx context.Context, obj Object, etag string, off int
 	if err != nil {
 		return wrap(obj, rng, err)
 	}
-	defer out.Body.Close()
+	defer func() { _ = out.Body.Close() }()
 	n := 0
 	for n < len(dst) {
 		m, err := out.Body.Read(dst[n:])
