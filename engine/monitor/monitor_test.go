@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-ml/ferry/engine/internal/objstore"
+
 	"github.com/ferry-ml/ferry/engine/data"
 	"github.com/ferry-ml/ferry/engine/internal/enginetest"
 	"github.com/ferry-ml/ferry/engine/internal/testutil"
@@ -438,4 +440,26 @@ func TestMonitorJSONLFileNamedPipe(t *testing.T) {
 	b, err := io.ReadAll(r)
 	require.NoError(t, err)
 	require.Contains(t, string(b), `"metric":"loss","value":2.5}`)
+}
+
+// TestMonitorStorageCounters: the object store's counters become storage/s3 metrics once anything was
+// fetched.
+func TestMonitorStorageCounters(t *testing.T) {
+	m := quietMonitor(t, MonitorOptions{})
+	objstore.Stats.Requests.Add(3)
+	objstore.Stats.BytesFetched.Add(4096)
+	objstore.Stats.Misses.Add(1)
+	m.samplePipelines()
+	for name, at := range map[string]float64{"storage/s3/requests": 3, "storage/s3/bytes_fetched": 4096, "storage/s3/cache_misses": 1} {
+		s, err := m.Summary(mustMetric(t, m, name))
+		require.NoError(t, err)
+		require.GreaterOrEqual(t, float64(s.Last), at, name)
+	}
+}
+
+func mustMetric(t *testing.T, m *Monitor, name string) MetricID {
+	t.Helper()
+	id, err := m.Metric(name)
+	require.NoError(t, err)
+	return id
 }

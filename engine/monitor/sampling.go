@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferry-ml/ferry/engine/internal/objstore"
+
 	"github.com/ferry-ml/ferry/engine"
 
 	"github.com/rs/zerolog"
@@ -339,6 +341,22 @@ func (m *Monitor) samplePipelinesOlderThan(minAge time.Duration) {
 		}
 		w.prev = c
 	}
+	m.sampleStorage()
+}
+
+// sampleStorage logs the object store's counters, process-wide (storage/s3/...), once anything was
+// fetched or found in the object cache.
+func (m *Monitor) sampleStorage() {
+	st := &objstore.Stats
+	req, hits, misses := st.Requests.Load(), st.Hits.Load(), st.Misses.Load()
+	if req == 0 && hits == 0 && misses == 0 {
+		return
+	}
+	t := engine.MonotonicNow()
+	m.logNamed("storage/s3/requests", t, float64(req))
+	m.logNamed("storage/s3/bytes_fetched", t, float64(st.BytesFetched.Load()))
+	m.logNamed("storage/s3/cache_hits", t, float64(hits))
+	m.logNamed("storage/s3/cache_misses", t, float64(misses))
 }
 
 func (m *Monitor) detach(w *pipelineWatch) {
