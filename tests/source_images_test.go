@@ -6,6 +6,7 @@ import (
 	"image/color"
 	"image/png"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
@@ -36,20 +37,8 @@ func TestSourceImageFolder(t *testing.T) {
 		if k%2 == 1 {
 			w, h = h, w
 		}
-		m := image.NewNRGBA(image.Rect(0, 0, w, h))
-		var rgb []byte
-		for y := range h {
-			for x := range w {
-				c := color.NRGBA{uint8(r.Uint32()), uint8(r.Uint32()), uint8(r.Uint32()), 255}
-				m.SetNRGBA(x, y, c)
-				rgb = append(rgb, c.R, c.G, c.B)
-			}
-		}
-		var buf bytes.Buffer
-		require.NoError(t, png.Encode(&buf, m))
 		path := filepath.Join(root, []string{"x", "y"}[k%2], string(rune('a'+k))+".png")
-		require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
-		require.NoError(t, os.WriteFile(path, buf.Bytes(), 0o644))
+		rgb := writeRandomPNG(t, r, path, w, h)
 		images[path] = img{rgb, w, h}
 	}
 	c := newCmem(t, 1<<14)
@@ -147,21 +136,8 @@ func TestDecodeImageThroughCABI(t *testing.T) {
 	const w, h = 6, 5
 	want := map[string][]byte{}
 	for k := range 5 {
-		m := image.NewNRGBA(image.Rect(0, 0, w, h))
-		var rgb []byte
-		for y := range h {
-			for x := range w {
-				c := color.NRGBA{uint8(r.Uint32()), uint8(r.Uint32()), uint8(r.Uint32()), 255}
-				m.SetNRGBA(x, y, c)
-				rgb = append(rgb, c.R, c.G, c.B)
-			}
-		}
-		var buf bytes.Buffer
-		require.NoError(t, png.Encode(&buf, m))
 		path := filepath.Join(root, "a", string(rune('a'+k))+".png")
-		require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
-		require.NoError(t, os.WriteFile(path, buf.Bytes(), 0o644))
-		want[path] = rgb
+		want[path] = writeRandomPNG(t, r, path, w, h)
 	}
 	c := newCmem(t, 1<<14)
 	var o imageSourceOptions
@@ -206,4 +182,24 @@ func TestDecodeImageThroughCABI(t *testing.T) {
 	opts := withTransforms(iterOptions(t, 2), c, old)
 	requireStatus(t, ferryErrInvalidArgument, func() int32 { return ferryIteratorCreate(e, src, &opts, &refused) }, "DECODE_IMAGE needs")
 	requireUsable(t)
+}
+
+// writeRandomPNG writes a w x h PNG of random opaque pixels at path (making its folder) and returns the
+// pixels as RGB bytes.
+func writeRandomPNG(t *testing.T, r *rand.Rand, path string, w, h int) []byte {
+	t.Helper()
+	m := image.NewNRGBA(image.Rect(0, 0, w, h))
+	var rgb []byte
+	for y := range h {
+		for x := range w {
+			c := color.NRGBA{uint8(r.Uint32()), uint8(r.Uint32()), uint8(r.Uint32()), 255}
+			m.SetNRGBA(x, y, c)
+			rgb = append(rgb, c.R, c.G, c.B)
+		}
+	}
+	var buf bytes.Buffer
+	require.NoError(t, png.Encode(&buf, m))
+	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
+	require.NoError(t, os.WriteFile(path, buf.Bytes(), 0o644))
+	return rgb
 }
