@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -132,6 +133,7 @@ func New(ctx context.Context, o Options) (*Client, error) {
 		return retry.NewStandard(func(so *retry.StandardOptions) {
 			so.MaxAttempts = attempts
 			so.MaxBackoff = 10 * time.Second // full jitter, doubling up to this
+			so.RateLimiter = ratelimit.None  // no client-side retry quota: the deadline bounds a request
 		})
 	}))
 	if err != nil {

@@ -5,8 +5,13 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -116,4 +121,64 @@ func TestFetchFromServer(t *testing.T) {
 	require.Less(t, time.Since(start), 20*time.Second)
 	require.False(t, errors.Is(err, context.Canceled))
 	_ = endpoint
+}
+
+// flakyProxy forwards to the server, answering the first fail requests with status instead.
+type flakyProxy struct {
+	target string
+	status int
+	fail   atomic.Int64
+	seen   atomic.Int64
+}
+
+func (p *flakyProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.seen.Add(1)
+	if p.fail.Add(-1) >= 0 {
+		http.Error(w, "injected", p.status)
+		return
+	}
+	u, _ := url.Parse(p.target)
+	httputil.NewSingleHostReverseProxy(u).ServeHTTP(w, r)
+}
+
+// TestFetchThroughFaults: 503s and 500s from the store are retried with backoff and the fetch completes
+// with the right bytes; a store that keeps failing fails the fetch with the status, within the deadline.
+func TestFetchThroughFaults(t *testing.T) {
+	endpoint := testutil.StartS3(t)
+	ctx := context.Background()
+	direct, err := New(ctx, Options{})
+	require.NoError(t, err)
+	require.NoError(t, direct.CreateBucket(ctx, "faults"))
+	want := randomBytes(partSize+777, 4)
+	require.NoError(t, direct.Put(ctx, Object{"faults", "x.bin"}, want))
+
+	for _, status := range []int{http.StatusServiceUnavailable, http.StatusInternalServerError} {
+		p := &flakyProxy{target: endpoint, status: status}
+		p.fail.Store(3)
+		srv := httptest.NewServer(p)
+		cl, err := New(ctx, Options{Endpoint: srv.URL})
+		require.NoError(t, err)
+		path, err := (&Cache{Dir: t.TempDir()}).Fetch(ctx, cl, Object{"faults", "x.bin"})
+		require.NoError(t, err, "status %d", status)
+		got, err := os.ReadFile(path)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(want, got))
+		require.Greater(t, p.seen.Load(), int64(3), "the failed requests were retried")
+		srv.Close()
+	}
+
+	p := &flakyProxy{target: endpoint, status: http.StatusServiceUnavailable}
+	p.fail.Store(1 << 40)
+	srv := httptest.NewServer(p)
+	defer srv.Close()
+	cl, err := New(ctx, Options{Endpoint: srv.URL, Deadline: 5 * time.Second, Attempts: 4})
+	require.NoError(t, err)
+	start := time.Now()
+	_, err = (&Cache{Dir: t.TempDir()}).Fetch(ctx, cl, Object{"faults", "x.bin"})
+	var e *Error
+	require.ErrorAs(t, err, &e)
+	require.Equal(t, http.StatusServiceUnavailable, e.Status, "%v", err)
+	require.Contains(t, err.Error(), "s3://faults/x.bin")
+	require.Contains(t, err.Error(), "HTTP 503")
+	require.Less(t, time.Since(start), 30*time.Second)
 }
