@@ -258,14 +258,8 @@ func (c *Cache) evict(keep string) {
 	}
 }
 
-var (
-	cacheOnce    sync.Once
-	defaultCache *Cache
-	cacheErr     error
-)
-
 // Local is the path of a verified local copy of the object url, through the process's client and the
-// default cache (fetched on first use, a hit after).
+// default cache as the environment names it now (fetched on first use, a hit after).
 func Local(ctx context.Context, url string) (string, error) {
 	obj, err := Parse(url)
 	if err != nil {
@@ -275,9 +269,9 @@ func Local(ctx context.Context, url string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	cacheOnce.Do(func() { defaultCache, cacheErr = DefaultCache() })
-	if cacheErr != nil {
-		return "", cacheErr
+	c, err := DefaultCache()
+	if err != nil {
+		return "", err
 	}
-	return defaultCache.Fetch(ctx, cl, obj)
+	return c.Fetch(ctx, cl, obj)
 }
