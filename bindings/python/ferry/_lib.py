@@ -837,8 +837,8 @@ def _nvjpeg_from_python() -> Optional[str]:
 
 def _load() -> ctypes.CDLL:
     tried = []
-    # The engine reads its environment once, when the library loads: name nvJPEG first when Python has
-    # a copy and nothing else was asked for.
+    # Name nvJPEG for the engine when Python has a copy and nothing else was asked for (the engine reads
+    # the variable when it first decodes on a GPU).
     if not os.environ.get("FERRY_NVJPEG_LIBRARY"):
         nvjpeg = _nvjpeg_from_python()
         if nvjpeg is not None:

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"unsafe"
+
+	"github.com/ferry-ml/ferry/engine/internal/cenv"
 )
 
 // DefaultNVJPEGLibraries are the nvJPEG libraries tried, in order, unless FERRY_NVJPEG_LIBRARY names one
@@ -38,6 +40,7 @@ var (
 // first result.
 func LoadNVJPEG() (string, error) {
 	nvjpegOnce.Do(func() {
+		cenv.Sync() // FERRY_NVJPEG_LIBRARY, when a host program (the Python binding) set it after the load
 		paths := DefaultNVJPEGLibraries
 		if p := os.Getenv("FERRY_NVJPEG_LIBRARY"); p != "" {
 			paths = []string{p}

@@ -13,6 +13,8 @@ import (
 	"runtime"
 	"sync"
 	"unsafe"
+
+	"github.com/ferry-ml/ferry/engine/internal/cenv"
 )
 
 // DefaultTurboJPEGLibrary is the TurboJPEG library loaded unless FERRY_TURBOJPEG_LIBRARY names another
@@ -37,6 +39,7 @@ var (
 // LoadTurboJPEG loads TurboJPEG once per process; later calls return the first result.
 func LoadTurboJPEG() error {
 	tjOnce.Do(func() {
+		cenv.Sync()
 		path := os.Getenv("FERRY_TURBOJPEG_LIBRARY")
 		if path == "" {
 			path = DefaultTurboJPEGLibrary

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ferry-ml/ferry/engine/internal/cenv"
 )
 
 // Cache is a folder of fetched objects with a byte limit, shared by the processes of a node: an object is
@@ -37,6 +39,7 @@ var Stats struct {
 // DefaultCache is FERRY_CACHE_DIR (default $XDG_CACHE_HOME/ferry/objects, else ~/.cache/ferry/objects)
 // with the limit FERRY_CACHE_BYTES (default none).
 func DefaultCache() (*Cache, error) {
+	cenv.Sync()
 	dir := os.Getenv("FERRY_CACHE_DIR")
 	if dir == "" {
 		base, err := os.UserCacheDir()

@@ -25,6 +25,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/logging"
+
+	"github.com/ferry-ml/ferry/engine/internal/cenv"
 )
 
 // Scheme is the prefix of an object path.
@@ -117,6 +119,7 @@ func Default() (*Client, error) {
 // endpoint override, path-style addressing with an endpoint, and retries with capped exponential backoff
 // and jitter.
 func New(ctx context.Context, o Options) (*Client, error) {
+	cenv.Sync() // what a host program set after the library loaded
 	endpoint := o.Endpoint
 	if endpoint == "" {
 		endpoint = os.Getenv("FERRY_S3_ENDPOINT")

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -181,4 +182,37 @@ func TestFetchThroughFaults(t *testing.T) {
 	require.Contains(t, err.Error(), "s3://faults/x.bin")
 	require.Contains(t, err.Error(), "HTTP 503")
 	require.Less(t, time.Since(start), 30*time.Second)
+}
+
+// TestConcurrentFetchesDownloadOnce: openers that fetch one object at once (ranks of a node: here through
+// separate locks on the entry, as separate processes take them) download it once and all see it whole.
+func TestConcurrentFetchesDownloadOnce(t *testing.T) {
+	testutil.StartS3(t)
+	ctx := context.Background()
+	cl, err := New(ctx, Options{})
+	require.NoError(t, err)
+	require.NoError(t, cl.CreateBucket(ctx, "shared"))
+	want := randomBytes(3*partSize+5, 5)
+	require.NoError(t, cl.Put(ctx, Object{"shared", "x.bin"}, want))
+	dir := t.TempDir()
+	before := Stats.Requests.Load()
+	paths := make([]string, 6)
+	errs := make([]error, 6)
+	var wg sync.WaitGroup
+	for k := range paths {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			paths[k], errs[k] = (&Cache{Dir: dir}).Fetch(ctx, cl, Object{"shared", "x.bin"})
+		}()
+	}
+	wg.Wait()
+	for k := range paths {
+		require.NoError(t, errs[k])
+		require.Equal(t, paths[0], paths[k])
+	}
+	got, err := os.ReadFile(paths[0])
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, got))
+	require.Equal(t, uint64(4), Stats.Requests.Load()-before, "one download: 4 parts")
 }
