@@ -103,8 +103,9 @@ type Iterator struct {
 
 	staging       Staging
 	stagingWhy    string
-	hostXform     bool // transforms run on the host (CPU engine, or the kernels did not load)
-	imageDevice   bool // crops decode into the slots' device arenas and run as kernels (image_device.go)
+	hostXform     bool         // transforms run on the host (CPU engine, or the kernels did not load)
+	imageDevice   bool         // crops decode into the slots' device arenas and run as kernels (image_device.go)
+	remote        rangedSource // src, when it reads an object in ranges (source_remote.go); else nil
 	images        *imageDecoders
 	kern          *kernelSet // nil when the kernels are not used
 	backed        MemoryBacked
@@ -202,6 +203,9 @@ func NewIterator(e *engine.Engine, src Source, opts IteratorOptions) (*Iterator,
 	// The ring holds the engine until its last slot is freed (a batch held at Close keeps it).
 	it.ring = &ring{e: e, timeout: opts.Timeout, newSlot: it.newSlot, budget: growthBudget(opts.PinnedBudget),
 		holding: true}
+	if remoteSource(src) {
+		it.remote = src.(rangedSource)
+	}
 	it.chooseStaging()
 	if err := it.allocate(); err != nil {
 		it.free()

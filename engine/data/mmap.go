@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"sync"
 
 	"github.com/ferry-ml/ferry/engine"
@@ -25,6 +27,68 @@ import (
 type mappedFile struct {
 	path string
 	data []byte
+	// sparse is set for an object read in ranges (s3://, larger than the whole-fetch size): data maps its
+	// partial file, and ensure must fetch a range before it is read.
+	sparse *objstore.Sparse
+}
+
+// ensure makes data[off:off+n] present: a no-op for a local file or a fetched object; for an object read
+// in ranges, the missing blocks are fetched.
+func (m *mappedFile) ensure(off, n int) error {
+	if m.sparse == nil || n <= 0 {
+		return nil
+	}
+	if err := m.sparse.Ensure(context.Background(), [2]int64{int64(off), int64(n)}); err != nil {
+		return fmt.Errorf("%w: %w", engine.ErrIO, err)
+	}
+	return nil
+}
+
+// wholeFetchBytes is the largest object fetched whole at open (FERRY_S3_RANGED_BYTES overrides it): larger
+// ones are read in ranges, as the samples that need them come.
+func wholeFetchBytes() int64 {
+	if v, err := strconv.ParseInt(os.Getenv("FERRY_S3_RANGED_BYTES"), 10, 64); err == nil && v >= 0 {
+		return v
+	}
+	return 256 << 20
+}
+
+// mapObject maps an s3:// object: its cached copy, fetched whole when it is at most wholeFetchBytes, else
+// its partial file, read in ranges.
+func mapObject(path string) (*mappedFile, error) {
+	ctx := context.Background()
+	obj, err := objstore.Parse(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", engine.ErrInvalidArgument, err)
+	}
+	cl, err := objstore.Default()
+	if err == nil {
+		var c *objstore.Cache
+		if c, err = objstore.DefaultCache(); err == nil {
+			var info objstore.Info
+			if info, err = cl.Head(ctx, obj); err == nil && info.Size > wholeFetchBytes() {
+				var sp *objstore.Sparse
+				var local string
+				if sp, local, err = c.OpenSparse(ctx, cl, obj); err == nil {
+					m, err := mapLocal(path, local)
+					if sp != nil {
+						if m == nil {
+							_ = sp.Close()
+						} else {
+							m.sparse = sp // closed with the mapping
+						}
+					}
+					return m, err
+				}
+			} else if err == nil {
+				var local string
+				if local, err = c.Fetch(ctx, cl, obj); err == nil {
+					return mapLocal(path, local)
+				}
+			}
+		}
+	}
+	return nil, fmt.Errorf("%w: %w", engine.ErrIO, err)
 }
 
 // mapFile maps path. An empty file cannot be mapped and is an ErrFormat error; anything but a regular
@@ -32,16 +96,19 @@ type mappedFile struct {
 // pipe that has no writer; a missing or unreadable file is an ErrIO error that also wraps the operating
 // system's error (errors.Is(err, fs.ErrNotExist)).
 //
-// An s3://bucket/key path is fetched into the local object cache first (objstore: the credential chain,
-// FERRY_S3_ENDPOINT, FERRY_CACHE_DIR), verified by size and ETag, and the cached copy is mapped.
+// An s3://bucket/key path goes through the local object cache (objstore: the credential chain,
+// FERRY_S3_ENDPOINT, FERRY_CACHE_DIR), verified by size and ETag: fetched whole and mapped when it is at
+// most wholeFetchBytes, else mapped as a partial file whose ranges are fetched before they are read
+// (mappedFile.ensure, and the iterator's prefetch in the sampler's order).
 func mapFile(path string) (*mappedFile, error) {
-	local := path
 	if objstore.IsURL(path) {
-		var err error
-		if local, err = objstore.Local(context.Background(), path); err != nil {
-			return nil, fmt.Errorf("%w: %w", engine.ErrIO, err)
-		}
+		return mapObject(path)
 	}
+	return mapLocal(path, path)
+}
+
+// mapLocal maps the local file local; errors name path.
+func mapLocal(path, local string) (*mappedFile, error) {
 	f, st, err := fileio.OpenRegular(local)
 	var notRegular *fileio.NotRegularError
 	if errors.As(err, &notRegular) {
@@ -72,6 +139,9 @@ func (m *mappedFile) unmap() error {
 	}
 	err := unix.Munmap(m.data)
 	m.data = nil
+	if m.sparse != nil {
+		_ = m.sparse.Close()
+	}
 	if err != nil {
 		return fmt.Errorf("%w: unmapping %s: %w", engine.ErrIO, m.path, err)
 	}

@@ -153,6 +153,13 @@ func (it *Iterator) produce(p *pipeline, tasks chan<- task, pos IteratorState, s
 		}
 		pos = it.advance(pos)
 		rows := len(s.indices)
+		if it.remote != nil && s.err == nil {
+			// An object read in ranges: this batch's bytes, fetched now, in the sampler's order, while the
+			// batches before it are read and consumed.
+			if err := ensureSamples(it.remote, it.fields, s.indices); err != nil {
+				s.fail(fmt.Errorf("batch %d of epoch %d: %w", s.batch, s.epoch, err))
+			}
+		}
 		it.prepare(s)
 		if inline {
 			if s.err == nil {

@@ -141,6 +141,13 @@ func openMegatronFile(prefix string) (*megatronFile, error) {
 		return nil, fmt.Errorf("megatron source: %w", err)
 	}
 	f := &megatronFile{prefix: prefix, idx: idx, bin: bin}
+	// A corpus in an object store is fetched whole (in ranges, before it opens): its windows span documents.
+	for _, m := range []*mappedFile{idx, bin} {
+		if err := m.ensure(0, len(m.data)); err != nil {
+			_ = f.unmap()
+			return nil, fmt.Errorf("megatron source: %w", err)
+		}
+	}
 	if err := f.parse(); err != nil {
 		_ = f.unmap()
 		return nil, err

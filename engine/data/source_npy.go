@@ -78,6 +78,9 @@ func NewNpySource(paths map[string]string) (*NpySource, error) {
 			return fail(fmt.Errorf("npy source: field %q: %w", name, err))
 		}
 		s.files = append(s.files, npyFile{path: path, mf: mf})
+		if err := mf.ensure(0, min(len(mf.data), 1<<20)); err != nil { // the header, of an object read in ranges
+			return fail(fmt.Errorf("npy source: field %q: %w", name, err))
+		}
 		h, err := parseNpyHeader(mf.data)
 		if err != nil {
 			return fail(fmt.Errorf("%w: npy source: field %q: %s: %w", engine.ErrFormat, name, path, err))
@@ -118,6 +121,11 @@ func (s *NpySource) Fields() []Field { return s.fields }
 // ReadSample copies sample i of every file into dst. It is safe for concurrent use. A file truncated
 // while mapped gives an ErrIO error rather than a crash.
 func (s *NpySource) ReadSample(i int, dst [][]byte) error {
+	if remoteSource(s) {
+		if err := ensureSamples(s, s.fields, []int{i}); err != nil {
+			return err
+		}
+	}
 	return s.guard.read(s, s.n, s.fields, i, dst, func() {
 		for k, f := range s.files {
 			b := len(dst[k])

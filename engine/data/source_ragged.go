@@ -72,6 +72,10 @@ func NewRaggedTokenSource(tokensPath, offsetsPath string, cfg RaggedConfig) (*Ra
 	if err != nil {
 		return nil, fmt.Errorf("ragged token source: %w", err)
 	}
+	if err := mf.ensure(0, len(mf.data)); err != nil { // an object read in ranges is fetched whole here
+		_ = mf.unmap()
+		return nil, fmt.Errorf("ragged token source: %w", err)
+	}
 	if size := len(mf.data); size%s.tsize != 0 {
 		_ = mf.unmap()
 		return nil, fmt.Errorf("%w: ragged token source %s: %d bytes are not a whole number of %d-byte tokens (%d bytes left over)",
@@ -90,6 +94,10 @@ func (s *RaggedTokenSource) readOffsets() (err error) {
 	path := s.offsetsPath
 	mf, err := mapFile(path)
 	if err != nil {
+		return fmt.Errorf("ragged token source %s: offsets: %w", s.tokensPath, err)
+	}
+	if err := mf.ensure(0, len(mf.data)); err != nil {
+		_ = mf.unmap()
 		return fmt.Errorf("ragged token source %s: offsets: %w", s.tokensPath, err)
 	}
 	defer func() {

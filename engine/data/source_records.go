@@ -142,6 +142,9 @@ func (s *RecordSource) Spec() RecordSpec {
 // ReadSample copies the fields of record i into dst. It is safe for concurrent use. A file truncated
 // while mapped gives an ErrIO error rather than a crash.
 func (s *RecordSource) ReadSample(i int, dst [][]byte) error {
+	if err := ensureSample(s, s.fields, s.mf, i); err != nil {
+		return err
+	}
 	return s.guard.read(s, s.n, s.fields, i, dst, func() {
 		base := s.spec.HeaderSize + i*s.spec.RecordSize
 		for k, off := range s.offsets {

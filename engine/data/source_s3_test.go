@@ -119,8 +119,9 @@ func withCache(c GPTConfig, dir string) GPTConfig {
 	return c
 }
 
-// BenchmarkTokensS3 opens a 64 MB token file and reads one epoch of it (batch 256, CPU engine): from local
-// disk, from an S3 server on loopback with an empty cache (cold: the fetch), and with the cache warm.
+// BenchmarkTokensS3 opens a 64 MB token file and reads one shuffled epoch of it (batch 256, CPU engine):
+// from local disk, from an S3 server on loopback with an empty cache (cold: the whole fetch), with the cache
+// warm, and read in ranges as the batches come (ranged, from an empty cache).
 // Reported: MB/s of the file, and requests to the store per open.
 func BenchmarkTokensS3(b *testing.B) {
 	testutil.StartS3(b)
@@ -141,7 +142,7 @@ func BenchmarkTokensS3(b *testing.B) {
 		src, err := NewTokenSource(path, TokenConfig{Format: TokensUint16, SeqLen: 1024})
 		require.NoError(b, err)
 		defer src.Close()
-		it, err := NewIterator(e, src, IteratorOptions{BatchSize: 256})
+		it, err := NewIterator(e, src, IteratorOptions{BatchSize: 256, Shuffle: true})
 		require.NoError(b, err)
 		defer it.Close()
 		for {
@@ -152,11 +153,14 @@ func BenchmarkTokensS3(b *testing.B) {
 			require.NoError(b, bt.Release(0))
 		}
 	}
-	for _, mode := range []string{"local", "cold", "warm"} {
+	for _, mode := range []string{"local", "cold", "warm", "ranged"} {
 		b.Run(mode, func(b *testing.B) {
 			b.SetBytes(int64(len(tokens)))
 			cache := b.TempDir()
 			b.Setenv("FERRY_CACHE_DIR", cache)
+			if mode == "ranged" {
+				b.Setenv("FERRY_S3_RANGED_BYTES", "1") // fetched in ranges as the shuffled batches come
+			}
 			path := local
 			if mode != "local" {
 				path = "s3://bench/tokens.bin"
@@ -167,7 +171,7 @@ func BenchmarkTokensS3(b *testing.B) {
 			req := objstore.Stats.Requests.Load()
 			b.ResetTimer()
 			for range b.N {
-				if mode == "cold" {
+				if mode == "cold" || mode == "ranged" {
 					b.StopTimer()
 					require.NoError(b, os.RemoveAll(cache))
 					b.StartTimer()
@@ -177,4 +181,64 @@ func BenchmarkTokensS3(b *testing.B) {
 			b.ReportMetric(float64(objstore.Stats.Requests.Load()-req)/float64(b.N), "requests/op")
 		})
 	}
+}
+
+// TestRangedReadsFromS3: an object larger than the whole-fetch size is read in ranges: the iterator fetches
+// each batch's bytes as it assigns the batch (far less than the object for a few batches), a direct read
+// fetches its own, every sample equals the local file's, and once every block was read the object is a
+// complete cache entry that the next open maps without a request.
+func TestRangedReadsFromS3(t *testing.T) {
+	testutil.StartS3(t)
+	t.Setenv("FERRY_CACHE_DIR", t.TempDir())
+	t.Setenv("FERRY_S3_RANGED_BYTES", "1") // every object is read in ranges
+	ctx := context.Background()
+	cl, err := objstore.New(ctx, objstore.Options{})
+	require.NoError(t, err)
+	require.NoError(t, cl.CreateBucket(ctx, "ranged"))
+	r := srcRand(t)
+	tokens := srcRandBytes(r, 24<<20)
+	dir := t.TempDir()
+	local := filepath.Join(dir, "tokens.bin")
+	require.NoError(t, os.WriteFile(local, tokens, 0o644))
+	require.NoError(t, cl.Put(ctx, objstore.Object{Bucket: "ranged", Key: "tokens.bin"}, tokens))
+
+	cfg := TokenConfig{Format: TokensUint16, SeqLen: 1024}
+	ls, err := NewTokenSource(local, cfg)
+	require.NoError(t, err)
+	defer ls.Close()
+	want := readAll(t, ls)
+	before := objstore.Stats.BytesFetched.Load()
+	rs, err := NewTokenSource("s3://ranged/tokens.bin", cfg)
+	require.NoError(t, err)
+	defer rs.Close()
+	require.True(t, remoteSource(rs))
+	e := enginetest.OpenCPU(t, engine.WithSampleInterval(0))
+	it, err := NewIterator(e, rs, IteratorOptions{BatchSize: 4, Shuffle: true, Seed: 7, Prefetch: 2})
+	require.NoError(t, err)
+	for range 2 {
+		b, err := it.Next(ctx, 0)
+		require.NoError(t, err)
+		for row, i := range b.Indices {
+			x := b.Fields[0].Host[row*2048 : (row+1)*2048]
+			require.Equal(t, want[i][:2048], x, "sample %d", i)
+		}
+		require.NoError(t, b.Release(0))
+	}
+	require.NoError(t, it.Close())
+	fetched := objstore.Stats.BytesFetched.Load() - before
+	require.Positive(t, fetched)
+	require.Less(t, fetched, uint64(len(tokens))/2, "a few batches fetch a fraction of the object")
+
+	// Direct reads fetch what they need; after every sample the object is complete.
+	got := readAll(t, rs)
+	require.Equal(t, want, got)
+	require.LessOrEqual(t, objstore.Stats.BytesFetched.Load()-before, uint64(len(tokens))+uint64(objstore.SparseBlock)*2,
+		"each block once (two runs may straddle)")
+	req := objstore.Stats.Requests.Load()
+	again, err := NewTokenSource("s3://ranged/tokens.bin", cfg)
+	require.NoError(t, err)
+	defer again.Close()
+	require.False(t, remoteSource(again), "the complete object is mapped from the cache")
+	require.Equal(t, want, readAll(t, again))
+	require.Equal(t, req, objstore.Stats.Requests.Load())
 }

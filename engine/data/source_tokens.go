@@ -146,6 +146,9 @@ func NewTokenSource(path string, cfg TokenConfig) (*TokenSource, error) {
 
 // parseLLMC checks an llm.c shard's header and returns its token type, setting s.kind and s.tokens.
 func (s *TokenSource) parseLLMC() (DType, error) {
+	if err := s.mf.ensure(0, min(len(s.mf.data), llmcHeaderBytes)); err != nil {
+		return DTypeInvalid, fmt.Errorf("token source %s: %w", s.path, err)
+	}
 	data := s.mf.data
 	if len(data) < llmcHeaderBytes {
 		return DTypeInvalid, fmt.Errorf("%w: token source %s: the file is %d bytes, shorter than llm.c's %d-byte header",
@@ -219,6 +222,9 @@ func windowRandom(seed, i uint64) uint64 {
 // in window mode it copies [o, o+SeqLen+1) into tokens. It is safe for concurrent use. A file truncated
 // while mapped gives an ErrIO error rather than a crash.
 func (s *TokenSource) ReadSample(i int, dst [][]byte) error {
+	if err := ensureSample(s, s.fields, s.mf, i); err != nil {
+		return err
+	}
 	return s.guard.read(s, s.n, s.fields, i, dst, func() {
 		start := s.offset(i) * s.tsize
 		b := len(dst[0])

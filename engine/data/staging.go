@@ -109,6 +109,10 @@ func (it *Iterator) chooseStaging() {
 		return
 	}
 	backed, ok := it.src.(MemoryBacked)
+	if ok && remoteSource(it.src) {
+		why("the source reads an object store in ranges: its bytes are fetched as batches are assigned, then gathered")
+		return
+	}
 	if !ok {
 		why("the source's samples are not in memory the driver can register (not memory-backed)")
 		return

@@ -260,21 +260,3 @@ func (c *Cache) evict(keep string) {
 		}
 	}
 }
-
-// Local is the path of a verified local copy of the object url, through the process's client and the
-// default cache as the environment names it now (fetched on first use, a hit after).
-func Local(ctx context.Context, url string) (string, error) {
-	obj, err := Parse(url)
-	if err != nil {
-		return "", err
-	}
-	cl, err := Default()
-	if err != nil {
-		return "", err
-	}
-	c, err := DefaultCache()
-	if err != nil {
-		return "", err
-	}
-	return c.Fetch(ctx, cl, obj)
-}

@@ -104,15 +104,36 @@ type Client struct {
 }
 
 var (
-	defaultOnce   sync.Once
-	defaultClient *Client
-	defaultErr    error
+	clientsMu sync.Mutex
+	clients   = map[string]*Client{}
 )
 
-// Default is the process's client, made on first use from the environment.
+// Default is the process's client for the endpoint the environment names now (FERRY_S3_ENDPOINT,
+// AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL; none: AWS), made on first use.
 func Default() (*Client, error) {
-	defaultOnce.Do(func() { defaultClient, defaultErr = New(context.Background(), Options{}) })
-	return defaultClient, defaultErr
+	cenv.Sync()
+	ep := endpointFromEnv()
+	clientsMu.Lock()
+	defer clientsMu.Unlock()
+	if c, ok := clients[ep]; ok {
+		return c, nil
+	}
+	c, err := New(context.Background(), Options{Endpoint: ep})
+	if err != nil {
+		return nil, err
+	}
+	clients[ep] = c
+	return c, nil
+}
+
+// endpointFromEnv is the endpoint override the environment names, or "".
+func endpointFromEnv() string {
+	for _, k := range []string{"FERRY_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"} {
+		if v := os.Getenv(k); v != "" {
+			return v
+		}
+	}
+	return ""
 }
 
 // New makes a client: the SDK's credential chain and region (us-east-1 when none is configured), the
@@ -122,13 +143,7 @@ func New(ctx context.Context, o Options) (*Client, error) {
 	cenv.Sync() // what a host program set after the library loaded
 	endpoint := o.Endpoint
 	if endpoint == "" {
-		endpoint = os.Getenv("FERRY_S3_ENDPOINT")
-	}
-	if endpoint == "" {
-		endpoint = os.Getenv("AWS_ENDPOINT_URL_S3")
-	}
-	if endpoint == "" {
-		endpoint = os.Getenv("AWS_ENDPOINT_URL")
+		endpoint = endpointFromEnv()
 	}
 	attempts := o.Attempts
 	if attempts <= 0 {
