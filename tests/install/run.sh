@@ -140,8 +140,10 @@ ok "pkg-config --cflags --libs ferry: $(echo $cflags $libs)"
 run "$tmp/cc.log" cc -std=c99 -Wall -Wextra -pedantic -Werror "$here/consumer.c" $cflags $libs \
     -Wl,-rpath,"$(pkg-config --variable=libdir ferry)" -o "$tmp/consumer"
 ok "cc -std=c99 consumer.c \$(pkg-config --cflags --libs ferry) -Wl,-rpath,<libdir> builds"
-ldd "$tmp/consumer" | grep -q "libferry.so.$major => $prefix_libdir/libferry.so.$major" ||
-    fail "the consumer does not load libferry.so.$major from $prefix_libdir: $(ldd "$tmp/consumer" | grep ferry)"
+# ldd's whole output first: grep -q stops reading at its match, and under pipefail ldd's SIGPIPE would fail it.
+ldd "$tmp/consumer" >"$tmp/ldd.txt"
+grep -q "libferry.so.$major => $prefix_libdir/libferry.so.$major" "$tmp/ldd.txt" ||
+    fail "the consumer does not load libferry.so.$major from $prefix_libdir: $(grep ferry "$tmp/ldd.txt")"
 ok "the consumer needs libferry.so.$major and finds it in the installed libdir"
 (cd "$tmp" && ./consumer "$modversion") || fail "the pkg-config consumer failed (output above)"
 unset PKG_CONFIG_PATH
@@ -161,8 +163,9 @@ ok "find_package(ferry 0.1 CONFIG REQUIRED) (twice): ferry_VERSION $version from
 run "$tmp/cmake-build.log" cmake --build "$tmp/consumer-build"
 ok "consumer_c (ferry::ferry, C99) and consumer_cpp (ferry::cpp, ferry.hpp) build"
 for exe in consumer_c consumer_cpp; do
-    ldd "$tmp/consumer-build/$exe" | grep -q "libferry.so.$major => $moved_libdir/libferry.so.$major" ||
-        fail "$exe does not load libferry.so.$major from the moved tree: $(ldd "$tmp/consumer-build/$exe" | grep ferry)"
+    ldd "$tmp/consumer-build/$exe" >"$tmp/ldd.txt"
+    grep -q "libferry.so.$major => $moved_libdir/libferry.so.$major" "$tmp/ldd.txt" ||
+        fail "$exe does not load libferry.so.$major from the moved tree: $(grep ferry "$tmp/ldd.txt")"
     (cd "$tmp" && "$tmp/consumer-build/$exe" "$(cat "$tmp/consumer-build/ferry_version.txt")") ||
         fail "$exe failed (output above)"
 done
