@@ -25,8 +25,9 @@ import (
 // copied at open. The kernel's default read-ahead is kept: samples are often larger than a page, and
 // MADV_RANDOM would make every page of a random sample a separate fault and a separate disk read.
 type mappedFile struct {
-	path string
-	data []byte
+	path  string
+	local string // the file mapped: path, or an object's copy in the cache
+	data  []byte
 	// sparse is set for an object read in ranges (s3://, larger than the whole-fetch size): data maps its
 	// partial file, and ensure must fetch a range before it is read.
 	sparse *objstore.Sparse
@@ -129,7 +130,7 @@ func mapLocal(path, local string) (*mappedFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: mapping %s (%d bytes): %w", engine.ErrIO, path, size, err)
 	}
-	return &mappedFile{path: path, data: data}, nil
+	return &mappedFile{path: path, local: local, data: data}, nil
 }
 
 // unmap releases the mapping; it is a no-op on a nil or already released mapping.

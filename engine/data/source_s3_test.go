@@ -2,6 +2,7 @@ package data
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -33,7 +34,7 @@ func readAll(t *testing.T, src Source) [][]byte {
 	return out
 }
 
-// TestSourcesFromS3: token files, .npy arrays, fixed-size records and a Megatron corpus uploaded to a real S3 server read the
+// TestSourcesFromS3: token files, .npy arrays, fixed-size records, a Megatron corpus and WebDataset shards uploaded to a real S3 server read the
 // same through s3:// paths as from the local files; a missing object is an I/O error naming it.
 func TestSourcesFromS3(t *testing.T) {
 	testutil.StartS3(t)
@@ -103,6 +104,31 @@ func TestSourcesFromS3(t *testing.T) {
 	require.NoError(t, err)
 	defer rg.Close()
 	require.Equal(t, readAll(t, lg), readAll(t, rg))
+	// WebDataset shards: fetched whole, indexed from the cached copy (the index cached in the object cache).
+	for k := range 2 {
+		var members []tarMember
+		for j := range 5 {
+			key := fmt.Sprintf("s%d-%03d", k, j)
+			members = append(members, tarMember{name: key + ".jpg", data: srcRandBytes(r, 100+j)},
+				tarMember{name: key + ".cls", data: []byte(fmt.Sprint(j))})
+		}
+		writeShard(t, filepath.Join(dir, fmt.Sprintf("shard-%d.tar", k)), members)
+		upload(fmt.Sprintf("shard-%d.tar", k))
+	}
+	lw, err := NewWebDatasetSource([]string{filepath.Join(dir, "shard-{0..1}.tar")}, WebDatasetConfig{CacheDir: t.TempDir()})
+	require.NoError(t, err)
+	defer lw.Close()
+	for round := range 2 { // the second open reads the shards' indexes from the cache
+		rw, err := NewWebDatasetSource([]string{"s3://train/set/shard-{0..1}.tar"}, WebDatasetConfig{})
+		require.NoError(t, err)
+		require.Equal(t, 10, rw.Len())
+		require.Equal(t, readAll(t, lw), readAll(t, rw))
+		if round == 1 {
+			require.Equal(t, 2, rw.cached, "the indexes came from the cache")
+		}
+		require.NoError(t, rw.Close())
+	}
+
 	wd, err := os.Getwd()
 	require.NoError(t, err)
 	_, err = os.Stat(filepath.Join(wd, "s3:"))

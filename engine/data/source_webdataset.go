@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/internal/objstore"
 )
 
 // DefaultMaxImageBytes is the default largest encoded image a source of encoded images serves.
@@ -100,8 +101,26 @@ func NewWebDatasetSource(patterns []string, cfg WebDatasetConfig) (*WebDatasetSo
 		}
 	}
 	for _, p := range paths {
-		ms, cached, cacheErr, err := loadShardIndex(p, s.keys, dir)
+		// A shard in an object store is fetched whole first (its tar headers run through it) and indexed
+		// from its copy in the cache, whose name carries the object's ETag.
+		var mf *mappedFile
+		indexPath := p
+		if objstore.IsURL(p) {
+			var err error
+			if mf, err = mapFile(p); err == nil {
+				if err = mf.ensure(0, len(mf.data)); err != nil {
+					_ = mf.unmap()
+				}
+			}
+			if err != nil {
+				_ = s.release()
+				return nil, fmt.Errorf("WebDataset source: %w", err)
+			}
+			indexPath = mf.local
+		}
+		ms, cached, cacheErr, err := loadShardIndex(indexPath, s.keys, dir)
 		if err != nil {
+			_ = mf.unmap()
 			_ = s.release()
 			return nil, err
 		}
@@ -111,10 +130,11 @@ func NewWebDatasetSource(patterns []string, cfg WebDatasetConfig) (*WebDatasetSo
 		if cacheErr != nil {
 			s.notes = append(s.notes, cacheErr.Error())
 		}
-		mf, err := mapFile(p)
-		if err != nil {
-			_ = s.release()
-			return nil, fmt.Errorf("WebDataset source: %w", err)
+		if mf == nil {
+			if mf, err = mapFile(p); err != nil {
+				_ = s.release()
+				return nil, fmt.Errorf("WebDataset source: %w", err)
+			}
 		}
 		s.shards = append(s.shards, mf)
 		s.members = append(s.members, ms)

@@ -116,15 +116,23 @@ func (c *Cache) Fetch(ctx context.Context, cl *Client, obj Object) (string, erro
 	return path, nil
 }
 
-// hit reports whether the entry is there with the object's size, and marks it used.
+// hit reports whether the entry is there with the object's size, and marks it used: its access time is
+// the LRU's clock (its modification time stays, so that indexes keyed on the copy stay valid).
 func hit(path string, size int64) bool {
 	st, err := os.Stat(path)
 	if err != nil || st.Size() != size {
 		return false
 	}
-	now := time.Now()
-	_ = os.Chtimes(path, now, now)
+	_ = os.Chtimes(path, time.Now(), st.ModTime())
 	return true
+}
+
+// usedAt is when an entry was last used (its access time).
+func usedAt(info fs.FileInfo) time.Time {
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		return time.Unix(st.Atim.Sec, st.Atim.Nsec)
+	}
+	return info.ModTime()
 }
 
 func lockFile(path string) (func(), error) {
@@ -243,7 +251,7 @@ func (c *Cache) evict(keep string) {
 		if err != nil {
 			continue
 		}
-		files = append(files, file{filepath.Join(c.Dir, e.Name()), info.Size(), info.ModTime()})
+		files = append(files, file{filepath.Join(c.Dir, e.Name()), info.Size(), usedAt(info)})
 		total += info.Size()
 	}
 	sort.Slice(files, func(i, j int) bool { return files[i].used.Before(files[j].used) })
