@@ -449,8 +449,10 @@ func TestMonitorStorageCounters(t *testing.T) {
 	objstore.Stats.Requests.Add(3)
 	objstore.Stats.BytesFetched.Add(4096)
 	objstore.Stats.Misses.Add(1)
+	objstore.Stats.Retries.Add(2)
 	m.samplePipelines()
-	for name, at := range map[string]float64{"storage/s3/requests": 3, "storage/s3/bytes_fetched": 4096, "storage/s3/cache_misses": 1} {
+	for name, at := range map[string]float64{"storage/s3/requests": 3, "storage/s3/bytes_fetched": 4096, "storage/s3/cache_misses": 1,
+		"storage/s3/retries": 2} {
 		s, err := m.Summary(mustMetric(t, m, name))
 		require.NoError(t, err)
 		require.GreaterOrEqual(t, float64(s.Last), at, name)

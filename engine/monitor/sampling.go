@@ -345,7 +345,8 @@ func (m *Monitor) samplePipelinesOlderThan(minAge time.Duration) {
 }
 
 // sampleStorage logs the object store's counters, process-wide (storage/s3/...), once anything was
-// fetched or found in the object cache.
+// fetched or found in the object cache, and each ranged GET's duration since the last sample as a sample
+// of storage/s3/fetch_seconds (whose summary gives the latency quantiles).
 func (m *Monitor) sampleStorage() {
 	st := &objstore.Stats
 	req, hits, misses := st.Requests.Load(), st.Hits.Load(), st.Misses.Load()
@@ -353,6 +354,8 @@ func (m *Monitor) sampleStorage() {
 		return
 	}
 	t := engine.MonotonicNow()
+	objstore.DrainLatencies(func(s float64) { m.logNamed("storage/s3/fetch_seconds", t, s) })
+	m.logNamed("storage/s3/retries", t, float64(st.Retries.Load()))
 	m.logNamed("storage/s3/requests", t, float64(req))
 	m.logNamed("storage/s3/bytes_fetched", t, float64(st.BytesFetched.Load()))
 	m.logNamed("storage/s3/cache_hits", t, float64(hits))

@@ -31,9 +31,40 @@ type Cache struct {
 	Limit int64 // bytes; 0: no limit
 }
 
-// Stats count a process's fetches.
+// Stats count a process's fetches: ranged GETs (Requests), their bytes, cache hits and misses, and the
+// HTTP attempts that failed and were retried (Retries).
 var Stats struct {
-	Requests, BytesFetched, Hits, Misses atomic.Uint64
+	Requests, BytesFetched, Hits, Misses, Retries atomic.Uint64
+}
+
+// latencies holds the durations of the latest ranged GETs, in seconds, until the monitor drains them.
+var latencies struct {
+	mu  sync.Mutex
+	buf []float64
+}
+
+// maxLatencies bounds the latencies kept between two drains: the newest are kept.
+const maxLatencies = 4096
+
+func recordLatency(d time.Duration) {
+	latencies.mu.Lock()
+	if len(latencies.buf) >= maxLatencies {
+		copy(latencies.buf, latencies.buf[1:])
+		latencies.buf = latencies.buf[:maxLatencies-1]
+	}
+	latencies.buf = append(latencies.buf, d.Seconds())
+	latencies.mu.Unlock()
+}
+
+// DrainLatencies hands each ranged GET's duration (seconds) recorded since the last drain to f.
+func DrainLatencies(f func(seconds float64)) {
+	latencies.mu.Lock()
+	buf := latencies.buf
+	latencies.buf = nil
+	latencies.mu.Unlock()
+	for _, v := range buf {
+		f(v)
+	}
 }
 
 // DefaultCache is FERRY_CACHE_DIR (default $XDG_CACHE_HOME/ferry/objects, else ~/.cache/ferry/objects)

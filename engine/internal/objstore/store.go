@@ -150,11 +150,11 @@ func New(ctx context.Context, o Options) (*Client, error) {
 		attempts = 8
 	}
 	cfg, err := config.LoadDefaultConfig(ctx, config.WithLogger(logging.Nop{}), config.WithRetryer(func() aws.Retryer {
-		return retry.NewStandard(func(so *retry.StandardOptions) {
+		return countRetries{retry.NewStandard(func(so *retry.StandardOptions) {
 			so.MaxAttempts = attempts
 			so.MaxBackoff = 10 * time.Second // full jitter, doubling up to this
 			so.RateLimiter = ratelimit.None  // no client-side retry quota: the deadline bounds a request
-		})
+		})}
 	}))
 	if err != nil {
 		return nil, fmt.Errorf("object store configuration: %w", err)
@@ -212,6 +212,8 @@ func (c *Client) ReadRange(ctx context.Context, obj Object, etag string, off int
 	rng := fmt.Sprintf("bytes=%d-%d", off, off+int64(len(dst))-1)
 	ctx, cancel := context.WithTimeout(ctx, c.deadline)
 	defer cancel()
+	start := time.Now()
+	defer func() { recordLatency(time.Since(start)) }()
 	in := &s3.GetObjectInput{Bucket: &obj.Bucket, Key: &obj.Key, Range: &rng}
 	if etag != "" {
 		in.IfMatch = &etag
@@ -251,4 +253,12 @@ func (c *Client) Put(ctx context.Context, obj Object, data []byte) error {
 		return wrap(obj, "", err)
 	}
 	return nil
+}
+
+// countRetries counts in Stats.Retries each attempt the SDK retries.
+type countRetries struct{ aws.Retryer }
+
+func (r countRetries) RetryDelay(attempt int, err error) (time.Duration, error) {
+	Stats.Retries.Add(1)
+	return r.Retryer.RetryDelay(attempt, err)
 }

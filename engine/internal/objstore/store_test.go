@@ -154,6 +154,8 @@ func TestFetchThroughFaults(t *testing.T) {
 	require.NoError(t, direct.Put(ctx, Object{"faults", "x.bin"}, want))
 
 	for _, status := range []int{http.StatusServiceUnavailable, http.StatusInternalServerError} {
+		retries := Stats.Retries.Load()
+		DrainLatencies(func(float64) {})
 		p := &flakyProxy{target: endpoint, status: status}
 		p.fail.Store(3)
 		srv := httptest.NewServer(p)
@@ -165,6 +167,13 @@ func TestFetchThroughFaults(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, bytes.Equal(want, got))
 		require.Greater(t, p.seen.Load(), int64(3), "the failed requests were retried")
+		require.GreaterOrEqual(t, Stats.Retries.Load()-retries, uint64(3), "and counted")
+		n := 0
+		DrainLatencies(func(s float64) {
+			require.Positive(t, s)
+			n++
+		})
+		require.Equal(t, 2, n, "one duration per ranged GET (two parts)")
 		srv.Close()
 	}
 
