@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -267,4 +268,81 @@ func TestRangedReadsFromS3(t *testing.T) {
 	require.False(t, remoteSource(again), "the complete object is mapped from the cache")
 	require.Equal(t, want, readAll(t, again))
 	require.Equal(t, req, objstore.Stats.Requests.Load())
+}
+
+// TestStoreDownMidEpoch: with the store stopped in the middle of an epoch read in ranges, the next batch
+// fails within the configured deadline with an I/O error naming the object (no hang); once the store is
+// back, the iterator goes on and its batches are right.
+func TestStoreDownMidEpoch(t *testing.T) {
+	srv := testutil.StartS3Server(t)
+	t.Setenv("FERRY_CACHE_DIR", t.TempDir())
+	t.Setenv("FERRY_S3_RANGED_BYTES", "1")
+	t.Setenv("FERRY_S3_TIMEOUT", "3")
+	t.Setenv("FERRY_S3_ATTEMPTS", "2")
+	ctx := context.Background()
+	r := srcRand(t)
+	tokens := srcRandBytes(r, 16<<20)
+	put := func() {
+		cl, err := objstore.New(ctx, objstore.Options{})
+		require.NoError(t, err)
+		require.NoError(t, cl.CreateBucket(ctx, "flaky"))
+		require.NoError(t, cl.Put(ctx, objstore.Object{Bucket: "flaky", Key: "tokens.bin"}, tokens))
+	}
+	put()
+	cfg := TokenConfig{Format: TokensUint16, SeqLen: 256}
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "t.bin"), tokens, 0o644))
+	ls, err := NewTokenSource(filepath.Join(dir, "t.bin"), cfg)
+	require.NoError(t, err)
+	defer ls.Close()
+	want := readAll(t, ls)
+	src, err := NewTokenSource("s3://flaky/tokens.bin", cfg)
+	require.NoError(t, err)
+	defer src.Close()
+	e := enginetest.OpenCPU(t, engine.WithSampleInterval(0))
+	// Prefetch 2: the producer runs at most a batch or two ahead, so later batches fetch after the stop.
+	it, err := NewIterator(e, src, IteratorOptions{BatchSize: 2, Shuffle: true, Seed: 3, Prefetch: 2})
+	require.NoError(t, err)
+	defer it.Close()
+	check := func(b *Batch) {
+		for row, i := range b.Indices {
+			require.Equal(t, want[i][:512], b.Fields[0].Host[row*512:(row+1)*512], "sample %d", i)
+		}
+		require.NoError(t, b.Release(0))
+	}
+	b, err := it.Next(ctx, 0)
+	require.NoError(t, err)
+	check(b)
+
+	srv.Stop()
+	start := time.Now()
+	var failed error
+	for k := 0; k < 40 && failed == nil; k++ {
+		b, err := it.Next(ctx, 0)
+		if err != nil {
+			failed = err
+			break
+		}
+		check(b) // batches fetched before the stop are still right
+	}
+	require.Error(t, failed, "a batch whose bytes could not be fetched fails")
+	require.ErrorIs(t, failed, engine.ErrIO)
+	require.Contains(t, failed.Error(), "s3://flaky/tokens.bin")
+	require.Less(t, time.Since(start), 60*time.Second)
+
+	srv.Start()
+	put() // a restarted server has lost its buckets: the same bytes again, so the same ETag
+	// The batches assigned while the store was down (at most the ring's depth) fail too; then it goes on.
+	good, bad := 0, 0
+	for good < 5 {
+		b, err := it.Next(ctx, 0)
+		if err != nil {
+			require.ErrorIs(t, err, engine.ErrIO)
+			bad++
+			require.LessOrEqual(t, bad, 2, "only batches assigned during the outage fail: %v", err)
+			continue
+		}
+		check(b)
+		good++
+	}
 }

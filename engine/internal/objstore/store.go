@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -109,20 +110,29 @@ var (
 )
 
 // Default is the process's client for the endpoint the environment names now (FERRY_S3_ENDPOINT,
-// AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL; none: AWS), made on first use.
+// AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL; none: AWS), with FERRY_S3_TIMEOUT (seconds a request may be
+// retried for) and FERRY_S3_ATTEMPTS (tries of a request) when set, made on first use.
 func Default() (*Client, error) {
 	cenv.Sync()
 	ep := endpointFromEnv()
+	key := ep + "\x00" + os.Getenv("FERRY_S3_TIMEOUT") + "\x00" + os.Getenv("FERRY_S3_ATTEMPTS")
 	clientsMu.Lock()
 	defer clientsMu.Unlock()
-	if c, ok := clients[ep]; ok {
+	if c, ok := clients[key]; ok {
 		return c, nil
 	}
-	c, err := New(context.Background(), Options{Endpoint: ep})
+	o := Options{Endpoint: ep}
+	if v, err := strconv.ParseFloat(os.Getenv("FERRY_S3_TIMEOUT"), 64); err == nil && v > 0 {
+		o.Deadline = time.Duration(v * float64(time.Second))
+	}
+	if v, err := strconv.Atoi(os.Getenv("FERRY_S3_ATTEMPTS")); err == nil && v > 0 {
+		o.Attempts = v
+	}
+	c, err := New(context.Background(), o)
 	if err != nil {
 		return nil, err
 	}
-	clients[ep] = c
+	clients[key] = c
 	return c, nil
 }
 
