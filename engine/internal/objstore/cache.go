@@ -275,7 +275,9 @@ func (c *Cache) evict(keep string) {
 	var files []file
 	var total int64
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".") || strings.HasSuffix(e.Name(), ".lock") || !e.Type().IsRegular() {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") || !e.Type().IsRegular() || strings.HasSuffix(name, ".lock") ||
+			strings.HasSuffix(name, ".part") || strings.HasSuffix(name, ".blocks") { // in use by readers in ranges
 			continue
 		}
 		info, err := e.Info()

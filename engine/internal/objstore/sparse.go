@@ -6,21 +6,29 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // Sparse is an object read in ranges: a local file of the object's size (sparse until its blocks are
 // fetched) that a source maps, and the blocks this process has fetched. Ensure fetches the blocks of
 // given byte ranges that are not there yet, coalescing neighbours, before anyone reads them; once every
 // block is there the file becomes the object's cache entry, and later opens read it whole from the cache.
-// Processes of a node share the file; each fetches the blocks it has not seen itself.
+// Processes of a node share the file and a map of the blocks fetched (a ".blocks" file beside it, one
+// uint32 per block, mapped shared): a block one rank fetched is not fetched again by another. Two ranks
+// that want a missing block at the same moment may both fetch it; they write the same bytes.
 type Sparse struct {
-	cl    *Client
-	obj   Object
-	info  Info
-	f     *os.File
-	Path  string // the file to map
-	whole string // the object's cache entry, once complete
+	cl     *Client
+	obj    Object
+	info   Info
+	f      *os.File
+	shared []uint32 // the node's map of fetched blocks: 1 once a block's bytes are in the file
+	smap   []byte   // its mapping
+	Path   string   // the file to map
+	whole  string   // the object's cache entry, once complete
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -60,16 +68,23 @@ func (c *Cache) OpenSparse(ctx context.Context, cl *Client, obj Object) (*Sparse
 	if err != nil {
 		return nil, "", fmt.Errorf("the object cache folder: %w", err)
 	}
+	n := int((info.Size + SparseBlock - 1) / SparseBlock)
+	fresh := false
 	st, err := f.Stat()
 	if err == nil && st.Size() != info.Size {
-		err = f.Truncate(info.Size) // a new file (or one of another size, rewritten from scratch below)
+		fresh = true // a new partial file: no block is in it
+		err = f.Truncate(info.Size)
+	}
+	var smap []byte
+	if err == nil {
+		smap, err = mapBlocks(part+".blocks", n, fresh)
 	}
 	if err != nil {
 		_ = f.Close()
 		return nil, "", fmt.Errorf("the object cache folder: %w", err)
 	}
-	n := int((info.Size + SparseBlock - 1) / SparseBlock)
-	s := &Sparse{cl: cl, obj: obj, info: info, f: f, Path: part, whole: whole, state: make([]uint8, n)}
+	s := &Sparse{cl: cl, obj: obj, info: info, f: f, Path: part, whole: whole, state: make([]uint8, n), smap: smap,
+		shared: unsafe.Slice((*uint32)(unsafe.Pointer(&smap[0])), n)}
 	s.cond = sync.NewCond(&s.mu)
 	Stats.Misses.Add(1)
 	return s, part, nil
@@ -78,8 +93,34 @@ func (c *Cache) OpenSparse(ctx context.Context, cl *Client, obj Object) (*Sparse
 // Size is the object's size.
 func (s *Sparse) Size() int64 { return s.info.Size }
 
-// Close closes the partial file; a mapping of it stays valid.
-func (s *Sparse) Close() error { return s.f.Close() }
+// mapBlocks maps the node's map of fetched blocks, n uint32s, cleared when fresh.
+func mapBlocks(path string, n int, fresh bool) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }() // the mapping outlives the descriptor
+	if st, err := f.Stat(); err != nil {
+		return nil, err
+	} else if fresh || st.Size() != int64(4*n) {
+		if err := f.Truncate(0); err != nil {
+			return nil, err
+		}
+		if err := f.Truncate(int64(4 * n)); err != nil {
+			return nil, err
+		}
+	}
+	return unix.Mmap(int(f.Fd()), 0, 4*n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+}
+
+// Close closes the partial file and the block map; a mapping of the file stays valid.
+func (s *Sparse) Close() error {
+	if s.smap != nil {
+		_ = unix.Munmap(s.smap)
+		s.smap, s.shared = nil, nil
+	}
+	return s.f.Close()
+}
 
 // Ensure makes the bytes of every range [off, off+n) present in the file, fetching the missing blocks
 // (contiguous ones in one ranged GET of up to 16 MiB, eight GETs at a time) and waiting for blocks another
@@ -134,6 +175,10 @@ func (s *Sparse) claim(ranges [][2]int64) (mine []int, waiting bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.blocksOf(ranges, func(b int) bool {
+		if s.state[b] == blockMissing && s.shared != nil && atomic.LoadUint32(&s.shared[b]) == 1 {
+			s.state[b] = blockPresent // another rank of the node fetched it
+			s.present++
+		}
 		switch s.state[b] {
 		case blockMissing:
 			s.state[b] = blockFetching
@@ -203,6 +248,9 @@ func (s *Sparse) fetch(ctx context.Context, blocks []int) error {
 			s.state[b] = st
 			if st == blockPresent {
 				s.present++
+				if s.shared != nil {
+					atomic.StoreUint32(&s.shared[b], 1) // after its bytes were written
+				}
 			}
 		}
 	}

@@ -225,3 +225,42 @@ func TestConcurrentFetchesDownloadOnce(t *testing.T) {
 	require.True(t, bytes.Equal(want, got))
 	require.Equal(t, uint64(4), Stats.Requests.Load()-before, "one download: 4 parts")
 }
+
+// TestSparseSharedBetweenReaders: two readers of one object in ranges (two ranks of a node: separate
+// states, one cache folder) share the fetched blocks: what one fetched, the other reads without a request.
+func TestSparseSharedBetweenReaders(t *testing.T) {
+	testutil.StartS3(t)
+	ctx := context.Background()
+	cl, err := New(ctx, Options{})
+	require.NoError(t, err)
+	require.NoError(t, cl.CreateBucket(ctx, "sparse"))
+	want := randomBytes(6*SparseBlock+100, 6)
+	require.NoError(t, cl.Put(ctx, Object{"sparse", "x.bin"}, want))
+	cache := &Cache{Dir: t.TempDir()}
+	a, pathA, err := cache.OpenSparse(ctx, cl, Object{"sparse", "x.bin"})
+	require.NoError(t, err)
+	defer a.Close()
+	b, pathB, err := cache.OpenSparse(ctx, cl, Object{"sparse", "x.bin"})
+	require.NoError(t, err)
+	defer b.Close()
+	require.Equal(t, pathA, pathB)
+
+	before := Stats.Requests.Load()
+	require.NoError(t, a.Ensure(ctx, [2]int64{SparseBlock + 10, 2 * SparseBlock}, [2]int64{5 * SparseBlock, 10}))
+	fetched := Stats.Requests.Load() - before
+	require.Equal(t, uint64(2), fetched, "blocks 1-3 in one GET, block 5 in another")
+	require.NoError(t, b.Ensure(ctx, [2]int64{2 * SparseBlock, 100}, [2]int64{5*SparseBlock + 7, 3}))
+	require.Equal(t, fetched, Stats.Requests.Load()-before, "the second reader found the blocks fetched")
+
+	// Every block, then the partial file is the object's entry: the next open is a whole copy.
+	require.NoError(t, b.Ensure(ctx, [2]int64{0, int64(len(want))}))
+	got, err := os.ReadFile(pathB)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, got))
+	c, whole, err := cache.OpenSparse(ctx, cl, Object{"sparse", "x.bin"})
+	require.NoError(t, err)
+	require.Nil(t, c, "complete: no partial file")
+	got, err = os.ReadFile(whole)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, got))
+}
