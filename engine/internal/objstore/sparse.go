@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -227,7 +228,7 @@ func (s *Sparse) fetch(ctx context.Context, blocks []int) error {
 				Stats.BytesFetched.Add(uint64(n))
 				_, err = s.f.WriteAt(buf, off)
 				if errors.Is(err, syscall.ENOSPC) {
-					err = fmt.Errorf("the object cache folder is full writing %s: %w", s.obj, err)
+					err = fmt.Errorf("the object cache folder %s is full writing %s: %w", filepath.Dir(s.Path), s.obj, err)
 				}
 			}
 			errs[i] = err

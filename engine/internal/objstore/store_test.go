@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/ferry-ml/ferry/engine/internal/testutil"
 )
@@ -263,4 +264,35 @@ func TestSparseSharedBetweenReaders(t *testing.T) {
 	got, err = os.ReadFile(whole)
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(want, got))
+}
+
+// TestFullCacheDisk: a cache folder on a filesystem too small for the object gives an error that names the
+// folder and the object, whole or in ranges (a 2 MiB tmpfs, where this machine lets the test mount one).
+func TestFullCacheDisk(t *testing.T) {
+	testutil.StartS3(t)
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=2m"); err != nil {
+		t.Skipf("cannot mount a small filesystem for the cache here: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(dir, 0) })
+	ctx := context.Background()
+	cl, err := New(ctx, Options{})
+	require.NoError(t, err)
+	require.NoError(t, cl.CreateBucket(ctx, "full"))
+	require.NoError(t, cl.Put(ctx, Object{"full", "big.bin"}, randomBytes(4*SparseBlock, 7)))
+	cache := &Cache{Dir: dir}
+	_, err = cache.Fetch(ctx, cl, Object{"full", "big.bin"})
+	require.Error(t, err)
+	require.Contains(t, err.Error(), dir)
+	require.Contains(t, err.Error(), "s3://full/big.bin")
+	require.Contains(t, err.Error(), "no room")
+
+	s, _, err := cache.OpenSparse(ctx, cl, Object{"full", "big.bin"})
+	require.NoError(t, err, "a partial file takes no room until its blocks come")
+	defer s.Close()
+	err = s.Ensure(ctx, [2]int64{0, 4 * SparseBlock})
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "is full")
+	require.Contains(t, err.Error(), dir)
+	require.Contains(t, err.Error(), "s3://full/big.bin")
 }
