@@ -82,9 +82,9 @@ func layoutPlanes(rows []imgRow, end int) int {
 		row.yOff = end
 		end += alignArena(row.yPitch * yh)
 		row.cOff = end
-		if !row.gray {
-			end += 2 * alignArena(row.cPitch*row.ch)
-		}
+		// Chroma planes for a gray image too: nvJPEG is given three planes for every image of the batch,
+		// and one it wrote by mistake must not land on the next image's.
+		end += 2 * alignArena(row.cPitch*row.ch)
 	}
 	return max(end, imageArenaAlign)
 }
