@@ -7,11 +7,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/internal/objstore"
 )
 
 // ImageFolderExtensions are torchvision's IMG_EXTENSIONS: the files an ImageFolder takes.
@@ -38,7 +40,8 @@ type ImageFolderSource struct {
 	classes []string
 	paths   []string
 	labels  []int32
-	sizes   []atomic.Int64 // -1 until known
+	sizes   []atomic.Int64  // -1 until known
+	remote  []objstore.Info // per sample, for a root in an object store (source_imagefolder_s3.go); else nil
 	fields  []Field
 	guard   closeGuard
 }
@@ -58,28 +61,42 @@ func NewImageFolderSource(root string, cfg ImageFolderConfig) (*ImageFolderSourc
 	if cfg.MaxBytes < 0 {
 		return nil, fmt.Errorf("%w: image folder %s: max bytes %d is negative", engine.ErrInvalidArgument, root, cfg.MaxBytes)
 	}
-	entries, err := os.ReadDir(root)
-	if err != nil {
-		return nil, fmt.Errorf("%w: image folder: %w", engine.ErrIO, err)
-	}
 	s := &ImageFolderSource{root: root, cfg: cfg}
-	for _, e := range entries {
-		if isDirFollow(filepath.Join(root, e.Name()), e) {
-			s.classes = append(s.classes, e.Name())
-		}
-	}
-	sort.Strings(s.classes)
-	if len(s.classes) == 0 {
-		return nil, fmt.Errorf("%w: image folder %s has no class folder", engine.ErrFormat, root)
-	}
 	var empty []string
-	for c, class := range s.classes {
-		before := len(s.paths)
-		if err := s.walkClass(filepath.Join(root, class), int32(c)); err != nil {
+	if objstore.IsURL(root) {
+		if err := s.listObjects(); err != nil {
 			return nil, err
 		}
-		if len(s.paths) == before {
-			empty = append(empty, class)
+		if len(s.classes) == 0 {
+			return nil, fmt.Errorf("%w: image folder %s has no class folder", engine.ErrFormat, root)
+		}
+		for c, class := range s.classes {
+			if !slices.Contains(s.labels, int32(c)) {
+				empty = append(empty, class)
+			}
+		}
+	} else {
+		entries, err := os.ReadDir(root)
+		if err != nil {
+			return nil, fmt.Errorf("%w: image folder: %w", engine.ErrIO, err)
+		}
+		for _, e := range entries {
+			if isDirFollow(filepath.Join(root, e.Name()), e) {
+				s.classes = append(s.classes, e.Name())
+			}
+		}
+		sort.Strings(s.classes)
+		if len(s.classes) == 0 {
+			return nil, fmt.Errorf("%w: image folder %s has no class folder", engine.ErrFormat, root)
+		}
+		for c, class := range s.classes {
+			before := len(s.paths)
+			if err := s.walkClass(filepath.Join(root, class), int32(c)); err != nil {
+				return nil, err
+			}
+			if len(s.paths) == before {
+				empty = append(empty, class)
+			}
 		}
 	}
 	if len(empty) > 0 && !cfg.AllowEmpty {
@@ -92,6 +109,9 @@ func NewImageFolderSource(root string, cfg ImageFolderConfig) (*ImageFolderSourc
 	s.sizes = make([]atomic.Int64, len(s.paths))
 	for i := range s.sizes {
 		s.sizes[i].Store(-1)
+		if s.remote != nil {
+			s.sizes[i].Store(s.remote[i].Size)
+		}
 	}
 	s.fields = []Field{{Name: "image", DType: Uint8, Shape: []int{cfg.MaxBytes}}, {Name: "label", DType: Int64}}
 	if err := s.fields[0].Validate(); err != nil {
@@ -240,8 +260,14 @@ func (s *ImageFolderSource) ReadSample(i int, dst [][]byte) error {
 		return errClosedSource(s, i)
 	}
 	defer s.guard.exit()
-	path := s.paths[i]
-	f, err := os.Open(path)
+	path, local := s.paths[i], s.paths[i]
+	if s.remote != nil {
+		var err error
+		if local, err = s.fetchImage(i); err != nil {
+			return fmt.Errorf("%w: image folder sample %d: %w", engine.ErrIO, i, err)
+		}
+	}
+	f, err := os.Open(local)
 	if err != nil {
 		return fmt.Errorf("%w: image folder sample %d: %w", engine.ErrIO, i, err)
 	}

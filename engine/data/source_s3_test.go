@@ -367,3 +367,49 @@ func TestStoreDownMidEpoch(t *testing.T) {
 		good++
 	}
 }
+
+// TestImageFolderFromS3: an image folder tree uploaded under a prefix reads as the local tree does (the same
+// classes, labels, order and bytes, nested folders and non-images included), and a second epoch makes no
+// request.
+func TestImageFolderFromS3(t *testing.T) {
+	testutil.StartS3(t)
+	t.Setenv("FERRY_CACHE_DIR", t.TempDir())
+	ctx := context.Background()
+	cl, err := objstore.New(ctx, objstore.Options{})
+	require.NoError(t, err)
+	require.NoError(t, cl.CreateBucket(ctx, "images"))
+	r := srcRand(t)
+	root := t.TempDir()
+	files := []string{"cat/b.jpg", "cat/a/z.png", "cat/a/y.JPEG", "cat/notes.txt", "dog/x.webp", "dog/sub/deeper/w.jpg",
+		"ant/only.bmp", "top-level.jpg"}
+	for _, f := range files {
+		p := filepath.Join(root, f)
+		require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
+		b := srcRandBytes(r, 50+r.IntN(200))
+		require.NoError(t, os.WriteFile(p, b, 0o644))
+		require.NoError(t, cl.Put(ctx, objstore.Object{Bucket: "images", Key: "train/" + f}, b))
+	}
+	local, err := NewImageFolderSource(root, ImageFolderConfig{MaxBytes: 1024})
+	require.NoError(t, err)
+	defer local.Close()
+	remote, err := NewImageFolderSource("s3://images/train", ImageFolderConfig{MaxBytes: 1024})
+	require.NoError(t, err)
+	defer remote.Close()
+	require.Equal(t, local.Classes(), remote.Classes())
+	require.Equal(t, local.Len(), remote.Len())
+	for i := 0; i < local.Len(); i++ {
+		rel, err := filepath.Rel(root, local.Path(i))
+		require.NoError(t, err)
+		require.Equal(t, "s3://images/train/"+rel, remote.SampleName(i), "sample %d in the same order", i)
+		require.Equal(t, local.Label(i), remote.Label(i))
+		require.Equal(t, local.SampleLen(i), remote.SampleLen(i))
+	}
+	require.Equal(t, readAll(t, local), readAll(t, remote))
+	req := objstore.Stats.Requests.Load()
+	require.Equal(t, readAll(t, local), readAll(t, remote))
+	require.Equal(t, req, objstore.Stats.Requests.Load(), "a warm epoch makes no request")
+
+	_, err = NewImageFolderSource("s3://images/nothing-here", ImageFolderConfig{})
+	require.ErrorIs(t, err, engine.ErrFormat)
+	require.Contains(t, err.Error(), "no class folder")
+}

@@ -120,6 +120,12 @@ func (c *Cache) Fetch(ctx context.Context, cl *Client, obj Object) (string, erro
 	if err != nil {
 		return "", err
 	}
+	return c.FetchKnown(ctx, cl, obj, info)
+}
+
+// FetchKnown is Fetch of an object whose size and ETag are known (from a listing): a cached copy is found
+// without a request.
+func (c *Cache) FetchKnown(ctx context.Context, cl *Client, obj Object, info Info) (string, error) {
 	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
 		return "", fmt.Errorf("the object cache folder: %w", err)
 	}

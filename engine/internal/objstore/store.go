@@ -272,3 +272,40 @@ func (r countRetries) RetryDelay(attempt int, err error) (time.Duration, error) 
 	Stats.Retries.Add(1)
 	return r.Retryer.RetryDelay(attempt, err)
 }
+
+// Listed is an object of a listing: its key, size and ETag.
+type Listed struct {
+	Key  string
+	Info Info
+}
+
+// List lists the objects of bucket whose keys start with prefix, in key order.
+func (c *Client) List(ctx context.Context, bucket, prefix string) ([]Listed, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.deadline)
+	defer cancel()
+	var out []Listed
+	p := s3.NewListObjectsV2Paginator(c.s3, &s3.ListObjectsV2Input{Bucket: &bucket, Prefix: &prefix})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, wrap(Object{Bucket: bucket, Key: prefix}, "", err)
+		}
+		for _, o := range page.Contents {
+			out = append(out, Listed{Key: aws.ToString(o.Key), Info: Info{Size: aws.ToInt64(o.Size), ETag: aws.ToString(o.ETag)}})
+		}
+	}
+	return out, nil
+}
+
+// ParsePrefix splits s3://bucket[/prefix] into the bucket and the prefix without a trailing slash (empty
+// for the whole bucket).
+func ParsePrefix(url string) (bucket, prefix string, err error) {
+	if !IsURL(url) {
+		return "", "", fmt.Errorf("%q is not an s3:// URL", url)
+	}
+	bucket, prefix, _ = strings.Cut(strings.TrimPrefix(url, Scheme), "/")
+	if bucket == "" {
+		return "", "", fmt.Errorf("%q: a bucket URL is s3://bucket[/prefix]", url)
+	}
+	return bucket, strings.TrimSuffix(prefix, "/"), nil
+}
