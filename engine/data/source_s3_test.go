@@ -129,6 +129,13 @@ func TestSourcesFromS3(t *testing.T) {
 		}
 		require.NoError(t, rw.Close())
 	}
+	// A prefix ending in "/" lists its .tar objects, in key order.
+	byPrefix, err := NewWebDatasetSource([]string{"s3://train/set/"}, WebDatasetConfig{})
+	require.NoError(t, err)
+	require.Equal(t, readAll(t, lw), readAll(t, byPrefix))
+	require.NoError(t, byPrefix.Close())
+	_, err = NewWebDatasetSource([]string{"s3://train/none/"}, WebDatasetConfig{})
+	require.ErrorIs(t, err, engine.ErrFormat)
 
 	wd, err := os.Getwd()
 	require.NoError(t, err)

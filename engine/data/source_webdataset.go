@@ -1,6 +1,7 @@
 package data
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"sort"
@@ -84,6 +85,15 @@ func NewWebDatasetSource(patterns []string, cfg WebDatasetConfig) (*WebDatasetSo
 	}
 	var paths []string
 	for _, p := range patterns {
+		if objstore.IsURL(p) && strings.HasSuffix(p, "/") {
+			// A prefix in an object store: its .tar objects, in key order.
+			listed, err := listShards(p)
+			if err != nil {
+				return nil, err
+			}
+			paths = append(paths, listed...)
+			continue
+		}
 		expanded, err := expandBraces(p)
 		if err != nil {
 			return nil, err
@@ -314,4 +324,33 @@ func (s *WebDatasetSource) String() string {
 		}
 	}
 	return fmt.Sprintf("webdataset(%s, %d samples)", name, s.n)
+}
+
+// listShards is the .tar objects under the prefix url (s3://bucket/prefix/), in key order.
+func listShards(url string) ([]string, error) {
+	bucket, prefix, err := objstore.ParsePrefix(url)
+	if err != nil {
+		return nil, fmt.Errorf("%w: WebDataset source: %w", engine.ErrInvalidArgument, err)
+	}
+	cl, err := objstore.Default()
+	if err != nil {
+		return nil, fmt.Errorf("%w: WebDataset source: %w", engine.ErrIO, err)
+	}
+	if prefix != "" {
+		prefix += "/"
+	}
+	listed, err := cl.List(context.Background(), bucket, prefix)
+	if err != nil {
+		return nil, fmt.Errorf("%w: WebDataset source: %w", engine.ErrIO, err)
+	}
+	var out []string
+	for _, o := range listed {
+		if strings.HasSuffix(o.Key, ".tar") {
+			out = append(out, objstore.Scheme+bucket+"/"+o.Key)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: WebDataset source: no .tar object under %s", engine.ErrFormat, url)
+	}
+	return out, nil
 }
