@@ -11,6 +11,7 @@ import (
 	"unsafe"
 
 	"github.com/ferry-ml/ferry/engine"
+	"github.com/ferry-ml/ferry/engine/internal/objstore"
 )
 
 // The Megatron-order index cache. A build's three arrays are written to one file named by a key over
@@ -36,10 +37,13 @@ func megatronCacheKey(s *MegatronSource, beg, end int, p megatronGPTParams) (key
 	var files []file
 	for _, f := range s.files {
 		abs, err := filepath.Abs(f.idx.path)
+		if objstore.IsURL(f.idx.path) {
+			abs = f.idx.path // an object: its URL, and the size and time of its cached copy (named by its ETag)
+		}
 		if err != nil {
 			return nil, "", err
 		}
-		st, err := os.Stat(f.idx.path)
+		st, err := os.Stat(f.idx.local)
 		if err != nil {
 			return nil, "", err
 		}

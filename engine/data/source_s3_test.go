@@ -105,6 +105,11 @@ func TestSourcesFromS3(t *testing.T) {
 	require.NoError(t, err)
 	defer rg.Close()
 	require.Equal(t, readAll(t, lg), readAll(t, rg))
+	again, err := NewGPTSource([]string{"s3://train/mega/corpus_u16"}, gcfg)
+	require.NoError(t, err)
+	defer again.Close()
+	require.True(t, again.IndexInfo().Cached, "the second start maps the index built by the first")
+	require.Equal(t, readAll(t, lg), readAll(t, again))
 	// WebDataset shards: fetched whole, indexed from the cached copy (the index cached in the object cache).
 	for k := range 2 {
 		var members []tarMember
