@@ -124,7 +124,7 @@ if [ "$mode" = bench ] || [ "$mode" = all ]; then
     step "bench: layout kernel vs torch" "$log" python3 "$here/python/benchmarks/bench_layout.py" --json "$out/bench_layout.json"
     step "bench: PyTorch pipelines through ferry" "$log" python3 "$here/python/benchmarks/bench_pipeline.py" --json "$out/bench_pipeline.json"
     step "bench: JPEG folders and shards, decode + crop, vs torchvision" "$log" python3 "$here/python/benchmarks/bench_images.py" \
-        --images 3000 --workers 16 --gpu --json "$out/bench_images.json"
+        --images 3000 --workers 16 --gpu --epochs 4 --json "$out/bench_images.json"
     step "bench: Megatron start-up and GPT windows vs megatron-core" "$log" python3 "$here/python/benchmarks/bench_megatron.py" \
         --tokens 1e9 --tokens 1e10 --throughput --json "$out/bench_megatron.json"
     for p in engine data monitor; do
