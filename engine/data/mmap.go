@@ -57,39 +57,23 @@ func wholeFetchBytes() int64 {
 // mapObject maps an s3:// object: its cached copy, fetched whole when it is at most wholeFetchBytes, else
 // its partial file, read in ranges.
 func mapObject(path string) (*mappedFile, error) {
-	ctx := context.Background()
 	obj, err := objstore.Parse(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", engine.ErrInvalidArgument, err)
 	}
-	cl, err := objstore.Default()
-	if err == nil {
-		var c *objstore.Cache
-		if c, err = objstore.DefaultCache(); err == nil {
-			var info objstore.Info
-			if info, err = cl.Head(ctx, obj); err == nil && info.Size > wholeFetchBytes() {
-				var sp *objstore.Sparse
-				var local string
-				if sp, local, err = c.OpenSparse(ctx, cl, obj); err == nil {
-					m, err := mapLocal(path, local)
-					if sp != nil {
-						if m == nil {
-							_ = sp.Close()
-						} else {
-							m.sparse = sp // closed with the mapping
-						}
-					}
-					return m, err
-				}
-			} else if err == nil {
-				var local string
-				if local, err = c.Fetch(ctx, cl, obj); err == nil {
-					return mapLocal(path, local)
-				}
-			}
+	local, sp, err := objstore.Open(context.Background(), obj, wholeFetchBytes())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", engine.ErrIO, err)
+	}
+	m, err := mapLocal(path, local)
+	if sp != nil {
+		if m == nil {
+			_ = sp.Close()
+		} else {
+			m.sparse = sp // closed with the mapping
 		}
 	}
-	return nil, fmt.Errorf("%w: %w", engine.ErrIO, err)
+	return m, err
 }
 
 // mapFile maps path. An empty file cannot be mapped and is an ErrFormat error; anything but a regular

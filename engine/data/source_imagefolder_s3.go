@@ -69,7 +69,7 @@ func (s *ImageFolderSource) listObjects() error {
 			if from != "" {
 				key = from + key
 			}
-			s.paths = append(s.paths, objstore.Scheme+bucket+"/"+key)
+			s.paths = append(s.paths, objstore.Object{Bucket: bucket, Key: key}.String())
 			s.labels = append(s.labels, int32(c))
 			s.remote = append(s.remote, f.info)
 		}
@@ -83,13 +83,5 @@ func (s *ImageFolderSource) fetchImage(i int) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	cl, err := objstore.Default()
-	if err != nil {
-		return "", err
-	}
-	c, err := objstore.DefaultCache()
-	if err != nil {
-		return "", err
-	}
-	return c.FetchKnown(context.Background(), cl, obj, s.remote[i])
+	return objstore.FetchListed(context.Background(), obj, s.remote[i])
 }

@@ -346,7 +346,7 @@ func listShards(url string) ([]string, error) {
 	var out []string
 	for _, o := range listed {
 		if strings.HasSuffix(o.Key, ".tar") {
-			out = append(out, objstore.Scheme+bucket+"/"+o.Key)
+			out = append(out, objstore.Object{Bucket: bucket, Key: o.Key}.String())
 		}
 	}
 	if len(out) == 0 {

@@ -62,18 +62,6 @@ func LoadNVJPEG() (string, error) {
 	return nvjpegLib, nvjpegErr
 }
 
-// NVJPEGVersion is the loaded library's major and minor version.
-func NVJPEGVersion() (major, minor int, err error) {
-	if _, err := LoadNVJPEG(); err != nil {
-		return 0, 0, err
-	}
-	var ma, mi C.int
-	if C.ferry_nvjpeg_version(&ma, &mi) != 0 {
-		return 0, 0, errors.New("nvjpegGetProperty failed")
-	}
-	return int(ma), int(mi), nil
-}
-
 // nvjpegStatuses are nvjpegStatus_t's names.
 var nvjpegStatuses = []string{"NVJPEG_STATUS_SUCCESS", "NVJPEG_STATUS_NOT_INITIALIZED", "NVJPEG_STATUS_INVALID_PARAMETER",
 	"NVJPEG_STATUS_BAD_JPEG", "NVJPEG_STATUS_JPEG_NOT_SUPPORTED", "NVJPEG_STATUS_ALLOCATOR_FAILURE",
@@ -188,11 +176,8 @@ func (s *NVJPEGState) Close() error {
 	return nvjpegCheck("nvjpegJpegStateDestroy", st)
 }
 
-// nvJPEG output formats.
-const (
-	NVJPEGOutputYUV  = int(C.FERRY_NVJPEG_OUTPUT_YUV)  // planar Y, Cb, Cr, the chroma planes at their own size
-	NVJPEGOutputRGBI = int(C.FERRY_NVJPEG_OUTPUT_RGBI) // interleaved RGB in plane 0
-)
+// NVJPEGOutputYUV is the output format of planar Y, Cb and Cr, the chroma planes at their own size.
+const NVJPEGOutputYUV = int(C.FERRY_NVJPEG_OUTPUT_YUV)
 
 // DecodeBatched decodes the JPEGs data[i] (host memory, read during the call) in format (NVJPEGOutput*) to
 // the device addresses planes[i][c], rows pitches[i][c] bytes apart, on stream: nvjpegDecodeBatched. The

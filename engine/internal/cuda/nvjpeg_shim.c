@@ -13,7 +13,6 @@ typedef struct {
 } ferry_nvjpeg_image;
 
 static struct {
-    int (*get_property)(int, int*);
     int (*create_ex)(int, void*, void*, unsigned int, void**);
     int (*destroy)(void*);
     int (*state_create)(void*, void**);
@@ -33,7 +32,6 @@ int ferry_nvjpeg_load(const char* path, char* err, size_t errlen) {
         size_t offset;
         const char* name;
     } syms[] = {
-        {offsetof(__typeof__(nv), get_property), "nvjpegGetProperty"},
         {offsetof(__typeof__(nv), create_ex), "nvjpegCreateEx"},
         {offsetof(__typeof__(nv), destroy), "nvjpegDestroy"},
         {offsetof(__typeof__(nv), state_create), "nvjpegJpegStateCreate"},
@@ -51,14 +49,6 @@ int ferry_nvjpeg_load(const char* path, char* err, size_t errlen) {
         }
         memcpy((char*)&nv + syms[i].offset, &p, sizeof p);
     }
-    return 0;
-}
-
-int ferry_nvjpeg_version(int* major, int* minor) {
-    *major = *minor = -1;
-    if (nv.get_property == NULL) return -1;
-    /* libraryPropertyType: MAJOR_VERSION 0, MINOR_VERSION 1 */
-    if (nv.get_property(0, major) != 0 || nv.get_property(1, minor) != 0) return -1;
     return 0;
 }
 

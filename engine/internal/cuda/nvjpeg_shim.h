@@ -18,13 +18,9 @@
 #define FERRY_NVJPEG_BACKEND_DEFAULT 0
 #define FERRY_NVJPEG_BACKEND_HARDWARE 3
 #define FERRY_NVJPEG_OUTPUT_YUV 1
-#define FERRY_NVJPEG_OUTPUT_RGBI 5
 
 /* Loads the library at path. Returns 0 or FERRY_NVJPEG_LOAD_*, with the reason in err. */
 int ferry_nvjpeg_load(const char* path, char* err, size_t errlen);
-
-/* nvjpegGetProperty(MAJOR_VERSION) and MINOR_VERSION; -1 when unknown. */
-int ferry_nvjpeg_version(int* major, int* minor);
 
 /* nvjpegCreateEx(backend, NULL, NULL, 0, handle). Returns nvJPEG's status. */
 int ferry_nvjpeg_create(int backend, void** handle);

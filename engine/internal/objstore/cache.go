@@ -307,3 +307,46 @@ func (c *Cache) evict(keep string) {
 		}
 	}
 }
+
+// defaults are the process's client and the default cache, as the environment names them now.
+func defaults() (*Client, *Cache, error) {
+	cl, err := Default()
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := DefaultCache()
+	if err != nil {
+		return nil, nil, err
+	}
+	return cl, c, nil
+}
+
+// Open is a local copy of obj through the process's client and the default cache, after one HEAD: the
+// object fetched whole when it is at most wholeBelow bytes; else its partial file, read in ranges through
+// the returned *Sparse (nil when the object is cached whole already).
+func Open(ctx context.Context, obj Object, wholeBelow int64) (string, *Sparse, error) {
+	cl, c, err := defaults()
+	if err != nil {
+		return "", nil, err
+	}
+	info, err := cl.Head(ctx, obj)
+	if err != nil {
+		return "", nil, err
+	}
+	if info.Size <= wholeBelow {
+		path, err := c.FetchKnown(ctx, cl, obj, info)
+		return path, nil, err
+	}
+	sp, path, err := c.openSparse(cl, obj, info)
+	return path, sp, err
+}
+
+// FetchListed is FetchKnown through the process's client and the default cache, for an object whose size
+// and ETag a listing gave: a cached copy is found without a request.
+func FetchListed(ctx context.Context, obj Object, info Info) (string, error) {
+	cl, c, err := defaults()
+	if err != nil {
+		return "", err
+	}
+	return c.FetchKnown(ctx, cl, obj, info)
+}

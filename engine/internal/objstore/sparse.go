@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -56,10 +57,15 @@ func (c *Cache) OpenSparse(ctx context.Context, cl *Client, obj Object) (*Sparse
 	if err != nil {
 		return nil, "", err
 	}
+	return c.openSparse(cl, obj, info)
+}
+
+// openSparse is OpenSparse of an object whose size and ETag are known.
+func (c *Cache) openSparse(cl *Client, obj Object, info Info) (*Sparse, string, error) {
 	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
 		return nil, "", fmt.Errorf("the object cache folder: %w", err)
 	}
-	whole := c.Dir + string(os.PathSeparator) + entry(obj, info.ETag)
+	whole := filepath.Join(c.Dir, entry(obj, info.ETag))
 	if hit(whole, info.Size) {
 		Stats.Hits.Add(1)
 		return nil, whole, nil
@@ -90,9 +96,6 @@ func (c *Cache) OpenSparse(ctx context.Context, cl *Client, obj Object) (*Sparse
 	Stats.Misses.Add(1)
 	return s, part, nil
 }
-
-// Size is the object's size.
-func (s *Sparse) Size() int64 { return s.info.Size }
 
 // mapBlocks maps the node's map of fetched blocks, n uint32s, cleared when fresh.
 func mapBlocks(path string, n int, fresh bool) ([]byte, error) {
@@ -189,12 +192,9 @@ func (s *Sparse) claim(ranges [][2]int64) (mine []int, waiting bool) {
 		}
 		return true
 	})
-	// The ranges may overlap or come out of order: sort and drop repeats.
-	for i := 1; i < len(mine); i++ {
-		for j := i; j > 0 && mine[j] < mine[j-1]; j-- {
-			mine[j], mine[j-1] = mine[j-1], mine[j]
-		}
-	}
+	// The ranges come in any order (a block is claimed once: its state changes on the first): fetch runs
+	// of neighbours.
+	slices.Sort(mine)
 	return mine, waiting
 }
 

@@ -83,11 +83,6 @@ func (e *Error) Unwrap() error { return e.Err }
 // NotFound reports whether the object or its bucket does not exist.
 func (e *Error) NotFound() bool { return e.Status == http.StatusNotFound }
 
-// Denied reports whether the store refused the credentials or the access.
-func (e *Error) Denied() bool {
-	return e.Status == http.StatusForbidden || e.Status == http.StatusUnauthorized
-}
-
 // Changed reports whether the object changed under a reader (its ETag no longer matches).
 func (e *Error) Changed() bool { return e.Status == http.StatusPreconditionFailed }
 
