@@ -381,14 +381,7 @@ func (it *Iterator) hostDecodeRow(s *slot, f int, si *slotImages, r int) error {
 // out already (f and those before it) take the new images from the slot's spill buffers (uploadSpills).
 func (it *Iterator) replaceRow(s *slot, f int, r int, first error) error {
 	dst := make([][]byte, len(it.fields))
-	for g, p := range it.plans {
-		if it.workerInput(p) {
-			dst[g] = make([]byte, it.fields[g].Bytes())
-			continue
-		}
-		fb := it.fields[g].Bytes()
-		dst[g] = s.host[g].Bytes()[r*fb : (r+1)*fb]
-	}
+	it.rowDst(s, r, make([][]byte, len(it.fields)), dst)
 	setOwn := func(v bool) {
 		for _, o := range s.imgs {
 			if o != nil {

@@ -101,7 +101,18 @@ func (it *Iterator) nvjpegRows(s *slot, f int, si *slotImages, rows []imgRow) er
 	if len(pending) == 0 {
 		return nil
 	}
-	base := si.base
+	data := make([][]byte, len(pending))
+	planes := make([][3]engine.DevicePtr, len(pending))
+	pitches := make([][3]int, len(pending))
+	arena := si.dev.Ptr()
+	for k, r := range pending {
+		row := &rows[r]
+		cb := arena + engine.DevicePtr(row.cOff)
+		cr := cb + engine.DevicePtr(alignArena(row.cPitch*row.ch))
+		data[k] = row.enc
+		planes[k] = [3]engine.DevicePtr{arena + engine.DevicePtr(row.yOff), cb, cr}
+		pitches[k] = [3]int{row.yPitch, row.cPitch, row.cPitch}
+	}
 	var lastErr error
 	for b, dec := range []*cuda.NVJPEG{it.images.hw, it.images.gpu} {
 		if dec == nil || testHookRefuseNVJPEG {
@@ -115,21 +126,9 @@ func (it *Iterator) nvjpegRows(s *slot, f int, si *slotImages, rows []imgRow) er
 			}
 			si.states[b] = st
 		}
-		data := make([][]byte, len(pending))
-		planes := make([][3]engine.DevicePtr, len(pending))
-		pitches := make([][3]int, len(pending))
-		arena := si.dev.Ptr()
-		for k, r := range pending {
-			row := &rows[r]
-			cb := arena + engine.DevicePtr(row.cOff)
-			cr := cb + engine.DevicePtr(alignArena(row.cPitch*row.ch))
-			data[k] = row.enc
-			planes[k] = [3]engine.DevicePtr{arena + engine.DevicePtr(row.yOff), cb, cr}
-			pitches[k] = [3]int{row.yPitch, row.cPitch, row.cPitch}
-		}
 		err := si.states[b].DecodeBatched(data, planes, pitches, cuda.NVJPEGOutputYUV, it.stream)
 		if err == nil {
-			return it.launchColor(si, rows, pending, planes, base)
+			return it.launchColor(si, rows, pending, planes, si.base)
 		}
 		lastErr = err
 		it.e.Logger().Debug().Err(err).Int("images", len(pending)).Bool("hardware", dec.Hardware).Msg("nvJPEG refused a batch")

@@ -36,12 +36,12 @@ func megatronCacheKey(s *MegatronSource, beg, end int, p megatronGPTParams) (key
 	}
 	var files []file
 	for _, f := range s.files {
-		abs, err := filepath.Abs(f.idx.path)
-		if objstore.IsURL(f.idx.path) {
-			abs = f.idx.path // an object: its URL, and the size and time of its cached copy (named by its ETag)
-		}
-		if err != nil {
-			return nil, "", err
+		abs := f.idx.path // an object: its URL, and the size and time of its cached copy (named by its ETag)
+		if !objstore.IsURL(abs) {
+			var err error
+			if abs, err = filepath.Abs(abs); err != nil {
+				return nil, "", err
+			}
 		}
 		st, err := os.Stat(f.idx.local)
 		if err != nil {

@@ -281,17 +281,7 @@ func (it *Iterator) work(p *pipeline, tasks <-chan task) {
 			if stopped(p) {
 				return // a stop discards the batch: Close waits for one sample per worker, not a whole task
 			}
-			for f, p := range it.plans {
-				fb := it.fields[f].Bytes()
-				if it.workerInput(p) {
-					if own[f] == nil {
-						own[f] = make([]byte, fb)
-					}
-					dst[f] = own[f]
-					continue
-				}
-				dst[f] = s.host[f].Bytes()[r*fb : (r+1)*fb]
-			}
+			it.rowDst(s, r, own, dst)
 			err := it.readRow(s, r, dst, scratch)
 			if err != nil && it.opts.OnError == OnErrorSkip {
 				err = it.skipRow(s, r, dst, scratch, err)
@@ -303,6 +293,22 @@ func (it *Iterator) work(p *pipeline, tasks <-chan task) {
 		if s.remaining.Add(-1) == 0 {
 			signal(t.l.filled)
 		}
+	}
+}
+
+// rowDst points dst at where row r's source fields are read: the slot's host staging, or, for a
+// workerInput field, the reader's own buffer own[f] (made on first use).
+func (it *Iterator) rowDst(s *slot, r int, own, dst [][]byte) {
+	for f, p := range it.plans {
+		fb := it.fields[f].Bytes()
+		if it.workerInput(p) {
+			if own[f] == nil {
+				own[f] = make([]byte, fb)
+			}
+			dst[f] = own[f]
+			continue
+		}
+		dst[f] = s.host[f].Bytes()[r*fb : (r+1)*fb]
 	}
 }
 

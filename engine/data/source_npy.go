@@ -121,9 +121,12 @@ func (s *NpySource) Fields() []Field { return s.fields }
 // ReadSample copies sample i of every file into dst. It is safe for concurrent use. A file truncated
 // while mapped gives an ErrIO error rather than a crash.
 func (s *NpySource) ReadSample(i int, dst [][]byte) error {
-	if remoteSource(s) {
-		if err := ensureSamples(s, s.fields, []int{i}); err != nil {
-			return err
+	for _, f := range s.files {
+		if f.mf.sparse != nil { // an object read in ranges: fetch the sample's bytes first
+			if err := ensureSamples(s, s.fields, []int{i}); err != nil {
+				return err
+			}
+			break
 		}
 	}
 	return s.guard.read(s, s.n, s.fields, i, dst, func() {
