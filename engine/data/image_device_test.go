@@ -148,16 +148,9 @@ func TestImageFolderDecodeGPU(t *testing.T) {
 					requireClose(t, Float32, w, g, fmt.Sprintf("%v: %s (decoded on the host)", tr, src.Path(i)))
 					continue
 				}
-				var sum, worst float64
-				for j := 0; j < per/4; j++ {
-					diff := math.Abs(decode(Float32, w, j)-decode(Float32, g, j)) * 255
-					sum += diff
-					worst = max(worst, diff)
-				}
-				meanDiff := sum / float64(per/4)
-				t.Logf("%v: %s: nvJPEG vs the CPU path: mean %.3f, max %.1f", tr, filepath.Base(src.Path(i)), meanDiff, worst)
-				require.LessOrEqual(t, meanDiff, 1.5, src.Path(i))
-				require.LessOrEqual(t, worst, 16.0, src.Path(i))
+				requireNVJPEGClose(t, fmt.Sprintf("%v: %s", tr, src.Path(i)), per/4, func(j int) (float64, float64) {
+					return decode(Float32, w, j) * 255, decode(Float32, g, j) * 255
+				})
 			}
 			require.Equal(t, want[1], got[1], "labels")
 		})
@@ -223,4 +216,20 @@ func TestBadImagesGPU(t *testing.T) {
 			})
 		}
 	}
+}
+
+// requireNVJPEGClose checks n values of an image nvJPEG decoded against the CPU path's (at gives both, in
+// levels of 255): the bound the IDCTs' differences allow, a mean absolute difference of at most 1.5 and a
+// largest of 16.
+func requireNVJPEGClose(t *testing.T, name string, n int, at func(j int) (want, got float64)) {
+	t.Helper()
+	var sum, worst float64
+	for j := range n {
+		w, g := at(j)
+		d := math.Abs(w - g)
+		sum, worst = sum+d, max(worst, d)
+	}
+	t.Logf("%s: nvJPEG vs the CPU path: mean %.3f, max %.1f", name, sum/float64(n), worst)
+	require.LessOrEqual(t, sum/float64(n), 1.5, name)
+	require.LessOrEqual(t, worst, 16.0, name)
 }

@@ -41,9 +41,7 @@ func TestSourcesFromS3(t *testing.T) {
 	testutil.StartS3(t)
 	t.Setenv("FERRY_CACHE_DIR", t.TempDir())
 	ctx := context.Background()
-	cl, err := objstore.New(ctx, objstore.Options{})
-	require.NoError(t, err)
-	require.NoError(t, cl.CreateBucket(ctx, "train"))
+	cl := s3Bucket(t, "train")
 	dir := t.TempDir()
 	r := srcRand(t)
 	upload := func(name string) string {
@@ -166,9 +164,7 @@ func withCache(c GPTConfig, dir string) GPTConfig {
 func BenchmarkSourcesS3(b *testing.B) {
 	testutil.StartS3(b)
 	ctx := context.Background()
-	cl, err := objstore.New(ctx, objstore.Options{})
-	require.NoError(b, err)
-	require.NoError(b, cl.CreateBucket(ctx, "bench"))
+	cl := s3Bucket(b, "bench")
 	dir := b.TempDir()
 	const size = 64 << 20
 	raw := make([]byte, size)
@@ -252,9 +248,7 @@ func TestRangedReadsFromS3(t *testing.T) {
 	t.Setenv("FERRY_CACHE_DIR", t.TempDir())
 	t.Setenv("FERRY_S3_RANGED_BYTES", "1") // every object is read in ranges
 	ctx := context.Background()
-	cl, err := objstore.New(ctx, objstore.Options{})
-	require.NoError(t, err)
-	require.NoError(t, cl.CreateBucket(ctx, "ranged"))
+	cl := s3Bucket(t, "ranged")
 	r := srcRand(t)
 	tokens := srcRandBytes(r, 24<<20)
 	dir := t.TempDir()
@@ -316,9 +310,7 @@ func TestStoreDownMidEpoch(t *testing.T) {
 	r := srcRand(t)
 	tokens := srcRandBytes(r, 16<<20)
 	put := func() {
-		cl, err := objstore.New(ctx, objstore.Options{})
-		require.NoError(t, err)
-		require.NoError(t, cl.CreateBucket(ctx, "flaky"))
+		cl := s3Bucket(t, "flaky")
 		require.NoError(t, cl.Put(ctx, objstore.Object{Bucket: "flaky", Key: "tokens.bin"}, tokens))
 	}
 	put()
@@ -387,9 +379,7 @@ func TestImageFolderFromS3(t *testing.T) {
 	testutil.StartS3(t)
 	t.Setenv("FERRY_CACHE_DIR", t.TempDir())
 	ctx := context.Background()
-	cl, err := objstore.New(ctx, objstore.Options{})
-	require.NoError(t, err)
-	require.NoError(t, cl.CreateBucket(ctx, "images"))
+	cl := s3Bucket(t, "images")
 	r := srcRand(t)
 	root := t.TempDir()
 	files := []string{"cat/b.jpg", "cat/a/z.png", "cat/a/y.JPEG", "cat/notes.txt", "dog/x.webp", "dog/sub/deeper/w.jpg",
@@ -424,4 +414,13 @@ func TestImageFolderFromS3(t *testing.T) {
 	_, err = NewImageFolderSource("s3://images/nothing-here", ImageFolderConfig{})
 	require.ErrorIs(t, err, engine.ErrFormat)
 	require.Contains(t, err.Error(), "no class folder")
+}
+
+// s3Bucket makes a client of the test's S3 server (testutil.StartS3) and a bucket in it.
+func s3Bucket(t testing.TB, bucket string) *objstore.Client {
+	t.Helper()
+	cl, err := objstore.New(context.Background(), objstore.Options{})
+	require.NoError(t, err)
+	require.NoError(t, cl.CreateBucket(context.Background(), bucket))
+	return cl
 }

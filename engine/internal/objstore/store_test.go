@@ -48,9 +48,7 @@ func TestParse(t *testing.T) {
 func TestFetchFromServer(t *testing.T) {
 	endpoint := testutil.StartS3(t)
 	ctx := context.Background()
-	cl, err := New(ctx, Options{})
-	require.NoError(t, err)
-	require.NoError(t, cl.CreateBucket(ctx, "data"))
+	cl := newBucket(t, "data")
 	big := randomBytes(2*partSize+12345, 1)
 	small := randomBytes(1000, 2)
 	require.NoError(t, cl.Put(ctx, Object{"data", "corpus/big.bin"}, big))
@@ -148,9 +146,7 @@ func (p *flakyProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func TestFetchThroughFaults(t *testing.T) {
 	endpoint := testutil.StartS3(t)
 	ctx := context.Background()
-	direct, err := New(ctx, Options{})
-	require.NoError(t, err)
-	require.NoError(t, direct.CreateBucket(ctx, "faults"))
+	direct := newBucket(t, "faults")
 	want := randomBytes(partSize+777, 4)
 	require.NoError(t, direct.Put(ctx, Object{"faults", "x.bin"}, want))
 
@@ -199,9 +195,7 @@ func TestFetchThroughFaults(t *testing.T) {
 func TestConcurrentFetchesDownloadOnce(t *testing.T) {
 	testutil.StartS3(t)
 	ctx := context.Background()
-	cl, err := New(ctx, Options{})
-	require.NoError(t, err)
-	require.NoError(t, cl.CreateBucket(ctx, "shared"))
+	cl := newBucket(t, "shared")
 	want := randomBytes(3*partSize+5, 5)
 	require.NoError(t, cl.Put(ctx, Object{"shared", "x.bin"}, want))
 	dir := t.TempDir()
@@ -232,9 +226,7 @@ func TestConcurrentFetchesDownloadOnce(t *testing.T) {
 func TestSparseSharedBetweenReaders(t *testing.T) {
 	testutil.StartS3(t)
 	ctx := context.Background()
-	cl, err := New(ctx, Options{})
-	require.NoError(t, err)
-	require.NoError(t, cl.CreateBucket(ctx, "sparse"))
+	cl := newBucket(t, "sparse")
 	want := randomBytes(6*SparseBlock+100, 6)
 	require.NoError(t, cl.Put(ctx, Object{"sparse", "x.bin"}, want))
 	cache := &Cache{Dir: t.TempDir()}
@@ -276,12 +268,10 @@ func TestFullCacheDisk(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = unix.Unmount(dir, 0) })
 	ctx := context.Background()
-	cl, err := New(ctx, Options{})
-	require.NoError(t, err)
-	require.NoError(t, cl.CreateBucket(ctx, "full"))
+	cl := newBucket(t, "full")
 	require.NoError(t, cl.Put(ctx, Object{"full", "big.bin"}, randomBytes(4*SparseBlock, 7)))
 	cache := &Cache{Dir: dir}
-	_, err = cache.Fetch(ctx, cl, Object{"full", "big.bin"})
+	_, err := cache.Fetch(ctx, cl, Object{"full", "big.bin"})
 	require.Error(t, err)
 	require.Contains(t, err.Error(), dir)
 	require.Contains(t, err.Error(), "s3://full/big.bin")
@@ -295,4 +285,13 @@ func TestFullCacheDisk(t *testing.T) {
 	require.Contains(t, err.Error(), "is full")
 	require.Contains(t, err.Error(), dir)
 	require.Contains(t, err.Error(), "s3://full/big.bin")
+}
+
+// newBucket makes a client of the test's S3 server (testutil.StartS3) and a bucket in it.
+func newBucket(t *testing.T, bucket string) *Client {
+	t.Helper()
+	cl, err := New(context.Background(), Options{})
+	require.NoError(t, err)
+	require.NoError(t, cl.CreateBucket(context.Background(), bucket))
+	return cl
 }
