@@ -1,5 +1,7 @@
 package data
 
+import "math/bits"
+
 // numpyRandomState reproduces the draws of numpy.random.RandomState(seed) that Megatron's index builders
 // use: the MT19937 generator seeded by init_genrand (numpy's legacy seeding of an integer seed), and the
 // legacy shuffle of a 1-D array, a Fisher-Yates walk from the end whose bounded draws are masked rejection
@@ -7,6 +9,7 @@ package data
 // megatron-core's document and shuffle indices.
 type numpyRandomState struct {
 	mt  [624]uint32
+	out [624]uint32 // the tempered outputs of the current state
 	pos int
 }
 
@@ -35,6 +38,12 @@ func (r *numpyRandomState) generate() {
 	}
 	y := (r.mt[623] & upper) | (r.mt[0] & lower)
 	r.mt[623] = r.mt[396] ^ (y >> 1) ^ mag(y)
+	for i, y := range &r.mt {
+		y ^= y >> 11
+		y ^= (y << 7) & 0x9d2c5680
+		y ^= (y << 15) & 0xefc60000
+		r.out[i] = y ^ (y >> 18)
+	}
 	r.pos = 0
 }
 
@@ -42,12 +51,9 @@ func (r *numpyRandomState) uint32() uint32 {
 	if r.pos == 624 {
 		r.generate()
 	}
-	y := r.mt[r.pos]
+	y := r.out[r.pos]
 	r.pos++
-	y ^= y >> 11
-	y ^= (y << 7) & 0x9d2c5680
-	y ^= (y << 15) & 0xefc60000
-	return y ^ (y >> 18)
+	return y
 }
 
 // interval is numpy's random_interval(limit): a value in [0, limit], drawn by masking a 32-bit (or, above
@@ -57,10 +63,7 @@ func (r *numpyRandomState) interval(limit uint64) uint64 {
 	if limit == 0 {
 		return 0
 	}
-	mask := limit
-	for s := uint(1); s <= 32; s <<= 1 {
-		mask |= mask >> s
-	}
+	mask := uint64(1)<<bits.Len64(limit) - 1
 	if limit <= 0xffffffff {
 		for {
 			if v := uint64(r.uint32()) & mask; v <= limit {
