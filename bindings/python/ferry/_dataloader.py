@@ -8,12 +8,12 @@ from __future__ import annotations
 import re
 import sys
 from ctypes import byref
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 from typing import Iterator as TypingIterator
 
 from . import _lib
 from ._device import device_count
-from ._dlpack import DLPackField, _Export
+from ._dlpack import DLPackField, _capsules_to_torch, _Export
 from ._engine import CPU, Engine
 from ._errors import LimitError, _as_epoch, _as_int, _as_int32, _check, _closed, _invalid
 from ._iterator import _DEFAULTS, Batch, Iterator, IteratorSettings
@@ -69,6 +69,34 @@ def _numpy_converter(from_dlpack: Any, copy: bool) -> Any:
     return convert
 
 
+def _torch_stream_fn(torch: Any, device: int) -> Any:
+    """The function that gives torch's current CUDA stream on ``device`` as an integer, called once a batch:
+    torch's raw-stream getter where it has one (the one its compiled code calls; a ``torch.cuda.Stream``
+    object and a device parse less per call), else ``current_stream(device).cuda_stream``."""
+    current_stream = torch.cuda.current_stream
+    dev = torch.device("cuda", device)
+    public = lambda: current_stream(dev).cuda_stream  # noqa: E731
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if raw is None:
+        return public
+    try:
+        if raw(device) != public():
+            return public
+    except Exception:
+        return public
+    return lambda: raw(device)
+
+
+_torch_capsules: List[Any] = []  # [the fast path of _capsules_to_torch, or None], once probed
+
+
+def _torch_capsule_path() -> Any:
+    """:func:`_capsules_to_torch` for the torch of this process, probed once."""
+    if not _torch_capsules:
+        _torch_capsules.append(_capsules_to_torch(_import("torch")))
+    return _torch_capsules[0]
+
+
 def _setup_output(output: Optional[str], device: int, copy: bool) -> Tuple[str, Any, Any]:
     """The output of a loader on ``device``: its name (None or "auto" picks torch when importable, else numpy
     on the CPU, else the DLPack fields), the conversion of each :class:`~ferry.DLPackField` (a clone per
@@ -99,9 +127,7 @@ def _setup_output(output: Optional[str], device: int, copy: bool) -> Tuple[str, 
         from_dlpack = torch.from_dlpack
         convert = (lambda f: from_dlpack(f).clone()) if copy else from_dlpack
         if on_gpu:
-            current_stream = torch.cuda.current_stream
-            dev = torch.device("cuda", device)
-            stream_fn = lambda: current_stream(dev).cuda_stream  # noqa: E731
+            stream_fn = _torch_stream_fn(torch, device)
     elif output == "numpy":
         convert = _numpy_converter(np.from_dlpack, copy)
     else:
@@ -294,15 +320,20 @@ class Loader:
         it = self._it()
         stream_fn = self._stream_fn
         if self.output == "torch" and not self.copy:
-            # One library call per batch hands every field out; each goes to torch without a Batch object.
+            # One library call per batch hands every field out; each goes to torch without a Batch object,
+            # as a capsule straight to torch where it takes one (_capsules_to_torch).
             names = it.field_names
+            to_torch = _torch_capsule_path()
             dev = (_lib.kDLCUDA, self.device) if self.device != CPU else (_lib.kDLCPU, 0)
             while True:
                 stream = stream_fn() if stream_fn is not None else None
                 addrs = it._next_tensors(stream)
                 if addrs is None:
                     return
-                yield self._take_tensors(names, addrs, stream, dev)
+                if to_torch is not None:
+                    yield dict(zip(names, to_torch(addrs)))
+                else:
+                    yield self._take_tensors(names, addrs, stream, dev)
         while True:
             batch = it.next(stream_fn() if stream_fn is not None else None)
             if batch is None:

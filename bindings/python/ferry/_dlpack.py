@@ -19,7 +19,7 @@ import ctypes
 import threading
 import weakref
 from ctypes import POINTER, c_char_p, c_int, c_void_p
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import _lib
 from ._errors import _check
@@ -34,6 +34,12 @@ _LEGACY_NAME = b"dltensor"
 _capsule_new = ctypes.PYFUNCTYPE(ctypes.py_object, c_void_p, c_char_p, c_void_p)(("PyCapsule_New", ctypes.pythonapi))
 _capsule_is_valid = ctypes.PYFUNCTYPE(c_int, c_void_p, c_char_p)(("PyCapsule_IsValid", ctypes.pythonapi))
 _capsule_get_pointer = ctypes.PYFUNCTYPE(c_void_p, c_void_p, c_char_p)(("PyCapsule_GetPointer", ctypes.pythonapi))
+_capsule_object_is = ctypes.PYFUNCTYPE(c_int, ctypes.py_object, c_char_p)(("PyCapsule_IsValid", ctypes.pythonapi))
+_capsule_object_pointer = ctypes.PYFUNCTYPE(c_void_p, ctypes.py_object, c_char_p)(("PyCapsule_GetPointer",
+                                                                                  ctypes.pythonapi))
+_capsule_object_rename = ctypes.PYFUNCTYPE(c_int, ctypes.py_object, c_char_p)(("PyCapsule_SetName", ctypes.pythonapi))
+# The name of a capsule whose tensor was taken back (the name is kept by pointer: module-level, it lives on).
+_TAKEN_BACK_NAME = b"used_dltensor_versioned"
 
 _VersionedPtr = POINTER(_lib.DLManagedTensorVersioned)
 _LegacyPtr = POINTER(_lib.DLManagedTensor)
@@ -220,6 +226,54 @@ class DLPackField:
         dev = _DEVICE_NAMES.get(self.device[0], str(self.device[0]))
         state = " exported" if self._addr == 0 else ""
         return f"<ferry.DLPackField {self.name!r} {self.dtype}{list(self.shape)} on {dev}:{self.device[1]}{state}>"
+
+
+def _capsules_to_torch(torch: Any) -> Optional[Any]:
+    """The fast hand-off of a loader's fields to torch, or None where this torch cannot take it: a function
+    of the ferry tensor addresses of one batch (``ferry_iterator_next_tensors``) that returns their torch
+    tensors. Each tensor goes to ``torch._C._from_dlpack`` as a DLPack 1.0 capsule, without the protocol's
+    ``__dlpack__`` round trip, whose stream lookup costs more than the rest of the hand-off. That is right
+    only where the batch was fetched for torch's current stream (the loop does that in the same step), so
+    that torch's work on it is ordered after the copy already. Probed once: this torch must take a
+    ``dltensor_versioned`` capsule."""
+    from_capsule = getattr(torch._C, "_from_dlpack", None)
+    if from_capsule is None:
+        return None
+    try:
+        probe = torch.empty(0).__dlpack__(max_version=(1, 0))
+        if not _capsule_object_is(probe, _VERSIONED_NAME):
+            return None
+        from_capsule(probe)
+    except Exception:  # an older torch: the protocol's path
+        return None
+
+    def to_torch(addrs: List[int]) -> List[Any]:
+        # Every address is in a capsule before the first conversion: an error then leaves nothing that
+        # owns a tensor but a capsule, whose destructor deletes it.
+        caps: List[Any] = []
+        try:
+            for a in addrs:
+                caps.append(_capsule_new(a, _VERSIONED_NAME, _CAPSULE_DESTRUCTOR_ADDR))
+        except BaseException:
+            for a in addrs[len(caps):]:
+                _delete_versioned(a)
+            caps.clear()
+            raise
+        try:
+            return [from_capsule(c) for c in caps]
+        except BaseException:
+            # The fields not taken are deleted now, not when the exception's frames (which may hold their
+            # capsules) go: each capsule is renamed as consumed first, so that it deletes nothing later.
+            for c in caps:
+                if _capsule_object_is(c, _VERSIONED_NAME):
+                    addr = _capsule_object_pointer(c, _VERSIONED_NAME) or 0
+                    if _capsule_object_rename(c, _TAKEN_BACK_NAME) == 0:
+                        _delete_versioned(addr)
+            raise
+        finally:
+            caps.clear()
+
+    return to_torch
 
 
 class _Export:

@@ -330,7 +330,7 @@ class FeedLoader:
                  transforms: Optional[Mapping[Any, Transform]] = None, prefetch: int = 2, workers: int = 0,
                  pinned_budget: Optional[int] = None, output: Optional[str] = None,
                  engine: Optional[Engine] = None) -> None:
-        from ._dataloader import _loader_engine, _parse_device, _setup_output
+        from ._dataloader import _loader_engine, _parse_device, _setup_output, _torch_capsule_path
 
         self._feed: Optional[Feed] = None
         self._engine: Optional[Engine] = None
@@ -354,6 +354,8 @@ class FeedLoader:
                 dev = _parse_device(device)
             self.device = dev
             self.output, self._convert, self._stream_fn = _setup_output(output, dev, copy=False)
+            # Each batch is waited for on torch's current stream: its fields may go to torch as capsules.
+            self._to_torch = _torch_capsule_path() if self.output == "torch" else None
             if engine is None:
                 engine = self._engine = _loader_engine(dev)
             # The queue's batches, the one being staged and the two a loop holds across a step: no growth in a
@@ -402,12 +404,16 @@ class FeedLoader:
         dev = (_lib.kDLCUDA, self.device) if self.device != CPU else (_lib.kDLCPU, 0)
         ptr = _VersionedPtr()
         convert = self._convert
+        to_torch = self._to_torch
 
         def field(k: int, name: str) -> Any:
             if not lean:
                 return convert(_field_from_batch(lib, handle, k, name, stream))
             _check(lib.ferry_batch_field(handle, k, byref(ptr)))
-            return convert(_Export(ctypes.cast(ptr, c_void_p).value or 0, stream, dev))
+            addr = ctypes.cast(ptr, c_void_p).value or 0
+            if to_torch is not None:
+                return to_torch([addr])[0]
+            return convert(_Export(addr, stream, dev))
 
         try:
             _check(lib.ferry_batch_wait(handle, consumer))

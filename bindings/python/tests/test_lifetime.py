@@ -186,6 +186,46 @@ def test_failed_conversion_holds_no_batch():
         assert kept.__traceback__ is not None
 
 
+def test_torch_capsule_path_frees_what_it_did_not_convert():
+    # The loop's fast hand-off to torch (a capsule per field straight to torch._C._from_dlpack) on a torch
+    # that fails part-way through a batch: the fields not converted are deleted at once, so the batch's slot
+    # goes back to the ring although the exception is kept; and this torch takes the fast path at all.
+    torch = pytest.importorskip("torch")
+    import types
+
+    import ferry
+    from ferry import _dataloader, _dlpack
+
+    assert _dataloader._torch_capsule_path() is not None, "this torch takes DLPack 1.0 capsules"
+    real = torch._C._from_dlpack
+    calls = []
+
+    def from_dlpack(capsule):
+        calls.append(1)  # not the capsule: an untaken one keeps its tensor until it is freed
+        if len(calls) == 3:  # the probe, field "a", then field "b" fails
+            raise RuntimeError("conversion failed")
+        return real(capsule)
+
+    to_torch = _dlpack._capsules_to_torch(types.SimpleNamespace(_C=types.SimpleNamespace(_from_dlpack=from_dlpack),
+                                                                empty=torch.empty))
+    assert to_torch is not None
+    data = bytearray(range(160))
+    with ferry.Loader({"a": (data, "uint8", (40, 4)), "b": (bytearray(data), "uint8", (40, 4))}, 4, device="cpu",
+                      output="torch", prefetch=2, workers=1, pinned_budget=-1) as loader:
+        # No pinned budget: a slot the failed conversion kept would make the ring refuse at once.
+        addrs = loader.iterator._next_tensors(None)
+        assert len(addrs) == 2
+        with pytest.raises(RuntimeError) as info:
+            to_torch(addrs)
+        kept = info.value
+        got = [int(b["a"][0, 0]) for b in loader]
+        assert got == [16 * k for k in range(1, 10)], got
+        assert kept.__traceback__ is not None
+        # The fast path itself: the values of every field, as the source holds them.
+        for k, b in enumerate(loader):
+            assert b["b"].tolist() == [list(data[16 * k + 4 * r:16 * k + 4 * r + 4]) for r in range(4)]
+
+
 # --- many loaders ------------------------------------------------------------------------------------
 
 
