@@ -61,9 +61,7 @@ func parallelShuffles(r *numpyRandomState, jobs ...*shuffleJob) {
 		for hi := j.n - 1; hi >= 1; hi -= drawChunk {
 			lo := max(hi-drawChunk+1, 1)
 			d := make([]uint32, hi-lo+1)
-			for i := hi; i >= lo; i-- {
-				d[hi-i] = uint32(r.interval(uint64(i)))
-			}
+			r.intervals(d, uint64(hi))
 			j.draws <- d
 		}
 		close(j.draws)

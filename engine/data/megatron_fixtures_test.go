@@ -169,6 +169,33 @@ func TestNumpyRandomState(t *testing.T) {
 	}
 }
 
+// TestNumpyIntervals checks the batched draws of a shuffle's walk against interval's, one call per draw:
+// the same values and the generator left in the same state, across mask boundaries, down to limit 0, and
+// for limits beyond 32 bits.
+func TestNumpyIntervals(t *testing.T) {
+	for _, c := range []struct {
+		seed uint32
+		hi   uint64
+		n    int
+	}{
+		{1, 10, 11}, {2, 1, 2}, {3, 1024, 1025}, {4, 1 << 20, 5000}, {5, 1<<20 + 3, 700}, {6, 1800000, 70000},
+		{7, 0xffffffff, 2000}, {8, 1<<32 + 100, 300}, {9, 65, 3},
+	} {
+		want := newNumpyRandomState(c.seed)
+		got := newNumpyRandomState(c.seed)
+		for range int(c.seed) * 97 { // start off a state boundary
+			want.uint32()
+			got.uint32()
+		}
+		d := make([]uint32, c.n)
+		got.intervals(d, c.hi)
+		for k := range d {
+			require.Equal(t, uint32(want.interval(c.hi-uint64(k))), d[k], "seed %d, draw %d (limit %d)", c.seed, k, c.hi-uint64(k))
+		}
+		require.Equal(t, want.uint32(), got.uint32(), "seed %d: the state after the draws", c.seed)
+	}
+}
+
 // readWindow reads sample i of src's one field as int64 tokens.
 func readWindow(t *testing.T, src Source, i int) []int64 {
 	t.Helper()

@@ -5,6 +5,7 @@ import (
 	"math"
 	"regexp"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/ferry-ml/ferry/engine"
 )
@@ -163,10 +164,15 @@ func buildMegatronGPTIndex(lengths func(i int) int32, beg, end int, p megatronGP
 		return nil, fmt.Errorf("%w: number of samples %d is negative", engine.ErrInvalidArgument, p.numSamples)
 	}
 	ndocs := end - beg
-	var tokensPerEpoch int64
-	for i := beg; i < end; i++ {
-		tokensPerEpoch += int64(lengths(i))
-	}
+	var tokens atomic.Int64
+	parallelFor(end-beg, 1<<16, func(lo, hi int) {
+		var n int64
+		for i := beg + lo; i < beg+hi; i++ {
+			n += int64(lengths(i))
+		}
+		tokens.Add(n)
+	})
+	tokensPerEpoch := tokens.Load()
 	if ndocs <= 0 || tokensPerEpoch <= 1 {
 		return nil, fmt.Errorf("%w: the %s split holds %d sequences and %d tokens, too few for a window", engine.ErrInvalidArgument, p.which, ndocs, tokensPerEpoch)
 	}

@@ -79,6 +79,45 @@ func (r *numpyRandomState) interval(limit uint64) uint64 {
 	}
 }
 
+// intervals fills d[k] with interval(hi-k), the draws of len(d) steps of a shuffle's walk down from hi, for
+// hi < 2^32: the same draws as that many calls of interval, without a call per draw. Limits of one mask
+// are drawn in one tight loop over the tempered outputs.
+func (r *numpyRandomState) intervals(d []uint32, hi uint64) {
+	if hi > 0xffffffff {
+		for k := range d {
+			d[k] = uint32(r.interval(hi - uint64(k)))
+		}
+		return
+	}
+	pos, k := r.pos, 0
+	for k < len(d) {
+		limit := uint32(hi - uint64(k))
+		if limit == 0 {
+			d[k] = 0
+			k++
+			continue
+		}
+		mask := uint32(1)<<bits.Len32(limit) - 1
+		// Every limit from this one down to mask/2+1 shares the mask.
+		stop := min(len(d), k+int(limit-(mask>>1)))
+		for k < stop {
+			if pos == len(r.out) {
+				r.generate()
+				pos = 0
+			}
+			// Branch-free: a rejection (about one draw in four) is not a mispredicted branch. d[k] is
+			// written either way and overwritten by the next draw when rejected.
+			v := r.out[pos] & mask
+			pos++
+			d[k] = v
+			ok := int((uint64(limit)-uint64(v))>>63 ^ 1) // 1 when v <= limit
+			k += ok
+			limit -= uint32(ok)
+		}
+	}
+	r.pos = pos
+}
+
 // npShuffle permutes s in place as RandomState.shuffle permutes a 1-D array: for i from len(s)-1 down to
 // 1, swap s[i] and s[interval(i)].
 func npShuffle[T any](r *numpyRandomState, s []T) {

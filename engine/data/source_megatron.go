@@ -224,32 +224,34 @@ func (f *megatronFile) checkSequences(dt DType, bad func(string, ...any) error) 
 	}
 	parts := make([]part, (f.nseq+chunk-1)/chunk)
 	errs := make([]error, len(parts))
+	align := size - 1 // token sizes are powers of two
 	parallelFor(f.nseq, chunk, func(lo, hi int) {
-		pt := &parts[lo/chunk]
-		pt.packed = true
-		for i := lo; i < hi; i++ {
-			n := int32(binary.LittleEndian.Uint32(f.lengths[4*i:]))
-			p := int64(binary.LittleEndian.Uint64(f.pointers[8*i:]))
-			switch {
-			case n < 0:
-				errs[lo/chunk] = bad("sequence %d has length %d", i, n)
-			case p < 0 || uint64(p)%size != 0:
-				errs[lo/chunk] = bad("sequence %d has pointer %d, not a multiple of the %d-byte token at or after 0", i, p, size)
-			case uint64(p) > binLen || uint64(n)*size > binLen-uint64(p):
-				errs[lo/chunk] = bad("sequence %d (pointer %d, %d tokens of %d bytes) runs past the end of %s (%d bytes)",
-					i, p, n, size, f.bin.path, binLen)
-			}
-			if errs[lo/chunk] != nil {
+		// Locals in the loop, stored once: this runs over every sequence of the corpus at each open.
+		packed, tokens := true, int64(0)
+		first := binary.LittleEndian.Uint64(f.pointers[8*lo:])
+		next := first
+		lengths, pointers := f.lengths[4*lo:4*hi], f.pointers[8*lo:8*hi]
+		for k := range hi - lo {
+			n := int32(binary.LittleEndian.Uint32(lengths[4*k:]))
+			p := int64(binary.LittleEndian.Uint64(pointers[8*k:]))
+			if n < 0 || p < 0 || uint64(p)&align != 0 || uint64(p) > binLen || uint64(n)*size > binLen-uint64(p) {
+				i := lo + k
+				switch {
+				case n < 0:
+					errs[lo/chunk] = bad("sequence %d has length %d", i, n)
+				case p < 0 || uint64(p)&align != 0:
+					errs[lo/chunk] = bad("sequence %d has pointer %d, not a multiple of the %d-byte token at or after 0", i, p, size)
+				default:
+					errs[lo/chunk] = bad("sequence %d (pointer %d, %d tokens of %d bytes) runs past the end of %s (%d bytes)",
+						i, p, n, size, f.bin.path, binLen)
+				}
 				return
 			}
-			if i == lo {
-				pt.first = uint64(p)
-			} else {
-				pt.packed = pt.packed && uint64(p) == pt.next
-			}
-			pt.next = uint64(p) + uint64(n)*size
-			pt.tokens += int64(n)
+			packed = packed && uint64(p) == next
+			next = uint64(p) + uint64(n)*size
+			tokens += int64(n)
 		}
+		parts[lo/chunk] = part{tokens: tokens, first: first, next: next, packed: packed}
 	})
 	for _, err := range errs { // the first bad sequence's
 		if err != nil {
@@ -268,6 +270,9 @@ func (f *megatronFile) checkSequences(dt DType, bad func(string, ...any) error) 
 
 // locate is the file that holds sequence i of the corpus and i's index within it.
 func (s *MegatronSource) locate(i int) (*megatronFile, int) {
+	if len(s.files) == 1 {
+		return s.files[0], i - s.files[0].first
+	}
 	k := sort.Search(len(s.files), func(k int) bool { return s.files[k].first > i }) - 1
 	f := s.files[k]
 	return f, i - f.first
