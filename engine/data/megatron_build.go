@@ -4,6 +4,9 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // The Megatron-order build, made parallel without changing a single value.
@@ -138,4 +141,21 @@ func megatronSampleIndexParallel(docs []docLen, seq, tokens int64) []int64 {
 		}
 	})
 	return out
+}
+
+// scratchSlice is a slice of n values of T (which holds no pointers) in an anonymous private mapping, for
+// the build's large temporaries, and the function that unmaps it: the kernel hands out zeroed pages as
+// they are first written, so the parallel loops that fill it zero it in parallel too, where make would
+// clear it on one core first. It falls back to make when the mapping fails.
+func scratchSlice[T any](n int) ([]T, func()) {
+	var zero T
+	size := n * int(unsafe.Sizeof(zero))
+	if size < 1<<20 {
+		return make([]T, n), func() {}
+	}
+	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return make([]T, n), func() {}
+	}
+	return unsafe.Slice((*T)(unsafe.Pointer(&mem[0])), n), func() { _ = unix.Munmap(mem) }
 }

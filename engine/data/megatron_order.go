@@ -200,7 +200,8 @@ func buildMegatronGPTIndex(lengths func(i int) int32, beg, end int, p megatronGP
 	}
 	// Each document travels with its length through the shuffle, so that the sample index reads the lengths
 	// in document-index order instead of gathering them at random.
-	pairs := make([]docLen, int64(ndocs)*epochs)
+	pairs, free := scratchSlice[docLen](int(int64(ndocs) * epochs))
+	defer free()
 	parallelFor(len(pairs), 1<<16, func(lo, hi int) {
 		for k := lo; k < hi; k++ {
 			d := beg + k%ndocs
