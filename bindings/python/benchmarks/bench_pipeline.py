@@ -12,6 +12,9 @@ tokens from Python (with a profile of the consumer's loop).
   Reported: images/s, the data stall (the share of the loop spent waiting for the next batch) and the CPU
   time per 1000 images of the main process and its workers.
 * keep: ``list(loader)`` over a 32-batch epoch with ``prefetch=4``: ferry's ring grows instead of waiting.
+* handoff: the consumer's hand-off of a batch's fields to torch alone, by DLPack's protocol and by the
+  capsule path the Loader's loop takes, in alternate batches of one loop (``--handoff-device cpu`` runs it
+  without a GPU: ``--skip keep,tokens,imagefolder --handoff-device cpu``).
 * tokens: 32 x 1024 token windows to int64 x/y on the device from Python, ``ferry.Loader`` over a
   ``TokenSource`` and ``ferry.PrefetchLoader`` over ready-made uint16 windows, with nanoGPT's ``get_batch``
   alongside; the top lines of a cProfile of the Loader's loop.
@@ -273,6 +276,47 @@ def bench_tokens(args: argparse.Namespace) -> List[Dict[str, Any]]:
     return rows
 
 
+def bench_handoff(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """The consumer's hand-off alone: a Loader's batch of two int64 fields (ShiftTokens' x and y) turned
+    into torch tensors, by DLPack's protocol (torch.from_dlpack on an exporter object per field, which
+    asks torch for its current stream) and by the capsule path the Loader's loop takes (a DLPack 1.0
+    capsule per field straight to torch). Alternate batches take each path, in the same loop."""
+    from ferry import _dataloader
+
+    dev_arg = "cpu" if args.handoff_device == "cpu" else int(args.handoff_device)
+    B, T = 32, 1024
+    x = np.random.default_rng(0).integers(0, 50257, size=(4096, T + 1), dtype=np.uint16)
+    fast = _dataloader._torch_capsule_path()
+    if fast is None:
+        return [{"name": "handoff: this torch takes no DLPack 1.0 capsule; the Loader uses the protocol"}]
+    shift = {"tokens": ferry.ShiftTokens()}
+    with ferry.Loader({"tokens": x}, B, device=dev_arg, transforms=shift, prefetch=8) as loader:
+        it, names = loader.iterator, loader.iterator.field_names
+        on_gpu = dev_arg != "cpu"
+        dl = (ferry._lib.kDLCUDA, dev_arg) if on_gpu else (ferry._lib.kDLCPU, 0)
+        stream_fn = loader._stream_fn
+        spent = {"protocol": 0, "capsule": 0}
+        count = {"protocol": 0, "capsule": 0}
+        k = 0
+        while count["capsule"] < args.handoff_batches:
+            stream = stream_fn() if stream_fn is not None else None
+            addrs = it._next_tensors(stream)
+            if addrs is None:
+                continue  # the end of an epoch: the next call starts the next
+            way = "capsule" if k % 2 else "protocol"
+            k += 1
+            t0 = time.perf_counter_ns()
+            if way == "capsule":
+                batch = dict(zip(names, fast(addrs)))
+            else:
+                batch = loader._take_tensors(names, addrs, stream, dl)
+            spent[way] += time.perf_counter_ns() - t0
+            count[way] += 1
+            del batch
+    return [{"name": f"handoff: a batch's 2 fields to torch on {dev_arg}, {way}",
+             "us_per_batch": spent[way] / count[way] / 1e3, "batches": count[way]} for way in ("protocol", "capsule")]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=24000)
@@ -285,12 +329,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--ferry-prefetch", type=int, default=4)
     p.add_argument("--token-mb", type=int, default=256)
     p.add_argument("--token-batches", type=int, default=2000)
+    p.add_argument("--handoff-device", default="0", help="a CUDA ordinal, or cpu")
+    p.add_argument("--handoff-batches", type=int, default=5000)
     p.add_argument("--tmpdir", default=None)
     p.add_argument("--skip", default="")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     rows: List[Dict[str, Any]] = []
+    if "handoff" not in skip:
+        rows += bench_handoff(args)
     if "keep" not in skip:
         rows += bench_keep(args)
     if "tokens" not in skip:
@@ -299,7 +347,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows += bench_imagefolder(args)
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
-           "device": ferry.device_info(0).name, "cpus": os.cpu_count(), "args": vars(args)}
+           "device": ferry.device_info(0).name if ferry.device_count() > 0 else "none", "cpus": os.cpu_count(),
+           "args": vars(args)}
     for r in rows:
         if "profile" in r:
             print(r["name"])

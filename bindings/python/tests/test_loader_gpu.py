@@ -167,6 +167,20 @@ def test_torch_loader_on_a_side_stream(torch_cuda):
         assert torch.equal(torch.cat([b["x"] for b in kept]).cpu(), x)
 
 
+def test_loader_reads_torchs_current_stream(torch_cuda):
+    # The loop asks torch for its current stream once a batch, through torch's raw-stream getter where it
+    # has one: it must give what the public API gives, on the default stream and inside a stream context.
+    torch = torch_cuda
+    from ferry._dataloader import _torch_stream_fn
+
+    fn = _torch_stream_fn(torch, 0)
+    assert fn() == torch.cuda.current_stream(0).cuda_stream
+    side = torch.cuda.Stream(0)
+    with torch.cuda.stream(side):
+        assert fn() == side.cuda_stream == torch.cuda.current_stream(0).cuda_stream
+    assert fn() == torch.cuda.current_stream(0).cuda_stream
+
+
 def test_torch_consumer_on_another_stream_waits(torch_cuda):
     torch = torch_cuda
     n = 256
