@@ -37,7 +37,7 @@ PREFIX       ?= /usr/local
 DESTDIR      ?=
 INSTALL_CMAKE := $(BUILD)/install-cmake
 
-.PHONY: all build lib cli install test test-go test-harness test-python test-cpp test-install check check-kernels check-version lint venv kernels demo gpu-bundle bench soak sanitize fuzz clean help
+.PHONY: all build lib cli install test test-go test-harness test-python test-cpp test-install check check-kernels check-version lint venv kernels demo gpu-bundle gpu-s3-wheels bench soak sanitize fuzz clean help
 
 all: build
 
@@ -54,6 +54,7 @@ help:
 	@echo "make demo        build, then run ferry demo"
 	@echo "make bench       memory-check benchmarks on this machine"
 	@echo "make gpu-bundle  everything the GPU run needs, under $(BUILD)/gpu"
+	@echo "make gpu-s3-wheels  the S3 test server's wheels for the GPU host, under $(BUILD)/s3wheels"
 
 build: lib cli
 
@@ -88,7 +89,7 @@ test-harness: lib
 # The virtual environment: made from scratch whenever the requirements change.
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP): $(PY_REQUIREMENTS)
+$(VENV_STAMP): $(PY_REQUIREMENTS) bindings/python/requirements-s3.txt
 	@$(BOOTSTRAP_PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { echo "$(BOOTSTRAP_PYTHON) cannot make a \
 	virtual environment with pip: install python3-venv (apt-get install python3-venv)"; exit 1; }
 	rm -rf $(VENV)
@@ -208,6 +209,15 @@ GPU := $(BUILD)/gpu
 GPU_CTESTS := test_c99 header_cxx17 test_iterator_c99 test_memory_c99 test_monitor_c99 test_ferry_hpp \
 	test_iterator_hpp test_memory_hpp test_transform_hpp test_megatron_hpp test_images_hpp test_monitor_hpp bench_memory bench_metric ferry_info ferry_iterate ferry_megatron
 MEGATRON_CORE_VERSION := 0.19.2
+# The S3 server's wheels for the GPU host (Python 3.12, x86-64), carried beside the bundle (together they
+# would pass the size one transfer takes): `run.sh s3` installs them from build/s3wheels.
+gpu-s3-wheels: $(PY_ENV)
+	rm -rf $(BUILD)/s3wheels && mkdir -p $(BUILD)/s3wheels
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d $(BUILD)/s3wheels -r bindings/python/requirements-s3.txt
+	@du -sh $(BUILD)/s3wheels
+
 gpu-bundle: build $(PY_ENV)
 	rm -rf $(GPU) && mkdir -p $(GPU)/lib $(GPU)/include $(GPU)/bin $(GPU)/tests $(GPU)/python
 	cp -P $(LIBDIR)/libferry.so* $(GPU)/lib/

@@ -2,7 +2,7 @@
 # Runs ferry's suites and benchmarks on a GPU host, from the bundle that `make gpu-bundle` builds (this
 # script is copied to its root). The host needs no Go: every binary is prebuilt.
 #
-#   FERRY_REQUIRE_GPU=1 build/gpu/run.sh [tests|sanitize|bench|train|all]
+#   FERRY_REQUIRE_GPU=1 build/gpu/run.sh [tests|sanitize|bench|train|all|s3]
 #
 # Results go to $OUT (default: ./out next to this script): tests.log, bench.log, bench_c.json,
 # bench_python.json, bench_loader.json, bench_autobatch.json, bench_layout.json, bench_pipeline.json, bench_images.json,
@@ -112,6 +112,24 @@ if [ "$mode" = sanitize ] || [ "$mode" = all ]; then
         step "compute-sanitizer racecheck: GPU suite" "$log" sh -c "cd '$here/tests' && compute-sanitizer --tool racecheck --target-processes application-only \
             --error-exitcode 9 ./data.test -test.run 'TransformsGPU|IteratorGPU|MultiGPU|GPTSourceGPU|CropKernelGPU' -test.count=1"
     fi
+fi
+
+# s3 mode (not part of all: it needs the S3 server's wheels, carried apart from the bundle, from
+# `make gpu-s3-wheels`, in S3_WHEELS, default build/s3wheels beside the bundle): the object-store tests
+# and figures against moto's server on loopback.
+if [ "$mode" = s3 ]; then
+    log="$out/s3.log"
+    : >"$log"
+    wheels=${S3_WHEELS:-$here/../s3wheels}
+    site=$(mktemp -d)
+    step "s3: install the server's wheels" "$log" python3 -m pip install -q --no-index --no-deps --no-compile \
+        --target "$site" "$wheels"/*.whl
+    export PYTHONPATH="$PYTHONPATH:$site" FERRY_REQUIRE_S3=1
+    step "s3: go tests (data)" "$log" sh -c "cd '$here/tests' && ./data.test -test.run 'S3' -test.count=1 -test.v"
+    step "s3: pytest" "$log" python3 -m pytest -q -rs "$here/python/tests/test_s3.py"
+    step "s3: bench, local disk beside s3:// cold, warm and ranged" "$log" sh -c "cd '$here/tests' && \
+        ./data.test -test.run '^\$' -test.bench SourcesS3 -test.benchtime 3x"
+    grep -E '^(Benchmark|ok|FAIL)' "$log"
 fi
 
 if [ "$mode" = bench ] || [ "$mode" = all ]; then
