@@ -696,11 +696,12 @@ typedef enum ferry_transform_kind {
     /** a variable-length uint16/uint32 field (ferry_source_ragged_tokens) to int64 tokens [B, L] padded
         with pad_value, a bool attention mask [B, L] and int64 lengths [B]; L is the batch's longest */
     FERRY_TRANSFORM_PAD_SEQUENCES = 3,
-    /** an encoded image (JPEG, PNG, WebP, BMP, TIFF or PPM/PGM bytes: ferry_source_image_folder, ferry_source_webdataset) or a decoded
-        uint8 [H, W, 3] image to a random crop (torchvision's RandomResizedCrop: crop_size, scale_*, ratio_*)
-        resized bilinearly to [crop_size, crop_size], flipped with probability flip and normalized as
-        FERRY_TRANSFORM_NORMALIZE (mean, std, channels, layout, dtype). On a GPU one kernel crops the batch,
-        from images decoded into device memory (JPEGs by nvJPEG where it loads, the others on the host). */
+    /** an encoded image (JPEG, PNG, WebP, BMP, TIFF or PPM/PGM/PBM bytes: ferry_source_image_folder,
+        ferry_source_webdataset) or a decoded uint8 [H, W, 3] image to a random crop (torchvision's
+        RandomResizedCrop: crop_size, scale_*, ratio_*) resized bilinearly to [crop_size, crop_size], flipped
+        with probability flip and normalized as FERRY_TRANSFORM_NORMALIZE (mean, std, channels, layout, dtype).
+        On a GPU one kernel crops the batch, from images decoded into device memory (JPEGs by nvJPEG where it
+        loads, the others on the host). */
     FERRY_TRANSFORM_RANDOM_RESIZED_CROP = 4,
     /** as FERRY_TRANSFORM_RANDOM_RESIZED_CROP, with torchvision's evaluation crop: the shorter side resized to
         resize_to (0: crop_size * 256 / 224), then the central [crop_size, crop_size]; no flip */

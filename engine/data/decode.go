@@ -28,10 +28,10 @@ type decodedImage struct {
 }
 
 // errNotImage is wrapped by a decode of bytes that are no image ferry reads.
-var errNotImage = errors.New("not a JPEG, PNG, BMP, TIFF, WebP or binary PPM/PGM image")
+var errNotImage = errors.New("not a JPEG, PNG, BMP, TIFF, WebP or PPM/PGM/PBM image")
 
 // decodeImage decodes a JPEG (TurboJPEG: the accurate IDCT and fancy upsampling, libjpeg's defaults, as
-// PIL decodes), a PNG (image/png), a BMP, TIFF or WebP (golang.org/x/image) or a binary PPM/PGM to RGB as
+// PIL decodes), a PNG (image/png), a BMP, TIFF or WebP (golang.org/x/image) or a PPM/PGM/PBM to RGB as
 // PIL's convert("RGB") makes it: gray replicated, alpha dropped, a palette looked up, 16-bit samples cut
 // to their high byte, CMYK converted as PIL converts it. The size is read from the header first: an image
 // of more than maxPixels pixels is refused before it is decoded. A truncated or corrupt file and any other
@@ -48,7 +48,7 @@ func decodeImage(data []byte, maxPixels int, out *decodedImage) error {
 		return decodeWith(data, maxPixels, out, "TIFF", tiff.DecodeConfig, tiff.Decode)
 	case len(data) >= 12 && string(data[:4]) == "RIFF" && string(data[8:12]) == "WEBP":
 		return decodeWith(data, maxPixels, out, "WebP", webp.DecodeConfig, webp.Decode)
-	case len(data) >= 2 && data[0] == 'P' && (data[1] == '5' || data[1] == '6'):
+	case len(data) >= 2 && data[0] == 'P' && data[1] >= '1' && data[1] <= '6':
 		return decodePNM(data, maxPixels, out)
 	}
 	return fmt.Errorf("%w: %w (it starts with % x)", engine.ErrFormat, errNotImage, data[:min(len(data), 8)])
@@ -206,66 +206,6 @@ func toRGB(img image.Image, out *decodedImage) {
 			}
 		}
 	}
-}
-
-// decodePNM decodes a binary PGM (P5) or PPM (P6) of 8-bit samples: the header's magic, width, height and
-// maximum (at most 255), whitespace and comments between, one whitespace byte, then the samples.
-func decodePNM(data []byte, maxPixels int, out *decodedImage) error {
-	bad := func(what string) error { return fmt.Errorf("%w: PNM: %s", engine.ErrFormat, what) }
-	pos := 2
-	var nums [3]int
-	for k := range nums {
-		for pos < len(data) {
-			switch data[pos] {
-			case '#':
-				for pos < len(data) && data[pos] != '\n' {
-					pos++
-				}
-			case ' ', '\t', '\n', '\r':
-				pos++
-			default:
-				goto number
-			}
-		}
-	number:
-		start := pos
-		for pos < len(data) && data[pos] >= '0' && data[pos] <= '9' && pos-start < 9 {
-			nums[k] = nums[k]*10 + int(data[pos]-'0')
-			pos++
-		}
-		if pos == start {
-			return bad("the header is cut short or not decimal")
-		}
-	}
-	if pos >= len(data) {
-		return bad("no samples after the header")
-	}
-	pos++ // the one whitespace byte after the maximum
-	if nums[2] < 1 || nums[2] > 255 {
-		return bad(fmt.Sprintf("maximum %d: only 8-bit samples (1..255) are read", nums[2]))
-	}
-	if err := out.size(nums[0], nums[1], maxPixels); err != nil {
-		return err
-	}
-	channels := 1
-	if data[1] == '6' {
-		channels = 3
-	}
-	n := out.w * out.h * channels
-	if len(data)-pos < n {
-		return bad(fmt.Sprintf("%d bytes of samples, %d expected (truncated?)", len(data)-pos, n))
-	}
-	scale := func(v byte) byte { return byte((int(v)*255 + nums[2]/2) / nums[2]) }
-	src := data[pos : pos+n]
-	for i := range out.w * out.h {
-		if channels == 1 {
-			v := scale(src[i])
-			out.pix[3*i], out.pix[3*i+1], out.pix[3*i+2] = v, v, v
-		} else {
-			out.pix[3*i], out.pix[3*i+1], out.pix[3*i+2] = scale(src[3*i]), scale(src[3*i+1]), scale(src[3*i+2])
-		}
-	}
-	return nil
 }
 
 // webpFancyRGB is libwebp's fancy upsampler (EmitFancyRGB, UpsampleRgbLinePair) and YUV-to-RGB transform

@@ -63,14 +63,70 @@ func TestDecodeMatchesPillow(t *testing.T) {
 }
 
 // TestDecodeOtherFormatsMatchPillow: the other formats Pillow wrote (PNG with alpha and with a palette,
-// BMP, TIFF raw and LZW, WebP lossless and lossy, the latter also at odd sizes, PPM, PGM) decode exactly as
-// Pillow decodes them.
+// BMP, TIFF raw and LZW, WebP lossless and lossy, the latter also at odd sizes, PPM, PGM) and the Netpbm
+// encodings the generator wrote itself (plain, 16-bit, odd maxima, bitmaps) decode exactly as Pillow
+// decodes them.
 func TestDecodeOtherFormatsMatchPillow(t *testing.T) {
 	for _, name := range []string{"astronaut_png_rgba.png", "astronaut_png_palette.png", "astronaut_bmp.bmp",
 		"astronaut_tiff_raw.tif", "astronaut_tiff_lzw.tif", "astronaut_webp_lossless.webp", "astronaut_webp_lossy.webp",
-		"chelsea_webp_lossy.webp", "astronaut_ppm.ppm", "astronaut_pgm.pgm"} {
+		"chelsea_webp_lossy.webp", "astronaut_ppm.ppm", "astronaut_pgm.pgm", "astronaut_pbm_plain.pbm",
+		"astronaut_pbm_raw.pbm", "astronaut_pgm_plain_max100.pgm", "astronaut_pgm_plain_max300.pgm",
+		"astronaut_pgm_raw16_max65535.pgm", "astronaut_ppm_plain_max1000.ppm", "astronaut_ppm_raw16_max4095.ppm",
+		"astronaut_ppm_raw16_max65535.ppm"} {
 		worst, _ := comparePillow(t, filepath.Join("testdata", "images", name))
 		require.Zero(t, worst, name)
+	}
+}
+
+// TestDecodePNMEdges: samples Pillow 13.0.0 decoded from these small Netpbm files (Image.open(f).
+// convert("RGB")), as gray values or RGB triples, and the files it refuses.
+func TestDecodePNMEdges(t *testing.T) {
+	gray := func(v ...byte) []byte {
+		var out []byte
+		for _, g := range v {
+			out = append(out, g, g, g)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		file string
+		want []byte
+	}{
+		{"P5\n7 1\n100\n\x00\x01\x02\x03\x32\x63\x64", gray(0, 3, 5, 8, 128, 252, 255)},
+		{"P5\n3 1\n100\n\x1e\x46\x32", gray(76, 178, 128)}, // halves, rounded to even in floating point
+		{"P6\n2 1\n65535\n\x00\xff\x00\x80\x01\x7f\xff\xff\x7f\xff\x80\x00", []byte{1, 0, 1, 255, 127, 128}},
+		{"P2\n7 1\n100\n0 1 2 3 50 99 100", gray(0, 3, 5, 8, 128, 252, 255)},
+		{"P6\n2 1\n1000\n\x00\x01\x00\x02\x00\x03\x01\xf4\x03\xe8\x00\x04", []byte{0, 1, 1, 128, 255, 1}},
+		{"P3\n2 1\n65535\n1 255 256 65535 32768 4660\n", []byte{0, 1, 1, 255, 128, 18}},
+		{"P2\n3 1\n1000\n1 3 4\n", gray(66, 197, 255)},
+		{"P5\n3 1\n300\n\x00\x01\x00\x02\x00\x03", gray(218, 255, 255)},
+		{"P2\n# c\n3 1 # x\n255\n1 # mid\n 2 3\n", gray(1, 2, 3)},
+		{"P1\n3 2\n010\n1 1 0\n", gray(255, 0, 255, 0, 0, 255)},
+		{"P4\n10 2\n\x80\x40\x00\xc0", gray(0, 255, 255, 255, 255, 255, 255, 255, 255, 0, 255, 255, 255, 255, 255, 255, 255, 255, 0, 0)},
+		{"P3\n1 1\n1\n1 0 1\n", []byte{255, 0, 255}},
+		{"P5\n2 1\n100\n\xc8\x65", gray(255, 255)},                       // raw samples above the maximum: clipped
+		{"P6\n1 1\n1000\n\xff\xff\x03\xe9\x00\x00", []byte{255, 255, 0}}, // 16-bit too
+	} {
+		var d decodedImage
+		require.NoError(t, decodeImage([]byte(c.file), 1<<20, &d), "%q", c.file)
+		require.Equal(t, c.want, d.pix, "%q", c.file)
+	}
+	for _, c := range []struct{ file, msg string }{
+		{"P2\n2 1\n100\n200 101\n", "sample 0 is 200, above the maximum 100"},
+		{"P2\n2 1\n100\n1\n", "1 of 2 samples"},
+		{"P1\n2 1\n1\n", "1 of 2 pixels"},
+		{"P1\n2 1\n1 2\n", "1 of 2 pixels"},
+		{"P5\n2 1\n0\n\x00\x00", "maximum 0"},
+		{"P5\n2 1\n65536\n\x00\x00\x00\x00", "maximum 65536"},
+		{"P6\n2 1\n1000\n\x00\x01", "2 bytes of samples, 12 expected"},
+		{"P4\n9 2\n\x00\x00\x00", "3 bytes of pixels, 4 expected"},
+		{"P3\n1 1", "header"},
+		{"P2\n1 1\n255\n1234567890", "0 of 1 samples"},
+	} {
+		var d decodedImage
+		err := decodeImage([]byte(c.file), 1<<20, &d)
+		require.ErrorIs(t, err, engine.ErrFormat, "%q", c.file)
+		require.ErrorContains(t, err, c.msg, "%q", c.file)
 	}
 }
 
@@ -85,6 +141,9 @@ func FuzzDecodeImage(f *testing.F) {
 	}
 	f.Add([]byte("\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00\x00\x02\x00\x00\x00\x02\x08\x02\x00\x00\x00"))
 	f.Add([]byte("P6 2 1 255\n\x01\x02\x03\x04\x05\x06"))
+	f.Add([]byte("P3 1 1 1000 # c\n1 2 3\n"))
+	f.Add([]byte("P4 9 1\n\xff\x80"))
+	f.Add([]byte("P1 2 1 01"))
 	f.Add([]byte("BM"))
 	f.Add([]byte("RIFF\x00\x00\x00\x00WEBPVP8 "))
 	f.Add([]byte("II*\x00\x08\x00\x00\x00"))

@@ -112,7 +112,7 @@ class _Crop(Transform):
 class RandomResizedCrop(_Crop):
     """torchvision's ``RandomResizedCrop(size, scale, ratio)`` then a horizontal flip with probability
     ``flip`` and ``Normalize(mean, std)``, in one step, on an encoded image (JPEG, PNG, WebP, BMP, TIFF or
-    PPM/PGM bytes, decoded to RGB as Pillow decodes them: :class:`ImageFolderSource`,
+    PPM/PGM/PBM bytes, decoded to RGB as Pillow decodes them: :class:`ImageFolderSource`,
     :class:`WebDatasetSource`) or a decoded uint8 ``[H, W, 3]`` image. The box follows torchvision's rule
     (10 draws, then the central crop), each draw a pure function of the loader's seed, the epoch and the
     sample's index; the resize is bilinear. Output ``[3, size, size]`` (``layout="HWC"``: ``[size, size, 3]``)
