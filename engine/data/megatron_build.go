@@ -2,7 +2,6 @@ package data
 
 import (
 	"runtime"
-	"sort"
 	"sync"
 	"unsafe"
 
@@ -107,37 +106,31 @@ type docLen struct{ doc, n int32 }
 // document-index order.
 func megatronSampleIndexParallel(docs []docLen, seq, tokens int64) []int64 {
 	const chunk = 1 << 16
-	cum := make([]int64, len(docs)+1)
 	nchunks := (len(docs) + chunk - 1) / chunk
-	sums := make([]int64, nchunks+1)
+	before := make([]int64, nchunks+1) // tokens before each chunk of documents
 	parallelFor(len(docs), chunk, func(lo, hi int) {
 		var sum int64
 		for p := lo; p < hi; p++ {
 			sum += int64(docs[p].n)
-			cum[p+1] = sum
 		}
-		sums[lo/chunk+1] = sum
+		before[lo/chunk+1] = sum
 	})
 	for c := 1; c <= nchunks; c++ {
-		sums[c] += sums[c-1]
+		before[c] += before[c-1]
 	}
-	parallelFor(len(docs), chunk, func(lo, hi int) {
-		base := sums[lo/chunk]
-		for p := lo; p < hi; p++ {
-			cum[p+1] += base
-		}
-	})
 	n := (tokens - 1) / seq
-	out := make([]int64, 2*(n+1))
-	parallelFor(int(n), chunk, func(lo, hi int) {
-		k := int64(lo + 1)
+	out := make([]int64, 2*(n+1)) // window 0 is (0, 0)
+	// Each chunk of documents writes the windows that start in its tokens.
+	parallelFor(len(docs), chunk, func(lo, hi int) {
+		s := before[lo/chunk]
+		k := max(1, (s+seq-1)/seq) // the first window at or after s
 		t := k * seq
-		p := sort.Search(len(cum), func(q int) bool { return cum[q] > t }) - 1
-		for ; k <= int64(hi); k, t = k+1, t+seq {
-			for cum[p+1] <= t {
-				p++
+		for p := lo; p < hi && k <= n; p++ {
+			end := s + int64(docs[p].n)
+			for ; t < end && k <= n; k, t = k+1, t+seq {
+				out[2*k], out[2*k+1] = int64(p), t-s
 			}
-			out[2*k], out[2*k+1] = int64(p), t-cum[p]
+			s = end
 		}
 	})
 	return out
