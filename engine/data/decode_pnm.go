@@ -68,7 +68,8 @@ func decodePNM(data []byte, maxPixels int, out *decodedImage) error {
 		return lut[v]
 	}
 	n := out.w * out.h * channels
-	samples := make([]byte, n) // 8-bit, before gray is spread to three channels
+	// The 8-bit samples go to the front of the RGB pixels; gray is spread to three channels after.
+	samples := out.pix[:n]
 	switch {
 	case bitmap && plain:
 		for i := range n {
@@ -119,11 +120,10 @@ func decodePNM(data []byte, maxPixels int, out *decodedImage) error {
 			samples[i] = scale(v)
 		}
 	}
-	for i := range out.w * out.h {
-		if channels == 1 {
-			out.pix[3*i], out.pix[3*i+1], out.pix[3*i+2] = samples[i], samples[i], samples[i]
-		} else {
-			out.pix[3*i], out.pix[3*i+1], out.pix[3*i+2] = samples[3*i], samples[3*i+1], samples[3*i+2]
+	if channels == 1 {
+		for i := n - 1; i >= 0; i-- { // from the end: pixel i's three bytes start at or after sample i
+			v := samples[i]
+			out.pix[3*i], out.pix[3*i+1], out.pix[3*i+2] = v, v, v
 		}
 	}
 	return nil
