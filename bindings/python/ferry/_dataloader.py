@@ -5,10 +5,11 @@ each batch as a dict of tensors, and the seed's façades :class:`OptimizedDataLo
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from ctypes import byref
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 from typing import Iterator as TypingIterator
 
 from . import _lib
@@ -87,14 +88,10 @@ def _torch_stream_fn(torch: Any, device: int) -> Any:
     return lambda: raw(device)
 
 
-_torch_capsules: List[Any] = []  # [the fast path of _capsules_to_torch, or None], once probed
-
-
+@functools.lru_cache(maxsize=None)
 def _torch_capsule_path() -> Any:
     """:func:`_capsules_to_torch` for the torch of this process, probed once."""
-    if not _torch_capsules:
-        _torch_capsules.append(_capsules_to_torch(_import("torch")))
-    return _torch_capsules[0]
+    return _capsules_to_torch(_import("torch"))
 
 
 def _setup_output(output: Optional[str], device: int, copy: bool) -> Tuple[str, Any, Any]:
